@@ -1,0 +1,422 @@
+"""URL canonicalization and lookup expressions, as Safe Browsing v4 specifies them.
+
+A URL is matched against the Web Blocking List, the Suspicious URLs and the
+administrator's URL rules in three steps (see "URLs and Hashing" in the Safe
+Browsing v4 documentation):
+
+1. ``canonicalize``: strip surrounding whitespace, remove tab/CR/LF, drop the
+   fragment, percent-unescape until nothing changes, split scheme / host /
+   path / query, canonicalize the host (userinfo and port removed, dots
+   collapsed and trimmed, IDNA, IPv4 in any legal encoding written as four
+   decimals, lower case) and the path (``/./``, ``/../`` and ``//`` resolved),
+   then percent-escape every byte <= 0x20, >= 0x7f, ``#`` and ``%`` once, with
+   upper-case hex. The scheme defaults to ``http``; the path to ``/``.
+2. ``expressions``: up to 5 host suffixes x 6 path prefixes, without scheme.
+3. ``digest``: SHA-256 of each expression.
+
+The work is done on bytes, because percent-unescaping can produce any byte.
+A ``str`` URL is taken as UTF-8 (with ``surrogateescape``, so text decoded
+from raw bytes that way round-trips); ``bytes`` are taken as they are.
+
+The module also normalizes the names and expressions administrators and
+pattern sources give (``normalize_domain``, ``normalize_expression``).
+Everything here is a pure function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable
+
+logger = logging.getLogger(__name__)
+
+MAX_URL_LENGTH = 8192
+MAX_DOMAIN_LENGTH = 253
+MAX_LABEL_LENGTH = 63
+MAX_HOST_SUFFIXES = 4  # besides the exact host
+MAX_PATH_PREFIXES = 4  # "/" and up to 3 directories
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*")
+_PORT_AFTER_COLON = re.compile(rb":\d+(?:/|$)")
+_NEEDS_ESCAPE = re.compile(rb"[\x00-\x20\x7f-\xff#%]")
+_MANY_DOTS = re.compile(rb"\.\.+")
+# The Windows resolver takes "10.192.95.89 xy" (at most 15 characters) as the IP.
+_IP_TRAILING_JUNK = re.compile(rb"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}) ")
+_DOMAIN = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+_DOMAIN_CHAR = re.compile(r"[^a-z0-9_.-]")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_OCT = frozenset(b"01234567")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class UrlError(ValueError):
+    """A URL, expression or domain name that cannot be used; the message says why."""
+
+
+# ---------------------------------------------------------------- canonicalize
+
+
+def canonicalize(url: str | bytes, *, max_length: int = MAX_URL_LENGTH) -> str:
+    """Return the canonical form of ``url``: ``scheme://host/path[?query]``.
+
+    Raises ``UrlError`` for an empty or overlong URL, a URL without a host, a
+    non-web URL (``mailto:x``), a bad port or a malformed IPv6 literal.
+    """
+    if len(url) > max_length:
+        raise UrlError(f"URL longer than {max_length} characters")
+    raw = url.encode("utf-8", "surrogateescape") if isinstance(url, str) else bytes(url)
+    if len(raw) > max_length:
+        raise UrlError(f"URL longer than {max_length} bytes")
+    raw = raw.strip()
+    if b"\t" in raw or b"\r" in raw or b"\n" in raw:
+        raw = raw.replace(b"\t", b"").replace(b"\r", b"").replace(b"\n", b"")
+    raw = raw.partition(b"#")[0]
+    if not raw:
+        raise UrlError("empty URL")
+    raw = _unescape_fully(raw)
+
+    scheme, rest = _split_scheme(raw)
+    if scheme and not rest.startswith(b"//"):
+        raise UrlError(f"not a web URL: {_show(scheme)}: is not followed by //")
+    if scheme:
+        rest = rest[2:]
+    rest, has_query, query = rest.partition(b"?")
+    slash = rest.find(b"/")
+    if slash < 0:
+        hostish, path = rest, b"/"
+    else:
+        hostish, path = rest[:slash], _normalize_path(rest[slash:])
+    host = _canonical_host(hostish)
+
+    out = (scheme.lower() or b"http") + b"://" + _escape(host) + _escape(path)
+    if has_query:
+        out += b"?" + _escape(query)
+    return out.decode("ascii")
+
+
+def _show(b: bytes) -> str:
+    return b[:80].decode("utf-8", "backslashreplace")
+
+
+def _unescape_fully(s: bytes) -> bytes:
+    """Percent-unescape until nothing changes (each round shortens ``s``)."""
+    while b"%" in s:
+        t = _unescape_once(s)
+        if t == s:
+            break
+        s = t
+    return s
+
+
+def _unescape_once(s: bytes) -> bytes:
+    parts = s.split(b"%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        if len(part) >= 2 and part[0] in _HEX and part[1] in _HEX:
+            out.append(bytes((int(part[:2], 16),)))
+            out.append(part[2:])
+        else:
+            out.append(b"%")
+            out.append(part)
+    return b"".join(out)
+
+
+def _escape(s: bytes) -> bytes:
+    if _NEEDS_ESCAPE.search(s) is None:
+        return s
+    return _NEEDS_ESCAPE.sub(lambda m: b"%%%02X" % m[0][0], s)
+
+
+def _split_scheme(s: bytes) -> tuple[bytes, bytes]:
+    """Split ``scheme:rest``; ``host:port/`` is not a scheme."""
+    colon = s.find(b":")
+    if colon <= 0 or _SCHEME.fullmatch(s, 0, colon) is None:
+        return b"", s
+    if _PORT_AFTER_COLON.match(s, colon):
+        return b"", s
+    return s[:colon], s[colon + 1 :]
+
+
+def _normalize_path(path: bytes) -> bytes:
+    """Resolve ``.`` and ``..`` segments and collapse runs of slashes."""
+    if b"//" not in path and b"/." not in path:
+        return path
+    segments = path.split(b"/")
+    out: list[bytes] = []
+    for seg in segments[1:]:
+        if seg in (b"", b"."):
+            continue
+        if seg == b"..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    if not out:
+        return b"/"
+    result = b"/" + b"/".join(out)
+    if segments[-1] in (b"", b".", b".."):
+        result += b"/"
+    return result
+
+
+def _canonical_host(hostish: bytes) -> bytes:
+    host = hostish.rpartition(b"@")[2]
+    if host.startswith(b"["):
+        return _canonical_ipv6(host)
+    colon = host.rfind(b":")
+    if colon >= 0:
+        port = host[colon + 1 :]
+        if port and not (port.isdigit() and len(port) <= 5):
+            raise UrlError(f"bad port {_show(port)!r} in host {_show(host)!r}")
+        host = host[:colon]
+        if b":" in host:
+            raise UrlError(f"unexpected ':' in host {_show(host)!r}")
+    if b".." in host:
+        host = _MANY_DOTS.sub(b".", host)
+    host = host.strip(b".")
+    if not host:
+        raise UrlError("URL has no host")
+    if not host.isascii():
+        host = _idna_or_bytes(host)
+    host = host.lower()
+    if len(host) <= 15 and b" " in host:
+        m = _IP_TRAILING_JUNK.match(host)
+        if m:
+            host = m[1]
+    ip = _parse_ipv4_any(host)
+    return host if ip is None else ip
+
+
+def _idna_or_bytes(host: bytes) -> bytes:
+    """IDNA-encode a UTF-8 host; keep the bytes (escaped later) if that fails."""
+    try:
+        return host.decode("utf-8").encode("idna")
+    except UnicodeError:
+        return host
+
+
+def _canonical_ipv6(host: bytes) -> bytes:
+    end = host.find(b"]")
+    if end < 0:
+        raise UrlError(f"missing ']' in IPv6 host {_show(host)!r}")
+    after = host[end + 1 :]
+    if after and not (after[:1] == b":" and (after[1:].isdigit() or after == b":")):
+        raise UrlError(f"unexpected {_show(after)!r} after IPv6 host")
+    try:
+        ip = ipaddress.IPv6Address(host[1:end].decode("ascii"))
+    except (UnicodeError, ValueError) as e:
+        raise UrlError(f"bad IPv6 host {_show(host[: end + 1])!r}: {e}") from None
+    v4 = _embedded_ipv4(ip)
+    if v4 is not None:
+        return str(v4).encode()
+    return b"[" + str(ip).encode() + b"]"
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv4-mapped or NAT64 (64:ff9b::/96) address."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _parse_ipv4_any(host: bytes) -> bytes | None:
+    """Read ``host`` as an IPv4 address in any legal encoding, or return None.
+
+    Decimal, octal (leading 0) and hex (0x) components; fewer than four
+    components fill the remaining bytes from the last one ("3279880203",
+    "10.1", "0x12.0x43.0x44.0x01").
+    """
+    if not host[:1].isdigit() or host.count(b".") > 3:
+        return None
+    parts = host.split(b".")
+    values: list[int] = []
+    for part in parts:
+        v = _parse_ip_number(part)
+        if v is None:
+            return None
+        values.append(v)
+    out = [v & 0xFF for v in values[:-1]]
+    last, width = values[-1], 5 - len(parts)
+    out.extend((last >> (8 * i)) & 0xFF for i in reversed(range(width)))
+    return b".".join(b"%d" % v for v in out)
+
+
+def _parse_ip_number(s: bytes) -> int | None:
+    try:
+        if s[:2] == b"0x":
+            digits = s[2:]
+            if not digits or not all(c in _HEX for c in digits):
+                return None
+            v = int(digits, 16)
+        elif not s.isdigit():
+            return None
+        elif len(s) > 1 and s[0] == 0x30:
+            if not all(c in _OCT for c in s):
+                return None
+            v = int(s, 8)
+        else:
+            v = int(s)
+    except ValueError:  # more digits than int() accepts
+        return None
+    return v if v <= 0xFFFFFFFF else None
+
+
+# ---------------------------------------------------------------- expressions
+
+
+def strip_scheme(canonical_url: str) -> str:
+    """``http://a.b.c/1/2.html?param=1`` -> ``a.b.c/1/2.html?param=1``."""
+    i = canonical_url.find("://")
+    return canonical_url if i < 0 else canonical_url[i + 3 :]
+
+
+def host_of(canonical_url: str) -> str:
+    """The canonical host of a canonical URL (IPv6 in brackets, no port)."""
+    rest = strip_scheme(canonical_url)
+    end = rest.find("/")
+    return rest if end < 0 else rest[:end]
+
+
+def _is_ip_host(host: str) -> bool:
+    if host.startswith("["):
+        return True
+    return host.count(".") == 3 and host.replace(".", "").isdigit()
+
+
+def expressions(canonical_url: str) -> list[str]:
+    """The host-suffix x path-prefix expressions of a canonical URL, most specific first.
+
+    Hosts: the exact host, then up to 4 suffixes formed from the last five
+    components, never the bare top-level domain; an IP host only as it is.
+    Paths: the exact path with the query, without it, then ``/`` and up to
+    three successive directories. No scheme; duplicates removed.
+    """
+    rest = strip_scheme(canonical_url)
+    slash = rest.find("/")
+    if slash < 0:
+        host, full_path = rest, "/"
+    else:
+        host, full_path = rest[:slash], rest[slash:]
+    path, has_query, query = full_path.partition("?")
+
+    paths = [full_path] if has_query and query else []
+    paths.append(path)
+    if path != "/":
+        paths.append("/")
+        dirs = path.split("/")[1:-1]
+        prefix = "/"
+        for d in dirs[: MAX_PATH_PREFIXES - 1]:
+            prefix = f"{prefix}{d}/"
+            paths.append(prefix)
+
+    hosts = [host]
+    if not _is_ip_host(host):
+        labels = host.split(".")
+        n = len(labels)
+        for i in range(max(1, n - MAX_HOST_SUFFIXES - 1), n - 1):
+            hosts.append(".".join(labels[i:]))
+
+    return list(dict.fromkeys(h + p for h in hosts for p in paths))
+
+
+def digest(expression: str) -> bytes:
+    """SHA-256 of the UTF-8 expression."""
+    return hashlib.sha256(expression.encode("utf-8")).digest()
+
+
+def digests(exprs: Iterable[str]) -> list[bytes]:
+    sha256 = hashlib.sha256
+    return [sha256(e.encode("utf-8")).digest() for e in exprs]
+
+
+# ---------------------------------------------------------------- names and rules
+
+
+def normalize_expression(text: str) -> str:
+    """Canonical expression (no scheme) for a rule or pattern source line.
+
+    ``http://Example.test/x`` and ``example.test/x`` give ``example.test/x``;
+    ``example.test`` gives ``example.test/``.
+    """
+    if not text.strip():
+        raise UrlError("empty URL expression")
+    return strip_scheme(canonicalize(text))
+
+
+def normalize_domain(text: str) -> str:
+    """A domain name as rules and queries compare it, or an IP literal's compressed text.
+
+    Lower case, IDNA (punycode) for non-ASCII names, no trailing dot; labels
+    of letters, digits, ``-`` and ``_``, each at most 63 long, at most 253 in
+    all. Raises ``UrlError`` naming what is wrong.
+    """
+    name = text.strip()
+    if not name:
+        raise UrlError("empty domain name")
+    if len(name) > 4 * MAX_DOMAIN_LENGTH:
+        raise UrlError(f"domain name longer than {MAX_DOMAIN_LENGTH} characters")
+    ip = parse_ip(name)
+    if ip is not None:
+        return str(ip)
+    if name.endswith("."):
+        name = name[:-1]
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError as e:
+            raise UrlError(f"{_cut(text)!r} is not a valid international domain name: {e}") from None
+    name = name.lower()
+    if len(name) > MAX_DOMAIN_LENGTH:
+        raise UrlError(f"domain name longer than {MAX_DOMAIN_LENGTH} characters")
+    if _DOMAIN.fullmatch(name) is None:
+        bad = _DOMAIN_CHAR.search(name)
+        if bad is not None:
+            hint = " (a domain rule already covers every subdomain)" if bad[0] == "*" else ""
+            raise UrlError(f"invalid character {bad[0]!r} in domain name {_cut(text)!r}{hint}")
+        raise UrlError(f"empty label in domain name {_cut(text)!r}")
+    for label in name.split("."):
+        if len(label) > MAX_LABEL_LENGTH:
+            raise UrlError(f"label longer than {MAX_LABEL_LENGTH} characters in {_cut(text)!r}")
+    return name
+
+
+def _cut(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def domain_suffixes(name: str) -> list[str]:
+    """The name, then each parent with at least two labels.
+
+    ``a.b.example.com`` -> ``["a.b.example.com", "b.example.com", "example.com"]``.
+    """
+    out = [name]
+    i = name.find(".")
+    while i >= 0:
+        rest = name[i + 1 :]
+        if "." not in rest:
+            break
+        out.append(rest)
+        i = name.find(".", i + 1)
+    return out
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """The IP address ``text`` spells (IPv6 may be bracketed), or None."""
+    s = text.strip()
+    if not s or len(s) > 64:
+        return None
+    if s[0] == "[" and s[-1] == "]":
+        s = s[1:-1]
+    if not s or not (s[0].isdigit() or ":" in s):
+        return None
+    try:
+        return ipaddress.ip_address(s)
+    except ValueError:
+        return None
