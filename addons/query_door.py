@@ -1,0 +1,38 @@
+"""Starts the query door (the lean HTTP server of proxy.server) in mitmproxy's loop.
+
+The door is a ``proxy.app.App``; this addon only ties its life to mitmproxy's:
+``running`` starts it, ``done`` stops it. A start failure (a port in use, a bad
+pattern) is reported and shuts the master down with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx
+
+from proxy.app import App
+from proxy.config import Config
+from proxy.errors import RampartError
+
+logger = logging.getLogger(__name__)
+
+
+class QueryDoor:
+    def __init__(self, cfg: Config) -> None:
+        self.app = App(cfg)
+        self.error: str | None = None
+        self.started = False
+
+    async def running(self) -> None:
+        try:
+            await self.app.start()
+            self.started = True
+        except RampartError as e:
+            self.error = e.message
+            logger.error("cannot start: %s", e.message)
+            ctx.master.shutdown()
+
+    async def done(self) -> None:
+        if self.started:
+            await self.app.stop()

@@ -1,0 +1,228 @@
+"""Assembles one Rampart process from its Config: patterns, lists, cache, relay, engine, doors.
+
+``App`` is what both ``rampart serve`` (hosted by mitmproxy, through
+``addons.query_door``) and ``rampart cloud`` (a plain asyncio loop) start. It
+owns the background work that keeps the engine current (list reloads) and
+reports readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import certs
+from proxy import metrics, protocol
+from proxy.cache import AnswerCache
+from proxy.config import Config
+from proxy.engine import Engine
+from proxy.errors import PatternError, RampartError
+from proxy.lists import ListStore
+from proxy.pattern import PatternSet, build_pattern
+from proxy.relay import Relay
+from proxy.routes import Routes
+from proxy.server import Request, Response, ServerLimits, start_server
+
+logger = logging.getLogger(__name__)
+
+
+def sample_sources(name: str) -> dict[str, list[Path]]:
+    """The shipped sample pattern sources: ``appliance`` or ``cloud``."""
+    root = Path(str(resources.files("proxy") / "samples" / name))
+    if not root.is_dir():
+        raise PatternError(f"no sample pattern named {name!r}")
+    return {
+        kind: sorted(root.glob(f"{kind}*.txt")) for kind in ("hashes", "urls", "domains")
+    }
+
+
+def ensure_pattern(cfg: Config, sample: str) -> Path:
+    """The pattern directory to serve; built from the samples on first start."""
+    if cfg.pattern_dir is not None:
+        return cfg.pattern_dir
+    current = cfg.data_dir / "patterns" / "current"
+    if not (current / "manifest.json").is_file():
+        logger.info("no pattern in the data directory yet: building the %s sample", sample)
+        if current.exists():
+            shutil.rmtree(current)
+        current.parent.mkdir(parents=True, exist_ok=True)
+        build_pattern(current, **sample_sources(sample))
+    return current
+
+
+@dataclass
+class Door:
+    name: str
+    scheme: str
+    server: asyncio.Server
+    port: int = 0
+
+
+@dataclass
+class App:
+    cfg: Config
+    authoritative: bool = False
+    sample: str = "appliance"
+    doors: list[Door] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    # ------------------------------------------------------------ start / stop
+
+    def open(self) -> None:
+        """Everything but the listeners; raises RampartError with a clear message on bad state."""
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.stats = metrics.Stats()
+        self.registry = metrics.registry_for(self.stats)
+        self.pattern_path = ensure_pattern(cfg, self.sample)
+        patterns = PatternSet.open(self.pattern_path)
+        self.lists_store = ListStore.open(cfg.data_dir)
+        self.relay = (
+            Relay(
+                cfg.cloud,
+                ca_file=str(cfg.cloud_ca) if cfg.cloud_ca else None,
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+                total_timeout=cfg.total_timeout,
+                batch_window=cfg.batch_window,
+                max_batch=cfg.max_batch,
+                max_concurrent=cfg.max_relay_concurrency,
+                breaker_failures=cfg.breaker_failures,
+                breaker_cooldown=cfg.breaker_cooldown,
+                observer=self.stats,
+            )
+            if cfg.cloud and not self.authoritative
+            else None
+        )
+        self.cache: AnswerCache[Any] = AnswerCache(cfg.cache_size)
+        self.engine = Engine(
+            patterns=patterns,
+            lists=self.lists_store.snapshot(),
+            cache=self.cache,
+            relay=self.relay,
+            stats=self.stats,
+            local_ttl=cfg.local_ttl,
+            retry_after=cfg.degraded_retry_after,
+            authoritative=self.authoritative,
+        )
+        self.limits = protocol.Limits(
+            max_batch=cfg.max_batch, max_url=cfg.max_url, max_inspect_content=cfg.max_inspect_content
+        )
+        self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics)
+        self._gauges()
+
+    async def start(self) -> None:
+        self.open()
+        cfg = self.cfg
+        limits = ServerLimits(
+            max_header=cfg.max_header, max_body=cfg.max_body, idle_timeout=cfg.idle_timeout
+        )
+        if cfg.query_port:
+            await self._listen("query", "http", cfg.query_port, limits, None)
+        if cfg.query_tls_port:
+            await self._listen("query", "https", cfg.query_tls_port, limits, self.tls_context())
+        self._tasks.append(asyncio.create_task(self._watch_lists()))
+
+    def tls_context(self) -> Any:
+        ca = certs.CA.ensure(self.cfg.data_dir)
+        names = certs.default_names(self.cfg.tls_names)
+        return certs.server_context(ca, names, state_dir=self.cfg.data_dir / "tls")
+
+    async def _listen(
+        self, name: str, scheme: str, port: int, limits: ServerLimits, ssl_context: Any
+    ) -> None:
+        try:
+            server = await start_server(
+                self.routes, self.cfg.listen, port, limits=limits, ssl_context=ssl_context,
+                observe=self._observe,
+            )
+        except OSError as e:
+            raise RampartError(
+                f"cannot listen on {self.cfg.listen}:{port} for the {name} door ({scheme}): {e.strerror}"
+            ) from None
+        bound = server.sockets[0].getsockname()[1]
+        self.doors.append(Door(name, scheme, server, bound))
+        logger.info("%s door listening on %s://%s:%d", name, scheme, self.cfg.listen, bound)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for door in self.doors:
+            door.server.close()
+        for door in self.doors:
+            await door.server.wait_closed()
+        if self.relay is not None:
+            await self.relay.close()
+        self.lists_store.close()
+        self.engine.patterns.close()
+
+    # ------------------------------------------------------------ background
+
+    async def _watch_lists(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.lists_poll)
+            try:
+                if self.lists_store.changed():
+                    self.engine.lists = self.lists_store.snapshot()
+                    self.cache.clear()  # an admin decision outranks what the cloud said before
+                    logger.info("approved/blocked lists reloaded")
+            except Exception:
+                logger.exception("reloading the lists failed; keeping the previous ones")
+
+    # ------------------------------------------------------------ health and metrics
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        patterns = self.engine.patterns
+        age = max(0.0, time.time() - patterns.created.timestamp())
+        stale = age > self.cfg.stale_after
+        body: dict[str, Any] = {
+            "status": "stale" if stale else "ready",
+            "pattern": {"version": patterns.version, "age_seconds": int(age), "stale": stale},
+            "doors": [{"name": d.name, "scheme": d.scheme, "port": d.port} for d in self.doors],
+        }
+        if self.relay is not None:
+            body["cloud"] = self.relay.status()
+        return True, body
+
+    def _metrics(self) -> bytes:
+        return metrics.render(self.registry)
+
+    def _gauges(self) -> None:
+        st = self.stats
+        metrics.gauge(st, "rampart_cache_entries", "Cloud answers in the cache", lambda: len(self.cache))
+        metrics.gauge(
+            st, "rampart_pattern_age_seconds", "Age of the served pattern",
+            lambda: time.time() - self.engine.patterns.created.timestamp(),
+        )
+        metrics.gauge(
+            st, "rampart_pattern_info", "The served pattern version (always 1)",
+            lambda: [({"version": self.engine.patterns.version}, 1.0)],
+        )
+        metrics.gauge(st, "rampart_uptime_seconds", "Seconds since start", lambda: time.time() - st.started)
+
+    def _observe(self, request: Request, response: Response, seconds: float) -> None:
+        path = request.target.split(b"?", 1)[0]
+        group = path.decode("latin-1") if path in _KNOWN_PATHS else _group(path)
+        self.stats.requests[(group, response.status)] += 1
+        self.stats.request_latency.observe(seconds)
+
+    def ports(self) -> dict[str, int]:
+        return {d.scheme: d.port for d in self.doors}
+
+
+_KNOWN_PATHS = {
+    b"/v1/file", b"/v1/web", b"/v1/domain", b"/v1/inspect", b"/healthz", b"/readyz", b"/metrics"
+}
+
+
+def _group(path: bytes) -> str:
+    for prefix in (b"/v1/file/", b"/v1/domain/"):
+        if path.startswith(prefix):
+            return prefix.decode() + "{item}"
+    return "other"

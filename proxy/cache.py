@@ -1,0 +1,63 @@
+"""The answer cache: earlier cloud answers, positive and negative, each for its TTL.
+
+Bounded in entries (least recently used goes first) and in time (each entry
+expires when the TTL the cloud gave runs out). The clock is injected so tests
+never sleep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class AnswerCache(Generic[V]):
+    def __init__(
+        self,
+        max_entries: int = 100_000,
+        *,
+        max_ttl: float = 86_400,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 0:
+            raise ValueError("max_entries must be >= 0")
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self._clock = clock
+        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> tuple[V, int] | None:
+        """The value and its remaining whole seconds, or None when absent or expired."""
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        expires, value = entry
+        left = expires - self._clock()
+        if left <= 0:
+            del self._data[key]
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return value, max(1, int(left))
+
+    def put(self, key: str, value: V, ttl: float) -> None:
+        if ttl <= 0 or self.max_entries == 0:
+            return
+        self._data[key] = (self._clock() + min(ttl, self.max_ttl), value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()

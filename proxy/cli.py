@@ -1,0 +1,415 @@
+"""The ``rampart`` command line: every command but ``serve`` (which needs mitmproxy; see addons.cli).
+
+Each command's docstring is its help. Errors from the core (RampartError) are
+printed as one line, ``rampart: error: …``, and exit with the error's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import signal
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from proxy import config as config_mod
+from proxy.errors import ConfigError, RampartError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail_cleanly(fn: F) -> F:
+    """Turn RampartError (and certs.CertError) into one clear line and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RampartError as e:
+            click.echo(f"rampart: error: {e.message}", err=True)
+            sys.exit(e.exit_code)
+        except Exception as e:
+            if type(e).__name__ == "CertError":
+                click.echo(f"rampart: error: {e}", err=True)
+                sys.exit(getattr(e, "exit_code", 2))
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def data_dir_option(fn: F) -> F:
+    return click.option(
+        "--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="RAMPART_DATA_DIR",
+        default=None, help="Data directory (default: $RAMPART_DATA_DIR or ~/.local/share/rampart).",
+    )(fn)
+
+
+def door_options(fn: F) -> F:
+    """Options shared by `serve` and `cloud`, each mapping to a config key."""
+    for decorator in reversed([
+        click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+                     envvar="RAMPART_CONFIG", help="TOML config file (see `rampart config`)."),
+        data_dir_option,
+        click.option("--listen", help="Address the doors listen on (default 0.0.0.0)."),
+        click.option("--tls-name", "tls_names", multiple=True,
+                     help="Extra name or address for the HTTPS certificate (repeatable)."),
+        click.option("--pattern", "pattern_dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="Serve this pattern directory instead of the data directory's."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def load_config(config_file: Path | None, **flags: Any) -> config_mod.Config:
+    return config_mod.load(config_file, flags)
+
+
+def run_async(main: Callable[[], Any]) -> None:
+    """Run ``main()`` on uvloop until SIGINT/SIGTERM."""
+    import uvloop
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main()(stop)
+
+    uvloop.run(runner())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rampart")
+def cli() -> None:
+    """Rampart: an open Smart Protection Server.
+
+    Answers file, web and domain/IP reputation queries from hosted patterns and
+    the administrator's lists, and relays the rest to the cloud. Start with
+    `rampart serve`, then `rampart query file 275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f`.
+    """
+
+
+# -------------------------------------------------------------------- config
+
+
+@cli.command("config")
+def config_cmd() -> None:
+    """Print every config key with its default and meaning (a documented config file)."""
+    for key, default, help_text in config_mod.describe():
+        click.echo(f"# {help_text}")
+        if default in ("None", "[]"):
+            click.echo(f"# {key} = ")
+        else:
+            shown = default.replace("PosixPath(", "").rstrip(")") if "Path" in default else default
+            click.echo(f"# {key} = {_toml_value(shown)}")
+        click.echo()
+
+
+def _toml_value(text: str) -> str:
+    if text in ("True", "False"):
+        return text.lower()
+    return text.replace("'", '"')
+
+
+# -------------------------------------------------------------------- cloud
+
+
+@cli.command()
+@door_options
+@click.option("--port", type=click.IntRange(0, 65535), default=9443, show_default=True,
+              help="HTTPS port of the reference cloud.")
+@fail_cleanly
+def cloud(config_file: Path | None, port: int, **flags: Any) -> None:
+    """Run the reference cloud: the same engine, authoritative, over HTTPS only.
+
+    It never relays: what it does not know is `unknown`/`untested` from `cloud`.
+    Its CA certificate is written to DATA_DIR/ca.pem for appliances to trust
+    (`rampart serve --cloud https://localhost:PORT --cloud-ca DATA_DIR/ca.pem`).
+    """
+    from proxy.app import App
+
+    cfg = load_config(config_file, query_port=0, query_tls_port=port, authoritative=True, **flags)
+    setup_logging(cfg.log_level)
+
+    def main() -> Any:
+        async def serve(stop: asyncio.Event) -> None:
+            app = App(cfg, authoritative=True, sample="cloud")
+            await app.start()
+            click.echo(
+                f"rampart cloud: https://{_shown(cfg.listen)}:{app.ports().get('https')} "
+                f"(pattern {app.engine.version}, CA {cfg.data_dir / 'ca.pem'})",
+                err=True,
+            )
+            try:
+                await stop.wait()
+            finally:
+                await app.stop()
+
+        return serve
+
+    run_async(main)
+
+
+def _shown(listen: str) -> str:
+    return "127.0.0.1" if listen in ("0.0.0.0", "") else listen
+
+
+# -------------------------------------------------------------------- patterns
+
+
+@cli.group()
+def pattern() -> None:
+    """Build and inspect pattern directories."""
+
+
+@pattern.command("build")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Directory to write the pattern into (must not exist or be empty).")
+@click.option("--hashes", type=click.Path(path_type=Path, dir_okay=False, exists=True), multiple=True,
+              help="Hash source: lines HASH[,THREAT[,VERDICT]] (repeatable).")
+@click.option("--urls", type=click.Path(path_type=Path, dir_okay=False, exists=True), multiple=True,
+              help="URL source: lines URL_OR_EXPRESSION[,RATING[,CATEGORY[,SCORE]]] (repeatable).")
+@click.option("--domains", type=click.Path(path_type=Path, dir_okay=False, exists=True), multiple=True,
+              help="Domain/IP source: lines DOMAIN_OR_IP_OR_CIDR[,RATING[,CATEGORY]] (repeatable).")
+@click.option("--version", "version", help="Pattern version (default: the build hour, YYYYMMDDHH).")
+@fail_cleanly
+def pattern_build(out: Path, hashes: tuple[Path, ...], urls: tuple[Path, ...],
+                  domains: tuple[Path, ...], version: str | None) -> None:
+    """Build a pattern directory from publisher sources."""
+    from proxy.pattern import build_pattern
+
+    if not (hashes or urls or domains):
+        raise ConfigError("give at least one source: --hashes, --urls or --domains")
+    report = build_pattern(out, hashes=hashes, urls=urls, domains=domains, version=version)
+    click.echo(f"built {out}: {report}")
+
+
+@pattern.command("info")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@fail_cleanly
+def pattern_info(directory: Path, as_json: bool) -> None:
+    """Print a pattern directory's versions and entry counts."""
+    from proxy.pattern import pattern_info as info
+
+    data = info(directory)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        return
+    click.echo(f"version {data.get('version')}  created {data.get('created')}")
+    for name, p in sorted(data.get("patterns", {}).items()):
+        click.echo(f"  {name:<16} version {p.get('version')}  entries {p.get('entries')}")
+
+
+# -------------------------------------------------------------------- lists
+
+
+@cli.group("lists")
+def lists_group() -> None:
+    """Edit the approved/blocked lists (a running server sees changes within seconds)."""
+
+
+def _store(data_dir: Path | None) -> Any:
+    from proxy.lists import ListStore
+
+    return ListStore.open(data_dir or config_mod.default_data_dir())
+
+
+def _kind(kind: str | None) -> Any:
+    from proxy.lists import EntryKind
+
+    return EntryKind(kind) if kind else None
+
+
+KIND = click.Choice(["hash", "domain", "url"])
+
+
+@lists_group.command("add")
+@data_dir_option
+@click.option("--blocked", "which", flag_value="blocked", help="Add to the blocked list.")
+@click.option("--approved", "which", flag_value="approved", help="Add to the approved list.")
+@click.option("--kind", type=KIND, help="Force the kind instead of telling it from the form.")
+@click.option("--note", default="", help="A note stored with the entries.")
+@click.argument("values", nargs=-1, required=True)
+@fail_cleanly
+def lists_add(data_dir: Path | None, which: str | None, kind: str | None, note: str,
+              values: tuple[str, ...]) -> None:
+    """Add VALUES (hex digests, domains, URL prefixes) to a list.
+
+    The kind is told from the form: a 32/40/64-digit hex string is a file hash,
+    a value with a scheme or a path is a URL prefix, anything else a domain
+    (which also covers its subdomains).
+    """
+    from proxy.lists import ListName, classify
+
+    if which is None:
+        raise ConfigError("say which list: --blocked or --approved")
+    entries = [classify(v, _kind(kind)) for v in values]
+    store = _store(data_dir)
+    try:
+        for message in store.add(ListName(which), entries, note=note):
+            click.echo(message)
+    finally:
+        store.close()
+
+
+@lists_group.command("remove")
+@data_dir_option
+@click.option("--kind", type=KIND, help="Force the kind instead of telling it from the form.")
+@click.argument("values", nargs=-1, required=True)
+@fail_cleanly
+def lists_remove(data_dir: Path | None, kind: str | None, values: tuple[str, ...]) -> None:
+    """Remove VALUES from whichever list holds them."""
+    from proxy.lists import classify
+
+    entries = [classify(v, _kind(kind)) for v in values]
+    store = _store(data_dir)
+    try:
+        n = store.remove(entries)
+    finally:
+        store.close()
+    click.echo(f"removed {n} of {len(entries)}")
+    if n < len(entries):
+        sys.exit(1)
+
+
+@lists_group.command("show")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@fail_cleanly
+def lists_show(data_dir: Path | None, as_json: bool) -> None:
+    """Show both lists."""
+    store = _store(data_dir)
+    try:
+        entries = store.entries()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([
+            {"list": e.list.value, "kind": e.kind.value, "value": e.value, "note": e.note}
+            for e in entries
+        ], indent=2))
+        return
+    if not entries:
+        click.echo("both lists are empty")
+    for e in entries:
+        click.echo(f"{e.list.value:<9} {e.kind.value:<7} {e.value}" + (f"  # {e.note}" if e.note else ""))
+
+
+# -------------------------------------------------------------------- query
+
+
+@cli.group()
+@click.option("--server", default="http://127.0.0.1:8080", show_default=True, envvar="RAMPART_SERVER",
+              help="Base URL of a Rampart server or cloud.")
+@click.option("--ca", type=click.Path(dir_okay=False, exists=True),
+              help="CA certificate to verify an https server with (e.g. DATA_DIR/ca.pem).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait.")
+@click.pass_context
+def query(ctx: click.Context, server: str, ca: str | None, as_json: bool, timeout: float) -> None:
+    """Ask a server about files, URLs or domains and print a table."""
+    ctx.obj = {"server": server.rstrip("/"), "ca": ca, "json": as_json, "timeout": timeout}
+
+
+def _post(ctx: click.Context, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    o = ctx.obj
+    context = ssl.create_default_context(cafile=o["ca"]) if o["server"].startswith("https") else None
+    req = urllib.request.Request(
+        o["server"] + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=o["timeout"], context=context) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as e:
+        try:
+            err = json.loads(e.read())["error"]
+            where = f" (item {err['item']})" if "item" in err else ""
+            msg = f"server refused the request{where}: {err['message']}"
+        except (ValueError, KeyError, TypeError):
+            msg = f"server answered HTTP {e.code}"
+        raise RampartError(msg) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise RampartError(f"cannot reach {o['server']}: {reason}") from None
+
+
+def _print(ctx: click.Context, doc: dict[str, Any], subject: str, columns: list[str]) -> None:
+    if ctx.obj["json"]:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    rows = []
+    for r in doc.get("results", []):
+        subj = next((str(r[k]) for k in (subject, "sha256", "sha1", "md5", "domain", "ip") if k in r), "?")
+        rows.append([subj] + [str(r.get(c, "")) for c in columns])
+    header = ["item", *columns]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    click.echo(f"(pattern {doc.get('pattern')})")
+
+
+@query.command("file")
+@click.argument("hashes", nargs=-1, required=True)
+@click.pass_context
+@fail_cleanly
+def query_file(ctx: click.Context, hashes: tuple[str, ...]) -> None:
+    """Ask about file hashes (MD5, SHA-1 or SHA-256, told by length)."""
+    from proxy.model import HashKind
+
+    items = []
+    for h in hashes:
+        kind = HashKind.from_hex_length(len(h))
+        if kind is None:
+            raise ConfigError(f"{h!r} is not an MD5, SHA-1 or SHA-256 hex digest")
+        items.append({kind.value: h.lower()})
+    _print(ctx, _post(ctx, "/v1/file", {"items": items}), "sha256",
+           ["verdict", "threat", "source", "ttl", "retry_after"])
+
+
+@query.command("url")
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--policy", type=click.Choice(["low", "medium", "high"]), help="Fill in block/allow.")
+@click.pass_context
+@fail_cleanly
+def query_url(ctx: click.Context, urls: tuple[str, ...], policy: str | None) -> None:
+    """Ask about URLs."""
+    body: dict[str, Any] = {"urls": list(urls)}
+    if policy:
+        body["policy"] = policy
+    _print(ctx, _post(ctx, "/v1/web", body), "url",
+           ["rating", "score", "category", "action", "source", "matched"])
+
+
+@query.command("domain")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+@fail_cleanly
+def query_domain(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Ask about domains and IP addresses."""
+    _print(ctx, _post(ctx, "/v1/domain", {"items": list(names)}), "domain",
+           ["rating", "score", "category", "source", "matched"])
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,208 @@
+"""Configuration: every key declared once, with its default and its help line.
+
+Precedence: built-in defaults < TOML file (``--config``) < command-line flags.
+Nothing needs a file. A bad key or value is refused with a ConfigError that
+names the key. The TOML file is flat: ``query_port = 8080``; sections are
+allowed for readability and are ignored as prefixes (``[relay] read_timeout``
+is the same key as ``read_timeout``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("RAMPART_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "rampart"
+
+
+def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None) -> Any:
+    meta = {"help": help, "lo": lo, "hi": hi}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    # where things live
+    data_dir: Path = _opt(
+        default_data_dir(), "state: patterns, lists (SQLite), CA and certificates ($RAMPART_DATA_DIR)"
+    )
+    pattern_dir: Path | None = _opt(
+        None, "serve this pattern directory instead of DATA_DIR/patterns (built from the samples)"
+    )
+    # doors
+    listen: str = _opt("0.0.0.0", "address the doors listen on (use 127.0.0.1 for local only)")
+    query_port: int = _opt(8080, "query door, plain HTTP; 0 turns it off", lo=0, hi=65535)
+    query_tls_port: int = _opt(8443, "query door, HTTPS; 0 turns it off", lo=0, hi=65535)
+    tls_names: list[str] = _opt(
+        [], "extra names and addresses for the HTTPS certificate (besides localhost and host name)"
+    )
+    # request bounds
+    max_body: int = _opt(1 << 20, "largest request body in bytes (413 above)", lo=1024, hi=64 << 20)
+    max_batch: int = _opt(1000, "most items in one request (413 above)", lo=1, hi=100_000)
+    max_url: int = _opt(4096, "longest URL in characters", lo=64, hi=65536)
+    max_header: int = _opt(16384, "largest request head (line + headers) in bytes", lo=1024, hi=1 << 20)
+    max_inspect_content: int = _opt(
+        256 * 1024, "largest decoded inspection content in bytes", lo=0, hi=16 << 20
+    )
+    idle_timeout: float = _opt(60.0, "seconds an idle keep-alive connection is kept", lo=1, hi=3600)
+    # answers
+    local_ttl: int = _opt(3600, "TTL in seconds given with answers from patterns and lists", lo=0)
+    cache_size: int = _opt(200_000, "most cloud answers kept in the cache", lo=0, hi=50_000_000)
+    degraded_retry_after: int = _opt(
+        60, "seconds a product should wait before asking again about a degraded item", lo=1, hi=86400
+    )
+    lists_poll: float = _opt(1.0, "seconds between checks for list changes", lo=0.05, hi=60)
+    authoritative: bool = _opt(
+        False, "answer unknown items as unknown/untested instead of relaying (the reference cloud)"
+    )
+    # relay
+    cloud: list[str] = _opt([], "cloud endpoints (https://host:port), in priority order")
+    cloud_ca: Path | None = _opt(None, "CA bundle to verify the cloud with (default: system bundle)")
+    connect_timeout: float = _opt(2.0, "seconds to connect to a cloud endpoint", lo=0.01, hi=60)
+    read_timeout: float = _opt(5.0, "seconds to wait for a cloud answer", lo=0.01, hi=300)
+    total_timeout: float = _opt(8.0, "seconds for a relayed item across all endpoints", lo=0.01, hi=600)
+    batch_window: float = _opt(
+        0.002, "seconds to gather concurrent unknown items into one upstream request", lo=0, hi=1
+    )
+    max_relay_concurrency: int = _opt(64, "most upstream requests in flight", lo=1, hi=10_000)
+    breaker_failures: int = _opt(3, "consecutive failures that open an endpoint's circuit", lo=1)
+    breaker_cooldown: float = _opt(15.0, "seconds before an open circuit is tried again", lo=0.1)
+    # operations
+    log_level: str = _opt("info", "debug, info, warning or error")
+    stale_after: int = _opt(
+        6 * 3600, "seconds after which a pattern counts as stale in /readyz", lo=60
+    )
+
+    def replace(self, **changes: Any) -> Config:
+        return validate(dataclasses.replace(self, **changes))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = FIELDS[name]
+    kind = str(f.type)
+    try:
+        if kind.startswith("Path"):
+            if value is None or value == "":
+                if "None" in kind:
+                    return None
+                raise ValueError("a path is required")
+            return Path(os.path.expanduser(str(value)))
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("must be true or false")
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("must be a whole number")
+            value = int(value)
+        elif kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("must be a number")
+            value = float(value)
+        elif kind == "list[str]":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError("must be a list of strings")
+            value = list(value)
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise ValueError("must be a string")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key {name!r}: {value!r} {e}") from None
+    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"config key {name!r}: {value!r} is out of range [{lo}, {hi}]")
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field and form checks; returns cfg unchanged or raises ConfigError naming the key."""
+    try:
+        ipaddress.ip_address(cfg.listen)
+    except ValueError:
+        if cfg.listen not in ("localhost", ""):
+            raise ConfigError(f"config key 'listen': {cfg.listen!r} is not an IP address") from None
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"config key 'log_level': {cfg.log_level!r} is not debug/info/warning/error")
+    for url in cfg.cloud:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"config key 'cloud': {url!r} must be http(s)://host[:port] with no path"
+            )
+    if cfg.query_port and cfg.query_port == cfg.query_tls_port:
+        raise ConfigError("config keys 'query_port' and 'query_tls_port' must differ")
+    if cfg.cloud_ca is not None and not cfg.cloud_ca.is_file():
+        raise ConfigError(f"config key 'cloud_ca': no such file {cfg.cloud_ca.name!r}")
+    return cfg
+
+
+def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = key.replace("-", "_")
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            out[name] = (prefix + name, value)
+    return out
+
+
+def load(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (flags; None values skipped)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes")
+        try:
+            doc = tomllib.loads(raw.decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        for name, (shown, value) in _flatten(doc).items():
+            if name not in FIELDS:
+                raise ConfigError(f"config file {path}: unknown key {shown!r}")
+            values[name] = _coerce(name, value)
+    for name, value in (overrides or {}).items():
+        if value is None or value == () or value == []:
+            continue
+        if name not in FIELDS:
+            raise ConfigError(f"unknown config key {name!r}")
+        values[name] = _coerce(name, value)
+    return validate(Config(**values))
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every key: the documentation of the config file."""
+    cfg = Config()
+    return [(n, repr(getattr(cfg, n)), f.metadata["help"]) for n, f in FIELDS.items()]

@@ -1,0 +1,330 @@
+"""The decision chain (DESIGN §3): blocked list ▸ approved list ▸ pattern ▸ cache ▸ relay.
+
+For every item the first source that answers wins. Local sources are consulted
+synchronously (``*_local`` returns ``None`` where nothing local answered) so a
+request that is fully answered locally never awaits; only the leftovers go to
+the cache and then, gathered into one call, to the relay. An authoritative
+engine (the reference cloud) answers leftovers itself as unknown/untested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from proxy import protocol, urls
+from proxy.cache import AnswerCache
+from proxy.errors import RelayError
+from proxy.model import (
+    DomainQuery,
+    FileAnswer,
+    FileQuery,
+    InspectAnswer,
+    InspectQuery,
+    Rating,
+    Service,
+    Source,
+    Verdict,
+    WebAnswer,
+    WebQuery,
+)
+from proxy.pattern import FileHit, PatternSet, WebHit
+
+logger = logging.getLogger(__name__)
+
+BLOCKED_THREAT = "Blocked-By-Administrator"
+BLOCKED_CATEGORY = "blocked-by-administrator"
+APPROVED_CATEGORY = "approved-by-administrator"
+
+Answer = FileAnswer | WebAnswer | InspectAnswer
+Ask = list[tuple[int, str, object]]  # (position, cache key, upstream item) still to answer
+
+
+class Lists(Protocol):
+    """What the engine asks of the administrator's lists (proxy.lists.ListSnapshot)."""
+
+    def match_file(self, q: FileQuery) -> tuple[Any, str] | None: ...
+    def match_url(self, canonical_url: str) -> tuple[Any, str] | None: ...
+    def match_domain(self, name: str) -> tuple[Any, str] | None: ...
+
+
+class RelayLike(Protocol):
+    async def ask_many(
+        self, service: Service, pairs: Sequence[tuple[str, object]]
+    ) -> list[dict[str, Any] | RelayError]: ...
+
+
+class StatsLike(Protocol):
+    def count_items(self, service: Service, sources: Counter[str]) -> None: ...
+
+
+def _is_blocked(match: tuple[Any, str]) -> bool:
+    name = match[0]
+    return str(getattr(name, "value", name)) == "blocked"
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        patterns: PatternSet,
+        lists: Lists,
+        cache: AnswerCache[Answer],
+        relay: RelayLike | None,
+        stats: StatsLike,
+        local_ttl: int = 3600,
+        retry_after: int = 60,
+        authoritative: bool = False,
+    ) -> None:
+        self.patterns = patterns  # swapped whole by the updater; read once per request
+        self.lists = lists  # swapped whole when the list store changes
+        self.cache = cache
+        self.relay = relay
+        self.stats = stats
+        self.local_ttl = local_ttl
+        self.retry_after = retry_after
+        self.authoritative = authoritative
+        self._file_hits: dict[FileHit, FileAnswer] = {}
+        self._degraded_file = FileAnswer(Verdict.UNKNOWN, Source.DEGRADED, retry_after=retry_after)
+        self._degraded_web = WebAnswer(
+            Rating.UNTESTED, Source.DEGRADED, score=Rating.UNTESTED.default_score,
+            retry_after=retry_after,
+        )
+        self._unknown_file = FileAnswer(Verdict.UNKNOWN, Source.CLOUD, ttl=local_ttl)
+        self._untested = WebAnswer(
+            Rating.UNTESTED, Source.CLOUD, score=Rating.UNTESTED.default_score, ttl=local_ttl
+        )
+
+    @property
+    def version(self) -> str:
+        return self.patterns.version
+
+    # ------------------------------------------------------------ files
+
+    def _file_list_answer(self, match: tuple[Any, str]) -> FileAnswer:
+        if _is_blocked(match):
+            return FileAnswer(
+                Verdict.MALICIOUS, Source.BLOCKED_LIST, threat=BLOCKED_THREAT,
+                ttl=self.local_ttl, matched=match[1],
+            )
+        return FileAnswer(Verdict.CLEAN, Source.APPROVED_LIST, ttl=self.local_ttl, matched=match[1])
+
+    def _file_hit_answer(self, hit: FileHit) -> FileAnswer:
+        answer = self._file_hits.get(hit)
+        if answer is None:
+            answer = FileAnswer(hit.verdict, Source.PATTERN, threat=hit.threat, ttl=self.local_ttl)
+            if len(self._file_hits) < 65536:
+                self._file_hits[hit] = answer
+        return answer
+
+    def files_local(self, qs: Sequence[FileQuery]) -> list[FileAnswer | None]:
+        lists, patterns = self.lists, self.patterns
+        hits = patterns.lookup_files(qs) if len(qs) > 4 else [patterns.lookup_file(q) for q in qs]
+        out: list[FileAnswer | None] = []
+        append = out.append
+        hit_answer = self._file_hit_answer
+        for q, hit in zip(qs, hits):
+            match = lists.match_file(q)
+            if match is not None:
+                append(self._file_list_answer(match))
+            elif hit is not None:
+                append(hit_answer(hit))
+            else:
+                append(None)
+        return out
+
+    def begin_files(self, qs: Sequence[FileQuery]) -> tuple[list[Any], Ask]:
+        """Local sources and the cache; returns the answers so far and what to relay."""
+        answers: list[Any] = self.files_local(qs)
+        if None not in answers:
+            return answers, []
+        pending = [
+            (i, f"{q.kind.value}:{q.digest.hex()}", {q.kind.value: q.digest.hex()})
+            for i, (q, a) in enumerate(zip(qs, answers)) if a is None
+        ]
+        return answers, self.settle(Service.FILE, answers, pending)
+
+    async def files(self, qs: Sequence[FileQuery]) -> list[FileAnswer]:
+        return await self._complete(Service.FILE, *self.begin_files(qs))
+
+    # ------------------------------------------------------------ web
+
+    def _web_list_answer(self, match: tuple[Any, str]) -> WebAnswer:
+        if _is_blocked(match):
+            return WebAnswer(
+                Rating.DANGEROUS, Source.BLOCKED_LIST, score=100, category=BLOCKED_CATEGORY,
+                ttl=self.local_ttl, matched=match[1],
+            )
+        return WebAnswer(
+            Rating.SAFE, Source.APPROVED_LIST, score=0, category=APPROVED_CATEGORY,
+            ttl=self.local_ttl, matched=match[1],
+        )
+
+    def _web_hit_answer(self, matched: str, hit: WebHit) -> WebAnswer:
+        return WebAnswer(
+            hit.rating, Source.PATTERN, score=hit.score, category=hit.category,
+            ttl=self.local_ttl, matched=matched,
+        )
+
+    def _host_hit(self, host: str) -> tuple[str, WebHit] | None:
+        ip = urls.parse_ip(host)
+        if ip is not None:
+            return self.patterns.lookup_ip(ip)
+        return self.patterns.lookup_domain(host)
+
+    def web_local_one(self, q: WebQuery) -> WebAnswer | None:
+        match = self.lists.match_url(q.canonical)
+        if match is not None:
+            return self._web_list_answer(match)
+        found = self.patterns.lookup_url(urls.expressions(q.canonical))
+        host = self._host_hit(q.host)
+        if host is not None and (found is None or host[1].rating.severity > found[1].rating.severity):
+            found = host
+        return self._web_hit_answer(*found) if found is not None else None
+
+    def begin_web(self, qs: Sequence[WebQuery]) -> tuple[list[Any], Ask]:
+        answers: list[Any] = [self.web_local_one(q) for q in qs]
+        if None not in answers:
+            return answers, []
+        pending = [
+            (i, f"web:{q.canonical}", q.canonical)
+            for i, (q, a) in enumerate(zip(qs, answers)) if a is None
+        ]
+        return answers, self.settle(Service.WEB, answers, pending)
+
+    async def web(self, qs: Sequence[WebQuery]) -> list[WebAnswer]:
+        return await self._complete(Service.WEB, *self.begin_web(qs))
+
+    # ------------------------------------------------------------ domain / IP
+
+    def domain_local_one(self, q: DomainQuery) -> WebAnswer | None:
+        match = self.lists.match_domain(q.name)
+        if match is not None:
+            return self._web_list_answer(match)
+        found = self.patterns.lookup_ip(q.ip) if q.ip is not None else (
+            self.patterns.lookup_domain(q.name)
+        )
+        return self._web_hit_answer(*found) if found is not None else None
+
+    def begin_domains(self, qs: Sequence[DomainQuery]) -> tuple[list[Any], Ask]:
+        answers: list[Any] = [self.domain_local_one(q) for q in qs]
+        if None not in answers:
+            return answers, []
+        pending = [
+            (i, f"domain:{q.name}", q.name)
+            for i, (q, a) in enumerate(zip(qs, answers)) if a is None
+        ]
+        return answers, self.settle(Service.DOMAIN, answers, pending)
+
+    async def domains(self, qs: Sequence[DomainQuery]) -> list[WebAnswer]:
+        return await self._complete(Service.DOMAIN, *self.begin_domains(qs))
+
+    # ------------------------------------------------------------ web inspection
+
+    def _inspect_authoritative(self, q: InspectQuery) -> InspectAnswer:
+        doc = json.loads(q.body)
+        web = protocol.parse_url(doc["url"], protocol.Limits(max_url=1 << 16))
+        rating = self.web_local_one(web) or self._untested
+        result: dict[str, Any] = {
+            "rating": rating.rating.value, "score": rating.score, "category": rating.category,
+        }
+        content = doc.get("content")
+        if isinstance(content, str):
+            import base64
+            import hashlib
+
+            digest = hashlib.sha256(base64.b64decode(content)).digest()
+            hit = self.patterns.lookup_file(FileQuery(protocol.HashKind.SHA256, digest))
+            result["sha256"] = digest.hex()
+            result["verdict"] = hit.verdict.value if hit else Verdict.UNKNOWN.value
+            if hit:
+                result["threat"] = hit.threat
+        return protocol.inspect_answer_from_result(
+            {**result, "ttl": self.local_ttl}, Source.CLOUD
+        )
+
+    def begin_inspect(self, q: InspectQuery) -> tuple[list[Any], Ask]:
+        if self.authoritative:
+            return [self._inspect_authoritative(q)], []
+        answers: list[Any] = [None]
+        pending: Ask = [(0, f"inspect:{q.digest}", json.loads(q.body))]
+        return answers, self.settle(Service.INSPECT, answers, pending)
+
+    async def inspect(self, q: InspectQuery) -> InspectAnswer:
+        answers = await self._complete(Service.INSPECT, *self.begin_inspect(q))
+        return answers[0]  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ cache, relay, degraded
+
+    def _convert(self, service: Service, result: dict[str, Any]) -> Answer:
+        if service is Service.FILE:
+            return protocol.file_answer_from_result(result, Source.CLOUD)
+        if service is Service.INSPECT:
+            return protocol.inspect_answer_from_result(result, Source.CLOUD)
+        return protocol.web_answer_from_result(result, Source.CLOUD)
+
+    def _fallback(self, service: Service) -> Answer:
+        """What an item no source could answer becomes."""
+        if self.authoritative:
+            return self._unknown_file if service is Service.FILE else self._untested
+        if service is Service.FILE:
+            return self._degraded_file
+        if service is Service.INSPECT:
+            return InspectAnswer(b"", Source.DEGRADED, retry_after=self.retry_after)
+        return self._degraded_web
+
+    def settle(
+        self, service: Service, answers: list[Any], pending: Ask
+    ) -> Ask:
+        """Fill pending positions from the cache (or the authoritative fallback).
+
+        Returns what is left for the relay; empty when ``answers`` is complete.
+        """
+        cache = self.cache
+        ask: Ask = []
+        for i, key, item in pending:
+            cached = cache.get(key)
+            if cached is not None:
+                value, left = cached
+                answers[i] = dataclasses.replace(value, source=Source.CACHE, ttl=left)
+            else:
+                ask.append((i, key, item))
+        if ask and (self.relay is None or self.authoritative):
+            fallback = self._fallback(service)
+            for i, _, _ in ask:
+                answers[i] = fallback
+            return []
+        return ask
+
+    async def relay_fill(
+        self, service: Service, answers: list[Any], ask: Ask
+    ) -> None:
+        """Ask the relay for what ``settle`` left; failures become degraded answers."""
+        assert self.relay is not None
+        results = await self.relay.ask_many(service, [(key, item) for _, key, item in ask])
+        for (i, key, _), result in zip(ask, results):
+            if isinstance(result, RelayError):
+                answers[i] = self._fallback(service)
+                continue
+            try:
+                answer = self._convert(service, result)
+            except (ValueError, TypeError, KeyError) as e:
+                logger.warning("cloud answered a %s item unusably: %s", service.value, e)
+                answers[i] = self._fallback(service)
+                continue
+            if answer.ttl:
+                self.cache.put(key, answer, answer.ttl)
+            answers[i] = answer
+
+    async def _complete(self, service: Service, answers: list[Any], ask: Ask) -> list[Any]:
+        if ask:
+            await self.relay_fill(service, answers, ask)
+        return self.count(service, answers)
+
+    def count(self, service: Service, answers: list[Any]) -> list[Any]:
+        self.stats.count_items(service, Counter(a.source.value for a in answers))
+        return answers

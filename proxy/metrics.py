@@ -1,0 +1,143 @@
+"""Counters kept on the request path as plain integers, exported in Prometheus format at scrape time.
+
+The hot path only does ``stats.items[(service, source)] += n``; a
+prometheus-client Collector reads the numbers when ``/metrics`` is asked.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from proxy.model import Service
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Histogram:
+    """A fixed-bucket latency histogram; ``observe`` is a bisect and two additions."""
+
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.counts):
+            acc += n
+            out.append(("+Inf" if bound == float("inf") else str(bound), acc))
+        return out
+
+
+class Stats:
+    """Everything /metrics reports. Gauges are read through callbacks set by the app."""
+
+    def __init__(self) -> None:
+        self.items: Counter[tuple[str, str]] = Counter()
+        self.requests: Counter[tuple[str, int]] = Counter()  # (path group, status)
+        self.relay_requests: Counter[tuple[str, str]] = Counter()  # (endpoint, outcome)
+        self.relay_latency: dict[str, Histogram] = {}
+        self.request_latency = Histogram()
+        self.gauges: dict[str, Callable[[], list[tuple[dict[str, str], float]]]] = {}
+        self.started = time.time()
+
+    def count_items(self, service: Service, sources: Counter[str]) -> None:
+        items = self.items
+        s = service.value
+        for source, n in sources.items():
+            items[(s, source)] += n
+
+    # RelayObserver
+    def on_upstream(
+        self, endpoint: str, service: Service, items: int, seconds: float, error: str | None
+    ) -> None:
+        self.relay_requests[(endpoint, error or "ok")] += 1
+        self.relay_latency.setdefault(endpoint, Histogram()).observe(seconds)
+
+
+class _Collector:
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats
+        c = CounterMetricFamily(
+            "rampart_items", "Items answered, by service and source", labels=["service", "source"]
+        )
+        for (service, source), n in sorted(st.items.items()):
+            c.add_metric([service, source], n)
+        yield c
+        c = CounterMetricFamily(
+            "rampart_http_requests", "Query-door requests by path and status", labels=["path", "status"]
+        )
+        for (path, status), n in sorted(st.requests.items()):
+            c.add_metric([path, str(status)], n)
+        yield c
+        c = CounterMetricFamily(
+            "rampart_relay_requests",
+            "Upstream requests to the cloud by endpoint and outcome",
+            labels=["endpoint", "outcome"],
+        )
+        for (endpoint, outcome), n in sorted(st.relay_requests.items()):
+            c.add_metric([endpoint, outcome], n)
+        yield c
+        h = HistogramMetricFamily(
+            "rampart_relay_latency_seconds", "Upstream request latency", labels=["endpoint"]
+        )
+        for endpoint, hist in sorted(st.relay_latency.items()):
+            h.add_metric([endpoint], hist.buckets(), hist.total)
+        yield h
+        h = HistogramMetricFamily(
+            "rampart_request_latency_seconds", "Query-door request latency, receipt to answer"
+        )
+        h.add_metric([], st.request_latency.buckets(), st.request_latency.total)
+        yield h
+        for name, read in sorted(st.gauges.items()):
+            help_text, _, metric = name.partition("|")
+            samples = read()
+            labels = sorted(samples[0][0]) if samples else []
+            g = GaugeMetricFamily(metric, help_text, labels=labels)
+            for lab, value in samples:
+                g.add_metric([lab[k] for k in labels], value)
+            yield g
+
+
+def registry_for(stats: Stats) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Collector(stats))  # type: ignore[arg-type]
+    return reg
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def gauge(stats: Stats, metric: str, help_text: str, read: Callable[[], Any]) -> None:
+    """Register a gauge; ``read`` returns a number or a list of (labels, value)."""
+
+    def samples() -> list[tuple[dict[str, str], float]]:
+        value = read()
+        if isinstance(value, list):
+            return value
+        return [({}, float(value))]
+
+    stats.gauges[f"{help_text}|{metric}"] = samples

@@ -1,0 +1,381 @@
+"""Wire protocol v1 (DESIGN §2): request bodies in, typed queries out; answers in, JSON bytes out.
+
+Sans-IO and pure: the query door, the intercept door and the relay all speak
+through these functions. Every parser validates the whole request before
+anything is answered; one bad item rejects the request with a
+:class:`~proxy.errors.ProtocolError` (HTTP 400) that names the item index.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy import urls
+from proxy.errors import ProtocolError
+from proxy.model import (
+    PROTOCOL_VERSION,
+    DomainQuery,
+    FileAnswer,
+    FileQuery,
+    HashKind,
+    InspectAnswer,
+    InspectQuery,
+    Policy,
+    Rating,
+    Source,
+    Verdict,
+    WebAnswer,
+    WebQuery,
+)
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+_KINDS = {k.value: k for k in HashKind}
+_VERDICTS = {v.value: v for v in Verdict}
+_RATINGS = {r.value: r for r in Rating}
+_POLICIES = {p.value: p for p in Policy}
+_SOURCES = {s.value: s for s in Source}
+MAX_NAME = 253
+MAX_TEXT = 200  # threat names, categories, matched entries from the cloud
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request may carry (see proxy.config for the defaults' help)."""
+
+    max_batch: int = 1000
+    max_url: int = 4096
+    max_inspect_content: int = 256 * 1024
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _load(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError("bad_json", f"request body is not valid JSON: {e}") from None
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    doc = _load(body)
+    if not isinstance(doc, dict):
+        raise ProtocolError("bad_request", "request body must be a JSON object")
+    return doc
+
+
+def _array(doc: dict[str, Any], key: str, limits: Limits) -> list[Any]:
+    items = doc.get(key)
+    if not isinstance(items, list):
+        raise ProtocolError("bad_request", f'request must have "{key}": a JSON array')
+    if not items:
+        raise ProtocolError("bad_request", f'"{key}" is empty')
+    if len(items) > limits.max_batch:
+        raise ProtocolError(
+            "batch_too_large",
+            f'"{key}" has {len(items)} items; the maximum is {limits.max_batch}',
+            status=413,
+        )
+    return items
+
+
+def parse_hash(text: object, kind: HashKind | None = None, item: int | None = None) -> FileQuery:
+    """A hex digest; its kind is told by its length unless given."""
+    if not isinstance(text, str):
+        raise ProtocolError("bad_hash", "a hash must be a hex string", item=item)
+    found = HashKind.from_hex_length(len(text))
+    if kind is None:
+        kind = found
+    if kind is None or found is not kind:
+        want = f"{kind.size * 2} hex digits for {kind.value}" if kind else "32, 40 or 64 hex digits"
+        raise ProtocolError(
+            "bad_hash", f"hash {_clip(text)!r} has {len(text)} characters; want {want}", item=item
+        )
+    if not _HEX.issuperset(text):
+        raise ProtocolError("bad_hash", f"hash {_clip(text)!r} is not hexadecimal", item=item)
+    return FileQuery(kind, bytes.fromhex(text))
+
+
+def parse_file_request(body: bytes, limits: Limits) -> list[FileQuery]:
+    items = _array(_object(body), "items", limits)
+    out: list[FileQuery] = []
+    append = out.append
+    for i, it in enumerate(items):
+        if type(it) is not dict or len(it) != 1:
+            raise ProtocolError(
+                "bad_item", 'each item must be an object with one of "sha256", "sha1", "md5"', item=i
+            )
+        ((name, value),) = it.items()
+        kind = _KINDS.get(name)
+        if kind is None:
+            raise ProtocolError(
+                "bad_item", f'unknown hash type "{_clip(name)}"; use sha256, sha1 or md5', item=i
+            )
+        # Fast path for the common, well-formed case; parse_hash explains failures.
+        if type(value) is str and len(value) == kind.size * 2:
+            try:
+                digest = bytes.fromhex(value)
+            except ValueError:
+                digest = b""
+            if len(digest) == kind.size:  # fromhex skips spaces: check the size
+                append(FileQuery(kind, digest))
+                continue
+        append(parse_hash(value, kind, i))
+    return out
+
+
+def parse_url(text: object, limits: Limits, item: int | None = None) -> WebQuery:
+    if not isinstance(text, str):
+        raise ProtocolError("bad_url", "a URL must be a string", item=item)
+    if len(text) > limits.max_url:
+        raise ProtocolError(
+            "url_too_long", f"URL has {len(text)} characters; the maximum is {limits.max_url}",
+            item=item,
+        )
+    try:
+        canonical = urls.canonicalize(text, max_length=limits.max_url)
+    except urls.UrlError as e:
+        raise ProtocolError("bad_url", f"URL {_clip(text)!r}: {e}", item=item) from None
+    return WebQuery(text, canonical, urls.host_of(canonical))
+
+
+def parse_policy(value: object) -> Policy | None:
+    if value is None:
+        return None
+    policy = _POLICIES.get(value) if isinstance(value, str) else None
+    if policy is None:
+        raise ProtocolError("bad_policy", f'policy must be "low", "medium" or "high", not {value!r}')
+    return policy
+
+
+def parse_web_request(body: bytes, limits: Limits) -> tuple[list[WebQuery], Policy | None]:
+    doc = _object(body)
+    items = _array(doc, "urls", limits)
+    policy = parse_policy(doc.get("policy"))
+    return [parse_url(u, limits, i) for i, u in enumerate(items)], policy
+
+
+def parse_domain(text: object, item: int | None = None) -> DomainQuery:
+    if not isinstance(text, str):
+        raise ProtocolError("bad_domain", "a domain or IP must be a string", item=item)
+    if len(text) > MAX_NAME + 2:
+        raise ProtocolError(
+            "bad_domain", f"name has {len(text)} characters; the maximum is {MAX_NAME}", item=item
+        )
+    ip = urls.parse_ip(text)
+    if ip is not None:
+        return DomainQuery(text, ip.compressed, ip)
+    try:
+        name = urls.normalize_domain(text)
+    except urls.UrlError as e:
+        raise ProtocolError("bad_domain", f"{_clip(text)!r}: {e}", item=item) from None
+    return DomainQuery(text, name)
+
+
+def parse_domain_request(body: bytes, limits: Limits) -> list[DomainQuery]:
+    items = _array(_object(body), "items", limits)
+    return [parse_domain(t, i) for i, t in enumerate(items)]
+
+
+def parse_inspect_request(body: bytes, limits: Limits) -> InspectQuery:
+    doc = _object(body)
+    url = doc.get("url")
+    web = parse_url(url, limits)
+    content = doc.get("content")
+    if content is not None:
+        if not isinstance(content, str):
+            raise ProtocolError("bad_content", '"content" must be base64 text')
+        if len(content) > limits.max_inspect_content * 4 // 3 + 4:
+            raise ProtocolError(
+                "content_too_large",
+                f'"content" is over {limits.max_inspect_content} bytes',
+                status=413,
+            )
+        try:
+            base64.b64decode(content, validate=True)
+        except ValueError:
+            raise ProtocolError("bad_content", '"content" is not valid base64') from None
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return InspectQuery(web.url, hashlib.sha256(canonical).hexdigest(), canonical)
+
+
+# ---------------------------------------------------------------- rendering
+
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_frag_cache: dict[object, str] = {}
+
+
+def _frag(answer: FileAnswer | WebAnswer) -> str:
+    """The JSON members of an answer after its subject, memoised: answers repeat a lot."""
+    s = _frag_cache.get(answer)
+    if s is not None:
+        return s
+    if isinstance(answer, FileAnswer):
+        parts = [f'"verdict":"{answer.verdict.value}"']
+        if answer.threat is not None:
+            parts.append(f'"threat":{_dumps(answer.threat)}')
+    else:
+        parts = [f'"rating":"{answer.rating.value}"', f'"score":{answer.score}']
+        if answer.category is not None:
+            parts.append(f'"category":{_dumps(answer.category)}')
+    if answer.matched is not None:
+        parts.append(f'"matched":{_dumps(answer.matched)}')
+    parts.append(f'"source":"{answer.source.value}"')
+    if answer.ttl is not None:
+        parts.append(f'"ttl":{answer.ttl}')
+    if answer.retry_after is not None:
+        parts.append(f'"retry_after":{answer.retry_after}')
+    s = ",".join(parts)
+    if len(_frag_cache) > 50_000:
+        _frag_cache.clear()
+    _frag_cache[answer] = s
+    return s
+
+
+def _envelope(version: str, results: list[str]) -> bytes:
+    return (
+        f'{{"protocol":{PROTOCOL_VERSION},"pattern":"{version}","results":[' + ",".join(results) + "]}"
+    ).encode()
+
+
+def render_files(version: str, queries: Sequence[FileQuery], answers: Sequence[FileAnswer]) -> bytes:
+    frag = _frag
+    return _envelope(
+        version,
+        [f'{{"{q.kind.value}":"{q.digest.hex()}",{frag(a)}}}' for q, a in zip(queries, answers)],
+    )
+
+
+def _action(policy: Policy | None, answer: WebAnswer) -> str:
+    if policy is None:
+        return ""
+    return ',"action":"block"' if policy.blocks(answer.rating) else ',"action":"allow"'
+
+
+def render_web(
+    version: str, queries: Sequence[WebQuery], answers: Sequence[WebAnswer], policy: Policy | None
+) -> bytes:
+    return _envelope(
+        version,
+        [
+            f'{{"url":{_dumps(q.url)},{_frag(a)}{_action(policy, a)}}}'
+            for q, a in zip(queries, answers)
+        ],
+    )
+
+
+def render_domains(
+    version: str, queries: Sequence[DomainQuery], answers: Sequence[WebAnswer]
+) -> bytes:
+    return _envelope(
+        version,
+        [f'{{"{q.key}":{_dumps(q.item)},{_frag(a)}}}' for q, a in zip(queries, answers)],
+    )
+
+
+def render_inspect(version: str, query: InspectQuery, answer: InspectAnswer) -> bytes:
+    result: dict[str, Any] = json.loads(answer.result) if answer.result else {}
+    result["url"] = query.url
+    result["source"] = answer.source.value
+    for key, value in (("ttl", answer.ttl), ("retry_after", answer.retry_after)):
+        if value is not None:
+            result[key] = value
+        else:
+            result.pop(key, None)
+    return _envelope(version, [_dumps(result)])
+
+
+def render_error(error: ProtocolError) -> bytes:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.item is not None:
+        body["item"] = error.item
+    return _dumps({"error": body}).encode()
+
+
+def render_request(service_key: str, items: Sequence[object]) -> bytes:
+    return _dumps({service_key: list(items)}).encode()
+
+
+# ---------------------------------------------------------------- results from the cloud
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _text(result: dict[str, Any], key: str) -> str | None:
+    value = result.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ValueError(f'"{key}" must be a string of at most {MAX_TEXT} characters')
+    return value
+
+
+def _int(result: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = result.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f'"{key}" must be an integer from {lo} to {hi}')
+    return value
+
+
+def file_answer_from_result(result: dict[str, Any], source: Source) -> FileAnswer:
+    """The cloud's result object for one file, as an answer from ``source``. Raises ValueError."""
+    verdict = _VERDICTS.get(result.get("verdict"))  # type: ignore[arg-type]
+    if verdict is None:
+        raise ValueError(f"unknown verdict {result.get('verdict')!r}")
+    return FileAnswer(
+        verdict,
+        source,
+        threat=_text(result, "threat"),
+        ttl=_int(result, "ttl", 0, 7 * 86400),
+        matched=_text(result, "matched"),
+    )
+
+
+def web_answer_from_result(result: dict[str, Any], source: Source) -> WebAnswer:
+    rating = _RATINGS.get(result.get("rating"))  # type: ignore[arg-type]
+    if rating is None:
+        raise ValueError(f"unknown rating {result.get('rating')!r}")
+    score = _int(result, "score", 0, 100)
+    return WebAnswer(
+        rating,
+        source,
+        score=rating.default_score if score is None else score,
+        category=_text(result, "category"),
+        ttl=_int(result, "ttl", 0, 7 * 86400),
+        matched=_text(result, "matched"),
+    )
+
+
+def inspect_answer_from_result(result: dict[str, Any], source: Source) -> InspectAnswer:
+    ttl = _int(result, "ttl", 0, 7 * 86400)
+    kept = {k: v for k, v in result.items() if k not in ("source", "ttl", "retry_after", "url")}
+    body = _dumps(kept).encode()
+    if len(body) > 64 * 1024:
+        raise ValueError("inspection result is over 64 KiB")
+    return InspectAnswer(body, source, ttl=ttl)
+
+
+def parse_results(body: bytes, count: int) -> list[dict[str, Any]]:
+    """An upstream response body: exactly ``count`` result objects. Raises ValueError."""
+    doc = json.loads(body)
+    if not isinstance(doc, dict) or doc.get("protocol") != PROTOCOL_VERSION:
+        raise ValueError("not a protocol v1 response")
+    results = doc.get("results")
+    if not isinstance(results, list) or len(results) != count:
+        raise ValueError(f"expected {count} results")
+    if not all(isinstance(r, dict) for r in results):
+        raise ValueError("results must be objects")
+    return results
+
+
+def source_of(value: str) -> Source | None:
+    return _SOURCES.get(value)

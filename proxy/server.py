@@ -1,0 +1,298 @@
+"""The query door's HTTP/1.1 server: httptools parsing on an asyncio (uvloop) transport.
+
+One ``HttpConnection`` per client: keep-alive, pipelined requests answered in
+order, and every bound enforced while bytes arrive (request head, body size,
+idle time). A handler returns a ``Response`` directly when it can answer at once
+(the common, fully local case: no task, no await) or an awaitable when it must
+wait for the relay. Handlers never see a malformed request: the server answers
+those itself with a JSON error and closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httptools
+
+from proxy.errors import ProtocolError
+from proxy.protocol import render_error
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {
+    200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: bytes  # path and query, as sent
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    client: str  # peer address
+
+    def header(self, name: bytes) -> bytes | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def head(self, keep_alive: bool) -> bytes:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers)
+        conn = "" if keep_alive else "Connection: close\r\n"
+        return (
+            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Status')}\r\n"
+            f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
+            f"{extra}{conn}\r\n"
+        ).encode()
+
+
+def error_response(error: ProtocolError) -> Response:
+    return Response(error.status, render_error(error), headers=error.headers)
+
+
+Handler = Callable[[Request], "Response | Awaitable[Response]"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_header: int = 16384
+    max_body: int = 1 << 20
+    idle_timeout: float = 60.0
+    max_pipeline: int = 64
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "handler", "limits", "loop", "transport", "parser", "client", "_url", "_headers",
+        "_body", "_head_size", "_body_size", "_queue", "_busy", "_closing", "_last", "_idle",
+        "_error", "_observe",
+    )
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: ServerLimits,
+        observe: Callable[[Request, Response, float], None] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self._observe = observe
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client = "?"
+        self._queue: deque[tuple[Request, bool, float]] = deque()
+        self._busy = False
+        self._closing = False
+        self._error: ProtocolError | None = None
+        self._last = self.loop.time()
+        self._idle: asyncio.TimerHandle | None = None
+        self._reset()
+
+    # ---------------------------------------------------------------- transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else "?"
+        self._idle = self.loop.call_later(self.limits.idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.transport = None
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def _check_idle(self) -> None:
+        if self.transport is None:
+            return
+        left = self._last + self.limits.idle_timeout - self.loop.time()
+        if left <= 0 and not self._busy:
+            self.transport.close()
+        else:
+            self._idle = self.loop.call_later(max(left, 1.0), self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("bad_request", "protocol upgrades are not supported"))
+        except httptools.HttpParserError as e:
+            error = self._error or ProtocolError("bad_request", f"malformed HTTP request: {e}")
+            self._fail(error)
+
+    # ---------------------------------------------------------------- parser callbacks
+
+    def _reset(self) -> None:
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._head_size = 0
+        self._body_size = 0
+
+    def on_message_begin(self) -> None:
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_size += len(url)
+        if self._head_size > self.limits.max_header:
+            self._error = ProtocolError(
+                "uri_too_long", f"request target is over {self.limits.max_header} bytes", status=414
+            )
+            raise self._error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.limits.max_header:
+            self._error = ProtocolError(
+                "headers_too_large",
+                f"request head is over {self.limits.max_header} bytes",
+                status=431,
+            )
+            raise self._error
+        if len(name) == 14 and name.lower() == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = -1
+            if declared > self.limits.max_body:
+                self._error = self._too_large()
+                raise self._error
+
+    def _too_large(self) -> ProtocolError:
+        return ProtocolError(
+            "body_too_large", f"request body is over {self.limits.max_body} bytes", status=413
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body:
+            self._error = self._too_large()
+            raise self._error
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        request = Request(
+            parser.get_method().decode("ascii", "replace"),
+            b"".join(self._url),
+            self._headers,
+            b"".join(self._body),
+            self.client,
+        )
+        keep_alive = parser.should_keep_alive()
+        self._reset()
+        if self._busy or self._queue:
+            if len(self._queue) >= self.limits.max_pipeline:
+                self._error = ProtocolError("too_many_requests", "too many pipelined requests", status=429)
+                raise self._error
+            self._queue.append((request, keep_alive, time.perf_counter()))
+            return
+        self._dispatch(request, keep_alive, time.perf_counter())
+
+    # ---------------------------------------------------------------- answering
+
+    def _dispatch(self, request: Request, keep_alive: bool, started: float) -> None:
+        try:
+            result = self.handler(request)
+        except ProtocolError as e:
+            result = error_response(e)
+        except Exception:
+            logger.exception("handler failed for %s", request.target[:100])
+            result = Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
+        if isinstance(result, Response):
+            self._send(request, result, keep_alive, started)
+            return
+        self._busy = True
+        task = self.loop.create_task(_await(result))
+        task.add_done_callback(lambda t: self._finished(t, request, keep_alive, started))
+
+    def _finished(
+        self, task: asyncio.Task[Response], request: Request, keep_alive: bool, started: float
+    ) -> None:
+        self._busy = False
+        if task.cancelled():
+            return
+        self._send(request, task.result(), keep_alive, started)
+        while self._queue and not self._busy and not self._closing:
+            self._dispatch(*self._queue.popleft())
+
+    def _send(self, request: Request, response: Response, keep_alive: bool, started: float) -> None:
+        if self._observe is not None:
+            self._observe(request, response, time.perf_counter() - started)
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(response.head(keep_alive) + response.body)
+        if not keep_alive:
+            self._closing = True
+            transport.close()
+
+    def _fail(self, error: ProtocolError) -> None:
+        """A request we cannot parse or will not read: answer it and close."""
+        self._closing = True
+        self._queue.clear()
+        response = error_response(error)
+        if self._observe is not None:
+            self._observe(Request("?", b"", [], b"", self.client), response, 0.0)
+        if self.transport is not None:
+            self.transport.write(response.head(False) + response.body)
+            self.transport.close()
+
+
+async def _await(result: Awaitable[Response]) -> Response:
+    try:
+        return await result
+    except ProtocolError as e:
+        return error_response(e)
+    except Exception:
+        logger.exception("handler failed")
+        return Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
+
+
+async def start_server(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    limits: ServerLimits,
+    ssl_context: ssl.SSLContext | None = None,
+    observe: Callable[[Request, Response, float], None] | None = None,
+    reuse_port: bool = False,
+) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: HttpConnection(handler, limits, observe),
+        host or None,
+        port,
+        ssl=ssl_context,
+        backlog=1024,
+        reuse_port=reuse_port or None,
+    )

@@ -1,0 +1,107 @@
+"""Shared fixtures: free loopback ports and real `rampart` processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+EICAR_MD5 = "44d88612fea8a8f36de82e1278abb02f"
+EICAR_SHA1 = "3395856ce81f2b7382dee72602f798b642f14140"
+EICAR_SHA256 = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+RAMPART = [sys.executable, "-m", "addons.cli"]
+
+
+@dataclass
+class Proc:
+    args: list[str]
+    data_dir: Path
+    log: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_url: str, verify: str | bool = False, timeout: float = 30) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.popen = subprocess.Popen(self.args, stdout=out, stderr=out, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.args[3]} exited {self.popen.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(ready_url, verify=verify, timeout=1).status_code == 200:
+                    return self
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.args[3]} did not come up:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def start_cloud(tmp: Path, port: int | None = None) -> Proc:
+    port = port or free_port()
+    data = tmp / "cloud"
+    p = Proc(
+        [*RAMPART, "cloud", "--data-dir", str(data), "--port", str(port), "--listen", "127.0.0.1",
+         "--log-level", "warning"],
+        data, tmp / "cloud.log", {"https": port},
+    )
+    # The CA appears on first start; poll without verification, then tests verify with ca.pem.
+    return p.start(f"https://127.0.0.1:{port}/healthz", verify=False)
+
+
+def start_appliance(tmp: Path, cloud: Proc | None, *extra: str) -> Proc:
+    http, https = free_port(), free_port()
+    data = tmp / "appliance"
+    args = [*RAMPART, "serve", "--data-dir", str(data), "--listen", "127.0.0.1",
+            "--query-port", str(http), "--query-tls-port", str(https), "--log-level", "warning",
+            *extra]
+    if cloud is not None:
+        args += ["--cloud", f"https://localhost:{cloud.ports['https']}",
+                 "--cloud-ca", str(cloud.data_dir / "ca.pem")]
+    p = Proc(args, data, tmp / "appliance.log", {"http": http, "https": https})
+    return p.start(f"http://127.0.0.1:{http}/healthz")
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc]]:
+    """A reference cloud and an appliance relaying to it, for a whole test module."""
+    tmp = tmp_path_factory.mktemp("chain")
+    cloud = start_cloud(tmp)
+    try:
+        appliance = start_appliance(tmp, cloud)
+    except Exception:
+        cloud.stop()
+        raise
+    yield cloud, appliance
+    appliance.stop()
+    cloud.stop()
