@@ -60,6 +60,8 @@ def _load(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError("bad_json", f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("bad_json", "request body is nested too deeply") from None
 
 
 def _object(body: bytes) -> dict[str, Any]:
@@ -197,9 +199,15 @@ def parse_inspect_request(body: bytes, limits: Limits) -> InspectQuery:
                 status=413,
             )
         try:
-            base64.b64decode(content, validate=True)
+            decoded = base64.b64decode(content, validate=True)
         except ValueError:
             raise ProtocolError("bad_content", '"content" is not valid base64') from None
+        if len(decoded) > limits.max_inspect_content:
+            raise ProtocolError(
+                "content_too_large",
+                f'"content" is over {limits.max_inspect_content} bytes',
+                status=413,
+            )
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return InspectQuery(web.url, hashlib.sha256(canonical).hexdigest(), canonical)
 
@@ -239,7 +247,9 @@ def _frag(answer: FileAnswer | WebAnswer) -> str:
 
 def _envelope(version: str, results: list[str]) -> bytes:
     return (
-        f'{{"protocol":{PROTOCOL_VERSION},"pattern":"{version}","results":[' + ",".join(results) + "]}"
+        f'{{"protocol":{PROTOCOL_VERSION},"pattern":{_dumps(version)},"results":['
+        + ",".join(results)
+        + "]}"
     ).encode()
 
 
@@ -328,9 +338,10 @@ def _int(result: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
 
 def file_answer_from_result(result: dict[str, Any], source: Source) -> FileAnswer:
     """The cloud's result object for one file, as an answer from ``source``. Raises ValueError."""
-    verdict = _VERDICTS.get(result.get("verdict"))  # type: ignore[arg-type]
+    value = result.get("verdict")
+    verdict = _VERDICTS.get(value) if isinstance(value, str) else None
     if verdict is None:
-        raise ValueError(f"unknown verdict {result.get('verdict')!r}")
+        raise ValueError(f"unknown verdict {_clip(repr(value))}")
     return FileAnswer(
         verdict,
         source,
@@ -341,9 +352,10 @@ def file_answer_from_result(result: dict[str, Any], source: Source) -> FileAnswe
 
 
 def web_answer_from_result(result: dict[str, Any], source: Source) -> WebAnswer:
-    rating = _RATINGS.get(result.get("rating"))  # type: ignore[arg-type]
+    value = result.get("rating")
+    rating = _RATINGS.get(value) if isinstance(value, str) else None
     if rating is None:
-        raise ValueError(f"unknown rating {result.get('rating')!r}")
+        raise ValueError(f"unknown rating {_clip(repr(value))}")
     score = _int(result, "score", 0, 100)
     return WebAnswer(
         rating,
@@ -366,7 +378,10 @@ def inspect_answer_from_result(result: dict[str, Any], source: Source) -> Inspec
 
 def parse_results(body: bytes, count: int) -> list[dict[str, Any]]:
     """An upstream response body: exactly ``count`` result objects. Raises ValueError."""
-    doc = json.loads(body)
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        raise ValueError("response is nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("protocol") != PROTOCOL_VERSION:
         raise ValueError("not a protocol v1 response")
     results = doc.get("results")
