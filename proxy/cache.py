@@ -52,7 +52,13 @@ class AnswerCache(Generic[V]):
         return value, max(1, int(left))
 
     def put(self, key: str, value: V, ttl: float) -> None:
-        if ttl <= 0 or self.max_entries == 0:
+        """Keep ``value`` for ``ttl`` seconds (at most ``max_ttl``).
+
+        A TTL that is not positive means "do not cache": it also drops what was
+        kept under ``key`` before, so a stale answer cannot outlive a newer one.
+        """
+        if not ttl > 0 or self.max_entries == 0:  # also refuses NaN
+            self._data.pop(key, None)
             return
         self._data[key] = (self._clock() + min(ttl, self.max_ttl), value)
         self._data.move_to_end(key)
