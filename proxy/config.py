@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -93,7 +94,12 @@ class Config:
     )
 
     def replace(self, **changes: Any) -> Config:
-        return validate(dataclasses.replace(self, **changes))
+        """A copy with ``changes``, each checked like a flag; raises ConfigError naming the key."""
+        for name in changes:
+            if name not in FIELDS:
+                raise ConfigError(f"unknown config key {name!r}")
+        coerced = {name: _coerce(name, value) for name, value in changes.items()}
+        return validate(dataclasses.replace(self, **coerced))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -108,7 +114,9 @@ def _coerce(name: str, value: Any) -> Any:
                 if "None" in kind:
                     return None
                 raise ValueError("a path is required")
-            return Path(os.path.expanduser(str(value)))
+            if not isinstance(value, str | os.PathLike):
+                raise ValueError("must be a path")
+            return Path(os.path.expanduser(value))
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -125,15 +133,16 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError("must be a number")
             value = float(value)
+            if not math.isfinite(value):
+                raise ValueError("must be a finite number")
         elif kind == "list[str]":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 raise ValueError("must be a list of strings")
             value = list(value)
-        elif kind == "str":
-            if not isinstance(value, str):
-                raise ValueError("must be a string")
+        elif kind == "str" and not isinstance(value, str):
+            raise ValueError("must be a string")
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key {name!r}: {value!r} {e}") from None
     lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
@@ -152,10 +161,10 @@ def validate(cfg: Config) -> Config:
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"config key 'log_level': {cfg.log_level!r} is not debug/info/warning/error")
     for url in cfg.cloud:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        if not _endpoint_ok(url):
             raise ConfigError(
-                f"config key 'cloud': {url!r} must be http(s)://host[:port] with no path"
+                f"config key 'cloud': {url!r} must be http(s)://host[:port]"
+                " with no path, query or credentials"
             )
     if cfg.query_port and cfg.query_port == cfg.query_tls_port:
         raise ConfigError("config keys 'query_port' and 'query_tls_port' must differ")
@@ -164,14 +173,33 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _endpoint_ok(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:  # also a broken [IPv6] literal
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or parts.username or parts.password)
+        and not url.endswith(("?", "#"))
+    )
+
+
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in doc.items():
         name = key.replace("-", "_")
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{name}."))
+            inner = _flatten(value, f"{prefix}{name}.")
         else:
-            out[name] = (prefix + name, value)
+            inner = {name: (prefix + name, value)}
+        for leaf, (shown, v) in inner.items():
+            if leaf in out:
+                raise ConfigError(f"config key {leaf!r} is set twice (as {out[leaf][0]!r} and {shown!r})")
+            out[leaf] = (shown, v)
     return out
 
 
