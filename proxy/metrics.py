@@ -7,6 +7,7 @@ prometheus-client Collector reads the numbers when ``/metrics`` is asked.
 from __future__ import annotations
 
 import bisect
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from prometheus_client.core import (
 )
 
 from proxy.model import Service
+
+logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -41,7 +44,8 @@ class Histogram:
         self.count += 1
 
     def buckets(self) -> list[tuple[str, float]]:
-        out, acc = [], 0
+        out: list[tuple[str, float]] = []
+        acc = 0
         for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.counts):
             acc += n
             out.append(("+Inf" if bound == float("inf") else str(bound), acc))
@@ -57,7 +61,8 @@ class Stats:
         self.relay_requests: Counter[tuple[str, str]] = Counter()  # (endpoint, outcome)
         self.relay_latency: dict[str, Histogram] = {}
         self.request_latency = Histogram()
-        self.gauges: dict[str, Callable[[], list[tuple[dict[str, str], float]]]] = {}
+        # metric name -> (help text, read): set through ``gauge``
+        self.gauges: dict[str, tuple[str, Callable[[], list[tuple[dict[str, str], float]]]]] = {}
         self.started = time.time()
 
     def count_items(self, service: Service, sources: Counter[str]) -> None:
@@ -111,19 +116,22 @@ class _Collector:
         )
         h.add_metric([], st.request_latency.buckets(), st.request_latency.total)
         yield h
-        for name, read in sorted(st.gauges.items()):
-            help_text, _, metric = name.partition("|")
-            samples = read()
-            labels = sorted(samples[0][0]) if samples else []
+        for metric, (help_text, read) in sorted(st.gauges.items()):
+            try:
+                samples = read()
+            except Exception as e:  # one broken reading must not take down the whole scrape
+                logger.warning("gauge %s could not be read: %s", metric, e)
+                continue
+            labels = sorted({k for lab, _ in samples for k in lab})
             g = GaugeMetricFamily(metric, help_text, labels=labels)
             for lab, value in samples:
-                g.add_metric([lab[k] for k in labels], value)
+                g.add_metric([lab.get(k, "") for k in labels], value)
             yield g
 
 
 def registry_for(stats: Stats) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Collector(stats))  # type: ignore[arg-type]
+    reg.register(_Collector(stats))
     return reg
 
 
@@ -140,4 +148,4 @@ def gauge(stats: Stats, metric: str, help_text: str, read: Callable[[], Any]) ->
             return value
         return [({}, float(value))]
 
-    stats.gauges[f"{help_text}|{metric}"] = samples
+    stats.gauges[metric] = (help_text, samples)
