@@ -24,7 +24,9 @@ Tables are ``proxy.tables`` files. Codes: verdict 1 malicious, 2 suspicious,
 later issues can add signatures, diffs and an agent pattern to the manifest.
 
 Web, domain and IP lookups return the most severe match; among equally severe
-ones the most specific (the earliest expression, the longest domain suffix).
+ones the most specific: the longest host (domain suffix), then the longest path.
+(Expression order is not specificity: Safe Browsing lists ``host/`` before
+``host/a/``.)
 """
 
 from __future__ import annotations
@@ -266,8 +268,8 @@ def build_pattern(
     ranges6 = sources.flatten_networks(r for r in net_recs if r.network.version == 6)
 
     by_kind: dict[HashKind, list[sources.HashRecord]] = {k: [] for k in HashKind}
-    for rec in merged_hashes.values():
-        by_kind[rec.kind].append(rec)
+    for hrec in merged_hashes.values():
+        by_kind[hrec.kind].append(hrec)
     blocking = [(r.expression, r) for r in merged_urls.values()
                 if r.rating in WEB_BLOCKING_RATINGS]
     suspicious = [(r.expression, r) for r in merged_urls.values()
@@ -298,14 +300,15 @@ def build_pattern(
                 "entries": sum(counts[f] for f in files),
                 "files": entries,
             }
+        strings_entry = _file_entry(tmp / STRINGS, 0)
+        del strings_entry["entries"]
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": version,
             "created": created.isoformat().replace("+00:00", "Z"),
-            "files": {STRINGS: _file_entry(tmp / STRINGS, 0)},
+            "files": {STRINGS: strings_entry},
             "patterns": patterns,
         }
-        del manifest["files"][STRINGS]["entries"]
         _write_json(tmp / MANIFEST, manifest)
         fsync_dir(tmp)
         _swap_into_place(tmp, out_dir)
@@ -461,7 +464,8 @@ def _info(m: _Manifest, problems: list[str]) -> dict[str, Any]:
     for name, entry in m.raw["patterns"].items():
         if not isinstance(entry, dict):
             continue
-        files = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+        listed = entry.get("files")
+        files: dict[str, Any] = listed if isinstance(listed, dict) else {}
         patterns[name] = {
             "version": entry.get("version"),
             "entries": entry.get("entries"),
@@ -477,6 +481,12 @@ def _info(m: _Manifest, problems: list[str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- lookups
+
+
+def _specificity(expression: str) -> tuple[int, int]:
+    """Longer host first, then longer path: ``a.b.test/`` > ``b.test/x/`` > ``b.test/``."""
+    host, _, path = expression.partition("/")
+    return len(host), len(path)
 
 
 def _load_strings(path: Path) -> tuple[list[str], list[str]]:
@@ -622,8 +632,8 @@ class PatternSet:
                 if row is None:
                     continue
                 hit = self._web_hit(table, row, pattern)
-                # strictly more severe only: at a tie the earlier (more specific) one stays
-                if best is None or hit.rating.severity > best[1].rating.severity:
+                if best is None or (hit.rating.severity, _specificity(text)) > (
+                        best[1].rating.severity, _specificity(best[0])):
                     best = (text, hit)
         return best
 

@@ -123,9 +123,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             if not raw:
                 return
             line_no += 1
-            if len(raw) > MAX_LINE_BYTES + 1 or (
-                len(raw) == MAX_LINE_BYTES + 2 and not raw.endswith(b"\n")
-            ):
+            if len(raw.rstrip(b"\r\n")) > MAX_LINE_BYTES:
                 raise SourceError(name, line_no, f"line longer than {MAX_LINE_BYTES} bytes")
             try:
                 text = raw.decode("utf-8")

@@ -37,7 +37,7 @@ Keys are compared as raw bytes everywhere. Never through numpy ``S`` scalars,
 which drop trailing NUL bytes (one SHA-256 in 256 ends in one).
 
 Diffs (a later issue) merge a sorted add/remove list into a new file with
-``write_table``; ``Table.keys`` and ``Table.column`` give the old rows.
+``write_table``; ``Table.sorted_keys`` and ``Table.column`` give the old rows.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def _lex_less(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[np.bool_]
     neq = a != b
     first = neq.argmax(axis=1)
     rows = np.arange(a.shape[0])
-    return neq[rows, first] & (a[rows, first] < b[rows, first])
+    out: npt.NDArray[np.bool_] = neq[rows, first] & (a[rows, first] < b[rows, first])
+    return out
 
 
 def _as_key_matrix(keys: KeysLike, width: int | None, what: str) -> npt.NDArray[np.uint8]:
@@ -190,10 +191,10 @@ def write_table(
         _DESCRIPTOR.pack(name.encode("ascii"), f"<u{c.dtype.itemsize}".encode("ascii"))
         for name, c in cols.items()
     )
-    blocks: list[bytes | memoryview] = [index.tobytes(), k.data.cast("B")]
+    blocks = [_raw(index), _raw(k)]
     if e is not None:
-        blocks.append(e.data.cast("B"))
-    blocks.extend(c.data.cast("B") for c in cols.values())
+        blocks.append(_raw(e))
+    blocks.extend(_raw(c) for c in cols.values())
 
     flags = FLAG_RANGES if e is not None else 0
     head = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, width, bits, n, len(cols), largest,
@@ -228,6 +229,22 @@ def write_table(
     fsync_dir(path.parent)
     logger.debug("wrote table %s: %d rows, %d bytes", path.name, n, pos)
     return pos
+
+
+def _raw(arr: npt.NDArray[Any]) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy."""
+    flat: Any = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    return memoryview(flat)
+
+
+def _cast_unsigned(raw: memoryview, itemsize: int) -> memoryview:
+    if itemsize == 1:
+        return raw.cast("B")
+    if itemsize == 2:
+        return raw.cast("H")
+    if itemsize == 4:
+        return raw.cast("I")
+    return raw.cast("Q")
 
 
 def write_range_table(
@@ -352,17 +369,17 @@ class Table:
         self._index = np.frombuffer(mm, dtype="<u8", count=(1 << bits) + 1, offset=index_off)
         self._keys = np.frombuffer(mm, dtype=np.uint8, count=count * width, offset=keys_off)
         self._keys = self._keys.reshape(count, width)
-        self._words = np.frombuffer(
-            mm, dtype=_word_dtype(width), count=count * width // np.dtype(_word_dtype(width)).itemsize,
-            offset=keys_off,
-        ).reshape(count, -1)
+        wdt = np.dtype(_word_dtype(width))
+        per_row = width // wdt.itemsize
+        self._words = np.frombuffer(mm, dtype=wdt, count=count * per_row, offset=keys_off)
+        self._words = self._words.reshape(count, per_row)
         self._first_words = self._words[:, 0]
         self._columns: dict[str, npt.NDArray[Any]] = {}
         self._column_mvs: dict[str, memoryview] = {}
         for (cname, dt), off in zip(layout, col_offs, strict=True):
             self._columns[cname] = np.frombuffer(mm, dtype=dt, count=count, offset=off)
-            fmt = {1: "B", 2: "H", 4: "I", 8: "Q"}[dt.itemsize]
-            self._column_mvs[cname] = memoryview(mm)[off : off + count * dt.itemsize].cast(fmt)
+            raw = memoryview(mm)[off : off + count * dt.itemsize]
+            self._column_mvs[cname] = _cast_unsigned(raw, dt.itemsize)
 
     # ------------------------------------------------------------ open / close
 
@@ -438,7 +455,7 @@ class Table:
         self._check_open()
         return int(self._column_mvs[name][row])
 
-    def keys(self) -> npt.NDArray[np.uint8]:
+    def sorted_keys(self) -> npt.NDArray[np.uint8]:
         """Read-only (N, W) uint8 view of the sorted keys."""
         self._check_open()
         return self._keys
