@@ -24,7 +24,9 @@ def build(cfg: Config) -> tuple[Master, QueryDoor]:
     master = Master(opts)
     door = QueryDoor(cfg)
     master.addons.add(core.Core(), errorcheck.ErrorCheck(), door)
-    opts.update(connection_strategy="lazy", confdir=str(cfg.data_dir / "mitmproxy"))
+    opts.update(confdir=str(cfg.data_dir / "mitmproxy"))
+    if "connection_strategy" in opts:  # declared by the proxyserver addon, once a proxy door runs
+        opts.update(connection_strategy="lazy")
     return master, door
 
 

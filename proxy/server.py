@@ -113,8 +113,7 @@ class HttpConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "?"
         self._idle = self.loop.call_later(self.limits.idle_timeout, self._check_idle)
