@@ -358,6 +358,7 @@ class HttpClient:
             pool.idle.clear()
         for conn in conns:
             conn.close()
+        await asyncio.sleep(0)  # let transports closed just before finish closing their sockets
         for conn in conns:
             try:
                 async with asyncio.timeout(1.0):

@@ -168,6 +168,7 @@ class Server:
     active: int = 0
     peak_active: int = 0
     server: asyncio.Server | None = None
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def start(self) -> Server:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl_context)
@@ -186,9 +187,18 @@ class Server:
     async def stop(self) -> None:
         assert self.server is not None
         self.server.close()
+        for writer in self.writers:
+            writer.close()
+        for writer in self.writers:
+            try:
+                async with asyncio.timeout(0.5):
+                    await writer.wait_closed()
+            except (OSError, TimeoutError, ssl.SSLError):
+                pass  # a test peer that hung up first
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.writers.append(writer)
         index = 0
         try:
             while True:
@@ -210,7 +220,10 @@ class Server:
                 if data is None:
                     return
                 writer.write(data)
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    return  # the client gave up on this response
                 if close:
                     return
         finally:
@@ -500,7 +513,10 @@ async def test_deadline_uses_injected_clock(serve) -> None:
 
 
 async def test_tls_handshake_stall_is_connect_timeout(pki: Pki) -> None:
+    stalled: list[asyncio.StreamWriter] = []
+
     async def never_handshake(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        stalled.append(w)
         await asyncio.sleep(10)
 
     plain = await asyncio.start_server(never_handshake, "127.0.0.1", 0)
@@ -512,6 +528,9 @@ async def test_tls_handshake_stall_is_connect_timeout(pki: Pki) -> None:
     finally:
         await client.close()
         plain.close()
+        for w in stalled:
+            w.close()
+        await asyncio.sleep(0)
 
 
 async def test_connection_refused(client: HttpClient) -> None:
