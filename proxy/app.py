@@ -52,7 +52,8 @@ def ensure_pattern(cfg: Config, sample: str) -> Path:
         if current.exists():
             shutil.rmtree(current)
         current.parent.mkdir(parents=True, exist_ok=True)
-        build_pattern(current, **sample_sources(sample))
+        src = sample_sources(sample)
+        build_pattern(current, hashes=src["hashes"], urls=src["urls"], domains=src["domains"])
     return current
 
 

@@ -103,7 +103,10 @@ def cli() -> None:
 
     Answers file, web and domain/IP reputation queries from hosted patterns and
     the administrator's lists, and relays the rest to the cloud. Start with
-    `rampart serve`, then `rampart query file 275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f`.
+    `rampart serve`, then in another terminal ask about the EICAR test file:
+
+    \b
+      rampart query file 275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f
     """
 
 

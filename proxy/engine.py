@@ -9,7 +9,9 @@ engine (the reference cloud) answers leftovers itself as unknown/untested.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -23,6 +25,7 @@ from proxy.model import (
     DomainQuery,
     FileAnswer,
     FileQuery,
+    HashKind,
     InspectAnswer,
     InspectQuery,
     Rating,
@@ -234,11 +237,8 @@ class Engine:
         }
         content = doc.get("content")
         if isinstance(content, str):
-            import base64
-            import hashlib
-
             digest = hashlib.sha256(base64.b64decode(content)).digest()
-            hit = self.patterns.lookup_file(FileQuery(protocol.HashKind.SHA256, digest))
+            hit = self.patterns.lookup_file(FileQuery(HashKind.SHA256, digest))
             result["sha256"] = digest.hex()
             result["verdict"] = hit.verdict.value if hit else Verdict.UNKNOWN.value
             if hit:
@@ -278,7 +278,7 @@ class Engine:
         return self._degraded_web
 
     def settle(
-        self, service: Service, answers: list[Any], pending: Ask
+        self, service: Service, answers: list[Any], pending: Sequence[tuple[int, str, object]]
     ) -> Ask:
         """Fill pending positions from the cache (or the authoritative fallback).
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, unquote
 from proxy import protocol
 from proxy.engine import Ask, Engine
 from proxy.errors import ProtocolError
-from proxy.model import Service
+from proxy.model import InspectQuery, Policy, Service
 from proxy.server import Request, Response
 
 Render = Callable[[list[Any]], bytes]
@@ -113,7 +113,7 @@ class Routes:
         policy = protocol.parse_policy(params["policy"][0]) if "policy" in params else None
         return self._web([protocol.parse_url(found[0], self.limits, 0)], policy)
 
-    def _web(self, qs: list[Any], policy: protocol.Policy | None) -> Response | Awaitable[Response]:
+    def _web(self, qs: list[Any], policy: Policy | None) -> Response | Awaitable[Response]:
         version = self.engine.version
         answers, ask = self.engine.begin_web(qs)
         return self._answer(
@@ -127,7 +127,7 @@ class Routes:
             Service.DOMAIN, answers, ask, lambda a: protocol.render_domains(version, qs, a)
         )
 
-    def _inspect(self, q: protocol.InspectQuery) -> Response | Awaitable[Response]:
+    def _inspect(self, q: InspectQuery) -> Response | Awaitable[Response]:
         version = self.engine.version
         answers, ask = self.engine.begin_inspect(q)
         return self._answer(

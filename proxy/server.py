@@ -84,9 +84,24 @@ class ServerLimits:
 
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
-        "handler", "limits", "loop", "transport", "parser", "client", "_url", "_headers",
-        "_body", "_head_size", "_body_size", "_queue", "_busy", "_closing", "_last", "_idle",
-        "_error", "_observe",
+        "_body",
+        "_body_size",
+        "_busy",
+        "_closing",
+        "_error",
+        "_head_size",
+        "_headers",
+        "_idle",
+        "_last",
+        "_observe",
+        "_queue",
+        "_url",
+        "client",
+        "handler",
+        "limits",
+        "loop",
+        "parser",
+        "transport",
     )
 
     def __init__(

@@ -182,4 +182,5 @@ async def test_concurrent_requests_share_the_relay_and_keep_order():
     engine, _, _ = make(relay)
     results = await asyncio.gather(*(engine.files(fq(EICAR, UNKNOWN)) for _ in range(5)))
     for r in results:
-        assert [a.source for a in r][0] is Source.PATTERN
+        assert r[0].source is Source.PATTERN and r[1].source in (Source.CLOUD, Source.CACHE)
+        assert r[1].verdict is Verdict.SUSPICIOUS

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import ssl
 import re
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -90,7 +90,8 @@ def test_eicar_is_answered_from_the_pattern_over_http_and_https(chain):
 
     ca = str(appliance.data_dir / "ca.pem")
     for host in ("localhost", "127.0.0.1"):
-        r = httpx.get(f"https://{host}:{appliance.ports['https']}/v1/file/{EICAR_SHA256}", verify=ssl.create_default_context(cafile=ca))
+        url = f"https://{host}:{appliance.ports['https']}/v1/file/{EICAR_SHA256}"
+        r = httpx.get(url, verify=ssl.create_default_context(cafile=ca))
         assert r.status_code == 200
         assert r.json()["results"][0]["source"] == "pattern"
     with pytest.raises(httpx.ConnectError):  # not trusted without the appliance CA
@@ -103,7 +104,8 @@ def test_unknown_item_is_relayed_once_then_cached(chain):
     fresh = unknown_hash("relay")
     ca = str(cloud.data_dir / "ca.pem")
     cloud_metrics = f"https://localhost:{cloud.ports['https']}/metrics"
-    before = metric(httpx.get(cloud_metrics, verify=ssl.create_default_context(cafile=ca)).text, "rampart_items_total", service="file")
+    tls = ssl.create_default_context(cafile=ca)
+    before = metric(httpx.get(cloud_metrics, verify=tls).text, "rampart_items_total", service="file")
 
     first = files(appliance, known, fresh)
     assert first[0] == {**first[0], "verdict": "malicious", "threat": threat, "source": "cloud"}
@@ -112,7 +114,7 @@ def test_unknown_item_is_relayed_once_then_cached(chain):
     assert [r["source"] for r in again] == ["cache", "cache"]
     assert again[0]["threat"] == threat and 0 < again[0]["ttl"] <= first[0]["ttl"]
 
-    after = metric(httpx.get(cloud_metrics, verify=ssl.create_default_context(cafile=ca)).text, "rampart_items_total", service="file")
+    after = metric(httpx.get(cloud_metrics, verify=tls).text, "rampart_items_total", service="file")
     assert after - before == 2  # asked once for the two items, never again
 
 
