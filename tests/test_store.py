@@ -1,0 +1,167 @@
+"""The versioned pattern store: install, atomic pointer, pruning, rollback, migration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from proxy.errors import PatternError
+from proxy.model import FileQuery, HashKind
+from proxy.pattern import PatternSet, build_pattern
+from proxy.store import PatternStore, check_name
+
+EICAR = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("src")
+    (d / "hashes.txt").write_text(f"{EICAR},EICAR-Test-File\n")
+    return d / "hashes.txt"
+
+
+def build(store: PatternStore, version: str, source: Path) -> Path:
+    out = store.staging() / "p"
+    build_pattern(out, hashes=[source], version=version)
+    return out
+
+
+def test_empty_store_has_nothing_current(tmp_path: Path) -> None:
+    store = PatternStore.open(tmp_path / "patterns")
+    assert store.current_version() is None and store.current_path() is None
+    assert store.versions() == []
+
+
+def test_install_makes_current_and_keeps_order(tmp_path: Path, source: Path) -> None:
+    store = PatternStore.open(tmp_path / "patterns", keep=5)
+    for v in ("2026010100", "2026010101", "2026010102"):
+        assert store.install(build(store, v, source)) == v
+        assert store.current_version() == v
+    assert store.versions() == ["2026010100", "2026010101", "2026010102"]
+    assert (tmp_path / "patterns" / "current").is_symlink()
+    with PatternSet.open(store.current_path()) as ps:
+        assert ps.version == "2026010102"
+    # Another process opening the same store sees the same thing.
+    assert PatternStore.open(tmp_path / "patterns").current_version() == "2026010102"
+
+
+def test_keeps_only_the_last_versions(tmp_path: Path, source: Path) -> None:
+    store = PatternStore.open(tmp_path / "patterns", keep=2)
+    for v in ("2026010100", "2026010101", "2026010102", "2026010103"):
+        store.install(build(store, v, source))
+    assert store.versions() == ["2026010102", "2026010103"]
+    assert sorted(p.name for p in (tmp_path / "patterns" / "versions").iterdir()) == [
+        "2026010102", "2026010103"]
+
+
+def test_installing_the_current_version_again_is_refused(tmp_path: Path, source: Path) -> None:
+    store = PatternStore.open(tmp_path / "patterns")
+    store.install(build(store, "2026010100", source))
+    again = build(store, "2026010100", source)
+    with pytest.raises(PatternError, match="already current"):
+        store.install(again)
+    assert store.current_version() == "2026010100"
+
+
+def test_an_incomplete_directory_is_not_installed(tmp_path: Path, source: Path) -> None:
+    store = PatternStore.open(tmp_path / "patterns")
+    store.install(build(store, "2026010100", source))
+    bad = build(store, "2026010101", source)
+    with open(bad / "file-sha256.tbl", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(PatternError, match="truncated"):
+        store.install(bad)
+    assert store.current_version() == "2026010100" and store.versions() == ["2026010100"]
+
+
+def test_rollback_walks_back_and_refuses_the_rolled_back_version(tmp_path: Path, source: Path) -> None:
+    store = PatternStore.open(tmp_path / "patterns", keep=3)
+    for v in ("2026010100", "2026010101", "2026010102"):
+        store.install(build(store, v, source))
+    assert store.rollback() == "2026010101"
+    assert store.current_version() == "2026010101"
+    assert store.refused() == {"2026010102"}
+    assert store.rollback() == "2026010100"
+    assert store.refused() == {"2026010102", "2026010101"}
+    with pytest.raises(PatternError, match="no version before"):
+        store.rollback()
+    assert store.current_version() == "2026010100"
+    # Installing a version explicitly clears its refusal.
+    store.install(build(store, "2026010102", source))
+    assert "2026010102" not in store.refused()
+
+
+def test_rollback_with_nothing_installed_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PatternError, match="no current"):
+        PatternStore.open(tmp_path / "patterns").rollback()
+
+
+def test_migrates_the_old_layout(tmp_path: Path, source: Path) -> None:
+    root = tmp_path / "patterns"
+    build_pattern(root / "current", hashes=[source], version="2025123123")
+    store = PatternStore.open(root)
+    assert (root / "current").is_symlink()
+    assert store.current_version() == "2025123123"
+    assert store.versions() == ["2025123123"]
+    with PatternSet.open(store.current_path()) as ps:
+        assert ps.version == "2025123123"
+        hit = ps.lookup_file(FileQuery(HashKind.SHA256, bytes.fromhex(EICAR)))
+        assert hit is not None and hit.threat == "EICAR-Test-File"
+
+
+def test_migration_discards_a_broken_old_directory(tmp_path: Path) -> None:
+    root = tmp_path / "patterns"
+    (root / "current").mkdir(parents=True)
+    (root / "current" / "junk").write_text("x")
+    store = PatternStore.open(root)
+    assert store.current_version() is None and not (root / "current").exists()
+
+
+def test_a_dangling_pointer_is_repaired_to_the_newest_version(tmp_path: Path, source: Path) -> None:
+    root = tmp_path / "patterns"
+    store = PatternStore.open(root, keep=3)
+    for v in ("2026010100", "2026010101"):
+        store.install(build(store, v, source))
+    shutil.rmtree(root / "versions" / "2026010101")
+    assert store.current_path() is None
+    assert PatternStore.open(root).current_version() == "2026010100"
+
+
+def test_pointer_swap_is_one_rename(tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while swapping leaves the old pointer in place and the new version out."""
+    store = PatternStore.open(tmp_path / "patterns")
+    store.install(build(store, "2026010100", source))
+    new = build(store, "2026010101", source)
+
+    def no_space(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "symlink", no_space)
+    with pytest.raises(OSError):
+        store.install(new)
+    assert store.current_version() == "2026010100"
+    assert store.versions() == ["2026010100"]
+
+
+def test_stale_staging_dirs_of_dead_processes_are_cleaned(tmp_path: Path) -> None:
+    root = tmp_path / "patterns"
+    (root / ".staging" / "999999999-abc").mkdir(parents=True)
+    mine = PatternStore.open(root).staging()
+    PatternStore.open(root)
+    assert mine.exists()
+    assert not (root / ".staging" / "999999999-abc").exists()
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("2026010100", True), ("v1.2-x_y", True), ("", False), (".hidden", False),
+    ("../x", False), ("a/b", False), ("x" * 65, False),
+])
+def test_version_names(name: str, ok: bool) -> None:
+    if ok:
+        assert check_name(name) == name
+    else:
+        with pytest.raises(PatternError):
+            check_name(name)
