@@ -180,7 +180,8 @@ class PatternStore:
                 raise PatternError(f"no version before {current} to roll back to")
             target = earlier[-1]
             state = self._read_state()
-            refused = [v for v in state.refused if v != current][-(_MAX_REFUSED - 1):] + [current]
+            kept = [v for v in state.refused if v != current][-(_MAX_REFUSED - 1):]
+            refused = [*kept, current]
             self._write_state(StoreState(state.order, tuple(refused)))
             self._point(target)
         logger.info("pattern rolled back from %s to %s", current, target)
