@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,34 @@ class Config:
     tls_names: list[str] = _opt(
         [], "extra names and addresses for the HTTPS certificate (besides localhost and host name)"
     )
+    # intercept door (mitmproxy)
+    proxy_port: int = _opt(
+        3128, "intercept door, explicit HTTP(S) proxy for products; 0 turns it off", lo=0, hi=65535
+    )
+    transparent_port: int = _opt(
+        8081, "intercept door, transparent mode (traffic redirected by the gateway's firewall);"
+        " 0 turns it off", lo=0, hi=65535,
+    )
+    intercept_hosts: list[str] = _opt(
+        [], "cloud hosts (name or *.domain) whose TLS is intercepted and /v1/* answered by the"
+        " engine; the cloud hosts are included; all else passes through untouched",
+    )
+    allow_clients: list[str] = _opt(
+        ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+        "client networks (CIDR) the intercept door serves; others are refused (never an open relay)",
+    )
+    # troubleshooting
+    capture: Path | None = _opt(
+        None, "write reputation flows to this mitmproxy flow file (`mitmdump -nr FILE` reads it)"
+    )
+    capture_filter: str = _opt(
+        "", "mitmproxy filter expression choosing the flows `capture` writes (empty: all"
+        " reputation flows), e.g. '~d cloud.example.com & ~u /v1/file'",
+    )
+    capture_port: int = _opt(
+        4344, "loopback-only port `rampart capture` reads the live capture stream from;"
+        " 0 turns it off", lo=0, hi=65535,
+    )
     # request bounds
     max_body: int = _opt(1 << 20, "largest request body in bytes (413 above)", lo=1024, hi=64 << 20)
     max_batch: int = _opt(1000, "most items in one request (413 above)", lo=1, hi=100_000)
@@ -91,6 +120,46 @@ class Config:
     log_level: str = _opt("info", "debug, info, warning or error")
     stale_after: int = _opt(
         6 * 3600, "seconds after which a pattern counts as stale in /readyz", lo=60
+    )
+    # pattern updates
+    update_source: str = _opt(
+        "", "update source to follow (http(s)://host[:port][/path], a `rampart pattern serve`"
+        " or any static web server, or another appliance's /v1/patterns); empty: no updates",
+    )
+    update_key: Path | None = _opt(
+        None, "Ed25519 public key (KEY.pub from `rampart pattern keygen`) update manifests must be"
+        " signed with; required with update_source",
+    )
+    update_interval: int = _opt(3600, "seconds between update checks", lo=1, hi=7 * 86400)
+    update_interval_smart_scan: int = _opt(
+        0, "seconds between updates of the Smart Scan Pattern (0: update_interval)", lo=0, hi=7 * 86400
+    )
+    update_interval_web_blocking: int = _opt(
+        0, "seconds between updates of the Web Blocking List (0: update_interval)", lo=0, hi=7 * 86400
+    )
+    update_interval_suspicious_urls: int = _opt(
+        0, "seconds between updates of the Suspicious URLs (0: update_interval)", lo=0, hi=7 * 86400
+    )
+    update_interval_domain_ip: int = _opt(
+        0, "seconds between updates of the domain/IP list (0: update_interval)", lo=0, hi=7 * 86400
+    )
+    update_interval_agent: int = _opt(
+        0, "seconds between updates of the agent pattern (0: update_interval)", lo=0, hi=7 * 86400
+    )
+    update_backoff_max: float = _opt(
+        3600.0, "longest wait in seconds between retries of a failing update (exponential, jittered)",
+        lo=1, hi=7 * 86400,
+    )
+    update_timeout: float = _opt(
+        600.0, "seconds one whole update (manifest and every file) may take", lo=1, hi=86400
+    )
+    update_max_bytes: int = _opt(
+        1 << 31, "largest file an update may fetch, in bytes", lo=1 << 16, hi=1 << 40
+    )
+    keep_versions: int = _opt(3, "pattern versions kept in DATA_DIR/patterns for rollback", lo=1, hi=100)
+    pattern_poll: float = _opt(
+        1.0, "seconds between checks for a pattern version installed by another process"
+        " (`rampart update now`, `rampart pattern rollback`)", lo=0.05, hi=60,
     )
 
     def replace(self, **changes: Any) -> Config:
@@ -168,9 +237,77 @@ def validate(cfg: Config) -> Config:
             )
     if cfg.query_port and cfg.query_port == cfg.query_tls_port:
         raise ConfigError("config keys 'query_port' and 'query_tls_port' must differ")
+    _check_ports(cfg)
+    for pattern in cfg.intercept_hosts:
+        if not _host_pattern_ok(pattern):
+            raise ConfigError(
+                f"config key 'intercept_hosts': {pattern!r} must be a host name, an IP address"
+                " or *.domain"
+            )
+    for cidr in cfg.allow_clients:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"config key 'allow_clients': {cidr!r} is not a network (CIDR) or address"
+            ) from None
     if cfg.cloud_ca is not None and not cfg.cloud_ca.is_file():
         raise ConfigError(f"config key 'cloud_ca': no such file {cfg.cloud_ca.name!r}")
+    _check_updates(cfg)
     return cfg
+
+
+def _check_updates(cfg: Config) -> None:
+    if cfg.update_source and not _source_ok(cfg.update_source):
+        raise ConfigError(
+            f"config key 'update_source': {cfg.update_source[:200]!r} must be"
+            " http(s)://host[:port][/path] with no query or credentials"
+        )
+    if cfg.update_source and cfg.update_key is None:
+        raise ConfigError("config key 'update_key' is required with 'update_source'"
+                          " (updates are only taken signed)")
+    if cfg.update_key is not None and not cfg.update_key.is_file():
+        raise ConfigError(f"config key 'update_key': no such file {cfg.update_key.name!r}")
+
+
+def _source_ok(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https") and bool(parts.hostname) and len(url) <= 2048
+        and not (parts.query or parts.fragment or parts.username or parts.password)
+        and not url.endswith(("?", "#"))
+    )
+
+
+_PORT_KEYS = ("query_port", "query_tls_port", "proxy_port", "transparent_port", "capture_port")
+
+
+def _check_ports(cfg: Config) -> None:
+    seen: dict[int, str] = {}
+    for key in _PORT_KEYS:
+        port = getattr(cfg, key)
+        if port and port in seen:
+            raise ConfigError(f"config keys {seen[port]!r} and {key!r} must differ (both {port})")
+        seen[port] = key
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def _host_pattern_ok(pattern: str) -> bool:
+    """An exact host name, an IP address, or ``*.`` followed by a host name."""
+    name = pattern.lower().removeprefix("*.")
+    try:
+        ipaddress.ip_address(name)
+        return name == pattern.lower()  # no wildcard before an address
+    except ValueError:
+        pass
+    labels = name.rstrip(".").split(".")
+    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
 def _endpoint_ok(url: str) -> bool:

@@ -151,7 +151,7 @@ def test_flags_override_file(tmp_path: Path) -> None:
     "key, flag, expected",
     [
         ("query_port", "9090", 9090),
-        ("query_port", 8081.0, 8081),
+        ("query_port", 9081.0, 9081),
         ("read_timeout", "2.5", 2.5),
         ("read_timeout", 3, 3.0),
         ("authoritative", "yes", True),
@@ -355,3 +355,133 @@ def test_every_numeric_default_is_within_its_own_range(name: str) -> None:
     lo, hi = f.metadata["lo"], f.metadata["hi"]
     assert lo is None or value >= lo
     assert hi is None or value <= hi
+
+
+# ---------------------------------------------------------------- intercept door and capture
+
+
+def test_intercept_and_capture_defaults() -> None:
+    cfg = Config()
+    assert (cfg.proxy_port, cfg.transparent_port, cfg.capture_port) == (3128, 8081, 4344)
+    assert cfg.intercept_hosts == [] and cfg.capture is None and cfg.capture_filter == ""
+    assert "127.0.0.0/8" in cfg.allow_clients and "192.168.0.0/16" in cfg.allow_clients
+    assert "0.0.0.0/0" not in cfg.allow_clients and "::/0" not in cfg.allow_clients
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("proxy_port", "0", 0),
+        ("transparent_port", 18081, 18081),
+        ("intercept_hosts", "cloud.rampart.test", ["cloud.rampart.test"]),
+        ("intercept_hosts", ["*.trendmicro.com", "192.0.2.9", "LOCALHOST"],
+         ["*.trendmicro.com", "192.0.2.9", "LOCALHOST"]),
+        ("allow_clients", ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"],
+         ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]),
+        ("capture", "~/flows.mitm", Path.home() / "flows.mitm"),
+        ("capture_filter", "~d cloud.rampart.test", "~d cloud.rampart.test"),
+        ("capture_port", 0, 0),
+    ],
+)
+def test_intercept_values_accepted(key: str, value: Any, expected: Any) -> None:
+    assert getattr(config.load(overrides={key: value}), key) == expected
+
+
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        ("proxy_port", 70000, "'proxy_port'"),
+        ("transparent_port", -1, "'transparent_port'"),
+        ("capture_port", "x", "'capture_port'"),
+        ("intercept_hosts", ["cloud.*.test"], "'intercept_hosts'"),
+        ("intercept_hosts", ["*.192.0.2.1"], "'intercept_hosts'"),
+        ("intercept_hosts", ["host:443"], "'intercept_hosts'"),
+        ("intercept_hosts", ["https://cloud.test"], "'intercept_hosts'"),
+        ("intercept_hosts", ["-bad.test"], "'intercept_hosts'"),
+        ("intercept_hosts", [""], "'intercept_hosts'"),
+        ("intercept_hosts", 5, "'intercept_hosts'"),
+        ("allow_clients", ["10.0.0.0/33"], "'allow_clients'"),
+        ("allow_clients", ["everyone"], "'allow_clients'"),
+        ("capture_filter", 5, "'capture_filter'"),
+    ],
+)
+def test_bad_intercept_values_refused_naming_the_key(key: str, value: Any, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        config.load(overrides={key: value})
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"proxy_port": 8080}, "'query_port' and 'proxy_port'"),
+        ({"proxy_port": 9000, "transparent_port": 9000}, "'proxy_port' and 'transparent_port'"),
+        ({"capture_port": 3128}, "'proxy_port' and 'capture_port'"),
+        ({"transparent_port": 8443}, "'query_tls_port' and 'transparent_port'"),
+    ],
+)
+def test_doors_on_the_same_port_refused(overrides: dict[str, int], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        config.load(overrides=overrides)
+
+
+def test_doors_turned_off_may_all_be_zero() -> None:
+    zero = dict.fromkeys(
+        ("query_port", "query_tls_port", "proxy_port", "transparent_port", "capture_port"), 0
+    )
+    assert config.load(overrides=zero).proxy_port == 0
+
+
+# ---------------------------------------------------------------- pattern updates
+
+
+def test_updates_are_off_by_default() -> None:
+    cfg = Config()
+    assert cfg.update_source == "" and cfg.update_key is None
+    assert (cfg.update_interval, cfg.keep_versions) == (3600, 3)
+    assert cfg.update_interval_web_blocking == 0  # 0: follow update_interval
+
+
+def test_update_source_and_key_from_file(tmp_path: Path) -> None:
+    key = tmp_path / "release.pub"
+    key.write_text("key")
+    path = write(tmp_path, f"""
+        [updates]
+        update_source = "https://updates.example/rampart"
+        update_key = "{key}"
+        update_interval_smart_scan = 900
+        keep_versions = 5
+        """)
+    cfg = config.load(path)
+    assert cfg.update_source == "https://updates.example/rampart" and cfg.update_key == key
+    assert (cfg.update_interval_smart_scan, cfg.keep_versions) == (900, 5)
+
+
+def test_update_source_without_key_refused() -> None:
+    with pytest.raises(ConfigError, match="'update_key' is required"):
+        config.load(overrides={"update_source": "http://127.0.0.1:9/"})
+
+
+def test_missing_update_key_refused_naming_only_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'update_key'") as info:
+        config.load(overrides={"update_key": str(tmp_path / "k.pub")})
+    assert "k.pub" in info.value.message and str(tmp_path) not in info.value.message
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://updates.example/", "https://", "https://u:p@updates.example/", "https://x.example/?a=1",
+    "https://x.example:99999/", "updates.example",
+])
+def test_bad_update_source_refused(tmp_path: Path, url: str) -> None:
+    key = tmp_path / "k.pub"
+    key.write_text("k")
+    with pytest.raises(ConfigError, match="'update_source'"):
+        config.load(overrides={"update_source": url, "update_key": str(key)})
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("update_interval", 0), ("keep_versions", 0), ("update_backoff_max", 0.5),
+    ("update_interval_domain_ip", -1), ("pattern_poll", 0),
+])
+def test_update_numbers_out_of_range_refused(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        config.load(overrides={key: value})
