@@ -12,6 +12,7 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -72,6 +73,8 @@ class App:
     sample: str = "appliance"
     doors: list[Door] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    observers: list[Callable[[Request, Response, float], None]] = field(default_factory=list)
+    """Called after every query-door answer (e.g. the capture addon); must be quick."""
 
     # ------------------------------------------------------------ start / stop
 
@@ -212,6 +215,8 @@ class App:
         group = path.decode("latin-1") if path in _KNOWN_PATHS else _group(path)
         self.stats.requests[(group, response.status)] += 1
         self.stats.request_latency.observe(seconds)
+        for observer in self.observers:
+            observer(request, response, seconds)
 
     def ports(self) -> dict[str, int]:
         return {d.scheme: d.port for d in self.doors}
