@@ -9,6 +9,7 @@ reports readiness.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import shutil
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import certs
+from certs import expiry as cert_expiry
 from proxy import metrics, protocol
 from proxy.cache import AnswerCache
 from proxy.config import Config
@@ -192,6 +194,7 @@ class App:
         }
         if self.relay is not None:
             body["cloud"] = self.relay.status()
+        body["certificates"] = _certificates(self.cfg.data_dir)
         return True, body
 
     def _metrics(self) -> bytes:
@@ -209,6 +212,11 @@ class App:
             lambda: [({"version": self.engine.patterns.version}, 1.0)],
         )
         metrics.gauge(st, "rampart_uptime_seconds", "Seconds since start", lambda: time.time() - st.started)
+        metrics.gauge(
+            st, "rampart_cert_expiry_seconds",
+            "Seconds until the CA (cert=ca) or a served certificate expires",
+            lambda: [({"cert": e.name}, e.seconds_left(_utc())) for e in _expiries(self.cfg.data_dir)],
+        )
 
     def _observe(self, request: Request, response: Response, seconds: float) -> None:
         path = request.target.split(b"?", 1)[0]
@@ -225,6 +233,31 @@ class App:
 _KNOWN_PATHS = {
     b"/v1/file", b"/v1/web", b"/v1/domain", b"/v1/inspect", b"/healthz", b"/readyz", b"/metrics"
 }
+
+
+def _utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _expiries(data_dir: Path) -> list[cert_expiry.Expiry]:
+    try:
+        return cert_expiry.certificate_expiries(data_dir)
+    except certs.CertError as e:
+        logger.warning("cannot read certificate expiry: %s", e)
+        return []
+
+
+def _certificates(data_dir: Path) -> dict[str, Any]:
+    """The /readyz ``certificates`` section: each certificate's expiry and the warnings."""
+    now, found = _utc(), _expiries(data_dir)
+    return {
+        "expiry": [
+            {"cert": e.name, "not_after": e.not_after.isoformat(),
+             "days_left": int(e.seconds_left(now) // 86400)}
+            for e in found
+        ],
+        "warnings": cert_expiry.warnings_for(found, now),
+    }
 
 
 def _group(path: bytes) -> str:

@@ -416,3 +416,6 @@ def query_domain(ctx: click.Context, names: tuple[str, ...]) -> None:
 
 def main() -> None:
     cli()
+
+
+from proxy import cli_ca  # noqa: E402,F401  (registers ca commands)

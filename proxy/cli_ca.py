@@ -1,0 +1,232 @@
+"""``rampart ca``: create, show, export, import and rotate the appliance CA.
+
+Registered on the main ``rampart`` group by the import at the end of
+``proxy.cli``. The work is done in ``certs``; these commands only parse options
+and print. The CA key is never printed or exported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from proxy import config as config_mod
+from proxy.cli import cli, fail_cleanly
+from proxy.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+KEY_TYPES = click.Choice(["ec-p256", "rsa-2048"])
+
+
+def _data_dir(data_dir: Path | None, config_file: Path | None) -> Path:
+    if data_dir is not None:
+        return data_dir
+    if config_file is not None:
+        return config_mod.load(config_file).data_dir
+    return config_mod.default_data_dir()
+
+
+def _where(fn: Any) -> Any:
+    fn = click.option(
+        "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+        envvar="RAMPART_CONFIG", help="Take the data directory from this TOML config file.",
+    )(fn)
+    return click.option(
+        "--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="RAMPART_DATA_DIR",
+        default=None, help="Data directory (default: $RAMPART_DATA_DIR or ~/.local/share/rampart).",
+    )(fn)
+
+
+def _days_left(not_after: dt.datetime, now: dt.datetime) -> int:
+    return int((not_after - now).total_seconds() // 86400)
+
+
+def describe_ca(data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any]:
+    """What ``rampart ca show`` prints, as a dict (also its ``--json``)."""
+    import certs
+    from certs import expiry, rotate
+
+    now = now or dt.datetime.now(dt.UTC)
+    ca = certs.CA.load(data_dir)
+    members = rotate.refresh_bundle(data_dir, now=now)
+    cert = ca.cert
+    return {
+        "subject": ca.subject_text(),
+        "sha256": ca.fingerprint_sha256(),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "days_left": _days_left(cert.not_valid_after_utc, now),
+        "key": rotate.key_description(ca.key),
+        "certificate": str(data_dir / certs.CA_CERT_FILE),
+        "bundle": [
+            {"subject": c.subject.rfc4514_string(), "sha256": rotate.fingerprint(c)} for c in members
+        ],
+        "retired": [
+            {"sha256": rotate.fingerprint(r.cert), "until": r.until.isoformat()}
+            for r in rotate.load_retired(data_dir)
+        ],
+        "served": [
+            {"name": e.name, "not_after": e.not_after.isoformat(),
+             "days_left": _days_left(e.not_after, now)}
+            for e in expiry.certificate_expiries(data_dir) if e.name != "ca"
+        ],
+        "warnings": expiry.warnings_for(expiry.certificate_expiries(data_dir), now),
+    }
+
+
+@cli.group("ca")
+def ca_group() -> None:
+    """The appliance CA: what products trust for intercepted hosts and the HTTPS doors."""
+
+
+@ca_group.command("init")
+@_where
+@click.option("--common-name", default="Rampart Appliance CA", show_default=True,
+              help="The CA's common name, as products will show it.")
+@click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True,
+              help="Validity in days.")
+@click.option("--key-type", type=KEY_TYPES, default="ec-p256", show_default=True,
+              help="Key algorithm (rsa-2048 for old products without ECDSA).")
+@fail_cleanly
+def ca_init(data_dir: Path | None, config_file: Path | None, common_name: str, days: int,
+            key_type: str) -> None:
+    """Create the appliance CA in the data directory (key 0600). Refuses to replace one."""
+    import certs
+
+    where = _data_dir(data_dir, config_file)
+    for name in (certs.CA_CERT_FILE, certs.CA_KEY_FILE):
+        if (where / name).exists():
+            raise ConfigError(
+                f"{where / name} already exists; use `rampart ca rotate` to replace the CA "
+                "or `rampart ca import` to install your own"
+            )
+    ca = certs.CA.ensure(where, common_name=common_name, days=days, key_type=certs.KeyType(key_type))
+    from certs import rotate
+
+    rotate.refresh_bundle(where)
+    click.echo(f"created CA {ca.subject_text()}")
+    click.echo(f"  SHA-256 {ca.fingerprint_sha256()}")
+    click.echo(f"  certificate for products: {where / certs.CA_CERT_FILE}")
+
+
+@ca_group.command("show")
+@_where
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@fail_cleanly
+def ca_show(data_dir: Path | None, config_file: Path | None, as_json: bool) -> None:
+    """Show the CA's subject, fingerprint, validity, key type, bundle and served certificates."""
+    info = describe_ca(_data_dir(data_dir, config_file))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"subject      {info['subject']}")
+    click.echo(f"SHA-256      {info['sha256']}")
+    click.echo(f"not before   {info['not_before']}")
+    click.echo(f"not after    {info['not_after']}  ({info['days_left']} days left)")
+    click.echo(f"key          {info['key']}")
+    click.echo(f"certificate  {info['certificate']}")
+    for entry in info["retired"]:
+        click.echo(f"also trusted until {entry['until']} (overlap): {entry['sha256']}")
+    for entry in info["served"]:
+        click.echo(f"served       {entry['name']}  until {entry['not_after']}  "
+                   f"({entry['days_left']} days left)")
+    for line in info["warnings"]:
+        click.echo(f"warning: {line}")
+
+
+@ca_group.command("export")
+@_where
+@click.option("--format", "fmt", type=click.Choice(["pem", "der"]), default="pem", show_default=True,
+              help="PEM (most products) or DER (.cer/.crt for Windows).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), required=True,
+              help="File to write, or - for standard output (PEM only).")
+@click.option("--bundle", is_flag=True,
+              help="Export the overlap bundle (current and still-trusted former CAs; PEM only).")
+@fail_cleanly
+def ca_export(data_dir: Path | None, config_file: Path | None, fmt: str, out: Path,
+              bundle: bool) -> None:
+    """Export the CA certificate for products to trust. Never the key."""
+    import certs
+    from certs import rotate
+
+    where = _data_dir(data_dir, config_file)
+    ca = certs.CA.load(where)
+    if bundle:
+        if fmt != "pem":
+            raise ConfigError("--bundle holds several certificates and is PEM only")
+        from cryptography.hazmat.primitives import serialization
+
+        members = rotate.refresh_bundle(where)
+        data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in members)
+    else:
+        data = certs.export_pem(ca) if fmt == "pem" else certs.export_der(ca)
+    if str(out) == "-":
+        if fmt == "der":
+            raise ConfigError("DER is binary; give --out FILE")
+        click.echo(data.decode("ascii"), nl=False)
+        return
+    from certs.files import write_atomic
+
+    write_atomic(out, data, private=False)
+    click.echo(f"wrote {out} ({fmt.upper()}, SHA-256 {ca.fingerprint_sha256()})", err=True)
+
+
+OVERLAP = click.option(
+    "--overlap-days", type=click.IntRange(0, 3650), default=30, show_default=True,
+    help="Days the former CA stays in DATA_DIR/ca-bundle.pem so products trusting the bundle "
+         "keep working (0: drop it now).",
+)
+
+
+def _report(result: Any, verb: str) -> None:
+    click.echo(f"{verb} CA {result.ca.subject_text()}")
+    click.echo(f"  SHA-256 {result.ca.fingerprint_sha256()}")
+    if result.overlap_until is not None:
+        click.echo(f"  former CA stays in ca-bundle.pem until {result.overlap_until:%Y-%m-%d %H:%M} UTC")
+    click.echo("  reissued: " + (", ".join(result.reissued) or "no served certificates yet"))
+    click.echo("  restart `rampart serve` to present certificates from the new CA")
+
+
+@ca_group.command("import")
+@_where
+@click.option("--cert", "cert_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              required=True, help="The CA certificate (PEM).")
+@click.option("--key", "key_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              required=True, help="The CA private key (PEM, unencrypted).")
+@OVERLAP
+@fail_cleanly
+def ca_import(data_dir: Path | None, config_file: Path | None, cert_file: Path, key_file: Path,
+              overlap_days: int) -> None:
+    """Install your organisation's own CA (checked: a CA, its key, valid now)."""
+    from certs import rotate
+
+    result = rotate.import_ca(_data_dir(data_dir, config_file), cert_file, key_file,
+                              overlap_days=overlap_days)
+    _report(result, "imported")
+
+
+@ca_group.command("rotate")
+@_where
+@OVERLAP
+@click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True,
+              help="Validity of the new CA in days.")
+@click.option("--key-type", type=KEY_TYPES, help="Key algorithm (default: the current CA's).")
+@click.option("--common-name", help="Common name (default: the current one with today's date).")
+@fail_cleanly
+def ca_rotate(data_dir: Path | None, config_file: Path | None, overlap_days: int, days: int,
+              key_type: str | None, common_name: str | None) -> None:
+    """Replace the CA with a new one; the former stays in the bundle for the overlap."""
+    import certs
+    from certs import rotate
+
+    result = rotate.rotate(
+        _data_dir(data_dir, config_file), overlap_days=overlap_days, days=days,
+        key_type=certs.KeyType(key_type) if key_type else None, common_name=common_name,
+    )
+    _report(result, "rotated to")
