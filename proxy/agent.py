@@ -230,14 +230,23 @@ def _unpack_fixed(buf: npt.NDArray[np.uint8], first_bit: npt.NDArray[np.int64], 
     """The ``r``-bit fields starting at the given bit positions of ``buf``.
 
     ``buf`` must run on for at least 7 bytes after the last field's first byte (callers
-    pass a view that continues into the following sections, or pad it).
+    pass a view that continues into the following sections, or pad it). Each field is
+    assembled from the few bytes it spans: one-dimensional byte gathers are far faster
+    than gathering unaligned 8-byte words.
     """
     if r == 0 or len(first_bit) == 0:
         return np.zeros(len(first_bit), dtype=np.uint64)
-    windows = np.lib.stride_tricks.sliding_window_view(buf, 8)
-    words = windows[first_bit >> 3].view(">u8").ravel().astype(np.uint64)
-    shift = (first_bit & 7).astype(np.uint64)
-    return (words << shift) >> np.uint64(64 - r)
+    byte = first_bit >> 3
+    aligned = r % 8 == 0 and not bool((first_bit & 7).any())
+    span = r // 8 if aligned else (r + 14) // 8
+    word: U64 = buf[byte].astype(np.uint64)
+    for i in range(1, span):
+        word = (word << np.uint64(8)) | buf[byte + i]
+    if aligned:
+        return word
+    drop = (8 * span - r - (first_bit & 7)).astype(np.uint64)
+    fields: U64 = (word >> drop) & np.uint64((1 << r) - 1)
+    return fields
 
 
 def _pack_unary(q: U64, group_sizes: npt.NDArray[np.int64]) -> tuple[bytes, npt.NDArray[np.int64]]:
@@ -263,7 +272,8 @@ def _pack_unary(q: U64, group_sizes: npt.NDArray[np.int64]) -> tuple[bytes, npt.
 
 
 def _unary_ones(stream: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
-    return np.flatnonzero(np.unpackbits(stream)).astype(np.int64)
+    # a bool view: nonzero() on bool is about 9x faster than on uint8
+    return np.flatnonzero(np.unpackbits(stream).view(bool)).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -399,23 +409,26 @@ class AgentFilter:
 
     def __init__(self, data: bytes) -> None:
         self._data = data
-        self._sha256 = hashlib.sha256(data).hexdigest()
+        self._sha256: str = hashlib.sha256(data).hexdigest()
         (_, _, k, r, bs, _, n, ulen) = _HEADER.unpack_from(data)
         nb = -(-n // bs)
         width = 4 if k <= 32 else 8
         pos = _HEADER.size
-        self._k, self._r, self._block_size, self._count = k, r, bs, n
-        self._bases = np.frombuffer(data, dtype=f"<u{width}", count=nb, offset=pos).astype(np.uint64)
+        self._k: int = k
+        self._r: int = r
+        self._block_size: int = bs
+        self._count: int = n
+        self._bases: U64 = np.frombuffer(data, dtype=f"<u{width}", count=nb, offset=pos).astype(np.uint64)
         pos += nb * width
-        self._starts = np.frombuffer(data, dtype="<u4", count=nb, offset=pos).astype(np.int64)
-        self._starts = np.append(self._starts, np.int64(ulen))
+        starts = np.frombuffer(data, dtype="<u4", count=nb, offset=pos).astype(np.int64)
+        self._starts: npt.NDArray[np.int64] = np.append(starts, np.int64(ulen))
         pos += nb * 4
         rem_len = ((n - nb) * r + 7) // 8
         # the remainder stream runs on into the unary stream and trailer: the 8-byte
         # windows of _unpack_fixed may read past its end (the extra bits are dropped)
-        self._rem = np.frombuffer(data, dtype=np.uint8, offset=pos)
+        self._rem: npt.NDArray[np.uint8] = np.frombuffer(data, dtype=np.uint8, offset=pos)
         pos += rem_len
-        self._unary = np.frombuffer(data, dtype=np.uint8, count=ulen, offset=pos)
+        self._unary: npt.NDArray[np.uint8] = np.frombuffer(data, dtype=np.uint8, count=ulen, offset=pos)
         self._base_list: list[int] = self._bases.tolist()
         self._start_list: list[int] = self._starts.tolist()
         self._steps = np.arange(bs, dtype=np.int64)
@@ -426,17 +439,7 @@ class AgentFilter:
     @classmethod
     def from_bytes(cls, data: bytes) -> AgentFilter:
         """Parse and fully validate an agent file; PatternError names what is wrong."""
-        data = bytes(data)
-        _check_layout(data)
-        f = cls(data)
-        f._validate()
-        return f
-
-    def _validate(self) -> None:
-        starts = self._starts
-        if starts[0] != 0 or bool((np.diff(starts) < 0).any()):
-            raise PatternError("agent pattern: block index offsets are not in order")
-        self.keys()  # decodes every block and checks order and range
+        return _load(data)[0]
 
     # -- facts -----------------------------------------------------------------
 
@@ -522,7 +525,7 @@ class AgentFilter:
         seq[~is_first] = gaps
         running = np.cumsum(seq, dtype=np.uint64)
         offset = self._bases[blocks] - running[entry_first]  # wraps mod 2**64 on purpose
-        values = running + np.repeat(offset, counts)
+        values: U64 = running + np.repeat(offset, counts)
         if validate:
             if total > 1 and not bool((values[1:] > values[:-1]).all()):
                 raise PatternError("agent pattern: entries are not strictly increasing")
@@ -553,7 +556,7 @@ class AgentFilter:
         # so the running sum of gaps is ((ones - j) << r) + (running sum of remainders).
         r, bs = self._r, self._block_size
         m = min(bs, self._count - b * bs) - 1
-        ones = np.flatnonzero(np.unpackbits(self._unary[self._start_list[b] : self._start_list[b + 1]]))
+        ones = _unary_ones(self._unary[self._start_list[b] : self._start_list[b + 1]])
         dtype = np.int64 if self._k <= 62 else np.uint64  # int64 is the faster path
         total = (ones[:m] - self._steps[:m]).astype(dtype, copy=False) << dtype(r)
         if r:
@@ -567,7 +570,7 @@ class AgentFilter:
             total += np.cumsum(fields, dtype=dtype)
         t = dtype(x - bases[b])
         i = int(total.searchsorted(t))
-        return i < m and total[i] == t
+        return i < m and bool(total[i] == t)
 
     def may_contain_many(self, digests: DigestsLike) -> npt.NDArray[np.bool_]:
         """``may_contain`` for many digests at once (same forms as ``digest_keys``), in order."""
@@ -583,6 +586,17 @@ class AgentFilter:
         pos = np.minimum(pos, len(values) - 1)
         result[inside] = values[pos] == x[inside]
         return result
+
+
+def _load(data: bytes) -> tuple[AgentFilter, U64]:
+    """Parse and validate an agent file; return it with its decoded prefixes."""
+    data = bytes(data)
+    _check_layout(data)
+    f = AgentFilter(data)
+    starts = f._starts
+    if starts[0] != 0 or bool((np.diff(starts) < 0).any()):
+        raise PatternError("agent pattern: block index offsets are not in order")
+    return f, f.keys()  # decoding every block checks order and range
 
 
 def _check_layout(data: bytes) -> None:
@@ -620,11 +634,9 @@ def _check_layout(data: bytes) -> None:
 
 def make_diff(old: bytes, new: bytes) -> bytes:
     """The diff that turns agent file ``old`` into agent file ``new``."""
-    a, b = AgentFilter.from_bytes(old), AgentFilter.from_bytes(new)
-    new_keys = b.keys()
+    (a, old_keys), (b, new_keys) = _load(old), _load(new)
     flags = 0
     if a.prefix_bits == b.prefix_bits:
-        old_keys = a.keys()
         added = new_keys[~_members(new_keys, old_keys)]
         removed = np.flatnonzero(~_members(old_keys, new_keys)).astype(np.uint64)
     else:
@@ -649,7 +661,8 @@ def _members(x: U64, sorted_set: U64) -> npt.NDArray[np.bool_]:
     if len(sorted_set) == 0:
         return np.zeros(len(x), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_set, x), len(sorted_set) - 1)
-    return sorted_set[pos] == x
+    found: npt.NDArray[np.bool_] = sorted_set[pos] == x
+    return found
 
 
 def apply_diff(old: bytes, diff: bytes) -> bytes:
@@ -690,7 +703,7 @@ def apply_diff(old: bytes, diff: bytes) -> bytes:
     removed = _decode_set(diff[p : p + rrl], diff[p + rrl : p + rrl + rul], nr, rr, "removed")
     if k < 64 and na and int(added[-1]) >> k:
         raise PatternError(f"agent diff: an added entry is wider than {k} bits")
-    base_filter = AgentFilter.from_bytes(old)
+    base_filter, old_keys = _load(old)
     if flags & FLAG_REPLACE:
         if nr:
             raise PatternError("agent diff: a replacing diff removes nothing")
@@ -700,7 +713,6 @@ def apply_diff(old: bytes, diff: bytes) -> bytes:
             raise PatternError(
                 f"agent diff: prefix bits {k} differ from the base's {base_filter.prefix_bits}"
             )
-        old_keys = base_filter.keys()
         if nr and int(removed[-1]) >= len(old_keys):
             raise PatternError(f"agent diff: removes entry {int(removed[-1])} of {len(old_keys)}")
         kept = np.delete(old_keys, removed.astype(np.int64))
