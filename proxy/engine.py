@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from proxy.model import (
     WebQuery,
 )
 from proxy.pattern import FileHit, PatternSet, WebHit
+from proxy.protocol import FileBatch
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ Ask = list[tuple[int, str, object]]  # (position, cache key, upstream item) stil
 class Lists(Protocol):
     """What the engine asks of the administrator's lists (proxy.lists.ListSnapshot)."""
 
-    def match_file(self, q: FileQuery) -> tuple[Any, str] | None: ...
+    def match_hexes(self, hexes: Sequence[str]) -> dict[str, tuple[Any, str]]: ...
     def match_url(self, canonical_url: str) -> tuple[Any, str] | None: ...
     def match_domain(self, name: str) -> tuple[Any, str] | None: ...
 
@@ -62,7 +64,10 @@ class RelayLike(Protocol):
 
 
 class StatsLike(Protocol):
-    def count_items(self, service: Service, sources: Counter[str]) -> None: ...
+    def count_items(self, service: Service, sources: Counter[Any]) -> None: ...
+
+
+_source = operator.attrgetter("source")
 
 
 def _is_blocked(match: tuple[Any, str]) -> bool:
@@ -91,7 +96,8 @@ class Engine:
         self.local_ttl = local_ttl
         self.retry_after = retry_after
         self.authoritative = authoritative
-        self._file_hits: dict[FileHit, FileAnswer] = {}
+        self._file_hits: dict[int, tuple[FileHit, FileAnswer]] = {}
+        self._views: dict[tuple[int, int], tuple[Answer, Answer]] = {}
         self._degraded_file = FileAnswer(Verdict.UNKNOWN, Source.DEGRADED, retry_after=retry_after)
         self._degraded_web = WebAnswer(
             Rating.UNTESTED, Source.DEGRADED, score=Rating.UNTESTED.default_score,
@@ -117,42 +123,45 @@ class Engine:
         return FileAnswer(Verdict.CLEAN, Source.APPROVED_LIST, ttl=self.local_ttl, matched=match[1])
 
     def _file_hit_answer(self, hit: FileHit) -> FileAnswer:
-        answer = self._file_hits.get(hit)
-        if answer is None:
-            answer = FileAnswer(hit.verdict, Source.PATTERN, threat=hit.threat, ttl=self.local_ttl)
-            if len(self._file_hits) < 65536:
-                self._file_hits[hit] = answer
+        # Keyed by identity: PatternSet interns its hits, and the memo holds each one.
+        memo = self._file_hits.get(id(hit))
+        if memo is not None and memo[0] is hit:
+            return memo[1]
+        answer = FileAnswer(hit.verdict, Source.PATTERN, threat=hit.threat, ttl=self.local_ttl)
+        if len(self._file_hits) > 65536:
+            self._file_hits.clear()
+        self._file_hits[id(hit)] = (hit, answer)
         return answer
 
-    def files_local(self, qs: Sequence[FileQuery]) -> list[FileAnswer | None]:
-        lists, patterns = self.lists, self.patterns
-        hits = patterns.lookup_files(qs) if len(qs) > 4 else [patterns.lookup_file(q) for q in qs]
-        out: list[FileAnswer | None] = []
-        append = out.append
+    def files_local(self, batch: FileBatch) -> list[FileAnswer | None]:
+        out: list[FileAnswer | None] = [None] * len(batch)
         hit_answer = self._file_hit_answer
-        for q, hit in zip(qs, hits):
-            match = lists.match_file(q)
-            if match is not None:
-                append(self._file_list_answer(match))
-            elif hit is not None:
-                append(hit_answer(hit))
-            else:
-                append(None)
+        for kind, (positions, raw) in batch.groups.items():
+            for j, hit in self.patterns.lookup_joined(kind, raw):
+                out[j if positions is None else positions[j]] = hit_answer(hit)
+        matches = self.lists.match_hexes(batch.hexes)
+        if matches:  # the administrator's lists outrank the pattern
+            for i, h in enumerate(batch.hexes):
+                match = matches.get(h)
+                if match is not None:
+                    out[i] = self._file_list_answer(match)
         return out
 
-    def begin_files(self, qs: Sequence[FileQuery]) -> tuple[list[Any], Ask]:
+    def begin_files(self, batch: FileBatch) -> tuple[list[Any], Ask]:
         """Local sources and the cache; returns the answers so far and what to relay."""
-        answers: list[Any] = self.files_local(qs)
+        answers: list[Any] = self.files_local(batch)
         if None not in answers:
             return answers, []
+        names, hexes = batch.names, batch.hexes
         pending = [
-            (i, f"{q.kind.value}:{q.digest.hex()}", {q.kind.value: q.digest.hex()})
-            for i, (q, a) in enumerate(zip(qs, answers)) if a is None
+            (i, f"{names[i]}:{hexes[i]}", {names[i]: hexes[i]})
+            for i, a in enumerate(answers) if a is None
         ]
         return answers, self.settle(Service.FILE, answers, pending)
 
-    async def files(self, qs: Sequence[FileQuery]) -> list[FileAnswer]:
-        return await self._complete(Service.FILE, *self.begin_files(qs))
+    async def files(self, qs: FileBatch | Sequence[FileQuery]) -> list[FileAnswer]:
+        batch = qs if isinstance(qs, FileBatch) else FileBatch.of(qs)
+        return await self._complete(Service.FILE, *self.begin_files(batch))
 
     # ------------------------------------------------------------ web
 
@@ -289,8 +298,7 @@ class Engine:
         for i, key, item in pending:
             cached = cache.get(key)
             if cached is not None:
-                value, left = cached
-                answers[i] = dataclasses.replace(value, source=Source.CACHE, ttl=left)
+                answers[i] = self._cache_view(*cached)
             else:
                 ask.append((i, key, item))
         if ask and (self.relay is None or self.authoritative):
@@ -325,6 +333,17 @@ class Engine:
             await self.relay_fill(service, answers, ask)
         return self.count(service, answers)
 
+    def _cache_view(self, value: Answer, left: int) -> Answer:
+        """``value`` as served from the cache with ``left`` seconds to live, memoised by identity."""
+        memo = self._views.get((id(value), left))
+        if memo is not None and memo[0] is value:
+            return memo[1]
+        view = dataclasses.replace(value, source=Source.CACHE, ttl=left)
+        if len(self._views) > 65536:
+            self._views.clear()
+        self._views[(id(value), left)] = (value, view)
+        return view
+
     def count(self, service: Service, answers: list[Any]) -> list[Any]:
-        self.stats.count_items(service, Counter(a.source.value for a in answers))
+        self.stats.count_items(service, Counter(map(_source, answers)))
         return answers

@@ -159,6 +159,13 @@ class ListSnapshot:
         e = self._hashes.get(q.digest.hex())
         return None if e is None else (e.list, e.value)
 
+    def match_hexes(self, hexes: Iterable[str]) -> dict[str, tuple[ListName, str]]:
+        """Hash rules matching any of these lowercase hex digests (one set operation)."""
+        if not self._hashes:
+            return {}
+        found = self._hashes.keys() & set(hexes)
+        return {h: (self._hashes[h].list, self._hashes[h].value) for h in found}
+
     def match_url(self, canonical_url: str) -> tuple[ListName, str] | None:
         """The deciding entry for a canonical URL: any blocked rule beats every approved rule."""
         return _decide(self.url_entries(canonical_url))

@@ -65,11 +65,12 @@ class Stats:
         self.gauges: dict[str, tuple[str, Callable[[], list[tuple[dict[str, str], float]]]]] = {}
         self.started = time.time()
 
-    def count_items(self, service: Service, sources: Counter[str]) -> None:
+    def count_items(self, service: Service, sources: Counter[Any]) -> None:
+        """Add one request's items, counted by source (a Source or its string value)."""
         items = self.items
         s = service.value
         for source, n in sources.items():
-            items[(s, source)] += n
+            items[(s, getattr(source, "value", source))] += n
 
     # RelayObserver
     def on_upstream(

@@ -13,21 +13,28 @@ from dataclasses import dataclass
 PROTOCOL_VERSION = 1
 
 
-class Service(enum.Enum):
+class _Enum(enum.Enum):
+    """Enum members are singletons: hash by identity (C speed) instead of Enum's Python-level
+    ``hash(self._name_)``; the request path hashes verdicts, sources and kinds per item."""
+
+    __hash__ = object.__hash__
+
+
+class Service(_Enum):
     FILE = "file"
     WEB = "web"
     DOMAIN = "domain"
     INSPECT = "inspect"
 
 
-class Verdict(enum.Enum):
+class Verdict(_Enum):
     MALICIOUS = "malicious"
     SUSPICIOUS = "suspicious"
     CLEAN = "clean"
     UNKNOWN = "unknown"
 
 
-class Rating(enum.Enum):
+class Rating(_Enum):
     """Web and domain/IP ratings, most severe first (``severity`` 4 … 0)."""
 
     DANGEROUS = "dangerous"
@@ -62,7 +69,7 @@ _DEFAULT_SCORE = {
 }
 
 
-class Source(enum.Enum):
+class Source(_Enum):
     BLOCKED_LIST = "blocked-list"
     APPROVED_LIST = "approved-list"
     PATTERN = "pattern"
@@ -71,7 +78,7 @@ class Source(enum.Enum):
     DEGRADED = "degraded"
 
 
-class Policy(enum.Enum):
+class Policy(_Enum):
     """Web policy level: which ratings are blocked."""
 
     LOW = "low"
@@ -91,7 +98,7 @@ _BLOCKED_BY = {
 }
 
 
-class HashKind(enum.Enum):
+class HashKind(_Enum):
     MD5 = "md5"
     SHA1 = "sha1"
     SHA256 = "sha256"

@@ -103,10 +103,67 @@ def parse_hash(text: object, kind: HashKind | None = None, item: int | None = No
     return FileQuery(kind, bytes.fromhex(text))
 
 
-def parse_file_request(body: bytes, limits: Limits) -> list[FileQuery]:
+@dataclass(frozen=True, slots=True)
+class FileBatch:
+    """A file request, by column: what the engine and the renderer need, no object per item.
+
+    ``names`` and ``hexes`` hold each item's hash type and lowercase hex digest in
+    request order; ``groups`` holds, per hash kind, the items' positions (None when
+    every item is of that kind) and their raw digests laid end to end.
+    """
+
+    names: list[str]
+    hexes: list[str]
+    groups: dict[HashKind, tuple[list[int] | None, bytes]]
+
+    def __len__(self) -> int:
+        return len(self.hexes)
+
+    @classmethod
+    def of(cls, queries: Sequence[FileQuery]) -> FileBatch:
+        names = [q.kind.value for q in queries]
+        groups: dict[HashKind, tuple[list[int] | None, bytes]] = {}
+        for kind in {q.kind for q in queries}:
+            at = [i for i, q in enumerate(queries) if q.kind is kind]
+            raw = b"".join(queries[i].digest for i in at)
+            groups[kind] = (None if len(at) == len(queries) else at, raw)
+        return cls(names, [q.digest.hex() for q in queries], groups)
+
+    def queries(self) -> list[FileQuery]:
+        return [FileQuery(_KINDS[n], bytes.fromhex(h)) for n, h in zip(self.names, self.hexes)]
+
+
+def _uniform_batch(items: list[Any]) -> FileBatch | None:
+    """The common case, checked in bulk: every item is {"<same kind>": "<hex>"}. None otherwise."""
+    first = items[0]
+    if type(first) is not dict or len(first) != 1:
+        return None
+    name = next(iter(first))
+    kind = _KINDS.get(name)
+    if kind is None:
+        return None
+    width = kind.size * 2
+    try:
+        values = [it[name] for it in items]
+        if set(map(len, items)) != {1} or set(map(len, values)) != {width}:
+            return None
+        joined = "".join(values)
+        raw = bytes.fromhex(joined)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(raw) != kind.size * len(items):  # fromhex skips whitespace
+        return None
+    low = joined.lower()
+    hexes = values if low == joined else [low[i:i + width] for i in range(0, len(low), width)]
+    return FileBatch([name] * len(items), hexes, {kind: (None, raw)})
+
+
+def parse_file_request(body: bytes, limits: Limits) -> FileBatch:
     items = _array(_object(body), "items", limits)
+    batch = _uniform_batch(items)
+    if batch is not None:
+        return batch
     out: list[FileQuery] = []
-    append = out.append
     for i, it in enumerate(items):
         if type(it) is not dict or len(it) != 1:
             raise ProtocolError(
@@ -118,17 +175,8 @@ def parse_file_request(body: bytes, limits: Limits) -> list[FileQuery]:
             raise ProtocolError(
                 "bad_item", f'unknown hash type "{_clip(name)}"; use sha256, sha1 or md5', item=i
             )
-        # Fast path for the common, well-formed case; parse_hash explains failures.
-        if type(value) is str and len(value) == kind.size * 2:
-            try:
-                digest = bytes.fromhex(value)
-            except ValueError:
-                digest = b""
-            if len(digest) == kind.size:  # fromhex skips spaces: check the size
-                append(FileQuery(kind, digest))
-                continue
-        append(parse_hash(value, kind, i))
-    return out
+        out.append(parse_hash(value, kind, i))
+    return FileBatch.of(out)
 
 
 def parse_url(text: object, limits: Limits, item: int | None = None) -> WebQuery:
@@ -215,14 +263,16 @@ def parse_inspect_request(body: bytes, limits: Limits) -> InspectQuery:
 # ---------------------------------------------------------------- rendering
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
-_frag_cache: dict[object, str] = {}
+# id(answer) -> (answer, fragment). Keyed by identity because hashing a dataclass costs a
+# microsecond; the memo holds the answer itself, so its id cannot be reused while memoised.
+_frag_cache: dict[int, tuple[object, str]] = {}
 
 
 def _frag(answer: FileAnswer | WebAnswer) -> str:
     """The JSON members of an answer after its subject, memoised: answers repeat a lot."""
-    s = _frag_cache.get(answer)
-    if s is not None:
-        return s
+    memo = _frag_cache.get(id(answer))
+    if memo is not None and memo[0] is answer:
+        return memo[1]
     if isinstance(answer, FileAnswer):
         parts = [f'"verdict":"{answer.verdict.value}"']
         if answer.threat is not None:
@@ -241,7 +291,7 @@ def _frag(answer: FileAnswer | WebAnswer) -> str:
     s = ",".join(parts)
     if len(_frag_cache) > 50_000:
         _frag_cache.clear()
-    _frag_cache[answer] = s
+    _frag_cache[id(answer)] = (answer, s)
     return s
 
 
@@ -253,11 +303,15 @@ def _envelope(version: str, results: list[str]) -> bytes:
     ).encode()
 
 
-def render_files(version: str, queries: Sequence[FileQuery], answers: Sequence[FileAnswer]) -> bytes:
+def render_files(
+    version: str, batch: FileBatch | Sequence[FileQuery], answers: Sequence[FileAnswer]
+) -> bytes:
+    if not isinstance(batch, FileBatch):
+        batch = FileBatch.of(batch)
     frag = _frag
     return _envelope(
         version,
-        [f'{{"{q.kind.value}":"{q.digest.hex()}",{frag(a)}}}' for q, a in zip(queries, answers)],
+        [f'{{"{n}":"{h}",{frag(a)}}}' for n, h, a in zip(batch.names, batch.hexes, answers)],
     )
 
 

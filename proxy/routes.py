@@ -57,7 +57,7 @@ class Routes:
             return self._file(protocol.parse_file_request(request.body, self.limits))
         if p.startswith("/v1/file/"):
             _method(request, "GET", "HEAD")
-            return self._file([protocol.parse_hash(unquote(p[9:]), item=0)])
+            return self._file(protocol.FileBatch.of([protocol.parse_hash(unquote(p[9:]), item=0)]))
         if p == "/v1/web":
             if request.method == "GET":
                 return self._web_get(query)
@@ -98,11 +98,11 @@ class Routes:
         await self.engine.relay_fill(service, answers, ask)
         return Response(200, render(self.engine.count(service, answers)))
 
-    def _file(self, qs: list[Any]) -> Response | Awaitable[Response]:
+    def _file(self, batch: protocol.FileBatch) -> Response | Awaitable[Response]:
         version = self.engine.version
-        answers, ask = self.engine.begin_files(qs)
+        answers, ask = self.engine.begin_files(batch)
         return self._answer(
-            Service.FILE, answers, ask, lambda a: protocol.render_files(version, qs, a)
+            Service.FILE, answers, ask, lambda a: protocol.render_files(version, batch, a)
         )
 
     def _web_get(self, query: bytes) -> Response | Awaitable[Response]:

@@ -33,8 +33,10 @@ class FakePatterns:
     def lookup_file(self, q):
         return self.files.get(q.digest)
 
-    def lookup_files(self, qs):
-        return [self.files.get(q.digest) for q in qs]
+    def lookup_joined(self, kind, raw):
+        size = kind.size
+        hits = [(j, self.files.get(raw[j * size:(j + 1) * size])) for j in range(len(raw) // size)]
+        return [(j, h) for j, h in hits if h is not None]
 
     def lookup_url(self, exprs):
         for e in exprs:
@@ -75,7 +77,7 @@ class Stats:
 
     def count_items(self, service, sources):
         for s, n in sources.items():
-            self.items[(service.value, s)] += n
+            self.items[(service.value, s.value)] += n
 
 
 def make(relay=None, entries=(), authoritative=False, now=None):

@@ -61,7 +61,7 @@ def refused(parse: Any, raw: bytes, limits: protocol.Limits = LIMITS) -> Protoco
     ],
 )
 def test_parse_file_request_good(items: list[dict[str, str]], expected: list[tuple[HashKind, str]]) -> None:
-    queries = protocol.parse_file_request(body({"items": items}), LIMITS)
+    queries = protocol.parse_file_request(body({"items": items}), LIMITS).queries()
     assert [(q.kind, q.hex) for q in queries] == expected
     assert all(len(q.digest) == q.kind.size for q in queries)
 
@@ -623,7 +623,7 @@ def test_render_error_of_a_real_refusal() -> None:
 
 def test_render_request_round_trips_through_the_parser() -> None:
     raw = protocol.render_request("items", [{"sha256": SHA256}, {"md5": MD5}])
-    assert [q.hex for q in protocol.parse_file_request(raw, LIMITS)] == [SHA256, MD5]
+    assert [q.hex for q in protocol.parse_file_request(raw, LIMITS).queries()] == [SHA256, MD5]
 
 
 # ---------------------------------------------------------------- cloud results
@@ -787,3 +787,35 @@ def test_source_of(value: str) -> None:
 
 def test_source_of_unknown() -> None:
     assert protocol.source_of("somewhere") is None
+
+
+# ------------------------------------------------------------------ the columnar batch path
+
+
+def test_uniform_batch_is_columnar_and_lower_case() -> None:
+    upper = SHA256.upper()
+    batch = protocol.parse_file_request(body({"items": [{"sha256": upper}, {"sha256": SHA256}]}), LIMITS)
+    assert batch.names == ["sha256", "sha256"]
+    assert batch.hexes == [SHA256.lower(), SHA256.lower()]
+    (positions, raw), = batch.groups.values()
+    assert positions is None and raw == bytes.fromhex(SHA256) * 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [({"sha256": "a" * 63 + " "}, "bad_hash"), ({"sha256": "g" * 64}, "bad_hash"),
+     ({"sha256": 7}, "bad_hash"), ({"sha256": SHA256, "md5": MD5}, "bad_item"), ([SHA256], "bad_item")],
+)
+def test_one_bad_item_in_a_large_batch_is_named(bad: object, code: str) -> None:
+    items: list[object] = [{"sha256": SHA256}] * 500
+    items = [*items[:317], bad, *items[318:]]
+    e = refused(protocol.parse_file_request, body({"items": items}))
+    assert (e.code, e.item) == (code, 317)
+
+
+def test_mixed_kinds_keep_their_positions() -> None:
+    batch = protocol.parse_file_request(
+        body({"items": [{"md5": MD5}, {"sha256": SHA256}, {"md5": MD5}]}), LIMITS)
+    assert batch.names == ["md5", "sha256", "md5"]
+    assert batch.groups[HashKind.MD5][0] == [0, 2]
+    assert batch.groups[HashKind.SHA256] == ([1], bytes.fromhex(SHA256))
