@@ -58,7 +58,9 @@ def expected_prefixes(digests: np.ndarray, k: int) -> list[int]:
         (257, 32, None, 256),
         (3000, 32, None, 64),
         (3000, 32, 12, 256),  # many identical prefixes, small gaps
-        (3000, 32, 64, 256),  # 8-byte block bases, the widest Rice parameter
+        (3000, 32, 64, 256),  # 8-byte block bases, a 52-bit Rice parameter
+        (3000, 32, 28, 256),  # Rice parameter 16: whole-byte remainders
+        (3000, 32, 8, 256),  # every one of the 256 prefixes present: Rice parameter 0
         (3000, 20, 33, 100),
         (20000, 32, None, 256),
     ],
@@ -71,6 +73,8 @@ def test_every_member_is_found_and_prefixes_follow_the_documented_mapping(
     assert f.may_contain_many(digests).all()
     assert all(f.may_contain(bytes(d)) for d in digests[:500])
     assert f.keys().tolist() == expected_prefixes(digests, f.prefix_bits)
+    strangers = random_digests(500, width, seed=99)
+    assert f.may_contain_many(strangers).tolist() == [f.may_contain(bytes(d)) for d in strangers]
     assert len(f) == len(expected_prefixes(digests, f.prefix_bits))
 
 
