@@ -85,6 +85,9 @@ def start_appliance(tmp: Path, cloud: Proc | None, *extra: str) -> Proc:
     args = [*RAMPART, "serve", "--data-dir", str(data), "--listen", "127.0.0.1",
             "--query-port", str(http), "--query-tls-port", str(https), "--log-level", "warning",
             *extra]
+    for door in ("--proxy-port", "--transparent-port"):  # intercept doors off unless asked for
+        if door not in extra:
+            args += [door, "0"]
     if cloud is not None:
         args += ["--cloud", f"https://localhost:{cloud.ports['https']}",
                  "--cloud-ca", str(cloud.data_dir / "ca.pem")]
