@@ -212,3 +212,14 @@ def test_gauge_samples_with_uneven_labels() -> None:
     text = lines(st)
     assert 'rampart_doors{door="query"} 8080.0' in text
     assert 'rampart_doors{door=""} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [(None, "ok"), ("cloud.test:443: read timeout after 5s", "timeout"), ("deadline passed", "timeout"),
+     ("cloud.test:443: TLS handshake failed: certificate verify failed", "tls"),
+     ("cloud.test:443: connection refused", "connect"), ("upstream answered HTTP 502", "status"),
+     ("expected 3 results", "bad_answer"), ("something odd", "error")],
+)
+def test_relay_errors_become_a_few_label_values(error: str | None, kind: str) -> None:
+    assert metrics.error_kind(error) == kind
