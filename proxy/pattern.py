@@ -17,11 +17,20 @@ Layout of a pattern directory::
     domains.tbl          domain-ip        key: SHA-256 of a normalised domain name; as above
     ip4.tbl, ip6.tbl     domain-ip        range tables over big-endian addresses; as above
                                           plus prefix u1 (the source network's length)
+    agent.bin            agent            the Smart Scan Agent Pattern (``proxy.agent``) over
+                                          every malicious and suspicious MD5, SHA-1 and
+                                          SHA-256 digest (clean ones need no query)
 
 Tables are ``proxy.tables`` files. Codes: verdict 1 malicious, 2 suspicious,
 3 clean; rating 1 dangerous, 2 highly_suspicious, 3 suspicious, 4 safe,
 5 untested. Readers ignore patterns and top-level keys they do not know, so
 later issues can add signatures, diffs and an agent pattern to the manifest.
+
+A build given a ``base`` (the previous build) keeps the base's threat names
+and categories at their ids and appends new ones, so strings.json only grows
+and unchanged rows stay byte-identical (small table diffs; see ``proxy.repo``),
+and it keeps the base agent pattern's prefix length unless more entries need
+a longer one (small agent diffs).
 
 Web, domain and IP lookups return the most severe match; among equally severe
 ones the most specific: the longest host (domain suffix), then the longest path.
@@ -66,6 +75,8 @@ SMART_SCAN = "smart-scan"
 WEB_BLOCKING = "web-blocking"
 SUSPICIOUS_URLS = "suspicious-urls"
 DOMAIN_IP = "domain-ip"
+AGENT = "agent"
+AGENT_FILE = "agent.bin"
 
 FILE_TABLES = {
     HashKind.MD5: "file-md5.tbl",
@@ -125,6 +136,9 @@ class BuildReport:
     domains: int
     ip4: int
     ip6: int
+    agent: int = 0  # distinct prefixes in agent.bin; 0 when no agent pattern was built
+    skipped: int = 0  # malformed lines skipped (skip_bad)
+    skipped_examples: tuple[str, ...] = ()
 
     @property
     def hashes(self) -> int:
@@ -160,6 +174,43 @@ class _Strings:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": 1, "threats": list(self.threats), "categories": list(self.categories)}
+
+    @classmethod
+    def from_base(cls, path: Path) -> _Strings:
+        """Seeded with a previous build's strings, at the same ids."""
+        out = cls()
+        threats, categories = _load_strings(path)
+        if threats[0] != "" or categories[0] != "":
+            raise PatternError(f"{STRINGS}: id 0 is not the empty name")
+        out.threats = {t: i for i, t in enumerate(threats)}
+        out.categories = {c: i for i, c in enumerate(categories)}
+        if len(out.threats) != len(threats) or len(out.categories) != len(categories):
+            raise PatternError(f"{STRINGS}: a name is listed twice")
+        return out
+
+
+def _agent_module() -> Any:
+    try:
+        from proxy import agent
+    except ImportError:  # pragma: no cover - the agent pattern ships with this package
+        return None
+    return agent
+
+
+def _write_agent(path: Path, by_kind: dict[HashKind, list[sources.HashRecord]],
+                 base: Path | None) -> int | None:
+    """Build agent.bin from every non-clean digest; None if proxy.agent is missing."""
+    agent = _agent_module()
+    if agent is None:
+        return None
+    digests = [r.digest for recs in by_kind.values() for r in recs
+               if r.verdict is not Verdict.CLEAN]
+    k = agent.choose_prefix_bits(len(digests))
+    if base is not None and (base / AGENT_FILE).is_file():
+        k = max(k, agent.read_agent(base / AGENT_FILE).prefix_bits)
+    data = agent.build_agent(digests, prefix_bits=k)
+    agent.write_agent(path, data)
+    return len(agent.AgentFilter.from_bytes(data))
 
 
 def _threat_of(r: sources.HashRecord) -> str | None:
@@ -234,10 +285,22 @@ def build_pattern(
     hashes: Sequence[Path] = (),
     urls: Sequence[Path] = (),
     domains: Sequence[Path] = (),
+    clamav: Sequence[Path] = (),
+    hosts: Sequence[Path] = (),
+    skip_bad: bool = False,
+    base: Path | None = None,
     version: str | None = None,
     now: datetime | None = None,
 ) -> BuildReport:
     """Compile sources into a pattern directory, atomically.
+
+    ``hashes``, ``urls`` and ``domains`` are read in their own formats unless
+    the extension says otherwise (``sources.detect_format``: ``.hdb``/``.hsb``
+    are ClamAV, ``.hosts`` and ``hosts`` are hosts files); ``clamav`` and
+    ``hosts`` are read as named. With ``skip_bad`` malformed lines are counted
+    (``BuildReport.skipped``) instead of failing the build. ``base`` is the
+    previous build (see the module docstring). The agent pattern is built when
+    ``proxy.agent`` is available.
 
     Everything is written into a temporary directory beside ``out_dir`` and
     renamed into place at the end; a failed build leaves nothing behind. An
@@ -252,17 +315,32 @@ def build_pattern(
         raise PatternError(f"refusing to replace {out_dir.name}: not a pattern directory")
 
     # Parse everything first: a bad line stops the build before anything is written.
-    merged_hashes = sources.merge_hashes(r for p in hashes for r in sources.read_hashes(p))
-    merged_urls = sources.merge_by((r for p in urls for r in sources.read_urls(p)),
-                                   lambda r: r.expression)
+    bad = sources.BadLines() if skip_bad else None
+    named = ([(p, sources.detect_format(p, "hashes")) for p in hashes]
+             + [(p, sources.detect_format(p, "urls")) for p in urls]
+             + [(p, sources.detect_format(p, "domains")) for p in domains]
+             + [(p, "clamav") for p in clamav] + [(p, "hosts") for p in hosts])
+    hash_recs: list[sources.HashRecord] = []
+    url_recs: list[sources.UrlRecord] = []
     domain_recs: list[sources.DomainRecord] = []
     net_recs: list[sources.NetworkRecord] = []
-    for p in domains:
-        for rec in sources.read_domains(p):
-            if isinstance(rec, sources.DomainRecord):
-                domain_recs.append(rec)
-            else:
-                net_recs.append(rec)
+    for p, form in named:
+        if form == "hashes":
+            hash_recs.extend(sources.read_hashes(p, bad))
+        elif form == "clamav":
+            hash_recs.extend(sources.read_clamav(p, bad))
+        elif form == "urls":
+            url_recs.extend(sources.read_urls(p, bad))
+        elif form == "hosts":
+            domain_recs.extend(sources.read_hosts(p, bad))
+        else:
+            for rec in sources.read_domains(p, bad):
+                if isinstance(rec, sources.DomainRecord):
+                    domain_recs.append(rec)
+                else:
+                    net_recs.append(rec)
+    merged_hashes = sources.merge_hashes(hash_recs)
+    merged_urls = sources.merge_by(url_recs, lambda r: r.expression)
     merged_domains = sources.merge_by(domain_recs, lambda r: r.name)
     ranges4 = sources.flatten_networks(r for r in net_recs if r.network.version == 4)
     ranges6 = sources.flatten_networks(r for r in net_recs if r.network.version == 6)
@@ -278,7 +356,7 @@ def build_pattern(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        strings = _Strings()
+        strings = _Strings.from_base(Path(base) / STRINGS) if base is not None else _Strings()
         counts: dict[str, int] = {}
         for kind, name in FILE_TABLES.items():
             counts[name] = _write_file_table(tmp / name, kind, by_kind[kind], strings)
@@ -291,9 +369,14 @@ def build_pattern(
         counts["ip4.tbl"] = _write_ip_table(tmp / "ip4.tbl", ranges4, 4, strings)
         counts["ip6.tbl"] = _write_ip_table(tmp / "ip6.tbl", ranges6, 16, strings)
         _write_json(tmp / STRINGS, strings.to_json())
+        agent_entries = _write_agent(tmp / AGENT_FILE, by_kind, base)
+        written = dict(PATTERN_FILES)
+        if agent_entries is not None:
+            counts[AGENT_FILE] = agent_entries
+            written[AGENT] = (AGENT_FILE,)
 
         patterns: dict[str, Any] = {}
-        for pname, files in PATTERN_FILES.items():
+        for pname, files in written.items():
             entries = {f: _file_entry(tmp / f, counts[f]) for f in files}
             patterns[pname] = {
                 "version": version,
@@ -325,6 +408,9 @@ def build_pattern(
         domains=counts["domains.tbl"],
         ip4=counts["ip4.tbl"],
         ip6=counts["ip6.tbl"],
+        agent=counts.get(AGENT_FILE, 0),
+        skipped=bad.count if bad is not None else 0,
+        skipped_examples=tuple(bad.examples) if bad is not None else (),
     )
     logger.info("built pattern %s version %s: %d hashes, %d urls, %d domains, %d ip ranges",
                 out_dir.name, version, report.hashes, report.web_blocking +

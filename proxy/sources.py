@@ -28,8 +28,25 @@ category is filled from the later one. Overlapping IP networks are flattened the
 same way, address by address (``flatten_networks``); at equal severity the
 narrower network wins.
 
+More formats, told by the file's extension (``detect_format``) or named::
+
+    clamav   ClamAV hash signatures, ``HASH:SIZE:NAME[:FLEVEL[:FLEVEL]]``.
+             ``.hdb``: HASH is an MD5; ``.hsb``: a SHA-1 or SHA-256 (or MD5),
+             told by length; another extension takes any of the three.
+             SIZE is a decimal byte count or ``*`` (unknown); it is checked
+             but not stored. NAME becomes the threat name, verdict malicious.
+    hosts    hosts-file lines ``ADDRESS NAME [NAME...]`` (``0.0.0.0 ads.test``,
+             ``127.0.0.1 ads.test``): every NAME becomes a dangerous domain
+             entry, category "malware"; localhost-style names (localhost,
+             localhost.localdomain, broadcasthost, ip6-*, local, …) and
+             single-label names are ignored, not errors.
+    domains  (above) also reads plain domain lists and plain IPv4/IPv6
+             address and CIDR lists: every field but the first is optional.
+
 A malformed line raises ``SourceError`` naming the file, the line and the
-problem. Files are read line by line, each bounded to ``MAX_LINE_BYTES``.
+problem; or, given a ``BadLines`` (``--skip-bad``), is counted there, the first
+few kept as examples, and skipped. Files are read line by line, each bounded
+to ``MAX_LINE_BYTES``.
 """
 
 from __future__ import annotations
@@ -235,24 +252,133 @@ def parse_domain_line(text: str) -> DomainRecord | NetworkRecord:
 R = TypeVar("R")
 
 
-def _read(path: Path, parse: Callable[[str], R]) -> Iterator[R]:
+class BadLines:
+    """Malformed lines skipped under ``--skip-bad``: a count and the first few messages."""
+
+    MAX_EXAMPLES = 10
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[str] = []
+
+    def add(self, error: SourceError) -> None:
+        self.count += 1
+        if len(self.examples) < self.MAX_EXAMPLES:
+            self.examples.append(error.message)
+        logger.debug("skipped %s", error.message)
+
+
+def _read(path: Path, parse: Callable[[str], R], bad: BadLines | None = None) -> Iterator[R]:
+    yield from _read_many(path, lambda text: (parse(text),), bad)
+
+
+def _read_many(path: Path, parse: Callable[[str], Iterable[R]],
+               bad: BadLines | None) -> Iterator[R]:
     for line_no, text in iter_lines(path):
         try:
-            yield parse(text)
+            recs = list(parse(text))
         except ValueError as e:
-            raise SourceError(str(path), line_no, str(e)) from None
+            err = SourceError(str(path), line_no, str(e))
+            if bad is None:
+                raise err from None
+            bad.add(err)
+            continue
+        yield from recs
 
 
-def read_hashes(path: Path) -> Iterator[HashRecord]:
-    return _read(path, parse_hash_line)
+def read_hashes(path: Path, bad: BadLines | None = None) -> Iterator[HashRecord]:
+    return _read(path, parse_hash_line, bad)
 
 
-def read_urls(path: Path) -> Iterator[UrlRecord]:
-    return _read(path, parse_url_line)
+def read_urls(path: Path, bad: BadLines | None = None) -> Iterator[UrlRecord]:
+    return _read(path, parse_url_line, bad)
 
 
-def read_domains(path: Path) -> Iterator[DomainRecord | NetworkRecord]:
-    return _read(path, parse_domain_line)
+def read_domains(path: Path, bad: BadLines | None = None
+                 ) -> Iterator[DomainRecord | NetworkRecord]:
+    return _read(path, parse_domain_line, bad)
+
+
+# ---------------------------------------------------------------- more formats
+
+FORMATS = ("hashes", "clamav", "urls", "domains", "hosts")
+_EXTENSIONS = {".hdb": "clamav", ".hsb": "clamav", ".hosts": "hosts"}
+_CLAMAV_KINDS = {
+    ".hdb": frozenset({HashKind.MD5}),
+    ".hsb": frozenset(HashKind),
+}
+_CLAMAV_NAME = re.compile(r"[!-9;-~][ -9;-~]*")  # printable ASCII without ':'
+_HOSTS_IGNORED = frozenset({
+    "localhost", "localhost.localdomain", "local", "broadcasthost", "localhost4",
+    "localhost4.localdomain4", "localhost6", "localhost6.localdomain6", "ip6-localhost",
+    "ip6-loopback", "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters",
+    "ip6-allhosts", "0.0.0.0",
+})
+
+
+def detect_format(path: Path, default: str) -> str:
+    """A source's format from its extension (``.hdb``/``.hsb``, ``.hosts``; a file named
+    ``hosts``), else ``default``."""
+    path = Path(path)
+    if path.name == "hosts":
+        return "hosts"
+    return _EXTENSIONS.get(path.suffix.lower(), default)
+
+
+def parse_clamav_line(text: str, kinds: frozenset[HashKind] = frozenset(HashKind)
+                      ) -> HashRecord:
+    """``HASH:SIZE:NAME[:FLEVEL[:FLEVEL]]``; raises ValueError naming the problem."""
+    fields = text.split(":")
+    if not 3 <= len(fields) <= 5:
+        raise ValueError(f"{len(fields)} fields, expected HASH:SIZE:NAME[:FLEVEL[:FLEVEL]]")
+    h, size, name = fields[0].strip(), fields[1].strip(), fields[2].strip()
+    kind = HashKind.from_hex_length(len(h))
+    if kind is None or _HEX.fullmatch(h) is None:
+        raise ValueError(f"{h[:80]!r} is not an MD5, SHA-1 or SHA-256 hex digest")
+    if kind not in kinds:
+        allowed = ", ".join(sorted(k.value for k in kinds))
+        raise ValueError(f"a {kind.value} hash where this file holds {allowed}")
+    if size != "*" and (not size.isdigit() or len(size) > 15):
+        raise ValueError(f"bad size {size[:20]!r} (a byte count or '*')")
+    if not name or len(name) > MAX_THREAT_LENGTH or _CLAMAV_NAME.fullmatch(name) is None \
+            or "," in name:
+        raise ValueError(f"bad signature name {name[:80]!r} (printable ASCII without ',' "
+                         f"or ':', at most {MAX_THREAT_LENGTH})")
+    for lvl in fields[3:]:
+        if lvl.strip() and not lvl.strip().isdigit():
+            raise ValueError(f"bad functionality level {lvl[:20]!r}")
+    return HashRecord(kind, bytes.fromhex(h), Verdict.MALICIOUS, name)
+
+
+def parse_hosts_line(text: str) -> list[DomainRecord]:
+    """``ADDRESS NAME [NAME...]``: the names as dangerous domains (localhost-style ignored)."""
+    fields = text.split()
+    if len(fields) < 2:
+        raise ValueError("expected ADDRESS NAME [NAME...]")
+    if urls.parse_ip(fields[0]) is None:
+        raise ValueError(f"{fields[0][:80]!r} is not an IP address")
+    out = []
+    for item in fields[1:]:
+        if item.lower().rstrip(".") in _HOSTS_IGNORED:
+            continue
+        try:
+            name = urls.normalize_domain(item)
+        except urls.UrlError as e:
+            raise ValueError(f"bad host name {item[:80]!r}: {e}") from None
+        if "." not in name or urls.parse_ip(name) is not None:
+            continue  # single labels (local names) and addresses are not list entries
+        out.append(DomainRecord(name, DEFAULT_RATING, DEFAULT_RATING.default_score,
+                                DEFAULT_CATEGORY))
+    return out
+
+
+def read_clamav(path: Path, bad: BadLines | None = None) -> Iterator[HashRecord]:
+    kinds = _CLAMAV_KINDS.get(Path(path).suffix.lower(), frozenset(HashKind))
+    return _read(path, lambda text: parse_clamav_line(text, kinds), bad)
+
+
+def read_hosts(path: Path, bad: BadLines | None = None) -> Iterator[DomainRecord]:
+    return _read_many(path, parse_hosts_line, bad)
 
 
 # ---------------------------------------------------------------- merging

@@ -273,7 +273,7 @@ def test_manifest_layout(built: PatternSet, tmp_path: Path) -> None:
     assert manifest["version"] == "2026112213"
     assert manifest["created"] == "2026-11-22T13:05:07Z"
     assert set(manifest["patterns"]) == {"smart-scan", "web-blocking", "suspicious-urls",
-                                         "domain-ip"}
+                                         "domain-ip", "agent"}
     smart = manifest["patterns"]["smart-scan"]
     assert set(smart["files"]) == {"file-md5.tbl", "file-sha1.tbl", "file-sha256.tbl"}
     assert smart["entries"] == 7
