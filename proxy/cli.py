@@ -418,4 +418,5 @@ def main() -> None:
     cli()
 
 
+from proxy import cli_appliance  # noqa: E402,F401,I001  (registers appliance commands)
 from proxy import cli_ca  # noqa: E402,F401  (registers ca commands)
