@@ -475,67 +475,64 @@ class AgentFilter:
 
     # -- decoding --------------------------------------------------------------
 
-    def _block_count(self, b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        return np.minimum(self._block_size, self._count - b * self._block_size)
+    def _coded_values(self, blocks: npt.NDArray[np.int64], validate: bool) -> U64:
+        """The gap-coded prefixes of the given blocks (ascending, distinct), concatenated.
 
-    def _decode_blocks(self, blocks: npt.NDArray[np.int64], validate: bool) -> U64:
-        """The prefixes of the given blocks (ascending block numbers), concatenated."""
-        if len(blocks) == 0:
-            return np.zeros(0, dtype=np.uint64)
+        Each block's first prefix is its base in the index and is not included. For the
+        j-th coded entry overall, whose 1 bit sits at ``ones[j]`` in the gathered unary
+        bits: quotients summed within its block = ``ones[j] - j + first[b] - block_bit[b]``,
+        and remainders summed within its block come from one running sum.
+        """
         r = self._r
-        counts = self._block_count(blocks)
-        coded = counts - 1
+        coded = np.minimum(self._block_size, self._count - blocks * self._block_size) - 1
         lo, hi = self._starts[blocks], self._starts[blocks + 1]
         lengths = hi - lo
+        out_start = np.cumsum(lengths) - lengths
         if len(blocks) == len(self._bases):
             stream = self._unary
         else:
-            out_start = np.cumsum(lengths) - lengths
             idx = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(lo - out_start, lengths)
             stream = self._unary[idx]
-        block_bit = 8 * (np.cumsum(lengths) - lengths)
         ones = _unary_ones(stream)
         m = int(coded.sum())
-        owner = np.repeat(np.arange(len(blocks)), coded)
-        if validate:
-            if len(ones) != m:
-                raise PatternError(f"agent pattern: {len(ones)} unary codes for {m} entries")
-            found = np.searchsorted(block_bit, ones, side="right") - 1
-            if not bool((found == owner).all()):
+        if validate and len(ones) != m:
+            raise PatternError(f"agent pattern: {len(ones)} unary codes for {m} entries")
+        first = np.cumsum(coded) - coded  # index of each block's first coded entry
+        owner = np.repeat(np.arange(len(blocks), dtype=np.int64), coded)
+        j = np.arange(m, dtype=np.int64)
+        block_bit = 8 * out_start
+        if validate and m:
+            ob = block_bit[owner]
+            if not bool(((ones >= ob) & (ones < ob + 8 * lengths[owner])).all()):
                 raise PatternError("agent pattern: a block's unary bits overrun its index range")
-        prev = np.empty(m, dtype=np.int64)
-        if m:
-            prev[1:] = ones[:-1]
-            first_coded = np.cumsum(coded) - coded
-            has = coded > 0
-            prev[first_coded[has]] = block_bit[has] - 1
-        q = (ones[:m] - prev - 1).astype(np.uint64)
-        if validate and r and m and bool((q >> np.uint64(64 - r)).any()):
+        qsum = (ones - j + (first - block_bit)[owner]).astype(np.uint64)
+        if validate and r and m and bool((qsum >> np.uint64(64 - r)).any()):
             raise PatternError("agent pattern: a gap overflows 64 bits")
-        coded_before = blocks * (self._block_size - 1)  # coded entries in all earlier blocks
-        within = np.arange(m, dtype=np.int64) - np.repeat(np.cumsum(coded) - coded, coded)
-        rems = _unpack_fixed(self._rem, (np.repeat(coded_before, coded) + within) * r, r)
-        gaps = (q << np.uint64(r)) | rems
-        # interleave: each block's base, then its gaps; a segmented cumulative sum
-        total = int(counts.sum())
-        entry_first = np.cumsum(counts) - counts
-        is_first = np.zeros(total, dtype=bool)
-        is_first[entry_first] = True
-        seq = np.zeros(total, dtype=np.uint64)
-        seq[~is_first] = gaps
-        running = np.cumsum(seq, dtype=np.uint64)
-        offset = self._bases[blocks] - running[entry_first]  # wraps mod 2**64 on purpose
-        values: U64 = running + np.repeat(offset, counts)
-        if validate:
-            if total > 1 and not bool((values[1:] > values[:-1]).all()):
-                raise PatternError("agent pattern: entries are not strictly increasing")
-            if self._k < 64 and total and int(values[-1]) >> self._k:
-                raise PatternError(f"agent pattern: an entry is wider than {self._k} bits")
+        # coded entries in all earlier blocks: every earlier block is full
+        rems = _unpack_fixed(self._rem, (j + (blocks * (self._block_size - 1) - first)[owner]) * r, r)
+        rsum = np.cumsum(rems, dtype=np.uint64)
+        rbefore = np.zeros(len(blocks), dtype=np.uint64)  # remainders summed in earlier blocks
+        later = first > 0
+        rbefore[later] = rsum[first[later] - 1]
+        # wraps modulo 2**64 on purpose: the differences are exact
+        values: U64 = (qsum << np.uint64(r)) + rsum + (self._bases[blocks] - rbefore)[owner]
         return values
 
     def keys(self) -> U64:
-        """Every stored prefix, ascending (decodes the whole filter)."""
-        return self._decode_blocks(np.arange(len(self._bases), dtype=np.int64), validate=True)
+        """Every stored prefix, ascending (decodes and checks the whole filter)."""
+        nb = len(self._bases)
+        coded = self._coded_values(np.arange(nb, dtype=np.int64), validate=True)
+        firsts = np.arange(nb, dtype=np.int64) * self._block_size
+        is_first = np.zeros(self._count, dtype=bool)
+        is_first[firsts] = True
+        values = np.empty(self._count, dtype=np.uint64)
+        values[firsts] = self._bases
+        values[~is_first] = coded
+        if self._count > 1 and not bool((values[1:] > values[:-1]).all()):
+            raise PatternError("agent pattern: entries are not strictly increasing")
+        if self._k < 64 and self._count and int(values[-1]) >> self._k:
+            raise PatternError(f"agent pattern: an entry is wider than {self._k} bits")
+        return values
 
     # -- queries ---------------------------------------------------------------
 
@@ -580,11 +577,13 @@ class AgentFilter:
             return result
         block = np.searchsorted(self._bases, x, side="right").astype(np.int64) - 1
         inside = block >= 0
-        needed = _sorted_distinct(block[inside])
-        values = self._decode_blocks(needed, validate=False)
-        pos = np.searchsorted(values, x[inside])
-        pos = np.minimum(pos, len(values) - 1)
-        result[inside] = values[pos] == x[inside]
+        xs, bs = x[inside], block[inside]
+        hit = self._bases[bs] == xs
+        values = self._coded_values(_sorted_distinct(bs[~hit]), validate=False)
+        if len(values):
+            pos = np.minimum(np.searchsorted(values, xs), len(values) - 1)
+            hit |= values[pos] == xs
+        result[inside] = hit
         return result
 
 
