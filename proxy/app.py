@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +25,8 @@ from proxy.cache import AnswerCache
 from proxy.config import Config
 from proxy.engine import Engine
 from proxy.errors import PatternError, RampartError
+from proxy.keeper import PatternKeeper, sample_store
 from proxy.lists import ListStore
-from proxy.pattern import PatternSet, build_pattern
 from proxy.relay import Relay
 from proxy.routes import Routes
 from proxy.server import Request, Response, ServerLimits, start_server
@@ -46,18 +45,13 @@ def sample_sources(name: str) -> dict[str, list[Path]]:
 
 
 def ensure_pattern(cfg: Config, sample: str) -> Path:
-    """The pattern directory to serve; built from the samples on first start."""
+    """The pattern directory to serve: the store's current version (DATA_DIR/patterns, see
+    proxy.store), built from the samples on first start; or ``pattern_dir``."""
     if cfg.pattern_dir is not None:
         return cfg.pattern_dir
-    current = cfg.data_dir / "patterns" / "current"
-    if not (current / "manifest.json").is_file():
-        logger.info("no pattern in the data directory yet: building the %s sample", sample)
-        if current.exists():
-            shutil.rmtree(current)
-        current.parent.mkdir(parents=True, exist_ok=True)
-        src = sample_sources(sample)
-        build_pattern(current, hashes=src["hashes"], urls=src["urls"], domains=src["domains"])
-    return current
+    path = sample_store(cfg, sample_sources(sample)).current_path()
+    assert path is not None
+    return path
 
 
 @dataclass
@@ -86,8 +80,9 @@ class App:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.stats = metrics.Stats()
         self.registry = metrics.registry_for(self.stats)
-        self.pattern_path = ensure_pattern(cfg, self.sample)
-        patterns = PatternSet.open(self.pattern_path)
+        self.keeper = PatternKeeper(cfg, sample_sources(self.sample))  # store, swaps, updates
+        patterns = self.keeper.open()
+        self.pattern_path = patterns.directory
         self.lists_store = ListStore.open(cfg.data_dir)
         self.relay = (
             Relay(
@@ -120,7 +115,10 @@ class App:
         self.limits = protocol.Limits(
             max_batch=cfg.max_batch, max_url=cfg.max_url, max_inspect_content=cfg.max_inspect_content
         )
-        self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics)
+        self.keeper.attach(self.engine)
+        self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics,
+                             patterns=self.keeper.handle)
+        self.registry.register(self.keeper)  # type: ignore[arg-type]  # update counters
         self._gauges()
 
     async def start(self) -> None:
@@ -134,6 +132,7 @@ class App:
         if cfg.query_tls_port:
             await self._listen("query", "https", cfg.query_tls_port, limits, self.tls_context())
         self._tasks.append(asyncio.create_task(self._watch_lists()))
+        await self.keeper.start()
 
     def tls_context(self) -> Any:
         ca = certs.CA.ensure(self.cfg.data_dir)
@@ -166,6 +165,7 @@ class App:
         if self.relay is not None:
             await self.relay.close()
         self.lists_store.close()
+        await self.keeper.stop()
         self.engine.patterns.close()
 
     # ------------------------------------------------------------ background
@@ -184,12 +184,10 @@ class App:
     # ------------------------------------------------------------ health and metrics
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        patterns = self.engine.patterns
-        age = max(0.0, time.time() - patterns.created.timestamp())
-        stale = age > self.cfg.stale_after
+        pattern = self.keeper.readiness()  # versions, ages, staleness, the last update
         body: dict[str, Any] = {
-            "status": "stale" if stale else "ready",
-            "pattern": {"version": patterns.version, "age_seconds": int(age), "stale": stale},
+            "status": "stale" if pattern["stale"] else "ready",  # stale still answers
+            "pattern": pattern,
             "doors": [{"name": d.name, "scheme": d.scheme, "port": d.port} for d in self.doors],
         }
         if self.relay is not None:
@@ -203,10 +201,8 @@ class App:
     def _gauges(self) -> None:
         st = self.stats
         metrics.gauge(st, "rampart_cache_entries", "Cloud answers in the cache", lambda: len(self.cache))
-        metrics.gauge(
-            st, "rampart_pattern_age_seconds", "Age of the served pattern",
-            lambda: time.time() - self.engine.patterns.created.timestamp(),
-        )
+        for name, (help_text, read) in self.keeper.gauges().items():
+            metrics.gauge(st, name, help_text, read)
         metrics.gauge(
             st, "rampart_pattern_info", "The served pattern version (always 1)",
             lambda: [({"version": self.engine.patterns.version}, 1.0)],
@@ -231,7 +227,8 @@ class App:
 
 
 _KNOWN_PATHS = {
-    b"/v1/file", b"/v1/web", b"/v1/domain", b"/v1/inspect", b"/healthz", b"/readyz", b"/metrics"
+    b"/v1/file", b"/v1/web", b"/v1/domain", b"/v1/inspect", b"/healthz", b"/readyz", b"/metrics",
+    b"/v1/agent-pattern",
 }
 
 
@@ -261,6 +258,8 @@ def _certificates(data_dir: Path) -> dict[str, Any]:
 
 
 def _group(path: bytes) -> str:
+    if path.startswith(b"/v1/patterns/"):
+        return "/v1/patterns/{file}"
     for prefix in (b"/v1/file/", b"/v1/domain/"):
         if path.startswith(prefix):
             return prefix.decode() + "{item}"

@@ -548,3 +548,4 @@ def main() -> None:
 
 from proxy import cli_appliance  # noqa: E402,F401,I001  (registers appliance commands)
 from proxy import cli_ca  # noqa: E402,F401  (registers ca commands)
+from proxy import cli_update  # noqa: E402,F401  (registers update commands)

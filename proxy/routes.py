@@ -41,11 +41,13 @@ class Routes:
         *,
         ready: Callable[[], tuple[bool, dict[str, Any]]],
         metrics: Callable[[], bytes],
+        patterns: Callable[[Request], Response | Awaitable[Response]] | None = None,
     ) -> None:
         self.engine = engine
         self.limits = limits
         self.ready = ready
         self.metrics = metrics
+        self.patterns = patterns  # /v1/patterns/... and /v1/agent-pattern (proxy.keeper)
         self.started = time.time()
 
     def __call__(self, request: Request) -> Response | Awaitable[Response]:
@@ -83,6 +85,8 @@ class Routes:
         if p == "/metrics":
             _method(request, "GET", "HEAD")
             return Response(200, self.metrics(), content_type="text/plain; version=0.0.4")
+        if self.patterns is not None and (p == "/v1/agent-pattern" or p.startswith("/v1/patterns/")):
+            return self.patterns(request)
         raise ProtocolError("not_found", f"no such path {p[:100]!r}", status=404)
 
     # ---------------------------------------------------------------- services
