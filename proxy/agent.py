@@ -118,11 +118,16 @@ DEFAULT_FP_RATE = 0.003
 DEFAULT_BLOCK_SIZE = 256
 MIN_PREFIX_BITS = 1
 MAX_PREFIX_BITS = 64
-MAX_RICE = 56  # a remainder is read through one 8-byte window
+MAX_RICE = 56  # a remainder plus its bit offset within a byte fits one 64-bit word
 MIN_BLOCK_SIZE = 2
 MAX_BLOCK_SIZE = 65536
 MAX_ENTRIES = 1 << 32
-MAX_FILE_BYTES = 1 << 31
+MAX_FILE_BYTES = 256 << 20  # about 200M entries; bounds the memory a decode can take
+# With r chosen by _choose_rice, the quotients of m gaps sum to at most 5m (at most 256
+# per gap, for at most 256 gaps, when r is capped at MAX_RICE), so a unary stream needs
+# at most 6m bits plus a padding byte per block: a file claiming more is refused
+# before anything is unpacked.
+_UNARY_SLACK_BITS = 257 * 256
 
 _HEADER = struct.Struct("<4sHBBIIQQ")  # 32 bytes
 _DIFF_HEADER = struct.Struct("<4sHBBIQQQQBB2x32s32s")  # 112 bytes
@@ -273,7 +278,7 @@ def _pack_unary(q: U64, group_sizes: npt.NDArray[np.int64]) -> tuple[bytes, npt.
 
 def _unary_ones(stream: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
     # a bool view: nonzero() on bool is about 9x faster than on uint8
-    return np.flatnonzero(np.unpackbits(stream).view(bool)).astype(np.int64)
+    return np.flatnonzero(np.unpackbits(stream).view(bool)).astype(np.int64, copy=False)
 
 
 # ---------------------------------------------------------------------------
@@ -332,8 +337,8 @@ def _encode(prefixes: U64, k: int, block_size: int) -> bytes:
     if nb:
         sizes[-1] = n - (nb - 1) * block_size - 1
     unary, starts = _pack_unary(gaps >> np.uint64(r), sizes)
-    if len(unary) >= 1 << 32:
-        raise PatternError("agent pattern: unary stream over 4 GiB")
+    if len(unary) * 8 > _max_unary_bits(len(gaps), nb):  # cannot happen; the reader refuses it
+        raise PatternError("agent pattern: unary stream over its bound")
     width = "<u4" if k <= 32 else "<u8"
     body = b"".join(
         [
@@ -388,7 +393,11 @@ def _check_params(k: int, block_size: int) -> None:
 
 
 class AgentFilter:
-    """A loaded agent pattern. Immutable; build a new one to change it."""
+    """A loaded agent pattern. Immutable; build a new one to change it.
+
+    Make one with ``AgentFilter.from_bytes`` (or ``read_agent``), which validates;
+    the constructor trusts its input.
+    """
 
     __slots__ = (
         "_base_list",
@@ -424,8 +433,8 @@ class AgentFilter:
         self._starts: npt.NDArray[np.int64] = np.append(starts, np.int64(ulen))
         pos += nb * 4
         rem_len = ((n - nb) * r + 7) // 8
-        # the remainder stream runs on into the unary stream and trailer: the 8-byte
-        # windows of _unpack_fixed may read past its end (the extra bits are dropped)
+        # the remainder stream runs on into the unary stream and trailer: _unpack_fixed
+        # may read up to 7 bytes past its end (the extra bits are dropped)
         self._rem: npt.NDArray[np.uint8] = np.frombuffer(data, dtype=np.uint8, offset=pos)
         pos += rem_len
         self._unary: npt.NDArray[np.uint8] = np.frombuffer(data, dtype=np.uint8, count=ulen, offset=pos)
@@ -587,6 +596,10 @@ class AgentFilter:
         return result
 
 
+def _max_unary_bits(coded: int, groups: int) -> int:
+    return 6 * coded + 8 * groups + _UNARY_SLACK_BITS
+
+
 def _load(data: bytes) -> tuple[AgentFilter, U64]:
     """Parse and validate an agent file; return it with its decoded prefixes."""
     data = bytes(data)
@@ -618,6 +631,8 @@ def _check_layout(data: bytes) -> None:
     if reserved or n > MAX_ENTRIES or ulen >= 1 << 32:
         raise PatternError("agent pattern: bad header (reserved field, count or unary length)")
     nb = -(-n // bs)
+    if ulen * 8 > _max_unary_bits(n - nb, nb):
+        raise PatternError(f"agent pattern: unary stream of {ulen} bytes is too long for {n} entries")
     width = 4 if k <= 32 else 8
     want = _HEADER.size + nb * (width + 4) + ((n - nb) * r + 7) // 8 + ulen + _TRAILER
     if len(data) != want:
@@ -685,6 +700,8 @@ def apply_diff(old: bytes, diff: bytes) -> bytes:
         _check_params(k, bs)
     except ValueError as e:
         raise PatternError(f"agent diff: {e}") from None
+    if aul * 8 > _max_unary_bits(na, 1) or rul * 8 > _max_unary_bits(nr, 1):
+        raise PatternError("agent diff: a unary stream is too long for its entry count")
     arl, rrl = (na * ar + 7) // 8, (nr * rr + 7) // 8
     want = _DIFF_HEADER.size + arl + aul + rrl + rul + _TRAILER
     if len(diff) != want:
@@ -721,6 +738,10 @@ def apply_diff(old: bytes, diff: bytes) -> bytes:
     out = _encode(merged, k, bs)
     if hashlib.sha256(out).digest() != result:
         raise PatternError("agent diff: the result does not match the diff's result SHA-256")
+    logger.debug(
+        "agent diff applied",
+        extra={"base": base.hex()[:16], "result": result.hex()[:16], "added": na, "removed": nr},
+    )
     return out
 
 

@@ -188,6 +188,8 @@ def _valid() -> bytes:
         (lambda d: rehash(b"XXXX" + d[4:]), "bad magic"),
         (lambda d: rehash(d[:4] + struct.pack("<H", 2) + d[6:]), "format version 2"),
         (lambda d: rehash(d[:6] + bytes([0]) + d[7:]), "prefix bits 0"),
+        # a unary length far beyond what the entry count can need: refused before unpacking
+        (lambda d: rehash(d[:24] + struct.pack("<Q", 1 << 30) + d[32:]), "too long"),
         # a block base moved below its predecessor: decodes, but out of order
         (lambda d: rehash(d[:36] + struct.pack("<I", 0) + d[40:]), "not strictly increasing"),
         # one unary byte zeroed: a block loses its codes
