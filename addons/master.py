@@ -1,51 +1,137 @@
 """The embedded mitmproxy Master that hosts every door, with only the addons Rampart needs.
 
 Not DumpMaster: its 35 default addons cost most of mitmproxy's time per flow
-(DESIGN §1). ``connection_strategy=lazy`` so an addon can answer while the
-upstream is down.
+(DESIGN §1). The intercept door adds exactly what a proxy needs (the proxy
+server, next-layer detection, TLS) and ``addons.intercept``;
+``connection_strategy=lazy`` so an addon can answer while the upstream is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import certifi
 from mitmproxy import options
-from mitmproxy.addons import core, errorcheck
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
+import certs
+from addons.capture import Capture
+from addons.intercept import Intercept, intercept_patterns
 from addons.query_door import QueryDoor
 from proxy.config import Config
+from proxy.errors import ConfigError
+
+UPSTREAM_BUNDLE = "upstream-ca.pem"
+MAX_CA_FILE = 1 << 20
 
 
-def build(cfg: Config) -> tuple[Master, QueryDoor]:
-    opts = options.Options()
+def upstream_bundle(cfg: Config, confdir: Path) -> str | None:
+    """The CAs intercepted traffic is verified with upstream: the system bundle plus ``cloud_ca``.
+
+    mitmproxy takes one file, which replaces its default bundle, so the cloud's
+    CA is added to (never substituted for) the system one. None: the default.
+    """
+    if cfg.cloud_ca is None:
+        return None
+    try:
+        with cfg.cloud_ca.open("rb") as f:
+            extra = f.read(MAX_CA_FILE + 1)
+    except OSError as e:
+        raise ConfigError(f"config key 'cloud_ca': cannot read {cfg.cloud_ca.name!r}: {e.strerror}") from None
+    if len(extra) > MAX_CA_FILE or b"-----BEGIN CERTIFICATE-----" not in extra:
+        raise ConfigError(f"config key 'cloud_ca': {cfg.cloud_ca.name!r} is not a PEM CA bundle")
+    bundle = confdir / UPSTREAM_BUNDLE
+    data = Path(certifi.where()).read_bytes() + b"\n" + extra
+    if not bundle.exists() or bundle.read_bytes() != data:
+        tmp = bundle.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(bundle)
+    return str(bundle)
+
+
+def proxy_modes(cfg: Config) -> list[str]:
+    modes = []
+    if cfg.proxy_port:
+        modes.append(f"regular@{cfg.proxy_port}")
+    if cfg.transparent_port:
+        modes.append(f"transparent@{cfg.transparent_port}")
+    return modes
+
+
+class Doors:
+    """What ``build`` assembled: the master and the addons ``run`` reports on."""
+
+    def __init__(self, master: Master, door: QueryDoor, capture: Capture,
+                 intercept: Intercept | None) -> None:
+        self.master = master
+        self.door = door
+        self.capture = capture
+        self.intercept = intercept
+
+    @property
+    def error(self) -> str | None:
+        return self.door.error or self.capture.error
+
+
+def assemble(cfg: Config) -> Doors:
+    confdir = cfg.data_dir / certs.MITMPROXY_DIR
+    modes = proxy_modes(cfg)
+    if modes:
+        certs.CA.ensure(cfg.data_dir)  # before TlsConfig reads confdir, or mitmproxy makes its own CA
+    opts = options.Options(confdir=str(confdir))
     master = Master(opts)
     door = QueryDoor(cfg)
-    master.addons.add(core.Core(), errorcheck.ErrorCheck(), door)
-    opts.update(confdir=str(cfg.data_dir / "mitmproxy"))
-    if "connection_strategy" in opts:  # declared by the proxyserver addon, once a proxy door runs
-        opts.update(connection_strategy="lazy")
-    return master, door
+    capture = Capture(cfg)
+    door.app.observers.append(capture.observe)
+    addons: list[Any] = [core.Core(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True), door]
+    intercept: Intercept | None = None
+    if modes:
+        intercept = Intercept(cfg, lambda: getattr(door.app, "routes", None))
+        addons += [proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(), intercept]
+    addons.append(capture)
+    master.addons.add(*addons)
+    if modes:
+        if cfg.log_level != "debug":  # one line per connection is debug detail for an appliance
+            logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
+        hosts = intercept_patterns(cfg)
+        opts.update(
+            mode=modes,
+            listen_host=cfg.listen,
+            connection_strategy="lazy",
+            http2=True,
+            ssl_insecure=False,
+            ssl_verify_upstream_trusted_ca=upstream_bundle(cfg, confdir),
+            # anything larger than a query is relayed as it arrives, never buffered
+            stream_large_bodies=str(cfg.max_body),
+            # everything but the intercept hosts is relayed as raw TCP (no TLS interception)
+            allow_hosts=hosts.allow_regexes() or [r"^$"],
+        )
+    return Doors(master, door, capture, intercept)
 
 
-async def run(cfg: Config, announce: Callable[[QueryDoor], None] | None = None) -> str | None:
+async def run(cfg: Config, announce: Callable[[Doors], None] | None = None) -> str | None:
     """Run until SIGINT/SIGTERM; returns the start error, if any."""
-    master, door = build(cfg)
+    doors = assemble(cfg)
+    master, door = doors.master, doors.door
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     if announce is not None:
 
         async def announce_when_up() -> None:
-            while not door.started and not door.error:
+            while not (door.started and doors.capture.started) and not doors.error:
                 await asyncio.sleep(0.01)
-            if door.started:
-                announce(door)
+            if not doors.error:
+                announce(doors)
 
         task = loop.create_task(announce_when_up())
     await master.run()
     if announce is not None:
         task.cancel()
-    return door.error
+    return doors.error

@@ -1,0 +1,294 @@
+"""The intercept door: routing glue between mitmproxy flows and the engine's routes.
+
+Products that talk to the cloud reach the appliance as their explicit proxy or
+through a transparent gateway. This addon decides only *where* traffic goes;
+every reputation decision is the engine's (``proxy.routes.Routes``, the same
+object the query door calls):
+
+- clients outside ``allow_clients`` are refused at connect (never an open relay);
+- TLS to hosts outside ``intercept_hosts`` is not intercepted: the connection is
+  relayed byte for byte (``tls_clienthello`` → ``ignore_connection``; mitmproxy's
+  ``allow_hosts`` does the same earlier for plain TCP and transparent HTTP);
+- on intercept hosts, the engine's paths (``/v1/file``, ``/v1/web``, …) are
+  answered locally; every other path is forwarded to the real host unchanged,
+  over verified TLS, streamed both ways.
+
+Each answered flow carries the decision in ``flow.metadata["rampart"]`` and the
+``X-Rampart-Source`` response header.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from mitmproxy import connection, http, tls
+
+from proxy.config import Config
+from proxy.errors import ProtocolError
+from proxy.protocol import render_error
+from proxy.server import Request, Response, error_response
+
+logger = logging.getLogger(__name__)
+
+META = "rampart"
+SOURCE_HEADER = "X-Rampart-Source"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Handler = Callable[[Request], "Response | Awaitable[Response]"]
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def _norm(host: str) -> str:
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
+
+
+@dataclass(frozen=True, slots=True)
+class HostPatterns:
+    """Exact host names/addresses and ``*.domain`` wildcards (any depth below ``domain``)."""
+
+    exact: frozenset[str]
+    suffixes: tuple[str, ...]  # ".domain"
+
+    @classmethod
+    def parse(cls, patterns: Iterable[str]) -> HostPatterns:
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        for raw in patterns:
+            p = _norm(raw)
+            if not p or "/" in p or (":" in p and not _is_ip(p)):
+                raise ValueError(f"bad host pattern {raw!r}")
+            if p.startswith("*."):
+                rest = p[2:]
+                if not rest or "*" in rest or _is_ip(rest):
+                    raise ValueError(f"bad host pattern {raw!r}")
+                suffixes.append("." + rest)
+            elif "*" in p:
+                raise ValueError(f"bad host pattern {raw!r}: only a leading '*.' is allowed")
+            else:
+                exact.add(p)
+        return cls(frozenset(exact), tuple(sorted(set(suffixes))))
+
+    def __contains__(self, host: object) -> bool:
+        if not isinstance(host, str) or not host:
+            return False
+        h = _norm(host)
+        return h in self.exact or h.endswith(self.suffixes)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.suffixes)
+
+    def allow_regexes(self) -> list[str]:
+        """The same patterns as mitmproxy ``allow_hosts`` expressions (matched on ``host:port``)."""
+        out = [rf"^\[?{re.escape(h)}\]?:\d+$" for h in sorted(self.exact)]
+        out += [rf"^(?:[^.:/]+\.)+{re.escape(s[1:])}\.?:\d+$" for s in self.suffixes]
+        return out
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def intercept_patterns(cfg: Config) -> HostPatterns:
+    """``intercept_hosts`` plus the host of every configured cloud endpoint."""
+    hosts = list(cfg.intercept_hosts)
+    hosts += [h for h in (urlsplit(url).hostname for url in cfg.cloud) if h]
+    return HostPatterns.parse(hosts)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientNetworks:
+    networks: tuple[Network, ...]
+
+    @classmethod
+    def parse(cls, cidrs: Iterable[str]) -> ClientNetworks:
+        return cls(tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
+
+    def allows(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == n.version and ip in n for n in self.networks)
+
+
+_SERVICES = {"/v1/file": "file", "/v1/web": "web", "/v1/domain": "domain", "/v1/inspect": "inspect"}
+
+
+def engine_service(path: str) -> str | None:
+    """The service an engine path belongs to, or None for paths forwarded to the real host."""
+    p = path.split("?", 1)[0]
+    service = _SERVICES.get(p)
+    if service is not None:
+        return service
+    if p.startswith("/v1/file/") and len(p) > 9:
+        return "file"
+    if p.startswith("/v1/domain/") and len(p) > 11:
+        return "domain"
+    return None
+
+
+_SOURCE = re.compile(rb'"source":"([a-z-]{1,32})"')
+_MATCHED = re.compile(rb'"(?:matched|threat)":("(?:[^"\\]|\\.){0,400}")')
+
+
+def decision(body: bytes) -> dict[str, Any]:
+    """Sources (in order, distinct) and matched entries or threats, read off a rendered answer."""
+    sources: list[str] = []
+    for m in _SOURCE.finditer(body):
+        s = m.group(1).decode()
+        if s not in sources:
+            sources.append(s)
+    matched: list[str] = []
+    for m in _MATCHED.finditer(body):
+        text = m.group(1)[1:-1].decode("ascii", "replace").replace('\\"', '"')
+        if text not in matched:
+            matched.append(text)
+        if len(matched) >= 32:
+            break
+    return {"sources": sources, "matched": matched}
+
+
+def engine_request(flow: http.HTTPFlow) -> Request:
+    req = flow.request
+    peer = flow.client_conn.peername
+    return Request(
+        req.method,
+        req.path.encode("latin-1", "replace"),
+        [(k, v) for k, v in req.headers.fields],
+        req.raw_content or b"",
+        str(peer[0]) if peer else "?",
+    )
+
+
+def to_mitmproxy(response: Response, source: str) -> http.Response:
+    headers: list[tuple[bytes, bytes]] = [(b"Content-Type", response.content_type.encode())]
+    headers += [(k.encode(), v.encode()) for k, v in response.headers]
+    if source:
+        headers.append((SOURCE_HEADER.encode(), source.encode()))
+    return http.Response.make(response.status, response.body, headers)
+
+
+# ---------------------------------------------------------------- the addon
+
+
+class Intercept:
+    """mitmproxy hooks for the intercept door; ``routes`` gives the engine's routes once open."""
+
+    def __init__(self, cfg: Config, routes: Callable[[], Handler | None]) -> None:
+        self.hosts = intercept_patterns(cfg)
+        self.clients = ClientNetworks.parse(cfg.allow_clients)
+        self.routes = routes
+        self.refused = 0
+
+    # ------------------------------------------------------------ connections
+
+    def client_connected(self, client: connection.Client) -> None:
+        address = str(client.peername[0]) if client.peername else "?"
+        if not self.clients.allows(address):
+            self.refused += 1
+            client.error = f"client {address} is not in allow_clients"
+            logger.warning("refused intercept-door client %s: not in allow_clients", address)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        host = data.client_hello.sni
+        if not host and data.context.server.address:
+            host = str(data.context.server.address[0])
+        if host not in self.hosts:
+            data.ignore_connection = True  # relayed as is: not ours to read
+
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        """Prefer HTTP/2 when the product offers it, as the cloud's own servers do.
+
+        Runs after mitmproxy's TlsConfig; lazily connected, mitmproxy would otherwise
+        take the product's first ALPN preference (http/1.1 for many clients).
+        """
+        conn = data.ssl_conn
+        if conn is None or b"h2" not in data.context.client.alpn_offers:
+            return
+        app = conn.get_app_data()
+        if isinstance(app, dict) and app.get("http2") and app.get("client_alpn") is None:
+            app["client_alpn"] = b"h2"
+
+    # ------------------------------------------------------------ HTTP
+
+    def _host(self, flow: http.HTTPFlow) -> str:
+        return flow.client_conn.sni or flow.request.pretty_host
+
+    def _ours(self, flow: http.HTTPFlow) -> str | None:
+        """The engine service a flow is for, or None when it is to be forwarded."""
+        if self._host(flow) not in self.hosts:
+            return None
+        return engine_service(flow.request.path)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if self._ours(flow) is None:
+            flow.request.stream = True  # not ours: relayed as it arrives, never buffered
+            if self._host(flow) in self.hosts:
+                flow.metadata[META] = {"action": "forwarded", "service": None}
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        service = self._ours(flow)
+        if service is None:
+            return
+        if flow.request.stream:
+            # over stream_large_bodies (max_body): the real host gets it, as it came
+            flow.metadata[META] = {"action": "forwarded", "service": service}
+            return
+        handler = self.routes()
+        started = time.perf_counter()
+        response = await _answer(handler, engine_request(flow))
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        found = decision(response.body) if response.status == 200 else {"sources": [], "matched": []}
+        flow.metadata[META] = {
+            "action": "answered",
+            "service": service,
+            "status": response.status,
+            "latency_ms": latency_ms,
+            **found,
+        }
+        flow.response = to_mitmproxy(response, ",".join(found["sources"]))
+        flow.response.http_version = flow.request.http_version
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(META)
+        if flow.response is not None and (meta is None or meta.get("action") != "answered"):
+            flow.response.stream = True
+
+
+async def _answer(handler: Handler | None, request: Request) -> Response:
+    """The routes' answer, errors included, exactly as the query door would give it."""
+    if handler is None:
+        error = ProtocolError("starting", "the appliance is starting; try again", status=503)
+        return Response(503, render_error(error), headers=(("Retry-After", "1"),))
+    try:
+        result = handler(request)
+        if not isinstance(result, Response):
+            result = await result
+        return result
+    except ProtocolError as e:
+        return error_response(e)
+    except Exception:
+        logger.exception("engine failed for %s", request.target[:100])
+        return Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
