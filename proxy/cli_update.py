@@ -47,7 +47,7 @@ def update_now(config_file: Path | None, as_json: bool, **flags: Any) -> None:
     from proxy.store import PatternStore
 
     cfg = load_config(config_file, **flags)
-    setup_logging(cfg.log_level if flags.get("log_level") else "warning")
+    setup_logging(cfg.log_level if flags.get("log_level") else "error")  # the result is printed
     store = PatternStore.open(cfg.data_dir / "patterns", keep=cfg.keep_versions)
     updater, fetcher = make_updater(cfg, store)
 

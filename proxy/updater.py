@@ -595,7 +595,7 @@ class Updater:
             self.failures[reason or "unknown"] += 1
             self.consecutive_failures += 1
         log = logger.info if ok else logger.warning
-        log("pattern update %s", result.line(), extra={"update": result.to_json()})
+        log("pattern update: %s", result.line(), extra={"update": result.to_json()})
         return result
 
     def status(self) -> dict[str, Any]:
