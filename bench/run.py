@@ -1,0 +1,533 @@
+"""Rampart benchmark (DESIGN §1, issue 2 §6): one command, prints figures and ratios, asserts nothing.
+
+    python3 bench/run.py [--seconds 6] [--profile] [--keep]
+
+Starts the reference cloud, the appliance relaying to it, nginx (one worker,
+a static body) and a bare mitmproxy addon answering from a dict, each server
+pinned to core 0 with ``taskset`` and wrk (one thread, 64 keep-alive
+connections) on core 1, all on 127.0.0.1. See bench/README.md for what each
+figure means. ``--profile`` repeats the appliance scenarios under py-spy and
+prints each one's top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import load
+import spy
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+EICAR_MD5 = "44d88612fea8a8f36de82e1278abb02f"
+EICAR_SHA1 = "3395856ce81f2b7382dee72602f798b642f14140"
+EICAR_SHA256 = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
+PATTERN_HITS = [
+    {"sha256": EICAR_SHA256}, {"sha1": EICAR_SHA1}, {"md5": EICAR_MD5},
+    {"sha256": "e3cdd2e8de4be34893f09ad30b29e3ad94a84d5014416beca475dbbbd57a90d5"},
+    {"sha256": "6e448262d5e28f1637398f7215de860a4c986fa32a78bdeab4d733a57d506b63"},
+]
+SERVER_CORE, LOAD_CORE = 0, 1
+DOORS_OFF: list[str] = []
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(core: int | None, cmd: list[str]) -> list[str]:
+    return cmd if core is None or shutil.which("taskset") is None else ["taskset", "-c", str(core), *cmd]
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_url: str, timeout: float = 40) -> Server:
+        out = self.log.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        self.popen = subprocess.Popen(self.cmd, stdout=out, stderr=out, env=env, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.popen.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(ready_url, verify=False, timeout=1).status_code == 200:
+                    return self
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not come up:\n{self.tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def pids(self) -> list[int]:
+        """This process and its descendants (nginx's worker)."""
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                todo += [int(c) for c in task.read_text().split()]
+        return out
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLK_TCK
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(VmRSS, VmHWM) in MiB."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        values = {k: int(v.split()[0]) for k, v in
+                  (line.split(":", 1) for line in status.splitlines() if line.startswith(("VmRSS", "VmHWM")))}
+        return values["VmRSS"] / 1024, values["VmHWM"] / 1024
+
+    def pin(self, core: int) -> None:
+        for pid in self.pids():
+            subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], capture_output=True)
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def rampart(*args: str) -> list[str]:
+    return [sys.executable, "-m", "addons.cli", *args]
+
+
+def start_cloud(tmp: Path) -> tuple[Server, int]:
+    port = free_port()
+    s = Server("cloud", pinned(LOAD_CORE, rampart(
+        "cloud", "--data-dir", str(tmp / "cloud"), "--port", str(port), "--listen", "127.0.0.1",
+        "--log-level", "warning")), tmp / "cloud.log")
+    return s.start(f"https://127.0.0.1:{port}/healthz"), port
+
+
+def doors_off() -> list[str]:
+    """Flags that turn off every door but the query door's HTTP listener (those this build has)."""
+    text = subprocess.run(rampart("serve", "--help"), capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    out = ["--query-tls-port", "0"]
+    for flag in ("--proxy-port", "--transparent-port", "--capture-port", "--dns-port", "--console-port"):
+        if flag in text:
+            out += [flag, "0"]
+    return out
+
+
+def start_appliance(tmp: Path, name: str, cloud_port: int, config: str = "") -> tuple[Server, int]:
+    port = free_port()
+    extra: list[str] = list(DOORS_OFF)
+    if config:
+        (tmp / f"{name}.toml").write_text(config)
+        extra += ["--config", str(tmp / f"{name}.toml")]
+    s = Server(name, pinned(SERVER_CORE, rampart(
+        "serve", "--data-dir", str(tmp / name), "--listen", "127.0.0.1", "--query-port", str(port),
+        "--log-level", "warning",
+        "--cloud", f"https://localhost:{cloud_port}", "--cloud-ca", str(tmp / "cloud" / "ca.pem"),
+        *extra)), tmp / f"{name}.log")
+    return s.start(f"http://127.0.0.1:{port}/healthz"), port
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /healthz {{ return 200 'alive'; }}
+        location / {{ default_type application/json; return 200 '{body}'; }}
+    }}
+}}
+"""
+
+
+def start_nginx(tmp: Path, body: bytes) -> tuple[Server, int] | None:
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if exe is None:
+        return None
+    port = free_port()
+    prefix = tmp / "nginx"
+    prefix.mkdir(exist_ok=True)
+    text = body.decode().replace("\\", "\\\\").replace("'", "\\'")
+    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port, body=text))
+    s = Server("nginx", pinned(SERVER_CORE, [exe, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                                             "-e", str(prefix / "error.log")]), tmp / "nginx.log")
+    return s.start(f"http://127.0.0.1:{port}/healthz"), port
+
+
+def start_mitm(tmp: Path, body: bytes, path: str, full: bool = False) -> tuple[Server, int]:
+    port = free_port()
+    (tmp / "mitm-body.json").write_bytes(body)
+    cmd = [sys.executable, str(ROOT / "bench" / "baseline_mitm.py"), "--port", str(port),
+           "--body-file", str(tmp / "mitm-body.json"), "--path", path]
+    if full:
+        cmd.append("--full")
+    s = Server("mitmproxy-full" if full else "mitmproxy", pinned(SERVER_CORE, cmd), tmp / "mitm.log")
+    return s.start(f"http://127.0.0.1:{port}/healthz"), port
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Row:
+    name: str
+    result: load.WrkResult
+    items: int = 1  # items per request
+    cpu: float = 0.0  # the measured servers' CPU, in cores, during the run
+    other: float = 0.0  # CPU used on the server's core by anything else (other processes), in cores
+    sources: str = ""  # where the appliance's answers came from during the run (its /metrics)
+    note: str = ""
+
+    @property
+    def items_per_s(self) -> float:
+        return self.result.rps * self.items
+
+
+def core_busy() -> dict[str, int]:
+    """Busy jiffies per core (cpu0, cpu1, …) from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            name, *vals = line.split()
+            v = [int(x) for x in vals]
+            out[name] = sum(v) - v[3] - v[4]  # all but idle and iowait
+    return out
+
+
+def item_sources(base: str) -> Counter[str]:
+    """rampart_items_total{service="file",source=…} from an appliance's /metrics."""
+    out: Counter[str] = Counter()
+    try:
+        text = httpx.get(base + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return out
+    for line in text.splitlines():
+        if line.startswith('rampart_items_total{') and 'service="file"' in line:
+            source = line.split('source="', 1)[1].split('"', 1)[0]
+            out[source] += int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    seconds: float
+    scripts: dict[str, Path]
+    rows: dict[str, Row] = field(default_factory=dict)
+    rss: tuple[float, float] | None = None  # the appliance's (VmRSS, VmHWM) in MiB after its runs
+
+    def measure(self, key: str, name: str, servers: list[Server], url: str, script: str, *args: str,
+                items: int = 1, connections: int = 64, note: str = "", metrics: str | None = None,
+                probe: str | None = None) -> Row:
+        before_sources = item_sources(metrics) if metrics else Counter()
+        before = [s.cpu_seconds() for s in servers]
+        busy = core_busy()
+        started = time.monotonic()
+        result = load.run_wrk(url, self.scripts[script], *args, connections=connections,
+                              seconds=self.seconds, core=LOAD_CORE)
+        wall = time.monotonic() - started
+        busy_after = core_busy()
+        ours = [s.cpu_seconds() - b for s, b in zip(servers, before)]
+        cpu = sum(ours) / wall
+        core0 = (busy_after[f"cpu{SERVER_CORE}"] - busy[f"cpu{SERVER_CORE}"]) / CLK_TCK / wall
+        other = max(0.0, core0 - ours[0] / wall)  # servers[0] is the one pinned to the server core
+        sources = ""
+        if metrics:
+            diff = item_sources(metrics) - before_sources
+            sources = " ".join(f"{k}={v}" for k, v in sorted(diff.items()))
+        row = Row(name, result, items, cpu, other, sources, note)
+        self.rows[key] = row
+        r = result
+        print(f"  {name:<44} {row.items_per_s:>12,.0f} items/s  p50 {r.p50_ms:7.2f} ms  "
+              f"p99 {r.p99_ms:7.2f} ms  cpu {cpu:4.0%}  other {other:4.0%}"
+              + (f"  [{sources}]" if sources else ""), flush=True)
+        if r.failed:
+            print(f"    FAILED: {r.socket_errors} socket errors, {r.non2xx} non-2xx", flush=True)
+            if probe:
+                try:
+                    got = httpx.get(probe, timeout=10, verify=False)
+                    print(f"    probe {probe}: {got.status_code} {got.text[:300]}", flush=True)
+                except httpx.HTTPError as e:
+                    print(f"    probe {probe}: {e!r}", flush=True)
+        return row
+
+
+def probe(base: str) -> str:
+    """A URL asking about one new unknown hash (relayed)."""
+    return f"{base}/v1/file/{os.urandom(32).hex()}"
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_sources(url: str, body: dict[str, object], want: set[str]) -> Counter[str]:
+    doc = httpx.post(url, json=body, timeout=30).json()
+    sources = Counter(r["source"] for r in doc["results"])
+    if not set(sources) <= want:
+        raise RuntimeError(f"unexpected sources {dict(sources)} (want only {sorted(want)})")
+    return sources
+
+
+def warm(url: str, hashes: list[str]) -> Counter[str]:
+    """Ask every hash once (batches of 1,000) so the cloud's answers are cached."""
+    seen: Counter[str] = Counter()
+    with httpx.Client(timeout=30) as client:
+        for i in range(0, len(hashes), 1000):
+            body = {"items": [{"sha256": h} for h in hashes[i:i + 1000]]}
+            doc = client.post(url, json=body).json()
+            seen.update(r["source"] for r in doc["results"])
+    return seen
+
+
+def profile_run(bench: Bench, server: Server, title: str, url: str, script: str, *args: str) -> str:
+    out = bench.tmp / f"profile-{title.split()[0]}.txt"
+    secs = max(3, int(bench.seconds))
+    rec = spy.record(server.pid, secs, out, core=LOAD_CORE)
+    time.sleep(0.3)
+    load.run_wrk(url, bench.scripts[script], *args, seconds=secs, core=LOAD_CORE)
+    try:
+        rec.wait(secs + 30)
+    except subprocess.TimeoutExpired:
+        rec.kill()
+    if not out.exists():
+        err = rec.stderr.read().decode(errors="replace") if rec.stderr else ""
+        return f"--- {title}: py-spy failed: {err[-500:]}\n"
+    return spy.report(out, title)
+
+
+def ratio(a: Row | None, b: Row | None) -> str:
+    if a is None or b is None or not b.items_per_s:
+        return "n/a"
+    return f"{a.items_per_s / b.items_per_s:.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Rampart benchmark: prints figures and ratios.")
+    ap.add_argument("--seconds", type=float, default=6, help="length of each measured run")
+    ap.add_argument("--profile", action="store_true", help="also profile each appliance scenario (py-spy)")
+    ap.add_argument("--mitm-full", action="store_true", help="also run mitmproxy with its default addons")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is needed (apt-get install -y wrk nginx)")
+
+    DOORS_OFF[:] = doors_off()
+    tmp = Path(tempfile.mkdtemp(prefix="rampart-bench-"))
+    bench = Bench(tmp, args.seconds, load.write_scripts(tmp / "lua"))
+    servers: list[Server] = []
+    profiles: list[str] = []
+    try:
+        print(f"rampart bench: {os.cpu_count()} cores; servers on core {SERVER_CORE}, wrk on core "
+              f"{LOAD_CORE}; {args.seconds:g} s per run; work dir {tmp}", flush=True)
+        cloud, cloud_port = start_cloud(tmp)
+        servers.append(cloud)
+        app, app_port = start_appliance(tmp, "appliance", cloud_port)
+        servers.append(app)
+        base = f"http://127.0.0.1:{app_port}"
+        cloud_base = f"https://127.0.0.1:{cloud_port}"
+
+        # -- correctness and cache warming (not measured)
+        single_path = f"/v1/file/{EICAR_SHA256}"
+        single = httpx.get(base + single_path)
+        assert single.json()["results"][0]["source"] == "pattern", single.text
+        body = single.content
+        warm_hashes = [sha256_hex(f"rampart-bench-warm-{i}") for i in range(20_000)]
+        first = warm(base + "/v1/file", warm_hashes)
+        again = warm(base + "/v1/file", warm_hashes[:1000])
+        print(f"  warmed the cache with {len(warm_hashes):,} hashes: first {dict(first)}, "
+              f"again {dict(again)}", flush=True)
+        (tmp / "warm.txt").write_text("\n".join(warm_hashes) + "\n")
+        rng = random.Random(7)
+        items = [PATTERN_HITS[i % len(PATTERN_HITS)] for i in range(100)]
+        items += [{"sha256": h} for h in rng.sample(warm_hashes, 900)]
+        rng.shuffle(items)
+        (tmp / "batch.json").write_text(json.dumps({"items": items}))
+        mix = check_sources(base + "/v1/file", {"items": items}, {"pattern", "cache"})
+        pattern_only = [PATTERN_HITS[i % len(PATTERN_HITS)] for i in range(1000)]
+        (tmp / "batch-pattern.json").write_text(json.dumps({"items": pattern_only}))
+        print(f"  batch body: 1,000 items {dict(mix)}, {len((tmp / 'batch.json').read_bytes()):,} bytes; "
+              f"single answer {len(body)} bytes", flush=True)
+
+        # -- appliance, local answers
+        print("appliance (query door, HTTP, pinned to core 0):", flush=True)
+        bench.measure("single", "single item, pattern (GET EICAR)", [app], base + single_path, "get",
+                      metrics=base, probe=base + single_path)
+        bench.measure("batch", "1,000-item batch, pattern+cache (POST)", [app], base + "/v1/file",
+                      "post_file", str(tmp / "batch.json"), items=1000, metrics=base)
+        bench.measure("batch_pattern", "1,000-item batch, pattern only (POST)", [app], base + "/v1/file",
+                      "post_file", str(tmp / "batch-pattern.json"), items=1000, metrics=base)
+        bench.measure("cache", "single item, cache hit (GET, 20k hashes)", [app], base,
+                      "get_cycle", "/v1/file/", str(tmp / "warm.txt"), metrics=base)
+
+        # -- relay: unique unknown hashes every request
+        stem_app, stem_cloud = os.urandom(24).hex(), os.urandom(24).hex()
+        bench.measure("relay", "single item, relayed to the cloud (GET)", [app, cloud], base,
+                      "get_unique", "/v1/file/", stem_app, metrics=base, probe=probe(base))
+        cloud.pin(SERVER_CORE)
+        bench.measure("cloud", "cloud directly, unique unknowns (GET, HTTPS)", [cloud], cloud_base,
+                      "get_unique", "/v1/file/", stem_cloud)
+        stem_app1, stem_cloud1 = os.urandom(24).hex(), os.urandom(24).hex()
+        bench.measure("cloud_1", "  cloud directly, 1 connection", [cloud], cloud_base,
+                      "get_unique", "/v1/file/", stem_cloud1, connections=1)
+        cloud.pin(LOAD_CORE)
+        bench.measure("relay_1", "  relayed, 1 connection", [app, cloud], base,
+                      "get_unique", "/v1/file/", stem_app1, connections=1, metrics=base)
+        bench.rss = app.rss_mb()
+        print(f"  appliance RSS after its runs: {bench.rss[0]:.1f} MiB (peak {bench.rss[1]:.1f} MiB)",
+              flush=True)
+        app.stop()
+        servers.remove(app)
+        # the same with batch_window = 0: no gathering delay before asking the cloud
+        app0, app0_port = start_appliance(tmp, "appliance-w0", cloud_port, "batch_window = 0\n")
+        servers.append(app0)
+        base0 = f"http://127.0.0.1:{app0_port}"
+        bench.measure("relay_w0", "single item, relayed, batch_window=0", [app0, cloud], base0,
+                      "get_unique", "/v1/file/", os.urandom(24).hex(), metrics=base0, probe=probe(base0))
+        bench.measure("relay_w0_1", "  relayed, batch_window=0, 1 connection", [app0, cloud], base0,
+                      "get_unique", "/v1/file/", os.urandom(24).hex(), connections=1,
+                      metrics=base0)
+        app0.stop()
+        servers.remove(app0)
+
+        # -- baselines on the same core
+        print("baselines (pinned to core 0):", flush=True)
+        started = start_nginx(tmp, body)
+        if started is None:
+            print("  nginx: not installed (apt-get install -y nginx)")
+        else:
+            nginx, nginx_port = started
+            servers.append(nginx)
+            bench.measure("nginx", "nginx static body (1 worker)", [nginx],
+                          f"http://127.0.0.1:{nginx_port}{single_path}", "get")
+            nginx.stop()
+            servers.remove(nginx)
+        mitm, mitm_port = start_mitm(tmp, body, single_path)
+        servers.append(mitm)
+        bench.measure("mitm", "bare mitmproxy addon from a dict", [mitm],
+                      f"http://127.0.0.1:{mitm_port}{single_path}", "get")
+        mitm.stop()
+        servers.remove(mitm)
+        if args.mitm_full:
+            full, full_port = start_mitm(tmp, body, single_path, full=True)
+            servers.append(full)
+            bench.measure("mitm_full", "mitmproxy, default addons, from a dict", [full],
+                          f"http://127.0.0.1:{full_port}{single_path}", "get")
+            full.stop()
+            servers.remove(full)
+
+        summary(bench)
+
+        if args.profile:
+            app, app_port = start_appliance(tmp, "appliance-prof", cloud_port)
+            servers.append(app)
+            base = f"http://127.0.0.1:{app_port}"
+            warm(base + "/v1/file", warm_hashes)
+            print("\nprofiles (py-spy, appliance under the same load):", flush=True)
+            for title, url, script, sargs in (
+                ("single item, pattern", base + single_path, "get", ()),
+                ("batch 1,000 pattern+cache", base + "/v1/file", "post_file", (str(tmp / "batch.json"),)),
+                ("cache hit, single", base, "get_cycle", ("/v1/file/", str(tmp / "warm.txt"))),
+                ("relayed, single", base, "get_unique", ("/v1/file/", os.urandom(24).hex())),
+            ):
+                text = profile_run(bench, app, title, url, script, *sargs)
+                profiles.append(text)
+                print(text, flush=True)
+    finally:
+        for s in servers:
+            s.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary(bench: Bench) -> None:
+    rows = bench.rows
+    print("\nsummary", flush=True)
+    print(f"  {'scenario':<44} {'items/s':>12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5} "
+          f"{'other':>5}")
+    for row in rows.values():
+        r = row.result
+        print(f"  {row.name:<44} {row.items_per_s:>12,.0f} {r.rps:>10,.0f} {r.p50_ms:>8.2f} "
+              f"{r.p99_ms:>8.2f} {row.cpu:>5.0%} {row.other:>5.0%}"
+              + (f"  ({r.failed} failed)" if r.failed else ""))
+    single, nginx, mitm = rows.get("single"), rows.get("nginx"), rows.get("mitm")
+    print("ratios")
+    print(f"  appliance single-item / nginx static       {ratio(single, nginx)}   (goal >= 0.4)")
+    print(f"  appliance single-item / bare mitmproxy     {ratio(single, mitm)}")
+    batch = rows.get("batch")
+    if batch:
+        per_core = batch.items_per_s / max(batch.cpu, 0.01)
+        print(f"  batched items/s per core (by server CPU)   {per_core:,.0f}   (goal >= 1,000,000)")
+    for relay_key, cloud_key, label in (("relay", "cloud", "64 conns"), ("relay_1", "cloud_1", "1 conn"),
+                                        ("relay_w0", "cloud", "64 conns, window 0"),
+                                        ("relay_w0_1", "cloud_1", "1 conn, window 0")):
+        a, c = rows.get(relay_key), rows.get(cloud_key)
+        if a and c:
+            print(f"  relay overhead p50 ({label:<18})     {a.result.p50_ms - c.result.p50_ms:+.2f} ms"
+                  f"   (appliance {a.result.p50_ms:.2f} - cloud {c.result.p50_ms:.2f}; goal < 1 ms)")
+    rss = bench.rss
+    if rss:
+        print(f"  appliance RSS after its runs               {rss[0]:.1f} MiB (peak {rss[1]:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
