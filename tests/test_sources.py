@@ -287,3 +287,142 @@ def test_duplicate_network_merges_rating(tmp_path: Path) -> None:
     (flat,) = flatten_networks(recs)
     assert flat.record.rating is Rating.HIGHLY_SUSPICIOUS
     assert flat.record.category == "bot"
+
+
+# ---------------------------------------------------------------- ClamAV, hosts, --skip-bad
+
+from proxy.sources import (  # noqa: E402
+    BadLines,
+    detect_format,
+    parse_clamav_line,
+    parse_hosts_line,
+    read_clamav,
+    read_hosts,
+)
+
+ALL_KINDS = frozenset(HashKind)
+
+
+@pytest.mark.parametrize(
+    ("line", "kinds", "kind", "threat"),
+    [
+        (f"{MD5}:68:Eicar-Test-Signature", frozenset({HashKind.MD5}), HashKind.MD5,
+         "Eicar-Test-Signature"),
+        (f"{SHA1}:68:Win.Test.EICAR_HDB-1", ALL_KINDS, HashKind.SHA1, "Win.Test.EICAR_HDB-1"),
+        (f"{SHA256}:*:Win.Test.EICAR_HSB-1:73", ALL_KINDS, HashKind.SHA256,
+         "Win.Test.EICAR_HSB-1"),
+        (f"{SHA256.upper()}:68:Doc.Foo-2:51:255", ALL_KINDS, HashKind.SHA256, "Doc.Foo-2"),
+    ],
+)
+def test_clamav_lines(line: str, kinds, kind: HashKind, threat: str) -> None:
+    rec = parse_clamav_line(line, kinds)
+    assert (rec.kind, rec.verdict, rec.threat) == (kind, Verdict.MALICIOUS, threat)
+    assert rec.digest.hex() == line.split(":")[0].lower()
+
+
+@pytest.mark.parametrize(
+    ("line", "kinds", "message"),
+    [
+        (f"{MD5}:68", ALL_KINDS, "2 fields"),
+        (f"{MD5}:68:a:1:2:3", ALL_KINDS, "6 fields"),
+        (f"{SHA1}:68:Name", frozenset({HashKind.MD5}), "a sha1 hash where this file holds md5"),
+        ("xyz:68:Name", ALL_KINDS, "not an MD5"),
+        (f"{MD5}:-1:Name", ALL_KINDS, "bad size"),
+        (f"{MD5}:12ab:Name", ALL_KINDS, "bad size"),
+        (f"{MD5}:68:", ALL_KINDS, "bad signature name"),
+        (f"{MD5}:68:a,b", ALL_KINDS, "bad signature name"),
+        (f"{MD5}:68:Name:x", ALL_KINDS, "functionality level"),
+    ],
+)
+def test_bad_clamav_lines(line: str, kinds, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_clamav_line(line, kinds)
+
+
+@pytest.mark.parametrize(
+    ("line", "names"),
+    [
+        ("0.0.0.0 ads.example.com", ["ads.example.com"]),
+        ("127.0.0.1 Tracker.Example.NET. pixel.example.org", ["tracker.example.net",
+                                                              "pixel.example.org"]),
+        ("127.0.0.1 localhost", []),
+        ("::1 localhost ip6-localhost ip6-loopback", []),
+        ("255.255.255.255 broadcasthost", []),
+        ("0.0.0.0 0.0.0.0", []),
+        ("192.168.1.10 nas", []),  # a single label is a local name, not a list entry
+    ],
+)
+def test_hosts_lines(line: str, names: list[str]) -> None:
+    recs = parse_hosts_line(line)
+    assert [r.name for r in recs] == names
+    assert all(r.rating is Rating.DANGEROUS and r.category == "malware" for r in recs)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("ads.example.com", "expected ADDRESS NAME"),
+        ("banana ads.example.com", "not an IP address"),
+        ("0.0.0.0 bad..name.com", "bad host name"),
+    ],
+)
+def test_bad_hosts_lines(line: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_hosts_line(line)
+
+
+@pytest.mark.parametrize(
+    ("name", "default", "expected"),
+    [
+        ("main.hdb", "hashes", "clamav"),
+        ("daily.HSB", "hashes", "clamav"),
+        ("block.hosts", "domains", "hosts"),
+        ("hosts", "domains", "hosts"),
+        ("list.txt", "domains", "domains"),
+        ("list.csv", "urls", "urls"),
+    ],
+)
+def test_detect_format(name: str, default: str, expected: str) -> None:
+    assert detect_format(Path(name), default) == expected
+
+
+def test_hdb_file_holds_only_md5(tmp_path: Path) -> None:
+    path = write(tmp_path, "main.hdb", f"{MD5}:68:Eicar\n{SHA256}:68:Other\n")
+    with pytest.raises(SourceError, match=r"main.hdb:2: a sha256 hash"):
+        list(read_clamav(path))
+    hsb = write(tmp_path, "main.hsb", f"{MD5}:68:Eicar\n{SHA256}:*:Other\n")
+    assert [r.kind for r in read_clamav(hsb)] == [HashKind.MD5, HashKind.SHA256]
+
+
+def test_hosts_file_with_comments(tmp_path: Path) -> None:
+    path = write(tmp_path, "hosts", "# blocklist\n127.0.0.1 localhost\n"
+                                    "0.0.0.0 ads.example.com  # ads\n0.0.0.0 a.test b.test\n")
+    assert [r.name for r in read_hosts(path)] == ["ads.example.com", "a.test", "b.test"]
+
+
+def test_plain_domain_ip_and_cidr_list(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.txt", "evil.example\n192.0.2.7\n2001:db8::/32\n10.0.0.0/8\n")
+    recs = list(sources.read_domains(path))
+    assert [type(r).__name__ for r in recs] == ["DomainRecord"] + ["NetworkRecord"] * 3
+    assert all(r.rating is Rating.DANGEROUS for r in recs)
+
+
+@pytest.mark.parametrize(
+    ("reader", "name", "body", "good", "bad_lines"),
+    [
+        (read_clamav, "x.hdb", f"{MD5}:1:A\nnope\n{MD5}:x:B\n{MD5}:2:C\n", 2, [2, 3]),
+        (read_hosts, "hosts", "0.0.0.0 a.test\njunk\n0.0.0.0 b.test\n", 2, [2]),
+        (sources.read_hashes, "h.txt", f"{MD5}\n{MD5}1\n", 1, [2]),
+        (sources.read_urls, "u.txt", "http://a.test/\nhttp://b.test/,weird\n", 1, [2]),
+        (sources.read_domains, "d.txt", "a.test\n10.0.0.1/8\nsingle\n", 1, [2, 3]),
+    ],
+)
+def test_skip_bad_counts_and_names_lines(tmp_path: Path, reader, name, body, good,
+                                         bad_lines) -> None:
+    path = write(tmp_path, name, body)
+    with pytest.raises(SourceError, match=rf"{name}:{bad_lines[0]}:"):
+        list(reader(path))
+    bad = BadLines()
+    assert len(list(reader(path, bad))) == good
+    assert bad.count == len(bad_lines)
+    assert [e.split(":")[1] for e in bad.examples] == [str(n) for n in bad_lines]
