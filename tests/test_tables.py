@@ -437,7 +437,7 @@ def pair(tmp_path: Path) -> tuple[Path, Path, bytes]:
 
 
 def test_diff_against_the_wrong_base_is_refused(tmp_path: Path, pair) -> None:
-    a, b, diff = pair
+    _a, b, diff = pair
     with pytest.raises(PatternError, match="made for base"):
         apply_table_diff(b, diff, tmp_path / "c.tbl")
     assert not (tmp_path / "c.tbl").exists()
@@ -455,7 +455,7 @@ def test_diff_against_the_wrong_base_is_refused(tmp_path: Path, pair) -> None:
     ],
 )
 def test_corrupt_or_truncated_diff_is_refused(tmp_path: Path, pair, mangle, message) -> None:
-    a, b, diff = pair
+    a, _b, diff = pair
     before = a.read_bytes()
     with pytest.raises(PatternError, match=message):
         apply_table_diff(a, mangle(diff), tmp_path / "c.tbl")
