@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import http.server
+import ipaddress
 import os
 import re
 import shutil
@@ -289,8 +290,6 @@ def _throwaway_site(tmp: Path) -> tuple[Path, ssl.SSLContext]:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "site")]))
