@@ -281,6 +281,7 @@ class Relay:
         self._transport: Transport = transport
         self._total_timeout = total_timeout
         self._batch_window = batch_window
+        self._running: dict[Service, int] = {}  # upstream requests in flight, per service
         self._max_batch = max_batch
         self._clock = clock
         self._observer = observer
@@ -370,9 +371,11 @@ class Relay:
         batch = self._pending.get(service)
         if batch is None:
             batch = self._pending[service] = _Batch(service)
-            if self._batch_window > 0:
+            if self._batch_window > 0 and self._running.get(service):
+                # Upstream is busy with this service: gather for a while.
                 batch.timer = loop.call_later(self._batch_window, self._flush, batch)
             else:
+                # Nothing in flight: ask now (still gathering what this loop turn brings).
                 batch.timer = loop.call_soon(self._flush, batch)
         batch.keys.append(key)
         batch.items.append(encoded)
@@ -390,9 +393,16 @@ class Relay:
         self._launch(batch)
 
     def _launch(self, batch: _Batch) -> None:
+        service = batch.service
+        self._running[service] = self._running.get(service, 0) + 1
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._running[service] -= 1
+
+        task.add_done_callback(done)
 
     async def _run(self, batch: _Batch) -> None:
         deadline = self._clock() + self._total_timeout

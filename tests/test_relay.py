@@ -158,17 +158,33 @@ async def test_concurrent_asks_are_one_upstream_request(make_relay, cloud: FakeC
     assert [r["echo"] for r in results] == [item for _, item in pairs]
 
 
-async def test_real_batch_window_gathers_asks_across_loop_turns(make_relay, cloud: FakeCloud) -> None:
+async def test_idle_upstream_is_asked_at_once_and_a_busy_one_gathers(make_relay, cloud: FakeCloud) -> None:
+    """Adaptive batching: no wait when nothing is in flight; while a request is in flight,
+    later asks (across loop turns) gather into one batch for ``batch_window``."""
+    release = asyncio.Event()
+
+    async def slow_first(call: Call) -> tuple[int, bytes]:
+        if len(cloud.calls) == 1:
+            await release.wait()
+        return await answer_all(call)
+
+    cloud.handlers[A] = slow_first
     relay = make_relay(batch_window=0.05)
+    first = asyncio.ensure_future(relay.ask(Service.DOMAIN, "d0", "d0.example"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(cloud.calls) == 1  # went out at once, without waiting for the window
 
     async def ask_later(i: int) -> dict[str, Any]:
         for _ in range(i % 3):
             await asyncio.sleep(0)
         return await relay.ask(Service.DOMAIN, f"d{i}", f"d{i}.example")
 
-    results = await asyncio.gather(*(ask_later(i) for i in range(9)))
-    assert len(cloud.calls) == 1
-    assert sorted(cloud.calls[0].items) == sorted(f"d{i}.example" for i in range(9))
+    rest = asyncio.gather(*(ask_later(i) for i in range(1, 9)))
+    release.set()
+    results = [await first, *await rest]
+    assert len(cloud.calls) == 2
+    assert sorted(cloud.calls[1].items) == sorted(f"d{i}.example" for i in range(1, 9))
     assert [r["echo"] for r in results] == [f"d{i}.example" for i in range(9)]
 
 
