@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -50,6 +50,30 @@ class AnswerCache(Generic[V]):
         self._data.move_to_end(key)
         self.hits += 1
         return value, max(1, int(left))
+
+    def get_many(self, keys: Sequence[str]) -> list[tuple[V, int] | None]:
+        """``get`` for many keys at one clock reading."""
+        now = self._clock()
+        data = self._data
+        out: list[tuple[V, int] | None] = []
+        append = out.append
+        hits = 0
+        for key in keys:
+            entry = data.get(key)
+            if entry is None:
+                append(None)
+                continue
+            left = entry[0] - now
+            if left <= 0:
+                del data[key]
+                append(None)
+                continue
+            data.move_to_end(key)
+            append((entry[1], int(left) or 1))
+            hits += 1
+        self.hits += hits
+        self.misses += len(keys) - hits
+        return out
 
     def put(self, key: str, value: V, ttl: float) -> None:
         """Keep ``value`` for ``ttl`` seconds (at most ``max_ttl``).

@@ -137,8 +137,10 @@ class Engine:
         out: list[FileAnswer | None] = [None] * len(batch)
         hit_answer = self._file_hit_answer
         for kind, (positions, raw) in batch.groups.items():
-            for j, hit in self.patterns.lookup_joined(kind, raw):
-                out[j if positions is None else positions[j]] = hit_answer(hit)
+            for hit, at in self.patterns.lookup_joined(kind, raw):
+                answer = hit_answer(hit)
+                for j in at if positions is None else [positions[j] for j in at]:
+                    out[j] = answer
         matches = self.lists.match_hexes(batch.hexes)
         if matches:  # the administrator's lists outrank the pattern
             for i, h in enumerate(batch.hexes):
@@ -153,11 +155,9 @@ class Engine:
         if None not in answers:
             return answers, []
         names, hexes = batch.names, batch.hexes
-        pending = [
-            (i, f"{names[i]}:{hexes[i]}", {names[i]: hexes[i]})
-            for i, a in enumerate(answers) if a is None
-        ]
-        return answers, self.settle(Service.FILE, answers, pending)
+        # A file's cache key is its hex digest: the length tells the kind apart.
+        left = self.settle(Service.FILE, answers, [(i, hexes[i]) for i, a in enumerate(answers) if a is None])
+        return answers, [(i, key, {names[i]: key}) for i, key in left]
 
     async def files(self, qs: FileBatch | Sequence[FileQuery]) -> list[FileAnswer]:
         batch = qs if isinstance(qs, FileBatch) else FileBatch.of(qs)
@@ -202,11 +202,8 @@ class Engine:
         answers: list[Any] = [self.web_local_one(q) for q in qs]
         if None not in answers:
             return answers, []
-        pending = [
-            (i, f"web:{q.canonical}", q.canonical)
-            for i, (q, a) in enumerate(zip(qs, answers)) if a is None
-        ]
-        return answers, self.settle(Service.WEB, answers, pending)
+        pending = [(i, f"web:{q.canonical}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
+        return answers, [(i, key, key[4:]) for i, key in self.settle(Service.WEB, answers, pending)]
 
     async def web(self, qs: Sequence[WebQuery]) -> list[WebAnswer]:
         return await self._complete(Service.WEB, *self.begin_web(qs))
@@ -226,11 +223,8 @@ class Engine:
         answers: list[Any] = [self.domain_local_one(q) for q in qs]
         if None not in answers:
             return answers, []
-        pending = [
-            (i, f"domain:{q.name}", q.name)
-            for i, (q, a) in enumerate(zip(qs, answers)) if a is None
-        ]
-        return answers, self.settle(Service.DOMAIN, answers, pending)
+        pending = [(i, f"domain:{q.name}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
+        return answers, [(i, key, key[7:]) for i, key in self.settle(Service.DOMAIN, answers, pending)]
 
     async def domains(self, qs: Sequence[DomainQuery]) -> list[WebAnswer]:
         return await self._complete(Service.DOMAIN, *self.begin_domains(qs))
@@ -260,8 +254,8 @@ class Engine:
         if self.authoritative:
             return [self._inspect_authoritative(q)], []
         answers: list[Any] = [None]
-        pending: Ask = [(0, f"inspect:{q.digest}", json.loads(q.body))]
-        return answers, self.settle(Service.INSPECT, answers, pending)
+        left = self.settle(Service.INSPECT, answers, [(0, f"inspect:{q.digest}")])
+        return answers, [(i, key, json.loads(q.body)) for i, key in left]
 
     async def inspect(self, q: InspectQuery) -> InspectAnswer:
         answers = await self._complete(Service.INSPECT, *self.begin_inspect(q))
@@ -287,26 +281,25 @@ class Engine:
         return self._degraded_web
 
     def settle(
-        self, service: Service, answers: list[Any], pending: Sequence[tuple[int, str, object]]
-    ) -> Ask:
-        """Fill pending positions from the cache (or the authoritative fallback).
+        self, service: Service, answers: list[Any], pending: Sequence[tuple[int, str]]
+    ) -> list[tuple[int, str]]:
+        """Fill pending (position, cache key) pairs from the cache (or the authoritative fallback).
 
-        Returns what is left for the relay; empty when ``answers`` is complete.
+        Returns the pairs left for the relay; empty when ``answers`` is complete.
         """
-        cache = self.cache
-        ask: Ask = []
-        for i, key, item in pending:
-            cached = cache.get(key)
+        left: list[tuple[int, str]] = []
+        view = self._cache_view
+        for (i, key), cached in zip(pending, self.cache.get_many([key for _, key in pending])):
             if cached is not None:
-                answers[i] = self._cache_view(*cached)
+                answers[i] = view(*cached)
             else:
-                ask.append((i, key, item))
-        if ask and (self.relay is None or self.authoritative):
+                left.append((i, key))
+        if left and (self.relay is None or self.authoritative):
             fallback = self._fallback(service)
-            for i, _, _ in ask:
+            for i, _ in left:
                 answers[i] = fallback
             return []
-        return ask
+        return left
 
     async def relay_fill(
         self, service: Service, answers: list[Any], ask: Ask

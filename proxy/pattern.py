@@ -705,10 +705,11 @@ class PatternSet:
                 out[idx[j]] = self._file_hit(table, v, t)
         return out
 
-    def lookup_joined(self, kind: HashKind, raw: bytes) -> list[tuple[int, FileHit]]:
-        """Hits among ``raw``, the digests of one kind laid end to end: (index, hit) pairs.
+    def lookup_joined(self, kind: HashKind, raw: bytes) -> list[tuple[FileHit, list[int]]]:
+        """Hits among ``raw``, the digests of one kind laid end to end.
 
-        The query door's batch path: no per-item objects before the lookup.
+        Returns each distinct hit with the indexes where it occurs: the query door's
+        batch path, with no per-item object before or after the vectorised lookup.
         """
         table = self._files.get(kind)
         size = kind.size
@@ -720,19 +721,25 @@ class PatternSet:
             for j in range(n):
                 row = table.lookup(raw[j * size:(j + 1) * size])
                 if row is not None:
-                    out.append((j, self._file_hit(table, table.value("verdict", row),
-                                                  table.value("threat", row))))
+                    hit = self._file_hit(table, table.value("verdict", row), table.value("threat", row))
+                    out.append((hit, [j]))
             return out
         rows = table.lookup_many(np.frombuffer(raw, dtype=np.uint8).reshape(n, size))
         hit_at = np.flatnonzero(rows >= 0)
         if not hit_at.size:
             return []
         hit_rows = rows[hit_at]
-        verdicts = table.column("verdict")[hit_rows].tolist()
-        threats = table.column("threat")[hit_rows].tolist()
-        file_hit = self._file_hit
-        return [(j, file_hit(table, v, t))
-                for j, v, t in zip(hit_at.tolist(), verdicts, threats, strict=True)]
+        codes = (table.column("verdict")[hit_rows].astype(np.uint64) << np.uint64(32)) | table.column(
+            "threat")[hit_rows].astype(np.uint64)
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        if len(uniq) == 1:
+            groups = [hit_at.tolist()]
+        else:
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+            groups = [g.tolist() for g in np.split(hit_at[order], bounds)]
+        return [(self._file_hit(table, int(c >> 32), int(c & 0xFFFFFFFF)), g)
+                for c, g in zip(uniq.tolist(), groups, strict=True)]
 
     # ------------------------------------------------------------ web
 

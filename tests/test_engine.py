@@ -36,7 +36,7 @@ class FakePatterns:
     def lookup_joined(self, kind, raw):
         size = kind.size
         hits = [(j, self.files.get(raw[j * size:(j + 1) * size])) for j in range(len(raw) // size)]
-        return [(j, h) for j, h in hits if h is not None]
+        return [(h, [j]) for j, h in hits if h is not None]
 
     def lookup_url(self, exprs):
         for e in exprs:
@@ -110,7 +110,7 @@ async def test_chain_order_blocked_approved_pattern_cache_relay():
     assert answers[1].verdict is Verdict.CLEAN
     assert answers[2].threat == "EICAR-Test-File"
     assert answers[3].verdict is Verdict.SUSPICIOUS
-    assert relay.calls == [(Service.FILE, [f"sha256:{UNKNOWN}"])]  # only the leftover is relayed
+    assert relay.calls == [(Service.FILE, [UNKNOWN])]  # only the leftover is relayed
     again = await engine.files(fq(UNKNOWN))
     assert again[0].source is Source.CACHE and again[0].verdict is Verdict.SUSPICIOUS
     assert len(relay.calls) == 1
