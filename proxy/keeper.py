@@ -105,7 +105,8 @@ def sample_store(cfg: Config, sources: dict[str, list[Path]]) -> PatternStore:
         logger.info("no pattern in the data directory yet: building the shipped sample")
         staging = store.staging()
         try:
-            build_pattern(staging / "sample", **sources)
+            build_pattern(staging / "sample", hashes=sources.get("hashes", ()),
+                          urls=sources.get("urls", ()), domains=sources.get("domains", ()))
             store.install(staging / "sample")
         finally:
             import shutil
@@ -340,10 +341,10 @@ class PatternKeeper:
         m = _REPO_PATH.fullmatch(rel)
         if m is None:
             raise ProtocolError("not_found", f"no such pattern file {rel[:100]!r}", status=404)
-        found = self._find(m)
-        if found is None:
+        held = self._find(m)
+        if held is None:
             raise ProtocolError("not_found", f"this appliance does not hold {rel[:100]!r}", status=404)
-        return self._send(found, "application/octet-stream")
+        return self._send(held, "application/octet-stream")
 
     def _kept_dirs(self) -> list[Path]:
         if self.store is None:

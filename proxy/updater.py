@@ -336,8 +336,8 @@ class Updater:
         """Seconds until the next attempt: backoff after a failure, else the next due pattern."""
         now = self.clock() if now is None else now
         if self.consecutive_failures:
-            step = min(self.backoff_max, BACKOFF_BASE * 2 ** (self.consecutive_failures - 1))
-            return step / 2 + self.rng() * step / 2
+            step = min(self.backoff_max, BACKOFF_BASE * 2.0 ** (self.consecutive_failures - 1))
+            return float(step / 2 + self.rng() * step / 2)
         if not self.last_checked:
             return 0.0
         soonest = min(self.last_checked.get(p, float("-inf")) + every
@@ -494,8 +494,8 @@ class Updater:
                                   spec.sha256, None, entry.version)
                 await self._fetch_full(full, target, deadline, got)
         # files that did not change come from the current version (hard links, no copy)
-        for entry in held.values():
-            for file in entry["files"]:
+        for held_entry in held.values():
+            for file in held_entry["files"]:
                 if not (staging / file).exists():
                     await self._offload(_link_or_copy, _require(current) / file, staging / file)
         if repo.STRINGS not in {f.pattern for f in fetches}:
