@@ -229,12 +229,16 @@ class Intercept:
 
     # ------------------------------------------------------------ HTTP
 
-    def _host(self, flow: http.HTTPFlow) -> str:
-        return flow.client_conn.sni or flow.request.pretty_host
+    def _intercepted(self, flow: http.HTTPFlow) -> bool:
+        """Bound for an intercept host: the TLS name when there is one (only those hosts'
+        TLS is opened), else where the request goes (proxy URL) or names (Host header)."""
+        if flow.client_conn.sni:
+            return flow.client_conn.sni in self.hosts
+        return flow.request.host in self.hosts or flow.request.pretty_host in self.hosts
 
     def _ours(self, flow: http.HTTPFlow) -> str | None:
         """The engine service a flow is for, or None when it is to be forwarded."""
-        if self._host(flow) not in self.hosts:
+        if not self._intercepted(flow):
             return None
         return engine_service(flow.request.path)
 
@@ -243,7 +247,7 @@ class Intercept:
             return
         if self._ours(flow) is None:
             flow.request.stream = True  # not ours: relayed as it arrives, never buffered
-            if self._host(flow) in self.hosts:
+            if self._intercepted(flow):
                 flow.metadata[META] = {"action": "forwarded", "service": None}
 
     async def request(self, flow: http.HTTPFlow) -> None:
