@@ -7,7 +7,9 @@ intercept door in ``addons``), so a product cannot tell them apart.
 from __future__ import annotations
 
 import json
+import operator
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -15,10 +17,12 @@ from urllib.parse import parse_qs, unquote
 from proxy import protocol
 from proxy.engine import Ask, Engine
 from proxy.errors import ProtocolError
-from proxy.model import InspectQuery, Policy, Service
+from proxy.model import InspectQuery, Policy, Service, Source
 from proxy.server import Request, Response
 
 Render = Callable[[list[Any]], bytes]
+_source = operator.attrgetter("source")
+_CHANGING = {Source.CACHE, Source.DEGRADED}  # answers whose TTL or content change over time
 
 
 def _method(request: Request, *allowed: str) -> None:
@@ -49,8 +53,28 @@ class Routes:
         self.metrics = metrics
         self.patterns = patterns  # /v1/patterns/... and /v1/agent-pattern (proxy.keeper)
         self.started = time.time()
+        # GET target -> (patterns, lists, service, sources, response) for answers that only
+        # the pattern and lists decided: valid while both are the very same objects.
+        self._memo: dict[bytes, tuple[object, object, Service, Counter[Any], Response]] = {}
+        self._local: tuple[Service, Counter[Any]] | None = None
 
     def __call__(self, request: Request) -> Response | Awaitable[Response]:
+        if request.method == "GET":
+            memo = self._memo.get(request.target)
+            engine = self.engine
+            if memo is not None and memo[0] is engine.patterns and memo[1] is engine.lists:
+                engine.stats.count_items(memo[2], memo[3])
+                return memo[4]
+            self._local = None
+            result = self._route(request)
+            if self._local is not None and isinstance(result, Response):
+                if len(self._memo) >= 4096:
+                    self._memo.clear()
+                self._memo[request.target] = (engine.patterns, engine.lists, *self._local, result)
+            return result
+        return self._route(request)
+
+    def _route(self, request: Request) -> Response | Awaitable[Response]:
         target = request.target
         path, _, query = target.partition(b"?")
         p = path.decode("latin-1")
@@ -59,7 +83,8 @@ class Routes:
             return self._file(protocol.parse_file_request(request.body, self.limits))
         if p.startswith("/v1/file/"):
             _method(request, "GET", "HEAD")
-            return self._file(protocol.FileBatch.of([protocol.parse_hash(unquote(p[9:]), item=0)]))
+            digest = unquote(p[9:]) if "%" in p else p[9:]
+            return self._file(protocol.FileBatch.of([protocol.parse_hash(digest, item=0)]))
         if p == "/v1/web":
             if request.method == "GET":
                 return self._web_get(query)
@@ -95,7 +120,11 @@ class Routes:
         self, service: Service, answers: list[Any], ask: Ask, render: Render
     ) -> Response | Awaitable[Response]:
         if not ask:
-            return Response(200, render(self.engine.count(service, answers)))
+            sources = Counter(map(_source, answers))
+            self.engine.stats.count_items(service, sources)
+            if not sources.keys() & _CHANGING:
+                self._local = (service, sources)
+            return Response(200, render(answers))
         return self._later(service, answers, ask, render)
 
     async def _later(self, service: Service, answers: list[Any], ask: Ask, render: Render) -> Response:

@@ -58,6 +58,16 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
     def head(self, keep_alive: bool) -> bytes:
+        key = (self.status, self.content_type, len(self.body), keep_alive, self.headers)
+        head = _HEADS.get(key)
+        if head is None:
+            head = self._head(keep_alive)
+            if len(_HEADS) > 4096:
+                _HEADS.clear()
+            _HEADS[key] = head
+        return head
+
+    def _head(self, keep_alive: bool) -> bytes:
         extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers)
         conn = "" if keep_alive else "Connection: close\r\n"
         return (
@@ -65,6 +75,9 @@ class Response:
             f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
             f"{extra}{conn}\r\n"
         ).encode()
+
+
+_HEADS: dict[tuple[object, ...], bytes] = {}
 
 
 def error_response(error: ProtocolError) -> Response:

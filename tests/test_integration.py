@@ -123,8 +123,9 @@ def test_approved_and_blocked_lists_override_and_take_effect_while_running(chain
     blocked = unknown_hash("blocked")
     assert lists(appliance, "add", "--blocked", blocked, "bad.example.test").returncode == 0
     assert lists(appliance, "add", "--approved", EICAR_SHA1).returncode == 0
-    got = eventually(lambda: files(appliance, blocked)[0]["source"] == "blocked-list")
-    assert got, "a blocked hash must take effect in the running server within 2 s"
+    got = eventually(lambda: [r["source"] for r in files(appliance, blocked, EICAR_SHA1)]
+                     == ["blocked-list", "approved-list"])
+    assert got, "list changes must take effect in the running server within 2 s"
     r = files(appliance, blocked, EICAR_SHA1, EICAR_SHA256)
     assert r[0] == {**r[0], "verdict": "malicious", "source": "blocked-list", "matched": blocked}
     assert r[1] == {**r[1], "verdict": "clean", "source": "approved-list"}
