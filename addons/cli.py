@@ -36,6 +36,10 @@ from proxy.cli import cli, door_options, fail_cleanly, load_config, setup_loggin
 @click.option("--capture-filter", help="mitmproxy filter expression for --capture, e.g. '~u /v1/file'.")
 @click.option("--capture-port", type=click.IntRange(0, 65535), envvar="RAMPART_CAPTURE_PORT",
               help="Loopback port `rampart capture` streams from (default 4344; 0 turns it off).")
+@click.option("--update-source", envvar="RAMPART_UPDATE_SOURCE",
+              help="Update source (a `rampart pattern publish` repository served over HTTP(S)).")
+@click.option("--update-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              envvar="RAMPART_UPDATE_KEY", help="Ed25519 public key the update source signs with.")
 @fail_cleanly
 def serve(config_file: Path | None, **flags: Any) -> None:
     """Run the appliance: every door on one engine, on embedded defaults.
