@@ -250,30 +250,24 @@ class Intercept:
             if self._intercepted(flow):
                 flow.metadata[META] = {"action": "forwarded", "service": None}
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Answer engine paths on intercept hosts; returns an awaitable only when relaying
+        (mitmproxy awaits what a hook returns), so local answers cost no task or coroutine."""
         if flow.response or flow.error or not flow.live:
-            return
+            return None
         service = self._ours(flow)
         if service is None:
-            return
+            return None
         if flow.request.stream:
             # over stream_large_bodies (max_body): the real host gets it, as it came
             flow.metadata[META] = {"action": "forwarded", "service": service}
-            return
-        handler = self.routes()
+            return None
         started = time.perf_counter()
-        response = await _answer(handler, engine_request(flow))
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        found = decision(response.body) if response.status == 200 else {"sources": [], "matched": []}
-        flow.metadata[META] = {
-            "action": "answered",
-            "service": service,
-            "status": response.status,
-            "latency_ms": latency_ms,
-            **found,
-        }
-        flow.response = to_mitmproxy(response, ",".join(found["sources"]))
-        flow.response.http_version = flow.request.http_version
+        result = _call(self.routes(), engine_request(flow))
+        if isinstance(result, Response):
+            _answered(flow, service, result, started)
+            return None
+        return _answer_later(flow, service, result, started)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
@@ -281,18 +275,46 @@ class Intercept:
             flow.response.stream = True
 
 
-async def _answer(handler: Handler | None, request: Request) -> Response:
+def _answered(flow: http.HTTPFlow, service: str, response: Response, started: float) -> None:
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    found = decision(response.body) if response.status == 200 else {"sources": [], "matched": []}
+    flow.metadata[META] = {
+        "action": "answered",
+        "service": service,
+        "status": response.status,
+        "latency_ms": latency_ms,
+        **found,
+    }
+    flow.response = to_mitmproxy(response, ",".join(found["sources"]))
+    flow.response.http_version = flow.request.http_version
+
+
+async def _answer_later(
+    flow: http.HTTPFlow, service: str, pending: Awaitable[Response], started: float
+) -> None:
+    try:
+        response = await pending
+    except ProtocolError as e:
+        response = error_response(e)
+    except Exception:
+        logger.exception("engine failed for %s", flow.request.path[:100])
+        response = _internal()
+    _answered(flow, service, response, started)
+
+
+def _internal() -> Response:
+    return Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
+
+
+def _call(handler: Handler | None, request: Request) -> Response | Awaitable[Response]:
     """The routes' answer, errors included, exactly as the query door would give it."""
     if handler is None:
         error = ProtocolError("starting", "the appliance is starting; try again", status=503)
         return Response(503, render_error(error), headers=(("Retry-After", "1"),))
     try:
-        result = handler(request)
-        if not isinstance(result, Response):
-            result = await result
-        return result
+        return handler(request)
     except ProtocolError as e:
         return error_response(e)
     except Exception:
         logger.exception("engine failed for %s", request.target[:100])
-        return Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
+        return _internal()

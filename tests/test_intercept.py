@@ -149,6 +149,16 @@ async def relaying_routes(request: Request) -> Response:
     return Response(200, b'{"results":[{"sha256":"x","source":"pattern"},{"sha256":"y","source":"cloud"}]}')
 
 
+async def hook(result) -> None:
+    """What mitmproxy does with a hook's return value."""
+    if result is not None:
+        await result
+
+
+async def failing_relay(request: Request) -> Response:
+    raise RuntimeError("relay bug")
+
+
 def addon(routes=fake_routes, **cfg) -> Intercept:
     return Intercept(Config(intercept_hosts=["cloud.rampart.test"], **cfg), lambda: routes)
 
@@ -204,7 +214,7 @@ async def test_engine_paths_on_intercept_hosts_are_answered_with_the_decision() 
     with taddons.context(a):
         a.requestheaders(f)
         assert not f.request.stream
-        await a.request(f)
+        await hook(a.request(f))
     assert f.response is not None and f.response.status_code == 200
     assert f.response.headers["X-Rampart-Source"] == "pattern"
     assert f.response.headers["content-type"] == "application/json"
@@ -213,11 +223,28 @@ async def test_engine_paths_on_intercept_hosts_are_answered_with_the_decision() 
     assert meta["sources"] == ["pattern"] and meta["matched"] == ["T"] and meta["latency_ms"] >= 0
 
 
+def test_local_answers_need_no_await() -> None:
+    a = addon()
+    f = cloud_flow(f"/v1/file/{EICAR_SHA256}")
+    with taddons.context(a):
+        assert a.request(f) is None
+    assert f.response.status_code == 200
+
+
+async def test_a_failing_relay_is_a_500_json_error() -> None:
+    a = addon(routes=failing_relay)
+    f = cloud_flow("/v1/file", method="POST")
+    with taddons.context(a):
+        await hook(a.request(f))
+    assert f.response.status_code == 500 and f.response.json()["error"]["code"] == "internal"
+    assert f.metadata[META]["status"] == 500
+
+
 async def test_relayed_answers_are_awaited_and_name_every_source() -> None:
     a = addon(routes=relaying_routes)
     f = cloud_flow("/v1/file", method="POST")
     with taddons.context(a):
-        await a.request(f)
+        await hook(a.request(f))
     assert f.response.headers["X-Rampart-Source"] == "pattern,cloud"
 
 
@@ -229,7 +256,7 @@ async def test_engine_errors_become_json_errors(path: str, status: int, code: st
     a = addon()
     f = cloud_flow(path)
     with taddons.context(a):
-        await a.request(f)
+        await hook(a.request(f))
     assert f.response.status_code == status
     assert f.response.json()["error"]["code"] == code
     assert "X-Rampart-Source" not in f.response.headers
@@ -239,7 +266,7 @@ async def test_a_request_before_the_engine_is_open_gets_503_retry() -> None:
     a = Intercept(Config(intercept_hosts=["cloud.rampart.test"]), lambda: None)
     f = cloud_flow("/v1/domain/example.test")
     with taddons.context(a):
-        await a.request(f)
+        await hook(a.request(f))
     assert f.response.status_code == 503 and f.response.headers["Retry-After"] == "1"
 
 
@@ -257,7 +284,7 @@ async def test_everything_else_is_forwarded_streamed_and_untouched(host, path, f
     f.client_conn.sni = None if host != "cloud.rampart.test" else host
     with taddons.context(a):
         a.requestheaders(f)
-        await a.request(f)
+        await hook(a.request(f))
         assert f.response is None and f.request.stream is True
         f.response = tflow.tresp()
         a.responseheaders(f)
@@ -270,7 +297,7 @@ async def test_oversized_engine_requests_go_to_the_real_host() -> None:
     f = cloud_flow("/v1/file", method="POST")
     f.request.stream = True  # mitmproxy streams bodies over stream_large_bodies (max_body)
     with taddons.context(a):
-        await a.request(f)
+        await hook(a.request(f))
     assert f.response is None and f.metadata[META] == {"action": "forwarded", "service": "file"}
 
 
