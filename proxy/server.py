@@ -25,6 +25,8 @@ from proxy.protocol import render_error
 
 logger = logging.getLogger(__name__)
 
+LINGER_SECONDS = 2.0  # how long a refused request's connection still drains the client's bytes
+
 _REASONS = {
     200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
@@ -101,12 +103,16 @@ class HttpConnection(asyncio.Protocol):
         "_body_size",
         "_busy",
         "_closing",
+        "_deferred",
         "_error",
+        "_head_raw",
         "_head_size",
         "_headers",
         "_idle",
+        "_in_head",
         "_last",
         "_observe",
+        "_progress",
         "_queue",
         "_url",
         "client",
@@ -134,6 +140,10 @@ class HttpConnection(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._error: ProtocolError | None = None
+        self._deferred: ProtocolError | None = None  # sent once the answers before it are
+        self._in_head = False
+        self._progress = False
+        self._head_raw = 0
         self._last = self.loop.time()
         self._idle: asyncio.TimerHandle | None = None
         self._reset()
@@ -159,19 +169,29 @@ class HttpConnection(asyncio.Protocol):
         if left <= 0 and not self._busy:
             self.transport.close()
         else:
-            self._idle = self.loop.call_later(max(left, 1.0), self._check_idle)
+            wait = left if left > 0 else min(1.0, self.limits.idle_timeout)
+            self._idle = self.loop.call_later(wait, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
         self._last = self.loop.time()
+        self._progress = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(ProtocolError("bad_request", "protocol upgrades are not supported"))
+            self._fail(_upgrade_refused())
+            return
         except httptools.HttpParserError as e:
             error = self._error or ProtocolError("bad_request", f"malformed HTTP request: {e}")
             self._fail(error)
+            return
+        if self._in_head and not self._progress:
+            # httptools buffers a header name or value until it ends, so a head that never
+            # ends is bounded here, by the bytes received since the message began.
+            self._head_raw += len(data)
+            if self._head_raw > 2 * self.limits.max_header:
+                self._fail(self._head_too_large())
 
     # ---------------------------------------------------------------- parser callbacks
 
@@ -184,6 +204,15 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self._in_head = True
+        self._head_raw = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._progress = True
+        if self.parser.should_upgrade():  # never hand the handler a request we will not honour
+            self._error = _upgrade_refused()
+            raise self._error
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -198,11 +227,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers.append((name, value))
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self.limits.max_header:
-            self._error = ProtocolError(
-                "headers_too_large",
-                f"request head is over {self.limits.max_header} bytes",
-                status=431,
-            )
+            self._error = self._head_too_large()
             raise self._error
         if len(name) == 14 and name.lower() == b"content-length":
             try:
@@ -212,6 +237,11 @@ class HttpConnection(asyncio.Protocol):
             if declared > self.limits.max_body:
                 self._error = self._too_large()
                 raise self._error
+
+    def _head_too_large(self) -> ProtocolError:
+        return ProtocolError(
+            "headers_too_large", f"request head is over {self.limits.max_header} bytes", status=431
+        )
 
     def _too_large(self) -> ProtocolError:
         return ProtocolError(
@@ -226,6 +256,7 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._progress = True
         parser = self.parser
         request = Request(
             parser.get_method().decode("ascii", "replace"),
@@ -268,8 +299,13 @@ class HttpConnection(asyncio.Protocol):
         if task.cancelled():
             return
         self._send(request, task.result(), keep_alive, started)
-        while self._queue and not self._busy and not self._closing:
+        while self._queue and not self._busy and self._open():
             self._dispatch(*self._queue.popleft())
+        if self._deferred is not None and not self._busy:
+            self._write_error(self._deferred)
+
+    def _open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
 
     def _send(self, request: Request, response: Response, keep_alive: bool, started: float) -> None:
         if self._observe is not None:
@@ -283,15 +319,39 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
 
     def _fail(self, error: ProtocolError) -> None:
-        """A request we cannot parse or will not read: answer it and close."""
+        """A request we cannot parse or will not read: answer it and close.
+
+        Requests before it that are still being answered get their answers first, in order.
+        """
         self._closing = True
+        if self._busy:
+            self._deferred = error
+            return
+        self._queue.clear()
+        self._write_error(error)
+
+    def _write_error(self, error: ProtocolError) -> None:
+        self._deferred = None
         self._queue.clear()
         response = error_response(error)
         if self._observe is not None:
             self._observe(Request("?", b"", [], b"", self.client), response, 0.0)
-        if self.transport is not None:
-            self.transport.write(response.head(False) + response.body)
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(response.head(False) + response.body)
+        if transport.can_write_eof():
+            # A lingering close: send FIN but keep reading (and dropping) what the client is
+            # still sending for a moment, so its unread bytes do not turn our answer into a
+            # reset. The client's own close, or the timer, ends the connection.
+            transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+
+def _upgrade_refused() -> ProtocolError:
+    return ProtocolError("bad_request", "protocol upgrades are not supported")
 
 
 async def _await(result: Awaitable[Response]) -> Response:
