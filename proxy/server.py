@@ -313,7 +313,10 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        transport.write(response.head(keep_alive) + response.body)
+        if request.method == "HEAD":  # the GET's head, Content-Length included, and no body
+            transport.write(response.head(keep_alive))
+        else:
+            transport.write(response.head(keep_alive) + response.body)
         if not keep_alive:
             self._closing = True
             transport.close()
