@@ -28,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.tables import Table, apply_table_diff, make_table_diff, write_table
+from proxy.table_diff import apply_table_diff, make_table_diff
+from proxy.tables import Table, write_table
 
 SEED = 20240101
 ADDED, REMOVED = 50_000, 10_000

@@ -219,7 +219,7 @@ def pattern_build(out: Path, hashes: tuple[Path, ...], clamav: tuple[Path, ...],
     the higher score, then the earlier line. A malformed line fails the build
     naming file and line, unless --skip-bad.
     """
-    from proxy.pattern import build_pattern
+    from proxy.build import build_pattern
 
     if not (hashes or clamav or urls or domains or hosts):
         raise ConfigError("give at least one source: --hashes, --clamav, --urls, --domains "
@@ -242,7 +242,7 @@ def pattern_build(out: Path, hashes: tuple[Path, ...], clamav: tuple[Path, ...],
 @fail_cleanly
 def pattern_keygen(out: Path) -> None:
     """Create an Ed25519 key pair for signing an update source."""
-    from proxy.repo import keygen
+    from proxy.signing import keygen
 
     pub = keygen(out)
     click.echo(f"wrote private key {out} (keep it secret) and public key {pub}")
@@ -261,7 +261,8 @@ def pattern_keygen(out: Path) -> None:
 @fail_cleanly
 def pattern_publish(build_dir: Path, repo_dir: Path, key: Path, keep: int) -> None:
     """Add a build to an update source: full files, diffs, a signed manifest."""
-    from proxy.repo import load_private_key, publish
+    from proxy.publish import publish
+    from proxy.signing import load_private_key
 
     report = publish(build_dir, repo_dir, load_private_key(key), keep=keep)
     for p in report.patterns:
@@ -278,7 +279,7 @@ def pattern_publish(build_dir: Path, repo_dir: Path, key: Path, keep: int) -> No
 @fail_cleanly
 def pattern_verify(path: Path, key: Path | None) -> None:
     """Check a build or an update source: sizes, SHA-256 digests, signature."""
-    from proxy.repo import is_repo, verify_repo
+    from proxy.publish import is_repo, verify_repo
 
     if is_repo(path):
         problems = verify_repo(path, key)
@@ -312,7 +313,7 @@ def pattern_verify(path: Path, key: Path | None) -> None:
 def pattern_info(directory: Path, as_json: bool) -> None:
     """Print a build's or an update source's versions and entry counts."""
     from proxy.pattern import pattern_info as info
-    from proxy.repo import is_repo, repo_info
+    from proxy.publish import is_repo, repo_info
 
     data = repo_info(directory) if is_repo(directory) else info(directory)
     if as_json:
@@ -337,7 +338,7 @@ def pattern_info(directory: Path, as_json: bool) -> None:
 @fail_cleanly
 def pattern_serve(repo_dir: Path, port: int, listen: str) -> None:
     """Serve an update source over plain HTTP (for tests and small sites)."""
-    from proxy.repo import make_server
+    from proxy.repo_server import make_server
 
     server = make_server(repo_dir, listen, port)
     host, bound = server.server_address[:2]

@@ -43,10 +43,11 @@ from urllib.parse import parse_qs
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from proxy import repo
+from proxy import repo, signing
+from proxy.build import build_pattern
 from proxy.config import Config
 from proxy.errors import PatternError, ProtocolError, RampartError
-from proxy.pattern import STRINGS, PatternSet, build_pattern
+from proxy.pattern import STRINGS, PatternSet
 from proxy.server import Request, Response
 from proxy.store import PatternStore
 from proxy.updater import (
@@ -90,7 +91,7 @@ def make_updater(cfg: Config, store: PatternStore) -> tuple[Updater, HttpFetcher
     fetcher = HttpFetcher(cfg.update_source, connect_timeout=cfg.connect_timeout,
                           read_timeout=max(cfg.read_timeout, 30.0), max_bytes=cfg.update_max_bytes)
     updater = Updater(
-        cfg.update_source, repo.load_public_key(cfg.update_key), store, fetcher,
+        cfg.update_source, signing.load_public_key(cfg.update_key), store, fetcher,
         default_interval=cfg.update_interval, schedule=intervals(cfg),
         backoff_max=cfg.update_backoff_max, timeout=cfg.update_timeout,
         max_bytes=cfg.update_max_bytes,

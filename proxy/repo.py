@@ -15,14 +15,24 @@ API (stable; the updater builds on it)::
         to ``base``, writing ``out`` atomically; PatternError for a diff against
         the wrong base or a corrupt one. Check ``out`` with verify_file after
         the last diff of a chain.
-    load_public_key(data: bytes | Path) -> Ed25519PublicKey     (PEM, or raw 32 bytes)
-    load_private_key(path: Path) -> Ed25519PrivateKey
-    keygen(out: Path) -> Path                                    (writes out and out.pub)
-    publish(build_dir, repo_dir, private_key, *, keep=DEFAULT_KEEP, now=None) -> PublishReport
-    read_repo(repo_dir, public_key | None) -> Manifest           (signature checked if a key)
-    verify_repo(repo_dir, public_key | None) -> list[str]       (problems; empty = good)
-    repo_info(repo_dir) -> dict
-    make_server(repo_dir, host, port) -> ThreadingHTTPServer     (``rampart pattern serve``)
+    parse_manifest(raw: bytes) -> Manifest                       (no signature check)
+
+Beside it::
+
+    proxy.signing      load_public_key(data: bytes | Path) -> Ed25519PublicKey
+                                                                 (PEM, or raw 32 bytes)
+                       keygen(out: Path) -> Path                 (writes out and out.pub)
+                       load_private_key(path: Path) -> Ed25519PrivateKey
+                       sign(raw: bytes, key) -> bytes
+    proxy.publish      publish(build_dir, repo_dir, private_key, *, keep=DEFAULT_KEEP,
+                               now=None) -> PublishReport
+                       read_repo(repo_dir, public_key | None) -> Manifest
+                                                                 (signature checked if a key)
+                       verify_repo(repo_dir, public_key | None) -> list[str]
+                                                                 (problems; empty = good)
+                       repo_info(repo_dir) -> dict;  is_repo(path) -> bool
+    proxy.repo_server  make_server(repo_dir, host, port) -> ThreadingHTTPServer
+                                                                 (``rampart pattern serve``)
 
 Layout of REPO_DIR (any static web server can host it; every path below is
 relative to the update-source URL)::
@@ -37,7 +47,7 @@ relative to the update-source URL)::
 Patterns: ``smart-scan`` (file-md5.tbl, file-sha1.tbl, file-sha256.tbl),
 ``web-blocking`` (web-blocking.tbl), ``suspicious-urls`` (suspicious-urls.tbl),
 ``domain-ip`` (domains.tbl, ip4.tbl, ip6.tbl) and ``agent`` (agent.bin). Table
-diffs are ``proxy.tables`` diffs; agent diffs are ``proxy.agent`` diffs. The
+diffs are ``proxy.table_diff`` diffs; agent diffs are ``proxy.agent`` diffs. The
 IP range tables are small and always shipped full: they have no diffs.
 
 manifest.json::
@@ -65,9 +75,9 @@ step of it is listed and its total size is below the full file's; else the
 full file. A version older than the history, or unknown, takes the full files.
 
 strings.json is shared by all patterns and only ever grows: a build made with
-``build_pattern(base=...)`` keeps every earlier threat name and category at
-its id and appends new ones (ids then stay stable, which keeps table diffs
-small), and ``publish`` refuses a build whose strings.json does not extend the
+``build_pattern(base=...)`` (``proxy.build``) keeps every earlier threat name
+and category at its id and appends new ones (ids then stay stable, which keeps
+table diffs small), and ``publish`` refuses a build whose strings.json does not extend the
 current one. So the newest strings.json serves tables of any retained
 version, and ``plan`` fetches it (always full) whenever its version changed.
 
@@ -77,7 +87,7 @@ manifest last), so a reader never sees a manifest naming files that are not
 there. A reader that fetches the new manifest with the old signature (or the
 reverse) sees a bad signature and retries. Full files of the previous version
 stay one more publish for readers still working from the old manifest; diffs
-older than the last ``keep`` versions of a pattern are pruned.
+older than the last ``keep`` versions of a pattern are pruned (``proxy.publish``).
 """
 
 from __future__ import annotations
@@ -86,7 +96,6 @@ import enum
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,10 +104,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from proxy.errors import PatternError
+from proxy.signing import load_public_key
 
 logger = logging.getLogger(__name__)
 
@@ -216,73 +225,6 @@ def diff_path(pattern: str, from_version: str, to_version: str, file: str) -> st
     return f"diffs/{pattern}/{from_version}-{to_version}/{file}.diff"
 
 
-# ---------------------------------------------------------------- keys
-
-
-def keygen(out: Path) -> Path:
-    """Write a new Ed25519 private key to ``out`` (PEM, mode 0600) and the public key to out.pub."""
-    out = Path(out)
-    pub = out.with_name(out.name + ".pub")
-    key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise PatternError(f"{out.name}: exists; refusing to overwrite a key") from None
-    except OSError as e:
-        raise PatternError(f"{out.name}: cannot create: {e.strerror or e}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_pem)
-    os.chmod(out, 0o600)  # in case the umask or an ACL changed it
-    pub.write_bytes(public_pem)
-    logger.info("wrote a new Ed25519 key pair %s, %s", out.name, pub.name)
-    return pub
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    path = Path(path)
-    try:
-        data = path.read_bytes()[: 1 << 16]
-        key = serialization.load_pem_private_key(data, password=None)
-    except OSError as e:
-        raise PatternError(f"{path.name}: cannot read key: {e.strerror or e}") from None
-    except (ValueError, TypeError) as e:
-        raise PatternError(f"{path.name}: not an unencrypted PEM private key: {e}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise PatternError(f"{path.name}: not an Ed25519 private key")
-    return key
-
-
-def load_public_key(data: bytes | Path | Ed25519PublicKey) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM bytes, raw 32 bytes, or a file holding either."""
-    if isinstance(data, Ed25519PublicKey):
-        return data
-    what = "public key"
-    if isinstance(data, Path):
-        what = data.name
-        try:
-            data = data.read_bytes()[: 1 << 16]
-        except OSError as e:
-            raise PatternError(f"{what}: cannot read: {e.strerror or e}") from None
-    if len(data) == 32:
-        return Ed25519PublicKey.from_public_bytes(data)
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as e:
-        raise PatternError(f"{what}: not a PEM public key: {e}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise PatternError(f"{what}: not an Ed25519 public key")
-    return key
-
-
-def sign(raw: bytes, key: Ed25519PrivateKey) -> bytes:
-    return key.sign(raw)
-
-
 # ---------------------------------------------------------------- the manifest
 
 
@@ -308,7 +250,8 @@ def _digest(value: Any, where: str) -> str:
     return value
 
 
-def _file_specs(files: Any, where: str, allowed: tuple[str, ...]) -> tuple[FileSpec, ...]:
+def parse_file_specs(files: Any, where: str, allowed: tuple[str, ...]) -> tuple[FileSpec, ...]:
+    """The ``files`` object of a manifest pattern or diff, bounded to the ``allowed`` names."""
     if not isinstance(files, dict) or len(files) > MAX_FILES:
         raise _bad(f"{where}: 'files' is not an object of at most {MAX_FILES} files")
     out = []
@@ -332,7 +275,7 @@ def _pattern(name: str, raw: Any, keep: int) -> PatternEntry:
         raise _bad(f"pattern {name}: not an object")
     allowed = PATTERN_FILES[name]
     version = _version(raw.get("version"), f"pattern {name}")
-    files = _file_specs(raw.get("files"), f"pattern {name}", allowed)
+    files = parse_file_specs(raw.get("files"), f"pattern {name}", allowed)
     missing = set(allowed) - {f.name for f in files}
     if missing:
         raise _bad(f"pattern {name}: {', '.join(sorted(missing))} not listed")
@@ -354,7 +297,7 @@ def _pattern(name: str, raw: Any, keep: int) -> PatternEntry:
         b = _version(d.get("to"), where)
         if not a < b:
             raise _bad(f"{where}: from {a} is not before to {b}")
-        diffs.append(Diff(a, b, _file_specs(d.get("files"), where, allowed)))
+        diffs.append(Diff(a, b, parse_file_specs(d.get("files"), where, allowed)))
     entries = _count(raw.get("entries", 0), f"pattern {name}: entries", 1 << 48)
     return PatternEntry(name, version, entries, files, hist, tuple(diffs))
 
@@ -509,432 +452,6 @@ def apply_diff(file: str, base: Path, diff: bytes, out: Path) -> None:
         return
     if file in FULL_ONLY or not any(file in fs for fs in PATTERN_FILES.values()):
         raise PatternError(f"{file}: no diffs exist for this file")
-    from proxy.tables import apply_table_diff
+    from proxy.table_diff import apply_table_diff
 
     apply_table_diff(Path(base), diff, Path(out))
-
-
-# ---------------------------------------------------------------- publishing
-
-
-@dataclass(frozen=True, slots=True)
-class Published:
-    pattern: str
-    version: str
-    changed: bool
-    full_bytes: int
-    diff_bytes: int  # 0 when unchanged or new
-
-
-@dataclass(frozen=True, slots=True)
-class PublishReport:
-    patterns: tuple[Published, ...]
-    strings_version: str
-    pruned: int  # directories removed
-
-
-def _read_json_bounded(path: Path, limit: int) -> Any:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise PatternError(f"{path.name}: cannot read: {e.strerror or e}") from None
-    if len(data) > limit:
-        raise PatternError(f"{path.name}: larger than {limit} bytes")
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PatternError(f"{path.name}: not JSON: {e}") from None
-
-
-def _read_signed(repo_dir: Path) -> tuple[bytes, bytes] | None:
-    """(manifest bytes, signature bytes) of a repo, or None when it has no manifest yet."""
-    m, s = repo_dir / MANIFEST, repo_dir / SIGNATURE
-    if not m.exists():
-        return None
-    try:
-        with open(m, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-        sig = s.read_bytes()[: SIGNATURE_BYTES + 1] if s.exists() else b""
-    except OSError as e:
-        raise PatternError(f"{MANIFEST}: cannot read: {e.strerror or e}") from None
-    return raw, sig
-
-
-def read_repo(repo_dir: Path, public_key: Ed25519PublicKey | bytes | Path | None) -> Manifest:
-    """A repo's manifest; its signature is checked when a key is given."""
-    signed = _read_signed(Path(repo_dir))
-    if signed is None:
-        raise PatternError(f"{MANIFEST}: not found: not an update source")
-    raw, sig = signed
-    return parse_manifest(raw) if public_key is None else load_manifest(raw, sig, public_key)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    import shutil
-    import tempfile
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_atomic(dst: Path, data: bytes) -> None:
-    import tempfile
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _make_diff(file: str, old: Path, new: Path) -> bytes | None:
-    """The diff of one pattern file, or None where none is made (layout change, IP tables)."""
-    if file in FULL_ONLY:
-        return None
-    if file == AGENT_FILE:
-        from proxy import agent
-
-        return bytes(agent.make_diff(old.read_bytes(), new.read_bytes()))
-    from proxy.tables import make_table_diff
-
-    try:
-        return make_table_diff(old, new)
-    except PatternError as e:
-        logger.warning("no diff for %s: %s", file, e.message)
-        return None
-
-
-def _check_strings_extend(old: Path, new: Path) -> None:
-    a = _read_json_bounded(old, 256 << 20)
-    b = _read_json_bounded(new, 256 << 20)
-    for key in ("threats", "categories"):
-        la, lb = a.get(key), b.get(key)
-        if not isinstance(la, list) or not isinstance(lb, list) or lb[: len(la)] != la:
-            raise PatternError(f"{STRINGS_FILE}: the build's {key} do not extend the published "
-                               f"ones; build with --base (the previous build) so ids stay stable")
-
-
-def _build_files(build_dir: Path) -> tuple[str, dict[str, dict[str, Any]], FileSpec]:
-    """The build's version, its patterns (name -> {version, entries, files}) and strings."""
-    from proxy.pattern import read_manifest
-
-    m = read_manifest(build_dir)
-    patterns = m.raw["patterns"]
-    if AGENT not in patterns:
-        raise PatternError(f"{build_dir.name}: the build has no agent pattern; rebuild it")
-    out: dict[str, dict[str, Any]] = {}
-    for name, files in PATTERN_FILES.items():
-        entry = patterns[name]
-        listed = _file_specs(entry.get("files"), f"build pattern {name}", files)
-        if {f.name for f in listed} != set(files):
-            raise PatternError(f"{build_dir.name}: pattern {name}: files missing")
-        for spec in listed:
-            verify_file(build_dir / spec.name, spec.size, spec.sha256, spec.name)
-        out[name] = {"entries": entry.get("entries", 0), "files": listed}
-    s = next(f for f in m.files if f.name == STRINGS_FILE)
-    verify_file(build_dir / STRINGS_FILE, s.size, s.sha256, STRINGS_FILE)
-    return m.version, out, FileSpec(STRINGS_FILE, s.size, s.sha256)
-
-
-def _spec_json(spec: FileSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {"size": spec.size, "sha256": spec.sha256}
-    if spec.entries is not None:
-        out["entries"] = spec.entries
-    return out
-
-
-def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
-            keep: int = DEFAULT_KEEP, now: datetime | None = None) -> PublishReport:
-    """Add a build to an update source as the new version of every pattern it changes.
-
-    Writes full files and diffs from each pattern's previous version, then the
-    signed manifest (last), then prunes what the manifest no longer names
-    (keeping the previous full files one more publish). Refuses a build whose
-    version is not newer than a changed pattern's, a repo signed with another
-    key, and a strings.json that does not extend the published one.
-    """
-    import fcntl
-
-    build_dir, repo_dir = Path(build_dir), Path(repo_dir)
-    if not 1 <= keep <= MAX_KEEP:
-        raise PatternError(f"keep must be 1..{MAX_KEEP}, not {keep}")
-    version, built, strings = _build_files(build_dir)
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    with open(repo_dir / ".publish.lock", "wb") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        signed = _read_signed(repo_dir)
-        current: Manifest | None = None
-        if signed is not None:
-            current = load_manifest(signed[0], signed[1], private_key.public_key())
-        elif any(p.name != ".publish.lock" for p in repo_dir.iterdir()):
-            raise PatternError(f"{repo_dir.name}: not empty and has no {MANIFEST}")
-
-        # strings.json
-        if current is not None and current.strings.sha256 == strings.sha256:
-            strings_version = current.strings_version
-        else:
-            if current is not None:
-                if not version > current.strings_version:
-                    raise PatternError(f"version {version} is not newer than the published "
-                                       f"strings {current.strings_version}")
-                _check_strings_extend(
-                    repo_dir / full_path(STRINGS, current.strings_version, STRINGS_FILE),
-                    build_dir / STRINGS_FILE)
-            strings_version = version
-            _copy_atomic(build_dir / STRINGS_FILE,
-                         repo_dir / full_path(STRINGS, version, STRINGS_FILE))
-
-        doc_patterns: dict[str, Any] = {}
-        report: list[Published] = []
-        for name in PATTERN_FILES:
-            specs: tuple[FileSpec, ...] = built[name]["files"]
-            old = current.pattern(name) if current is not None else None
-            full_bytes = sum(s.size for s in specs)
-            if old is not None and {(f.name, f.sha256) for f in old.files} == {
-                    (f.name, f.sha256) for f in specs}:
-                history = list(old.history)[-keep:]
-                diffs = [d for d in old.diffs if d.from_version in history]
-                doc_patterns[name] = _pattern_json(old.version, old.entries, old.files,
-                                                   history, diffs)
-                report.append(Published(name, old.version, False, full_bytes, 0))
-                continue
-            if old is not None and not version > old.version:
-                raise PatternError(f"version {version} is not newer than {name} "
-                                   f"{old.version}")
-            for spec in specs:
-                _copy_atomic(build_dir / spec.name, repo_dir / full_path(name, version, spec.name))
-            diff_bytes = 0
-            diffs = list(old.diffs) if old is not None else []
-            if old is not None:
-                made: list[FileSpec] = []
-                for spec in specs:
-                    base = repo_dir / full_path(name, old.version, spec.name)
-                    data = _make_diff(spec.name, base, build_dir / spec.name)
-                    if data is None or len(data) >= spec.size:
-                        continue
-                    _write_atomic(repo_dir / diff_path(name, old.version, version, spec.name),
-                                  data)
-                    made.append(FileSpec(spec.name, len(data),
-                                         hashlib.sha256(data).hexdigest()))
-                    diff_bytes += len(data)
-                diffs.append(Diff(old.version, version, tuple(made)))
-            history = ([*old.history, version] if old is not None else [version])[-keep:]
-            diffs = [d for d in diffs if d.from_version in history]
-            doc_patterns[name] = _pattern_json(version, int(built[name]["entries"]), specs,
-                                               history, diffs)
-            report.append(Published(name, version, True, full_bytes, diff_bytes))
-
-        doc = {
-            "format": REPO_FORMAT,
-            "type": REPO_TYPE,
-            "published": (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-            .isoformat().replace("+00:00", "Z"),
-            "keep": keep,
-            "strings": {"version": strings_version, "size": strings.size,
-                        "sha256": strings.sha256},
-            "patterns": doc_patterns,
-        }
-        raw = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
-        new = parse_manifest(raw)  # never publish what a reader would refuse
-        _write_atomic(repo_dir / SIGNATURE, sign(raw, private_key))
-        _write_atomic(repo_dir / MANIFEST, raw)
-        from proxy.tables import fsync_dir
-
-        fsync_dir(repo_dir)
-        pruned = _prune(repo_dir, new, current)
-    logger.info("published %s: %s", version, ", ".join(
-        f"{p.pattern} {p.version}{'' if p.changed else ' (unchanged)'}" for p in report))
-    return PublishReport(tuple(report), strings_version, pruned)
-
-
-def _pattern_json(version: str, entries: int, files: tuple[FileSpec, ...], history: list[str],
-                  diffs: list[Diff]) -> dict[str, Any]:
-    return {
-        "version": version,
-        "entries": entries,
-        "files": {f.name: _spec_json(f) for f in files},
-        "history": history,
-        "diffs": [{"from": d.from_version, "to": d.to_version,
-                   "files": {f.name: _spec_json(f) for f in d.files}} for d in diffs],
-    }
-
-
-def _prune(repo_dir: Path, new: Manifest, old: Manifest | None) -> int:
-    """Remove full-file and diff directories the new manifest does not name.
-
-    The old manifest's current full files stay one more publish, for readers
-    still working from it.
-    """
-    import shutil
-
-    wanted_full: set[tuple[str, str]] = {(STRINGS, new.strings_version)}
-    wanted_diffs: set[tuple[str, str]] = set()
-    for p in new.patterns:
-        wanted_full.add((p.name, p.version))
-        wanted_diffs.update((p.name, f"{d.from_version}-{d.to_version}") for d in p.diffs)
-    if old is not None:
-        wanted_full.add((STRINGS, old.strings_version))
-        wanted_full.update((p.name, p.version) for p in old.patterns)
-    removed = 0
-    for top, wanted in (("full", wanted_full), ("diffs", wanted_diffs)):
-        root = repo_dir / top
-        if not root.is_dir():
-            continue
-        for pdir in root.iterdir():
-            if not pdir.is_dir():
-                continue
-            for vdir in pdir.iterdir():
-                if vdir.is_dir() and (pdir.name, vdir.name) not in wanted:
-                    shutil.rmtree(vdir, ignore_errors=True)
-                    removed += 1
-    return removed
-
-
-# ---------------------------------------------------------------- checking
-
-
-def verify_repo(repo_dir: Path, public_key: Ed25519PublicKey | bytes | Path | None) -> list[str]:
-    """Problems with an update source: signature (when a key is given), every named file's
-    size and SHA-256. An empty list means it is good."""
-    repo_dir = Path(repo_dir)
-    m = read_repo(repo_dir, public_key)
-    problems: list[str] = []
-
-    def check(rel: str, size: int, sha: str) -> None:
-        try:
-            verify_file(repo_dir / rel, size, sha, rel)
-        except PatternError as e:
-            problems.append(e.message)
-
-    check(full_path(STRINGS, m.strings_version, STRINGS_FILE), m.strings.size, m.strings.sha256)
-    for p in m.patterns:
-        for f in p.files:
-            check(full_path(p.name, p.version, f.name), f.size, f.sha256)
-        for d in p.diffs:
-            for f in d.files:
-                check(diff_path(p.name, d.from_version, d.to_version, f.name), f.size, f.sha256)
-    return problems
-
-
-def repo_info(repo_dir: Path) -> dict[str, Any]:
-    """What an update source holds (the signature is not checked: see ``verify_repo``)."""
-    m = read_repo(Path(repo_dir), None)
-    return {
-        "type": REPO_TYPE,
-        "published": m.published.isoformat().replace("+00:00", "Z"),
-        "keep": m.keep,
-        "strings": m.strings_version,
-        "patterns": {
-            p.name: {
-                "version": p.version,
-                "entries": p.entries,
-                "size": sum(f.size for f in p.files),
-                "history": list(p.history),
-                "diffs": len(p.diffs),
-                "diff_size": sum(f.size for d in p.diffs for f in d.files),
-            }
-            for p in m.patterns
-        },
-    }
-
-
-def is_repo(path: Path) -> bool:
-    """Whether ``path`` looks like an update source (rather than a build directory)."""
-    path = Path(path)
-    if (path / SIGNATURE).exists():
-        return True
-    try:
-        doc = _read_json_bounded(path / MANIFEST, MAX_MANIFEST_BYTES)
-    except PatternError:
-        return False
-    return isinstance(doc, dict) and doc.get("type") == REPO_TYPE
-
-
-# ---------------------------------------------------------------- serving
-
-MAX_SERVE_CONNECTIONS = 64
-_SERVE_PATH = re.compile(r"/(?:[A-Za-z0-9][A-Za-z0-9._-]{0,127}/){0,4}[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def make_server(repo_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Any:
-    """A small static HTTP server for an update source (GET and HEAD only).
-
-    Paths are matched against a strict pattern (no ``..``, no dot files, no
-    percent escapes, at most five segments) and must resolve inside the repo;
-    anything else is 404. At most ``MAX_SERVE_CONNECTIONS`` requests are served
-    at once (more get 503). Call ``serve_forever()``; ``server_address`` holds
-    the bound port.
-    """
-    import http.server
-    import shutil
-    import threading
-
-    root = Path(repo_dir).resolve()
-    slots = threading.BoundedSemaphore(MAX_SERVE_CONNECTIONS)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "rampart-pattern-serve"
-        sys_version = ""
-        protocol_version = "HTTP/1.1"
-        timeout = 30
-
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("serve: %s", format % args)
-
-        def _file(self) -> Path | None:
-            path = self.path.split("?", 1)[0]
-            if _SERVE_PATH.fullmatch(path) is None:
-                return None
-            target = (root / path.lstrip("/")).resolve()
-            if not target.is_relative_to(root) or not target.is_file():
-                return None
-            return target
-
-        def _answer(self, body: bool) -> None:
-            if not slots.acquire(blocking=False):
-                self.send_error(503, "busy")
-                return
-            try:
-                target = self._file()
-                if target is None:
-                    self.send_error(404)
-                    return
-                with open(target, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json" if target.suffix ==
-                                     ".json" else "application/octet-stream")
-                    self.send_header("Content-Length", str(size))
-                    if target.name in (MANIFEST, SIGNATURE):
-                        self.send_header("Cache-Control", "no-cache")
-                    self.end_headers()
-                    if body:
-                        shutil.copyfileobj(f, self.wfile, 1 << 20)
-            finally:
-                slots.release()
-
-        def do_GET(self) -> None:
-            self._answer(True)
-
-        def do_HEAD(self) -> None:
-            self._answer(False)
-
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server

@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from proxy import repo
+from proxy import repo, signing
 from proxy.errors import PatternError, RampartError, RelayError
 from proxy.pattern import MANIFEST, STRINGS, PatternSet
 from proxy.store import PatternStore
@@ -300,7 +300,7 @@ class Updater:
         offload: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self.source_url = source_url
-        self.public_key = repo.load_public_key(public_key)
+        self.public_key = signing.load_public_key(public_key)
         self.store = store
         self.fetcher = fetcher
         self.default_interval = default_interval

@@ -1,4 +1,4 @@
-"""Tests for proxy.pattern: building a pattern directory, opening it, looking things up."""
+"""Tests for proxy.pattern and proxy.build: building a pattern directory, opening it, lookups."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from proxy import build as build_mod
 from proxy import pattern as pattern_mod
 from proxy import urls
+from proxy.build import build_pattern
 from proxy.errors import PatternError, SourceError
 from proxy.model import FileQuery, HashKind, Rating, Verdict
 from proxy.pattern import (
     FileHit,
     PatternSet,
     WebHit,
-    build_pattern,
     pattern_info,
 )
 
@@ -403,8 +404,8 @@ def test_failing_write_leaves_nothing(tmp_path: Path, srcs, monkeypatch) -> None
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    real = pattern_mod.write_table
-    monkeypatch.setattr(pattern_mod, "write_table", boom)
+    real = build_mod.write_table
+    monkeypatch.setattr(build_mod, "write_table", boom)
     with pytest.raises(OSError, match="No space"):
         build_pattern(tmp_path / "out", **srcs, now=NOW)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
+from proxy.build import build_pattern
 from proxy.model import FileQuery, HashKind
-from proxy.pattern import PatternSet, build_pattern
+from proxy.pattern import PatternSet
 
 
 @pytest.fixture(scope="module")

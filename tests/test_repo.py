@@ -1,4 +1,5 @@
-"""Tests for proxy.repo: the signed update source, its planning and publishing."""
+"""Tests for proxy.repo, with proxy.publish, proxy.signing and proxy.repo_server: the signed
+update source, publishing it, planning from it and serving it."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proxy import repo
+from proxy.build import build_pattern
 from proxy.errors import PatternError
-from proxy.pattern import build_pattern
+from proxy.publish import publish, read_repo, verify_repo
 from proxy.repo import FetchKind
+from proxy.repo_server import make_server
+from proxy.signing import keygen, load_private_key, load_public_key
 
 V1, V2, V3, V4 = "2024010100", "2024010101", "2024010102", "2024010103"
 
@@ -50,8 +54,8 @@ class Builder:
 
 @pytest.fixture
 def key(tmp_path: Path) -> Ed25519PrivateKey:
-    repo.keygen(tmp_path / "key")
-    return repo.load_private_key(tmp_path / "key")
+    keygen(tmp_path / "key")
+    return load_private_key(tmp_path / "key")
 
 
 @pytest.fixture
@@ -60,21 +64,21 @@ def builder(tmp_path: Path) -> Builder:
 
 
 def test_keygen_writes_a_0600_private_key_and_a_public_key(tmp_path: Path) -> None:
-    pub = repo.keygen(tmp_path / "k")
+    pub = keygen(tmp_path / "k")
     assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
     assert pub == tmp_path / "k.pub"
-    priv = repo.load_private_key(tmp_path / "k")
-    assert repo.load_public_key(pub).public_bytes_raw() == priv.public_key().public_bytes_raw()
+    priv = load_private_key(tmp_path / "k")
+    assert load_public_key(pub).public_bytes_raw() == priv.public_key().public_bytes_raw()
     with pytest.raises(PatternError, match="exists"):
-        repo.keygen(tmp_path / "k")
+        keygen(tmp_path / "k")
 
 
 def test_keys_that_are_not_ed25519_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk").write_text("not a key")
     with pytest.raises(PatternError, match="not an unencrypted PEM private key"):
-        repo.load_private_key(tmp_path / "junk")
+        load_private_key(tmp_path / "junk")
     with pytest.raises(PatternError, match="not a PEM public key"):
-        repo.load_public_key(tmp_path / "junk")
+        load_public_key(tmp_path / "junk")
 
 
 def fetch_all(repo_dir: Path, fetches: list[repo.Fetch], have_dir: Path | None,
@@ -96,11 +100,11 @@ def fetch_all(repo_dir: Path, fetches: list[repo.Fetch], have_dir: Path | None,
 
 def test_publish_verify_round_trip(tmp_path: Path, key, builder: Builder) -> None:
     b1 = builder.build(V1, 0, 300)
-    report = repo.publish(b1, tmp_path / "repo", key)
+    report = publish(b1, tmp_path / "repo", key)
     assert {p.pattern for p in report.patterns} == set(repo.PATTERN_FILES)
     assert all(p.changed and p.version == V1 for p in report.patterns)
-    assert repo.verify_repo(tmp_path / "repo", tmp_path / "key.pub") == []
-    m = repo.read_repo(tmp_path / "repo", tmp_path / "key.pub")
+    assert verify_repo(tmp_path / "repo", tmp_path / "key.pub") == []
+    m = read_repo(tmp_path / "repo", tmp_path / "key.pub")
     assert m.pattern("smart-scan").version == V1
     fetches = repo.plan(m, {})
     assert all(f.kind is FetchKind.FULL for f in fetches)
@@ -114,15 +118,15 @@ def test_second_and_third_publish_make_diff_chains(tmp_path: Path, key,
                                                    builder: Builder) -> None:
     r = tmp_path / "repo"
     b1 = builder.build(V1, 0, 3000)
-    repo.publish(b1, r, key)
+    publish(b1, r, key)
     builder.build(V2, 10, 3050)
-    report = repo.publish(builder.prev, r, key)
+    report = publish(builder.prev, r, key)
     by = {p.pattern: p for p in report.patterns}
     assert by["smart-scan"].changed and by["smart-scan"].diff_bytes > 0
     assert not by["web-blocking"].changed and by["web-blocking"].version == V1
     b3 = builder.build(V3, 20, 3100)
-    repo.publish(b3, r, key)
-    m = repo.read_repo(r, tmp_path / "key.pub")
+    publish(b3, r, key)
+    m = read_repo(r, tmp_path / "key.pub")
     smart = m.pattern("smart-scan")
     assert smart.history == (V1, V2, V3)
     assert [(d.from_version, d.to_version) for d in smart.diffs] == [(V1, V2), (V2, V3)]
@@ -147,9 +151,9 @@ def test_second_and_third_publish_make_diff_chains(tmp_path: Path, key,
 def test_plan_takes_the_full_file_when_the_chain_is_bigger_or_missing(
         tmp_path: Path, key, builder: Builder) -> None:
     r = tmp_path / "repo"
-    repo.publish(builder.build(V1, 0, 50), r, key)
-    repo.publish(builder.build(V2, 1000, 3000), r, key)  # nearly everything changes
-    m = repo.read_repo(r, None)
+    publish(builder.build(V1, 0, 50), r, key)
+    publish(builder.build(V2, 1000, 3000), r, key)  # nearly everything changes
+    m = read_repo(r, None)
     smart = m.pattern("smart-scan")
     sha = next(f for f in repo.plan(m, {"smart-scan": V1}) if f.file == "file-sha256.tbl")
     diff = smart.diffs[0].file("file-sha256.tbl")
@@ -163,21 +167,21 @@ def test_plan_takes_the_full_file_when_the_chain_is_bigger_or_missing(
 def test_pruning_keeps_the_last_versions(tmp_path: Path, key, builder: Builder) -> None:
     r = tmp_path / "repo"
     for i, v in enumerate((V1, V2, V3, V4)):
-        repo.publish(builder.build(v, i * 10, 500), r, key, keep=2)
-    m = repo.read_repo(r, tmp_path / "key.pub")
+        publish(builder.build(v, i * 10, 500), r, key, keep=2)
+    m = read_repo(r, tmp_path / "key.pub")
     smart = m.pattern("smart-scan")
     assert smart.history == (V3, V4)
     assert [(d.from_version, d.to_version) for d in smart.diffs] == [(V3, V4)]
     assert sorted(p.name for p in (r / "diffs" / "smart-scan").iterdir()) == [f"{V3}-{V4}"]
     # the previous full files stay one more publish for readers of the old manifest
     assert sorted(p.name for p in (r / "full" / "smart-scan").iterdir()) == [V3, V4]
-    assert repo.verify_repo(r, tmp_path / "key.pub") == []
+    assert verify_repo(r, tmp_path / "key.pub") == []
     assert repo.plan(m, {"smart-scan": V2})[1].kind is FetchKind.FULL
 
 
 @pytest.fixture
 def published(tmp_path: Path, key, builder: Builder) -> Path:
-    repo.publish(builder.build(V1, 0, 100), tmp_path / "repo", key)
+    publish(builder.build(V1, 0, 100), tmp_path / "repo", key)
     return tmp_path / "repo"
 
 
@@ -200,23 +204,23 @@ def test_tampered_unsigned_or_wrongly_signed_manifests_are_refused(
         repo.load_manifest(raw, sig, other)
     (published / "manifest.json.sig").unlink()
     with pytest.raises(PatternError, match="missing"):
-        repo.read_repo(published, pub)
+        read_repo(published, pub)
 
 
 def test_publishing_with_another_key_is_refused(tmp_path: Path, published: Path,
                                                 builder: Builder) -> None:
     with pytest.raises(PatternError, match="bad signature"):
-        repo.publish(builder.build(V2, 0, 100), published, Ed25519PrivateKey.generate())
+        publish(builder.build(V2, 0, 100), published, Ed25519PrivateKey.generate())
 
 
 def test_old_version_and_renumbered_strings_are_refused(tmp_path: Path, key, published: Path,
                                                          builder: Builder) -> None:
     with pytest.raises(PatternError, match="not newer"):
-        repo.publish(builder.build("2023010100", 5, 100), published, key)
+        publish(builder.build("2023010100", 5, 100), published, key)
     renumbered = builder.build(V2, 0, 100, base=False, urls="http://x.test/,dangerous,phish\n")
     with pytest.raises(PatternError, match="do not extend"):
-        repo.publish(renumbered, published, key)
-    assert repo.read_repo(published, tmp_path / "key.pub").pattern("smart-scan").version == V1
+        publish(renumbered, published, key)
+    assert read_repo(published, tmp_path / "key.pub").pattern("smart-scan").version == V1
 
 
 def test_verify_repo_finds_missing_and_corrupt_files(tmp_path: Path, published: Path) -> None:
@@ -225,7 +229,7 @@ def test_verify_repo_finds_missing_and_corrupt_files(tmp_path: Path, published: 
     data[100] ^= 1
     target.write_bytes(bytes(data))
     (published / "full" / "agent" / V1 / "agent.bin").unlink()
-    problems = repo.verify_repo(published, tmp_path / "key.pub")
+    problems = verify_repo(published, tmp_path / "key.pub")
     assert len(problems) == 2
     assert any("file-sha256.tbl: SHA-256 mismatch" in p for p in problems)
     assert any("agent.bin: cannot read" in p for p in problems)
@@ -279,7 +283,7 @@ def test_oversized_manifest_is_refused() -> None:
 
 @pytest.fixture
 def server(published: Path) -> Iterator[str]:
-    srv = repo.make_server(published, "127.0.0.1", 0)
+    srv = make_server(published, "127.0.0.1", 0)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{srv.server_address[1]}"

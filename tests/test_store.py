@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from proxy.build import build_pattern
 from proxy.errors import PatternError
 from proxy.model import FileQuery, HashKind
-from proxy.pattern import PatternSet, build_pattern
+from proxy.pattern import PatternSet
 from proxy.store import PatternStore, check_name
 
 EICAR = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"

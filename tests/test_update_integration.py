@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy import repo, tables
+from proxy import repo, signing, table_diff
 from tests.conftest import EICAR_SHA256, RAMPART, Proc, free_port, start_appliance
 
 pytestmark = pytest.mark.integration
@@ -233,7 +233,7 @@ def _bad_updates(source: Source) -> Iterator[tuple[str, str]]:
     diff.write_bytes(data[:50] + bytes([data[50] ^ 1]) + data[51:])
     yield "corrupt diff", "digest_mismatch"
     # A correctly signed manifest listing a diff made against another base (V2, not V3).
-    bad = tables.make_table_diff(source.builds[V2] / "file-sha256.tbl",
+    bad = table_diff.make_table_diff(source.builds[V2] / "file-sha256.tbl",
                                  source.builds[V4] / "file-sha256.tbl")
     diff.write_bytes(bad)
     manifest = json.loads((r / repo.MANIFEST).read_bytes())
@@ -242,7 +242,7 @@ def _bad_updates(source: Source) -> Iterator[tuple[str, str]]:
             d["files"]["file-sha256.tbl"] = {"size": len(bad), "sha256": hashlib.sha256(bad).hexdigest()}
     raw = json.dumps(manifest).encode()
     (r / repo.MANIFEST).write_bytes(raw)
-    (r / repo.SIGNATURE).write_bytes(repo.sign(raw, repo.load_private_key(source.key)))
+    (r / repo.SIGNATURE).write_bytes(signing.sign(raw, signing.load_private_key(source.key)))
     yield "diff against the wrong base", "wrong_base"
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from proxy import agent, repo, tables
+from proxy import agent, repo, table_diff
+from proxy.build import build_pattern
 from proxy.model import FileQuery, HashKind
-from proxy.pattern import PatternSet, build_pattern
+from proxy.pattern import PatternSet
 from proxy.store import PatternStore
 from proxy.updater import FetchError, Updater, held_versions, read_local, version_time
 
@@ -90,7 +91,7 @@ def publish(repo_dir: Path, builds: list[Path], key: Ed25519PrivateKey,
                     if f == repo.AGENT_FILE:
                         d = agent.make_diff((old_build / f).read_bytes(), (build / f).read_bytes())
                     else:
-                        d = tables.make_table_diff(old_build / f, build / f)
+                        d = table_diff.make_table_diff(old_build / f, build / f)
                     dst = repo_dir / repo.diff_path(name, old_v, version, f)
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     dst.write_bytes(d)
@@ -322,7 +323,7 @@ async def test_a_diff_against_the_wrong_base_is_refused_then_full_is_taken(world
     await up.update_once()
     world.publish(V1, V2, V3)
     # Signed and listed correctly, but made from V2's table, not V1's: the base does not match.
-    bad = tables.make_table_diff(world.builds[V2] / "file-sha256.tbl",
+    bad = table_diff.make_table_diff(world.builds[V2] / "file-sha256.tbl",
                                  world.builds[V3] / "file-sha256.tbl")
     manifest = json.loads((world.repo_dir / "manifest.json").read_text())
     for d in manifest["patterns"]["smart-scan"]["diffs"]:
