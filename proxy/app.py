@@ -118,7 +118,7 @@ class App:
         self.keeper.attach(self.engine)
         self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics,
                              patterns=self.keeper.handle)
-        self.registry.register(self.keeper)  # type: ignore[arg-type]  # update counters
+        self.registry.register(self.keeper)  # update counters
         self._gauges()
 
     async def start(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -28,7 +28,8 @@ class AnswerCache(Generic[V]):
         self.max_entries = max_entries
         self.max_ttl = max_ttl
         self._clock = clock
-        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        # key -> [expires, value, view, view_left]: the view is what ``get_views`` last made
+        self._data: OrderedDict[str, list[Any]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -41,7 +42,7 @@ class AnswerCache(Generic[V]):
         if entry is None:
             self.misses += 1
             return None
-        expires, value = entry
+        expires, value = entry[0], entry[1]
         left = expires - self._clock()
         if left <= 0:
             del self._data[key]
@@ -75,6 +76,38 @@ class AnswerCache(Generic[V]):
         self.misses += len(keys) - hits
         return out
 
+    def get_views(self, keys: Sequence[str], make_view: Callable[[V, int], V]) -> list[V | None]:
+        """For each key, ``make_view(value, seconds_left)``, made at most once per entry and second.
+
+        The engine serves cached answers as ``source: cache`` with the TTL left; this
+        keeps that view with the entry instead of rebuilding it for every request.
+        """
+        now = self._clock()
+        data = self._data
+        out: list[V | None] = []
+        append = out.append
+        hits = 0
+        for key in keys:
+            entry = data.get(key)
+            if entry is None:
+                append(None)
+                continue
+            left = entry[0] - now
+            if left <= 0:
+                del data[key]
+                append(None)
+                continue
+            data.move_to_end(key)
+            whole = int(left) or 1
+            if entry[3] != whole:
+                entry[2] = make_view(entry[1], whole)
+                entry[3] = whole
+            append(entry[2])
+            hits += 1
+        self.hits += hits
+        self.misses += len(keys) - hits
+        return out
+
     def put(self, key: str, value: V, ttl: float) -> None:
         """Keep ``value`` for ``ttl`` seconds (at most ``max_ttl``).
 
@@ -84,7 +117,7 @@ class AnswerCache(Generic[V]):
         if not ttl > 0 or self.max_entries == 0:  # also refuses NaN
             self._data.pop(key, None)
             return
-        self._data[key] = (self._clock() + min(ttl, self.max_ttl), value)
+        self._data[key] = [self._clock() + min(ttl, self.max_ttl), value, None, -1]
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)

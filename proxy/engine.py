@@ -70,6 +70,10 @@ class StatsLike(Protocol):
 _source = operator.attrgetter("source")
 
 
+def _served_from_cache(answer: Any, left: int) -> Any:
+    return dataclasses.replace(answer, source=Source.CACHE, ttl=left)
+
+
 def _is_blocked(match: tuple[Any, str]) -> bool:
     name = match[0]
     return str(getattr(name, "value", name)) == "blocked"
@@ -97,7 +101,6 @@ class Engine:
         self.retry_after = retry_after
         self.authoritative = authoritative
         self._file_hits: dict[int, tuple[FileHit, FileAnswer]] = {}
-        self._views: dict[tuple[int, int], tuple[Answer, Answer]] = {}
         self._degraded_file = FileAnswer(Verdict.UNKNOWN, Source.DEGRADED, retry_after=retry_after)
         self._degraded_web = WebAnswer(
             Rating.UNTESTED, Source.DEGRADED, score=Rating.UNTESTED.default_score,
@@ -288,10 +291,10 @@ class Engine:
         Returns the pairs left for the relay; empty when ``answers`` is complete.
         """
         left: list[tuple[int, str]] = []
-        view = self._cache_view
-        for (i, key), cached in zip(pending, self.cache.get_many([key for _, key in pending])):
+        views = self.cache.get_views([key for _, key in pending], _served_from_cache)
+        for (i, key), cached in zip(pending, views):
             if cached is not None:
-                answers[i] = view(*cached)
+                answers[i] = cached
             else:
                 left.append((i, key))
         if left and (self.relay is None or self.authoritative):
@@ -325,17 +328,6 @@ class Engine:
         if ask:
             await self.relay_fill(service, answers, ask)
         return self.count(service, answers)
-
-    def _cache_view(self, value: Answer, left: int) -> Answer:
-        """``value`` as served from the cache with ``left`` seconds to live, memoised by identity."""
-        memo = self._views.get((id(value), left))
-        if memo is not None and memo[0] is value:
-            return memo[1]
-        view = dataclasses.replace(value, source=Source.CACHE, ttl=left)
-        if len(self._views) > 65536:
-            self._views.clear()
-        self._views[(id(value), left)] = (value, view)
-        return view
 
     def count(self, service: Service, answers: list[Any]) -> list[Any]:
         self.stats.count_items(service, Counter(map(_source, answers)))

@@ -322,7 +322,7 @@ def render_files(
     if not isinstance(batch, FileBatch):
         batch = FileBatch.of(batch)
     memo = _frag_cache
-    out = []
+    out: list[str] = []
     append = out.append
     for n, h, a in zip(batch.names, batch.hexes, answers):
         m = memo.get(id(a))  # _frag inlined: this loop runs once per item
