@@ -53,24 +53,28 @@ class Routes:
         self.metrics = metrics
         self.patterns = patterns  # /v1/patterns/... and /v1/agent-pattern (proxy.keeper)
         self.started = time.time()
-        # GET target -> (patterns, lists, service, sources, response) for answers that only
-        # the pattern and lists decided: valid while both are the very same objects.
-        self._memo: dict[bytes, tuple[object, object, Service, Counter[Any], Response]] = {}
+        # GET target -> (service, sources, response) for answers that only the pattern and
+        # the lists decided: valid while both are the very objects in _memo_of.
+        self._memo: dict[bytes, tuple[Service, Counter[Any], Response]] = {}
+        self._memo_of: tuple[object, object] = (None, None)
         self._local: tuple[Service, Counter[Any]] | None = None
 
     def __call__(self, request: Request) -> Response | Awaitable[Response]:
         if request.method == "GET":
-            memo = self._memo.get(request.target)
             engine = self.engine
-            if memo is not None and memo[0] is engine.patterns and memo[1] is engine.lists:
-                engine.stats.count_items(memo[2], memo[3])
-                return memo[4]
+            if self._memo_of[0] is not engine.patterns or self._memo_of[1] is not engine.lists:
+                self._memo.clear()  # a new pattern or new lists: every memoised answer is void
+                self._memo_of = (engine.patterns, engine.lists)
+            memo = self._memo.get(request.target)
+            if memo is not None:
+                engine.stats.count_items(memo[0], memo[1])
+                return memo[2]
             self._local = None
             result = self._route(request)
             if self._local is not None and isinstance(result, Response):
                 if len(self._memo) >= 4096:
                     self._memo.clear()
-                self._memo[request.target] = (engine.patterns, engine.lists, *self._local, result)
+                self._memo[request.target] = (*self._local, result)
             return result
         return self._route(request)
 
