@@ -17,6 +17,7 @@ import logging
 import operator
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from proxy import protocol, urls
@@ -68,6 +69,14 @@ class StatsLike(Protocol):
 
 
 _source = operator.attrgetter("source")
+
+
+def _complete(answers: list[Any]) -> bool:
+    """No position is None. By identity: ``None in answers`` would call each dataclass's __eq__."""
+    return not any(map(_is_none, answers))
+
+
+_is_none = partial(operator.is_, None)
 
 
 def _served_from_cache(answer: Any, left: int) -> Any:
@@ -155,7 +164,7 @@ class Engine:
     def begin_files(self, batch: FileBatch) -> tuple[list[Any], Ask]:
         """Local sources and the cache; returns the answers so far and what to relay."""
         answers: list[Any] = self.files_local(batch)
-        if None not in answers:
+        if _complete(answers):
             return answers, []
         names, hexes = batch.names, batch.hexes
         # A file's cache key is its hex digest: the length tells the kind apart.
@@ -203,7 +212,7 @@ class Engine:
 
     def begin_web(self, qs: Sequence[WebQuery]) -> tuple[list[Any], Ask]:
         answers: list[Any] = [self.web_local_one(q) for q in qs]
-        if None not in answers:
+        if _complete(answers):
             return answers, []
         pending = [(i, f"web:{q.canonical}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
         return answers, [(i, key, key[4:]) for i, key in self.settle(Service.WEB, answers, pending)]
@@ -224,7 +233,7 @@ class Engine:
 
     def begin_domains(self, qs: Sequence[DomainQuery]) -> tuple[list[Any], Ask]:
         answers: list[Any] = [self.domain_local_one(q) for q in qs]
-        if None not in answers:
+        if _complete(answers):
             return answers, []
         pending = [(i, f"domain:{q.name}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
         return answers, [(i, key, key[7:]) for i, key in self.settle(Service.DOMAIN, answers, pending)]
