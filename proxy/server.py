@@ -16,7 +16,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httptools
 
@@ -58,6 +58,16 @@ class Response:
     body: bytes
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+    # head + body for a keep-alive answer, made once: memoised responses are sent many times
+    _wire: bytes | None = field(default=None, init=False, compare=False, repr=False)
+
+    def wire(self) -> bytes:
+        """The whole keep-alive answer on the wire."""
+        wire = self._wire
+        if wire is None:
+            wire = self.head(True) + self.body
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
     def head(self, keep_alive: bool) -> bytes:
         key = (self.status, self.content_type, len(self.body), keep_alive, self.headers)
@@ -315,8 +325,10 @@ class HttpConnection(asyncio.Protocol):
             return
         if request.method == "HEAD":  # the GET's head, Content-Length included, and no body
             transport.write(response.head(keep_alive))
+        elif keep_alive:
+            transport.write(response.wire())
         else:
-            transport.write(response.head(keep_alive) + response.body)
+            transport.write(response.head(False) + response.body)
         if not keep_alive:
             self._closing = True
             transport.close()
