@@ -15,9 +15,10 @@ import hashlib
 import json
 import logging
 import operator
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from functools import partial
+from itertools import compress, repeat
 from typing import Any, Protocol
 
 from proxy import protocol, urls
@@ -148,11 +149,11 @@ class Engine:
     def files_local(self, batch: FileBatch) -> list[FileAnswer | None]:
         out: list[FileAnswer | None] = [None] * len(batch)
         hit_answer = self._file_hit_answer
+        put = out.__setitem__
         for kind, (positions, raw) in batch.groups.items():
             for hit, at in self.patterns.lookup_joined(kind, raw):
-                answer = hit_answer(hit)
-                for j in at if positions is None else [positions[j] for j in at]:
-                    out[j] = answer
+                where = at if positions is None else map(positions.__getitem__, at)
+                deque(map(put, where, repeat(hit_answer(hit))), maxlen=0)  # out[j] = answer, in C
         matches = self.lists.match_hexes(batch.hexes)
         if matches:  # the administrator's lists outrank the pattern
             for i, h in enumerate(batch.hexes):
@@ -167,8 +168,9 @@ class Engine:
         if _complete(answers):
             return answers, []
         names, hexes = batch.names, batch.hexes
+        missing = list(compress(range(len(answers)), map(_is_none, answers)))
         # A file's cache key is its hex digest: the length tells the kind apart.
-        left = self.settle(Service.FILE, answers, [(i, hexes[i]) for i, a in enumerate(answers) if a is None])
+        left = self.settle(Service.FILE, answers, list(zip(missing, map(hexes.__getitem__, missing))))
         return answers, [(i, key, {names[i]: key}) for i, key in left]
 
     async def files(self, qs: FileBatch | Sequence[FileQuery]) -> list[FileAnswer]:
@@ -299,13 +301,9 @@ class Engine:
 
         Returns the pairs left for the relay; empty when ``answers`` is complete.
         """
-        left: list[tuple[int, str]] = []
         views = self.cache.get_views([key for _, key in pending], _served_from_cache)
-        for (i, key), cached in zip(pending, views):
-            if cached is not None:
-                answers[i] = cached
-            else:
-                left.append((i, key))
+        deque(map(answers.__setitem__, [i for i, _ in pending], views), maxlen=0)  # misses stay None
+        left = list(compress(pending, map(_is_none, views)))
         if left and (self.relay is None or self.authoritative):
             fallback = self._fallback(service)
             for i, _ in left:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 from proxy import urls
@@ -139,14 +140,15 @@ def _bulk_batch(items: list[Any]) -> FileBatch | None:
     One ``fromhex`` per hash kind over the joined digests validates them all at once;
     anything odd returns None and the item-by-item parser names the bad item.
     """
+    # map/compress over builtins: the per-item work stays in C.
     try:
         if set(map(len, items)) != {1}:
             return None
-        names = [next(iter(it)) for it in items]
+        names = list(map(next, map(iter, items)))
         present = set(names)
         if not present <= _KINDS.keys():
             return None
-        values = [it[n] for it, n in zip(items, names)]
+        values = list(map(dict.__getitem__, items, names))  # TypeError unless every item is a dict
         everything = "".join(values)
     except (TypeError, KeyError, AttributeError):
         return None
@@ -156,8 +158,8 @@ def _bulk_batch(items: list[Any]) -> FileBatch | None:
         if len(present) == 1:
             at, group = None, values
         else:
-            at = [i for i, n in enumerate(names) if n == name]
-            group = [values[i] for i in at]
+            at = list(compress(range(len(names)), map(name.__eq__, names)))
+            group = list(map(values.__getitem__, at))
         if set(map(len, group)) != {kind.size * 2}:
             return None
         try:
@@ -167,7 +169,7 @@ def _bulk_batch(items: list[Any]) -> FileBatch | None:
         if len(raw) != kind.size * len(group):  # fromhex skips whitespace
             return None
         groups[kind] = (at, raw)
-    hexes = values if everything.lower() == everything else [v.lower() for v in values]
+    hexes = values if everything.lower() == everything else list(map(str.lower, values))
     return FileBatch(names, hexes, groups)
 
 
@@ -308,7 +310,7 @@ def _frag(answer: FileAnswer | WebAnswer) -> str:
     return s
 
 
-def _envelope(version: str, results: list[str]) -> bytes:
+def _envelope(version: str, results: Iterable[str]) -> bytes:
     return (
         f'{{"protocol":{PROTOCOL_VERSION},"pattern":{_dumps(version)},"results":['
         + ",".join(results)
@@ -316,18 +318,20 @@ def _envelope(version: str, results: list[str]) -> bytes:
     ).encode()
 
 
+_SUBJECT = {k.value: f'{{"{k.value}":"' for k in HashKind}
+
+
 def render_files(
     version: str, batch: FileBatch | Sequence[FileQuery], answers: Sequence[FileAnswer]
 ) -> bytes:
     if not isinstance(batch, FileBatch):
         batch = FileBatch.of(batch)
-    memo = _frag_cache
-    out: list[str] = []
-    append = out.append
-    for n, h, a in zip(batch.names, batch.hexes, answers):
-        m = memo.get(id(a))  # _frag inlined: this loop runs once per item
-        append(f'{{"{n}":"{h}",{m[1] if m is not None and m[0] is a else _frag(a)}}}')
-    return _envelope(version, out)
+    ids = list(map(id, answers))
+    # One fragment per distinct answer (they repeat a lot), then stitched in C.
+    tails = {i: f'",{_frag(a)}}}' for i, a in dict(zip(ids, answers)).items()}
+    results = map("".join, zip(map(_SUBJECT.__getitem__, batch.names), batch.hexes,
+                               map(tails.__getitem__, ids)))
+    return _envelope(version, results)
 
 
 def _action(policy: Policy | None, answer: WebAnswer) -> str:
