@@ -93,9 +93,7 @@ import bisect
 import hashlib
 import logging
 import math
-import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -104,6 +102,7 @@ import numpy as np
 import numpy.typing as npt
 
 from proxy.errors import PatternError
+from proxy.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -767,13 +766,4 @@ def read_agent(path: Path) -> AgentFilter:
 
 def write_agent(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)

@@ -52,30 +52,6 @@ class AnswerCache(Generic[V]):
         self.hits += 1
         return value, max(1, int(left))
 
-    def get_many(self, keys: Sequence[str]) -> list[tuple[V, int] | None]:
-        """``get`` for many keys at one clock reading."""
-        now = self._clock()
-        data = self._data
-        out: list[tuple[V, int] | None] = []
-        append = out.append
-        hits = 0
-        for key in keys:
-            entry = data.get(key)
-            if entry is None:
-                append(None)
-                continue
-            left = entry[0] - now
-            if left <= 0:
-                del data[key]
-                append(None)
-                continue
-            data.move_to_end(key)
-            append((entry[1], int(left) or 1))
-            hits += 1
-        self.hits += hits
-        self.misses += len(keys) - hits
-        return out
-
     def get_views(self, keys: Sequence[str], make_view: Callable[[V, int], V]) -> list[V | None]:
         """For each key, ``make_view(value, seconds_left)``, made at most once per entry and second.
 

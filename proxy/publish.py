@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from proxy.errors import PatternError
+from proxy.files import copy_atomic, write_atomic
 from proxy.repo import (
     AGENT,
     AGENT_FILE,
@@ -111,39 +111,6 @@ def read_repo(repo_dir: Path, public_key: Ed25519PublicKey | bytes | Path | None
         raise PatternError(f"{MANIFEST}: not found: not an update source")
     raw, sig = signed
     return parse_manifest(raw) if public_key is None else load_manifest(raw, sig, public_key)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    import shutil
-    import tempfile
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_atomic(dst: Path, data: bytes) -> None:
-    import tempfile
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _make_diff(file: str, old: Path, new: Path) -> bytes | None:
@@ -240,7 +207,7 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
                     repo_dir / full_path(STRINGS, current.strings_version, STRINGS_FILE),
                     build_dir / STRINGS_FILE)
             strings_version = version
-            _copy_atomic(build_dir / STRINGS_FILE,
+            copy_atomic(build_dir / STRINGS_FILE,
                          repo_dir / full_path(STRINGS, version, STRINGS_FILE))
 
         doc_patterns: dict[str, Any] = {}
@@ -261,7 +228,7 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
                 raise PatternError(f"version {version} is not newer than {name} "
                                    f"{old.version}")
             for spec in specs:
-                _copy_atomic(build_dir / spec.name, repo_dir / full_path(name, version, spec.name))
+                copy_atomic(build_dir / spec.name, repo_dir / full_path(name, version, spec.name))
             diff_bytes = 0
             diffs = list(old.diffs) if old is not None else []
             if old is not None:
@@ -271,7 +238,7 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
                     data = _make_diff(spec.name, base, build_dir / spec.name)
                     if data is None or len(data) >= spec.size:
                         continue
-                    _write_atomic(repo_dir / diff_path(name, old.version, version, spec.name),
+                    write_atomic(repo_dir / diff_path(name, old.version, version, spec.name),
                                   data)
                     made.append(FileSpec(spec.name, len(data),
                                          hashlib.sha256(data).hexdigest()))
@@ -295,8 +262,8 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
         }
         raw = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
         new = parse_manifest(raw)  # never publish what a reader would refuse
-        _write_atomic(repo_dir / SIGNATURE, sign(raw, private_key))
-        _write_atomic(repo_dir / MANIFEST, raw)
+        write_atomic(repo_dir / SIGNATURE, sign(raw, private_key))
+        write_atomic(repo_dir / MANIFEST, raw)
         from proxy.tables import fsync_dir
 
         fsync_dir(repo_dir)
