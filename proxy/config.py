@@ -235,6 +235,9 @@ def validate(cfg: Config) -> Config:
                 f"config key 'cloud': {url!r} must be http(s)://host[:port]"
                 " with no path, query or credentials"
             )
+        if url.startswith("http:") and not _loopback(urlsplit(url).hostname or ""):
+            # DESIGN §7: upstream traffic is verified TLS; plain HTTP only on this machine.
+            raise ConfigError(f"config key 'cloud': {url!r} must use https (http only on loopback)")
     if cfg.query_port and cfg.query_port == cfg.query_tls_port:
         raise ConfigError("config keys 'query_port' and 'query_tls_port' must differ")
     _check_ports(cfg)
@@ -323,6 +326,15 @@ def _endpoint_ok(url: str) -> bool:
         and not (parts.query or parts.fragment or parts.username or parts.password)
         and not url.endswith(("?", "#"))
     )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

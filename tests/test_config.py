@@ -485,3 +485,16 @@ def test_bad_update_source_refused(tmp_path: Path, url: str) -> None:
 def test_update_numbers_out_of_range_refused(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=f"'{key}'"):
         config.load(overrides={key: value})
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [("https://cloud.example:9443", True), ("http://127.0.0.1:9443", True), ("http://[::1]:9443", True),
+     ("http://localhost:9443", True), ("http://cloud.example:80", False), ("http://10.0.0.7", False)],
+)
+def test_plain_http_cloud_only_on_loopback(url: str, ok: bool) -> None:
+    if ok:
+        assert config.load(overrides={"cloud": [url]}).cloud == [url]
+    else:
+        with pytest.raises(ConfigError, match="'cloud'.*https"):
+            config.load(overrides={"cloud": [url]})
