@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -508,25 +507,19 @@ def test_cloud_sample_differs_from_the_appliance(tmp_path: Path) -> None:
         assert safe is not None and safe[1].rating is Rating.SAFE
 
 
-# ---------------------------------------------------------------- timing (prints only)
+# ---------------------------------------------------------------- single and batched agree at scale
 
 
-def test_timing_print(tmp_path: Path, capsys) -> None:
-    n = 200_000
+def test_single_and_batched_lookups_agree_on_many_entries(tmp_path: Path) -> None:
+    """Timing lives in bench/bench_patterns.py; here, only that both paths give the same hits."""
+    n = 50_000
     src = tmp_path / "many.txt"
     with open(src, "w") as f:
         for i in range(n):
             f.write(hashlib.sha256(b"%d" % i).hexdigest() + "\n")
     build_pattern(tmp_path / "big", hashes=[src], now=NOW)
     with PatternSet.open(tmp_path / "big") as ps:
-        qs = [q256(hashlib.sha256(b"%d" % i).digest()) for i in range(0, n, 4)]
-        t = time.perf_counter()
+        qs = [q256(hashlib.sha256(b"%d" % i).digest()) for i in range(0, 2 * n, 3)]
         hits = [ps.lookup_file(q) for q in qs]
-        single = len(qs) / (time.perf_counter() - t)
-        t = time.perf_counter()
-        batch = ps.lookup_files(qs)
-        batched = len(qs) / (time.perf_counter() - t)
-        assert hits == batch and all(hits)
-    with capsys.disabled():
-        print(f"\n  pattern lookups at {n} entries: {single:,.0f}/s single, "
-              f"{batched:,.0f}/s batched (FileHit included)")
+        assert hits == ps.lookup_files(qs)
+        assert [h is not None for h in hits] == [i < n for i in range(0, 2 * n, 3)]
