@@ -11,11 +11,19 @@ import logging
 
 from mitmproxy import ctx
 
+from certs import CertError
 from proxy.app import App
 from proxy.config import Config
 from proxy.errors import RampartError
 
 logger = logging.getLogger(__name__)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError):  # a data directory or file we cannot use: say which and why
+        where = f" {e.filename}" if e.filename else ""
+        return f"cannot use{where}: {e.strerror or e}"
+    return str(getattr(e, "message", e))
 
 
 class QueryDoor:
@@ -28,9 +36,9 @@ class QueryDoor:
         try:
             await self.app.start()
             self.started = True
-        except RampartError as e:
-            self.error = e.message
-            logger.error("cannot start: %s", e.message)
+        except (RampartError, CertError, OSError) as e:
+            self.error = _reason(e)
+            logger.error("cannot start: %s", self.error)
             ctx.master.shutdown()
 
     async def done(self) -> None:

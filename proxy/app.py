@@ -171,12 +171,13 @@ class App:
     # ------------------------------------------------------------ background
 
     async def _watch_lists(self) -> None:
+        """Swap in new lists when the store changes. The cache stays: the lists are asked
+        before it, so a new rule wins at once without throwing away the cloud's answers."""
         while True:
             await asyncio.sleep(self.cfg.lists_poll)
             try:
                 if self.lists_store.changed():
                     self.engine.lists = self.lists_store.snapshot()
-                    self.cache.clear()  # an admin decision outranks what the cloud said before
                     logger.info("approved/blocked lists reloaded")
             except Exception:
                 logger.exception("reloading the lists failed; keeping the previous ones")
