@@ -496,5 +496,5 @@ def test_plain_http_cloud_only_on_loopback(url: str, ok: bool) -> None:
     if ok:
         assert config.load(overrides={"cloud": [url]}).cloud == [url]
     else:
-        with pytest.raises(ConfigError, match="'cloud'.*https"):
+        with pytest.raises(ConfigError, match=r"'cloud'.*https"):
             config.load(overrides={"cloud": [url]})
