@@ -166,6 +166,24 @@ def decision(body: bytes) -> dict[str, Any]:
     return {"sources": sources, "matched": matched}
 
 
+# id(response) -> (response, decision): the engine's routes hand out the same Response
+# object for a repeated local GET, so its decision is read once. Holding the response keeps
+# its id from being reused while memoised.
+_DECISIONS: dict[int, tuple[Response, dict[str, Any]]] = {}
+
+
+def _decision_of(response: Response) -> dict[str, Any]:
+    memo = _DECISIONS.get(id(response))
+    if memo is not None and memo[0] is response:
+        return memo[1]
+    found = decision(response.body)
+    if len(response.body) <= 4096:  # single answers repeat; batches seldom do, and are large
+        if len(_DECISIONS) >= 4096:
+            _DECISIONS.clear()
+        _DECISIONS[id(response)] = (response, found)
+    return found
+
+
 def engine_request(flow: http.HTTPFlow) -> Request:
     req = flow.request
     peer = flow.client_conn.peername
@@ -277,7 +295,7 @@ class Intercept:
 
 def _answered(flow: http.HTTPFlow, service: str, response: Response, started: float) -> None:
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    found = decision(response.body) if response.status == 200 else {"sources": [], "matched": []}
+    found = _decision_of(response) if response.status == 200 else {"sources": [], "matched": []}
     flow.metadata[META] = {
         "action": "answered",
         "service": service,
