@@ -13,7 +13,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import compress
 from typing import Any
 
 from proxy import urls
@@ -152,13 +151,18 @@ def _bulk_batch(items: list[Any]) -> FileBatch | None:
         everything = "".join(values)
     except (TypeError, KeyError, AttributeError):
         return None
+    positions: dict[str, list[int]] = {name: [] for name in present}
+    if len(present) > 1:  # one pass: cheaper than a filter per kind
+        add = {name: at.append for name, at in positions.items()}
+        for i, name in enumerate(names):
+            add[name](i)
     groups: dict[HashKind, tuple[list[int] | None, bytes]] = {}
     for name in present:
         kind = _KINDS[name]
         if len(present) == 1:
             at, group = None, values
         else:
-            at = list(compress(range(len(names)), map(name.__eq__, names)))
+            at = positions[name]
             group = list(map(values.__getitem__, at))
         if set(map(len, group)) != {kind.size * 2}:
             return None
