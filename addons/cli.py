@@ -36,6 +36,10 @@ from proxy.cli import cli, door_options, fail_cleanly, load_config, setup_loggin
 @click.option("--capture-filter", help="mitmproxy filter expression for --capture, e.g. '~u /v1/file'.")
 @click.option("--capture-port", type=click.IntRange(0, 65535), envvar="RAMPART_CAPTURE_PORT",
               help="Loopback port `rampart capture` streams from (default 4344; 0 turns it off).")
+@click.option("--query-client", "query_clients", multiple=True,
+              help="Client network (CIDR) the query door answers (repeatable; default: every client).")
+@click.option("--rate-limit", type=click.FloatRange(0),
+              help="Query-door requests per second per client, 429 above (default 0: no limit).")
 @click.option("--update-source", envvar="RAMPART_UPDATE_SOURCE",
               help="Update source (a `rampart pattern publish` repository served over HTTP(S)).")
 @click.option("--update-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),

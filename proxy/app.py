@@ -25,6 +25,7 @@ from proxy.cache import AnswerCache
 from proxy.config import Config
 from proxy.engine import Engine
 from proxy.errors import PatternError, RampartError
+from proxy.gate import Gate
 from proxy.keeper import PatternKeeper, sample_store
 from proxy.lists import ListStore
 from proxy.relay import Relay
@@ -112,6 +113,11 @@ class App:
             retry_after=cfg.degraded_retry_after,
             authoritative=self.authoritative,
         )
+        self.gate = (
+            Gate(cfg.query_clients, rate=cfg.rate_limit, burst=cfg.rate_burst)
+            if cfg.query_clients or cfg.rate_limit
+            else None
+        )
         self.limits = protocol.Limits(
             max_batch=cfg.max_batch, max_url=cfg.max_url, max_inspect_content=cfg.max_inspect_content
         )
@@ -145,7 +151,7 @@ class App:
         try:
             server = await start_server(
                 self.routes, self.cfg.listen, port, limits=limits, ssl_context=ssl_context,
-                observe=self._observe,
+                observe=self._observe, gate=self.gate,
             )
         except OSError as e:
             raise RampartError(

@@ -94,6 +94,15 @@ class Config:
         256 * 1024, "largest decoded inspection content in bytes", lo=0, hi=16 << 20
     )
     idle_timeout: float = _opt(60.0, "seconds an idle keep-alive connection is kept", lo=1, hi=3600)
+    query_clients: list[str] = _opt(
+        [], "client networks (CIDR) the query door answers; others get 403 (empty: every client)"
+    )
+    rate_limit: float = _opt(
+        0.0, "query-door requests per second per client address, 429 above (0: no limit)",
+        lo=0, hi=1e9,
+    )
+    rate_burst: int = _opt(200, "requests a client may make at once before rate_limit applies",
+                           lo=1, hi=1_000_000)
     # answers
     local_ttl: int = _opt(3600, "TTL in seconds given with answers from patterns and lists", lo=0)
     cache_size: int = _opt(200_000, "most cloud answers kept in the cache", lo=0, hi=50_000_000)
@@ -247,13 +256,14 @@ def validate(cfg: Config) -> Config:
                 f"config key 'intercept_hosts': {pattern!r} must be a host name, an IP address"
                 " or *.domain"
             )
-    for cidr in cfg.allow_clients:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"config key 'allow_clients': {cidr!r} is not a network (CIDR) or address"
-            ) from None
+    for key in ("allow_clients", "query_clients"):
+        for cidr in getattr(cfg, key):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"config key '{key}': {cidr!r} is not a network (CIDR) or address"
+                ) from None
     if cfg.cloud_ca is not None and not cfg.cloud_ca.is_file():
         raise ConfigError(f"config key 'cloud_ca': no such file {cfg.cloud_ca.name!r}")
     _check_updates(cfg)

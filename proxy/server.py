@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 import httptools
 
 from proxy.errors import ProtocolError
+from proxy.gate import Gate
 from proxy.protocol import render_error
 
 logger = logging.getLogger(__name__)
@@ -115,6 +117,7 @@ class HttpConnection(asyncio.Protocol):
         "_closing",
         "_deferred",
         "_error",
+        "_gate",
         "_head_raw",
         "_head_size",
         "_headers",
@@ -124,6 +127,7 @@ class HttpConnection(asyncio.Protocol):
         "_observe",
         "_progress",
         "_queue",
+        "_refused",
         "_url",
         "client",
         "handler",
@@ -138,10 +142,13 @@ class HttpConnection(asyncio.Protocol):
         handler: Handler,
         limits: ServerLimits,
         observe: Callable[[Request, Response, float], None] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.handler = handler
         self.limits = limits
         self._observe = observe
+        self._gate = gate  # client networks and per-client rate; None when both are off
+        self._refused = False
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -165,6 +172,9 @@ class HttpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "?"
         self._idle = self.loop.call_later(self.limits.idle_timeout, self._check_idle)
+        # A refused client still gets its first request read and answered 403, then the close:
+        # a clear answer rather than a reset.
+        self._refused = self._gate is not None and not self._gate.admits(self.client)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -288,6 +298,18 @@ class HttpConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- answering
 
     def _dispatch(self, request: Request, keep_alive: bool, started: float) -> None:
+        if self._refused:
+            refusal = ProtocolError(
+                "forbidden", f"client {self.client} is not in this door's client networks", status=403
+            )
+            self._send(request, error_response(refusal), False, started)
+            return
+        gate = self._gate
+        if gate is not None and gate.limits_rate:
+            wait = gate.take(self.client)
+            if wait > 0:
+                self._send(request, _rate_limited(gate.rate, wait), keep_alive, started)
+                return
         try:
             result = self.handler(request)
         except ProtocolError as e:
@@ -369,6 +391,14 @@ def _upgrade_refused() -> ProtocolError:
     return ProtocolError("bad_request", "protocol upgrades are not supported")
 
 
+def _rate_limited(rate: float, wait: float) -> Response:
+    retry = max(1, math.ceil(wait))
+    return error_response(ProtocolError(
+        "rate_limited", f"over this client's rate of {rate:g} requests/s; retry in {retry} s",
+        status=429, headers=(("Retry-After", str(retry)),),
+    ))
+
+
 async def _await(result: Awaitable[Response]) -> Response:
     try:
         return await result
@@ -388,10 +418,11 @@ async def start_server(
     ssl_context: ssl.SSLContext | None = None,
     observe: Callable[[Request, Response, float], None] | None = None,
     reuse_port: bool = False,
+    gate: Gate | None = None,
 ) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: HttpConnection(handler, limits, observe),
+        lambda: HttpConnection(handler, limits, observe, gate),
         host or None,
         port,
         ssl=ssl_context,

@@ -264,3 +264,21 @@ def test_an_unusable_data_directory_is_refused_with_its_name(tmp_path):
                         "--query-tls-port", "0"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "cannot use" in r.stderr and "not-a-dir" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rate_limit_and_client_networks_from_flags_and_config(tmp_path):
+    cfg = tmp_path / "rampart.toml"
+    cfg.write_text("rate_burst = 3\n")
+    appliance = start_appliance(tmp_path, None, "--config", str(cfg), "--rate-limit", "1")
+    try:
+        with httpx.Client(base_url=base(appliance)) as client:
+            codes = [client.get(f"/v1/file/{EICAR_MD5}").status_code for _ in range(8)]
+            assert codes[0] == 200 and 429 in codes
+            limited = client.get(f"/v1/file/{EICAR_MD5}")
+            assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    finally:
+        appliance.stop()
+    blocked = subprocess.run(
+        [*RAMPART, "serve", "--data-dir", str(tmp_path / "other"), "--query-client", "not-a-network"],
+        capture_output=True, text=True, timeout=60)
+    assert blocked.returncode == 2 and "query_clients" in blocked.stderr

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from proxy.errors import ProtocolError
+from proxy.gate import Gate
 from proxy.server import Request, Response, ServerLimits, start_server
 
 TIMEOUT = 5.0
@@ -460,3 +461,44 @@ async def test_head_answer_has_the_length_but_no_body_and_keeps_the_connection_u
     after = await read_reply(reader)  # the next bytes are the next answer, not a HEAD body
     assert (after.status, after.target) == (200, "/after")
     writer.close()
+
+
+# ---------------------------------------------------------------- client networks and rates
+
+
+async def test_a_client_outside_the_networks_gets_403_then_the_close(handler: Handler) -> None:
+    server = await start_server(handler, "127.0.0.1", 0, limits=ServerLimits(),
+                                gate=Gate(["10.0.0.0/8"]))
+    try:
+        reader, writer = await connect(int(server.sockets[0].getsockname()[1]))
+        writer.write(get("/v1/file/x"))
+        reply = await read_reply(reader)
+        assert reply.status == 403 and reply.error_code == "forbidden"
+        assert "127.0.0.1" in reply.json()["error"]["message"]  # type: ignore[index]
+        assert await closed(reader)
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_over_its_rate_a_client_gets_429_with_retry_after_and_stays_connected(
+    handler: Handler,
+) -> None:
+    server = await start_server(handler, "127.0.0.1", 0, limits=ServerLimits(),
+                                gate=Gate(rate=0.5, burst=2))
+    try:
+        reader, writer = await connect(int(server.sockets[0].getsockname()[1]))
+        statuses = []
+        for _ in range(3):
+            writer.write(get("/ping"))
+            statuses.append(await read_reply(reader))
+        assert [r.status for r in statuses] == [200, 200, 429]
+        limited = statuses[2]
+        assert limited.error_code == "rate_limited" and limited.headers["retry-after"] == "2"
+        writer.write(get("/ping"))  # still limited, but the connection is kept
+        assert (await read_reply(reader)).status == 429
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()

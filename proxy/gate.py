@@ -1,0 +1,88 @@
+"""Who may ask the query door, and how often (DESIGN §10).
+
+``Gate.admits`` checks a client address against the configured networks (every
+client when none are configured); ``Gate.take`` is a token bucket per client
+address: ``rate`` requests a second, bursts of up to ``burst``. It answers 0
+when the request may go ahead, else the seconds until it may (the door answers
+429 with that as ``Retry-After``). Pure and clock-injected, so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Gate:
+    def __init__(
+        self,
+        networks: Sequence[str] = (),
+        *,
+        rate: float = 0.0,
+        burst: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 65536,
+    ) -> None:
+        self.networks: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in networks
+        )
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._clock = clock
+        self._max_clients = max_clients
+        self._admitted: dict[str, bool] = {}
+        self._buckets: dict[str, list[float]] = {}  # client -> [tokens, at]
+
+    @property
+    def limits_rate(self) -> bool:
+        return self.rate > 0
+
+    def admits(self, client: str) -> bool:
+        if not self.networks:
+            return True
+        known = self._admitted.get(client)
+        if known is None:
+            known = self._check(client)
+            if len(self._admitted) >= self._max_clients:
+                self._admitted.clear()
+            self._admitted[client] = known
+        return known
+
+    def _check(self, client: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.networks)
+
+    def take(self, client: str) -> float:
+        """0 when ``client`` may make a request now (and it is counted), else seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) >= self._max_clients:
+                self._forget_idle(now)
+            self._buckets[client] = [self.burst - 1.0, now]
+            return 0.0
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return 0.0
+        bucket[0] = tokens
+        return (1.0 - tokens) / self.rate
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop clients whose bucket has refilled: they are where a new client would start."""
+        full = self.burst / self.rate
+        for client in [c for c, (_, at) in self._buckets.items() if now - at >= full]:
+            del self._buckets[client]
+        if len(self._buckets) >= self._max_clients:  # every client busy: start over
+            self._buckets.clear()
