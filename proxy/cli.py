@@ -423,6 +423,34 @@ def lists_remove(data_dir: Path | None, kind: str | None, values: tuple[str, ...
         sys.exit(1)
 
 
+@lists_group.command("test")
+@data_dir_option
+@click.option("--pattern", "pattern_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Test against this pattern directory instead of the data directory's.")
+@click.argument("urls", nargs=-1, required=True)
+@fail_cleanly
+def lists_test(data_dir: Path | None, pattern_dir: Path | None, urls: tuple[str, ...]) -> None:
+    """Explain which list rule or pattern entry decides each URL, and why."""
+    from proxy.app import sample_sources
+    from proxy.explain import explain_url
+    from proxy.keeper import PatternKeeper
+
+    cfg = config_mod.load(None, {"data_dir": data_dir, "pattern_dir": pattern_dir})
+    store = _store(cfg.data_dir)
+    patterns = PatternKeeper(cfg, sample_sources("appliance")).open()
+    try:
+        lists = store.snapshot()
+        for i, url in enumerate(urls):
+            if i:
+                click.echo()
+            for line in explain_url(url, lists, patterns).lines():
+                click.echo(line)
+        click.echo(f"(pattern {patterns.version})")
+    finally:
+        patterns.close()
+        store.close()
+
+
 @lists_group.command("show")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
