@@ -75,3 +75,61 @@ def test_canonicalization_is_total_and_idempotent(text: str) -> None:
         return
     assert urls.canonicalize(canonical) == canonical
     assert 1 <= len(urls.expressions(canonical)) <= 30
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed or not data, "wrote after close"
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+request_lines = st.sampled_from([
+    b"GET /v1/file/abc HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"POST /v1/file HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}",
+    b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(request_lines | st.binary(max_size=80), max_size=6), st.integers(1, 40))
+def test_the_http_server_survives_any_byte_stream(pieces, cut) -> None:
+    import asyncio
+
+    from proxy.server import HttpConnection, Response, ServerLimits
+
+    async def run() -> None:
+        conn = HttpConnection(lambda r: Response(200, b"{}"), ServerLimits(max_header=256, max_body=64))
+        transport = _Transport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        stream = b"".join(pieces)
+        for i in range(0, len(stream), cut):
+            conn.data_received(stream[i:i + cut])
+        conn.connection_lost(None)
+        text = bytes(transport.out)
+        # whatever was answered is whole HTTP/1.1 responses
+        assert text == b"" or text.startswith(b"HTTP/1.1 ")
+
+    asyncio.run(run())
