@@ -144,7 +144,7 @@ class Capture:
         self.subscribers: set[Subscriber] = set()
         self.server: asyncio.Server | None = None
         self.bound_port = 0
-        self.error: str | None = None
+        self.start_error: str | None = None  # not `error`: that name is a mitmproxy hook
         self.started = False
 
     # ------------------------------------------------------------ life
@@ -174,7 +174,7 @@ class Capture:
             await self.start()
             self.started = True
         except RampartError as e:
-            self.error = e.message
+            self.start_error = e.message
             logger.error("cannot start: %s", e.message)
             ctx.master.shutdown()
 
@@ -194,12 +194,18 @@ class Capture:
     def active(self) -> bool:
         return self.file is not None or bool(self.subscribers)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        if META in flow.metadata and self.active:
-            self.record(flow)
+    # mitmproxy looks a hook up on every event and skips a falsy one, so while nobody
+    # captures, these hooks are None and cost a flow nothing.
+    @property
+    def response(self) -> Callable[[http.HTTPFlow], None] | None:
+        return self._finished if self.active else None
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        if META in flow.metadata and self.active:
+    @property
+    def error(self) -> Callable[[http.HTTPFlow], None] | None:
+        return self._finished if self.active else None
+
+    def _finished(self, flow: http.HTTPFlow) -> None:
+        if META in flow.metadata:
             self.record(flow)
 
     def observe(self, request: Request, response: Response, seconds: float) -> None:

@@ -64,6 +64,19 @@ def proxy_modes(cfg: Config) -> list[str]:
     return modes
 
 
+class Rampart:
+    """Rampart's addons as one element of mitmproxy's chain.
+
+    mitmproxy enters a context manager and a generator per chain element for every event
+    of every flow; children (``addons``) are reached by a plain traversal. Measured with
+    mitmproxy's own dispatch (four HTTP events and their update events per flow): three
+    flat addons cost about 60 µs per flow over the baseline, nested about 20 µs.
+    """
+
+    def __init__(self, children: list[Any]) -> None:
+        self.addons = children
+
+
 class Doors:
     """What ``build`` assembled: the master and the addons ``run`` reports on."""
 
@@ -76,7 +89,7 @@ class Doors:
 
     @property
     def error(self) -> str | None:
-        return self.door.error or self.capture.error
+        return self.door.start_error or self.capture.start_error
 
 
 def assemble(cfg: Config) -> Doors:
@@ -89,13 +102,15 @@ def assemble(cfg: Config) -> Doors:
     door = QueryDoor(cfg)
     capture = Capture(cfg)
     door.app.observers.append(capture.observe)
-    addons: list[Any] = [core.Core(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True), door]
+    addons: list[Any] = [core.Core(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True)]
+    ours: list[Any] = [door]
     intercept: Intercept | None = None
     if modes:
         intercept = Intercept(cfg, lambda: getattr(door.app, "routes", None))
-        addons += [proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(), intercept]
-    addons.append(capture)
-    master.addons.add(*addons)
+        addons += [proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig()]
+        ours.append(intercept)
+    ours.append(capture)
+    master.addons.add(*addons, Rampart(ours))
     if modes:
         if cfg.log_level != "debug":  # one line per connection is debug detail for an appliance
             logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)

@@ -29,7 +29,7 @@ def _reason(e: Exception) -> str:
 class QueryDoor:
     def __init__(self, cfg: Config) -> None:
         self.app = App(cfg)
-        self.error: str | None = None
+        self.start_error: str | None = None  # not `error`: that name is a mitmproxy hook
         self.started = False
 
     async def running(self) -> None:
@@ -37,8 +37,8 @@ class QueryDoor:
             await self.app.start()
             self.started = True
         except (RampartError, CertError, OSError) as e:
-            self.error = _reason(e)
-            logger.error("cannot start: %s", self.error)
+            self.start_error = _reason(e)
+            logger.error("cannot start: %s", self.start_error)
             ctx.master.shutdown()
 
     async def done(self) -> None:
