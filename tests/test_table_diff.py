@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from pathlib import Path
 
@@ -12,21 +11,7 @@ import pytest
 from proxy.errors import PatternError
 from proxy.table_diff import apply_table_diff, make_table_diff, parse_table_diff
 from proxy.tables import RangeTable, write_range_table, write_table
-
-
-def sha(i: int) -> bytes:
-    return hashlib.sha256(f"key-{i}".encode()).digest()
-
-
-def nul_ended(n: int) -> list[bytes]:
-    """SHA-256 digests that end in a NUL byte (numpy S32 scalars would drop it)."""
-    out, i = [], 0
-    while len(out) < n:
-        d = sha(10_000 + i)
-        if d[-1] == 0:
-            out.append(d)
-        i += 1
-    return out
+from tests.test_tables import nul_ended, sha
 
 
 def _rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
