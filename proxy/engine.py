@@ -70,14 +70,12 @@ class StatsLike(Protocol):
 
 
 _source = operator.attrgetter("source")
+_is_none = partial(operator.is_, None)
 
 
 def _complete(answers: list[Any]) -> bool:
     """No position is None. By identity: ``None in answers`` would call each dataclass's __eq__."""
     return not any(map(_is_none, answers))
-
-
-_is_none = partial(operator.is_, None)
 
 
 def _served_from_cache(answer: Any, left: int) -> Any:
