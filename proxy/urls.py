@@ -166,6 +166,8 @@ def _normalize_path(path: bytes) -> bytes:
 
 def _canonical_host(hostish: bytes) -> bytes:
     host = hostish.rpartition(b"@")[2]
+    if host.startswith(b".") and b"[" in host:
+        host = host.lstrip(b".")  # ".[::1]": the brackets decide, as they will next time
     if host.startswith(b"["):
         return _canonical_ipv6(host)
     colon = host.rfind(b":")
@@ -182,7 +184,12 @@ def _canonical_host(hostish: bytes) -> bytes:
     if not host:
         raise UrlError("URL has no host")
     if not host.isascii():
-        host = _idna_or_bytes(host)
+        host = _idna_or_bytes(host)  # NFKC may turn other dots (U+3002, U+2024) into '.'
+        if b".." in host:
+            host = _MANY_DOTS.sub(b".", host)
+        host = host.strip(b".")
+        if not host:
+            raise UrlError("URL has no host")
     host = host.lower()
     if len(host) <= 15 and b" " in host:
         m = _IP_TRAILING_JUNK.match(host)
@@ -193,11 +200,22 @@ def _canonical_host(hostish: bytes) -> bytes:
 
 
 def _idna_or_bytes(host: bytes) -> bytes:
-    """IDNA-encode a UTF-8 host; keep the bytes (escaped later) if that fails."""
+    """IDNA-encode a UTF-8 host; keep the bytes (escaped later) if that fails.
+
+    A host with ASCII punctuation other than '-', '_' and '.' (a '%' above all) is not a name
+    IDNA can mean: encoding it would move the punctuation into the punycode, where a
+    later percent-unescaping pass would read it as an escape, so canonicalizing the
+    canonical form would change it again.
+    """
+    if _NOT_LDH.search(host):
+        return host
     try:
         return host.decode("utf-8").encode("idna")
     except UnicodeError:
         return host
+
+
+_NOT_LDH = re.compile(rb"[\x00-\x2c\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]")  # ASCII but [-._0-9A-Za-z]
 
 
 def _canonical_ipv6(host: bytes) -> bytes:

@@ -374,3 +374,27 @@ def test_parse_ip(text: str, expected: object) -> None:
 
 def test_url_error_is_value_error() -> None:
     assert issubclass(urls.UrlError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("%0\u00a10", "http://%250%C2%A10/"),  # '%' in a non-ASCII host: no IDNA, escaped as is
+        ("x_\u00fc.test", "http://xn--x_-yka.test/"),
+        ("a\u2024b", "http://a.b/"),  # dots that NFKC makes are collapsed like others
+    ],
+)
+def test_found_by_property_testing_canonical_forms_are_fixed_points(raw: str, canonical: str) -> None:
+    assert urls.canonicalize(raw) == canonical
+    assert urls.canonicalize(canonical) == canonical
+
+
+def test_a_host_that_is_only_a_dot_leader_has_no_host() -> None:
+    with pytest.raises(urls.UrlError, match="no host"):
+        urls.canonicalize("\u2024")
+
+
+def test_leading_dots_before_a_bracket_do_not_hide_it() -> None:
+    with pytest.raises(urls.UrlError, match="IPv6"):
+        urls.canonicalize(".[")
+    assert urls.canonicalize("http://.[::1]/x") == urls.canonicalize("http://[::1]/x")
