@@ -107,6 +107,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from proxy.errors import PatternError
+
+# The pattern names are the pattern directory's, defined there once (re-exported here).
+from proxy.pattern import AGENT as AGENT
+from proxy.pattern import AGENT_FILE as AGENT_FILE
+from proxy.pattern import DOMAIN_IP as DOMAIN_IP
+from proxy.pattern import SMART_SCAN as SMART_SCAN
+from proxy.pattern import SUSPICIOUS_URLS as SUSPICIOUS_URLS
+from proxy.pattern import WEB_BLOCKING as WEB_BLOCKING
 from proxy.signing import load_public_key
 
 logger = logging.getLogger(__name__)
@@ -126,12 +134,6 @@ MAX_FILES = 16
 MAX_HISTORY = MAX_KEEP + 1
 MAX_FILE_BYTES = 1 << 40
 
-SMART_SCAN = "smart-scan"
-WEB_BLOCKING = "web-blocking"
-SUSPICIOUS_URLS = "suspicious-urls"
-DOMAIN_IP = "domain-ip"
-AGENT = "agent"
-AGENT_FILE = "agent.bin"
 PATTERN_FILES: dict[str, tuple[str, ...]] = {
     SMART_SCAN: ("file-md5.tbl", "file-sha1.tbl", "file-sha256.tbl"),
     WEB_BLOCKING: ("web-blocking.tbl",),
