@@ -28,6 +28,7 @@ from pathlib import Path
 
 from proxy import urls
 from proxy.errors import ListError
+from proxy.files import check_private_dir, create_private
 from proxy.model import FileQuery
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,22 @@ def _decide(found: list[Entry]) -> tuple[ListName, str] | None:
 
 # ---------------------------------------------------------------- store
 
+_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _make_private(path: Path) -> None:
+    """Create the database 0600 before SQLite does (it would make it 0644 minus the umask).
+
+    SQLite gives the files it adds beside it (``-wal``, ``-shm``, ``-journal``)
+    the database's mode; ones left by an older release are narrowed too.
+    """
+    create_private(path)
+    for suffix in _SIDECARS:
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            create_private(side)
+
+
 
 class ListStore:
     """The lists in SQLite; every write is one transaction (all of a batch or nothing)."""
@@ -226,8 +243,11 @@ class ListStore:
 
     @classmethod
     def open(cls, data_dir: Path, *, now: Callable[[], float] = time.time) -> ListStore:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path = data_dir / FILENAME
+        path = check_private_dir(data_dir) / FILENAME
+        try:
+            _make_private(path)
+        except OSError as e:
+            raise ListError(f"cannot open the list store {FILENAME}: {e.strerror or e}") from None
         try:
             conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")

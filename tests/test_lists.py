@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from proxy.errors import ListError
+from proxy.errors import ConfigError, ListError
 from proxy.lists import (
     FILENAME,
     MAX_BATCH,
@@ -316,3 +318,41 @@ def test_snapshot_counts(store: ListStore) -> None:
     }
     assert len(ListSnapshot()) == 0
     assert ListSnapshot().match_url("http://a.example/") is None
+
+
+# ---------------------------------------------------------------- file modes
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022], ids=["umask000", "umask022"])
+def test_the_database_and_its_sidecars_are_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        with ListStore.open(tmp_path / "data") as s:
+            s.add(B, [(None, "evil.example")])
+            made = sorted(p.name for p in (tmp_path / "data").iterdir())
+            modes = {name: _mode(tmp_path / "data" / name) for name in made}
+    finally:
+        os.umask(old)
+    assert made == [FILENAME, f"{FILENAME}-shm", f"{FILENAME}-wal"]
+    assert modes == dict.fromkeys(made, 0o600)
+    assert _mode(tmp_path / "data") == 0o700
+
+
+def test_a_database_left_readable_by_an_older_release_is_narrowed(tmp_path: Path) -> None:
+    with ListStore.open(tmp_path) as s:
+        s.add(B, [(None, "evil.example")])
+    (tmp_path / FILENAME).chmod(0o644)
+    with ListStore.open(tmp_path) as s:
+        assert _mode(tmp_path / FILENAME) == 0o600
+        assert [e.value for e in s.entries(B)] == ["evil.example"]
+
+
+def test_a_data_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    with pytest.raises(ConfigError, match="writable by its group and other users"):
+        ListStore.open(tmp_path)
+    assert not (tmp_path / FILENAME).exists()
