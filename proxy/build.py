@@ -31,6 +31,7 @@ import numpy as np
 from proxy import sources
 from proxy import urls as _urls
 from proxy.errors import PatternError
+from proxy.files import make_dirs, write_atomic
 from proxy.model import HashKind, Verdict
 from proxy.pattern import (
     AGENT,
@@ -189,11 +190,7 @@ def _file_entry(path: Path, entries: int) -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    write_atomic(path, (json.dumps(value, indent=1, ensure_ascii=False) + "\n").encode())
 
 
 def _is_replaceable(out_dir: Path) -> bool:
@@ -278,7 +275,7 @@ def build_pattern(
     suspicious = [(r.expression, r) for r in merged_urls.values()
                   if r.rating not in WEB_BLOCKING_RATINGS]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         strings = _Strings.from_base(Path(base) / STRINGS) if base is not None else _Strings()

@@ -5,7 +5,7 @@ Layout::
     DATA/patterns/
       versions/<version>/   one complete pattern directory per installed version
       current               symlink -> versions/<version>, swapped atomically
-      state.json            {"format": 1, "order": [...], "refused": [...]}
+      state.json            {"format": 1, "order": [...], "refused": [...], "newest": {...}}
       .staging/<pid>-…/     where an update builds a version before installing it
       .trash/               versions being removed
       .lock                 flock: install, rollback and migration are serialised
@@ -15,7 +15,14 @@ Layout::
 it, ``rampart update now`` in another process) sees either the old or the new
 target, never a mix. ``order`` is the install order (oldest first), which
 rollback walks back along; ``refused`` holds versions an operator rolled back,
-which the updater will not reinstall until something newer is published.
+which the updater will not reinstall until something newer is published;
+``newest`` is the high-water mark of what was installed from an update source
+(``proxy.repo.newest``: each key only ever grows, rollback leaves it), below
+which the updater refuses a manifest as a replay.
+
+Two processes starting on a fresh data directory both build the sample;
+``install_first`` installs it only if nothing is current yet, so the second
+uses what the first installed.
 
 The last ``keep`` versions are kept; the current one is never pruned. A server
 that has a pruned version open keeps reading it (its files stay mapped until
@@ -36,11 +43,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from proxy.errors import PatternError
+from proxy.files import check_private_dir, make_dirs, open_private, write_atomic
 from proxy.pattern import pattern_info, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -51,6 +59,7 @@ MAX_STATE_BYTES = 1 << 20
 DEFAULT_KEEP = 3
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_REFUSED = 64
+_MAX_MARK = 32
 
 
 def check_name(name: str) -> str:
@@ -64,6 +73,7 @@ def check_name(name: str) -> str:
 class StoreState:
     order: tuple[str, ...]  # install order, oldest first
     refused: tuple[str, ...]  # rolled back by an operator
+    newest: Mapping[str, str] = field(default_factory=dict)  # the high-water mark
 
 
 class PatternStore:
@@ -81,7 +91,8 @@ class PatternStore:
     def open(cls, root: Path, *, keep: int = DEFAULT_KEEP) -> PatternStore:
         """Create the layout if needed, migrate the old one, repair a dangling pointer."""
         store = cls(root, keep)
-        store.versions_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (store.root, store.versions_dir):  # where `current` and its targets live
+            check_private_dir(folder, "pattern store folder")
         with store._locked():
             store._migrate()
             store._repair()
@@ -122,45 +133,50 @@ class PatternStore:
         """Versions an operator rolled back; the updater does not install them again."""
         return frozenset(self._read_state().refused)
 
+    def newest(self) -> dict[str, str]:
+        """The high-water mark of what was installed from an update source ({}: nothing yet)."""
+        return dict(self._read_state().newest)
+
     # ------------------------------------------------------------ changing
 
     def staging(self) -> Path:
         """A fresh empty directory on the store's file system to build a version in."""
-        base = self.root / ".staging"
-        base.mkdir(parents=True, exist_ok=True)
+        base = make_dirs(self.root / ".staging")
         return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
 
-    def install(self, new_dir: Path, version: str | None = None) -> str:
+    def install(self, new_dir: Path, version: str | None = None,
+                newest: Mapping[str, str] | None = None) -> str:
         """Move ``new_dir`` (a complete pattern directory) in as ``version`` and make it current.
 
         ``version`` defaults to the manifest's. The directory is moved, not
         copied, so it must be on the store's file system (``staging()``).
         Installing a version that is already current is refused; installing
-        one that is present but not current replaces it.
+        one that is present but not current replaces it. ``newest`` (from an
+        update source) raises the high-water mark, key by key.
         """
-        new_dir = Path(new_dir)
-        info = pattern_info(new_dir)  # manifest readable, files present with the listed sizes
-        if info["problems"]:
-            raise PatternError(f"not installing: {'; '.join(info['problems'][:3])}")
-        name = check_name(version if version is not None else str(info["version"]))
+        name = _installable(Path(new_dir), version)
         with self._locked():
             if name == self.current_version():
                 raise PatternError(f"pattern version {name} is already current")
-            dest = self.versions_dir / name
-            if dest.exists():
-                self._discard(dest)
-            os.rename(new_dir, dest)
-            try:
-                state = self._read_state()
-                order = [v for v in state.order if v != name] + [name]
-                refused = [v for v in state.refused if v != name]
-                self._write_state(StoreState(tuple(order), tuple(refused)))
-                self._point(name)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    self._discard(dest)
-                raise
-            self._prune()
+            self._install(Path(new_dir), name, newest or {})
+        logger.info("pattern version %s installed and current", name)
+        return name
+
+    def install_first(self, new_dir: Path) -> str:
+        """Install ``new_dir`` unless a version is current already; returns the current version.
+
+        For the first start: another process starting on the same fresh data
+        directory may have installed its own build of the sample meanwhile; then
+        that one is used and ``new_dir`` is left to the caller to remove.
+        """
+        name = _installable(Path(new_dir), None)
+        with self._locked():
+            current = self.current_path()
+            if current is not None:
+                logger.info("pattern version %s was installed by another process; using it",
+                            current.name)
+                return current.name
+            self._install(Path(new_dir), name, {})
         logger.info("pattern version %s installed and current", name)
         return name
 
@@ -182,17 +198,38 @@ class PatternStore:
             state = self._read_state()
             kept = [v for v in state.refused if v != current][-(_MAX_REFUSED - 1):]
             refused = [*kept, current]
-            self._write_state(StoreState(state.order, tuple(refused)))
+            self._write_state(replace(state, refused=tuple(refused)))
             self._point(target)
         logger.info("pattern rolled back from %s to %s", current, target)
         return target
 
     # ------------------------------------------------------------ internals
 
+    def _install(self, new_dir: Path, name: str, newest: Mapping[str, str]) -> None:
+        """Move ``new_dir`` in as ``name``, record it, point ``current`` at it (under the lock)."""
+        dest = self.versions_dir / name
+        if dest.exists():
+            self._discard(dest)
+        os.rename(new_dir, dest)
+        try:
+            state = self._read_state()
+            order = [v for v in state.order if v != name] + [name]
+            refused = [v for v in state.refused if v != name]
+            mark = dict(state.newest)
+            for key, value in newest.items():
+                mark[key] = max(value, mark.get(key, value))
+            self._write_state(StoreState(tuple(order), tuple(refused), mark))
+            self._point(name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._discard(dest)
+            raise
+        self._prune()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as f:
+        make_dirs(self.root)
+        with os.fdopen(open_private(self.root / ".lock"), "r+b") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -229,22 +266,17 @@ class PatternStore:
                 return ()
             return tuple(v for v in seq if isinstance(v, str) and _NAME.fullmatch(v))
 
-        return StoreState(names("order"), names("refused"))
+        mark = raw.get("newest")
+        newest = {k: v for k, v in mark.items() if isinstance(k, str) and isinstance(v, str)
+                  and len(k) <= 64 and len(v) <= 64} if isinstance(mark, dict) else {}
+        return StoreState(names("order"), names("refused"),
+                          newest if len(newest) <= _MAX_MARK else {})
 
     def _write_state(self, state: StoreState) -> None:
         present = self._present()
         doc = {"format": STATE_FORMAT, "order": [v for v in state.order if v in present],
-               "refused": list(state.refused)}
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{STATE}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / STATE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+               "refused": list(state.refused), "newest": dict(state.newest)}
+        write_atomic(self.root / STATE, json.dumps(doc).encode())
 
     def _point(self, name: str) -> None:
         tmp = self.root / f".current.{os.getpid()}.tmp"
@@ -258,8 +290,7 @@ class PatternStore:
         _fsync_dir(self.root)
 
     def _discard(self, path: Path) -> None:
-        trash = self.root / ".trash"
-        trash.mkdir(exist_ok=True)
+        trash = make_dirs(self.root / ".trash")
         moved = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=trash))
         os.rename(path, moved / path.name)
         shutil.rmtree(moved, ignore_errors=True)
@@ -277,7 +308,7 @@ class PatternStore:
             excess -= 1
             logger.info("pattern version %s removed (keeping %d)", name, self.keep)
         state = self._read_state()
-        self._write_state(StoreState(state.order, state.refused))
+        self._write_state(state)
 
     def _migrate(self) -> None:
         link = self.current_link
@@ -296,7 +327,7 @@ class PatternStore:
             name = f"{version}.migrated"
         os.rename(link, self.versions_dir / name)
         state = self._read_state()
-        self._write_state(StoreState((*state.order, name), state.refused))
+        self._write_state(replace(state, order=(*state.order, name)))
         self._point(name)
         logger.info("pattern store migrated: the served pattern is now version %s", name)
 
@@ -320,6 +351,14 @@ class PatternStore:
                 if base.name == ".staging" and pid.isdigit() and _alive(int(pid)):
                     continue  # another process is building an update there right now
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def _installable(new_dir: Path, version: str | None) -> str:
+    """The name ``new_dir`` installs as, once it is a complete pattern directory."""
+    info = pattern_info(new_dir)  # manifest readable, files present with the listed sizes
+    if info["problems"]:
+        raise PatternError(f"not installing: {'; '.join(info['problems'][:3])}")
+    return check_name(version if version is not None else str(info["version"]))
 
 
 def _alive(pid: int) -> bool:

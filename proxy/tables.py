@@ -59,6 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from proxy.errors import PatternError
+from proxy.files import PRIVATE_FILE, make_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +226,11 @@ def _emit(path: Path, layout: _Layout, blocks: Iterable[Iterable[memoryview | by
                         len(layout.columns), layout.largest, b"\0" * 32)
     body_start = _align(len(head) + len(descriptors))
     sha = hashlib.sha256(head[:32])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), PRIVATE_FILE)  # exactly, whatever the umask
             f.write(head)
             rest = descriptors + b"\0" * (body_start - len(head) - len(descriptors))
             f.write(rest)

@@ -4,7 +4,10 @@ One update (``Updater.update_once``; the schedule and ``rampart update now`` run
 the same code):
 
 1. fetch ``manifest.json`` and ``manifest.json.sig`` (bounded sizes, one
-   deadline for the whole update) and check the Ed25519 signature;
+   deadline for the whole update) and check the Ed25519 signature; refuse a
+   manifest older than the store's high-water mark of what was installed (an
+   old source served again) or published over ``max_clock_skew`` ahead of the
+   clock (``repo.check_timely``), and note when it ``expires``;
 2. plan the smallest path from what the current version holds (``repo.plan``:
    a diff chain or the full file, per file), limited to the patterns that are
    due on their own schedule;
@@ -27,7 +30,7 @@ A diff the source does not have (404, e.g. a chained appliance that took the
 full path itself) falls back to the full file in the same update; any other
 bad diff makes the next attempt take the full files of that pattern.
 
-Failure reasons: ``unsigned``, ``bad_signature``, ``bad_manifest``,
+Failure reasons: ``unsigned``, ``bad_signature``, ``bad_manifest``, ``downgrade``, ``from_future``,
 ``fetch_failed``, ``timeout``, ``too_large``, ``truncated``,
 ``digest_mismatch``, ``wrong_base``, ``corrupt_diff``, ``bad_pattern``,
 ``disk_full``, ``io_error``.
@@ -53,6 +56,7 @@ from typing import Any, Protocol
 
 from proxy import repo, signing
 from proxy.errors import PatternError, RampartError, RelayError
+from proxy.files import PRIVATE_FILE, copy_atomic, make_dirs
 from proxy.pattern import MANIFEST, STRINGS, PatternSet
 from proxy.store import PatternStore
 
@@ -63,6 +67,7 @@ DIFFS_DIR = "diffs"  # in a version directory: the diffs it was built with (re-s
 BACKOFF_BASE = 30.0
 MAX_SIGNATURE_FETCH = 1024
 LOCAL_FORMAT = 1
+DEFAULT_MAX_CLOCK_SKEW = 86400.0
 
 
 # ---------------------------------------------------------------- fetching
@@ -126,8 +131,10 @@ class HttpFetcher:
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file and flush it to disk (the updater's one writer)."""
-    with open(path, "xb") as f:
+    """Write ``data`` to a new private (0600) file and flush it to disk (the updater's one writer)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), PRIVATE_FILE)  # exactly, whatever the umask
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -231,6 +238,26 @@ def held_versions(local: Mapping[str, Any], directory: Path | None) -> dict[str,
     return have
 
 
+def installed_mark(local: Mapping[str, Any]) -> dict[str, str]:
+    """The high-water mark a version installed from a source implies (``repo.newest`` of what
+    it holds), for stores that predate the store's own mark; {} for the shipped sample."""
+    source = local.get("source")
+    pats = local.get("patterns")
+    if not isinstance(source, dict) or not isinstance(pats, dict):
+        return {}
+    try:
+        published = datetime.fromisoformat(str(source.get("published")))
+    except ValueError:
+        return {}
+    mark = {repo.PUBLISHED: repo.stamp(published.replace(tzinfo=published.tzinfo or UTC))}
+    if isinstance(local.get("strings_version"), str):
+        mark[repo.STRINGS] = local["strings_version"]
+    for name, entry in pats.items():
+        if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+            mark[str(name)] = entry["version"]
+    return mark
+
+
 def version_time(version: str) -> datetime | None:
     """``YYYYMMDDHH[MM[SS]]`` as a UTC time (None if it is not one)."""
     digits = version.ljust(14, "0")
@@ -275,8 +302,9 @@ class Updater:
     """Keeps ``store`` current from one signed update source.
 
     ``schedule`` maps pattern names to seconds between updates (missing names
-    take ``default_interval``). ``clock`` is wall-clock time (schedules,
-    timestamps), ``monotonic`` the fetcher's deadline clock, ``rng`` in [0, 1)
+    take ``default_interval``). ``max_clock_skew`` is how far ahead of
+    ``clock`` a manifest's publication time may be. ``clock`` is wall-clock time (schedules,
+    timestamps, the manifest's times), ``monotonic`` the fetcher's deadline clock, ``rng`` in [0, 1)
     for the backoff jitter, ``writer`` writes downloaded files (tests make it
     fail with ENOSPC).
     """
@@ -298,6 +326,7 @@ class Updater:
         rng: Callable[[], float] = random.random,
         writer: Callable[[Path, bytes], None] = write_file,
         offload: Callable[..., Awaitable[Any]] | None = None,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         self.source_url = source_url
         self.public_key = signing.load_public_key(public_key)
@@ -314,6 +343,7 @@ class Updater:
         self.rng = rng
         self.writer = writer
         self._offload = offload or asyncio.to_thread
+        self.max_clock_skew = max_clock_skew
         # state, for /readyz and /metrics
         self.failures: Counter[str] = Counter()
         self.successes = 0
@@ -322,6 +352,7 @@ class Updater:
         self.last_success: float | None = None
         self.last_checked: dict[str, float] = {}  # pattern -> when it was last brought current
         self.next_attempt: float | None = None
+        self.source_expires: datetime | None = None  # of the last manifest accepted
         self._full_next: set[str] = set()  # patterns whose diffs failed: take full files next
         self._retry_due: set[str] = set()  # what a failed attempt was updating
 
@@ -375,6 +406,7 @@ class Updater:
             manifest, signature = await self._manifest(deadline, got)
             current = self.store.current_path()
             local = read_local(current)
+            self._check_timely(manifest, local)
             have = held_versions(local, current)
             for p in self._full_next:
                 have.pop(p, None)
@@ -393,7 +425,8 @@ class Updater:
             staging = self.store.staging()
             await self._build(staging, manifest, signature, current, local, fetches, held, deadline,
                               got)
-            name = await self._offload(self.store.install, staging, version)
+            name = await self._offload(self.store.install, staging, version,
+                                       repo.newest(manifest))
             staging = None
             self._full_next -= due
             return self._done(started, got, ok=True, changed=True, version=name,
@@ -441,6 +474,21 @@ class Updater:
             return repo.load_manifest(raw, sig, self.public_key), sig
         except PatternError as e:
             raise _Failed(_manifest_reason(e), e.message) from None
+
+    def _check_timely(self, manifest: repo.Manifest, local: Mapping[str, Any]) -> None:
+        """Refuse a replayed or future manifest; note when an accepted one expires."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        mark = self.store.newest() or installed_mark(local)
+        try:
+            repo.check_timely(manifest, mark, now, self.max_clock_skew)
+        except repo.Refused as e:
+            raise _Failed(e.reason, e.message) from None
+        self.source_expires = manifest.expires
+        if manifest.expires is not None and manifest.expires <= now:
+            logger.warning("the update source's manifest expired at %s (published %s): the "
+                           "source is not publishing, or someone replays its last manifest; "
+                           "patterns count as stale", repo.stamp(manifest.expires),
+                           repo.stamp(manifest.published))
 
     def _plan(self, manifest: repo.Manifest, have: dict[str, str], due: set[str]) -> list[repo.Fetch]:
         fetches = repo.plan(manifest, have)
@@ -515,7 +563,7 @@ class Updater:
                 current: Path | None, complete: bool) -> None:
         self.writer(staging / MANIFEST, json.dumps(doc, indent=1).encode() + b"\n")
         src = staging / SOURCE_DIR
-        src.mkdir(exist_ok=True)
+        make_dirs(src)
         if complete:
             self.writer(src / repo.MANIFEST, manifest.raw)
             self.writer(src / repo.SIGNATURE, signature)
@@ -542,7 +590,7 @@ class Updater:
                            target: Path, deadline: float, got: dict[str, Any]) -> None:
         base = _require(current) / steps[0].file
         work = staging / ".work"
-        work.mkdir(exist_ok=True)
+        make_dirs(work)
         for i, step in enumerate(steps):
             data = await self._get(step.path, step.size, deadline, got)
             got["diff"] = True
@@ -607,6 +655,7 @@ class Updater:
             "consecutive_failures": self.consecutive_failures,
             "failures": dict(self.failures),
             "next_attempt": int(self.next_attempt) if self.next_attempt else None,
+            "source_expires": repo.stamp(self.source_expires) if self.source_expires else None,
         }
 
 
@@ -622,10 +671,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
-        shutil.copy2(src, dst)
+        copy_atomic(src, dst)
 
 
 def _mkdir_write(writer: Callable[[Path, bytes], None], path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     with contextlib.suppress(FileExistsError):
         writer(path, data)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 
 from proxy.build import build_pattern
-from proxy.errors import PatternError
+from proxy.errors import ConfigError, PatternError
 from proxy.model import FileQuery, HashKind
 from proxy.pattern import PatternSet
 from proxy.store import PatternStore, check_name
@@ -166,3 +167,42 @@ def test_version_names(name: str, ok: bool) -> None:
     else:
         with pytest.raises(PatternError):
             check_name(name)
+
+
+# ---------------------------------------------------------------- file modes
+
+
+def _loose(root: Path) -> dict[str, int]:
+    """Everything under ``root`` that is not a private folder (0700) or file (0600)."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            m = stat.S_IMODE(p.lstat().st_mode)
+            if not p.is_symlink() and m != (0o700 if p.is_dir() else 0o600):
+                found[str(p.relative_to(root))] = m
+    return found
+
+
+def test_store_files_and_folders_are_private_under_umask_000(tmp_path: Path, source: Path) -> None:
+    old = os.umask(0)
+    try:
+        store = PatternStore.open(tmp_path / "data" / "patterns", keep=1)
+        store.install(build(store, "2026010100", source))
+        store.install(build(store, "2026010101", source))  # the first goes through .trash
+        store.staging()
+    finally:
+        os.umask(old)
+    root = tmp_path / "data"
+    assert {".lock", "state.json", "current", ".staging", ".trash", "versions"} <= {
+        p.name for p in (root / "patterns").iterdir()}
+    assert _loose(root) == {}
+
+
+@pytest.mark.parametrize("folder", ["", "versions"])
+def test_a_store_folder_others_can_write_is_refused(tmp_path: Path, source: Path, folder: str) -> None:
+    store = PatternStore.open(tmp_path / "patterns")
+    store.install(build(store, "2026010100", source))
+    (tmp_path / "patterns" / folder).chmod(0o777)  # anyone could swap `current` or a version
+    with pytest.raises(ConfigError, match="writable by its group and other users"):
+        PatternStore.open(tmp_path / "patterns")
