@@ -116,6 +116,7 @@ class HttpConnection(asyncio.Protocol):
         "_busy",
         "_closing",
         "_deferred",
+        "_eof",
         "_error",
         "_gate",
         "_head_raw",
@@ -158,6 +159,7 @@ class HttpConnection(asyncio.Protocol):
         self._closing = False
         self._error: ProtocolError | None = None
         self._deferred: ProtocolError | None = None  # sent once the answers before it are
+        self._eof = False  # the client half-closed: close once the answers being made are sent
         self._in_head = False
         self._progress = False
         self._head_raw = 0
@@ -175,6 +177,17 @@ class HttpConnection(asyncio.Protocol):
         # A refused client still gets its first request read and answered 403, then the close:
         # a clear answer rather than a reset.
         self._refused = self._gate is not None and not self._gate.admits(self.client)
+
+    def eof_received(self) -> bool:
+        """The client shut its sending side (it may, once its requests are out): keep the
+        connection open for the answers still being made, and close after the last one.
+
+        Returning false, as asyncio's default does, closes the transport at once, which
+        loses every answer that awaits something. A TLS transport closes regardless.
+        """
+        self._eof = True
+        assert self.transport is not None
+        return self._busy and self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -335,6 +348,8 @@ class HttpConnection(asyncio.Protocol):
             self._dispatch(*self._queue.popleft())
         if self._deferred is not None and not self._busy:
             self._write_error(self._deferred)
+        if self._eof and not self._busy and self.transport is not None:
+            self.transport.close()
 
     def _open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()

@@ -502,3 +502,25 @@ async def test_over_its_rate_a_client_gets_429_with_retry_after_and_stays_connec
     finally:
         server.close()
         await server.wait_closed()
+
+
+# ---------------------------------------------------------------- half-closed clients
+
+
+@pytest.mark.parametrize("targets", [["/slow/a"], ["/slow/a", "/b"], ["/a", "/slow/b", "/c"]])
+async def test_a_half_closed_client_gets_every_answer_then_the_close(
+    serve: Serve, handler: Handler, targets: list[str]
+) -> None:
+    """A client may shut its sending side once its requests are out (SHUT_WR); answers still
+    being made, asynchronous ones above all, must reach it before the server closes."""
+    reader, writer = await connect(await serve())
+    writer.write(b"".join(get(t) for t in targets))
+    writer.write_eof()
+    await asyncio.wait_for(handler.entered.wait(), TIMEOUT)
+    for _ in range(10):  # let the server see the EOF while the slow answer is pending
+        await asyncio.sleep(0)
+    handler.gate.set()
+    replies = [await read_reply(reader) for _ in targets]
+    assert [(r.status, r.target) for r in replies] == [(200, t) for t in targets]
+    assert await closed(reader)
+    writer.close()
