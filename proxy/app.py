@@ -23,14 +23,16 @@ from certs import expiry as cert_expiry
 from proxy import metrics, protocol
 from proxy.cache import AnswerCache
 from proxy.config import Config
+from proxy.conns import ConnectionCaps, raise_fd_limit, total_for
 from proxy.engine import Engine
 from proxy.errors import PatternError, RampartError
+from proxy.files import check_private_dir
 from proxy.gate import Gate
 from proxy.keeper import PatternKeeper, sample_store
 from proxy.lists import ListStore
 from proxy.relay import Relay
 from proxy.routes import Routes
-from proxy.server import Request, Response, ServerLimits, start_server
+from proxy.server import Listener, Request, Response, ServerLimits, start_server
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def ensure_pattern(cfg: Config, sample: str) -> Path:
 class Door:
     name: str
     scheme: str
-    server: asyncio.Server
+    server: Listener
     port: int = 0
 
 
@@ -78,7 +80,7 @@ class App:
     def open(self) -> None:
         """Everything but the listeners; raises RampartError with a clear message on bad state."""
         cfg = self.cfg
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        check_private_dir(cfg.data_dir)  # before anything is read from it or written to it
         self.stats = metrics.Stats()
         self.registry = metrics.registry_for(self.stats)
         self.keeper = PatternKeeper(cfg, sample_sources(self.sample))  # store, swaps, updates
@@ -121,6 +123,7 @@ class App:
         self.limits = protocol.Limits(
             max_batch=cfg.max_batch, max_url=cfg.max_url, max_inspect_content=cfg.max_inspect_content
         )
+        self.caps = connection_caps(cfg)
         self.keeper.attach(self.engine)
         self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics,
                              patterns=self.keeper.handle)
@@ -131,7 +134,8 @@ class App:
         self.open()
         cfg = self.cfg
         limits = ServerLimits(
-            max_header=cfg.max_header, max_body=cfg.max_body, idle_timeout=cfg.idle_timeout
+            max_header=cfg.max_header, max_body=cfg.max_body, idle_timeout=cfg.idle_timeout,
+            head_timeout=cfg.head_timeout, request_timeout=cfg.request_timeout,
         )
         if cfg.query_port:
             await self._listen("query", "http", cfg.query_port, limits, None)
@@ -151,7 +155,7 @@ class App:
         try:
             server = await start_server(
                 self.routes, self.cfg.listen, port, limits=limits, ssl_context=ssl_context,
-                observe=self._observe, gate=self.gate,
+                observe=self._observe, gate=self.gate, caps=self.caps, door=f"query-{scheme}",
             )
         except OSError as e:
             raise RampartError(
@@ -214,6 +218,16 @@ class App:
             st, "rampart_pattern_info", "The served pattern version (always 1)",
             lambda: [({"version": self.engine.patterns.version}, 1.0)],
         )
+        caps = self.caps
+        metrics.gauge(
+            st, "rampart_connections_open", "Connections open, by door",
+            lambda: [({"door": d}, float(n)) for d, n in sorted(caps.open_by_door.items())],
+        )
+        metrics.counter(
+            st, "rampart_connections_refused",
+            "Connections refused by door and reason (client_cap, total_cap, no_descriptors)",
+            lambda: [({"door": d, "reason": r}, float(n)) for (d, r), n in sorted(caps.refused.items())],
+        )
         metrics.gauge(st, "rampart_uptime_seconds", "Seconds since start", lambda: time.time() - st.started)
         metrics.gauge(
             st, "rampart_cert_expiry_seconds",
@@ -237,6 +251,16 @@ _KNOWN_PATHS = {
     b"/v1/file", b"/v1/web", b"/v1/domain", b"/v1/inspect", b"/healthz", b"/readyz", b"/metrics",
     b"/v1/agent-pattern",
 }
+
+
+def connection_caps(cfg: Config) -> ConnectionCaps:
+    """The process's connection caps: every door's connections count against them."""
+    fd_limit = raise_fd_limit()
+    total = min(cfg.max_connections or fd_limit, total_for(fd_limit))
+    caps = ConnectionCaps(total, cfg.max_client_connections)
+    logger.debug("connection caps: %d in all, %d per client (open-file limit %d)",
+                 caps.total, caps.per_client, fd_limit)
+    return caps
 
 
 def _utc() -> dt.datetime:

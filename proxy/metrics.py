@@ -83,6 +83,8 @@ class Stats:
         self.request_latency = Histogram()
         # metric name -> (help text, read): set through ``gauge``
         self.gauges: dict[str, tuple[str, Callable[[], list[tuple[dict[str, str], float]]]]] = {}
+        # counters kept elsewhere (e.g. the connection caps), read the same way: set through ``counter``
+        self.counters: dict[str, tuple[str, Callable[[], list[tuple[dict[str, str], float]]]]] = {}
         self.started = time.time()
 
     def count_items(self, service: Service, sources: Counter[Any]) -> None:
@@ -137,17 +139,18 @@ class _Collector:
         )
         h.add_metric([], st.request_latency.buckets(), st.request_latency.total)
         yield h
-        for metric, (help_text, read) in sorted(st.gauges.items()):
-            try:
-                samples = read()
-            except Exception as e:  # one broken reading must not take down the whole scrape
-                logger.warning("gauge %s could not be read: %s", metric, e)
-                continue
-            labels = sorted({k for lab, _ in samples for k in lab})
-            g = GaugeMetricFamily(metric, help_text, labels=labels)
-            for lab, value in samples:
-                g.add_metric([lab.get(k, "") for k in labels], value)
-            yield g
+        for family, readings in ((GaugeMetricFamily, st.gauges), (CounterMetricFamily, st.counters)):
+            for metric, (help_text, read) in sorted(readings.items()):
+                try:
+                    samples = read()
+                except Exception as e:  # one broken reading must not take down the whole scrape
+                    logger.warning("metric %s could not be read: %s", metric, e)
+                    continue
+                labels = sorted({k for lab, _ in samples for k in lab})
+                g = family(metric, help_text, labels=labels)
+                for lab, value in samples:
+                    g.add_metric([lab.get(k, "") for k in labels], value)
+                yield g
 
 
 def registry_for(stats: Stats) -> CollectorRegistry:
@@ -160,13 +163,21 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def gauge(stats: Stats, metric: str, help_text: str, read: Callable[[], Any]) -> None:
-    """Register a gauge; ``read`` returns a number or a list of (labels, value)."""
-
+def _samples(read: Callable[[], Any]) -> Callable[[], list[tuple[dict[str, str], float]]]:
     def samples() -> list[tuple[dict[str, str], float]]:
         value = read()
         if isinstance(value, list):
             return value
         return [({}, float(value))]
 
-    stats.gauges[metric] = (help_text, samples)
+    return samples
+
+
+def gauge(stats: Stats, metric: str, help_text: str, read: Callable[[], Any]) -> None:
+    """Register a gauge; ``read`` returns a number or a list of (labels, value)."""
+    stats.gauges[metric] = (help_text, _samples(read))
+
+
+def counter(stats: Stats, metric: str, help_text: str, read: Callable[[], Any]) -> None:
+    """Register a counter kept elsewhere (``metric`` without ``_total``); ``read`` as for gauge."""
+    stats.counters[metric] = (help_text, _samples(read))

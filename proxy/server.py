@@ -11,8 +11,10 @@ those itself with a JSON error and closes the connection.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
+import socket
 import ssl
 import time
 from collections import deque
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from proxy.conns import ConnectionCaps, Slot
 from proxy.errors import ProtocolError
 from proxy.gate import Gate
 from proxy.protocol import render_error
@@ -34,7 +37,7 @@ _REASONS = {
     405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
     413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    503: "Service Unavailable",
+    501: "Not Implemented", 503: "Service Unavailable",
 }
 
 
@@ -105,12 +108,15 @@ Handler = Callable[[Request], "Response | Awaitable[Response]"]
 class ServerLimits:
     max_header: int = 16384
     max_body: int = 1 << 20
-    idle_timeout: float = 60.0
+    idle_timeout: float = 60.0  # between requests, and of a silent client
     max_pipeline: int = 64
+    head_timeout: float = 10.0  # a request's head, from its first byte (and a TLS handshake)
+    request_timeout: float = 30.0  # a whole request, head and body, from its first byte
 
 
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
+        "_began",
         "_body",
         "_body_size",
         "_busy",
@@ -124,11 +130,14 @@ class HttpConnection(asyncio.Protocol):
         "_headers",
         "_idle",
         "_in_head",
+        "_in_message",
         "_last",
         "_observe",
         "_progress",
         "_queue",
         "_refused",
+        "_slot",
+        "_timer_at",
         "_url",
         "client",
         "handler",
@@ -144,11 +153,13 @@ class HttpConnection(asyncio.Protocol):
         limits: ServerLimits,
         observe: Callable[[Request, Response, float], None] | None = None,
         gate: Gate | None = None,
+        slot: Slot | None = None,
     ) -> None:
         self.handler = handler
         self.limits = limits
         self._observe = observe
         self._gate = gate  # client networks and per-client rate; None when both are off
+        self._slot = slot  # this connection's place in the process's ConnectionCaps
         self._refused = False
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -161,9 +172,10 @@ class HttpConnection(asyncio.Protocol):
         self._deferred: ProtocolError | None = None  # sent once the answers before it are
         self._eof = False  # the client half-closed: close once the answers being made are sent
         self._in_head = False
+        self._in_message = False
         self._progress = False
         self._head_raw = 0
-        self._last = self.loop.time()
+        self._last = self._began = self._timer_at = self.loop.time()
         self._idle: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -173,7 +185,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "?"
-        self._idle = self.loop.call_later(self.limits.idle_timeout, self._check_idle)
+        self._last = self.loop.time()
+        self._schedule(self._last + self.limits.idle_timeout)
         # A refused client still gets its first request read and answered 403, then the close:
         # a clear answer rather than a reset.
         self._refused = self._gate is not None and not self._gate.admits(self.client)
@@ -194,16 +207,44 @@ class HttpConnection(asyncio.Protocol):
         self.transport = None
         if self._idle is not None:
             self._idle.cancel()
+        if self._slot is not None:
+            self._slot.release()
+
+    # ---------------------------------------------------------------- deadlines
+
+    def _schedule(self, at: float) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._timer_at = at
+        self._idle = self.loop.call_at(at, self._check_idle)
+
+    def _message_deadline(self) -> float:
+        """When the request being received must be whole: its head, then its body, are bounded
+        from its first byte, so a client cannot hold a connection by trickling bytes."""
+        limits = self.limits
+        return self._began + (limits.head_timeout if self._in_head else limits.request_timeout)
 
     def _check_idle(self) -> None:
-        if self.transport is None:
+        """The connection's one timer: idle between requests, and the deadline of a request."""
+        self._idle = None
+        if self.transport is None or self._closing:
             return
-        left = self._last + self.limits.idle_timeout - self.loop.time()
-        if left <= 0 and not self._busy:
-            self.transport.close()
-        else:
-            wait = left if left > 0 else min(1.0, self.limits.idle_timeout)
-            self._idle = self.loop.call_later(wait, self._check_idle)
+        now = self.loop.time()
+        if self._in_message and now >= self._message_deadline():
+            what = "request head" if self._in_head else "request"
+            limit = self.limits.head_timeout if self._in_head else self.limits.request_timeout
+            self._fail(ProtocolError("request_timeout", f"{what} not received within {limit:g} s",
+                                     status=408))
+            return
+        at = self._last + self.limits.idle_timeout
+        if self._in_message:
+            at = min(at, self._message_deadline())
+        if at <= now:
+            if not self._busy:
+                self.transport.close()
+                return
+            at = now + min(1.0, self.limits.idle_timeout)  # answering: look again soon
+        self._schedule(at)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -219,12 +260,17 @@ class HttpConnection(asyncio.Protocol):
             error = self._error or ProtocolError("bad_request", f"malformed HTTP request: {e}")
             self._fail(error)
             return
-        if self._in_head and not self._progress:
-            # httptools buffers a header name or value until it ends, so a head that never
-            # ends is bounded here, by the bytes received since the message began.
-            self._head_raw += len(data)
-            if self._head_raw > 2 * self.limits.max_header:
-                self._fail(self._head_too_large())
+        if self._in_message:  # a request spans reads: hold it to its deadline
+            if self._in_head and not self._progress:
+                # httptools buffers a header name or value until it ends, so a head that never
+                # ends is bounded here, by the bytes received since the message began.
+                self._head_raw += len(data)
+                if self._head_raw > 2 * self.limits.max_header:
+                    self._fail(self._head_too_large())
+                    return
+            deadline = self._message_deadline()
+            if deadline < self._timer_at:
+                self._schedule(deadline)
 
     # ---------------------------------------------------------------- parser callbacks
 
@@ -237,7 +283,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
-        self._in_head = True
+        self._in_head = self._in_message = True
+        self._began = self._last
         self._head_raw = 0
 
     def on_headers_complete(self) -> None:
@@ -270,6 +317,25 @@ class HttpConnection(asyncio.Protocol):
             if declared > self.limits.max_body:
                 self._error = self._too_large()
                 raise self._error
+        elif len(name) in (16, 17):
+            self._check_coding(name.lower(), value)
+
+    def _check_coding(self, name: bytes, value: bytes) -> None:
+        """Refuse bodies we would otherwise misread as plain bytes: any content coding (415),
+        and any transfer coding but chunked (501), which httptools decodes itself."""
+        codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
+        if name == b"content-encoding" and any(c != b"identity" for c in codings):
+            self._error = ProtocolError(
+                "unsupported_encoding",
+                f"Content-Encoding {value[:40].decode('latin-1')!r} is not accepted: send the body"
+                " uncompressed", status=415)
+            raise self._error
+        if name == b"transfer-encoding" and any(c != b"chunked" for c in codings):
+            self._error = ProtocolError(
+                "unsupported_encoding",
+                f"Transfer-Encoding {value[:40].decode('latin-1')!r} is not supported: only chunked",
+                status=501)
+            raise self._error
 
     def _head_too_large(self) -> ProtocolError:
         return ProtocolError(
@@ -290,6 +356,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._progress = True
+        self._in_message = False
         parser = self.parser
         request = Request(
             parser.get_method().decode("ascii", "replace"),
@@ -424,6 +491,153 @@ async def _await(result: Awaitable[Response]) -> Response:
         return Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
 
 
+class Listener:
+    """A listening socket whose connections pass ``ConnectionCaps`` before anything is read.
+
+    The loop's own ``create_server`` hands a protocol its peer only after a TLS
+    handshake, and cannot refuse a connection before it holds a descriptor for
+    as long as the client likes. Here each accepted socket is checked against
+    the caps first (a refused one is answered at once and closed), and only then
+    given to the loop, with the TLS handshake bounded by ``head_timeout``.
+    Running out of descriptors anyway (another part of the process using them)
+    pauses accepting for a moment instead of spinning.
+    """
+
+    ACCEPTS_PER_WAKEUP = 128
+    EMFILE_PAUSE = 0.5
+
+    def __init__(self, sock: socket.socket, factory: Callable[[Slot | None], HttpConnection],
+                 *, door: str, caps: ConnectionCaps | None, ssl_context: ssl.SSLContext | None,
+                 handshake_timeout: float) -> None:
+        self.sockets = [sock]
+        self.door = door
+        self._sock = sock
+        self._factory = factory
+        self._caps = caps
+        self._ssl = ssl_context
+        self._handshake_timeout = handshake_timeout
+        self._loop = asyncio.get_running_loop()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(self.ACCEPTS_PER_WAKEUP):
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logger.error("%s door: out of file descriptors (%s); pausing accepts for %g s",
+                                 self.door, e.strerror, self.EMFILE_PAUSE)
+                    if self._caps is not None:
+                        self._caps.refused[(self.door, "no_descriptors")] += 1
+                    self._loop.remove_reader(self._sock.fileno())
+                    self._loop.call_later(self.EMFILE_PAUSE, self._resume)
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # the client went away before we took it
+                logger.error("%s door: accept failed: %s", self.door, e)
+                return
+            self._admit(conn, str(addr[0]) if addr else "?")
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    def _admit(self, conn: socket.socket, client: str) -> None:
+        try:
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # already reset by the client
+            conn.close()
+            return
+        slot = self._caps.admit(client, self.door) if self._caps is not None else None
+        if self._caps is not None and slot is None:
+            _refuse(conn, self._ssl is None, self._caps.held_by(client) > 0)
+            return
+        task = self._loop.create_task(self._connect(conn, slot))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _connect(self, conn: socket.socket, slot: Slot | None) -> None:
+        """Hand the socket to the loop, which owns (and closes) it from then on; the slot is
+        the protocol's once it exists, and given back here if the connection never is."""
+        handed = False
+        try:
+            if self._ssl is None:
+                await self._loop.connect_accepted_socket(lambda: self._factory(slot), conn)
+            else:
+                await self._loop.connect_accepted_socket(
+                    lambda: self._factory(slot), conn, ssl=self._ssl,
+                    ssl_handshake_timeout=self._handshake_timeout)
+            handed = True
+        except OSError as e:  # the TLS handshake failed or timed out, or the client left
+            logger.debug("%s door: connection not set up: %s", self.door, e)
+        finally:
+            if not handed and slot is not None:
+                slot.release()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        for task in self._pending:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+_BUSY = {
+    True: b'{"error":{"code":"too_many_connections","message":"too many connections from this'
+          b' address; close some and retry"}}',
+    False: b'{"error":{"code":"too_many_connections","message":"the server has too many'
+           b' connections; retry shortly"}}',
+}
+
+
+def _refuse(conn: socket.socket, plain: bool, client_cap: bool) -> None:
+    """Close a connection over the caps, with a one-shot answer when the door speaks plain
+    HTTP (TLS would need a handshake, which is what the caps are there to spare)."""
+    try:
+        if plain:
+            body = _BUSY[client_cap]
+            status = b"429 Too Many Requests" if client_cap else b"503 Service Unavailable"
+            conn.send(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                      b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\n\r\n" + body)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def listening_socket(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+                     ) -> socket.socket:
+    """A non-blocking listening TCP socket on ``host`` (empty: every address) and ``port``."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and not host:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def start_server(
     handler: Handler,
     host: str,
@@ -434,13 +648,13 @@ async def start_server(
     observe: Callable[[Request, Response, float], None] | None = None,
     reuse_port: bool = False,
     gate: Gate | None = None,
-) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: HttpConnection(handler, limits, observe, gate),
-        host or None,
-        port,
-        ssl=ssl_context,
-        backlog=1024,
-        reuse_port=reuse_port or None,
+    caps: ConnectionCaps | None = None,
+    door: str | None = None,
+) -> Listener:
+    """Serve ``handler`` on ``host:port``; ``caps`` bounds connections per client and in all."""
+    sock = listening_socket(host, port, reuse_port=reuse_port)
+    return Listener(
+        sock, lambda slot: HttpConnection(handler, limits, observe, gate, slot),
+        door=door or ("https" if ssl_context is not None else "http"), caps=caps,
+        ssl_context=ssl_context, handshake_timeout=limits.head_timeout,
     )
