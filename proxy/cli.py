@@ -16,6 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -248,6 +249,22 @@ def pattern_keygen(out: Path) -> None:
     click.echo(f"wrote private key {out} (keep it secret) and public key {pub}")
 
 
+class ValidFor(click.ParamType[timedelta]):
+    """A duration: ``N`` then ``m``, ``h`` or ``d`` (minutes, hours, days); publish bounds it."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        unit = {"m": 60, "h": 3600, "d": 86400}.get(text[-1:])
+        if unit is None or not text[:-1].isdigit() or len(text) > 12:
+            self.fail(f"{str(value)[:40]!r} is not a duration like 36h or 7d", param, ctx)
+        return timedelta(seconds=int(text[:-1]) * unit)
+
+
 @pattern.command("publish")
 @click.option("--from", "build_dir", type=click.Path(path_type=Path, file_okay=False,
                                                      exists=True), required=True,
@@ -258,13 +275,18 @@ def pattern_keygen(out: Path) -> None:
               required=True, help="Ed25519 private key (from `rampart pattern keygen`).")
 @click.option("--keep", type=click.IntRange(1, 1000), default=24, show_default=True,
               help="Versions of each pattern to keep diffs for.")
+@click.option("--valid-for", type=ValidFor(), default="7d", show_default=True,
+              help="How long the signed manifest stays valid (e.g. 36h, 7d; up to 366d): "
+                   "appliances report their patterns stale after it. Publish again "
+                   "(even the same build) sooner than that.")
 @fail_cleanly
-def pattern_publish(build_dir: Path, repo_dir: Path, key: Path, keep: int) -> None:
+def pattern_publish(build_dir: Path, repo_dir: Path, key: Path, keep: int,
+                    valid_for: timedelta) -> None:
     """Add a build to an update source: full files, diffs, a signed manifest."""
     from proxy.publish import publish
     from proxy.signing import load_private_key
 
-    report = publish(build_dir, repo_dir, load_private_key(key), keep=keep)
+    report = publish(build_dir, repo_dir, load_private_key(key), keep=keep, valid_for=valid_for)
     for p in report.patterns:
         state = (f"new, {p.full_bytes} bytes full, {p.diff_bytes} bytes of diffs" if p.changed
                  else "unchanged")

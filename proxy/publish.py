@@ -14,6 +14,12 @@ there. Full files of the previous version stay one more publish for readers
 still working from the old manifest; diffs older than the last ``keep``
 versions of a pattern are pruned. Publishes into one directory are serialised
 by a lock file.
+
+Every manifest is signed with an ``expires`` time (``valid_for`` after it is
+published, a week by default): appliances report their patterns stale once
+their source's manifest has expired, so a frozen source, or an attacker
+replaying its last manifest, is noticed. A publisher whose patterns change
+less often than that publishes the same build again to renew it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,9 @@ from proxy.repo import (
 from proxy.signing import sign
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_VALID_FOR = timedelta(days=7)
+MAX_VALID_FOR = timedelta(days=366)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,20 +179,25 @@ def _spec_json(spec: FileSpec) -> dict[str, Any]:
 
 
 def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
-            keep: int = DEFAULT_KEEP, now: datetime | None = None) -> PublishReport:
+            keep: int = DEFAULT_KEEP, now: datetime | None = None,
+            valid_for: timedelta = DEFAULT_VALID_FOR) -> PublishReport:
     """Add a build to an update source as the new version of every pattern it changes.
 
     Writes full files and diffs from each pattern's previous version, then the
     signed manifest (last), then prunes what the manifest no longer names
     (keeping the previous full files one more publish). Refuses a build whose
     version is not newer than a changed pattern's, a repo signed with another
-    key, and a strings.json that does not extend the published one.
+    key, and a strings.json that does not extend the published one. The manifest
+    expires ``valid_for`` after ``now``.
     """
     import fcntl
 
     build_dir, repo_dir = Path(build_dir), Path(repo_dir)
     if not 1 <= keep <= MAX_KEEP:
         raise PatternError(f"keep must be 1..{MAX_KEEP}, not {keep}")
+    if not timedelta(minutes=1) <= valid_for <= MAX_VALID_FOR:
+        raise PatternError(f"valid_for must be 1 minute..{MAX_VALID_FOR.days} days, not {valid_for}")
+    published = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     version, built, strings = _build_files(build_dir)
     repo_dir.mkdir(parents=True, exist_ok=True)
     with open(repo_dir / ".publish.lock", "wb") as lock:
@@ -253,8 +267,8 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
         doc = {
             "format": REPO_FORMAT,
             "type": REPO_TYPE,
-            "published": (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-            .isoformat().replace("+00:00", "Z"),
+            "published": _iso(published),
+            "expires": _iso(published + valid_for),
             "keep": keep,
             "strings": {"version": strings_version, "size": strings.size,
                         "sha256": strings.sha256},
@@ -271,6 +285,10 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
     logger.info("published %s: %s", version, ", ".join(
         f"{p.pattern} {p.version}{'' if p.changed else ' (unchanged)'}" for p in report))
     return PublishReport(tuple(report), strings_version, pruned)
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
 
 
 def _pattern_json(version: str, entries: int, files: tuple[FileSpec, ...], history: list[str],
@@ -348,6 +366,7 @@ def repo_info(repo_dir: Path) -> dict[str, Any]:
     return {
         "type": REPO_TYPE,
         "published": m.published.isoformat().replace("+00:00", "Z"),
+        "expires": _iso(m.expires) if m.expires is not None else None,
         "keep": m.keep,
         "strings": m.strings_version,
         "patterns": {

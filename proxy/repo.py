@@ -9,6 +9,9 @@ API (stable; the updater builds on it)::
         the smallest path from the versions you have (pattern name -> version,
         and STRINGS -> version) to the manifest's: per file, a diff chain or the
         full file. Empty when everything is current.
+    check_timely(manifest, mark: Mapping[str, str], now, max_skew) -> None
+        Refused (reason "downgrade" or "from_future") for a manifest older than
+        the high-water mark ``newest(...)`` of what was installed, or from the future.
     verify_file(data: bytes | Path, size: int, sha256: str, what: str) -> None
     apply_diff(file: str, base: Path, diff: bytes, out: Path) -> None
         apply one downloaded diff of pattern file ``file`` (a table or agent.bin)
@@ -54,6 +57,7 @@ manifest.json::
 
     {"format": 1, "type": "rampart-update-source",
      "published": ISO-8601 UTC, "keep": N,
+     "expires": ISO-8601 UTC,               optional: after it, the source counts as frozen
      "strings": {"version": V, "size": S, "sha256": H},
      "patterns": {
        NAME: {"version": V,                 current version of this pattern
@@ -88,6 +92,16 @@ there. A reader that fetches the new manifest with the old signature (or the
 reverse) sees a bad signature and retries. Full files of the previous version
 stay one more publish for readers still working from the old manifest; diffs
 older than the last ``keep`` versions of a pattern are pruned (``proxy.publish``).
+
+A signature says who made a manifest, not when: an old, genuinely signed source
+served again (a replay, by anyone on the path of a plain-HTTP source) would
+take an appliance back to old patterns. ``check_timely`` refuses a manifest
+older than the high-water mark of what the appliance installed (``newest``:
+the publication time, every pattern version and the strings version; kept by
+``proxy.store``) and one published further ahead of the clock than the
+allowed skew (which would raise the mark past every genuine manifest to come).
+``expires`` makes the opposite attack visible: a source frozen at its last
+manifest (or an attacker replaying it) leaves an appliance with stale patterns.
 """
 
 from __future__ import annotations
@@ -120,6 +134,7 @@ from proxy.signing import load_public_key
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+PUBLISHED = "published"  # the high-water mark's key for the publication time
 SIGNATURE = "manifest.json.sig"
 STRINGS = "strings"  # the pseudo-pattern of strings.json, in ``have`` and ``Fetch.pattern``
 STRINGS_FILE = "strings.json"
@@ -189,6 +204,7 @@ class Manifest:
     strings: FileSpec  # name is the strings version; see ``strings_version``
     patterns: tuple[PatternEntry, ...]
     raw: bytes  # the exact signed bytes
+    expires: datetime | None = None  # None: the publisher set no expiry (older manifests)
 
     @property
     def strings_version(self) -> str:
@@ -250,6 +266,19 @@ def _digest(value: Any, where: str) -> str:
     if not isinstance(value, str) or _SHA256_HEX.fullmatch(value) is None:
         raise _bad(f"{where}: bad sha256")
     return value
+
+
+def _time(value: Any, where: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise _bad(f"bad {where} time {str(value)[:40]!r}") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def stamp(t: datetime) -> str:
+    """A time as the high-water mark keeps it: UTC ``YYYY-MM-DDTHH:MM:SSZ``, which sorts as a string."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_file_specs(files: Any, where: str, allowed: tuple[str, ...]) -> tuple[FileSpec, ...]:
@@ -319,12 +348,10 @@ def parse_manifest(raw: bytes) -> Manifest:
     if doc.get("format") != REPO_FORMAT:
         raise _bad(f"format {str(doc.get('format'))[:20]!r} not supported "
                    f"(expected {REPO_FORMAT})")
-    try:
-        published = datetime.fromisoformat(str(doc.get("published")))
-    except ValueError:
-        raise _bad(f"bad published time {str(doc.get('published'))[:40]!r}") from None
-    if published.tzinfo is None:
-        published = published.replace(tzinfo=UTC)
+    published = _time(doc.get("published"), "published")
+    expires = None if doc.get("expires") is None else _time(doc.get("expires"), "expires")
+    if expires is not None and expires <= published:
+        raise _bad(f"expires {stamp(expires)} is not after published {stamp(published)}")
     keep = _count(doc.get("keep"), "keep", MAX_KEEP)
     if keep < 1:
         raise _bad("keep must be at least 1")
@@ -342,7 +369,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         if name not in pats:
             raise _bad(f"pattern {name!r} missing")
         patterns.append(_pattern(name, pats[name], keep))
-    return Manifest(published, keep, strings, tuple(patterns), raw)
+    return Manifest(published, keep, strings, tuple(patterns), raw, expires)
 
 
 def load_manifest(raw_manifest: bytes, signature: bytes,
@@ -361,6 +388,49 @@ def load_manifest(raw_manifest: bytes, signature: bytes,
         raise PatternError(f"{SIGNATURE}: bad signature (tampered manifest or wrong key)"
                            ) from None
     return parse_manifest(raw_manifest)
+
+
+# ---------------------------------------------------------------- replays and the clock
+
+
+class Refused(PatternError):
+    """A genuinely signed manifest that must not be followed; ``reason`` is a metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def newest(manifest: Manifest) -> dict[str, str]:
+    """The high-water mark installing from ``manifest`` raises the store's to: its publication
+    time (``PUBLISHED``), the strings version (``STRINGS``) and every pattern's version."""
+    return {PUBLISHED: stamp(manifest.published), STRINGS: manifest.strings_version,
+            **{p.name: p.version for p in manifest.patterns}}
+
+
+def check_timely(manifest: Manifest, mark: Mapping[str, str], now: datetime,
+                 max_skew: float) -> None:
+    """Refuse a manifest older than ``mark`` (``newest`` of what was installed) or published
+    more than ``max_skew`` seconds ahead of ``now``; ``Refused`` says which and why.
+
+    Older is an earlier publication time, or any version below the mark's (a newer
+    time does not excuse an older version: the publisher never lowers one). An
+    empty mark (nothing installed from a source yet: the shipped sample) takes
+    any manifest. A manifest from the future would raise the mark past every
+    genuine one until that time, so it is refused before it can.
+    """
+    ahead = (manifest.published - now).total_seconds()
+    if ahead > max_skew:
+        raise Refused("from_future", f"{MANIFEST}: published {stamp(manifest.published)}, "
+                      f"{ahead:.0f} s ahead of this appliance's clock (more than "
+                      f"update_max_clock_skew, {max_skew:g} s): is a clock wrong?")
+    for key, value in newest(manifest).items():
+        held = mark.get(key)
+        if held is not None and value < held:
+            what = "published" if key == PUBLISHED else f"{key} version"
+            raise Refused("downgrade", f"{MANIFEST}: {what} {value} is older than the installed "
+                          f"{held}: an old update source served again (replayed?); not "
+                          "installed (`rampart pattern rollback` goes back on purpose)")
 
 
 # ---------------------------------------------------------------- planning

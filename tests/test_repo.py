@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from proxy import repo
 from proxy.build import build_pattern
 from proxy.errors import PatternError
-from proxy.publish import publish, read_repo, verify_repo
+from proxy.publish import publish, read_repo, repo_info, verify_repo
 from proxy.repo import FetchKind
 from proxy.repo_server import make_server
 from proxy.signing import keygen, load_private_key, load_public_key
@@ -302,3 +303,75 @@ def test_serve_gives_files_and_refuses_traversal(server: str, published: Path) -
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"{server}{bad}", timeout=5)
         assert e.value.code == 404, bad
+
+
+# ---------------------------------------------------------------- replays, the clock, expiry
+
+NOON = datetime(2024, 1, 1, 12, tzinfo=UTC)
+
+
+def manifest_at(published: Path, when: datetime, version: str = V1, expires: object = None
+                ) -> repo.Manifest:
+    """The published manifest, re-dated to ``when``, every pattern at ``version``."""
+    doc = _doc(published)
+    doc.update(published=when.isoformat(), expires=expires)
+    for p in doc["patterns"].values():
+        p.update(version=version, history=[version])
+    return repo.parse_manifest(json.dumps(doc).encode())
+
+
+def test_the_sample_takes_any_first_manifest(published: Path) -> None:
+    repo.check_timely(manifest_at(published, NOON), {}, NOON, 86400)
+
+
+def test_the_same_or_a_newer_manifest_is_taken(published: Path) -> None:
+    mark = repo.newest(manifest_at(published, NOON))
+    assert mark[repo.PUBLISHED] == "2024-01-01T12:00:00Z" and mark["smart-scan"] == V1
+    repo.check_timely(manifest_at(published, NOON), mark, NOON, 86400)
+    repo.check_timely(manifest_at(published, NOON + timedelta(hours=1), V2), mark, NOON, 86400)
+
+
+def test_an_older_publication_time_is_a_replay_even_with_newer_versions(published: Path) -> None:
+    mark = repo.newest(manifest_at(published, NOON, V2))
+    replay = manifest_at(published, NOON - timedelta(seconds=1), V3)
+    with pytest.raises(repo.Refused, match="published 2024-01-01T11:59:59Z is older than the "
+                                           "installed 2024-01-01T12:00:00Z") as e:
+        repo.check_timely(replay, mark, NOON, 86400)
+    assert e.value.reason == "downgrade" and "replayed" in e.value.message
+
+
+def test_an_older_version_is_refused_even_when_published_later(published: Path) -> None:
+    mark = repo.newest(manifest_at(published, NOON, V2))
+    with pytest.raises(repo.Refused, match=f"version {V1} is older than the installed {V2}") as e:
+        repo.check_timely(manifest_at(published, NOON + timedelta(days=1), V1), mark,
+                          NOON + timedelta(days=1), 86400)
+    assert e.value.reason == "downgrade"
+
+
+def test_a_manifest_from_the_future_is_refused_beyond_the_skew(published: Path) -> None:
+    ahead = manifest_at(published, NOON + timedelta(hours=2))
+    repo.check_timely(ahead, {}, NOON, 3 * 3600)  # within the allowed skew
+    with pytest.raises(repo.Refused, match="7200 s ahead of this appliance's clock") as e:
+        repo.check_timely(ahead, {}, NOON, 3600)
+    assert e.value.reason == "from_future" and "update_max_clock_skew" in e.value.message
+
+
+def test_publish_signs_an_expiry(tmp_path: Path, key, builder: Builder) -> None:
+    publish(builder.build(V1, 0, 50), tmp_path / "repo", key, now=NOON,
+            valid_for=timedelta(hours=36))
+    m = read_repo(tmp_path / "repo", tmp_path / "key.pub")
+    assert m.published == NOON and m.expires == NOON + timedelta(hours=36)
+    assert repo_info(tmp_path / "repo")["expires"] == "2024-01-03T00:00:00Z"
+    publish(builder.build(V2, 0, 60), tmp_path / "repo", key, now=NOON)
+    m = read_repo(tmp_path / "repo", tmp_path / "key.pub")
+    assert m.expires == NOON + timedelta(days=7)  # the default
+    with pytest.raises(PatternError, match="valid_for must be"):
+        publish(builder.build(V3, 0, 70), tmp_path / "repo", key, valid_for=timedelta(0))
+
+
+def test_manifests_without_an_expiry_still_load_and_a_bad_one_is_refused(published: Path) -> None:
+    assert manifest_at(published, NOON).expires is None
+    with pytest.raises(PatternError, match="expires 2024-01-01T12:00:00Z is not after published"):
+        manifest_at(published, NOON, expires=NOON.isoformat())
+    with pytest.raises(PatternError, match="bad expires time 'soon'"):
+        manifest_at(published, NOON, expires="soon")

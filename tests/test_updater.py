@@ -8,7 +8,7 @@ import json
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -167,8 +167,8 @@ class World:
         return Updater("http://127.0.0.1:9/", self.key.public_key(), self.store, self.fetcher,
                        **kw)  # type: ignore[arg-type]
 
-    def publish(self, *versions: str) -> bytes:
-        return publish(self.repo_dir, [self.builds[v] for v in versions], self.key)
+    def publish(self, *versions: str, published: datetime | None = None) -> bytes:
+        return publish(self.repo_dir, [self.builds[v] for v in versions], self.key, published)
 
 
 @pytest.fixture(scope="module")
@@ -376,6 +376,81 @@ async def test_a_rolled_back_version_is_not_installed_again(world: World) -> Non
     world.publish(V1, V2, V3)
     newer = await up.update_once()
     assert newer.ok and newer.version == V3
+
+
+# ---------------------------------------------------------------- replays, the clock, rollback
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)  # the world's clock starts here
+
+
+def signed(world: World) -> dict[str, bytes]:
+    """The source's manifest and signature as they are now (to serve them again later)."""
+    return {name: (world.repo_dir / name).read_bytes()
+            for name in (repo.MANIFEST, repo.SIGNATURE)}
+
+
+async def test_an_older_source_served_again_is_refused(world: World) -> None:
+    world.publish(V1, published=T0 - timedelta(hours=2))
+    old = signed(world)
+    world.publish(V1, V2, published=T0 - timedelta(hours=1))
+    up = world.updater()
+    assert (await up.update_once()).version == V2
+    world.fetcher.override.update(old)  # genuinely signed, and its files are all still there
+    result = await up.update_once()
+    assert not result.ok and result.reason == "downgrade", result
+    assert "published 2025-12-31T22:00:00Z is older than the installed 2025-12-31T23:00:00Z" in (
+        result.message)
+    assert world.store.current_version() == V2 and world.store.versions() == [V2]
+    assert up.failures["downgrade"] == 1 and up.status()["last"]["reason"] == "downgrade"
+    assert lookup(world.store, digests_of(10, "v2")[0])  # what V2 added still answers
+
+
+async def test_a_store_from_before_the_mark_is_guarded_by_its_current_version(world: World) -> None:
+    world.publish(V1, published=T0 - timedelta(hours=2))
+    old = signed(world)
+    world.publish(V1, V2, published=T0 - timedelta(hours=1))
+    assert (await world.updater().update_once()).version == V2
+    state = world.store.root / "state.json"
+    doc = json.loads(state.read_text())
+    state.write_text(json.dumps({k: v for k, v in doc.items() if k != "newest"}))
+    assert world.store.newest() == {}
+    world.fetcher.override.update(old)
+    result = await world.updater().update_once()  # a fresh process: `rampart update now`
+    assert result.reason == "downgrade" and world.store.current_version() == V2
+
+
+async def test_a_manifest_from_the_future_is_refused(world: World) -> None:
+    world.publish(V1, published=T0 + timedelta(days=2))
+    up = world.updater()
+    result = await up.update_once()
+    assert not result.ok and result.reason == "from_future", result
+    assert "172800 s ahead" in result.message and world.store.current_version() is None
+    assert (await world.updater(max_clock_skew=3 * 86400).update_once()).ok
+
+
+async def test_rollback_is_kept_and_the_next_newer_version_taken(world: World) -> None:
+    world.publish(V1, published=T0 - timedelta(hours=2))
+    up = world.updater()
+    await up.update_once()
+    world.publish(V1, V2, published=T0 - timedelta(hours=1))
+    await up.update_once()
+    assert world.store.rollback() == V1
+    kept = await up.update_once()  # V2 again: neither reinstalled nor a downgrade
+    assert kept.ok and not kept.changed and "rolled back" in kept.message
+    assert world.store.current_version() == V1
+    world.publish(V1, V2, V3, published=T0)
+    newer = await up.update_once()
+    assert newer.ok and newer.version == V3 and up.failures == {}
+
+
+async def test_the_expiry_of_the_last_manifest_is_reported(world: World) -> None:
+    raw = json.loads(world.publish(V1))
+    raw["expires"] = "2026-01-08T00:00:00Z"
+    data = json.dumps(raw).encode()
+    world.fetcher.override.update({repo.MANIFEST: data, repo.SIGNATURE: world.key.sign(data)})
+    up = world.updater()
+    assert (await up.update_once()).ok
+    assert up.status()["source_expires"] == "2026-01-08T00:00:00Z"
 
 
 # ---------------------------------------------------------------- schedule and backoff
