@@ -2,8 +2,9 @@
 
 Any static web server can host an update source (the layout is ``proxy.repo``'s);
 this one needs nothing else installed. GET and HEAD only, strict paths, a bound
-on concurrent requests, and ``Cache-Control: no-cache`` on the manifest and its
-signature.
+on concurrent requests and on open connections (in all and per client, as the
+appliance's doors: each connection is a thread here), and ``Cache-Control:
+no-cache`` on the manifest and its signature.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from proxy.conns import ConnectionCaps, Slot
 from proxy.repo import MANIFEST, SIGNATURE
 
 logger = logging.getLogger(__name__)
 
-MAX_SERVE_CONNECTIONS = 64
+MAX_SERVE_CONNECTIONS = 64  # requests answered at once
+MAX_OPEN_CONNECTIONS = 512  # connections (threads) open at once; one client may hold half
+READ_TIMEOUT = 10  # seconds a connection may go without sending a byte
 _SERVE_PATH = re.compile(r"/(?:[A-Za-z0-9][A-Za-z0-9._-]{0,127}/){0,4}[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -42,7 +46,7 @@ def make_server(repo_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Any:
         server_version = "rampart-pattern-serve"
         sys_version = ""
         protocol_version = "HTTP/1.1"
-        timeout = 30
+        timeout = READ_TIMEOUT
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("serve: %s", format % args)
@@ -85,6 +89,39 @@ def make_server(repo_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Any:
         def do_HEAD(self) -> None:
             self._answer(False)
 
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def __init__(self, address: tuple[str, int]) -> None:
+            super().__init__(address, Handler)
+            self.caps = ConnectionCaps(MAX_OPEN_CONNECTIONS, MAX_OPEN_CONNECTIONS // 2)
+            self.guard = threading.Lock()
+            self.slots: dict[int, Slot] = {}  # id(request) -> its place in the caps
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            """A connection over the caps is closed at once, before it gets a thread."""
+            client = str(client_address[0]) if client_address else "?"
+            with self.guard:
+                slot = self.caps.admit(client, "pattern-serve")
+                if slot is not None:
+                    self.slots[id(request)] = slot  # given back when the connection ends
+            if slot is None:
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self._give_back(request)
+                raise
+
+        def shutdown_request(self, request: Any) -> None:
+            self._give_back(request)
+            super().shutdown_request(request)
+
+        def _give_back(self, request: Any) -> None:
+            with self.guard:
+                slot = self.slots.pop(id(request), None)
+                if slot is not None:
+                    slot.release()
+
+    return Server((host, port))
