@@ -165,6 +165,10 @@ class Config:
     update_max_bytes: int = _opt(
         1 << 31, "largest file an update may fetch, in bytes", lo=1 << 16, hi=1 << 40
     )
+    update_max_clock_skew: float = _opt(
+        86400.0, "seconds an update manifest's publication time may be ahead of this clock;"
+        " a manifest published later than that is refused", lo=60, hi=30 * 86400,
+    )
     keep_versions: int = _opt(3, "pattern versions kept in DATA_DIR/patterns for rollback", lo=1, hi=100)
     pattern_poll: float = _opt(
         1.0, "seconds between checks for a pattern version installed by another process"

@@ -14,8 +14,10 @@
   ``grace`` seconds later by ``loop.call_later``, off the request path.
 - **update**: with ``update_source`` and ``update_key`` configured, the
   ``Updater`` runs on its schedule in the same loop.
-- **report**: each pattern's version and age, staleness past ``stale_after``,
-  and the last update result for /readyz; the update counters for /metrics.
+- **report**: each pattern's version and age, staleness past ``stale_after``
+  or once the source's newest signed manifest has expired (its ``expires``: a
+  frozen or replayed source), and the last update result for /readyz; the
+  update counters for /metrics.
 - **re-serve**: ``/v1/patterns/...`` serves the served version as an update
   source (the repository layout of ``proxy.repo``), so appliances chain. The
   manifest and signature are the publisher's bytes, re-served unchanged, so a
@@ -37,6 +39,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -94,13 +97,17 @@ def make_updater(cfg: Config, store: PatternStore) -> tuple[Updater, HttpFetcher
         cfg.update_source, signing.load_public_key(cfg.update_key), store, fetcher,
         default_interval=cfg.update_interval, schedule=intervals(cfg),
         backoff_max=cfg.update_backoff_max, timeout=cfg.update_timeout,
-        max_bytes=cfg.update_max_bytes,
+        max_bytes=cfg.update_max_bytes, max_clock_skew=cfg.update_max_clock_skew,
     )
     return updater, fetcher
 
 
 def sample_store(cfg: Config, sources: dict[str, list[Path]]) -> PatternStore:
-    """The data directory's store, with the sample installed when it holds nothing yet."""
+    """The data directory's store, with the sample installed when it holds nothing yet.
+
+    Servers starting together on a fresh data directory each build the sample;
+    the first to install it wins and the others use its version.
+    """
     store = PatternStore.open(cfg.data_dir / "patterns", keep=cfg.keep_versions)
     if store.current_path() is None:
         logger.info("no pattern in the data directory yet: building the shipped sample")
@@ -108,7 +115,7 @@ def sample_store(cfg: Config, sources: dict[str, list[Path]]) -> PatternStore:
         try:
             build_pattern(staging / "sample", hashes=sources.get("hashes", ()),
                           urls=sources.get("urls", ()), domains=sources.get("domains", ()))
-            store.install(staging / "sample")
+            store.install_first(staging / "sample")
         finally:
             import shutil
 
@@ -129,6 +136,7 @@ class PatternKeeper:
         self.engine: Any = None
         self.served: str | None = None  # the store version being served
         self.local: dict[str, Any] = {}  # its local manifest
+        self.served_expires: datetime | None = None  # of the source manifest it came from
         self.swaps = 0
         self._closing: list[tuple[asyncio.TimerHandle, PatternSet]] = []
         self._agent_diffs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
@@ -149,6 +157,7 @@ class PatternKeeper:
         patterns = PatternSet.open(path)
         self.served = path.name
         self.local = read_local(path)
+        self.served_expires = source_expiry(path)
         if self._updates and cfg.update_source and cfg.update_key is not None:
             self.updater, self._fetcher = make_updater(cfg, self.store)
         return patterns
@@ -206,14 +215,15 @@ class PatternKeeper:
             self.served_error = f"version {name} does not open: {e.message}"
             return False
         local = await asyncio.to_thread(read_local, path)
-        self.swap(new, name, local)
+        self.swap(new, name, local, await asyncio.to_thread(source_expiry, path))
         return True
 
-    def swap(self, new: PatternSet, name: str, local: dict[str, Any]) -> None:
+    def swap(self, new: PatternSet, name: str, local: dict[str, Any],
+             expires: datetime | None = None) -> None:
         """Assign ``new`` to the engine now; close the old map ``grace`` seconds later."""
         old = self.engine.patterns
         self.engine.patterns = new
-        self.served, self.local = name, local
+        self.served, self.local, self.served_expires = name, local, expires
         self.served_error = None
         self.swaps += 1
         loop = asyncio.get_running_loop()
@@ -250,6 +260,20 @@ class PatternKeeper:
             out[name] = max(0.0, now - (t.timestamp() if t is not None else created))
         return out
 
+    def source_expires(self) -> datetime | None:
+        """When the newest signed source manifest known expires (None: it sets no expiry):
+        the served version's, or a later one the updater accepted with nothing to fetch."""
+        seen = self.updater.source_expires if self.updater is not None else None
+        return max((t for t in (self.served_expires, seen) if t is not None), default=None)
+
+    def expired(self, now: float) -> bool:
+        expires = self.source_expires()
+        return expires is not None and expires.timestamp() <= now
+
+    def _expires_timestamp(self) -> float:
+        expires = self.source_expires()
+        return expires.timestamp() if expires is not None else 0.0
+
     def readiness(self, now: float | None = None) -> dict[str, Any]:
         """The /readyz ``pattern`` section: versions, ages, staleness, the last update."""
         now = time.time() if now is None else now
@@ -257,14 +281,19 @@ class PatternKeeper:
         age = max(0.0, now - patterns.created.timestamp())
         ages = self.ages(now)
         stale_after = self.cfg.stale_after
+        expired = self.expired(now)
         per = {
-            name: {"version": v, "age_seconds": int(ages[name]), "stale": ages[name] > stale_after}
+            name: {"version": v, "age_seconds": int(ages[name]),
+                   "stale": ages[name] > stale_after or expired}
             for name, v in sorted(self.pattern_versions().items())
         }
-        stale = age > stale_after or any(p["stale"] for p in per.values())
+        stale = age > stale_after or expired or any(p["stale"] for p in per.values())
+        expires = self.source_expires()
         body: dict[str, Any] = {
             "version": patterns.version, "age_seconds": int(age), "stale": stale,
             "stale_after": stale_after, "patterns": per, "stored": self.served,
+            "source_expires": repo.stamp(expires) if expires is not None else None,
+            "source_expired": expired,
         }
         if self.store is not None:
             body["versions"] = self.store.versions()
@@ -284,9 +313,12 @@ class PatternKeeper:
                 "Age of each served pattern (from its version time)",
                 lambda: [({"pattern": p}, a) for p, a in self.ages(time.time()).items()]),
             "rampart_pattern_stale": (
-                "1 when a served pattern is older than stale_after",
-                lambda: [({"pattern": p}, float(a > self.cfg.stale_after))
+                "1 when a served pattern is older than stale_after or its source's manifest expired",
+                lambda: [({"pattern": p}, float(a > self.cfg.stale_after or self.expired(time.time())))
                          for p, a in self.ages(time.time()).items()]),
+            "rampart_update_source_expires_timestamp": (
+                "Unix time the update source's newest signed manifest expires (0: no expiry)",
+                self._expires_timestamp),
             "rampart_pattern_swaps": (
                 "Live pattern swaps since start", lambda: float(self.swaps)),
         }
@@ -446,6 +478,16 @@ class PatternKeeper:
                 entry, dict) else None
             if isinstance(spec, dict) and spec.get("sha256") == sha and (d / repo.AGENT_FILE).is_file():
                 return d / repo.AGENT_FILE
+        return None
+
+
+def source_expiry(directory: Path) -> datetime | None:
+    """When the signed source manifest a version was installed from expires (None: no such
+    manifest, or no expiry). Its signature was checked when it was installed."""
+    try:
+        with open(directory / SOURCE_DIR / repo.MANIFEST, "rb") as f:
+            return repo.parse_manifest(f.read(repo.MAX_MANIFEST_BYTES + 1)).expires
+    except (OSError, PatternError):
         return None
 
 

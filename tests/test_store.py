@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
 from proxy.build import build_pattern
+from proxy.config import Config
 from proxy.errors import ConfigError, PatternError
 from proxy.model import FileQuery, HashKind
 from proxy.pattern import PatternSet
@@ -206,3 +208,48 @@ def test_a_store_folder_others_can_write_is_refused(tmp_path: Path, source: Path
     (tmp_path / "patterns" / folder).chmod(0o777)  # anyone could swap `current` or a version
     with pytest.raises(ConfigError, match="writable by its group and other users"):
         PatternStore.open(tmp_path / "patterns")
+
+
+# ---------------------------------------------------------------- first start, concurrently
+
+
+def test_install_first_keeps_what_another_process_installed(tmp_path: Path, source: Path) -> None:
+    store = PatternStore.open(tmp_path / "patterns")
+    mine, theirs = build(store, "2026010100", source), build(store, "2026010100", source)
+    assert store.install_first(theirs) == "2026010100"
+    assert store.install_first(mine) == "2026010100"  # not "already current"
+    assert mine.is_dir() and store.versions() == ["2026010100"]
+
+
+def test_servers_starting_together_share_the_sample(tmp_path: Path, source: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of several starts on one fresh data directory builds the sample; all use one."""
+    from proxy import keeper
+
+    starts = 4
+    together = threading.Barrier(starts, timeout=30)
+    real_build = keeper.build_pattern
+
+    def build_when_all_have_looked(*args: object, **kw: object) -> object:
+        together.wait()  # every start has seen an empty store before any installs
+        return real_build(*args, **kw)
+
+    monkeypatch.setattr(keeper, "build_pattern", build_when_all_have_looked)
+    cfg = Config(data_dir=tmp_path / "data")
+    served: list[str | None] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            served.append(keeper.sample_store(cfg, {"hashes": [source]}).current_version())
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(starts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(served) == starts and len(set(served)) == 1, (errors, served)
+    store = PatternStore.open(tmp_path / "data" / "patterns")
+    assert store.versions() == served[:1] and not any((store.root / ".staging").iterdir())
