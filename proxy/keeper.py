@@ -42,7 +42,6 @@ from collections.abc import Awaitable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -51,6 +50,7 @@ from proxy.build import build_pattern
 from proxy.config import Config
 from proxy.errors import PatternError, ProtocolError, RampartError
 from proxy.pattern import STRINGS, PatternSet
+from proxy.routes import parse_query
 from proxy.server import Request, Response
 from proxy.store import PatternStore
 from proxy.updater import (
@@ -442,8 +442,7 @@ class PatternKeeper:
         inm = request.header(b"if-none-match")
         if inm is not None and etag in [t.strip() for t in inm.decode("latin-1").split(",")]:
             return Response(304, b"", content_type="application/octet-stream", headers=headers)
-        params = parse_qs(query.decode("latin-1"), max_num_fields=4)
-        base = params.get("from", [None])[0]
+        base = parse_query(query, "GET /v1/agent-pattern").get("from")
         if base is not None and base.strip().strip('"') == sha:
             return Response(304, b"", content_type="application/octet-stream", headers=headers)
         return self._agent_body(path, sha, base, headers)

@@ -4,6 +4,13 @@ Sans-IO and pure: the query door, the intercept door and the relay all speak
 through these functions. Every parser validates the whole request before
 anything is answered; one bad item rejects the request with a
 :class:`~proxy.errors.ProtocolError` (HTTP 400) that names the item index.
+
+Text must be valid Unicode: a lone surrogate (``"\\ud800"`` in JSON) in a URL, a
+domain or anywhere in an inspect request (which is relayed as it is) is a 400. A
+URL's host must be a host name once percent-decoded (``urls.check_host``): one
+that decodes to bytes that are not UTF-8, or to controls, spaces or ``%``, is a
+400 ``bad_url`` on every service taking URLs (web single and batch, inspect), as
+such a name is a 400 ``bad_domain`` on the domain service.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +49,7 @@ _POLICIES = {p.value: p for p in Policy}
 _SOURCES = {s.value: s for s in Source}
 MAX_NAME = 253
 MAX_TEXT = 200  # threat names, categories, matched entries from the cloud
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +215,27 @@ def parse_url(text: object, limits: Limits, item: int | None = None) -> WebQuery
             "url_too_long", f"URL has {len(text)} characters; the maximum is {limits.max_url}",
             item=item,
         )
+    bad = lone_surrogate(text)
+    if bad is not None:
+        raise ProtocolError("bad_url", f"URL {_clip(text)!r}: {bad}", item=item)
     try:
         canonical = urls.canonicalize(text, max_length=limits.max_url)
+        host = urls.host_of(canonical)
+        urls.check_host(host)
     except urls.UrlError as e:
         raise ProtocolError("bad_url", f"URL {_clip(text)!r}: {e}", item=item) from None
-    return WebQuery(text, canonical, urls.host_of(canonical))
+    return WebQuery(text, canonical, host)
+
+
+def lone_surrogate(text: str) -> str | None:
+    """What is wrong with text holding a lone surrogate, or None: it cannot be UTF-8."""
+    if text.isascii():
+        return None
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return (f"lone surrogate {found[0]!r} at character {found.start()} "
+            "(text must be valid Unicode)")
 
 
 def parse_policy(value: object) -> Policy | None:
@@ -236,6 +261,9 @@ def parse_domain(text: object, item: int | None = None) -> DomainQuery:
         raise ProtocolError(
             "bad_domain", f"name has {len(text)} characters; the maximum is {MAX_NAME}", item=item
         )
+    bad = lone_surrogate(text)
+    if bad is not None:
+        raise ProtocolError("bad_domain", f"{_clip(text)!r}: {bad}", item=item)
     ip = urls.parse_ip(text)
     if ip is not None:
         return DomainQuery(text, ip.compressed, ip)
@@ -255,6 +283,7 @@ def parse_inspect_request(body: bytes, limits: Limits) -> InspectQuery:
     doc = _object(body)
     url = doc.get("url")
     web = parse_url(url, limits)
+    _valid_unicode(doc)
     content = doc.get("content")
     if content is not None:
         if not isinstance(content, str):
@@ -277,6 +306,26 @@ def parse_inspect_request(body: bytes, limits: Limits) -> InspectQuery:
             )
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return InspectQuery(web.url, hashlib.sha256(canonical).hexdigest(), canonical)
+
+
+def _valid_unicode(doc: dict[str, Any]) -> None:
+    """Refuse a lone surrogate anywhere in ``doc``: it is relayed as it is, and not UTF-8.
+
+    Walked with a stack, not recursion: the document may be nested as deep as JSON allows.
+    """
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, member in value.items():
+                stack.append((f"{where}[{key!r}]", member))
+                stack.append((f"{where} (a key)", key))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", member) for i, member in enumerate(value))
+        elif isinstance(value, str):
+            bad = lone_surrogate(value)
+            if bad is not None:
+                raise ProtocolError("bad_request", f"request member {where[:120]}: {bad}")
 
 
 # ---------------------------------------------------------------- rendering

@@ -2,6 +2,12 @@
 
 Shared by every door that answers the protocol (the query door here, the
 intercept door in ``addons``), so a product cannot tell them apart.
+
+A request target is read as UTF-8 once percent-decoded: a path item
+(``/v1/domain/<name>``, ``/v1/file/<hash>``) or a query parameter that decodes
+to bytes that are not UTF-8 is a 400 naming it, never text with replacement
+characters; a query string has at most ``MAX_QUERY_FIELDS`` parameters (more is
+a 400), unknown ones are ignored and a repeated one counts once, first value.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from proxy import protocol
 from proxy.engine import Ask, Engine
@@ -23,6 +29,7 @@ from proxy.server import Request, Response
 Render = Callable[[list[Any]], bytes]
 _source = operator.attrgetter("source")
 _CHANGING = {Source.CACHE, Source.DEGRADED}  # answers whose TTL or content change over time
+MAX_QUERY_FIELDS = 4
 
 
 def _method(request: Request, *allowed: str) -> None:
@@ -33,6 +40,51 @@ def _method(request: Request, *allowed: str) -> None:
             status=405,
             headers=(("Allow", ", ".join(allowed)),),
         )
+
+
+def parse_query(query: bytes, what: str, item: str = "", code: str = "bad_request") -> dict[str, str]:
+    """A request target's query string: each parameter's first value, percent-decoded.
+
+    At most ``MAX_QUERY_FIELDS`` parameters; names and values must be UTF-8 once
+    decoded (raw bytes and escapes alike). ``what`` names the request in the errors;
+    the parameter named ``item`` is the request's item: its error is ``code``, item 0.
+    """
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), max_num_fields=MAX_QUERY_FIELDS,
+                          encoding="latin-1")  # one character per byte, decoded below
+    except ValueError:
+        raise ProtocolError(
+            "bad_request", f"{what} takes at most {MAX_QUERY_FIELDS} query parameters; "
+            f"this one has {query.count(b'&') + 1}") from None
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        shown = name[:80].encode("latin-1").decode("utf-8", "backslashreplace")
+        where = f"query parameter {shown!r} of {what}"
+        name = _utf8(name, where, "bad_request")
+        if name not in out:
+            out[name] = (_utf8(value, where, code, 0) if name == item
+                         else _utf8(value, where, "bad_request"))
+    return out
+
+
+def unquote_path(text: str, code: str) -> str:
+    """A path item (``text`` as the target's bytes, one character each), percent-decoded."""
+    if "%" not in text and text.isascii():
+        return text
+    return _utf8(unquote_to_bytes(text.encode("latin-1")).decode("latin-1"),
+                 repr(text[:100]), code, 0)
+
+
+def _utf8(chars: str, what: str, code: str, item: int | None = None) -> str:
+    """``chars`` (one per byte) as the UTF-8 text they spell; a 400 ``code`` if they do not."""
+    if chars.isascii():
+        return chars
+    try:
+        return chars.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(
+            code, f"{what} is not UTF-8 once percent-decoded ({e.reason} at byte {e.start})",
+            item=item) from None
 
 
 class Routes:
@@ -87,7 +139,7 @@ class Routes:
             return self._file(protocol.parse_file_request(request.body, self.limits))
         if p.startswith("/v1/file/"):
             _method(request, "GET", "HEAD")
-            digest = unquote(p[9:]) if "%" in p else p[9:]
+            digest = unquote_path(p[9:], "bad_hash")
             return self._file(protocol.FileBatch.of([protocol.parse_hash(digest, item=0)]))
         if p == "/v1/web":
             if request.method == "GET":
@@ -100,7 +152,7 @@ class Routes:
             return self._domain(protocol.parse_domain_request(request.body, self.limits))
         if p.startswith("/v1/domain/"):
             _method(request, "GET", "HEAD")
-            return self._domain([protocol.parse_domain(unquote(p[11:]), 0)])
+            return self._domain([protocol.parse_domain(unquote_path(p[11:], "bad_domain"), 0)])
         if p == "/v1/inspect":
             _method(request, "POST")
             return self._inspect(protocol.parse_inspect_request(request.body, self.limits))
@@ -143,12 +195,12 @@ class Routes:
         )
 
     def _web_get(self, query: bytes) -> Response | Awaitable[Response]:
-        params = parse_qs(query.decode("latin-1"), max_num_fields=4)
+        params = parse_query(query, "GET /v1/web", "url", "bad_url")
         found = params.get("url")
         if not found:
             raise ProtocolError("bad_request", "GET /v1/web needs ?url=…")
-        policy = protocol.parse_policy(params["policy"][0]) if "policy" in params else None
-        return self._web([protocol.parse_url(found[0], self.limits, 0)], policy)
+        policy = protocol.parse_policy(params["policy"]) if "policy" in params else None
+        return self._web([protocol.parse_url(found, self.limits, 0)], policy)
 
     def _web(self, qs: list[Any], policy: Policy | None) -> Response | Awaitable[Response]:
         version = self.engine.version

@@ -16,7 +16,10 @@ Browsing v4 documentation):
 
 The work is done on bytes, because percent-unescaping can produce any byte.
 A ``str`` URL is taken as UTF-8 (with ``surrogateescape``, so text decoded
-from raw bytes that way round-trips); ``bytes`` are taken as they are.
+from raw bytes that way round-trips; another lone surrogate is a ``UrlError``);
+``bytes`` are taken as they are. ``canonicalize`` keeps any host it can, as Safe
+Browsing does; ``check_host`` says whether a canonical host is a host name, for
+the query door, which refuses the rest.
 
 The module also normalizes the names and expressions administrators and
 pattern sources give (``normalize_domain``, ``normalize_expression``).
@@ -69,7 +72,10 @@ def canonicalize(url: str | bytes, *, max_length: int = MAX_URL_LENGTH) -> str:
     """
     if len(url) > max_length:
         raise UrlError(f"URL longer than {max_length} characters")
-    raw = url.encode("utf-8", "surrogateescape") if isinstance(url, str) else bytes(url)
+    try:
+        raw = url.encode("utf-8", "surrogateescape") if isinstance(url, str) else bytes(url)
+    except UnicodeEncodeError as e:  # a surrogate that does not stand for a byte
+        raise UrlError(f"lone surrogate {url[e.start]!r} at character {e.start}") from None
     if len(raw) > max_length:
         raise UrlError(f"URL longer than {max_length} bytes")
     raw = raw.strip()
@@ -197,6 +203,26 @@ def _canonical_host(hostish: bytes) -> bytes:
             host = m[1]
     ip = _parse_ipv4_any(host)
     return host if ip is None else ip
+
+
+def check_host(host: str) -> None:
+    """Raise ``UrlError`` if a canonical host holds a percent-escape, naming why.
+
+    Canonicalization escapes in a host what it cannot make a name of: bytes that
+    are not UTF-8, controls, spaces, ``%``, text IDNA cannot encode. No client
+    resolves such a host, and the query door refuses it (``canonicalize`` keeps it,
+    for pattern sources and the intercept door take what they are given). ASCII
+    punctuation Safe Browsing keeps (``w!eird.com``) passes.
+    """
+    if "%" not in host:
+        return
+    raw = _unescape_once(host.encode("ascii"))
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UrlError(f"host {_show(raw)!r} is not UTF-8 once percent-decoded") from None
+    raise UrlError(f"host {_show(raw)!r} is not a host name (it has characters such as "
+                   "controls, spaces or '%' that no host name has)")
 
 
 def _idna_or_bytes(host: bytes) -> bytes:

@@ -819,3 +819,83 @@ def test_mixed_kinds_keep_their_positions() -> None:
     assert batch.names == ["md5", "sha256", "md5"]
     assert batch.groups[HashKind.MD5][0] == [0, 2]
     assert batch.groups[HashKind.SHA256] == ([1], bytes.fromhex(SHA256))
+
+
+# ------------------------------------------------------------------ text that is not Unicode
+
+LONE = "\ud800"  # a lone surrogate: JSON can spell it ("\ud800"), UTF-8 cannot
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [body({"urls": ["http://a.test/", f"http://{LONE}.example/"]}),  # the \ud800 escape
+     b'{"urls": ["http://a.test/", "http://\xed\xa0\x80.example/"]}',  # its UTF-8-like bytes
+     body({"urls": ["http://a.test/", f"http://a.test/p{LONE}"]}),
+     body({"urls": ["http://a.test/", "http://a.test/?q=\udcff"]})],
+)
+def test_a_url_with_a_lone_surrogate_is_a_bad_url_naming_the_item(raw: bytes) -> None:
+    e = refused(protocol.parse_web_request, raw)
+    assert (e.code, e.status, e.item) == ("bad_url", 400, 1)
+    assert "lone surrogate" in e.message
+
+
+def test_a_domain_with_a_lone_surrogate_is_a_bad_domain_naming_the_item() -> None:
+    e = refused(protocol.parse_domain_request, body({"items": ["a.test", f"{LONE}.example"]}))
+    assert (e.code, e.status, e.item) == ("bad_domain", 400, 1)
+    assert "lone surrogate" in e.message
+
+
+@pytest.mark.parametrize(
+    "doc, where",
+    [({"url": f"http://{LONE}.example/"}, "URL"),
+     ({"url": "http://a.test/", "x": LONE}, "['x']"),
+     ({"url": "http://a.test/", "meta": {"tags": ["ok", f"bad{LONE}"]}}, "['meta']['tags'][1]"),
+     ({"url": "http://a.test/", f"k{LONE}": 1}, "(a key)")],
+)
+def test_an_inspect_request_with_a_lone_surrogate_anywhere_is_refused(doc: Any, where: str) -> None:
+    """The whole document is relayed to the cloud as UTF-8, so all of it must be Unicode."""
+    e = refused(protocol.parse_inspect_request, body(doc))
+    assert e.status == 400 and e.code in ("bad_url", "bad_request")
+    assert "lone surrogate" in e.message and where in e.message
+
+
+def test_a_surrogate_pair_is_one_character_and_fine() -> None:
+    (q,) = protocol.parse_web_request(b'{"urls": ["http://a.test/\\ud83d\\ude00"]}', LIMITS)[0]
+    assert q.canonical == "http://a.test/%F0%9F%98%80"
+    q2 = protocol.parse_inspect_request(b'{"url": "http://a.test/", "x": "\\ud83d\\ude00"}', LIMITS)
+    assert json.loads(q2.body)["x"] == "\U0001f600"
+
+
+# ------------------------------------------------------------------ hosts that are no host names
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [("http://%ff%fe.example/", "not UTF-8"),
+     ("http://%ED%A0%80.example/", "not UTF-8"),  # a surrogate, percent-encoded
+     ("http://a.%C0%AE.example/", "not UTF-8"),  # an overlong '.'
+     ("http://exa%20mple.example/", "not a host name"),
+     ("http://a%2525b.example/", "not a host name"),
+     ("http://a%01b.example/", "not a host name"),
+     ("http://exa mple.example/", "not a host name")],
+)
+def test_a_host_that_is_no_host_name_once_percent_decoded_is_a_bad_url(url: str, why: str) -> None:
+    for parse, doc in ((protocol.parse_web_request, {"urls": ["http://a.test/", url]}),
+                       (protocol.parse_inspect_request, {"url": url})):
+        e = refused(parse, body(doc))
+        assert (e.code, e.status) == ("bad_url", 400) and why in e.message
+        assert e.item == (1 if parse is protocol.parse_web_request else None)
+
+
+@pytest.mark.parametrize(
+    "url, canonical",
+    [("http://%65xample.test/", "http://example.test/"),
+     ("http://b%C3%BCcher.example/", "http://xn--bcher-kva.example/"),
+     ("http://a.test/%ff%fe", "http://a.test/%FF%FE"),  # paths may hold any byte
+     ("http://a.test/?q=%ED%A0%80", "http://a.test/?q=%ED%A0%80")],
+)
+def test_percent_escapes_that_decode_to_a_host_name_or_sit_in_the_path_are_fine(
+    url: str, canonical: str
+) -> None:
+    (q,) = protocol.parse_web_request(body({"urls": [url]}), LIMITS)[0]
+    assert q.canonical == canonical

@@ -313,3 +313,82 @@ def test_cached_answer_ttl_counts_down_and_is_not_memoised(app: App) -> None:
     now[0] += 200  # expired: no cloud to ask, so degraded
     assert result(call(app, "GET", target))["source"] == "degraded"
     assert items_total(app, "file", "cache") == 2
+
+
+# ---------------------------------------------------------------- what a probe sends
+
+
+@pytest.mark.parametrize("path", ["/v1/web?url=http://a.test/&", "/v1/agent-pattern?"])
+@pytest.mark.parametrize("count", [5, 6, 40])
+def test_too_many_query_parameters_are_a_400_naming_the_count(
+    app: App, path: str, count: int
+) -> None:
+    target = path + "&".join(f"p{i}=x" for i in range(count - path.endswith("&")))
+    error = refused(app, "GET", target)
+    assert (error.status, error.code) == (400, "bad_request")
+    assert "at most 4 query parameters" in error.message and str(count) in error.message
+
+
+def test_four_query_parameters_and_unknown_ones_are_fine(app: App) -> None:
+    plain = call(app, "GET", f"/v1/web?url={quote(BAD_URL, safe='')}")
+    extra = call(app, "GET", f"/v1/web?a=1&url={quote(BAD_URL, safe='')}&b=2&url=http://x.test/")
+    assert result(extra) == result(plain)  # a repeated parameter counts once: its first value
+
+
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        ("/v1/web?url=http://%ED%A0%80.example/", "bad_url"),  # a surrogate, percent-encoded
+        ("/v1/web?url=http://%ff%fe.example/", "bad_url"),
+        ("/v1/web?url=http://a.test/&policy=%ff", "bad_request"),
+        ("/v1/domain/%ED%A0%80.example", "bad_domain"),
+        ("/v1/domain/%ff%fe.example", "bad_domain"),
+        ("/v1/file/%ff" + "a" * 62, "bad_hash"),
+    ],
+)
+def test_a_target_that_is_not_utf8_once_percent_decoded_is_a_400_naming_it(
+    app: App, target: str, code: str
+) -> None:
+    error = refused(app, "GET", target)
+    assert (error.status, error.code) == (400, code)
+    assert "not UTF-8" in error.message
+
+
+def test_raw_utf8_in_a_target_reads_as_the_same_text_as_its_escapes(app: App) -> None:
+    name = "b\u00fccher.example"
+    raw = result(call(app, "GET", f"/v1/domain/{name}"))  # call() sends the target as UTF-8
+    assert raw == result(call(app, "GET", f"/v1/domain/{quote(name)}")) and raw["domain"] == name
+    url = f"http://{name}/\u00e9"
+    assert result(call(app, "GET", f"/v1/web?url={url}"))["url"] == url
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body", "code", "item"),
+    [
+        ("GET", "/v1/web?url=http://%2525ff%2525fe.example/", b"", "bad_url", 0),
+        ("POST", "/v1/web", b'{"urls": ["http://a.test/", "http://%ff%fe.example/"]}', "bad_url", 1),
+        ("POST", "/v1/inspect", b'{"url": "http://%ff%fe.example/"}', "bad_url", None),
+        ("GET", "/v1/domain/%25ff%25fe.example", b"", "bad_domain", 0),
+        ("POST", "/v1/domain", b'{"items": ["a.test", "%ff%fe.example"]}', "bad_domain", 1),
+    ],
+)
+def test_a_host_that_is_no_host_name_once_percent_decoded_is_a_400_on_every_service(
+    app: App, method: str, target: str, body: bytes, code: str, item: int | None
+) -> None:
+    """One rule for every way into the web and domain services: such a host is never relayed."""
+    error = refused(app, method, target, body)
+    assert (error.status, error.code, error.item) == (400, code, item)
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("/v1/web", b'{"urls": ["http://\\ud800.example/"]}'),
+        ("/v1/inspect", b'{"url": "http://a.test/", "x": "\\ud800"}'),
+        ("/v1/inspect", b'{"url": "http://\\ud800.example/"}'),
+        ("/v1/domain", b'{"items": ["\\ud800.example"]}'),
+    ],
+)
+def test_a_lone_surrogate_in_a_body_is_a_400_naming_it(app: App, target: str, body: bytes) -> None:
+    error = refused(app, "POST", target, body)
+    assert error.status == 400 and "lone surrogate" in error.message

@@ -398,3 +398,29 @@ def test_leading_dots_before_a_bracket_do_not_hide_it() -> None:
     with pytest.raises(urls.UrlError, match="IPv6"):
         urls.canonicalize(".[")
     assert urls.canonicalize("http://.[::1]/x") == urls.canonicalize("http://[::1]/x")
+
+
+def test_a_lone_surrogate_that_stands_for_no_byte_is_a_url_error() -> None:
+    with pytest.raises(urls.UrlError, match="lone surrogate"):
+        urls.canonicalize("http://\ud800.example/")
+    assert urls.canonicalize("http://a.test/\udcff") == "http://a.test/%FF"  # surrogateescape
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [("http://%ff%fe.example/", "not UTF-8"), ("http://\udcff.example/", "not UTF-8"),
+     ("http://exa%20mple.test/", "not a host name"), ("http://a%2525.test/", "not a host name"),
+     ("http://%01.com/", "not a host name"), ("http://%01%80.com/", "not UTF-8")],
+)
+def test_check_host_refuses_a_canonical_host_holding_escapes(url: str, message: str) -> None:
+    host = host_of(canonicalize(url))  # canonicalization itself keeps such hosts
+    with pytest.raises(urls.UrlError, match=message):
+        urls.check_host(host)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://example.test/", "http://b\u00fccher.example/", "http://10.1/", "http://[::1]/",
+            "http://a_b-c.test/%ff", "http://W!eird<>Ho$^.com/"],
+)
+def test_check_host_accepts_names_and_ip_literals(url: str) -> None:
+    urls.check_host(host_of(canonicalize(url)))
