@@ -65,6 +65,7 @@ from proxy.updater import (
 logger = logging.getLogger(__name__)
 
 GRACE_SECONDS = 5.0
+SourceTimes = tuple[datetime, datetime | None]  # a source manifest's published and expires
 AGENT_DIFF_CACHE = 8
 _REPO_PATH = re.compile(
     r"(?:full/(?P<fp>[a-z0-9-]{1,32})/(?P<fv>\d{10,14})/(?P<ff>[a-z0-9._-]{1,64})"
@@ -136,7 +137,7 @@ class PatternKeeper:
         self.engine: Any = None
         self.served: str | None = None  # the store version being served
         self.local: dict[str, Any] = {}  # its local manifest
-        self.served_expires: datetime | None = None  # of the source manifest it came from
+        self.served_source: SourceTimes | None = None  # of the source manifest it came from
         self.swaps = 0
         self._closing: list[tuple[asyncio.TimerHandle, PatternSet]] = []
         self._agent_diffs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
@@ -157,7 +158,7 @@ class PatternKeeper:
         patterns = PatternSet.open(path)
         self.served = path.name
         self.local = read_local(path)
-        self.served_expires = source_expiry(path)
+        self.served_source = source_times(path)
         if self._updates and cfg.update_source and cfg.update_key is not None:
             self.updater, self._fetcher = make_updater(cfg, self.store)
         return patterns
@@ -215,15 +216,15 @@ class PatternKeeper:
             self.served_error = f"version {name} does not open: {e.message}"
             return False
         local = await asyncio.to_thread(read_local, path)
-        self.swap(new, name, local, await asyncio.to_thread(source_expiry, path))
+        self.swap(new, name, local, await asyncio.to_thread(source_times, path))
         return True
 
     def swap(self, new: PatternSet, name: str, local: dict[str, Any],
-             expires: datetime | None = None) -> None:
+             source: SourceTimes | None = None) -> None:
         """Assign ``new`` to the engine now; close the old map ``grace`` seconds later."""
         old = self.engine.patterns
         self.engine.patterns = new
-        self.served, self.local, self.served_expires = name, local, expires
+        self.served, self.local, self.served_source = name, local, source
         self.served_error = None
         self.swaps += 1
         loop = asyncio.get_running_loop()
@@ -261,10 +262,14 @@ class PatternKeeper:
         return out
 
     def source_expires(self) -> datetime | None:
-        """When the newest signed source manifest known expires (None: it sets no expiry):
-        the served version's, or a later one the updater accepted with nothing to fetch."""
-        seen = self.updater.source_expires if self.updater is not None else None
-        return max((t for t in (self.served_expires, seen) if t is not None), default=None)
+        """When the newest signed source manifest known expires (None: it sets no expiry): the
+        served version's, or one published since that the updater accepted (nothing to fetch,
+        say: a publisher renewing the expiry of an unchanged build)."""
+        up, served = self.updater, self.served_source
+        if up is not None and up.source_published is not None and (
+                served is None or up.source_published >= served[0]):
+            return up.source_expires
+        return served[1] if served is not None else None
 
     def expired(self, now: float) -> bool:
         expires = self.source_expires()
@@ -480,14 +485,15 @@ class PatternKeeper:
         return None
 
 
-def source_expiry(directory: Path) -> datetime | None:
-    """When the signed source manifest a version was installed from expires (None: no such
-    manifest, or no expiry). Its signature was checked when it was installed."""
+def source_times(directory: Path) -> SourceTimes | None:
+    """When the signed source manifest a version was installed from was published and expires
+    (None: there is none, e.g. the sample). Its signature was checked when it was installed."""
     try:
         with open(directory / SOURCE_DIR / repo.MANIFEST, "rb") as f:
-            return repo.parse_manifest(f.read(repo.MAX_MANIFEST_BYTES + 1)).expires
+            m = repo.parse_manifest(f.read(repo.MAX_MANIFEST_BYTES + 1))
     except (OSError, PatternError):
         return None
+    return m.published, m.expires
 
 
 def agent_etag(data: bytes) -> str:

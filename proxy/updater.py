@@ -352,7 +352,8 @@ class Updater:
         self.last_success: float | None = None
         self.last_checked: dict[str, float] = {}  # pattern -> when it was last brought current
         self.next_attempt: float | None = None
-        self.source_expires: datetime | None = None  # of the last manifest accepted
+        self.source_published: datetime | None = None  # the last manifest accepted
+        self.source_expires: datetime | None = None  # and when it expires (None: never)
         self._full_next: set[str] = set()  # patterns whose diffs failed: take full files next
         self._retry_due: set[str] = set()  # what a failed attempt was updating
 
@@ -483,7 +484,7 @@ class Updater:
             repo.check_timely(manifest, mark, now, self.max_clock_skew)
         except repo.Refused as e:
             raise _Failed(e.reason, e.message) from None
-        self.source_expires = manifest.expires
+        self.source_published, self.source_expires = manifest.published, manifest.expires
         if manifest.expires is not None and manifest.expires <= now:
             logger.warning("the update source's manifest expired at %s (published %s): the "
                            "source is not publishing, or someone replays its last manifest; "

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -285,3 +286,102 @@ def test_update_now_exit_codes(source: Source, tmp_path: Path) -> None:
     assert json.loads(r.stdout)["changed"] is True
     r = rampart("pattern", "rollback", "--data-dir", str(data))
     assert r.returncode == 1 and "no version before" in r.stderr
+
+
+# ---------------------------------------------------------------- replays and expiry
+
+
+def resign(repo_dir: Path, key: Path, **changes: str) -> None:
+    """Sign the repository's manifest again, with ``changes`` (as the publisher could)."""
+    doc = json.loads((repo_dir / repo.MANIFEST).read_bytes())
+    doc.update(changes)
+    raw = json.dumps(doc).encode()
+    (repo_dir / repo.MANIFEST).write_bytes(raw)
+    (repo_dir / repo.SIGNATURE).write_bytes(signing.sign(raw, signing.load_private_key(key)))
+
+
+def metric(base: str, line: str) -> bool:
+    return any(m.startswith(line) for m in httpx.get(f"{base}/metrics", timeout=5).text.splitlines())
+
+
+def test_an_old_source_served_again_is_refused_and_expiry_is_reported(source: Source,
+                                                                     tmp_path: Path) -> None:
+    own = Source(tmp_path, source.key, tmp_path / "repo", source.builds)
+    own.publish(V1)
+    shutil.copytree(own.repo, tmp_path / "repo-v1")  # what someone on the path kept
+    own.publish(V2)
+    shutil.copytree(own.repo, tmp_path / "repo-v2")
+    port = free_port()
+    own.proc = Proc([*RAMPART, "pattern", "serve", str(own.repo), "--port", str(port)], tmp_path,
+                    tmp_path / "serve.log", {"http": port})
+    own.proc.start(f"http://127.0.0.1:{port}/manifest.json")
+    cfg = config(tmp_path / "rampart.toml", own.url, source.key.with_name("key.pub"),
+                 update_interval=1, update_backoff_max=1, stale_after=10 * 365 * 86400)
+    appliance = start_appliance(tmp_path, None, "--config", str(cfg))
+    base = f"http://127.0.0.1:{appliance.ports['http']}"
+    try:
+        assert eventually(lambda: ready(appliance)["pattern"]["version"] == V2, 15)
+        assert ready(appliance)["pattern"]["source_expired"] is False
+
+        # The genuinely signed V1 source, served again: refused by `update now` and the schedule.
+        shutil.rmtree(own.repo)
+        shutil.copytree(tmp_path / "repo-v1", own.repo)
+        r = update_now(appliance, cfg)
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert "(downgrade)" in r.stderr and "older than the installed" in r.stderr, r.stderr
+        assert eventually(lambda: (ready(appliance)["pattern"]["update"]["last"] or {}).get(
+            "reason") == "downgrade", 10)
+        assert metric(base, 'rampart_update_failures_total{reason="downgrade"}')
+        assert ready(appliance)["pattern"]["version"] == V2
+        hit = httpx.get(f"{base}/v1/file/{TWO[0]}", timeout=5).json()["results"][0]
+        assert hit["threat"] == f"Threat-{V2}"  # published after V1: still answers
+
+        # V2 again, renewed by the publisher with an expiry that soon passes: stale, not failed.
+        shutil.rmtree(own.repo)
+        shutil.copytree(tmp_path / "repo-v2", own.repo)
+        published = repo.parse_manifest((own.repo / repo.MANIFEST).read_bytes()).published
+        resign(own.repo, own.key, published=repo.stamp(published + timedelta(seconds=1)),
+               expires=repo.stamp(published + timedelta(seconds=2)))
+        assert eventually(lambda: ready(appliance)["pattern"]["source_expired"], 15)
+        body = ready(appliance)["pattern"]
+        assert body["stale"] and body["patterns"]["smart-scan"]["stale"], body
+        assert body["update"]["last"]["ok"] and body["version"] == V2
+        assert metric(base, 'rampart_pattern_stale{pattern="smart-scan"} 1.0')
+        assert not metric(base, "rampart_update_source_expires_timestamp 0.0")
+    finally:
+        appliance.stop()
+        own.proc.stop()
+
+
+# ---------------------------------------------------------------- first start
+
+
+def test_servers_started_together_on_a_fresh_data_dir_both_come_up(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    procs = []
+    for i in range(2):
+        http, https = free_port(), free_port()
+        procs.append(Proc([*RAMPART, "serve", "--data-dir", str(data), "--listen", "127.0.0.1",
+                           "--query-port", str(http), "--query-tls-port", str(https),
+                           "--proxy-port", "0", "--transparent-port", "0"],
+                          data, tmp_path / f"serve-{i}.log", {"http": http}))
+    errors: list[str] = []
+
+    def start(p: Proc) -> None:
+        try:
+            p.start(f"http://127.0.0.1:{p.ports['http']}/healthz")
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=start, args=(p,)) for p in procs]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [], errors
+        versions = {ready(p)["pattern"]["version"] for p in procs}
+        assert len(versions) == 1, versions
+    finally:
+        for p in procs:
+            p.stop()
