@@ -31,6 +31,10 @@ from proxy.cli import cli, door_options, fail_cleanly, load_config, setup_loggin
 @click.option("--allow-client", "allow_clients", multiple=True,
               help="Client network (CIDR) the intercept door serves (repeatable; "
                    "default loopback and private ranges).")
+@click.option("--intercept-allow-destination", "intercept_allow_destinations", multiple=True,
+              help="Destination on this machine, loopback or link-local the intercept door may "
+                   "reach: HOST[:PORT], [V6]:PORT or CIDR (repeatable; default none, the --cloud "
+                   "endpoints excepted).")
 @click.option("--capture", type=click.Path(path_type=Path, dir_okay=False),
               help="Append reputation flows to this mitmproxy flow file (mitmdump -nr FILE).")
 @click.option("--capture-filter", help="mitmproxy filter expression for --capture, e.g. '~u /v1/file'.")

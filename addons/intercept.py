@@ -6,6 +6,8 @@ every reputation decision is the engine's (``proxy.routes.Routes``, the same
 object the query door calls):
 
 - clients outside ``allow_clients`` are refused at connect (never an open relay);
+- destinations on this machine (loopback, its own addresses, …) are refused, with a
+  403 naming them when there is an HTTP request to answer (``proxy.destinations``);
 - TLS to hosts outside ``intercept_hosts`` is not intercepted: the connection is
   relayed byte for byte (``tls_clienthello`` → ``ignore_connection``; mitmproxy's
   ``allow_hosts`` does the same earlier for plain TCP and transparent HTTP);
@@ -28,9 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import connection, http, tls
+from mitmproxy import connection, ctx, http, tls
+from mitmproxy.proxy import server_hooks
 
+from proxy import metrics
 from proxy.config import Config
+from proxy.destinations import Destinations, literal
 from proxy.errors import ProtocolError
 from proxy.protocol import render_error
 from proxy.server import Request, Response, error_response
@@ -210,11 +215,28 @@ def to_mitmproxy(response: Response, source: str) -> http.Response:
 class Intercept:
     """mitmproxy hooks for the intercept door; ``routes`` gives the engine's routes once open."""
 
-    def __init__(self, cfg: Config, routes: Callable[[], Handler | None]) -> None:
+    def __init__(self, cfg: Config, routes: Callable[[], Handler | None],
+                 stats: Callable[[], metrics.Stats | None] = lambda: None) -> None:
         self.hosts = intercept_patterns(cfg)
         self.clients = ClientNetworks.parse(cfg.allow_clients)
         self.routes = routes
+        self.stats = stats
+        self.destinations = Destinations.from_config(cfg)
         self.refused = 0
+        self.refused_destinations = 0
+
+    def running(self) -> None:
+        """Refusals go to the query door's /metrics, whose counters exist once it has opened
+        (its ``running`` runs first)."""
+        stats = self.stats()
+        if stats is not None:
+            metrics.gauge(
+                stats, "rampart_intercept_refused",
+                "Intercept-door refusals since start: clients outside allow_clients,"
+                " destinations on this machine (see intercept_allow_destinations)",
+                lambda: [({"what": "client"}, float(self.refused)),
+                         ({"what": "destination"}, float(self.refused_destinations))],
+            )
 
     # ------------------------------------------------------------ connections
 
@@ -260,13 +282,22 @@ class Intercept:
             return None
         return engine_service(flow.request.path)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Refuse a tunnel to a refused destination (403); an intercept host's requests are
+        decided one by one instead, as the engine answers some of them itself."""
+        if flow.request.host in self.hosts:
+            return None
+        return self._guard(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live:
-            return
-        if self._ours(flow) is None:
-            flow.request.stream = True  # not ours: relayed as it arrives, never buffered
-            if self._intercepted(flow):
-                flow.metadata[META] = {"action": "forwarded", "service": None}
+            return None
+        if self._ours(flow) is not None:
+            return None
+        flow.request.stream = True  # not ours: relayed as it arrives, never buffered
+        if self._intercepted(flow):
+            flow.metadata[META] = {"action": "forwarded", "service": None}
+        return self._guard(flow)
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Answer engine paths on intercept hosts; returns an awaitable only when relaying
@@ -291,6 +322,81 @@ class Intercept:
         meta = flow.metadata.get(META)
         if flow.response is not None and (meta is None or meta.get("action") != "answered"):
             flow.response.stream = True
+
+    # ------------------------------------------------------------ destinations
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> Awaitable[None] | None:
+        """Every upstream connection passes here: tunnels, TLS passed through, transparent
+        mode's original destination. A refusal is mitmproxy's own (``server.error``)."""
+        if data.server.error or not data.server.address:
+            return None
+        host, port = str(data.server.address[0]), int(data.server.address[1])
+        verdict = self.destinations.check(host, port)
+        if verdict is None or isinstance(verdict, str):
+            if verdict is not None:
+                data.server.error = self._refuse(data.client, host, port, verdict)
+            return None
+        return self._connect_later(data, host, port, verdict)
+
+    async def _connect_later(self, data: server_hooks.ServerConnectionHookData, host: str,
+                             port: int, verdict: Awaitable[str | None]) -> None:
+        why = await verdict
+        if why is not None:
+            data.server.error = self._refuse(data.client, host, port, why)
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The last word, on the address actually reached: a name that resolves elsewhere at
+        connect than at the check (DNS rebinding, a cached answer) is cut before any byte."""
+        peer, address = data.server.peername, data.server.address
+        ip = literal(str(peer[0])) if peer else None
+        if ip is None or not address:
+            return
+        host, port = str(address[0]), int(address[1])
+        why = self.destinations.refusal(host, port, (ip,))
+        if why is not None:
+            data.server.error = self._refuse(data.client, host, port, why)
+            _close(data)
+
+    def _guard(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Answer a flow bound for a refused destination with a 403 naming it."""
+        host, port = flow.request.host, flow.request.port
+        verdict = self.destinations.check(host, port)
+        if verdict is None or isinstance(verdict, str):
+            if verdict is not None:
+                _refused(flow, self._refuse(flow.client_conn, host, port, verdict))
+            return None
+        return self._guard_later(flow, host, port, verdict)
+
+    async def _guard_later(self, flow: http.HTTPFlow, host: str, port: int,
+                           verdict: Awaitable[str | None]) -> None:
+        why = await verdict
+        if why is not None:
+            _refused(flow, self._refuse(flow.client_conn, host, port, why))
+
+    def _refuse(self, client: connection.Client, host: str, port: int, why: str) -> str:
+        """Count and log a refused destination; the message the client is given."""
+        self.refused_destinations += 1
+        address = str(client.peername[0]) if client.peername else "?"
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        logger.warning("refused intercept-door destination %s for client %s: %s", shown, address, why)
+        return f"the intercept door does not connect to {shown}: {why}"
+
+
+def _refused(flow: http.HTTPFlow, message: str) -> None:
+    error = ProtocolError("destination_refused", message, status=403)
+    flow.response = to_mitmproxy(Response(403, render_error(error)), "")
+    flow.response.http_version = flow.request.http_version
+    flow.metadata[META] = {"action": "refused", "service": None}
+
+
+def _close(data: server_hooks.ServerConnectionHookData) -> None:
+    """Close a just-opened upstream connection: mitmproxy has no refusal after connect, but
+    it writes nothing to a closing transport (``ConnectionHandler`` checks ``is_closing``)."""
+    proxyserver = ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
+    handler = proxyserver.connections.get(data.client.id) if proxyserver else None
+    io = handler.transports.get(data.server) if handler else None
+    if io is not None and io.writer is not None:
+        io.writer.close()
 
 
 def _answered(flow: http.HTTPFlow, service: str, response: Response, started: float) -> None:

@@ -106,7 +106,8 @@ def assemble(cfg: Config) -> Doors:
     ours: list[Any] = [door]
     intercept: Intercept | None = None
     if modes:
-        intercept = Intercept(cfg, lambda: getattr(door.app, "routes", None))
+        intercept = Intercept(cfg, lambda: getattr(door.app, "routes", None),
+                              lambda: getattr(door.app, "stats", None))
         addons += [proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig()]
         ours.append(intercept)
     ours.append(capture)

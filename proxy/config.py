@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.destinations import Allowed
 from proxy.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -72,6 +73,10 @@ class Config:
     allow_clients: list[str] = _opt(
         ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
         "client networks (CIDR) the intercept door serves; others are refused (never an open relay)",
+    )
+    intercept_allow_destinations: list[str] = _opt(
+        [], "destinations the intercept door may reach although loopback, link-local or this"
+        " machine's (HOST[:PORT], [V6]:PORT or CIDR); the cloud endpoints always are",
     )
     # troubleshooting
     capture: Path | None = _opt(
@@ -260,6 +265,14 @@ def validate(cfg: Config) -> Config:
                 f"config key 'intercept_hosts': {pattern!r} must be a host name, an IP address"
                 " or *.domain"
             )
+    for entry in cfg.intercept_allow_destinations:
+        try:
+            Allowed.parse(entry)
+        except ValueError:
+            raise ConfigError(
+                f"config key 'intercept_allow_destinations': {entry!r} must be HOST[:PORT],"
+                " [V6]:PORT, an address or a network (CIDR)"
+            ) from None
     for key in ("allow_clients", "query_clients"):
         for cidr in getattr(cfg, key):
             try:

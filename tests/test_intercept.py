@@ -159,8 +159,15 @@ async def failing_relay(request: Request) -> Response:
     raise RuntimeError("relay bug")
 
 
+async def no_dns(host: str, port: int) -> list[ipaddress.IPv4Address]:
+    """Unit tests resolve nothing: every name is a documentation address (sent no traffic)."""
+    return [ipaddress.IPv4Address("198.51.100.7")]
+
+
 def addon(routes=fake_routes, **cfg) -> Intercept:
-    return Intercept(Config(intercept_hosts=["cloud.rampart.test"], **cfg), lambda: routes)
+    a = Intercept(Config(intercept_hosts=["cloud.rampart.test"], **cfg), lambda: routes)
+    a.destinations.lookup = no_dns
+    return a
 
 
 def cloud_flow(path: str, host: str = "cloud.rampart.test", method: str = "GET") -> mhttp.HTTPFlow:
@@ -283,7 +290,7 @@ async def test_everything_else_is_forwarded_streamed_and_untouched(host, path, f
     f = cloud_flow(path, host=host)
     f.client_conn.sni = None if host != "cloud.rampart.test" else host
     with taddons.context(a):
-        a.requestheaders(f)
+        await hook(a.requestheaders(f))
         await hook(a.request(f))
         assert f.response is None and f.request.stream is True
         f.response = tflow.tresp()
@@ -397,7 +404,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     site_ca, site_ctx = _throwaway_site(tmp)
     tls_site, plain_site = _serve(site_ctx, gate), _serve(None, gate)
     try:
-        appliance = start_intercepting(tmp, cloud, unprivileged=True)
+        # the sites are local test servers: destinations the intercept door refuses unless allowed
+        appliance = start_intercepting(
+            tmp, cloud, "--intercept-allow-destination", f"127.0.0.1:{tls_site.server_address[1]}",
+            "--intercept-allow-destination", f"localhost:{plain_site.server_address[1]}",
+            unprivileged=True,
+        )
     except Exception:
         cloud.stop()
         raise
