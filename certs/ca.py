@@ -16,10 +16,13 @@ for old products that cannot do ECDSA.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
+import fcntl
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ ORGANIZATION = "Rampart"
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
 MITMPROXY_DIR = "mitmproxy"
+CA_LOCK_FILE = ".ca.lock"
 MITMPROXY_BASENAME = "mitmproxy"
 DEFAULT_CA_DAYS = 3650
 DEFAULT_LEAF_DAYS = 397
@@ -163,8 +167,26 @@ class CA:
         now: dt.datetime | None = None,
     ) -> CA:
         """Load the CA from ``data_dir``, creating it on first start, and make sure
-        mitmproxy's confdir (``DATA/mitmproxy``) holds the same CA."""
+        mitmproxy's confdir (``DATA/mitmproxy``) holds the same CA.
+
+        Starts racing on a fresh data directory create it once, under a lock
+        (``DATA/.ca.lock``): the others load that one, never a mixed key and cert.
+        """
         data_dir = Path(data_dir)
+        if (data_dir / CA_CERT_FILE).exists() and (data_dir / CA_KEY_FILE).exists():
+            ca = cls.load(data_dir)
+        else:
+            make_private_dir(data_dir)
+            with _locked(data_dir / CA_LOCK_FILE):
+                ca = cls._load_or_create(data_dir, common_name=common_name, days=days,
+                                         key_type=key_type, now=now)
+        ca.sync_mitmproxy(data_dir / MITMPROXY_DIR)
+        ca._warn_expiry(now or _utcnow())
+        return ca
+
+    @classmethod
+    def _load_or_create(cls, data_dir: Path, *, common_name: str, days: int, key_type: KeyType,
+                        now: dt.datetime | None) -> CA:
         cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
         have_cert, have_key = cert_path.exists(), key_path.exists()
         if have_cert and have_key:
@@ -176,7 +198,6 @@ class CA:
                 f"or move {present.name} aside to create a new CA"
             )
         else:
-            make_private_dir(data_dir)
             ca = cls.create(common_name=common_name, days=days, key_type=key_type, now=now)
             write_atomic(key_path, _key_pem(ca.key), private=True)
             write_atomic(cert_path, ca.cert_pem(), private=False)
@@ -184,8 +205,6 @@ class CA:
                 "created CA",
                 extra={"subject": ca.subject_text(), "sha256": ca.fingerprint_sha256()},
             )
-        ca.sync_mitmproxy(data_dir / MITMPROXY_DIR)
-        ca._warn_expiry(now or _utcnow())
         return ca
 
     def sync_mitmproxy(self, confdir: Path) -> None:
@@ -326,6 +345,21 @@ def export_pem(ca: CA) -> bytes:
 def export_der(ca: CA) -> bytes:
     """The CA certificate (never the key) in DER (``.cer``/``.crt`` for Windows products)."""
     return ca.cert.public_bytes(serialization.Encoding.DER)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created 0600), e.g. while a CA is created."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        raise CertError(f"cannot lock {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)  # exactly, whatever the umask
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _parse_cert(path: Path, data: bytes) -> x509.Certificate:
