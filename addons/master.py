@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import certifi
+from mitmproxy import certs as mitmproxy_certs
 from mitmproxy import options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
@@ -26,6 +27,7 @@ from addons.intercept import Intercept, intercept_patterns
 from addons.query_door import QueryDoor
 from proxy.config import Config
 from proxy.errors import ConfigError
+from proxy.files import write_atomic
 
 UPSTREAM_BUNDLE = "upstream-ca.pem"
 MAX_CA_FILE = 1 << 20
@@ -49,10 +51,16 @@ def upstream_bundle(cfg: Config, confdir: Path) -> str | None:
     bundle = confdir / UPSTREAM_BUNDLE
     data = Path(certifi.where()).read_bytes() + b"\n" + extra
     if not bundle.exists() or bundle.read_bytes() != data:
-        tmp = bundle.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(bundle)
+        write_atomic(bundle, data)  # 0600 in the private confdir, whatever the umask
     return str(bundle)
+
+
+def mitmproxy_dhparam(confdir: Path) -> None:
+    """Write mitmproxy's DH parameters file before it does: it would use the umask's mode
+    (0666 under umask 000); ours is 0600 like the rest of the confdir."""
+    path = confdir / "mitmproxy-dhparam.pem"
+    if not path.exists():
+        write_atomic(path, mitmproxy_certs.DEFAULT_DHPARAM)
 
 
 def proxy_modes(cfg: Config) -> list[str]:
@@ -97,6 +105,7 @@ def assemble(cfg: Config) -> Doors:
     modes = proxy_modes(cfg)
     if modes:
         certs.CA.ensure(cfg.data_dir)  # before TlsConfig reads confdir, or mitmproxy makes its own CA
+        mitmproxy_dhparam(confdir)
     opts = options.Options(confdir=str(confdir))
     master = Master(opts)
     door = QueryDoor(cfg)
