@@ -21,6 +21,7 @@ Each answered flow carries the decision in ``flow.metadata["rampart"]`` and the
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -330,23 +331,16 @@ class Intercept:
         mode's original destination. A refusal is mitmproxy's own (``server.error``)."""
         if data.server.error or not data.server.address:
             return None
-        host, port = str(data.server.address[0]), int(data.server.address[1])
-        verdict = self.destinations.check(host, port)
-        if verdict is None or isinstance(verdict, str):
-            if verdict is not None:
-                data.server.error = self._refuse(data.client, host, port, verdict)
-            return None
-        return self._connect_later(data, host, port, verdict)
 
-    async def _connect_later(self, data: server_hooks.ServerConnectionHookData, host: str,
-                             port: int, verdict: Awaitable[str | None]) -> None:
-        why = await verdict
-        if why is not None:
-            data.server.error = self._refuse(data.client, host, port, why)
+        def kill(message: str) -> None:
+            data.server.error = message
+
+        host, port = str(data.server.address[0]), int(data.server.address[1])
+        return self._decide(data.client, host, port, kill)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         """The last word, on the address actually reached: a name that resolves elsewhere at
-        connect than at the check (DNS rebinding, a cached answer) is cut before any byte."""
+        connect than at the check (DNS rebinding, a cached verdict) is cut before any byte."""
         peer, address = data.server.peername, data.server.address
         ip = literal(str(peer[0])) if peer else None
         if ip is None or not address:
@@ -359,19 +353,25 @@ class Intercept:
 
     def _guard(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Answer a flow bound for a refused destination with a 403 naming it."""
-        host, port = flow.request.host, flow.request.port
+        return self._decide(flow.client_conn, flow.request.host, flow.request.port,
+                            functools.partial(_refused, flow))
+
+    def _decide(self, client: connection.Client, host: str, port: int,
+                refuse: Callable[[str], None]) -> Awaitable[None] | None:
+        """``refuse(message)`` when ``host:port`` is refused; an awaitable (for mitmproxy to
+        await, as a hook's result) only when a name is to be resolved first."""
         verdict = self.destinations.check(host, port)
         if verdict is None or isinstance(verdict, str):
             if verdict is not None:
-                _refused(flow, self._refuse(flow.client_conn, host, port, verdict))
+                refuse(self._refuse(client, host, port, verdict))
             return None
-        return self._guard_later(flow, host, port, verdict)
+        return self._decide_later(client, host, port, verdict, refuse)
 
-    async def _guard_later(self, flow: http.HTTPFlow, host: str, port: int,
-                           verdict: Awaitable[str | None]) -> None:
+    async def _decide_later(self, client: connection.Client, host: str, port: int,
+                            verdict: Awaitable[str | None], refuse: Callable[[str], None]) -> None:
         why = await verdict
         if why is not None:
-            _refused(flow, self._refuse(flow.client_conn, host, port, why))
+            refuse(self._refuse(client, host, port, why))
 
     def _refuse(self, client: connection.Client, host: str, port: int, why: str) -> str:
         """Count and log a refused destination; the message the client is given."""
@@ -386,7 +386,8 @@ def _refused(flow: http.HTTPFlow, message: str) -> None:
     error = ProtocolError("destination_refused", message, status=403)
     flow.response = to_mitmproxy(Response(403, render_error(error)), "")
     flow.response.http_version = flow.request.http_version
-    flow.metadata[META] = {"action": "refused", "service": None}
+    if META in flow.metadata:  # an intercept host's flow (captured): say what became of it
+        flow.metadata[META]["action"] = "refused"
 
 
 def _close(data: server_hooks.ServerConnectionHookData) -> None:
