@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from mitmproxy.io import tnetstring
 from addons.intercept import META, SOURCE_HEADER, HostPatterns, decision, engine_service
 from proxy.config import Config
 from proxy.errors import ConfigError, RampartError
+from proxy.files import make_dirs, open_private
 from proxy.server import Request, Response
 
 logger = logging.getLogger(__name__)
@@ -153,8 +155,8 @@ class Capture:
         """Open the file and the capture port; RampartError with the reason if either fails."""
         if self.path is not None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.file = self.path.open("ab")
+                make_dirs(self.path.parent)  # flows hold what products asked: private
+                self.file = os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "ab")
             except OSError as e:
                 raise RampartError(f"cannot open capture file {self.path.name!r}: {e.strerror}") from None
             logger.info("capturing reputation flows to %s", self.path.name)
@@ -369,7 +371,7 @@ def stream_capture(
     buffer = bytearray()
     _stop_on_signals()
     try:
-        with out.open("wb") as f:
+        with os.fdopen(open_private(out, os.O_WRONLY | os.O_TRUNC), "wb") as f:
             say(f"capturing to {out} from {server} (Ctrl-C to stop)")
             while count is None or written < count:
                 chunk = resp.read1(65536)

@@ -22,6 +22,7 @@ MAX_PEM_BYTES = 1 << 20
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
+PRIVATE_DIR_MODE = 0o700
 
 
 def read_bounded(path: Path, *, private: bool = False, limit: int = MAX_PEM_BYTES) -> bytes:
@@ -63,8 +64,8 @@ def check_private_mode(path: Path, mode: int) -> None:
 def write_atomic(path: Path, data: bytes, *, private: bool) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
-    Private files are created 0600 (the umask can only narrow that); public
-    files are set to exactly 0644 before any byte is written.
+    Private files are created 0600 (the umask can only narrow that); both kinds
+    are set to exactly their mode (0600, 0644) before any byte is written.
     """
     mode = PRIVATE_MODE if private else PUBLIC_MODE
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
@@ -75,8 +76,7 @@ def write_atomic(path: Path, data: bytes, *, private: bool) -> None:
         raise CertError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            if not private:
-                os.fchmod(fh.fileno(), mode)
+            os.fchmod(fh.fileno(), mode)  # exactly: the umask narrowed it, or cleared 0644
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -91,13 +91,30 @@ def write_atomic(path: Path, data: bytes, *, private: bool) -> None:
 
 
 def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) as 0700 if missing; an existing folder is left as it is."""
+    """Create ``path`` and its missing parents, each exactly 0700 whatever the umask; refuse an
+    existing folder another user owns or may write to (they could have replaced a key in it).
+
+    The same rule as ``proxy.files.check_private_dir``, which ``certs`` may not import.
+    """
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.is_dir()]
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in reversed(missing):
+            folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+            os.chmod(folder, PRIVATE_DIR_MODE)  # mkdir's mode is narrowed by the umask
+        info = os.stat(path)
     except OSError as exc:
         raise CertError(f"cannot create folder {path}: {exc.strerror}") from None
-    if not path.is_dir():
+    if not stat.S_ISDIR(info.st_mode):
         raise CertError(f"{path} is not a folder")
+    if info.st_uid != os.geteuid():
+        raise CertError(f"{path} belongs to uid {info.st_uid}, not to uid {os.geteuid()} who "
+                        f"runs rampart; run rampart as its owner")
+    loose = stat.S_IMODE(info.st_mode) & 0o022
+    if loose:
+        who = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "other users")) if loose & bit)
+        raise CertError(f"{path} is writable by {who} (mode {stat.S_IMODE(info.st_mode):04o}), who "
+                        f"could have replaced a key in it; check its contents, then: chmod go-w {path}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -91,6 +91,7 @@ class PatternStore:
     def open(cls, root: Path, *, keep: int = DEFAULT_KEEP) -> PatternStore:
         """Create the layout if needed, migrate the old one, repair a dangling pointer."""
         store = cls(root, keep)
+        check_private_dir(store.root.parent)  # the data directory: whoever writes it owns the store
         for folder in (store.root, store.versions_dir):  # where `current` and its targets live
             check_private_dir(folder, "pattern store folder")
         with store._locked():
