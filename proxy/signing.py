@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from proxy.errors import PatternError
+from proxy.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def keygen(out: Path) -> Path:
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem)
     os.chmod(out, 0o600)  # in case the umask or an ACL changed it
-    pub.write_bytes(public_pem)
+    write_atomic(pub, public_pem, mode=0o644)  # public, but never writable by others
     logger.info("wrote a new Ed25519 key pair %s, %s", out.name, pub.name)
     return pub
 

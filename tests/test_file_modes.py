@@ -192,3 +192,12 @@ def test_a_ca_folder_others_can_write_is_refused(tmp_path: Path) -> None:
     (tmp_path / "data" / "mitmproxy").chmod(0o777)
     with pytest.raises(CertError, match="mitmproxy is writable by its group and other users"):
         CA.ensure(tmp_path / "data")
+
+
+def test_keygen_writes_a_private_key_and_a_public_key_nobody_else_can_change(
+        tmp_path: Path, umask_000: None) -> None:
+    from proxy.signing import keygen
+
+    pub = keygen(tmp_path / "key")
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "key", pub)} == {
+        "key": 0o600, "key.pub": 0o644}
