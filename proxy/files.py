@@ -69,9 +69,9 @@ def check_private_dir(path: Path, what: str = "data directory") -> Path:
     try:
         info = os.stat(make_dirs(path))
     except FileExistsError as e:
-        raise ConfigError(f"{what} {path}: {e.filename} is not a directory") from None
+        raise ConfigError(f"cannot use {what} {path}: {e.filename} is not a directory") from None
     except OSError as e:
-        raise ConfigError(f"{what} {path}: cannot create it: {e.strerror or e}") from None
+        raise ConfigError(f"cannot use {what} {path}: {e.strerror or e}") from None
     me = os.geteuid()
     if info.st_uid != me:
         raise ConfigError(
