@@ -99,6 +99,22 @@ class Config:
         256 * 1024, "largest decoded inspection content in bytes", lo=0, hi=16 << 20
     )
     idle_timeout: float = _opt(60.0, "seconds an idle keep-alive connection is kept", lo=1, hi=3600)
+    head_timeout: float = _opt(
+        10.0, "seconds a client has for a request's head from its first byte, and for a TLS"
+        " handshake (408 after)", lo=0.1, hi=600,
+    )
+    request_timeout: float = _opt(
+        30.0, "seconds a client has for a whole request, head and body, from its first byte"
+        " (408 after)", lo=0.1, hi=3600,
+    )
+    max_connections: int = _opt(
+        0, "most connections open at once over every door (0: the open-file limit, raised to its"
+        " hard limit at start, less a reserve)", lo=0, hi=10_000_000,
+    )
+    max_client_connections: int = _opt(
+        1024, "most connections open at once from one client address (at most half of"
+        " max_connections)", lo=1, hi=10_000_000,
+    )
     query_clients: list[str] = _opt(
         [], "client networks (CIDR) the query door answers; others get 403 (empty: every client)"
     )
