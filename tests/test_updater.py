@@ -419,6 +419,18 @@ async def test_a_store_from_before_the_mark_is_guarded_by_its_current_version(wo
     assert result.reason == "downgrade" and world.store.current_version() == V2
 
 
+async def test_the_sample_takes_the_first_version_whatever_its_number(world: World,
+                                                                     tmp_path: Path) -> None:
+    src = tmp_path / "s.txt"
+    src.write_text(f"{EICARLIKE[0]},Sample\n")
+    sample = world.store.staging() / "p"
+    build_pattern(sample, hashes=[src], version="2099010100")  # built later than V1, say
+    world.store.install(sample)
+    world.publish(V1, published=T0 - timedelta(hours=2))
+    result = await world.updater().update_once()
+    assert result.ok and result.version == V1 and world.store.current_version() == V1
+
+
 async def test_a_manifest_from_the_future_is_refused(world: World) -> None:
     world.publish(V1, published=T0 + timedelta(days=2))
     up = world.updater()
