@@ -30,7 +30,8 @@ A diff the source does not have (404, e.g. a chained appliance that took the
 full path itself) falls back to the full file in the same update; any other
 bad diff makes the next attempt take the full files of that pattern.
 
-Failure reasons: ``unsigned``, ``bad_signature``, ``bad_manifest``, ``downgrade``, ``from_future``,
+Failure reasons: ``unsigned``, ``bad_signature``, ``bad_manifest``,
+``downgrade`` (older than what was installed), ``from_future``,
 ``fetch_failed``, ``timeout``, ``too_large``, ``truncated``,
 ``digest_mismatch``, ``wrong_base``, ``corrupt_diff``, ``bad_pattern``,
 ``disk_full``, ``io_error``.
@@ -249,7 +250,9 @@ def installed_mark(local: Mapping[str, Any]) -> dict[str, str]:
         published = datetime.fromisoformat(str(source.get("published")))
     except ValueError:
         return {}
-    mark = {repo.PUBLISHED: repo.stamp(published.replace(tzinfo=published.tzinfo or UTC))}
+    if published.tzinfo is None:
+        published = published.replace(tzinfo=UTC)
+    mark = {repo.PUBLISHED: repo.stamp(published)}
     if isinstance(local.get("strings_version"), str):
         mark[repo.STRINGS] = local["strings_version"]
     for name, entry in pats.items():
@@ -303,10 +306,10 @@ class Updater:
 
     ``schedule`` maps pattern names to seconds between updates (missing names
     take ``default_interval``). ``max_clock_skew`` is how far ahead of
-    ``clock`` a manifest's publication time may be. ``clock`` is wall-clock time (schedules,
-    timestamps, the manifest's times), ``monotonic`` the fetcher's deadline clock, ``rng`` in [0, 1)
-    for the backoff jitter, ``writer`` writes downloaded files (tests make it
-    fail with ENOSPC).
+    ``clock`` a manifest's publication time may be. ``clock`` is wall-clock
+    time (schedules, timestamps, the manifest's times), ``monotonic`` the
+    fetcher's deadline clock, ``rng`` in [0, 1) for the backoff jitter,
+    ``writer`` writes downloaded files (tests make it fail with ENOSPC).
     """
 
     def __init__(
