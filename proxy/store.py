@@ -69,6 +69,10 @@ def check_name(name: str) -> str:
     return name
 
 
+class AlreadyCurrent(PatternError):
+    """An install under the name of the current version (another process may just have made it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreState:
     order: tuple[str, ...]  # install order, oldest first
@@ -158,7 +162,7 @@ class PatternStore:
         name = _installable(Path(new_dir), version)
         with self._locked():
             if name == self.current_version():
-                raise PatternError(f"pattern version {name} is already current")
+                raise AlreadyCurrent(f"pattern version {name} is already current")
             self._install(Path(new_dir), name, newest or {})
         logger.info("pattern version %s installed and current", name)
         return name

@@ -59,7 +59,7 @@ from proxy import repo, signing
 from proxy.errors import PatternError, RampartError, RelayError
 from proxy.files import PRIVATE_FILE, copy_atomic, make_dirs
 from proxy.pattern import MANIFEST, STRINGS, PatternSet
-from proxy.store import PatternStore
+from proxy.store import AlreadyCurrent, PatternStore
 
 logger = logging.getLogger(__name__)
 
@@ -424,13 +424,10 @@ class Updater:
                 return self._done(started, got, ok=True, changed=False, version=version,
                                   message=f"version {version} was rolled back by an operator; "
                                           "waiting for a newer one", checked=due)
-            if version == self.store.current_version():
-                version = f"{version}-{int(self.clock())}"
             staging = self.store.staging()
             await self._build(staging, manifest, signature, current, local, fetches, held, deadline,
                               got)
-            name = await self._offload(self.store.install, staging, version,
-                                       repo.newest(manifest))
+            name = await self._offload(self._install, staging, version, manifest)
             staging = None
             self._full_next -= due
             return self._done(started, got, ok=True, changed=True, version=name,
@@ -454,6 +451,16 @@ class Updater:
         finally:
             if staging is not None:
                 await self._offload(shutil.rmtree, staging, True)
+
+    def _install(self, staging: Path, version: str, manifest: repo.Manifest) -> str:
+        """Install as ``version``, or ``version-<time>`` when that is current already: an update
+        that leaves the newest pattern version as it was, or another process (`rampart update
+        now`, the server's schedule) that installed the same update meanwhile."""
+        try:
+            return self.store.install(staging, version, repo.newest(manifest))
+        except AlreadyCurrent:
+            return self.store.install(staging, f"{version}-{int(self.clock())}",
+                                      repo.newest(manifest))
 
     async def _get(self, path: str, max_bytes: int, deadline: float, got: dict[str, Any]) -> bytes:
         if max_bytes > self.max_bytes:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import json
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,15 @@ from proxy.build import build_pattern
 from proxy.model import FileQuery, HashKind
 from proxy.pattern import PatternSet
 from proxy.store import PatternStore
-from proxy.updater import FetchError, Updater, held_versions, read_local, version_time
+from proxy.updater import (
+    FetchError,
+    Updater,
+    UpdateResult,
+    held_versions,
+    read_local,
+    version_time,
+    write_file,
+)
 
 # ---------------------------------------------------------------- a test-side publisher
 #
@@ -463,6 +473,27 @@ async def test_the_expiry_of_the_last_manifest_is_reported(world: World) -> None
     up = world.updater()
     assert (await up.update_once()).ok
     assert up.status()["source_expires"] == "2026-01-08T00:00:00Z"
+
+
+async def test_an_update_racing_another_process_to_the_same_version_succeeds(world: World) -> None:
+    """`rampart update now` while the server's own update runs: both install, neither fails."""
+    world.publish(V1)
+    await world.updater().update_once()
+    world.publish(V1, V2)
+    other = world.updater()
+    raced: list[UpdateResult] = []
+
+    def write_after_the_other_installed(path: Path, data: bytes) -> None:
+        if not raced:  # the other process runs its whole update now, mid-way through ours
+            t = threading.Thread(target=lambda: raced.append(asyncio.run(other.update_once())))
+            t.start()
+            t.join(60)
+        write_file(path, data)
+
+    result = await world.updater(writer=write_after_the_other_installed).update_once()
+    assert raced[0].ok and raced[0].version == V2
+    assert result.ok and result.changed, result
+    assert world.store.current_version() == result.version and lookup(world.store, EICARLIKE[-1])
 
 
 # ---------------------------------------------------------------- schedule and backoff
