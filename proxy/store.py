@@ -73,6 +73,10 @@ class AlreadyCurrent(PatternError):
     """An install under the name of the current version (another process may just have made it)."""
 
 
+class Superseded(PatternError):
+    """An install from an update older than the high-water mark: something newer came meanwhile."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreState:
     order: tuple[str, ...]  # install order, oldest first
@@ -157,7 +161,9 @@ class PatternStore:
         copied, so it must be on the store's file system (``staging()``).
         Installing a version that is already current is refused; installing
         one that is present but not current replaces it. ``newest`` (from an
-        update source) raises the high-water mark, key by key.
+        update source) raises the high-water mark, key by key; an install below
+        the mark in any key is refused (``Superseded``): another process installed
+        a newer update after this one was checked.
         """
         name = _installable(Path(new_dir), version)
         with self._locked():
@@ -212,12 +218,16 @@ class PatternStore:
 
     def _install(self, new_dir: Path, name: str, newest: Mapping[str, str]) -> None:
         """Move ``new_dir`` in as ``name``, record it, point ``current`` at it (under the lock)."""
+        state = self._read_state()
+        behind = sorted(k for k, v in newest.items() if v < state.newest.get(k, v))
+        if behind:
+            raise Superseded(f"not installing {name}: a newer update was installed meanwhile "
+                             f"({', '.join(behind)})")
         dest = self.versions_dir / name
         if dest.exists():
             self._discard(dest)
         os.rename(new_dir, dest)
         try:
-            state = self._read_state()
             order = [v for v in state.order if v != name] + [name]
             refused = [v for v in state.refused if v != name]
             mark = dict(state.newest)

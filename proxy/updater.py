@@ -59,7 +59,7 @@ from proxy import repo, signing
 from proxy.errors import PatternError, RampartError, RelayError
 from proxy.files import PRIVATE_FILE, copy_atomic, make_dirs
 from proxy.pattern import MANIFEST, STRINGS, PatternSet
-from proxy.store import AlreadyCurrent, PatternStore
+from proxy.store import AlreadyCurrent, PatternStore, Superseded
 
 logger = logging.getLogger(__name__)
 
@@ -432,6 +432,9 @@ class Updater:
             self._full_next -= due
             return self._done(started, got, ok=True, changed=True, version=name,
                               message="installed", checked=due, held=held)
+        except Superseded as e:
+            return self._done(started, got, ok=True, changed=False, version=version,
+                              message=f"{e.message} by another process", checked=due)
         except _Failed as e:
             self._retry_due = due
             return self._done(started, got, ok=False, changed=False, version=version,

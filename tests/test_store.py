@@ -15,7 +15,7 @@ from proxy.config import Config
 from proxy.errors import ConfigError, PatternError
 from proxy.model import FileQuery, HashKind
 from proxy.pattern import PatternSet
-from proxy.store import PatternStore, check_name
+from proxy.store import PatternStore, Superseded, check_name
 
 EICAR = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
 
@@ -253,3 +253,16 @@ def test_servers_starting_together_share_the_sample(tmp_path: Path, source: Path
     assert errors == [] and len(served) == starts and len(set(served)) == 1, (errors, served)
     store = PatternStore.open(tmp_path / "data" / "patterns")
     assert store.versions() == served[:1] and not any((store.root / ".staging").iterdir())
+
+
+def test_the_high_water_mark_only_grows_and_guards_installs(tmp_path: Path, source: Path) -> None:
+    store = PatternStore.open(tmp_path / "patterns")
+    store.install(build(store, "2026010101", source), newest={"published": "2026-01-01T01:00:00Z",
+                                                               "smart-scan": "2026010101"})
+    store.install(build(store, "2026010102", source), newest={"published": "2026-01-01T02:00:00Z"})
+    store.rollback()
+    assert store.newest() == {"published": "2026-01-01T02:00:00Z", "smart-scan": "2026010101"}
+    with pytest.raises(Superseded, match=r"a newer update was installed meanwhile \(published\)"):
+        store.install(build(store, "2026010103", source),
+                      newest={"published": "2026-01-01T01:30:00Z", "smart-scan": "2026010103"})
+    assert store.current_version() == "2026010101" and store.newest()["smart-scan"] == "2026010101"

@@ -496,6 +496,29 @@ async def test_an_update_racing_another_process_to_the_same_version_succeeds(wor
     assert world.store.current_version() == result.version and lookup(world.store, EICARLIKE[-1])
 
 
+async def test_an_update_overtaken_by_a_newer_one_does_not_undo_it(world: World) -> None:
+    """Ours fetched V2's manifest; meanwhile another process installs V3: V3 stays."""
+    world.publish(V1, published=T0 - timedelta(hours=3))
+    await world.updater().update_once()
+    world.publish(V1, V2, published=T0 - timedelta(hours=2))
+    raced: list[UpdateResult] = []
+
+    def write_after_a_newer_install(path: Path, data: bytes) -> None:
+        if not raced:
+            world.publish(V1, V2, V3, published=T0 - timedelta(hours=1))
+            other = world.updater()
+            t = threading.Thread(target=lambda: raced.append(asyncio.run(other.update_once())))
+            t.start()
+            t.join(60)
+        write_file(path, data)
+
+    result = await world.updater(writer=write_after_a_newer_install).update_once()
+    assert raced[0].ok and raced[0].version == V3
+    assert result.ok and not result.changed and "newer" in result.message, result
+    assert world.store.current_version() == V3
+    assert not any((world.store.root / ".staging").iterdir())
+
+
 # ---------------------------------------------------------------- schedule and backoff
 
 
