@@ -27,7 +27,7 @@ from addons.intercept import Intercept, intercept_patterns
 from addons.query_door import QueryDoor
 from proxy.config import Config
 from proxy.errors import ConfigError
-from proxy.files import write_atomic
+from proxy.files import check_private_dir, write_atomic
 
 UPSTREAM_BUNDLE = "upstream-ca.pem"
 MAX_CA_FILE = 1 << 20
@@ -103,6 +103,7 @@ class Doors:
 def assemble(cfg: Config) -> Doors:
     confdir = cfg.data_dir / certs.MITMPROXY_DIR
     modes = proxy_modes(cfg)
+    check_private_dir(cfg.data_dir)  # before the CA or mitmproxy's confdir is read or written
     if modes:
         certs.CA.ensure(cfg.data_dir)  # before TlsConfig reads confdir, or mitmproxy makes its own CA
         mitmproxy_dhparam(confdir)

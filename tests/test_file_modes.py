@@ -154,14 +154,20 @@ def test_everything_written_is_private_under_umask_000(
     assert stat.S_IMODE(data.stat().st_mode) == 0o755  # not writable by others: left as it was
 
 
-@pytest.mark.parametrize("command", ["serve", "cloud", "lists", "update", "ca"])
+@pytest.mark.parametrize("command", ["serve", "serve-intercept", "cloud", "lists", "update", "ca"])
 def test_a_data_directory_others_can_write_is_refused_at_start(tmp_path: Path, command: str) -> None:
     data = tmp_path / "data"
-    data.mkdir()
+    if command == "serve-intercept":  # with a CA already there: mitmproxy's confdir is not touched
+        assert rampart("ca", "init", "--data-dir", str(data)).returncode == 0
+    else:
+        data.mkdir()
+    before = sorted(data.rglob("*"))
     data.chmod(0o777)
+    serve = ["serve", "--data-dir", str(data), "--listen", "127.0.0.1", "--query-port",
+             str(free_port()), "--query-tls-port", "0"]
     args = {
-        "serve": ["serve", "--data-dir", str(data), "--listen", "127.0.0.1", "--query-port",
-                  str(free_port()), "--query-tls-port", "0", "--proxy-port", "0"],
+        "serve": [*serve, "--proxy-port", "0"],
+        "serve-intercept": [*serve, "--proxy-port", str(free_port())],
         "cloud": ["cloud", "--data-dir", str(data), "--listen", "127.0.0.1", "--port", str(free_port())],
         "lists": ["lists", "add", "--data-dir", str(data), "--blocked", "evil.example"],
         "update": ["pattern", "rollback", "--data-dir", str(data)],
@@ -171,7 +177,7 @@ def test_a_data_directory_others_can_write_is_refused_at_start(tmp_path: Path, c
     assert r.returncode != 0
     assert f"{data} is writable by its group and other users" in r.stderr, r.stderr
     assert f"chmod go-w {data}" in r.stderr and "Traceback" not in r.stderr
-    assert sorted(p.name for p in data.iterdir()) == []  # nothing written into it
+    assert sorted(data.rglob("*")) == before  # nothing written into it
     assert stat.S_IMODE(data.stat().st_mode) == 0o777  # refused, not quietly changed
 
 
