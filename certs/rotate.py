@@ -198,6 +198,7 @@ def refresh_bundle(data_dir: Path, *, now: dt.datetime | None = None) -> list[x5
     cert_path = data_dir / CA_CERT_FILE
     if not cert_path.exists():
         return []
+    make_private_dir(data_dir)  # refuses a folder others can write: its CA is not to be handed out
     current = _parse_cert(cert_path, read_bounded(cert_path))
     retired = load_retired(data_dir)
     members = bundle_members(current, retired, now)

@@ -154,10 +154,11 @@ def test_everything_written_is_private_under_umask_000(
     assert stat.S_IMODE(data.stat().st_mode) == 0o755  # not writable by others: left as it was
 
 
-@pytest.mark.parametrize("command", ["serve", "serve-intercept", "cloud", "lists", "update", "ca"])
+@pytest.mark.parametrize("command", ["serve", "serve-intercept", "cloud", "lists", "update", "ca",
+                                     "ca-export"])
 def test_a_data_directory_others_can_write_is_refused_at_start(tmp_path: Path, command: str) -> None:
     data = tmp_path / "data"
-    if command == "serve-intercept":  # with a CA already there: mitmproxy's confdir is not touched
+    if command in ("serve-intercept", "ca-export"):  # a CA there already (and mitmproxy's confdir)
         assert rampart("ca", "init", "--data-dir", str(data)).returncode == 0
     else:
         data.mkdir()
@@ -172,6 +173,7 @@ def test_a_data_directory_others_can_write_is_refused_at_start(tmp_path: Path, c
         "lists": ["lists", "add", "--data-dir", str(data), "--blocked", "evil.example"],
         "update": ["pattern", "rollback", "--data-dir", str(data)],
         "ca": ["ca", "init", "--data-dir", str(data)],
+        "ca-export": ["ca", "export", "--bundle", "--data-dir", str(data), "--out", str(tmp_path / "b.pem")],
     }[command]
     r = rampart(*args)
     assert r.returncode != 0
