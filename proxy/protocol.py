@@ -10,7 +10,9 @@ domain or anywhere in an inspect request (which is relayed as it is) is a 400. A
 URL's host must be a host name once percent-decoded (``urls.check_host``): one
 that decodes to bytes that are not UTF-8, or to controls, spaces or ``%``, is a
 400 ``bad_url`` on every service taking URLs (web single and batch, inspect), as
-such a name is a 400 ``bad_domain`` on the domain service.
+such a name is a 400 ``bad_domain`` on the domain service. What goes out is valid
+Unicode too: a cloud result holding a lone surrogate is unusable (the item is
+answered degraded), and an error message quoting one writes it as escape text.
 """
 
 from __future__ import annotations
@@ -283,7 +285,9 @@ def parse_inspect_request(body: bytes, limits: Limits) -> InspectQuery:
     doc = _object(body)
     url = doc.get("url")
     web = parse_url(url, limits)
-    _valid_unicode(doc)
+    bad = _lone_surrogate_in(doc)  # the whole document is relayed, as UTF-8
+    if bad is not None:
+        raise ProtocolError("bad_request", f"request {bad}")
     content = doc.get("content")
     if content is not None:
         if not isinstance(content, str):
@@ -308,8 +312,8 @@ def parse_inspect_request(body: bytes, limits: Limits) -> InspectQuery:
     return InspectQuery(web.url, hashlib.sha256(canonical).hexdigest(), canonical)
 
 
-def _valid_unicode(doc: dict[str, Any]) -> None:
-    """Refuse a lone surrogate anywhere in ``doc``: it is relayed as it is, and not UTF-8.
+def _lone_surrogate_in(doc: dict[str, Any]) -> str | None:
+    """Where in ``doc`` a lone surrogate is, and what it is; None if nowhere.
 
     Walked with a stack, not recursion: the document may be nested as deep as JSON allows.
     """
@@ -325,7 +329,8 @@ def _valid_unicode(doc: dict[str, Any]) -> None:
         elif isinstance(value, str):
             bad = lone_surrogate(value)
             if bad is not None:
-                raise ProtocolError("bad_request", f"request member {where[:120]}: {bad}")
+                return f"member {where[:120]}: {bad}"
+    return None
 
 
 # ---------------------------------------------------------------- rendering
@@ -427,7 +432,12 @@ def render_inspect(version: str, query: InspectQuery, answer: InspectAnswer) -> 
 
 
 def render_error(error: ProtocolError) -> bytes:
-    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    """The JSON error body; a lone surrogate the message quotes is written as its escape
+    text, so the body is valid Unicode for strict clients, whatever the client sent."""
+    message = error.message
+    if not message.isascii():
+        message = _SURROGATE.sub(lambda m: ascii(m[0])[1:-1], message)
+    body: dict[str, Any] = {"code": error.code, "message": message}
     if error.item is not None:
         body["item"] = error.item
     return _dumps({"error": body}).encode()
@@ -450,6 +460,9 @@ def _text(result: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > MAX_TEXT:
         raise ValueError(f'"{key}" must be a string of at most {MAX_TEXT} characters')
+    bad = lone_surrogate(value)  # products would get an answer their JSON parser refuses
+    if bad is not None:
+        raise ValueError(f'"{key}" has a {bad}')
     return value
 
 
@@ -496,6 +509,9 @@ def web_answer_from_result(result: dict[str, Any], source: Source) -> WebAnswer:
 def inspect_answer_from_result(result: dict[str, Any], source: Source) -> InspectAnswer:
     ttl = _int(result, "ttl", 0, 7 * 86400)
     kept = {k: v for k, v in result.items() if k not in ("source", "ttl", "retry_after", "url")}
+    bad = _lone_surrogate_in(kept)
+    if bad is not None:
+        raise ValueError(f"inspection result {bad}")
     body = _dumps(kept).encode()
     if len(body) > 64 * 1024:
         raise ValueError("inspection result is over 64 KiB")

@@ -899,3 +899,27 @@ def test_percent_escapes_that_decode_to_a_host_name_or_sit_in_the_path_are_fine(
 ) -> None:
     (q,) = protocol.parse_web_request(body({"urls": [url]}), LIMITS)[0]
     assert q.canonical == canonical
+
+
+# ------------------------------------------------------------------ what goes out is Unicode too
+
+
+@pytest.mark.parametrize(
+    "convert, result",
+    [(protocol.file_answer_from_result, {"verdict": "malicious", "threat": f"Eicar{LONE}"}),
+     (protocol.web_answer_from_result, {"rating": "dangerous", "category": LONE}),
+     (protocol.web_answer_from_result, {"rating": "dangerous", "matched": f"a.test/{LONE}"}),
+     (protocol.inspect_answer_from_result, {"verdict": "clean", "detail": {"why": [LONE]}})],
+)
+def test_a_cloud_result_with_a_lone_surrogate_is_unusable(convert: Any, result: dict[str, Any]) -> None:
+    """Relayed, it would become an answer a strict JSON parser refuses; the engine answers the
+    item degraded instead (a ValueError is an unusable result)."""
+    with pytest.raises(ValueError, match="lone surrogate"):
+        convert(result, Source.CLOUD)
+
+
+def test_an_error_quoting_a_lone_surrogate_renders_as_valid_unicode() -> None:
+    e = refused(protocol.parse_file_request, body({"items": [{LONE: SHA256}]}))
+    message = json.loads(protocol.render_error(e))["error"]["message"]
+    message.encode("utf-8")  # no lone surrogate left in what the client decodes
+    assert "\\ud800" in message
