@@ -195,7 +195,7 @@ def engine_request(flow: http.HTTPFlow) -> Request:
     peer = flow.client_conn.peername
     return Request(
         req.method,
-        req.path.encode("latin-1", "replace"),
+        req.data.path,  # the bytes as sent: ``path`` is text, decoded with surrogateescape
         [(k, v) for k, v in req.headers.fields],
         req.raw_content or b"",
         str(peer[0]) if peer else "?",
