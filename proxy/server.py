@@ -5,7 +5,10 @@ order, and every bound enforced while bytes arrive (request head, body size,
 idle time). A handler returns a ``Response`` directly when it can answer at once
 (the common, fully local case: no task, no await) or an awaitable when it must
 wait for the relay. Handlers never see a malformed request: the server answers
-those itself with a JSON error and closes the connection.
+those itself with a JSON error and closes the connection. A client that
+half-closes (shuts its sending side) once its requests are out still gets every
+answer, awaited ones included, then the close; over TLS asyncio closes on the
+client's EOF regardless, so a TLS client must keep its side open until answered.
 """
 
 from __future__ import annotations
