@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from proxy.errors import ConfigError
+from proxy.errors import RampartError
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +69,19 @@ def check_private_dir(path: Path, what: str = "data directory") -> Path:
     try:
         info = os.stat(make_dirs(path))
     except FileExistsError as e:
-        raise ConfigError(f"cannot use {what} {path}: {e.filename} is not a directory") from None
+        raise RampartError(f"cannot use {what} {path}: {e.filename} is not a directory") from None
     except OSError as e:
-        raise ConfigError(f"cannot use {what} {path}: {e.strerror or e}") from None
+        raise RampartError(f"cannot use {what} {path}: {e.strerror or e}") from None
     me = os.geteuid()
     if info.st_uid != me:
-        raise ConfigError(
+        raise RampartError(
             f"{what} {path} belongs to {_user(info.st_uid)}, not to {_user(me)} who runs rampart; "
             f"run rampart as {_user(info.st_uid)} (files made by another user break the service)"
         )
     loose = stat.S_IMODE(info.st_mode) & 0o022
     if loose:
         who = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "other users")) if loose & bit)
-        raise ConfigError(
+        raise RampartError(
             f"{what} {path} is writable by {who} (mode {stat.S_IMODE(info.st_mode):04o}), who could "
             f"have changed what rampart reads from it; check its contents, then: chmod go-w {path}"
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy import files
-from proxy.errors import ConfigError
+from proxy.errors import RampartError
 
 
 def test_write_atomic_replaces_whole_and_leaves_no_temporary(tmp_path):
@@ -118,7 +118,7 @@ def test_check_private_dir_refuses_a_folder_others_can_write(tmp_path: Path, loo
     data = tmp_path / "data"
     data.mkdir()
     data.chmod(loose)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(RampartError) as e:
         files.check_private_dir(data)
     assert f"data directory {data} is writable by {who}" in e.value.message
     assert f"chmod go-w {data}" in e.value.message
@@ -137,7 +137,7 @@ def test_check_private_dir_refuses_a_folder_another_user_owns(tmp_path: Path) ->
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     os.chown(data, 65534, 65534)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(RampartError) as e:
         files.check_private_dir(data)
     assert "belongs to" in e.value.message and "run rampart as" in e.value.message
 
@@ -145,6 +145,6 @@ def test_check_private_dir_refuses_a_folder_another_user_owns(tmp_path: Path) ->
 @pytest.mark.parametrize("under", ["", "sub"])
 def test_check_private_dir_refuses_a_file_clearly(tmp_path: Path, under: str) -> None:
     (tmp_path / "data").write_bytes(b"")
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(RampartError) as e:
         files.check_private_dir(tmp_path / "data" / under)
     assert f"{tmp_path / 'data'} is not a directory" in e.value.message

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.errors import ConfigError, ListError
+from proxy.errors import ListError, RampartError
 from proxy.lists import (
     FILENAME,
     MAX_BATCH,
@@ -353,6 +353,6 @@ def test_a_database_left_readable_by_an_older_release_is_narrowed(tmp_path: Path
 
 def test_a_data_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     tmp_path.chmod(0o777)
-    with pytest.raises(ConfigError, match="writable by its group and other users"):
+    with pytest.raises(RampartError, match="writable by its group and other users"):
         ListStore.open(tmp_path)
     assert not (tmp_path / FILENAME).exists()

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.build import build_pattern
 from proxy.config import Config
-from proxy.errors import ConfigError, PatternError
+from proxy.errors import PatternError, RampartError
 from proxy.model import FileQuery, HashKind
 from proxy.pattern import PatternSet
 from proxy.store import PatternStore, Superseded, check_name
@@ -206,7 +206,7 @@ def test_a_store_folder_others_can_write_is_refused(tmp_path: Path, source: Path
     store = PatternStore.open(tmp_path / "patterns")
     store.install(build(store, "2026010100", source))
     (tmp_path / "patterns" / folder).chmod(0o777)  # anyone could swap `current` or a version
-    with pytest.raises(ConfigError, match="writable by its group and other users"):
+    with pytest.raises(RampartError, match="writable by its group and other users"):
         PatternStore.open(tmp_path / "patterns")
 
 
