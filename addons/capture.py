@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from mitmproxy import connection, ctx, flowfilter, http
@@ -37,6 +37,7 @@ from mitmproxy.io import tnetstring
 
 from addons.intercept import META, SOURCE_HEADER, HostPatterns, decision, engine_service
 from proxy.config import Config
+from proxy.conns import ConnectionCaps
 from proxy.errors import ConfigError, RampartError
 from proxy.files import make_dirs, open_private
 from proxy.server import Request, Response
@@ -137,7 +138,8 @@ def query_flow(request: Request, response: Response, seconds: float) -> http.HTT
 class Capture:
     """The capture addon: ``response``/``error`` for the intercept door, ``observe`` for the query door."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, caps: ConnectionCaps | None = None) -> None:
+        self.caps = caps
         self.path = cfg.capture
         self.filter = parse_filter(cfg.capture_filter)
         self.port = cfg.capture_port
@@ -241,7 +243,20 @@ class Capture:
                 sub.dropped += 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A subscriber's connection, within the process's connection caps (loopback only,
+        but a local user must not exhaust the appliance's descriptors through it either)."""
         peer = writer.get_extra_info("peername")
+        slot = self.caps.admit(str(peer[0]) if peer else "?", "capture") if self.caps else None
+        if self.caps is not None and slot is None:
+            return await _close(writer)
+        try:
+            await self._subscribe(reader, writer, peer)
+        finally:
+            if slot is not None:
+                slot.release()
+
+    async def _subscribe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         peer: Any) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             selection = self._parse_head(head, peer[0] if peer else "?")

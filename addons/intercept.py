@@ -231,7 +231,7 @@ class Intercept:
         (its ``running`` runs first)."""
         stats = self.stats()
         if stats is not None:
-            metrics.gauge(
+            metrics.counter(
                 stats, "rampart_intercept_refused",
                 "Intercept-door refusals since start: clients outside allow_clients,"
                 " destinations on this machine (see intercept_allow_destinations)",

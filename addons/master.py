@@ -23,8 +23,10 @@ from mitmproxy.master import Master
 
 import certs
 from addons.capture import Capture
+from addons.connections import Connections
 from addons.intercept import Intercept, intercept_patterns
 from addons.query_door import QueryDoor
+from proxy.app import connection_caps
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.files import check_private_dir, write_atomic
@@ -109,8 +111,9 @@ def assemble(cfg: Config) -> Doors:
         mitmproxy_dhparam(confdir)
     opts = options.Options(confdir=str(confdir))
     master = Master(opts)
-    door = QueryDoor(cfg)
-    capture = Capture(cfg)
+    caps = connection_caps(cfg)  # every door's connections count against these
+    door = QueryDoor(cfg, caps)
+    capture = Capture(cfg, caps)
     door.app.observers.append(capture.observe)
     addons: list[Any] = [core.Core(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True)]
     ours: list[Any] = [door]
@@ -119,7 +122,8 @@ def assemble(cfg: Config) -> Doors:
         intercept = Intercept(cfg, lambda: getattr(door.app, "routes", None),
                               lambda: getattr(door.app, "stats", None))
         addons += [proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig()]
-        ours.append(intercept)
+        # the intercept door's connections count against the query door's caps
+        ours += [Connections(caps, cfg.head_timeout), intercept]
     ours.append(capture)
     master.addons.add(*addons, Rampart(ours))
     if modes:

@@ -14,6 +14,7 @@ from mitmproxy import ctx
 from certs import CertError
 from proxy.app import App
 from proxy.config import Config
+from proxy.conns import ConnectionCaps
 from proxy.errors import RampartError
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,8 @@ def _reason(e: Exception) -> str:
 
 
 class QueryDoor:
-    def __init__(self, cfg: Config) -> None:
-        self.app = App(cfg)
+    def __init__(self, cfg: Config, caps: ConnectionCaps | None = None) -> None:
+        self.app = App(cfg, caps=caps)
         self.start_error: str | None = None  # not `error`: that name is a mitmproxy hook
         self.started = False
 

@@ -74,6 +74,9 @@ class App:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     observers: list[Callable[[Request, Response, float], None]] = field(default_factory=list)
     """Called after every query-door answer (e.g. the capture addon); must be quick."""
+    caps: ConnectionCaps | None = None
+    """Connections per client and in all, shared with the process's other doors (made on
+    ``open`` when not given)."""
 
     # ------------------------------------------------------------ start / stop
 
@@ -123,7 +126,8 @@ class App:
         self.limits = protocol.Limits(
             max_batch=cfg.max_batch, max_url=cfg.max_url, max_inspect_content=cfg.max_inspect_content
         )
-        self.caps = connection_caps(cfg)
+        if self.caps is None:
+            self.caps = connection_caps(cfg)
         self.keeper.attach(self.engine)
         self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics,
                              patterns=self.keeper.handle)
@@ -219,13 +223,15 @@ class App:
             lambda: [({"version": self.engine.patterns.version}, 1.0)],
         )
         caps = self.caps
+        assert caps is not None
         metrics.gauge(
             st, "rampart_connections_open", "Connections open, by door",
             lambda: [({"door": d}, float(n)) for d, n in sorted(caps.open_by_door.items())],
         )
         metrics.counter(
             st, "rampart_connections_refused",
-            "Connections refused by door and reason (client_cap, total_cap, no_descriptors)",
+            "Connections refused or cut, by door and reason (client_cap, total_cap,"
+            " no_descriptors; head_timeout on the intercept door)",
             lambda: [({"door": d, "reason": r}, float(n)) for (d, r), n in sorted(caps.refused.items())],
         )
         metrics.gauge(st, "rampart_uptime_seconds", "Seconds since start", lambda: time.time() - st.started)

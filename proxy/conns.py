@@ -82,18 +82,18 @@ class ConnectionCaps:
         self._by_client: Counter[str] = Counter()
         self._clock = clock
         self._log_every = log_every
-        self._logged: dict[str, float] = {}
+        self._logged: dict[tuple[str, str], float] = {}  # (client, reason) -> last logged
 
     def admit(self, client: str, door: str) -> Slot | None:
         """A slot for a new connection from ``client`` on ``door``, or None (counted, logged)."""
         held = self._by_client[client]
         if held >= self.per_client:
-            self._refuse(client, door, "client_cap",
-                         f"{held} connections open from it (max_client_connections {self.per_client})")
+            self.count(client, door, "client_cap",
+                       f"refusing its connections: {held} open (max_client_connections {self.per_client})")
             return None
         if self.open >= self.total:
-            self._refuse(client, door, "total_cap",
-                         f"{self.open} connections open in all (max_connections {self.total})")
+            self.count(client, door, "total_cap",
+                       f"refusing its connection: {self.open} open in all (max_connections {self.total})")
             return None
         self._by_client[client] = held + 1
         self.open += 1
@@ -112,11 +112,13 @@ class ConnectionCaps:
         else:
             del self._by_client[slot.client]
 
-    def _refuse(self, client: str, door: str, reason: str, why: str) -> None:
+    def count(self, client: str, door: str, reason: str, why: str) -> None:
+        """Count a connection refused (or cut) for ``reason``; log it unless this client's
+        were logged for that reason in the last ``log_every`` seconds."""
         self.refused[(door, reason)] += 1
-        now = self._clock()
-        if now - self._logged.get(client, -self._log_every) >= self._log_every:
+        now, key = self._clock(), (client, reason)
+        if now - self._logged.get(key, -self._log_every) >= self._log_every:
             if len(self._logged) >= 4096:
                 self._logged.clear()
-            self._logged[client] = now
-            logger.warning("refusing %s-door connections from %s: %s", door, client, why)
+            self._logged[key] = now
+            logger.warning("%s door, client %s: %s", door, client, why)

@@ -30,6 +30,7 @@ from addons.capture import (
 )
 from addons.intercept import META
 from proxy.config import Config
+from proxy.conns import ConnectionCaps
 from proxy.errors import ConfigError
 from proxy.server import Request, Response
 from tests.conftest import EICAR_SHA256, RAMPART, Proc, free_port, start_cloud
@@ -197,6 +198,27 @@ async def test_live_stream_sends_matching_flows_to_each_subscriber() -> None:
                 break
             await asyncio.sleep(0.01)
         assert not cap.subscribers
+    finally:
+        await cap.done()
+
+
+async def test_capture_connections_count_against_the_process_caps() -> None:
+    caps = ConnectionCaps(total=10, per_client=1)
+    cap = Capture(Config(capture_port=free_port()), caps)
+    await cap.start()
+    try:
+        _, w1, h1 = await _get(cap.bound_port, "/v1/capture")
+        assert h1.startswith(b"HTTP/1.1 200") and caps.held_by("127.0.0.1") == 1
+        r2, w2 = await asyncio.open_connection("127.0.0.1", cap.bound_port)
+        assert await asyncio.wait_for(r2.read(), 5) == b""  # over the cap: closed, nothing read
+        assert caps.refused[("capture", "client_cap")] == 1
+        w1.close()
+        w2.close()
+        for _ in range(100):
+            if caps.held_by("127.0.0.1") == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert caps.held_by("127.0.0.1") == 0
     finally:
         await cap.done()
 

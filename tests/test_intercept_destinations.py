@@ -189,7 +189,7 @@ def local_services(world: dict[str, Any]) -> dict[str, str]:
 
 def refusals(appliance: Proc) -> float:
     text = httpx.get(f"http://127.0.0.1:{appliance.ports['http']}/metrics", timeout=5).text
-    m = re.search(r'(?m)^rampart_intercept_refused\{what="destination"\} (\S+)$', text)
+    m = re.search(r'(?m)^rampart_intercept_refused_total\{what="destination"\} (\S+)$', text)
     assert m, text[-2000:]
     return float(m.group(1))
 

@@ -375,3 +375,33 @@ def test_manifests_without_an_expiry_still_load_and_a_bad_one_is_refused(publish
         manifest_at(published, NOON, expires=NOON.isoformat())
     with pytest.raises(PatternError, match="bad expires time 'soon'"):
         manifest_at(published, NOON, expires="soon")
+
+
+def test_serve_holds_one_client_to_half_its_connections(
+    published: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection is a thread: one host opening many (and sending nothing) must not
+    take them all, and refused connections are closed at once."""
+    import socket
+
+    from proxy import repo_server
+
+    monkeypatch.setattr(repo_server, "MAX_OPEN_CONNECTIONS", 8)
+    srv = make_server(published, "127.0.0.1", 0)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    port = srv.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert extra.recv(1) == b""  # closed by the server, not left waiting
+        extra.close()
+        other = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0), timeout=5)
+        other.sendall(b"GET /manifest.json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert other.makefile("rb").readline().startswith(b"HTTP/1.1 200")
+        other.close()
+    finally:
+        for s in held:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
