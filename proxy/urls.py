@@ -17,9 +17,9 @@ Browsing v4 documentation):
 The work is done on bytes, because percent-unescaping can produce any byte.
 A ``str`` URL is taken as UTF-8 (with ``surrogateescape``, so text decoded
 from raw bytes that way round-trips; another lone surrogate is a ``UrlError``);
-``bytes`` are taken as they are. ``canonicalize`` keeps any host it can, as Safe
-Browsing does; ``check_host`` says whether a canonical host is a host name, for
-the query door, which refuses the rest.
+``bytes`` are taken as they are. ``canonicalize`` keeps any host, as Safe Browsing
+does (pattern sources and rules take what they are given); the query door refuses
+a host ``check_host`` finds no host name.
 
 The module also normalizes the names and expressions administrators and
 pattern sources give (``normalize_domain``, ``normalize_expression``).
@@ -208,11 +208,9 @@ def _canonical_host(hostish: bytes) -> bytes:
 def check_host(host: str) -> None:
     """Raise ``UrlError`` if a canonical host holds a percent-escape, naming why.
 
-    Canonicalization escapes in a host what it cannot make a name of: bytes that
-    are not UTF-8, controls, spaces, ``%``, text IDNA cannot encode. No client
-    resolves such a host, and the query door refuses it (``canonicalize`` keeps it,
-    for pattern sources and the intercept door take what they are given). ASCII
-    punctuation Safe Browsing keeps (``w!eird.com``) passes.
+    The escapes stand for what no resolvable name holds (bytes that are not UTF-8,
+    controls, spaces, ``%``, text IDNA cannot encode); ASCII punctuation that Safe
+    Browsing keeps (``w!eird.com``) passes.
     """
     if "%" not in host:
         return
