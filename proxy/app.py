@@ -29,10 +29,11 @@ from proxy.errors import PatternError, RampartError
 from proxy.files import check_private_dir
 from proxy.gate import Gate
 from proxy.keeper import PatternKeeper, sample_store
+from proxy.listener import Listener
 from proxy.lists import ListStore
 from proxy.relay import Relay
 from proxy.routes import Routes
-from proxy.server import Listener, Request, Response, ServerLimits, start_server
+from proxy.server import Request, Response, ServerLimits, start_server
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import pytest
 
 from certs import CA, server_context
 from proxy.conns import ConnectionCaps
-from proxy.server import Listener, Request, Response, ServerLimits, start_server
+from proxy.listener import Listener
+from proxy.server import Request, Response, ServerLimits, start_server
 from tests.test_server import TIMEOUT, closed, get, read_reply
 
 
