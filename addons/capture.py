@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from mitmproxy import connection, ctx, flowfilter, http
 from mitmproxy.io import tnetstring
@@ -38,8 +38,9 @@ from mitmproxy.io import tnetstring
 from addons.intercept import META, SOURCE_HEADER, HostPatterns, decision, engine_service
 from proxy.config import Config
 from proxy.conns import ConnectionCaps
-from proxy.errors import ConfigError, RampartError
+from proxy.errors import ConfigError, ProtocolError, RampartError
 from proxy.files import make_dirs, open_private
+from proxy.routes import parse_query
 from proxy.server import Request, Response
 
 logger = logging.getLogger(__name__)
@@ -72,9 +73,12 @@ class Selection:
 
     @classmethod
     def from_query(cls, query: str) -> Selection:
-        params = parse_qs(query, max_num_fields=4)
-        host = params.get("host", [""])[0]
-        service = params.get("service", [""])[0] or None
+        try:  # the query door's rules: at most 4 parameters, UTF-8 once percent-decoded
+            params = parse_query(query.encode("latin-1", "replace"), "GET /v1/capture")
+        except ProtocolError as e:
+            raise ValueError(e.message) from None
+        host = params.get("host", "")
+        service = params.get("service") or None
         if service is not None and service not in SERVICES:
             raise ValueError(f"service must be one of {', '.join(SERVICES)}, not {service[:40]!r}")
         try:

@@ -94,7 +94,9 @@ def test_selection(query: str, host: str, service: str | None, wanted: bool) -> 
 
 
 @pytest.mark.parametrize(
-    "query, message", [("service=dns", "service must be"), ("host=a.*.test", "host must be")]
+    "query, message",
+    [("service=dns", "service must be"), ("host=a.*.test", "host must be"),
+     ("a=1&b=2&c=3&d=4&e=5", "at most 4 query parameters"), ("host=%ff.test", "not UTF-8")],
 )
 def test_bad_selection_refused(query: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
