@@ -308,8 +308,9 @@ class Intercept:
         service = self._ours(flow)
         if service is None:
             return None
-        if flow.request.stream:
-            # over stream_large_bodies (max_body): the real host gets it, as it came
+        if flow.request.stream or _coded(flow.request):
+            # over stream_large_bodies (max_body), or compressed: the real host gets it, as it
+            # came (the engine reads plain bodies only; decoding one would unbound its size)
             flow.metadata[META] = {"action": "forwarded", "service": service}
             return None
         started = time.perf_counter()
@@ -398,6 +399,12 @@ def _close(data: server_hooks.ServerConnectionHookData) -> None:
     io = handler.transports.get(data.server) if handler else None
     if io is not None and io.writer is not None:
         io.writer.close()
+
+
+def _coded(request: http.Request) -> bool:
+    """A body with a content coding (gzip, br, …): not for the engine, which reads plain JSON."""
+    coding = request.headers.get("content-encoding")
+    return coding is not None and any(c.strip().lower() not in ("", "identity") for c in coding.split(","))
 
 
 def _answered(flow: http.HTTPFlow, service: str, response: Response, started: float) -> None:

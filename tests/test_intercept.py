@@ -308,6 +308,22 @@ async def test_oversized_engine_requests_go_to_the_real_host() -> None:
     assert f.response is None and f.metadata[META] == {"action": "forwarded", "service": "file"}
 
 
+@pytest.mark.parametrize(
+    ("coding", "forwarded"), [("gzip", True), ("identity, br", True), ("identity", False)]
+)
+async def test_compressed_engine_requests_go_to_the_real_host(coding: str, forwarded: bool) -> None:
+    """The engine reads plain JSON: a compressed body is neither misread nor refused, but left
+    to the cloud the product meant to ask."""
+    a = addon()
+    f = cloud_flow("/v1/file", method="POST")
+    f.request.headers["Content-Encoding"] = coding
+    with taddons.context(a):
+        await hook(a.request(f))
+    assert (f.response is None) is forwarded
+    if forwarded:
+        assert f.metadata[META] == {"action": "forwarded", "service": "file"}
+
+
 # ---------------------------------------------------------------- real processes
 
 
