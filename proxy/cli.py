@@ -342,8 +342,9 @@ def pattern_info(directory: Path, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
         return
     if "published" in data:
-        click.echo(f"update source  published {data['published']}  keep {data['keep']}  "
-                   f"strings {data['strings']}")
+        expires = data.get("expires") or "never"
+        click.echo(f"update source  published {data['published']}  expires {expires}  "
+                   f"keep {data['keep']}  strings {data['strings']}")
     else:
         click.echo(f"version {data.get('version')}  created {data.get('created')}")
     for name, p in sorted(data.get("patterns", {}).items()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def test_keygen_publish_verify_info(run, sources: Path) -> None:
     assert "NOT checked" in run("verify", "repo").output
     info = run("info", "repo").output
     assert "smart-scan       version 2024010101  entries 60  diffs 1" in info
+    assert re.search(r"update source  published \S+  expires \d{4}-\d\d-\d\dT", info)  # signed
     data = json.loads(run("info", "repo", "--json").output)
     assert data["patterns"]["smart-scan"]["history"] == ["2024010100", "2024010101"]
 
