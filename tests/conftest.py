@@ -6,17 +6,40 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
+T = TypeVar("T")
+
 EICAR_MD5 = "44d88612fea8a8f36de82e1278abb02f"
 EICAR_SHA1 = "3395856ce81f2b7382dee72602f798b642f14140"
 EICAR_SHA256 = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
+
+
+def in_threads(count: int, start: Callable[[], T]) -> tuple[list[T], list[BaseException]]:
+    """Run ``start`` in ``count`` threads together: what the calls returned and what they raised."""
+    got: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            got.append(start())
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got, errors
 
 
 def free_port() -> int:

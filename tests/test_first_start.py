@@ -13,6 +13,7 @@ import pytest
 
 from certs import ca as ca_mod
 from certs.ca import CA
+from tests.conftest import in_threads
 
 
 def test_starts_together_create_one_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,19 +27,6 @@ def test_starts_together_create_one_ca(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(ca_mod, "make_private_dir", make_dir_when_all_have_looked)
     data = tmp_path / "data"
-    got: list[str] = []
-    errors: list[Exception] = []
-
-    def start() -> None:
-        try:
-            got.append(CA.ensure(data).fingerprint_sha256())
-        except Exception as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=start) for _ in range(starts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    got, errors = in_threads(starts, lambda: CA.ensure(data).fingerprint_sha256())
     assert errors == [] and len(got) == starts and len(set(got)) == 1, (errors, got)
     assert CA.load(data).fingerprint_sha256() == got[0]  # the pair on disk matches, and is it

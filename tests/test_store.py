@@ -16,6 +16,7 @@ from proxy.errors import PatternError, RampartError
 from proxy.model import FileQuery, HashKind
 from proxy.pattern import PatternSet
 from proxy.store import PatternStore, Superseded, check_name
+from tests.conftest import in_threads
 
 EICAR = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
 
@@ -236,20 +237,8 @@ def test_servers_starting_together_share_the_sample(tmp_path: Path, source: Path
 
     monkeypatch.setattr(keeper, "build_pattern", build_when_all_have_looked)
     cfg = Config(data_dir=tmp_path / "data")
-    served: list[str | None] = []
-    errors: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            served.append(keeper.sample_store(cfg, {"hashes": [source]}).current_version())
-        except Exception as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=start) for _ in range(starts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    served, errors = in_threads(
+        starts, lambda: keeper.sample_store(cfg, {"hashes": [source]}).current_version())
     assert errors == [] and len(served) == starts and len(set(served)) == 1, (errors, served)
     store = PatternStore.open(tmp_path / "data" / "patterns")
     assert store.versions() == served[:1] and not any((store.root / ".staging").iterdir())
