@@ -228,3 +228,34 @@ def test_caps_give_places_back_once_and_never_let_one_client_hold_more_than_half
     slot.release()
     slot.release()  # twice changes nothing
     assert caps.held_by("a") == 4 and caps.open == 5
+
+
+async def test_out_of_descriptors_pauses_accepts_then_serves_again(start: Start) -> None:
+    """EMFILE at accept (descriptors used elsewhere in the process) is counted and waited out,
+    not spun on: the waiting client is served once accepting resumes."""
+    import errno
+
+    caps = ConnectionCaps(total=20, per_client=5)
+    server = await start(caps=caps)
+    real = server._sock
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    class Starved:
+        def accept(self) -> tuple[object, object]:
+            if failures:
+                raise failures.pop()
+            return real.accept()
+
+        def fileno(self) -> int:
+            return real.fileno()
+
+        def close(self) -> None:
+            real.close()
+
+    server._sock = Starved()  # type: ignore[assignment]
+    server.EMFILE_PAUSE = 0.1
+    reader, writer = await connect(port_of(server))
+    writer.write(get("/x"))
+    assert (await read_reply(reader)).status == 200
+    assert caps.refused[("http", "no_descriptors")] == 1
+    writer.close()
