@@ -39,7 +39,7 @@ class Connections:
     def client_connected(self, client: connection.Client) -> None:
         if client.error:
             return
-        address = str(client.peername[0]) if client.peername else "?"
+        address = client_address(client)
         slot = self.caps.admit(address, DOOR)
         if slot is None:
             client.error = f"too many connections from {address}"
@@ -76,16 +76,26 @@ class Connections:
 
     def _silent(self, client: connection.Client) -> None:
         self._due.pop(client.id, None)
-        address = str(client.peername[0]) if client.peername else "?"
+        address = client_address(client)
         why = f"no request within head_timeout ({self.head_timeout:g} s)"
         self.caps.count(address, DOOR, "head_timeout", f"closing connections that sent {why}")
         _cut(client, why)
 
 
-def _cut(client: connection.Client, reason: str) -> None:
-    """End a client's connection the way mitmproxy's own inactivity timeout does."""
+def client_address(client: connection.Client) -> str:
+    return str(client.peername[0]) if client.peername else "?"
+
+
+def connection_io(client: connection.Client, conn: connection.Connection) -> Any | None:
+    """mitmproxy's I/O of ``conn`` (``client`` itself, or one of its server connections):
+    what an addon closes a connection through, as mitmproxy has no hook for that."""
     proxyserver: Any = ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
     handler = proxyserver.connections.get(client.id) if proxyserver is not None else None
-    io = handler.transports.get(client) if handler is not None else None
+    return handler.transports.get(conn) if handler is not None else None
+
+
+def _cut(client: connection.Client, reason: str) -> None:
+    """End a client's connection the way mitmproxy's own inactivity timeout does."""
+    io = connection_io(client, client)
     if io is not None and io.handler is not None:
         io.handler.cancel(reason)

@@ -31,15 +31,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import connection, ctx, http, tls
+from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
+from addons.connections import client_address, connection_io
 from proxy import metrics
 from proxy.config import Config
 from proxy.destinations import Destinations, literal
 from proxy.errors import ProtocolError
 from proxy.protocol import render_error
-from proxy.server import Request, Response, error_response
+from proxy.server import Request, Response, coded, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +193,12 @@ def _decision_of(response: Response) -> dict[str, Any]:
 
 def engine_request(flow: http.HTTPFlow) -> Request:
     req = flow.request
-    peer = flow.client_conn.peername
     return Request(
         req.method,
         req.data.path,  # the bytes as sent: ``path`` is text, decoded with surrogateescape
         [(k, v) for k, v in req.headers.fields],
         req.raw_content or b"",
-        str(peer[0]) if peer else "?",
+        client_address(flow.client_conn),
     )
 
 
@@ -242,7 +242,7 @@ class Intercept:
     # ------------------------------------------------------------ connections
 
     def client_connected(self, client: connection.Client) -> None:
-        address = str(client.peername[0]) if client.peername else "?"
+        address = client_address(client)
         if not self.clients.allows(address):
             self.refused += 1
             client.error = f"client {address} is not in allow_clients"
@@ -377,15 +377,15 @@ class Intercept:
     def _refuse(self, client: connection.Client, host: str, port: int, why: str) -> str:
         """Count and log a refused destination; the message the client is given."""
         self.refused_destinations += 1
-        address = str(client.peername[0]) if client.peername else "?"
+        address = client_address(client)
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         logger.warning("refused intercept-door destination %s for client %s: %s", shown, address, why)
         return f"the intercept door does not connect to {shown}: {why}"
 
 
 def _refused(flow: http.HTTPFlow, message: str) -> None:
-    error = ProtocolError("destination_refused", message, status=403)
-    flow.response = to_mitmproxy(Response(403, render_error(error)), "")
+    flow.response = to_mitmproxy(
+        error_response(ProtocolError("destination_refused", message, status=403)), "")
     flow.response.http_version = flow.request.http_version
     if META in flow.metadata:  # an intercept host's flow (captured): say what became of it
         flow.metadata[META]["action"] = "refused"
@@ -394,9 +394,7 @@ def _refused(flow: http.HTTPFlow, message: str) -> None:
 def _close(data: server_hooks.ServerConnectionHookData) -> None:
     """Close a just-opened upstream connection: mitmproxy has no refusal after connect, but
     it writes nothing to a closing transport (``ConnectionHandler`` checks ``is_closing``)."""
-    proxyserver = ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
-    handler = proxyserver.connections.get(data.client.id) if proxyserver else None
-    io = handler.transports.get(data.server) if handler else None
+    io = connection_io(data.client, data.server)
     if io is not None and io.writer is not None:
         io.writer.close()
 
@@ -404,7 +402,7 @@ def _close(data: server_hooks.ServerConnectionHookData) -> None:
 def _coded(request: http.Request) -> bool:
     """A body with a content coding (gzip, br, …): not for the engine, which reads plain JSON."""
     coding = request.headers.get("content-encoding")
-    return coding is not None and any(c.strip().lower() not in ("", "identity") for c in coding.split(","))
+    return coding is not None and coded(coding.encode("latin-1", "replace"), b"identity")
 
 
 def _answered(flow: http.HTTPFlow, service: str, response: Response, started: float) -> None:

@@ -181,6 +181,7 @@ class Destinations:
         self.is_local = is_local
         self.lookup: Callable[[str, int], Awaitable[list[Address]]] = resolve
         self._resolved: dict[tuple[str, int], tuple[float, str | None]] = {}
+        self._local: dict[Address, tuple[float, bool]] = {}  # ip -> (until, is_local)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Destinations:
@@ -229,10 +230,23 @@ class Destinations:
         self._resolved[(host, port)] = (time.monotonic() + RESOLVED_TTL, why)
         return why
 
+    def _is_local(self, ip: Address) -> bool:
+        """``is_local``, kept RESOLVED_TTL seconds: a flow asks it up to three times (request,
+        connect, connected), and a bind is a syscall pair each."""
+        now = time.monotonic()
+        memo = self._local.get(ip)
+        if memo is not None and memo[0] > now:
+            return memo[1]
+        local = self.is_local(ip)
+        if len(self._local) >= 4096:
+            self._local.clear()
+        self._local[ip] = (now + RESOLVED_TTL, local)
+        return local
+
     def _why(self, ip: Address, port: int) -> str | None:
         why = special(ip)
         ours = why == "loopback" or why == "unspecified"
-        if why is None and (ip == self.listen or self.is_local(ip)):
+        if why is None and (ip == self.listen or self._is_local(ip)):
             why, ours = "an address of this appliance", True
         if why is None:
             return None

@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from proxy.conns import ConnectionCaps, Slot
 
@@ -37,7 +37,9 @@ class Listener:
 
     def __init__(self, sock: socket.socket, factory: Callable[[Slot | None], asyncio.Protocol],
                  *, door: str, caps: ConnectionCaps | None, ssl_context: ssl.SSLContext | None,
-                 handshake_timeout: float) -> None:
+                 handshake_timeout: float, refusal: Mapping[bool, bytes] | None = None) -> None:
+        """``refusal``: what a refused connection is sent before its close, for a client at its
+        own cap (True) or when the total is reached (False); None sends nothing."""
         self.sockets = [sock]
         self.door = door
         self._sock = sock
@@ -45,6 +47,7 @@ class Listener:
         self._caps = caps
         self._ssl = ssl_context
         self._handshake_timeout = handshake_timeout
+        self._refusal = refusal
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -82,9 +85,11 @@ class Listener:
         except OSError:  # already reset by the client
             conn.close()
             return
-        slot = self._caps.admit(client, self.door) if self._caps is not None else None
-        if self._caps is not None and slot is None:
-            _refuse(conn, self._ssl is None, self._caps.held_by(client) > 0)
+        caps = self._caps
+        slot = caps.admit(client, self.door) if caps is not None else None
+        if caps is not None and slot is None:
+            at_own_cap = caps.held_by(client) >= caps.per_client
+            _refuse(conn, self._refusal[at_own_cap] if self._refusal is not None else None)
             return
         task = self._loop.create_task(self._connect(conn, slot))
         self._pending.add(task)
@@ -122,24 +127,12 @@ class Listener:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
 
-_BUSY = {
-    True: b'{"error":{"code":"too_many_connections","message":"too many connections from this'
-          b' address; close some and retry"}}',
-    False: b'{"error":{"code":"too_many_connections","message":"the server has too many'
-           b' connections; retry shortly"}}',
-}
-
-
-def _refuse(conn: socket.socket, plain: bool, client_cap: bool) -> None:
+def _refuse(conn: socket.socket, answer: bytes | None) -> None:
     """Close a connection over the caps, with a one-shot answer when the door speaks plain
     HTTP (TLS would need a handshake, which is what the caps are there to spare)."""
     try:
-        if plain:
-            body = _BUSY[client_cap]
-            status = b"429 Too Many Requests" if client_cap else b"503 Service Unavailable"
-            conn.send(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
-                      b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
-                      + str(len(body)).encode() + b"\r\n\r\n" + body)
+        if answer is not None:
+            conn.send(answer)
     except OSError:
         pass
     finally:

@@ -222,11 +222,13 @@ class HttpConnection(asyncio.Protocol):
         self._timer_at = at
         self._idle = self.loop.call_at(at, self._check_idle)
 
+    def _message_limit(self) -> float:
+        """Seconds the request being received has from its first byte: for its head, then for
+        the whole of it, so a client cannot hold a connection by trickling bytes."""
+        return self.limits.head_timeout if self._in_head else self.limits.request_timeout
+
     def _message_deadline(self) -> float:
-        """When the request being received must be whole: its head, then its body, are bounded
-        from its first byte, so a client cannot hold a connection by trickling bytes."""
-        limits = self.limits
-        return self._began + (limits.head_timeout if self._in_head else limits.request_timeout)
+        return self._began + self._message_limit()
 
     def _check_idle(self) -> None:
         """The connection's one timer: idle between requests, and the deadline of a request."""
@@ -236,9 +238,9 @@ class HttpConnection(asyncio.Protocol):
         now = self.loop.time()
         if self._in_message and now >= self._message_deadline():
             what = "request head" if self._in_head else "request"
-            limit = self.limits.head_timeout if self._in_head else self.limits.request_timeout
-            self._fail(ProtocolError("request_timeout", f"{what} not received within {limit:g} s",
-                                     status=408))
+            self._fail(ProtocolError(
+                "request_timeout", f"{what} not received within {self._message_limit():g} s",
+                status=408))
             return
         at = self._last + self.limits.idle_timeout
         if self._in_message:
@@ -327,14 +329,13 @@ class HttpConnection(asyncio.Protocol):
     def _check_coding(self, name: bytes, value: bytes) -> None:
         """Refuse bodies we would otherwise misread as plain bytes: any content coding (415),
         and any transfer coding but chunked (501), which httptools decodes itself."""
-        codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
-        if name == b"content-encoding" and any(c != b"identity" for c in codings):
+        if name == b"content-encoding" and coded(value, b"identity"):
             self._error = ProtocolError(
                 "unsupported_encoding",
                 f"Content-Encoding {value[:40].decode('latin-1')!r} is not accepted: send the body"
                 " uncompressed", status=415)
             raise self._error
-        if name == b"transfer-encoding" and any(c != b"chunked" for c in codings):
+        if name == b"transfer-encoding" and coded(value, b"chunked"):
             self._error = ProtocolError(
                 "unsupported_encoding",
                 f"Transfer-Encoding {value[:40].decode('latin-1')!r} is not supported: only chunked",
@@ -473,6 +474,26 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
 
 
+def coded(value: bytes, plain: bytes) -> bool:
+    """Whether a Content-Encoding or Transfer-Encoding value names a coding other than
+    ``plain`` (``identity``, or ``chunked``, which httptools decodes itself)."""
+    return any(c.strip().lower() not in (b"", plain) for c in value.split(b","))
+
+
+def over_caps(client_cap: bool) -> bytes:
+    """What a plain-HTTP connection over the connection caps is told before its close."""
+    if client_cap:
+        error = ProtocolError("too_many_connections",
+                              "too many connections from this address; close some and retry",
+                              status=429, headers=(("Retry-After", "1"),))
+    else:
+        error = ProtocolError("too_many_connections",
+                              "the server has too many connections; retry shortly",
+                              status=503, headers=(("Retry-After", "1"),))
+    response = error_response(error)
+    return response.head(False) + response.body
+
+
 def _upgrade_refused() -> ProtocolError:
     return ProtocolError("bad_request", "protocol upgrades are not supported")
 
@@ -514,4 +535,9 @@ async def start_server(
         sock, lambda slot: HttpConnection(handler, limits, observe, gate, slot),
         door=door or ("https" if ssl_context is not None else "http"), caps=caps,
         ssl_context=ssl_context, handshake_timeout=limits.head_timeout,
+        refusal=_REFUSALS if ssl_context is None else None,
     )
+
+
+# made once: a flood of refused connections costs a send and a close each
+_REFUSALS = {True: over_caps(True), False: over_caps(False)}

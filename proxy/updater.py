@@ -57,7 +57,7 @@ from typing import Any, Protocol
 
 from proxy import repo, signing
 from proxy.errors import PatternError, RampartError, RelayError
-from proxy.files import PRIVATE_FILE, copy_atomic, make_dirs
+from proxy.files import copy_atomic, make_dirs, open_private
 from proxy.pattern import MANIFEST, STRINGS, PatternSet
 from proxy.store import AlreadyCurrent, PatternStore, Superseded
 
@@ -133,9 +133,7 @@ class HttpFetcher:
 
 def write_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new private (0600) file and flush it to disk (the updater's one writer)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), PRIVATE_FILE)  # exactly, whatever the umask
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_EXCL), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -459,11 +457,11 @@ class Updater:
         """Install as ``version``, or ``version-<time>`` when that is current already: an update
         that leaves the newest pattern version as it was, or another process (`rampart update
         now`, the server's schedule) that installed the same update meanwhile."""
+        mark = repo.newest(manifest)
         try:
-            return self.store.install(staging, version, repo.newest(manifest))
+            return self.store.install(staging, version, mark)
         except AlreadyCurrent:
-            return self.store.install(staging, f"{version}-{int(self.clock())}",
-                                      repo.newest(manifest))
+            return self.store.install(staging, f"{version}-{int(self.clock())}", mark)
 
     async def _get(self, path: str, max_bytes: int, deadline: float, got: dict[str, Any]) -> bytes:
         if max_bytes > self.max_bytes:
