@@ -37,11 +37,11 @@ from mitmproxy.io import tnetstring
 
 from addons.intercept import META, SOURCE_HEADER, HostPatterns, decision, engine_service
 from proxy.config import Config
-from proxy.conns import ConnectionCaps
 from proxy.errors import ConfigError, ProtocolError, RampartError
 from proxy.files import make_dirs, open_private
-from proxy.routes import parse_query
-from proxy.server import Request, Response
+from proxy.serve.conns import ConnectionCaps
+from proxy.serve.routes import parse_query
+from proxy.serve.server import Request, Response
 
 logger = logging.getLogger(__name__)
 

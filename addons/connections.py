@@ -1,4 +1,4 @@
-"""The intercept door's share of the process's connection caps (``proxy.conns``).
+"""The intercept door's share of the process's connection caps (``proxy.serve.conns``).
 
 mitmproxy accepts the connection; ``client_connected`` then takes a place in
 the same ``ConnectionCaps`` as the query door's connections, or refuses the
@@ -22,7 +22,7 @@ from typing import Any
 
 from mitmproxy import connection, ctx, http, tcp, tls
 
-from proxy.conns import ConnectionCaps, Slot
+from proxy.serve.conns import ConnectionCaps, Slot
 
 logger = logging.getLogger(__name__)
 

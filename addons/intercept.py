@@ -2,12 +2,12 @@
 
 Products that talk to the cloud reach the appliance as their explicit proxy or
 through a transparent gateway. This addon decides only *where* traffic goes;
-every reputation decision is the engine's (``proxy.routes.Routes``, the same
+every reputation decision is the engine's (``proxy.serve.routes.Routes``, the same
 object the query door calls):
 
 - clients outside ``allow_clients`` are refused at connect (never an open relay);
 - destinations on this machine (loopback, its own addresses, …) are refused, with a
-  403 naming them when there is an HTTP request to answer (``proxy.destinations``);
+  403 naming them when there is an HTTP request to answer (``proxy.serve.destinations``);
 - TLS to hosts outside ``intercept_hosts`` is not intercepted: the connection is
   relayed byte for byte (``tls_clienthello`` → ``ignore_connection``; mitmproxy's
   ``allow_hosts`` does the same earlier for plain TCP and transparent HTTP);
@@ -35,12 +35,12 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
 from addons.connections import client_address, connection_io
-from proxy import metrics
 from proxy.config import Config
-from proxy.destinations import Destinations, literal
 from proxy.errors import ProtocolError
-from proxy.protocol import render_error
-from proxy.server import Request, Response, coded, error_response
+from proxy.serve import metrics
+from proxy.serve.destinations import Destinations, literal
+from proxy.serve.server import Request, Response, coded, error_response
+from proxy.wire.protocol import render_error
 
 logger = logging.getLogger(__name__)
 

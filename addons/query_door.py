@@ -1,6 +1,6 @@
-"""Starts the query door (the lean HTTP server of proxy.server) in mitmproxy's loop.
+"""Starts the query door (the lean HTTP server of proxy.serve.server) in mitmproxy's loop.
 
-The door is a ``proxy.app.App``; this addon only ties its life to mitmproxy's:
+The door is a ``proxy.serve.app.App``; this addon only ties its life to mitmproxy's:
 ``running`` starts it, ``done`` stops it. A start failure (a port in use, a bad
 pattern) is reported and shuts the master down with the reason.
 """
@@ -12,10 +12,10 @@ import logging
 from mitmproxy import ctx
 
 from certs import CertError
-from proxy.app import App
 from proxy.config import Config
-from proxy.conns import ConnectionCaps
 from proxy.errors import RampartError
+from proxy.serve.app import App
+from proxy.serve.conns import ConnectionCaps
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Benchmark the Smart Scan Agent Pattern (proxy.agent); run by hand, prints figures, asserts nothing.
+"""Benchmark the Smart Scan Agent Pattern (proxy.patterns.agent); run by hand, prints figures,
+asserts nothing.
 
     python bench/bench_agent.py                 # 1M synthetic SHA-256 digests
     python bench/bench_agent.py --entries 10000000
@@ -19,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.agent import AgentFilter, apply_diff, build_agent, make_diff
+from proxy.patterns.agent import AgentFilter, apply_diff, build_agent, make_diff
 
 
 def timed(fn, *args, **kw):  # type: ignore[no-untyped-def]

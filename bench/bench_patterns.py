@@ -8,7 +8,7 @@ open time, anonymous RSS growth after open (/proc/self/smaps_rollup), single
 and batched lookups per second, the time to make a +50k/-10k diff, to merge
 it into a new table (``apply_table_diff``) and to open the result (merge +
 swap), and the agent pattern's bits per entry, measured false-positive rate
-and diff size when ``proxy.agent`` is present.
+and diff size when ``proxy.patterns.agent`` is present.
 
 Goals at 10M: open <= 5 ms, anonymous RSS growth ~ 0, single >= 750k/s,
 batched >= 1.8M/s, merge + swap <= 0.5 s; agent <= 10.7 bits/entry, <= 0.4 %
@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.table_diff import apply_table_diff, make_table_diff
-from proxy.tables import Table, write_table
+from proxy.patterns.table_diff import apply_table_diff, make_table_diff
+from proxy.patterns.tables import Table, write_table
 
 SEED = 20240101
 ADDED, REMOVED = 50_000, 10_000
@@ -123,9 +123,9 @@ def bench(n: int, work: Path) -> None:
     table.close()
 
     try:
-        from proxy import agent
+        from proxy.patterns import agent
     except ImportError:
-        print("agent          proxy.agent not available")
+        print("agent          proxy.patterns.agent not available")
         return
     t = time.perf_counter()
     a = agent.build_agent(keys)

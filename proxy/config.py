@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.destinations import Allowed
 from proxy.errors import ConfigError
+from proxy.serve.destinations import Allowed
 
 MAX_CONFIG_BYTES = 1 << 20
 

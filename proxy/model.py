@@ -133,7 +133,7 @@ class FileQuery:
 @dataclass(frozen=True, slots=True)
 class WebQuery:
     url: str  # as the client sent it (echoed back)
-    canonical: str  # canonical form, see proxy.urls
+    canonical: str  # canonical form, see proxy.wire.urls
     host: str  # canonical host, no port
 
 

@@ -1,0 +1,339 @@
+"""The decision chain (DESIGN §3): blocked list ▸ approved list ▸ pattern ▸ cache ▸ relay.
+
+For every item the first source that answers wins. Local sources are consulted
+synchronously (``*_local`` returns ``None`` where nothing local answered) so a
+request that is fully answered locally never awaits; only the leftovers go to
+the cache and then, gathered into one call, to the relay. An authoritative
+engine (the reference cloud) answers leftovers itself as unknown/untested.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+import operator
+from collections import Counter, deque
+from collections.abc import Sequence
+from functools import partial
+from itertools import compress, repeat
+from typing import Any, Protocol
+
+from proxy.decide.cache import AnswerCache
+from proxy.errors import RelayError
+from proxy.model import (
+    DomainQuery,
+    FileAnswer,
+    FileQuery,
+    HashKind,
+    InspectAnswer,
+    InspectQuery,
+    Rating,
+    Service,
+    Source,
+    Verdict,
+    WebAnswer,
+    WebQuery,
+)
+from proxy.patterns.pattern import FileHit, PatternSet, WebHit
+from proxy.wire import protocol, urls
+from proxy.wire.protocol import FileBatch
+
+logger = logging.getLogger(__name__)
+
+BLOCKED_THREAT = "Blocked-By-Administrator"
+BLOCKED_CATEGORY = "blocked-by-administrator"
+APPROVED_CATEGORY = "approved-by-administrator"
+
+Answer = FileAnswer | WebAnswer | InspectAnswer
+Ask = list[tuple[int, str, object]]  # (position, cache key, upstream item) still to answer
+
+
+class Lists(Protocol):
+    """What the engine asks of the administrator's lists (proxy.decide.lists.ListSnapshot)."""
+
+    def match_hexes(self, hexes: Sequence[str]) -> dict[str, tuple[Any, str]]: ...
+    def match_url(self, canonical_url: str) -> tuple[Any, str] | None: ...
+    def match_domain(self, name: str) -> tuple[Any, str] | None: ...
+
+
+class RelayLike(Protocol):
+    async def ask_many(
+        self, service: Service, pairs: Sequence[tuple[str, object]]
+    ) -> list[dict[str, Any] | RelayError]: ...
+
+
+class StatsLike(Protocol):
+    def count_items(self, service: Service, sources: Counter[Any]) -> None: ...
+
+
+_source = operator.attrgetter("source")
+_is_none = partial(operator.is_, None)
+
+
+def _complete(answers: list[Any]) -> bool:
+    """No position is None. By identity: ``None in answers`` would call each dataclass's __eq__."""
+    return not any(map(_is_none, answers))
+
+
+def _served_from_cache(answer: Any, left: int) -> Any:
+    return dataclasses.replace(answer, source=Source.CACHE, ttl=left)
+
+
+def _is_blocked(match: tuple[Any, str]) -> bool:
+    name = match[0]
+    return str(getattr(name, "value", name)) == "blocked"
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        patterns: PatternSet,
+        lists: Lists,
+        cache: AnswerCache[Answer],
+        relay: RelayLike | None,
+        stats: StatsLike,
+        local_ttl: int = 3600,
+        retry_after: int = 60,
+        authoritative: bool = False,
+    ) -> None:
+        self.patterns = patterns  # swapped whole by the updater; read once per request
+        self.lists = lists  # swapped whole when the list store changes
+        self.cache = cache
+        self.relay = relay
+        self.stats = stats
+        self.local_ttl = local_ttl
+        self.retry_after = retry_after
+        self.authoritative = authoritative
+        self._file_hits: dict[int, tuple[FileHit, FileAnswer]] = {}
+        self._degraded_file = FileAnswer(Verdict.UNKNOWN, Source.DEGRADED, retry_after=retry_after)
+        self._degraded_web = WebAnswer(
+            Rating.UNTESTED, Source.DEGRADED, score=Rating.UNTESTED.default_score,
+            retry_after=retry_after,
+        )
+        self._unknown_file = FileAnswer(Verdict.UNKNOWN, Source.CLOUD, ttl=local_ttl)
+        self._untested = WebAnswer(
+            Rating.UNTESTED, Source.CLOUD, score=Rating.UNTESTED.default_score, ttl=local_ttl
+        )
+
+    @property
+    def version(self) -> str:
+        return self.patterns.version
+
+    # ------------------------------------------------------------ files
+
+    def _file_list_answer(self, match: tuple[Any, str]) -> FileAnswer:
+        if _is_blocked(match):
+            return FileAnswer(
+                Verdict.MALICIOUS, Source.BLOCKED_LIST, threat=BLOCKED_THREAT,
+                ttl=self.local_ttl, matched=match[1],
+            )
+        return FileAnswer(Verdict.CLEAN, Source.APPROVED_LIST, ttl=self.local_ttl, matched=match[1])
+
+    def _file_hit_answer(self, hit: FileHit) -> FileAnswer:
+        # Keyed by identity: PatternSet interns its hits, and the memo holds each one.
+        memo = self._file_hits.get(id(hit))
+        if memo is not None and memo[0] is hit:
+            return memo[1]
+        answer = FileAnswer(hit.verdict, Source.PATTERN, threat=hit.threat, ttl=self.local_ttl)
+        if len(self._file_hits) > 65536:
+            self._file_hits.clear()
+        self._file_hits[id(hit)] = (hit, answer)
+        return answer
+
+    def files_local(self, batch: FileBatch) -> list[FileAnswer | None]:
+        out: list[FileAnswer | None] = [None] * len(batch)
+        hit_answer = self._file_hit_answer
+        put = out.__setitem__
+        for kind, (positions, raw) in batch.groups.items():
+            for hit, at in self.patterns.lookup_joined(kind, raw):
+                where = at if positions is None else map(positions.__getitem__, at)
+                deque(map(put, where, repeat(hit_answer(hit))), maxlen=0)  # out[j] = answer, in C
+        matches = self.lists.match_hexes(batch.hexes)
+        if matches:  # the administrator's lists outrank the pattern
+            for i, h in enumerate(batch.hexes):
+                match = matches.get(h)
+                if match is not None:
+                    out[i] = self._file_list_answer(match)
+        return out
+
+    def begin_files(self, batch: FileBatch) -> tuple[list[Any], Ask]:
+        """Local sources and the cache; returns the answers so far and what to relay."""
+        answers: list[Any] = self.files_local(batch)
+        if _complete(answers):
+            return answers, []
+        names, hexes = batch.names, batch.hexes
+        missing = list(compress(range(len(answers)), map(_is_none, answers)))
+        # A file's cache key is its hex digest: the length tells the kind apart.
+        left = self.settle(Service.FILE, answers, list(zip(missing, map(hexes.__getitem__, missing))))
+        return answers, [(i, key, {names[i]: key}) for i, key in left]
+
+    async def files(self, qs: FileBatch | Sequence[FileQuery]) -> list[FileAnswer]:
+        batch = qs if isinstance(qs, FileBatch) else FileBatch.of(qs)
+        return await self._complete(Service.FILE, *self.begin_files(batch))
+
+    # ------------------------------------------------------------ web
+
+    def _web_list_answer(self, match: tuple[Any, str]) -> WebAnswer:
+        if _is_blocked(match):
+            return WebAnswer(
+                Rating.DANGEROUS, Source.BLOCKED_LIST, score=100, category=BLOCKED_CATEGORY,
+                ttl=self.local_ttl, matched=match[1],
+            )
+        return WebAnswer(
+            Rating.SAFE, Source.APPROVED_LIST, score=0, category=APPROVED_CATEGORY,
+            ttl=self.local_ttl, matched=match[1],
+        )
+
+    def _web_hit_answer(self, matched: str, hit: WebHit) -> WebAnswer:
+        return WebAnswer(
+            hit.rating, Source.PATTERN, score=hit.score, category=hit.category,
+            ttl=self.local_ttl, matched=matched,
+        )
+
+    def _host_hit(self, host: str) -> tuple[str, WebHit] | None:
+        ip = urls.parse_ip(host)
+        if ip is not None:
+            return self.patterns.lookup_ip(ip)
+        return self.patterns.lookup_domain(host)
+
+    def web_local_one(self, q: WebQuery) -> WebAnswer | None:
+        match = self.lists.match_url(q.canonical)
+        if match is not None:
+            return self._web_list_answer(match)
+        found = self.patterns.lookup_url(urls.expressions(q.canonical))
+        host = self._host_hit(q.host)
+        if host is not None and (found is None or host[1].rating.severity > found[1].rating.severity):
+            found = host
+        return self._web_hit_answer(*found) if found is not None else None
+
+    def begin_web(self, qs: Sequence[WebQuery]) -> tuple[list[Any], Ask]:
+        answers: list[Any] = [self.web_local_one(q) for q in qs]
+        if _complete(answers):
+            return answers, []
+        pending = [(i, f"web:{q.canonical}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
+        return answers, [(i, key, key[4:]) for i, key in self.settle(Service.WEB, answers, pending)]
+
+    async def web(self, qs: Sequence[WebQuery]) -> list[WebAnswer]:
+        return await self._complete(Service.WEB, *self.begin_web(qs))
+
+    # ------------------------------------------------------------ domain / IP
+
+    def domain_local_one(self, q: DomainQuery) -> WebAnswer | None:
+        match = self.lists.match_domain(q.name)
+        if match is not None:
+            return self._web_list_answer(match)
+        found = self.patterns.lookup_ip(q.ip) if q.ip is not None else (
+            self.patterns.lookup_domain(q.name)
+        )
+        return self._web_hit_answer(*found) if found is not None else None
+
+    def begin_domains(self, qs: Sequence[DomainQuery]) -> tuple[list[Any], Ask]:
+        answers: list[Any] = [self.domain_local_one(q) for q in qs]
+        if _complete(answers):
+            return answers, []
+        pending = [(i, f"domain:{q.name}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
+        return answers, [(i, key, key[7:]) for i, key in self.settle(Service.DOMAIN, answers, pending)]
+
+    async def domains(self, qs: Sequence[DomainQuery]) -> list[WebAnswer]:
+        return await self._complete(Service.DOMAIN, *self.begin_domains(qs))
+
+    # ------------------------------------------------------------ web inspection
+
+    def _inspect_authoritative(self, q: InspectQuery) -> InspectAnswer:
+        doc = json.loads(q.body)
+        web = protocol.parse_url(doc["url"], protocol.Limits(max_url=1 << 16))
+        rating = self.web_local_one(web) or self._untested
+        result: dict[str, Any] = {
+            "rating": rating.rating.value, "score": rating.score, "category": rating.category,
+        }
+        content = doc.get("content")
+        if isinstance(content, str):
+            digest = hashlib.sha256(base64.b64decode(content)).digest()
+            hit = self.patterns.lookup_file(FileQuery(HashKind.SHA256, digest))
+            result["sha256"] = digest.hex()
+            result["verdict"] = hit.verdict.value if hit else Verdict.UNKNOWN.value
+            if hit:
+                result["threat"] = hit.threat
+        return protocol.inspect_answer_from_result(
+            {**result, "ttl": self.local_ttl}, Source.CLOUD
+        )
+
+    def begin_inspect(self, q: InspectQuery) -> tuple[list[Any], Ask]:
+        if self.authoritative:
+            return [self._inspect_authoritative(q)], []
+        answers: list[Any] = [None]
+        left = self.settle(Service.INSPECT, answers, [(0, f"inspect:{q.digest}")])
+        return answers, [(i, key, json.loads(q.body)) for i, key in left]
+
+    async def inspect(self, q: InspectQuery) -> InspectAnswer:
+        answers = await self._complete(Service.INSPECT, *self.begin_inspect(q))
+        return answers[0]  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ cache, relay, degraded
+
+    def _convert(self, service: Service, result: dict[str, Any]) -> Answer:
+        if service is Service.FILE:
+            return protocol.file_answer_from_result(result, Source.CLOUD)
+        if service is Service.INSPECT:
+            return protocol.inspect_answer_from_result(result, Source.CLOUD)
+        return protocol.web_answer_from_result(result, Source.CLOUD)
+
+    def _fallback(self, service: Service) -> Answer:
+        """What an item no source could answer becomes."""
+        if self.authoritative:
+            return self._unknown_file if service is Service.FILE else self._untested
+        if service is Service.FILE:
+            return self._degraded_file
+        if service is Service.INSPECT:
+            return InspectAnswer(b"", Source.DEGRADED, retry_after=self.retry_after)
+        return self._degraded_web
+
+    def settle(
+        self, service: Service, answers: list[Any], pending: Sequence[tuple[int, str]]
+    ) -> list[tuple[int, str]]:
+        """Fill pending (position, cache key) pairs from the cache (or the authoritative fallback).
+
+        Returns the pairs left for the relay; empty when ``answers`` is complete.
+        """
+        views = self.cache.get_views([key for _, key in pending], _served_from_cache)
+        deque(map(answers.__setitem__, [i for i, _ in pending], views), maxlen=0)  # misses stay None
+        left = list(compress(pending, map(_is_none, views)))
+        if left and (self.relay is None or self.authoritative):
+            fallback = self._fallback(service)
+            for i, _ in left:
+                answers[i] = fallback
+            return []
+        return left
+
+    async def relay_fill(
+        self, service: Service, answers: list[Any], ask: Ask
+    ) -> None:
+        """Ask the relay for what ``settle`` left; failures become degraded answers."""
+        assert self.relay is not None
+        results = await self.relay.ask_many(service, [(key, item) for _, key, item in ask])
+        for (i, key, _), result in zip(ask, results):
+            if isinstance(result, RelayError):
+                answers[i] = self._fallback(service)
+                continue
+            try:
+                answer = self._convert(service, result)
+            except (ValueError, TypeError, KeyError) as e:
+                logger.warning("cloud answered a %s item unusably: %s", service.value, e)
+                answers[i] = self._fallback(service)
+                continue
+            if answer.ttl:
+                self.cache.put(key, answer, answer.ttl)
+            answers[i] = answer
+
+    async def _complete(self, service: Service, answers: list[Any], ask: Ask) -> list[Any]:
+        if ask:
+            await self.relay_fill(service, answers, ask)
+        return self.count(service, answers)
+
+    def count(self, service: Service, answers: list[Any]) -> list[Any]:
+        self.stats.count_items(service, Counter(map(_source, answers)))
+        return answers

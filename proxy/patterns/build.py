@@ -1,0 +1,356 @@
+"""Building a pattern directory from threat sources (the layout is ``proxy.patterns.pattern``'s).
+
+``build_pattern`` reads hash, URL, domain, ClamAV and hosts sources
+(``proxy.patterns.sources``), compiles them into ``proxy.patterns.tables`` files, strings.json
+and (when ``proxy.patterns.agent`` is available) agent.bin, and writes the manifest,
+all in a temporary directory renamed into place at the end.
+
+A build given a ``base`` (the previous build) keeps the base's threat names
+and categories at their ids and appends new ones, so strings.json only grows
+and unchanged rows stay byte-identical (small table diffs; see ``proxy.updates.repo``),
+and it keeps the base agent pattern's prefix length unless more entries need
+a longer one (small agent diffs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxy.errors import PatternError
+from proxy.files import make_dirs, write_atomic
+from proxy.model import HashKind, Verdict
+from proxy.patterns import sources
+from proxy.patterns.pattern import (
+    AGENT,
+    AGENT_FILE,
+    FILE_TABLES,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PATTERN_FILES,
+    RATING_CODES,
+    STRINGS,
+    VERDICT_CODES,
+    VERSION,
+    WEB_BLOCKING_RATINGS,
+    load_strings,
+)
+from proxy.patterns.tables import fsync_dir, write_range_table, write_table
+from proxy.wire import urls as _urls
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildReport:
+    version: str
+    md5: int
+    sha1: int
+    sha256: int
+    web_blocking: int
+    suspicious_urls: int
+    domains: int
+    ip4: int
+    ip6: int
+    agent: int = 0  # distinct prefixes in agent.bin; 0 when no agent pattern was built
+    skipped: int = 0  # malformed lines skipped (skip_bad)
+    skipped_examples: tuple[str, ...] = ()
+
+    @property
+    def hashes(self) -> int:
+        return self.md5 + self.sha1 + self.sha256
+
+
+
+
+class _Strings:
+    """Interns threat names and categories; id 0 means none."""
+
+    def __init__(self) -> None:
+        self.threats: dict[str, int] = {"": 0}
+        self.categories: dict[str, int] = {"": 0}
+
+    @staticmethod
+    def _intern(table: dict[str, int], value: str | None, limit: int, what: str) -> int:
+        if not value:
+            return 0
+        found = table.get(value)
+        if found is None:
+            if len(table) > limit:
+                raise PatternError(f"more than {limit} distinct {what}")
+            found = table[value] = len(table)
+        return found
+
+    def threat(self, value: str | None) -> int:
+        return self._intern(self.threats, value, 0xFFFFFFFF, "threat names")
+
+    def category(self, value: str | None) -> int:
+        return self._intern(self.categories, value, 0xFFFF, "categories")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": 1, "threats": list(self.threats), "categories": list(self.categories)}
+
+    @classmethod
+    def from_base(cls, path: Path) -> _Strings:
+        """Seeded with a previous build's strings, at the same ids."""
+        out = cls()
+        threats, categories = load_strings(path)
+        if threats[0] != "" or categories[0] != "":
+            raise PatternError(f"{STRINGS}: id 0 is not the empty name")
+        out.threats = {t: i for i, t in enumerate(threats)}
+        out.categories = {c: i for i, c in enumerate(categories)}
+        if len(out.threats) != len(threats) or len(out.categories) != len(categories):
+            raise PatternError(f"{STRINGS}: a name is listed twice")
+        return out
+
+
+def _agent_module() -> Any:
+    try:
+        from proxy.patterns import agent
+    except ImportError:  # pragma: no cover - the agent pattern ships with this package
+        return None
+    return agent
+
+
+def _write_agent(path: Path, by_kind: dict[HashKind, list[sources.HashRecord]],
+                 base: Path | None) -> int | None:
+    """Build agent.bin from every non-clean digest; None if proxy.patterns.agent is missing."""
+    agent = _agent_module()
+    if agent is None:
+        return None
+    digests = [r.digest for recs in by_kind.values() for r in recs
+               if r.verdict is not Verdict.CLEAN]
+    k = agent.choose_prefix_bits(len(digests))
+    if base is not None and (base / AGENT_FILE).is_file():
+        k = max(k, agent.read_agent(base / AGENT_FILE).prefix_bits)
+    data = agent.build_agent(digests, prefix_bits=k)
+    agent.write_agent(path, data)
+    return len(agent.AgentFilter.from_bytes(data))
+
+
+def _threat_of(r: sources.HashRecord) -> str | None:
+    if r.verdict is Verdict.CLEAN:
+        return r.threat
+    return r.threat or sources.DEFAULT_THREAT
+
+
+def _write_file_table(path: Path, kind: HashKind, recs: list[sources.HashRecord],
+                      strings: _Strings) -> int:
+    keys = [r.digest for r in recs]
+    write_table(path, keys, {
+        "verdict": np.array([VERDICT_CODES[r.verdict] for r in recs], dtype="<u1"),
+        "threat": np.array([strings.threat(_threat_of(r)) for r in recs], dtype="<u4"),
+    }, key_width=kind.size)
+    return len(recs)
+
+
+def _rated_columns(recs: Sequence[sources.UrlRecord | sources.DomainRecord |
+                                  sources.NetworkRecord],
+                   strings: _Strings) -> dict[str, np.ndarray[Any, Any]]:
+    return {
+        "rating": np.array([RATING_CODES[r.rating] for r in recs], dtype="<u1"),
+        "score": np.array([r.score for r in recs], dtype="<u1"),
+        "category": np.array([strings.category(r.category) for r in recs], dtype="<u2"),
+    }
+
+
+def _write_digest_table(path: Path, keyed: Sequence[tuple[str, sources.UrlRecord |
+                                                          sources.DomainRecord]],
+                        strings: _Strings) -> int:
+    keys = [_urls.digest(text) for text, _ in keyed]
+    write_table(path, keys, _rated_columns([r for _, r in keyed], strings), key_width=32)
+    return len(keyed)
+
+
+def _write_ip_table(path: Path, ranges: list[sources.IpRange], width: int,
+                    strings: _Strings) -> int:
+    recs = [r.record for r in ranges]
+    columns = _rated_columns(recs, strings)
+    columns["prefix"] = np.array([r.network.prefixlen for r in recs], dtype="<u1")
+    write_range_table(path, [r.first.to_bytes(width, "big") for r in ranges],
+                      [r.last.to_bytes(width, "big") for r in ranges], columns, key_width=width)
+    return len(ranges)
+
+
+def _file_entry(path: Path, entries: int) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": path.stat().st_size, "sha256": digest, "entries": entries}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    write_atomic(path, (json.dumps(value, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+def _is_replaceable(out_dir: Path) -> bool:
+    if not out_dir.exists():
+        return True
+    if not out_dir.is_dir():
+        return False
+    return (out_dir / MANIFEST).is_file() or not any(out_dir.iterdir())
+
+
+def build_pattern(
+    out_dir: Path,
+    *,
+    hashes: Sequence[Path] = (),
+    urls: Sequence[Path] = (),
+    domains: Sequence[Path] = (),
+    clamav: Sequence[Path] = (),
+    hosts: Sequence[Path] = (),
+    skip_bad: bool = False,
+    base: Path | None = None,
+    version: str | None = None,
+    now: datetime | None = None,
+) -> BuildReport:
+    """Compile sources into a pattern directory, atomically.
+
+    ``hashes``, ``urls`` and ``domains`` are read in their own formats unless
+    the extension says otherwise (``sources.detect_format``: ``.hdb``/``.hsb``
+    are ClamAV, ``.hosts`` and ``hosts`` are hosts files); ``clamav`` and
+    ``hosts`` are read as named. With ``skip_bad`` malformed lines are counted
+    (``BuildReport.skipped``) instead of failing the build. ``base`` is the
+    previous build (see the module docstring). The agent pattern is built when
+    ``proxy.patterns.agent`` is available.
+
+    Everything is written into a temporary directory beside ``out_dir`` and
+    renamed into place at the end; a failed build leaves nothing behind. An
+    existing ``out_dir`` is replaced only if it is a pattern directory or empty.
+    """
+    out_dir = Path(out_dir)
+    created = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    version = version if version is not None else created.strftime("%Y%m%d%H")
+    if VERSION.fullmatch(version) is None:
+        raise PatternError(f"bad pattern version {version!r} (expected YYYYMMDDHH[MM[SS]])")
+    if not _is_replaceable(out_dir):
+        raise PatternError(f"refusing to replace {out_dir.name}: not a pattern directory")
+
+    # Parse everything first: a bad line stops the build before anything is written.
+    bad = sources.BadLines() if skip_bad else None
+    named = ([(p, sources.detect_format(p, "hashes")) for p in hashes]
+             + [(p, sources.detect_format(p, "urls")) for p in urls]
+             + [(p, sources.detect_format(p, "domains")) for p in domains]
+             + [(p, "clamav") for p in clamav] + [(p, "hosts") for p in hosts])
+    hash_recs: list[sources.HashRecord] = []
+    url_recs: list[sources.UrlRecord] = []
+    domain_recs: list[sources.DomainRecord] = []
+    net_recs: list[sources.NetworkRecord] = []
+    for p, form in named:
+        if form == "hashes":
+            hash_recs.extend(sources.read_hashes(p, bad))
+        elif form == "clamav":
+            hash_recs.extend(sources.read_clamav(p, bad))
+        elif form == "urls":
+            url_recs.extend(sources.read_urls(p, bad))
+        elif form == "hosts":
+            domain_recs.extend(sources.read_hosts(p, bad))
+        else:
+            for rec in sources.read_domains(p, bad):
+                if isinstance(rec, sources.DomainRecord):
+                    domain_recs.append(rec)
+                else:
+                    net_recs.append(rec)
+    merged_hashes = sources.merge_hashes(hash_recs)
+    merged_urls = sources.merge_by(url_recs, lambda r: r.expression)
+    merged_domains = sources.merge_by(domain_recs, lambda r: r.name)
+    ranges4 = sources.flatten_networks(r for r in net_recs if r.network.version == 4)
+    ranges6 = sources.flatten_networks(r for r in net_recs if r.network.version == 6)
+
+    by_kind: dict[HashKind, list[sources.HashRecord]] = {k: [] for k in HashKind}
+    for hrec in merged_hashes.values():
+        by_kind[hrec.kind].append(hrec)
+    blocking = [(r.expression, r) for r in merged_urls.values()
+                if r.rating in WEB_BLOCKING_RATINGS]
+    suspicious = [(r.expression, r) for r in merged_urls.values()
+                  if r.rating not in WEB_BLOCKING_RATINGS]
+
+    make_dirs(out_dir.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        strings = _Strings.from_base(Path(base) / STRINGS) if base is not None else _Strings()
+        counts: dict[str, int] = {}
+        for kind, name in FILE_TABLES.items():
+            counts[name] = _write_file_table(tmp / name, kind, by_kind[kind], strings)
+        counts["web-blocking.tbl"] = _write_digest_table(tmp / "web-blocking.tbl", blocking,
+                                                         strings)
+        counts["suspicious-urls.tbl"] = _write_digest_table(tmp / "suspicious-urls.tbl",
+                                                            suspicious, strings)
+        counts["domains.tbl"] = _write_digest_table(
+            tmp / "domains.tbl", [(r.name, r) for r in merged_domains.values()], strings)
+        counts["ip4.tbl"] = _write_ip_table(tmp / "ip4.tbl", ranges4, 4, strings)
+        counts["ip6.tbl"] = _write_ip_table(tmp / "ip6.tbl", ranges6, 16, strings)
+        _write_json(tmp / STRINGS, strings.to_json())
+        agent_entries = _write_agent(tmp / AGENT_FILE, by_kind, base)
+        written = dict(PATTERN_FILES)
+        if agent_entries is not None:
+            counts[AGENT_FILE] = agent_entries
+            written[AGENT] = (AGENT_FILE,)
+
+        patterns: dict[str, Any] = {}
+        for pname, files in written.items():
+            entries = {f: _file_entry(tmp / f, counts[f]) for f in files}
+            patterns[pname] = {
+                "version": version,
+                "entries": sum(counts[f] for f in files),
+                "files": entries,
+            }
+        strings_entry = _file_entry(tmp / STRINGS, 0)
+        del strings_entry["entries"]
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": version,
+            "created": created.isoformat().replace("+00:00", "Z"),
+            "files": {STRINGS: strings_entry},
+            "patterns": patterns,
+        }
+        _write_json(tmp / MANIFEST, manifest)
+        fsync_dir(tmp)
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report = BuildReport(
+        version=version,
+        md5=counts["file-md5.tbl"],
+        sha1=counts["file-sha1.tbl"],
+        sha256=counts["file-sha256.tbl"],
+        web_blocking=counts["web-blocking.tbl"],
+        suspicious_urls=counts["suspicious-urls.tbl"],
+        domains=counts["domains.tbl"],
+        ip4=counts["ip4.tbl"],
+        ip6=counts["ip6.tbl"],
+        agent=counts.get(AGENT_FILE, 0),
+        skipped=bad.count if bad is not None else 0,
+        skipped_examples=tuple(bad.examples) if bad is not None else (),
+    )
+    logger.info("built pattern %s version %s: %d hashes, %d urls, %d domains, %d ip ranges",
+                out_dir.name, version, report.hashes, report.web_blocking +
+                report.suspicious_urls, report.domains, report.ip4 + report.ip6)
+    return report
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    if not _is_replaceable(out_dir):
+        raise PatternError(f"refusing to replace {out_dir.name}: not a pattern directory")
+    old: Path | None = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
+                                    dir=out_dir.parent))
+        os.rename(out_dir, old / out_dir.name)
+    os.rename(tmp, out_dir)
+    fsync_dir(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+

@@ -1,0 +1,509 @@
+"""A pattern directory: its layout, opening it, and answering lookups (DESIGN §5).
+
+``proxy.patterns.build`` builds one from sources.
+
+Layout of a pattern directory::
+
+    manifest.json        {"format": 1, "version": "YYYYMMDDHH", "created": ISO-8601 UTC,
+                          "files": {"strings.json": {"size", "sha256"}},
+                          "patterns": {NAME: {"version", "entries",
+                                              "files": {FILE: {"size", "sha256", "entries"}}}}}
+    strings.json         {"format": 1, "threats": [...], "categories": [...]}; id 0 is "none"
+    file-md5.tbl         smart-scan       key: MD5 (16 bytes)      verdict u1, threat u4
+    file-sha1.tbl        smart-scan       key: SHA-1 (20 bytes)    verdict u1, threat u4
+    file-sha256.tbl      smart-scan       key: SHA-256 (32 bytes)  verdict u1, threat u4
+    web-blocking.tbl     web-blocking     key: SHA-256 of a URL expression; dangerous,
+                                          highly_suspicious and safe; rating u1, score u1,
+                                          category u2
+    suspicious-urls.tbl  suspicious-urls  the same, for suspicious and untested
+    domains.tbl          domain-ip        key: SHA-256 of a normalised domain name; as above
+    ip4.tbl, ip6.tbl     domain-ip        range tables over big-endian addresses; as above
+                                          plus prefix u1 (the source network's length)
+    agent.bin            agent            the Smart Scan Agent Pattern (``proxy.patterns.agent``) over
+                                          every malicious and suspicious MD5, SHA-1 and
+                                          SHA-256 digest (clean ones need no query)
+
+Tables are ``proxy.patterns.tables`` files. Codes: verdict 1 malicious, 2 suspicious,
+3 clean; rating 1 dangerous, 2 highly_suspicious, 3 suspicious, 4 safe,
+5 untested. Readers ignore patterns and top-level keys they do not know, so
+later issues can add signatures, diffs and an agent pattern to the manifest.
+
+A build given a ``base`` (the previous build) keeps the base's strings at
+their ids, so strings.json only grows (see ``proxy.patterns.build``).
+
+Web, domain and IP lookups return the most severe match; among equally severe
+ones the most specific: the longest host (domain suffix), then the longest path.
+(Expression order is not specificity: Safe Browsing lists ``host/`` before
+``host/a/``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxy.errors import PatternError
+from proxy.model import FileQuery, HashKind, Rating, Verdict
+from proxy.patterns.tables import RangeTable, Table
+from proxy.wire import urls as _urls
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+STRINGS = "strings.json"
+MANIFEST_FORMAT = 1
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_STRINGS_BYTES = 256 << 20
+
+SMART_SCAN = "smart-scan"
+WEB_BLOCKING = "web-blocking"
+SUSPICIOUS_URLS = "suspicious-urls"
+DOMAIN_IP = "domain-ip"
+AGENT = "agent"
+AGENT_FILE = "agent.bin"
+
+FILE_TABLES = {
+    HashKind.MD5: "file-md5.tbl",
+    HashKind.SHA1: "file-sha1.tbl",
+    HashKind.SHA256: "file-sha256.tbl",
+}
+PATTERN_FILES: dict[str, tuple[str, ...]] = {
+    SMART_SCAN: tuple(FILE_TABLES.values()),
+    WEB_BLOCKING: ("web-blocking.tbl",),
+    SUSPICIOUS_URLS: ("suspicious-urls.tbl",),
+    DOMAIN_IP: ("domains.tbl", "ip4.tbl", "ip6.tbl"),
+}
+WEB_BLOCKING_RATINGS = frozenset({Rating.DANGEROUS, Rating.HIGHLY_SUSPICIOUS, Rating.SAFE})
+
+VERDICT_CODES = {Verdict.MALICIOUS: 1, Verdict.SUSPICIOUS: 2, Verdict.CLEAN: 3}
+RATING_CODES = {
+    Rating.DANGEROUS: 1,
+    Rating.HIGHLY_SUSPICIOUS: 2,
+    Rating.SUSPICIOUS: 3,
+    Rating.SAFE: 4,
+    Rating.UNTESTED: 5,
+}
+_VERDICT_BY_CODE = {c: v for v, c in VERDICT_CODES.items()}
+_RATING_BY_CODE = {c: r for r, c in RATING_CODES.items()}
+_FILE_COLUMNS = {"verdict": "<u1", "threat": "<u4"}
+_RATED_COLUMNS = {"rating": "<u1", "score": "<u1", "category": "<u2"}
+_IP_COLUMNS = {**_RATED_COLUMNS, "prefix": "<u1"}
+VERSION = re.compile(r"\d{10}(?:\d{2}){0,2}")  # YYYYMMDDHH[MM[SS]]
+_FILE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class FileHit:
+    verdict: Verdict
+    threat: str | None  # None for a clean hash
+
+
+@dataclass(frozen=True, slots=True)
+class WebHit:
+    rating: Rating
+    score: int
+    category: str | None
+    pattern: str  # which pattern matched: web-blocking, suspicious-urls or domain-ip
+
+
+# ---------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True, slots=True)
+class _FileSpec:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Manifest:
+    version: str
+    created: datetime
+    raw: dict[str, Any]
+    files: tuple[_FileSpec, ...]  # every file the manifest lists
+
+
+def _bad(what: str) -> PatternError:
+    return PatternError(f"{MANIFEST}: {what}")
+
+
+def _file_specs(where: str, files: Any) -> list[_FileSpec]:
+    if not isinstance(files, dict):
+        raise _bad(f"{where}: 'files' is not an object")
+    out = []
+    for name, spec in files.items():
+        if not isinstance(name, str) or _FILE_NAME.fullmatch(name) is None:
+            raise _bad(f"{where}: bad file name {str(name)[:80]!r}")
+        if not isinstance(spec, dict):
+            raise _bad(f"{where}: {name}: not an object")
+        size, digest = spec.get("size"), spec.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _bad(f"{where}: {name}: bad size")
+        if not isinstance(digest, str) or _SHA256_HEX.fullmatch(digest) is None:
+            raise _bad(f"{where}: {name}: bad sha256")
+        out.append(_FileSpec(name, size, digest))
+    return out
+
+
+def read_manifest(directory: Path) -> _Manifest:
+    path = Path(directory) / MANIFEST
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise PatternError(f"{MANIFEST}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise _bad(f"larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(f"not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise _bad("not an object")
+    if raw.get("format") != MANIFEST_FORMAT:
+        raise _bad(f"format {raw.get('format')!r} not supported (expected {MANIFEST_FORMAT})")
+    version = raw.get("version")
+    if not isinstance(version, str) or VERSION.fullmatch(version) is None:
+        raise _bad(f"bad version {str(version)[:40]!r}")
+    try:
+        created = datetime.fromisoformat(str(raw.get("created")))
+    except ValueError:
+        raise _bad(f"bad created time {str(raw.get('created'))[:40]!r}") from None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    specs = _file_specs("top level", raw.get("files"))
+    if STRINGS not in {s.name for s in specs}:
+        raise _bad(f"{STRINGS} not listed")
+    patterns = raw.get("patterns")
+    if not isinstance(patterns, dict):
+        raise _bad("'patterns' is not an object")
+    for pname, files in PATTERN_FILES.items():
+        entry = patterns.get(pname)
+        if not isinstance(entry, dict):
+            raise _bad(f"pattern {pname!r} missing")
+        pspecs = _file_specs(pname, entry.get("files"))
+        missing = set(files) - {s.name for s in pspecs}
+        if missing:
+            raise _bad(f"{pname}: {', '.join(sorted(missing))} not listed")
+        specs.extend(pspecs)
+    return _Manifest(version, created, raw, tuple(specs))
+
+
+def _check_file(directory: Path, spec: _FileSpec, *, verify: bool) -> None:
+    path = directory / spec.name
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise PatternError(f"{spec.name}: cannot read: {e.strerror or e}") from None
+    if size != spec.size:
+        state = "truncated" if size < spec.size else "wrong size"
+        raise PatternError(f"{spec.name}: {state}: {size} bytes, manifest says {spec.size}")
+    if verify:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != spec.sha256:
+            raise PatternError(f"{spec.name}: SHA-256 does not match the manifest (corrupt)")
+
+
+def pattern_info(directory: Path) -> dict[str, Any]:
+    """Versions, entries and sizes from the manifest, and whether the files have those sizes."""
+    directory = Path(directory)
+    m = read_manifest(directory)
+    problems = []
+    for spec in m.files:
+        try:
+            _check_file(directory, spec, verify=False)
+        except PatternError as e:
+            problems.append(e.message)
+    return _info(m, problems)
+
+
+def _info(m: _Manifest, problems: list[str]) -> dict[str, Any]:
+    patterns = {}
+    for name, entry in m.raw["patterns"].items():
+        if not isinstance(entry, dict):
+            continue
+        listed = entry.get("files")
+        files: dict[str, Any] = listed if isinstance(listed, dict) else {}
+        patterns[name] = {
+            "version": entry.get("version"),
+            "entries": entry.get("entries"),
+            "size": sum(f.get("size", 0) for f in files.values() if isinstance(f, dict)),
+        }
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": m.version,
+        "created": m.created.isoformat().replace("+00:00", "Z"),
+        "patterns": patterns,
+        "problems": problems,
+    }
+
+
+# ---------------------------------------------------------------- lookups
+
+
+def _specificity(expression: str) -> tuple[int, int]:
+    """Longer host first, then longer path: ``a.b.test/`` > ``b.test/x/`` > ``b.test/``."""
+    host, _, path = expression.partition("/")
+    return len(host), len(path)
+
+
+def load_strings(path: Path) -> tuple[list[str], list[str]]:
+    """The threat names and categories of a strings.json, bounded and checked."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_STRINGS_BYTES + 1)
+        if len(data) > MAX_STRINGS_BYTES:
+            raise PatternError(f"{STRINGS}: larger than {MAX_STRINGS_BYTES} bytes")
+        raw = json.loads(data)
+    except OSError as e:
+        raise PatternError(f"{STRINGS}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PatternError(f"{STRINGS}: not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise PatternError(f"{STRINGS}: not an object")
+    threats, categories = raw.get("threats"), raw.get("categories")
+    for what, seq in (("threats", threats), ("categories", categories)):
+        if not isinstance(seq, list) or not seq or not all(isinstance(s, str) for s in seq):
+            raise PatternError(f"{STRINGS}: {what!r} is not a list of strings")
+    assert isinstance(threats, list) and isinstance(categories, list)
+    return threats, categories
+
+
+class PatternSet:
+    """Every table of one pattern directory, opened read-only; lookups are thread-safe."""
+
+    def __init__(self, directory: Path, manifest: _Manifest, tables: dict[str, Table],
+                 threats: list[str], categories: list[str]) -> None:
+        self.directory = directory
+        self._manifest = manifest
+        self._tables = tables
+        self._threats = threats
+        self._categories = categories
+        self._files = {kind: tables[name] for kind, name in FILE_TABLES.items()}
+        self._file_hits: dict[tuple[int, int], FileHit] = {}
+
+    @property
+    def version(self) -> str:
+        return self._manifest.version
+
+    @property
+    def created(self) -> datetime:
+        return self._manifest.created
+
+    @classmethod
+    def open(cls, directory: Path, *, verify: bool = True) -> PatternSet:
+        """Open and validate a pattern directory.
+
+        Sizes are always checked against the manifest; with ``verify`` (the
+        default) every file's SHA-256 too, which reads each file once.
+        """
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        for spec in manifest.files:
+            _check_file(directory, spec, verify=verify)
+        threats, categories = load_strings(directory / STRINGS)
+        tables: dict[str, Table] = {}
+        try:
+            for kind, name in FILE_TABLES.items():
+                tables[name] = _open_checked(directory / name, kind.size, _FILE_COLUMNS)
+            for name in ("web-blocking.tbl", "suspicious-urls.tbl", "domains.tbl"):
+                tables[name] = _open_checked(directory / name, 32, _RATED_COLUMNS)
+            tables["ip4.tbl"] = _open_checked(directory / "ip4.tbl", 4, _IP_COLUMNS, ranges=True)
+            tables["ip6.tbl"] = _open_checked(directory / "ip6.tbl", 16, _IP_COLUMNS, ranges=True)
+        except BaseException:
+            for t in tables.values():
+                t.close()
+            raise
+        logger.info("opened pattern %s version %s", directory.name, manifest.version)
+        return cls(directory, manifest, tables, threats, categories)
+
+    def close(self) -> None:
+        for t in self._tables.values():
+            t.close()
+
+    def __enter__(self) -> PatternSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def table(self, name: str) -> Table:
+        """One table by file name (e.g. ``file-sha256.tbl``), for the agent pattern and diffs."""
+        return self._tables[name]
+
+    # ------------------------------------------------------------ decoding
+
+    def _file_hit(self, table: Table, verdict_code: int, threat_id: int) -> FileHit:
+        hit = self._file_hits.get((verdict_code, threat_id))
+        if hit is None:
+            verdict = _VERDICT_BY_CODE.get(verdict_code)
+            if verdict is None or not 0 <= threat_id < len(self._threats):
+                raise PatternError(f"{table.path.name}: bad record ({verdict_code}, {threat_id})")
+            hit = FileHit(verdict, self._threats[threat_id] or None)
+            self._file_hits[(verdict_code, threat_id)] = hit
+        return hit
+
+    def _web_hit(self, table: Table, row: int, pattern: str) -> WebHit:
+        rating = _RATING_BY_CODE.get(table.value("rating", row))
+        cat_id = table.value("category", row)
+        if rating is None or cat_id >= len(self._categories):
+            raise PatternError(f"{table.path.name}: bad record at row {row}")
+        return WebHit(rating, table.value("score", row), self._categories[cat_id] or None,
+                      pattern)
+
+    # ------------------------------------------------------------ files
+
+    def lookup_file(self, q: FileQuery) -> FileHit | None:
+        table = self._files[q.kind]
+        row = table.lookup(q.digest)
+        if row is None:
+            return None
+        return self._file_hit(table, table.value("verdict", row), table.value("threat", row))
+
+    def lookup_files(self, qs: Sequence[FileQuery]) -> list[FileHit | None]:
+        """Many hashes at once, vectorised per hash kind; results in query order."""
+        out: list[FileHit | None] = [None] * len(qs)
+        for kind, table in self._files.items():
+            idx = [i for i, q in enumerate(qs) if q.kind is kind]
+            if not idx:
+                continue
+            rows = table.lookup_many([qs[i].digest for i in idx])
+            hit_at = np.flatnonzero(rows >= 0)
+            if not hit_at.size:
+                continue
+            hit_rows = rows[hit_at]
+            verdicts = table.column("verdict")[hit_rows].tolist()
+            threats = table.column("threat")[hit_rows].tolist()
+            for j, v, t in zip(hit_at.tolist(), verdicts, threats, strict=True):
+                out[idx[j]] = self._file_hit(table, v, t)
+        return out
+
+    def lookup_joined(self, kind: HashKind, raw: bytes) -> list[tuple[FileHit, list[int]]]:
+        """Hits among ``raw``, the digests of one kind laid end to end.
+
+        Returns each distinct hit with the indexes where it occurs: the query door's
+        batch path, with no per-item object before or after the vectorised lookup.
+        """
+        table = self._files.get(kind)
+        size = kind.size
+        n = len(raw) // size
+        if table is None or not n:
+            return []
+        if n <= 8:  # a few: the scalar path beats numpy's per-call overhead
+            out = []
+            for j in range(n):
+                row = table.lookup(raw[j * size:(j + 1) * size])
+                if row is not None:
+                    hit = self._file_hit(table, table.value("verdict", row), table.value("threat", row))
+                    out.append((hit, [j]))
+            return out
+        rows = table.lookup_many(np.frombuffer(raw, dtype=np.uint8).reshape(n, size))
+        hit_at = np.flatnonzero(rows >= 0)
+        if not hit_at.size:
+            return []
+        hit_rows = rows[hit_at]
+        codes = (table.column("verdict")[hit_rows].astype(np.uint64) << np.uint64(32)) | table.column(
+            "threat")[hit_rows].astype(np.uint64)
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        if len(uniq) == 1:
+            groups = [hit_at.tolist()]
+        else:
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+            groups = [g.tolist() for g in np.split(hit_at[order], bounds)]
+        return [(self._file_hit(table, int(c >> 32), int(c & 0xFFFFFFFF)), g)
+                for c, g in zip(uniq.tolist(), groups, strict=True)]
+
+    # ------------------------------------------------------------ web
+
+    def _best(self, candidates: Iterable[str], names: Sequence[tuple[str, str]]
+              ) -> tuple[str, WebHit] | None:
+        best: tuple[str, WebHit] | None = None
+        tables = [(self._tables[f], p) for f, p in names]
+        for text in candidates:
+            key = _urls.digest(text)
+            for table, pattern in tables:
+                row = table.lookup(key)
+                if row is None:
+                    continue
+                hit = self._web_hit(table, row, pattern)
+                if best is None or (hit.rating.severity, _specificity(text)) > (
+                        best[1].rating.severity, _specificity(best[0])):
+                    best = (text, hit)
+        return best
+
+    def lookup_url(self, expressions: Sequence[str]) -> tuple[str, WebHit] | None:
+        """The most severe entry among a URL's expressions (``proxy.wire.urls.expressions``)."""
+        return self._best(expressions, (("web-blocking.tbl", WEB_BLOCKING),
+                                        ("suspicious-urls.tbl", SUSPICIOUS_URLS)))
+
+    def lookup_domain(self, name: str) -> tuple[str, WebHit] | None:
+        """A normalised domain name and its parents; an IP literal goes to ``lookup_ip``."""
+        ip = _urls.parse_ip(name)
+        if ip is not None:
+            return self.lookup_ip(ip)
+        name = name.rstrip(".").lower()
+        return self._best(_urls.domain_suffixes(name), (("domains.tbl", DOMAIN_IP),))
+
+    def lookup_ip(self, ip: IPAddress | str) -> tuple[str, WebHit] | None:
+        """The source network holding ``ip`` (as CIDR, or the address for a single one)."""
+        if isinstance(ip, str):
+            parsed = _urls.parse_ip(ip)
+            if parsed is None:
+                raise ValueError(f"not an IP address: {ip[:64]!r}")
+            ip = parsed
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        table = self._tables["ip4.tbl" if ip.version == 4 else "ip6.tbl"]
+        assert isinstance(table, RangeTable)
+        row = table.lookup_ip(ip)
+        if row is None:
+            return None
+        prefix = table.value("prefix", row)
+        net = ipaddress.ip_network((ip, prefix), strict=False)
+        matched = str(net.network_address) if prefix == net.max_prefixlen else str(net)
+        return matched, self._web_hit(table, row, DOMAIN_IP)
+
+    # ------------------------------------------------------------ info
+
+    def info(self) -> dict[str, Any]:
+        out = _info(self._manifest, [])
+        del out["problems"]
+        out["tables"] = {name: {"entries": len(t), "size": os.path.getsize(t.path)}
+                         for name, t in self._tables.items()}
+        return out
+
+
+def _open_checked(path: Path, width: int, columns: dict[str, str], *,
+                  ranges: bool = False) -> Table:
+    table: Table = RangeTable.open(path) if ranges else Table.open(path)
+    try:
+        if table.key_width != width or table.is_range != ranges:
+            raise PatternError(f"{path.name}: key width {table.key_width}, expected {width}")
+        for cname, dtype in columns.items():
+            if cname not in table.column_names or table.column(cname).dtype.str.replace(
+                    "|", "<") != dtype:
+                raise PatternError(f"{path.name}: column {cname!r} missing or of the wrong type")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            table.close()
+        raise
+    return table
+

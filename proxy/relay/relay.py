@@ -1,0 +1,578 @@
+"""The relay: asks the cloud what the appliance cannot answer itself (DESIGN §3.5, §7).
+
+Concurrent unknown items of one service are gathered for ``batch_window``
+seconds into one upstream request of at most ``max_batch`` items; identical
+items in flight (same service and key) are asked once and every waiter gets the
+same answer. The cloud answers one result per item in request order, so results
+are matched back by position.
+
+Endpoints are tried in priority order within one total deadline. Each has a
+circuit breaker: ``breaker_failures`` consecutive failures open it, it is
+skipped while open, after ``breaker_cooldown`` seconds one trial request is let
+through (half-open), and a success closes it. When no endpoint gives a usable
+answer every waiter gets ``RelayUnavailable`` (a ``RelayError``), which the
+engine turns into ``degraded`` results.
+
+I/O goes through the ``Transport`` protocol (default: the pooled, verifying
+``HttpClient``) and time through ``clock``, so tests inject both. Logs name
+endpoints, services and item counts, never item contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.errors import ConfigError, RelayError
+from proxy.model import PROTOCOL_VERSION, Service
+from proxy.relay.http_client import HttpClient, make_ssl_context, parse_origin
+
+logger = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+
+_HEADERS: Mapping[str, str] = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": "rampart-relay/1",
+}
+# service -> (path, the request field holding the items; None: the item is the whole body)
+_ROUTES: Mapping[Service, tuple[str, str | None]] = {
+    Service.FILE: ("/v1/file", "items"),
+    Service.WEB: ("/v1/web", "urls"),
+    Service.DOMAIN: ("/v1/domain", "items"),
+    Service.INSPECT: ("/v1/inspect", None),
+}
+
+
+# ---------------------------------------------------------------- seams
+
+
+class Transport(Protocol):
+    """One upstream exchange; raises RelayError (or anything) on failure."""
+
+    async def request(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+    ) -> tuple[int, bytes]: ...
+
+
+class RelayObserver(Protocol):
+    """Told about every upstream attempt (for metrics and the console's live view)."""
+
+    def on_upstream(
+        self, endpoint: str, service: Service, items: int, seconds: float, error: str | None
+    ) -> None: ...
+
+
+class HttpTransport:
+    """The production Transport: an ``HttpClient`` (status and body only)."""
+
+    def __init__(self, client: HttpClient) -> None:
+        self.client = client
+
+    async def request(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+    ) -> tuple[int, bytes]:
+        response = await self.client.request(endpoint, method, path, body, headers, deadline=deadline)
+        return response.status, response.body
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class RelayUnavailable(RelayError):
+    """No endpoint gave a usable answer.
+
+    ``retry_after`` is a hint in seconds: how long until an endpoint will be
+    tried again (0 when one is available now, e.g. after a deadline).
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# ---------------------------------------------------------------- endpoint health
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+@dataclass(slots=True, eq=False)
+class _Endpoint:
+    url: str
+    host: str  # host:port, what logs and errors name
+    priority: int
+    failures_to_open: int
+    cooldown: float
+    state: BreakerState = BreakerState.CLOSED
+    consecutive_failures: int = 0
+    opened_at: float = 0.0
+    trial_in_flight: bool = False
+    last_error: str | None = None
+    requests: int = 0
+    failures: int = 0
+
+    def allow(self, now: float) -> bool:
+        """May a request go to this endpoint now? Claims the half-open trial if so."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            if now - self.opened_at < self.cooldown:
+                return False
+            self.state = BreakerState.HALF_OPEN
+            logger.info("relay endpoint %s half-open: sending one trial request", self.host)
+        if self.trial_in_flight:
+            return False
+        self.trial_in_flight = True
+        return True
+
+    def succeed(self) -> None:
+        if self.state is not BreakerState.CLOSED:
+            logger.info("relay endpoint %s closed again after a success", self.host)
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self.trial_in_flight = False
+
+    def fail(self, now: float, error: str) -> None:
+        self.consecutive_failures += 1
+        self.failures += 1
+        self.last_error = error
+        self.trial_in_flight = False
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED and self.consecutive_failures >= self.failures_to_open
+        ):
+            logger.warning(
+                "relay endpoint %s circuit open for %gs after %d consecutive failures: %s",
+                self.host,
+                self.cooldown,
+                self.consecutive_failures,
+                error,
+            )
+            self.state = BreakerState.OPEN
+            self.opened_at = now
+
+    def abandon(self) -> None:
+        """The attempt was cancelled: give the half-open trial to the next request."""
+        self.trial_in_flight = False
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until this endpoint will take a request again."""
+        if self.state is BreakerState.OPEN:
+            return max(0.0, self.opened_at + self.cooldown - now)
+        return 0.0
+
+    def reported_state(self, now: float) -> BreakerState:
+        if self.state is BreakerState.OPEN and self.wait_time(now) == 0.0:
+            return BreakerState.HALF_OPEN  # the next request will be the trial
+        return self.state
+
+
+# ---------------------------------------------------------------- batching
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    message: str
+    retry_after: float
+
+
+_Outcome = JsonObject | _Failure
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    service: Service
+    keys: list[str] = field(default_factory=list)
+    items: list[bytes] = field(default_factory=list)  # each item's JSON encoding
+    futures: list[asyncio.Future[_Outcome]] = field(default_factory=list)
+    timer: asyncio.Handle | None = None
+
+
+class Relay:
+    """Relays unanswered items to the cloud endpoints, batched and de-duplicated.
+
+    endpoints: base URLs in priority order, e.g. ``https://cloud.example:9443``.
+    transport: the upstream I/O (default: HttpClient verifying TLS against ca_file,
+        or the system bundle when ca_file is None).
+    connect_timeout, read_timeout: per connection and per read (default transport).
+    total_timeout: seconds from flushing a batch to giving up on every endpoint.
+    batch_window: seconds to gather concurrent items before asking (0: same loop turn).
+    max_batch: most items in one upstream request; a full batch is sent at once.
+    max_concurrent: upstream requests in flight at once.
+    breaker_failures: consecutive failures that open an endpoint's circuit.
+    breaker_cooldown: seconds an open circuit waits before one trial request.
+    clock: monotonic clock for deadlines and breakers.
+    observer: told about every upstream attempt.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        transport: Transport | None = None,
+        ca_file: str | None = None,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 5.0,
+        total_timeout: float = 8.0,
+        batch_window: float = 0.002,
+        max_batch: int = 1000,
+        max_concurrent: int = 64,
+        breaker_failures: int = 3,
+        breaker_cooldown: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+        observer: RelayObserver | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ConfigError("relay: at least one cloud endpoint is needed")
+        _require(total_timeout > 0, "total_timeout must be positive")
+        _require(batch_window >= 0, "batch_window must not be negative")
+        _require(max_batch >= 1, "max_batch must be at least 1")
+        _require(max_concurrent >= 1, "max_concurrent must be at least 1")
+        _require(breaker_failures >= 1, "breaker_failures must be at least 1")
+        _require(breaker_cooldown >= 0, "breaker_cooldown must not be negative")
+        self._endpoints: list[_Endpoint] = []
+        for priority, url in enumerate(endpoints, start=1):
+            try:
+                origin = parse_origin(url)
+            except ValueError as err:
+                raise ConfigError(f"relay endpoint {priority}: {err}") from None
+            if any(e.url == url for e in self._endpoints):
+                raise ConfigError(f"relay endpoint {url!r} is listed twice")
+            self._endpoints.append(
+                _Endpoint(url, origin.authority, priority, breaker_failures, breaker_cooldown)
+            )
+        self._owned_transport: HttpTransport | None = None
+        if transport is None:
+            try:
+                ssl_context = make_ssl_context(ca_file)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"relay CA file {ca_file!r} cannot be used: {err}") from None
+            client = HttpClient(
+                ssl_context=ssl_context,
+                max_connections_per_host=max_concurrent,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                clock=clock,
+            )
+            transport = self._owned_transport = HttpTransport(client)
+        self._transport: Transport = transport
+        self._total_timeout = total_timeout
+        self._batch_window = batch_window
+        self._running: dict[Service, int] = {}  # upstream requests in flight, per service
+        self._max_batch = max_batch
+        self._clock = clock
+        self._observer = observer
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._pending: dict[Service, _Batch] = {}
+        self._inflight: dict[tuple[Service, str], asyncio.Future[_Outcome]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -------------------------------------------------------- public API
+
+    async def ask(self, service: Service, key: str, item: object) -> JsonObject:
+        """The cloud's result object for one item; raises RelayError when none is usable.
+
+        ``key`` identifies identical items (``sha256:<hex>``, a canonical URL, a
+        request digest). ``item`` is the JSON value sent upstream; for INSPECT it is
+        the whole request object, or its JSON encoding as bytes, sent as the body.
+        """
+        return _unwrap(await asyncio.shield(self._enqueue(service, key, item)))
+
+    async def ask_many(
+        self, service: Service, pairs: Sequence[tuple[str, object]]
+    ) -> list[JsonObject | RelayError]:
+        """Ask for many items at once; per-item results or errors, in order."""
+        futures = [self._enqueue(service, key, item) for key, item in pairs]
+        out: list[JsonObject | RelayError] = []
+        for future in futures:
+            try:
+                out.append(_unwrap(await asyncio.shield(future)))
+            except RelayError as err:
+                out.append(err)
+        return out
+
+    def status(self) -> list[dict[str, object]]:
+        """Per-endpoint health, for /readyz and the console."""
+        now = self._clock()
+        return [
+            {
+                "url": e.url,
+                "priority": e.priority,
+                "state": e.reported_state(now).value,
+                "consecutive_failures": e.consecutive_failures,
+                "last_error": e.last_error,
+                "requests": e.requests,
+                "failures": e.failures,
+                "retry_in": round(e.wait_time(now), 3),
+            }
+            for e in self._endpoints
+        ]
+
+    @property
+    def available(self) -> bool:
+        """True when at least one endpoint would take a request now."""
+        now = self._clock()
+        return any(e.wait_time(now) == 0.0 for e in self._endpoints)
+
+    async def close(self) -> None:
+        """Fail everything pending, stop upstream requests, close the default transport."""
+        self._closed = True
+        for batch in self._pending.values():
+            if batch.timer is not None:
+                batch.timer.cancel()
+            _settle(batch.futures, _Failure("relay is closed", 0.0))
+        self._pending.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._owned_transport is not None:
+            await self._owned_transport.close()
+
+    # -------------------------------------------------------- gathering
+
+    def _enqueue(self, service: Service, key: str, item: object) -> asyncio.Future[_Outcome]:
+        if self._closed:
+            raise RelayError("relay is closed")
+        future = self._inflight.get((service, key))
+        if future is not None:
+            return future
+        encoded = _encode(item)  # a value that is not JSON fails its caller, not the batch
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._inflight[(service, key)] = future
+        if _ROUTES[service][1] is None:  # INSPECT: one request per item
+            self._launch(_Batch(service, [key], [encoded], [future]))
+            return future
+        batch = self._pending.get(service)
+        if batch is None:
+            batch = self._pending[service] = _Batch(service)
+            if self._batch_window > 0 and self._running.get(service):
+                # Upstream is busy with this service: gather for a while.
+                batch.timer = loop.call_later(self._batch_window, self._flush, batch)
+            else:
+                # Nothing in flight: ask now (still gathering what this loop turn brings).
+                batch.timer = loop.call_soon(self._flush, batch)
+        batch.keys.append(key)
+        batch.items.append(encoded)
+        batch.futures.append(future)
+        if len(batch.keys) >= self._max_batch:
+            self._flush(batch)
+        return future
+
+    def _flush(self, batch: _Batch) -> None:
+        if self._pending.get(batch.service) is not batch:
+            return  # already flushed (full) or the relay closed
+        del self._pending[batch.service]
+        if batch.timer is not None:
+            batch.timer.cancel()
+        self._launch(batch)
+
+    def _launch(self, batch: _Batch) -> None:
+        service = batch.service
+        self._running[service] = self._running.get(service, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._running[service] -= 1
+
+        task.add_done_callback(done)
+
+    async def _run(self, batch: _Batch) -> None:
+        deadline = self._clock() + self._total_timeout
+        try:
+            results = await self._ask_upstream(batch.service, batch.items, deadline)
+        except RelayUnavailable as err:
+            _settle(batch.futures, _Failure(err.message, err.retry_after))
+        except asyncio.CancelledError:
+            _settle(batch.futures, _Failure("relay is closed", 0.0))
+            raise
+        except Exception as err:  # a bug must not leave waiters hanging forever
+            logger.exception("relay batch of %d %s items failed", len(batch.keys), batch.service.value)
+            _settle(batch.futures, _Failure(f"relay failed: {err!r}", 0.0))
+        else:
+            for future, result in zip(batch.futures, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            _settle(batch.futures, _Failure("relay gave no answer", 0.0))
+            for key, future in zip(batch.keys, batch.futures, strict=True):
+                if self._inflight.get((batch.service, key)) is future:
+                    del self._inflight[(batch.service, key)]
+
+    # -------------------------------------------------------- upstream
+
+    async def _ask_upstream(self, service: Service, items: list[bytes], deadline: float) -> list[JsonObject]:
+        path, body = _render_request(service, items)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise RelayUnavailable(
+                f"deadline passed waiting for one of the upstream request slots "
+                f"({len(items)} {service.value} items)"
+            ) from None
+        try:
+            return await self._try_endpoints(service, path, body, len(items), deadline)
+        finally:
+            self._slots.release()
+
+    async def _try_endpoints(
+        self, service: Service, path: str, body: bytes, count: int, deadline: float
+    ) -> list[JsonObject]:
+        problems: list[str] = []
+        for endpoint in self._endpoints:
+            now = self._clock()
+            if now >= deadline:
+                problems.append("deadline passed")
+                break
+            if not endpoint.allow(now):
+                problems.append(f"{endpoint.host}: circuit open")
+                continue
+            endpoint.requests += 1
+            try:
+                results = await self._attempt(endpoint, service, path, body, count, deadline)
+            except _AttemptFailed as failure:
+                problems.append(f"{endpoint.host}: {failure}")
+                continue
+            except BaseException:
+                endpoint.abandon()
+                raise
+            return results
+        now = self._clock()
+        retry_after = min(e.wait_time(now) for e in self._endpoints)
+        raise RelayUnavailable(
+            f"no cloud endpoint answered {count} {service.value} items: " + "; ".join(problems),
+            retry_after=math.ceil(retry_after),
+        )
+
+    async def _attempt(
+        self,
+        endpoint: _Endpoint,
+        service: Service,
+        path: str,
+        body: bytes,
+        count: int,
+        deadline: float,
+    ) -> list[JsonObject]:
+        started = self._clock()
+        try:
+            async with asyncio.timeout(max(0.0, deadline - started)):
+                status, raw = await self._transport.request(
+                    endpoint.url, "POST", path, body, _HEADERS, deadline
+                )
+            results = parse_results(status, raw, count)
+        except RelayError as err:
+            error = err.message
+        except TimeoutError:
+            error = "deadline passed"
+        except Exception as err:  # a transport's own exception: still this endpoint failing
+            error = f"transport error: {err!r}"
+        else:
+            endpoint.succeed()
+            self._observe(endpoint, service, count, self._clock() - started, None)
+            return results
+        endpoint.fail(self._clock(), error)
+        self._observe(endpoint, service, count, self._clock() - started, error)
+        logger.warning("relay to %s failed for %d %s items: %s", endpoint.host, count, service.value, error)
+        raise _AttemptFailed(error)
+
+    def _observe(
+        self, endpoint: _Endpoint, service: Service, items: int, seconds: float, error: str | None
+    ) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer.on_upstream(endpoint.url, service, items, seconds, error)
+        except Exception:
+            logger.exception("relay observer failed")
+
+
+class _AttemptFailed(Exception):
+    """One endpoint's failure; the message says what went wrong."""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"relay: {message}")
+
+
+def _unwrap(outcome: _Outcome) -> JsonObject:
+    if isinstance(outcome, _Failure):
+        raise RelayUnavailable(outcome.message, retry_after=outcome.retry_after)
+    return dict(outcome)  # each waiter its own top-level copy
+
+
+def _settle(futures: Sequence[asyncio.Future[_Outcome]], failure: _Failure) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(failure)
+
+
+def _encode(item: object) -> bytes:
+    """An item's JSON encoding; bytes are taken as already-encoded JSON (an INSPECT body)."""
+    if isinstance(item, bytes):
+        return item
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _render_request(service: Service, items: Sequence[bytes]) -> tuple[str, bytes]:
+    """The upstream path and JSON body for a batch of one service's encoded items."""
+    path, field_name = _ROUTES[service]
+    if field_name is None:
+        (item,) = items
+        return path, item
+    return path, b'{"%s":[%s]}' % (field_name.encode(), b",".join(items))
+
+
+def parse_results(status: int, raw: bytes, count: int) -> list[JsonObject]:
+    """Validate an upstream answer: 200, ``{"protocol": 1, "results": [...]}``, one object
+    per item. RelayError names what was wrong."""
+    if status != 200:
+        raise RelayError(f"HTTP status {status}")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RelayError(f"bad JSON in the answer: {err}") from None
+    if not isinstance(doc, dict):
+        raise RelayError("the answer is not a JSON object")
+    if doc.get("protocol") != PROTOCOL_VERSION:
+        raise RelayError(f"protocol {doc.get('protocol')!r}, expected {PROTOCOL_VERSION}")
+    results = doc.get("results")
+    if not isinstance(results, list):
+        raise RelayError("the answer has no results list")
+    if len(results) != count:
+        raise RelayError(f"{len(results)} results for {count} items")
+    for index, result in enumerate(results):
+        if not isinstance(result, dict):
+            raise RelayError(f"result {index} is not a JSON object")
+    return results

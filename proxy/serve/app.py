@@ -1,0 +1,305 @@
+"""Assembles one Rampart process from its Config: patterns, lists, cache, relay, engine, doors.
+
+``App`` is what both ``rampart serve`` (hosted by mitmproxy, through
+``addons.query_door``) and ``rampart cloud`` (a plain asyncio loop) start. It
+owns the background work that keeps the engine current (list reloads) and
+reports readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import certs
+from certs import expiry as cert_expiry
+from proxy.config import Config
+from proxy.decide.cache import AnswerCache
+from proxy.decide.engine import Engine
+from proxy.decide.lists import ListStore
+from proxy.errors import PatternError, RampartError
+from proxy.files import check_private_dir
+from proxy.relay.relay import Relay
+from proxy.serve import metrics
+from proxy.serve.conns import ConnectionCaps, raise_fd_limit, total_for
+from proxy.serve.gate import Gate
+from proxy.serve.keeper import PatternKeeper, sample_store
+from proxy.serve.listener import Listener
+from proxy.serve.routes import Routes
+from proxy.serve.server import Request, Response, ServerLimits, start_server
+from proxy.wire import protocol
+
+logger = logging.getLogger(__name__)
+
+
+def sample_sources(name: str) -> dict[str, list[Path]]:
+    """The shipped sample pattern sources: ``appliance`` or ``cloud``."""
+    root = Path(str(resources.files("proxy") / "samples" / name))
+    if not root.is_dir():
+        raise PatternError(f"no sample pattern named {name!r}")
+    return {
+        kind: sorted(root.glob(f"{kind}*.txt")) for kind in ("hashes", "urls", "domains")
+    }
+
+
+def ensure_pattern(cfg: Config, sample: str) -> Path:
+    """The pattern directory to serve: the store's current version (DATA_DIR/patterns, see
+    proxy.updates.store), built from the samples on first start; or ``pattern_dir``."""
+    if cfg.pattern_dir is not None:
+        return cfg.pattern_dir
+    path = sample_store(cfg, sample_sources(sample)).current_path()
+    assert path is not None
+    return path
+
+
+@dataclass
+class Door:
+    name: str
+    scheme: str
+    server: Listener
+    port: int = 0
+
+
+@dataclass
+class App:
+    cfg: Config
+    authoritative: bool = False
+    sample: str = "appliance"
+    doors: list[Door] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    observers: list[Callable[[Request, Response, float], None]] = field(default_factory=list)
+    """Called after every query-door answer (e.g. the capture addon); must be quick."""
+    caps: ConnectionCaps | None = None
+    """Connections per client and in all, shared with the process's other doors (made on
+    ``open`` when not given)."""
+
+    # ------------------------------------------------------------ start / stop
+
+    def open(self) -> None:
+        """Everything but the listeners; raises RampartError with a clear message on bad state."""
+        cfg = self.cfg
+        check_private_dir(cfg.data_dir)  # before anything is read from it or written to it
+        self.stats = metrics.Stats()
+        self.registry = metrics.registry_for(self.stats)
+        self.keeper = PatternKeeper(cfg, sample_sources(self.sample))  # store, swaps, updates
+        patterns = self.keeper.open()
+        self.pattern_path = patterns.directory
+        self.lists_store = ListStore.open(cfg.data_dir)
+        self.relay = (
+            Relay(
+                cfg.cloud,
+                ca_file=str(cfg.cloud_ca) if cfg.cloud_ca else None,
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+                total_timeout=cfg.total_timeout,
+                batch_window=cfg.batch_window,
+                max_batch=cfg.max_batch,
+                max_concurrent=cfg.max_relay_concurrency,
+                breaker_failures=cfg.breaker_failures,
+                breaker_cooldown=cfg.breaker_cooldown,
+                observer=self.stats,
+            )
+            if cfg.cloud and not self.authoritative
+            else None
+        )
+        self.cache: AnswerCache[Any] = AnswerCache(cfg.cache_size)
+        self.engine = Engine(
+            patterns=patterns,
+            lists=self.lists_store.snapshot(),
+            cache=self.cache,
+            relay=self.relay,
+            stats=self.stats,
+            local_ttl=cfg.local_ttl,
+            retry_after=cfg.degraded_retry_after,
+            authoritative=self.authoritative,
+        )
+        self.gate = (
+            Gate(cfg.query_clients, rate=cfg.rate_limit, burst=cfg.rate_burst)
+            if cfg.query_clients or cfg.rate_limit
+            else None
+        )
+        self.limits = protocol.Limits(
+            max_batch=cfg.max_batch, max_url=cfg.max_url, max_inspect_content=cfg.max_inspect_content
+        )
+        if self.caps is None:
+            self.caps = connection_caps(cfg)
+        self.keeper.attach(self.engine)
+        self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics,
+                             patterns=self.keeper.handle)
+        self.registry.register(self.keeper)  # update counters
+        self._gauges()
+
+    async def start(self) -> None:
+        self.open()
+        cfg = self.cfg
+        limits = ServerLimits(
+            max_header=cfg.max_header, max_body=cfg.max_body, idle_timeout=cfg.idle_timeout,
+            head_timeout=cfg.head_timeout, request_timeout=cfg.request_timeout,
+        )
+        if cfg.query_port:
+            await self._listen("query", "http", cfg.query_port, limits, None)
+        if cfg.query_tls_port:
+            await self._listen("query", "https", cfg.query_tls_port, limits, self.tls_context())
+        self._tasks.append(asyncio.create_task(self._watch_lists()))
+        await self.keeper.start()
+
+    def tls_context(self) -> Any:
+        ca = certs.CA.ensure(self.cfg.data_dir)
+        names = certs.default_names(self.cfg.tls_names)
+        return certs.server_context(ca, names, state_dir=self.cfg.data_dir / "tls")
+
+    async def _listen(
+        self, name: str, scheme: str, port: int, limits: ServerLimits, ssl_context: Any
+    ) -> None:
+        try:
+            server = await start_server(
+                self.routes, self.cfg.listen, port, limits=limits, ssl_context=ssl_context,
+                observe=self._observe, gate=self.gate, caps=self.caps, door=f"query-{scheme}",
+            )
+        except OSError as e:
+            raise RampartError(
+                f"cannot listen on {self.cfg.listen}:{port} for the {name} door ({scheme}): {e.strerror}"
+            ) from None
+        bound = server.sockets[0].getsockname()[1]
+        self.doors.append(Door(name, scheme, server, bound))
+        logger.info("%s door listening on %s://%s:%d", name, scheme, self.cfg.listen, bound)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for door in self.doors:
+            door.server.close()
+        for door in self.doors:
+            await door.server.wait_closed()
+        if self.relay is not None:
+            await self.relay.close()
+        self.lists_store.close()
+        await self.keeper.stop()
+        self.engine.patterns.close()
+
+    # ------------------------------------------------------------ background
+
+    async def _watch_lists(self) -> None:
+        """Swap in new lists when the store changes. The cache stays: the lists are asked
+        before it, so a new rule wins at once without throwing away the cloud's answers."""
+        while True:
+            await asyncio.sleep(self.cfg.lists_poll)
+            try:
+                if self.lists_store.changed():
+                    self.engine.lists = self.lists_store.snapshot()
+                    logger.info("approved/blocked lists reloaded")
+            except Exception:
+                logger.exception("reloading the lists failed; keeping the previous ones")
+
+    # ------------------------------------------------------------ health and metrics
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        pattern = self.keeper.readiness()  # versions, ages, staleness, the last update
+        body: dict[str, Any] = {
+            "status": "stale" if pattern["stale"] else "ready",  # stale still answers
+            "pattern": pattern,
+            "doors": [{"name": d.name, "scheme": d.scheme, "port": d.port} for d in self.doors],
+        }
+        if self.relay is not None:
+            body["cloud"] = self.relay.status()
+        body["certificates"] = _certificates(self.cfg.data_dir)
+        return True, body
+
+    def _metrics(self) -> bytes:
+        return metrics.render(self.registry)
+
+    def _gauges(self) -> None:
+        st = self.stats
+        metrics.gauge(st, "rampart_cache_entries", "Cloud answers in the cache", lambda: len(self.cache))
+        for name, (help_text, read) in self.keeper.gauges().items():
+            metrics.gauge(st, name, help_text, read)
+        metrics.gauge(
+            st, "rampart_pattern_info", "The served pattern version (always 1)",
+            lambda: [({"version": self.engine.patterns.version}, 1.0)],
+        )
+        caps = self.caps
+        assert caps is not None
+        metrics.gauge(
+            st, "rampart_connections_open", "Connections open, by door",
+            lambda: [({"door": d}, float(n)) for d, n in sorted(caps.open_by_door.items())],
+        )
+        metrics.counter(
+            st, "rampart_connections_refused",
+            "Connections refused or cut, by door and reason (client_cap, total_cap,"
+            " no_descriptors; head_timeout on the intercept door)",
+            lambda: [({"door": d, "reason": r}, float(n)) for (d, r), n in sorted(caps.refused.items())],
+        )
+        metrics.gauge(st, "rampart_uptime_seconds", "Seconds since start", lambda: time.time() - st.started)
+        metrics.gauge(
+            st, "rampart_cert_expiry_seconds",
+            "Seconds until the CA (cert=ca) or a served certificate expires",
+            lambda: [({"cert": e.name}, e.seconds_left(_utc())) for e in _expiries(self.cfg.data_dir)],
+        )
+
+    def _observe(self, request: Request, response: Response, seconds: float) -> None:
+        path = request.target.split(b"?", 1)[0]
+        group = path.decode("latin-1") if path in _KNOWN_PATHS else _group(path)
+        self.stats.requests[(group, response.status)] += 1
+        self.stats.request_latency.observe(seconds)
+        for observer in self.observers:
+            observer(request, response, seconds)
+
+    def ports(self) -> dict[str, int]:
+        return {d.scheme: d.port for d in self.doors}
+
+
+_KNOWN_PATHS = {
+    b"/v1/file", b"/v1/web", b"/v1/domain", b"/v1/inspect", b"/healthz", b"/readyz", b"/metrics",
+    b"/v1/agent-pattern",
+}
+
+
+def connection_caps(cfg: Config) -> ConnectionCaps:
+    """The process's connection caps: every door's connections count against them."""
+    fd_limit = raise_fd_limit()
+    total = min(cfg.max_connections or fd_limit, total_for(fd_limit))
+    caps = ConnectionCaps(total, cfg.max_client_connections)
+    logger.debug("connection caps: %d in all, %d per client (open-file limit %d)",
+                 caps.total, caps.per_client, fd_limit)
+    return caps
+
+
+def _utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _expiries(data_dir: Path) -> list[cert_expiry.Expiry]:
+    try:
+        return cert_expiry.certificate_expiries(data_dir)
+    except certs.CertError as e:
+        logger.warning("cannot read certificate expiry: %s", e)
+        return []
+
+
+def _certificates(data_dir: Path) -> dict[str, Any]:
+    """The /readyz ``certificates`` section: each certificate's expiry and the warnings."""
+    now, found = _utc(), _expiries(data_dir)
+    return {
+        "expiry": [
+            {"cert": e.name, "not_after": e.not_after.isoformat(),
+             "days_left": int(e.seconds_left(now) // 86400)}
+            for e in found
+        ],
+        "warnings": cert_expiry.warnings_for(found, now),
+    }
+
+
+def _group(path: bytes) -> str:
+    if path.startswith(b"/v1/patterns/"):
+        return "/v1/patterns/{file}"
+    for prefix in (b"/v1/file/", b"/v1/domain/"):
+        if path.startswith(prefix):
+            return prefix.decode() + "{item}"
+    return "other"

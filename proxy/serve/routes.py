@@ -1,0 +1,224 @@
+"""The query door's routes: a request in, a response out (or an awaitable one when relaying).
+
+Shared by every door that answers the protocol (the query door here, the
+intercept door in ``addons``), so a product cannot tell them apart.
+
+A request target is read as UTF-8 once percent-decoded: a path item
+(``/v1/domain/<name>``, ``/v1/file/<hash>``) or a query parameter that decodes
+to bytes that are not UTF-8 is a 400 naming it, never text with replacement
+characters; a query string has at most ``MAX_QUERY_FIELDS`` parameters (more is
+a 400), unknown ones are ignored and a repeated one counts once, first value.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from proxy.decide.engine import Ask, Engine
+from proxy.errors import ProtocolError
+from proxy.model import InspectQuery, Policy, Service, Source
+from proxy.serve.server import Request, Response
+from proxy.wire import protocol
+
+Render = Callable[[list[Any]], bytes]
+_source = operator.attrgetter("source")
+_CHANGING = {Source.CACHE, Source.DEGRADED}  # answers whose TTL or content change over time
+MAX_QUERY_FIELDS = 4
+
+
+def _method(request: Request, *allowed: str) -> None:
+    if request.method not in allowed:
+        raise ProtocolError(
+            "method_not_allowed",
+            f"{request.method} is not allowed here; use {' or '.join(allowed)}",
+            status=405,
+            headers=(("Allow", ", ".join(allowed)),),
+        )
+
+
+def parse_query(query: bytes, what: str, item: str = "", code: str = "bad_request") -> dict[str, str]:
+    """A request target's query string: each parameter's first value, percent-decoded.
+
+    At most ``MAX_QUERY_FIELDS`` parameters; names and values must be UTF-8 once
+    decoded (raw bytes and escapes alike). ``what`` names the request in the errors;
+    the parameter named ``item`` is the request's item: its error is ``code``, item 0.
+    """
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), max_num_fields=MAX_QUERY_FIELDS,
+                          encoding="latin-1")  # one character per byte, decoded below
+    except ValueError:
+        raise ProtocolError(
+            "bad_request", f"{what} takes at most {MAX_QUERY_FIELDS} query parameters; "
+            f"this one has {query.count(b'&') + 1}") from None
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        shown = name[:80].encode("latin-1").decode("utf-8", "backslashreplace")
+        where = f"query parameter {shown!r} of {what}"
+        name = _utf8(name, where, "bad_request")
+        if name not in out:
+            out[name] = (_utf8(value, where, code, 0) if name == item
+                         else _utf8(value, where, "bad_request"))
+    return out
+
+
+def unquote_path(text: str, code: str) -> str:
+    """A path item (``text`` as the target's bytes, one character each), percent-decoded."""
+    if "%" not in text and text.isascii():
+        return text
+    return _utf8(unquote_to_bytes(text.encode("latin-1")).decode("latin-1"),
+                 repr(text[:100]), code, 0)
+
+
+def _utf8(chars: str, what: str, code: str, item: int | None = None) -> str:
+    """``chars`` (one per byte) as the UTF-8 text they spell; a 400 ``code`` if they do not."""
+    if chars.isascii():
+        return chars
+    try:
+        return chars.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(
+            code, f"{what} is not UTF-8 once percent-decoded ({e.reason} at byte {e.start})",
+            item=item) from None
+
+
+class Routes:
+    """Maps paths to engine calls. ``health`` supplies /readyz's body and status."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        limits: protocol.Limits,
+        *,
+        ready: Callable[[], tuple[bool, dict[str, Any]]],
+        metrics: Callable[[], bytes],
+        patterns: Callable[[Request], Response | Awaitable[Response]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.ready = ready
+        self.metrics = metrics
+        self.patterns = patterns  # /v1/patterns/... and /v1/agent-pattern (proxy.serve.keeper)
+        self.started = time.time()
+        # GET target -> (service, sources, response) for answers that only the pattern and
+        # the lists decided: valid while both are the very objects in _memo_of.
+        self._memo: dict[bytes, tuple[Service, Counter[Any], Response]] = {}
+        self._memo_of: tuple[object, object] = (None, None)
+        self._local: tuple[Service, Counter[Any]] | None = None
+
+    def __call__(self, request: Request) -> Response | Awaitable[Response]:
+        if request.method == "GET":
+            engine = self.engine
+            if self._memo_of[0] is not engine.patterns or self._memo_of[1] is not engine.lists:
+                self._memo.clear()  # a new pattern or new lists: every memoised answer is void
+                self._memo_of = (engine.patterns, engine.lists)
+            memo = self._memo.get(request.target)
+            if memo is not None:
+                engine.stats.count_items(memo[0], memo[1])
+                return memo[2]
+            self._local = None
+            result = self._route(request)
+            if self._local is not None and isinstance(result, Response):
+                if len(self._memo) >= 4096:
+                    self._memo.clear()
+                self._memo[request.target] = (*self._local, result)
+            return result
+        return self._route(request)
+
+    def _route(self, request: Request) -> Response | Awaitable[Response]:
+        target = request.target
+        path, _, query = target.partition(b"?")
+        p = path.decode("latin-1")
+        if p == "/v1/file":
+            _method(request, "POST")
+            return self._file(protocol.parse_file_request(request.body, self.limits))
+        if p.startswith("/v1/file/"):
+            _method(request, "GET", "HEAD")
+            digest = unquote_path(p[9:], "bad_hash")
+            return self._file(protocol.FileBatch.of([protocol.parse_hash(digest, item=0)]))
+        if p == "/v1/web":
+            if request.method == "GET":
+                return self._web_get(query)
+            _method(request, "POST", "GET")
+            qs, policy = protocol.parse_web_request(request.body, self.limits)
+            return self._web(qs, policy)
+        if p == "/v1/domain":
+            _method(request, "POST")
+            return self._domain(protocol.parse_domain_request(request.body, self.limits))
+        if p.startswith("/v1/domain/"):
+            _method(request, "GET", "HEAD")
+            return self._domain([protocol.parse_domain(unquote_path(p[11:], "bad_domain"), 0)])
+        if p == "/v1/inspect":
+            _method(request, "POST")
+            return self._inspect(protocol.parse_inspect_request(request.body, self.limits))
+        if p == "/healthz":
+            _method(request, "GET", "HEAD")
+            return Response(200, b'{"status":"alive"}')
+        if p == "/readyz":
+            _method(request, "GET", "HEAD")
+            ok, body = self.ready()
+            return Response(200 if ok else 503, json.dumps(body, sort_keys=True).encode())
+        if p == "/metrics":
+            _method(request, "GET", "HEAD")
+            return Response(200, self.metrics(), content_type="text/plain; version=0.0.4")
+        if self.patterns is not None and (p == "/v1/agent-pattern" or p.startswith("/v1/patterns/")):
+            return self.patterns(request)
+        raise ProtocolError("not_found", f"no such path {p[:100]!r}", status=404)
+
+    # ---------------------------------------------------------------- services
+
+    def _answer(
+        self, service: Service, answers: list[Any], ask: Ask, render: Render
+    ) -> Response | Awaitable[Response]:
+        if not ask:
+            sources = Counter(map(_source, answers))
+            self.engine.stats.count_items(service, sources)
+            if not sources.keys() & _CHANGING:
+                self._local = (service, sources)
+            return Response(200, render(answers))
+        return self._later(service, answers, ask, render)
+
+    async def _later(self, service: Service, answers: list[Any], ask: Ask, render: Render) -> Response:
+        await self.engine.relay_fill(service, answers, ask)
+        return Response(200, render(self.engine.count(service, answers)))
+
+    def _file(self, batch: protocol.FileBatch) -> Response | Awaitable[Response]:
+        version = self.engine.version
+        answers, ask = self.engine.begin_files(batch)
+        return self._answer(
+            Service.FILE, answers, ask, lambda a: protocol.render_files(version, batch, a)
+        )
+
+    def _web_get(self, query: bytes) -> Response | Awaitable[Response]:
+        params = parse_query(query, "GET /v1/web", "url", "bad_url")
+        found = params.get("url")
+        if not found:
+            raise ProtocolError("bad_request", "GET /v1/web needs ?url=…")
+        policy = protocol.parse_policy(params["policy"]) if "policy" in params else None
+        return self._web([protocol.parse_url(found, self.limits, 0)], policy)
+
+    def _web(self, qs: list[Any], policy: Policy | None) -> Response | Awaitable[Response]:
+        version = self.engine.version
+        answers, ask = self.engine.begin_web(qs)
+        return self._answer(
+            Service.WEB, answers, ask, lambda a: protocol.render_web(version, qs, a, policy)
+        )
+
+    def _domain(self, qs: list[Any]) -> Response | Awaitable[Response]:
+        version = self.engine.version
+        answers, ask = self.engine.begin_domains(qs)
+        return self._answer(
+            Service.DOMAIN, answers, ask, lambda a: protocol.render_domains(version, qs, a)
+        )
+
+    def _inspect(self, q: InspectQuery) -> Response | Awaitable[Response]:
+        version = self.engine.version
+        answers, ask = self.engine.begin_inspect(q)
+        return self._answer(
+            Service.INSPECT, answers, ask, lambda a: protocol.render_inspect(version, q, a[0])
+        )

@@ -1,0 +1,544 @@
+"""The query door's HTTP/1.1 server: httptools parsing on an asyncio (uvloop) transport.
+
+One ``HttpConnection`` per client: keep-alive, pipelined requests answered in
+order, and every bound enforced while bytes arrive (request head, body size,
+idle time, and the deadlines of a request's head and whole, from its first byte,
+so a client cannot hold a connection by trickling bytes; connections themselves
+are admitted by ``proxy.serve.listener``). A handler returns a ``Response``
+directly when it can answer at once
+(the common, fully local case: no task, no await) or an awaitable when it must
+wait for the relay. Handlers never see a malformed request: the server answers
+those itself with a JSON error and closes the connection. A client that
+half-closes (shuts its sending side) once its requests are out still gets every
+answer, awaited ones included, then the close; over TLS asyncio closes on the
+client's EOF regardless, so a TLS client must keep its side open until answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httptools
+
+from proxy.errors import ProtocolError
+from proxy.serve.conns import ConnectionCaps, Slot
+from proxy.serve.gate import Gate
+from proxy.serve.listener import Listener, listening_socket
+from proxy.wire.protocol import render_error
+
+logger = logging.getLogger(__name__)
+
+LINGER_SECONDS = 2.0  # how long a refused request's connection still drains the client's bytes
+
+_REASONS = {
+    200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable",
+}
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: bytes  # path and query, as sent
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    client: str  # peer address
+
+    def header(self, name: bytes) -> bytes | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    # head + body for a keep-alive answer, made once: memoised responses are sent many times
+    _wire: bytes | None = field(default=None, init=False, compare=False, repr=False)
+
+    def wire(self) -> bytes:
+        """The whole keep-alive answer on the wire."""
+        wire = self._wire
+        if wire is None:
+            wire = self.head(True) + self.body
+            object.__setattr__(self, "_wire", wire)
+        return wire
+
+    def head(self, keep_alive: bool) -> bytes:
+        key = (self.status, self.content_type, len(self.body), keep_alive, self.headers)
+        head = _HEADS.get(key)
+        if head is None:
+            head = self._head(keep_alive)
+            if len(_HEADS) > 4096:
+                _HEADS.clear()
+            _HEADS[key] = head
+        return head
+
+    def _head(self, keep_alive: bool) -> bytes:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers)
+        conn = "" if keep_alive else "Connection: close\r\n"
+        return (
+            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Status')}\r\n"
+            f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
+            f"{extra}{conn}\r\n"
+        ).encode()
+
+
+_HEADS: dict[tuple[object, ...], bytes] = {}
+
+
+def error_response(error: ProtocolError) -> Response:
+    return Response(error.status, render_error(error), headers=error.headers)
+
+
+Handler = Callable[[Request], "Response | Awaitable[Response]"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_header: int = 16384
+    max_body: int = 1 << 20
+    idle_timeout: float = 60.0  # between requests, and of a silent client
+    max_pipeline: int = 64
+    head_timeout: float = 10.0  # a request's head, from its first byte (and a TLS handshake)
+    request_timeout: float = 30.0  # a whole request, head and body, from its first byte
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "_began",
+        "_body",
+        "_body_size",
+        "_busy",
+        "_closing",
+        "_deferred",
+        "_eof",
+        "_error",
+        "_gate",
+        "_head_raw",
+        "_head_size",
+        "_headers",
+        "_idle",
+        "_in_head",
+        "_in_message",
+        "_last",
+        "_observe",
+        "_progress",
+        "_queue",
+        "_refused",
+        "_slot",
+        "_timer_at",
+        "_url",
+        "client",
+        "handler",
+        "limits",
+        "loop",
+        "parser",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: ServerLimits,
+        observe: Callable[[Request, Response, float], None] | None = None,
+        gate: Gate | None = None,
+        slot: Slot | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self._observe = observe
+        self._gate = gate  # client networks and per-client rate; None when both are off
+        self._slot = slot  # this connection's place in the process's ConnectionCaps
+        self._refused = False
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client = "?"
+        self._queue: deque[tuple[Request, bool, float]] = deque()
+        self._busy = False
+        self._closing = False
+        self._error: ProtocolError | None = None
+        self._deferred: ProtocolError | None = None  # sent once the answers before it are
+        self._eof = False  # the client half-closed: close once the answers being made are sent
+        self._in_head = False
+        self._in_message = False
+        self._progress = False
+        self._head_raw = 0
+        self._last = self._began = self._timer_at = self.loop.time()
+        self._idle: asyncio.TimerHandle | None = None
+        self._reset()
+
+    # ---------------------------------------------------------------- transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else "?"
+        self._last = self.loop.time()
+        self._schedule(self._last + self.limits.idle_timeout)
+        # A refused client still gets its first request read and answered 403, then the close:
+        # a clear answer rather than a reset.
+        self._refused = self._gate is not None and not self._gate.admits(self.client)
+
+    def eof_received(self) -> bool:
+        """The client shut its sending side (it may, once its requests are out): keep the
+        connection open for the answers still being made, and close after the last one.
+
+        Returning false, as asyncio's default does, closes the transport at once, which
+        loses every answer that awaits something. A TLS transport closes regardless.
+        """
+        self._eof = True
+        assert self.transport is not None
+        return self._busy and self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.transport = None
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._slot is not None:
+            self._slot.release()
+
+    # ---------------------------------------------------------------- deadlines
+
+    def _schedule(self, at: float) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._timer_at = at
+        self._idle = self.loop.call_at(at, self._check_idle)
+
+    def _message_limit(self) -> float:
+        """Seconds the request being received has from its first byte: for its head, then for
+        the whole of it, so a client cannot hold a connection by trickling bytes."""
+        return self.limits.head_timeout if self._in_head else self.limits.request_timeout
+
+    def _message_deadline(self) -> float:
+        return self._began + self._message_limit()
+
+    def _check_idle(self) -> None:
+        """The connection's one timer: idle between requests, and the deadline of a request."""
+        self._idle = None
+        if self.transport is None or self._closing:
+            return
+        now = self.loop.time()
+        if self._in_message and now >= self._message_deadline():
+            what = "request head" if self._in_head else "request"
+            self._fail(ProtocolError(
+                "request_timeout", f"{what} not received within {self._message_limit():g} s",
+                status=408))
+            return
+        at = self._last + self.limits.idle_timeout
+        if self._in_message:
+            at = min(at, self._message_deadline())
+        if at <= now:
+            if not self._busy:
+                self.transport.close()
+                return
+            at = now + min(1.0, self.limits.idle_timeout)  # answering: look again soon
+        self._schedule(at)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last = self.loop.time()
+        self._progress = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(_upgrade_refused())
+            return
+        except httptools.HttpParserError as e:
+            error = self._error or ProtocolError("bad_request", f"malformed HTTP request: {e}")
+            self._fail(error)
+            return
+        if self._in_message:  # a request spans reads: hold it to its deadline
+            if self._in_head and not self._progress:
+                # httptools buffers a header name or value until it ends, so a head that never
+                # ends is bounded here, by the bytes received since the message began.
+                self._head_raw += len(data)
+                if self._head_raw > 2 * self.limits.max_header:
+                    self._fail(self._head_too_large())
+                    return
+            deadline = self._message_deadline()
+            if deadline < self._timer_at:
+                self._schedule(deadline)
+
+    # ---------------------------------------------------------------- parser callbacks
+
+    def _reset(self) -> None:
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._head_size = 0
+        self._body_size = 0
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        self._in_head = self._in_message = True
+        self._began = self._last
+        self._head_raw = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._progress = True
+        if self.parser.should_upgrade():  # never hand the handler a request we will not honour
+            self._error = _upgrade_refused()
+            raise self._error
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_size += len(url)
+        if self._head_size > self.limits.max_header:
+            self._error = ProtocolError(
+                "uri_too_long", f"request target is over {self.limits.max_header} bytes", status=414
+            )
+            raise self._error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.limits.max_header:
+            self._error = self._head_too_large()
+            raise self._error
+        if len(name) == 14 and name.lower() == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = -1
+            if declared > self.limits.max_body:
+                self._error = self._too_large()
+                raise self._error
+        elif len(name) in (16, 17):
+            self._check_coding(name.lower(), value)
+
+    def _check_coding(self, name: bytes, value: bytes) -> None:
+        """Refuse bodies we would otherwise misread as plain bytes: any content coding (415),
+        and any transfer coding but chunked (501), which httptools decodes itself."""
+        if name == b"content-encoding" and coded(value, b"identity"):
+            self._error = ProtocolError(
+                "unsupported_encoding",
+                f"Content-Encoding {value[:40].decode('latin-1')!r} is not accepted: send the body"
+                " uncompressed", status=415)
+            raise self._error
+        if name == b"transfer-encoding" and coded(value, b"chunked"):
+            self._error = ProtocolError(
+                "unsupported_encoding",
+                f"Transfer-Encoding {value[:40].decode('latin-1')!r} is not supported: only chunked",
+                status=501)
+            raise self._error
+
+    def _head_too_large(self) -> ProtocolError:
+        return ProtocolError(
+            "headers_too_large", f"request head is over {self.limits.max_header} bytes", status=431
+        )
+
+    def _too_large(self) -> ProtocolError:
+        return ProtocolError(
+            "body_too_large", f"request body is over {self.limits.max_body} bytes", status=413
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body:
+            self._error = self._too_large()
+            raise self._error
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._progress = True
+        self._in_message = False
+        parser = self.parser
+        request = Request(
+            parser.get_method().decode("ascii", "replace"),
+            b"".join(self._url),
+            self._headers,
+            b"".join(self._body),
+            self.client,
+        )
+        keep_alive = parser.should_keep_alive()
+        self._reset()
+        if self._busy or self._queue:
+            if len(self._queue) >= self.limits.max_pipeline:
+                self._error = ProtocolError("too_many_requests", "too many pipelined requests", status=429)
+                raise self._error
+            self._queue.append((request, keep_alive, time.perf_counter()))
+            return
+        self._dispatch(request, keep_alive, time.perf_counter())
+
+    # ---------------------------------------------------------------- answering
+
+    def _dispatch(self, request: Request, keep_alive: bool, started: float) -> None:
+        if self._refused:
+            refusal = ProtocolError(
+                "forbidden", f"client {self.client} is not in this door's client networks", status=403
+            )
+            self._send(request, error_response(refusal), False, started)
+            return
+        gate = self._gate
+        if gate is not None and gate.limits_rate:
+            wait = gate.take(self.client)
+            if wait > 0:
+                self._send(request, _rate_limited(gate.rate, wait), keep_alive, started)
+                return
+        try:
+            result = self.handler(request)
+        except ProtocolError as e:
+            result = error_response(e)
+        except Exception:
+            logger.exception("handler failed for %s", request.target[:100])
+            result = Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
+        if isinstance(result, Response):
+            self._send(request, result, keep_alive, started)
+            return
+        self._busy = True
+        task = self.loop.create_task(_await(result))
+        task.add_done_callback(lambda t: self._finished(t, request, keep_alive, started))
+
+    def _finished(
+        self, task: asyncio.Task[Response], request: Request, keep_alive: bool, started: float
+    ) -> None:
+        self._busy = False
+        if task.cancelled():
+            return
+        self._send(request, task.result(), keep_alive, started)
+        while self._queue and not self._busy and self._open():
+            self._dispatch(*self._queue.popleft())
+        if self._deferred is not None and not self._busy:
+            self._write_error(self._deferred)
+        if self._eof and not self._busy and self.transport is not None:
+            self.transport.close()
+
+    def _open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def _send(self, request: Request, response: Response, keep_alive: bool, started: float) -> None:
+        if self._observe is not None:
+            self._observe(request, response, time.perf_counter() - started)
+        transport = self.transport
+        if transport is None:
+            return
+        if request.method == "HEAD":  # the GET's head, Content-Length included, and no body
+            transport.write(response.head(keep_alive))
+        elif keep_alive:
+            transport.write(response.wire())
+        else:
+            transport.write(response.head(False) + response.body)
+        if not keep_alive:
+            self._closing = True
+            transport.close()
+
+    def _fail(self, error: ProtocolError) -> None:
+        """A request we cannot parse or will not read: answer it and close.
+
+        Requests before it that are still being answered get their answers first, in order.
+        """
+        self._closing = True
+        if self._busy:
+            self._deferred = error
+            return
+        self._queue.clear()
+        self._write_error(error)
+
+    def _write_error(self, error: ProtocolError) -> None:
+        self._deferred = None
+        self._queue.clear()
+        response = error_response(error)
+        if self._observe is not None:
+            self._observe(Request("?", b"", [], b"", self.client), response, 0.0)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(response.head(False) + response.body)
+        if transport.can_write_eof():
+            # A lingering close: send FIN but keep reading (and dropping) what the client is
+            # still sending for a moment, so its unread bytes do not turn our answer into a
+            # reset. The client's own close, or the timer, ends the connection.
+            transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+
+def coded(value: bytes, plain: bytes) -> bool:
+    """Whether a Content-Encoding or Transfer-Encoding value names a coding other than
+    ``plain`` (``identity``, or ``chunked``, which httptools decodes itself)."""
+    return any(c.strip().lower() not in (b"", plain) for c in value.split(b","))
+
+
+def over_caps(client_cap: bool) -> bytes:
+    """What a plain-HTTP connection over the connection caps is told before its close."""
+    if client_cap:
+        error = ProtocolError("too_many_connections",
+                              "too many connections from this address; close some and retry",
+                              status=429, headers=(("Retry-After", "1"),))
+    else:
+        error = ProtocolError("too_many_connections",
+                              "the server has too many connections; retry shortly",
+                              status=503, headers=(("Retry-After", "1"),))
+    response = error_response(error)
+    return response.head(False) + response.body
+
+
+def _upgrade_refused() -> ProtocolError:
+    return ProtocolError("bad_request", "protocol upgrades are not supported")
+
+
+def _rate_limited(rate: float, wait: float) -> Response:
+    retry = max(1, math.ceil(wait))
+    return error_response(ProtocolError(
+        "rate_limited", f"over this client's rate of {rate:g} requests/s; retry in {retry} s",
+        status=429, headers=(("Retry-After", str(retry)),),
+    ))
+
+
+async def _await(result: Awaitable[Response]) -> Response:
+    try:
+        return await result
+    except ProtocolError as e:
+        return error_response(e)
+    except Exception:
+        logger.exception("handler failed")
+        return Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
+
+
+async def start_server(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    limits: ServerLimits,
+    ssl_context: ssl.SSLContext | None = None,
+    observe: Callable[[Request, Response, float], None] | None = None,
+    reuse_port: bool = False,
+    gate: Gate | None = None,
+    caps: ConnectionCaps | None = None,
+    door: str | None = None,
+) -> Listener:
+    """Serve ``handler`` on ``host:port``; ``caps`` bounds connections per client and in all."""
+    sock = listening_socket(host, port, reuse_port=reuse_port)
+    return Listener(
+        sock, lambda slot: HttpConnection(handler, limits, observe, gate, slot),
+        door=door or ("https" if ssl_context is not None else "http"), caps=caps,
+        ssl_context=ssl_context, handshake_timeout=limits.head_timeout,
+        refusal=_REFUSALS if ssl_context is None else None,
+    )
+
+
+# made once: a flood of refused connections costs a send and a close each
+_REFUSALS = {True: over_caps(True), False: over_caps(False)}

@@ -1,0 +1,85 @@
+"""Ed25519 keys for the update source: generating, loading, signing (DESIGN §5).
+
+``proxy.updates.publish`` signs the manifest with a private key; readers
+(``proxy.updates.repo.load_manifest``, the updater) check it with the public key.
+Keys are PEM (PKCS#8 private, SubjectPublicKeyInfo public); a public key may
+also be given as its raw 32 bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from proxy.errors import PatternError
+from proxy.files import write_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def keygen(out: Path) -> Path:
+    """Write a new Ed25519 private key to ``out`` (PEM, mode 0600) and the public key to out.pub."""
+    out = Path(out)
+    pub = out.with_name(out.name + ".pub")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise PatternError(f"{out.name}: exists; refusing to overwrite a key") from None
+    except OSError as e:
+        raise PatternError(f"{out.name}: cannot create: {e.strerror or e}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem)
+    os.chmod(out, 0o600)  # in case the umask or an ACL changed it
+    write_atomic(pub, public_pem, mode=0o644)  # public, but never writable by others
+    logger.info("wrote a new Ed25519 key pair %s, %s", out.name, pub.name)
+    return pub
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    path = Path(path)
+    try:
+        data = path.read_bytes()[: 1 << 16]
+        key = serialization.load_pem_private_key(data, password=None)
+    except OSError as e:
+        raise PatternError(f"{path.name}: cannot read key: {e.strerror or e}") from None
+    except (ValueError, TypeError) as e:
+        raise PatternError(f"{path.name}: not an unencrypted PEM private key: {e}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PatternError(f"{path.name}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(data: bytes | Path | Ed25519PublicKey) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM bytes, raw 32 bytes, or a file holding either."""
+    if isinstance(data, Ed25519PublicKey):
+        return data
+    what = "public key"
+    if isinstance(data, Path):
+        what = data.name
+        try:
+            data = data.read_bytes()[: 1 << 16]
+        except OSError as e:
+            raise PatternError(f"{what}: cannot read: {e.strerror or e}") from None
+    if len(data) == 32:
+        return Ed25519PublicKey.from_public_bytes(data)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as e:
+        raise PatternError(f"{what}: not a PEM public key: {e}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise PatternError(f"{what}: not an Ed25519 public key")
+    return key
+
+
+def sign(raw: bytes, key: Ed25519PrivateKey) -> bytes:
+    return key.sign(raw)

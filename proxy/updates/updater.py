@@ -1,0 +1,692 @@
+"""The pattern updater: follow a signed update source, install into the store, never break serving.
+
+One update (``Updater.update_once``; the schedule and ``rampart update now`` run
+the same code):
+
+1. fetch ``manifest.json`` and ``manifest.json.sig`` (bounded sizes, one
+   deadline for the whole update) and check the Ed25519 signature; refuse a
+   manifest older than the store's high-water mark of what was installed (an
+   old source served again) or published over ``max_clock_skew`` ahead of the
+   clock (``repo.check_timely``), and note when it ``expires``;
+2. plan the smallest path from what the current version holds (``repo.plan``:
+   a diff chain or the full file, per file), limited to the patterns that are
+   due on their own schedule;
+3. fetch each file into a staging directory of the store, checking its size
+   and SHA-256 against the signed manifest; apply diff chains by writing a new
+   file beside the old one (``repo.apply_diff``: tables and the agent pattern)
+   and check the result against the manifest's SHA-256; hard-link the files
+   that did not change from the current version;
+4. write the local ``manifest.json`` (the ``proxy.patterns.pattern`` format; per-pattern
+   versions, ``strings_version``, the agent pattern) and keep the signed source
+   manifest beside it (``source/``) so the appliance can serve its patterns as
+   an update source itself; open the result once to check it; install it in
+   the store (the ``current`` pointer swaps atomically) and tell the app.
+
+Anything wrong (unsigned, badly signed, truncated, corrupt, a digest
+mismatch, a diff against another base, a full disk, a timeout) removes the
+staging directory and changes nothing; the result says why (``reason`` is a
+metric label). The schedule then retries with exponential backoff and jitter.
+A diff the source does not have (404, e.g. a chained appliance that took the
+full path itself) falls back to the full file in the same update; any other
+bad diff makes the next attempt take the full files of that pattern.
+
+Failure reasons: ``unsigned``, ``bad_signature``, ``bad_manifest``,
+``downgrade`` (older than what was installed), ``from_future``,
+``fetch_failed``, ``timeout``, ``too_large``, ``truncated``,
+``digest_mismatch``, ``wrong_base``, ``corrupt_diff``, ``bad_pattern``,
+``disk_full``, ``io_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from proxy.errors import PatternError, RampartError, RelayError
+from proxy.files import copy_atomic, make_dirs, open_private
+from proxy.patterns.pattern import MANIFEST, STRINGS, PatternSet
+from proxy.updates import repo, signing
+from proxy.updates.store import AlreadyCurrent, PatternStore, Superseded
+
+logger = logging.getLogger(__name__)
+
+SOURCE_DIR = "source"  # in a version directory: the signed manifest it was installed from
+DIFFS_DIR = "diffs"  # in a version directory: the diffs it was built with (re-served)
+BACKOFF_BASE = 30.0
+MAX_SIGNATURE_FETCH = 1024
+LOCAL_FORMAT = 1
+DEFAULT_MAX_CLOCK_SKEW = 86400.0
+
+
+# ---------------------------------------------------------------- fetching
+
+
+class FetchError(RampartError):
+    """A download that failed; ``reason`` is a failure reason, ``missing`` a 404."""
+
+    def __init__(self, message: str, *, reason: str = "fetch_failed", missing: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.missing = missing
+
+
+class Fetcher(Protocol):
+    """Downloads a path relative to the update source, whole, by ``deadline`` (monotonic)."""
+
+    async def get(self, path: str, *, max_bytes: int, deadline: float) -> bytes: ...
+
+
+class HttpFetcher:
+    """The real Fetcher: one pooled, verifying ``HttpClient`` to the update source."""
+
+    def __init__(self, source_url: str, *, ca_file: str | None = None, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0, max_bytes: int = 1 << 31) -> None:
+        from proxy.relay.http_client import HttpClient, make_ssl_context, parse_origin
+
+        try:
+            parse_origin(source_url.rstrip("/"))
+        except ValueError as e:
+            raise PatternError(f"update source: {e}") from None
+        self.source_url = source_url.rstrip("/")
+        self.client = HttpClient(
+            ssl_context=make_ssl_context(ca_file), max_connections_per_host=4,
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
+            max_response_bytes=max_bytes,
+        )
+
+    async def get(self, path: str, *, max_bytes: int, deadline: float) -> bytes:
+        from proxy.relay.http_client import HttpTimeout, TooLarge
+
+        try:
+            resp = await self.client.request(self.source_url, "GET", "/" + path, deadline=deadline)
+        except HttpTimeout as e:
+            raise FetchError(f"{path}: {e.message}", reason="timeout") from None
+        except TooLarge as e:
+            raise FetchError(f"{path}: {e.message}", reason="too_large") from None
+        except RelayError as e:
+            raise FetchError(f"{path}: {e.message}") from None
+        if resp.status == 404:
+            raise FetchError(f"{path}: not found at the update source", missing=True)
+        if resp.status != 200:
+            raise FetchError(f"{path}: update source answered HTTP {resp.status}")
+        if len(resp.body) > max_bytes:
+            raise FetchError(f"{path}: {len(resp.body)} bytes, more than the {max_bytes} expected",
+                             reason="too_large")
+        return resp.body
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new private (0600) file and flush it to disk (the updater's one writer)."""
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_EXCL), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    ok: bool
+    changed: bool  # a new version was installed
+    version: str | None  # installed (ok) or attempted (failed); None when nothing to do
+    path: str  # "diff", "full", "diff+full" or "none"
+    bytes: int  # downloaded
+    seconds: float
+    reason: str | None = None  # failure reason (a metric label)
+    message: str = ""
+    patterns: Mapping[str, str] = field(default_factory=dict)  # pattern -> version now held
+    at: float = 0.0  # wall-clock time it finished
+
+    def line(self) -> str:
+        """One human line: what ``rampart update now`` prints and the log says."""
+        if not self.ok:
+            return (f"update failed ({self.reason}): {self.message}; version {self.version or '?'}, "
+                    f"path {self.path}, {self.bytes} bytes, {self.seconds:.2f} s")
+        if not self.changed:
+            return f"up to date: {self.message or 'nothing to fetch'} ({self.seconds:.2f} s)"
+        return (f"installed version {self.version}: path {self.path}, {self.bytes} bytes, "
+                f"{self.seconds:.2f} s")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "changed": self.changed, "version": self.version, "path": self.path,
+                "bytes": self.bytes, "seconds": round(self.seconds, 3), "reason": self.reason,
+                "message": self.message, "at": int(self.at)}
+
+
+class _Failed(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _manifest_reason(e: PatternError) -> str:
+    m = e.message
+    if "missing (unsigned" in m:
+        return "unsigned"
+    if m.startswith(repo.SIGNATURE):
+        return "bad_signature"
+    return "bad_manifest"
+
+
+def _file_reason(e: PatternError) -> str:
+    m = e.message
+    if "truncated" in m or "too long" in m:
+        return "truncated"
+    return "digest_mismatch"
+
+
+def _os_reason(e: OSError) -> str:
+    return "disk_full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "io_error"
+
+
+# ---------------------------------------------------------------- the local manifest
+
+
+def read_local(directory: Path | None) -> dict[str, Any]:
+    """The local manifest of a version directory ({} when there is none or it is unreadable)."""
+    if directory is None:
+        return {}
+    try:
+        with open(directory / MANIFEST, "rb") as f:
+            raw = json.loads(f.read(4 << 20))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def held_versions(local: Mapping[str, Any], directory: Path | None) -> dict[str, str]:
+    """What a version directory holds, as ``repo.plan``'s ``have``: pattern -> version.
+
+    A pattern counts only if every file it needs is listed and present. The
+    strings version counts only for patterns from an update source (a sample
+    build has none, so its tables' ids are not those of the source).
+    """
+    have: dict[str, str] = {}
+    pats = local.get("patterns")
+    if not isinstance(pats, dict) or directory is None:
+        return have
+    for name, files in repo.PATTERN_FILES.items():
+        entry = pats.get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("version"), str):
+            continue
+        listed = entry.get("files")
+        if isinstance(listed, dict) and all(f in listed and (directory / f).is_file() for f in files):
+            have[name] = entry["version"]
+    sv = local.get("strings_version")
+    if isinstance(sv, str) and (directory / STRINGS).is_file():
+        have[repo.STRINGS] = sv
+    return have
+
+
+def installed_mark(local: Mapping[str, Any]) -> dict[str, str]:
+    """The high-water mark a version installed from a source implies (``repo.newest`` of what
+    it holds), for stores that predate the store's own mark; {} for the shipped sample."""
+    source = local.get("source")
+    pats = local.get("patterns")
+    if not isinstance(source, dict) or not isinstance(pats, dict):
+        return {}
+    try:
+        published = datetime.fromisoformat(str(source.get("published")))
+    except ValueError:
+        return {}
+    if published.tzinfo is None:
+        published = published.replace(tzinfo=UTC)
+    mark = {repo.PUBLISHED: repo.stamp(published)}
+    if isinstance(local.get("strings_version"), str):
+        mark[repo.STRINGS] = local["strings_version"]
+    for name, entry in pats.items():
+        if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+            mark[str(name)] = entry["version"]
+    return mark
+
+
+def version_time(version: str) -> datetime | None:
+    """``YYYYMMDDHH[MM[SS]]`` as a UTC time (None if it is not one)."""
+    digits = version.ljust(14, "0")
+    try:
+        return datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _local_manifest(manifest: repo.Manifest, held: Mapping[str, dict[str, Any]],
+                    strings_spec: dict[str, Any], strings_version: str | None) -> dict[str, Any]:
+    versions = [p["version"] for p in held.values()]
+    top = max(versions)
+    return {
+        "format": LOCAL_FORMAT,
+        "version": top,
+        "created": manifest.published.isoformat().replace("+00:00", "Z"),
+        "files": {STRINGS: strings_spec},
+        "patterns": dict(held),
+        "strings_version": strings_version,
+        "source": {"published": manifest.published.isoformat().replace("+00:00", "Z")},
+    }
+
+
+def _entry_json(entry: repo.PatternEntry) -> dict[str, Any]:
+    files = {}
+    for f in entry.files:
+        spec: dict[str, Any] = {"size": f.size, "sha256": f.sha256}
+        if f.entries is not None:
+            spec["entries"] = f.entries
+        files[f.name] = spec
+    return {"version": entry.version, "entries": entry.entries, "files": files}
+
+
+# ---------------------------------------------------------------- the updater
+
+
+Schedule = Mapping[str, float]
+
+
+class Updater:
+    """Keeps ``store`` current from one signed update source.
+
+    ``schedule`` maps pattern names to seconds between updates (missing names
+    take ``default_interval``). ``max_clock_skew`` is how far ahead of
+    ``clock`` a manifest's publication time may be. ``clock`` is wall-clock
+    time (schedules, timestamps, the manifest's times), ``monotonic`` the
+    fetcher's deadline clock, ``rng`` in [0, 1) for the backoff jitter,
+    ``writer`` writes downloaded files (tests make it fail with ENOSPC).
+    """
+
+    def __init__(
+        self,
+        source_url: str,
+        public_key: Any,
+        store: PatternStore,
+        fetcher: Fetcher,
+        *,
+        default_interval: float = 3600.0,
+        schedule: Schedule | None = None,
+        backoff_max: float = 3600.0,
+        timeout: float = 600.0,
+        max_bytes: int = 1 << 31,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+        writer: Callable[[Path, bytes], None] = write_file,
+        offload: Callable[..., Awaitable[Any]] | None = None,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+    ) -> None:
+        self.source_url = source_url
+        self.public_key = signing.load_public_key(public_key)
+        self.store = store
+        self.fetcher = fetcher
+        self.default_interval = default_interval
+        self.intervals = {p: float((schedule or {}).get(p) or default_interval)
+                          for p in repo.PATTERN_FILES}
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.monotonic = monotonic
+        self.rng = rng
+        self.writer = writer
+        self._offload = offload or asyncio.to_thread
+        self.max_clock_skew = max_clock_skew
+        # state, for /readyz and /metrics
+        self.failures: Counter[str] = Counter()
+        self.successes = 0
+        self.consecutive_failures = 0
+        self.last: UpdateResult | None = None
+        self.last_success: float | None = None
+        self.last_checked: dict[str, float] = {}  # pattern -> when it was last brought current
+        self.next_attempt: float | None = None
+        self.source_published: datetime | None = None  # the last manifest accepted
+        self.source_expires: datetime | None = None  # and when it expires (None: never)
+        self._full_next: set[str] = set()  # patterns whose diffs failed: take full files next
+        self._retry_due: set[str] = set()  # what a failed attempt was updating
+
+    # ------------------------------------------------------------ schedule
+
+    def due(self, now: float | None = None) -> set[str]:
+        now = self.clock() if now is None else now
+        return {p for p, every in self.intervals.items()
+                if now >= self.last_checked.get(p, float("-inf")) + every}
+
+    def next_delay(self, now: float | None = None) -> float:
+        """Seconds until the next attempt: backoff after a failure, else the next due pattern."""
+        now = self.clock() if now is None else now
+        if self.consecutive_failures:
+            step = min(self.backoff_max, BACKOFF_BASE * 2.0 ** (self.consecutive_failures - 1))
+            return float(step / 2 + self.rng() * step / 2)
+        if not self.last_checked:
+            return 0.0
+        soonest = min(self.last_checked.get(p, float("-inf")) + every
+                      for p, every in self.intervals.items())
+        return max(0.0, soonest - now)
+
+    async def run(self, on_installed: Callable[[str], Any] | None = None,
+                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        """Update forever on the schedule; ``on_installed(version)`` after each install."""
+        while True:
+            delay = self.next_delay()
+            self.next_attempt = self.clock() + delay
+            await sleep(delay)
+            due = self.due() | (self._retry_due if self.consecutive_failures else set())
+            result = await self.update_once(patterns=due or None)
+            if result.changed and on_installed is not None:
+                try:
+                    outcome = on_installed(result.version or "")
+                    if asyncio.iscoroutine(outcome):
+                        await outcome
+                except Exception:
+                    logger.exception("swapping to the new pattern failed")
+
+    # ------------------------------------------------------------ one update
+
+    async def update_once(self, *, patterns: Iterable[str] | None = None) -> UpdateResult:
+        """One update of ``patterns`` (default: all); never raises for a bad update."""
+        started = self.monotonic()
+        deadline = started + self.timeout
+        due = set(patterns) if patterns is not None else set(repo.PATTERN_FILES)
+        got = {"bytes": 0, "diff": False, "full": False}
+        version: str | None = None
+        staging: Path | None = None
+        try:
+            manifest, signature = await self._manifest(deadline, got)
+            current = self.store.current_path()
+            local = read_local(current)
+            self._check_timely(manifest, local)
+            have = held_versions(local, current)
+            for p in self._full_next:
+                have.pop(p, None)
+            fetches = self._plan(manifest, have, due)
+            if not fetches:
+                return self._done(started, got, ok=True, changed=False, version=None,
+                                  message="nothing to fetch", checked=due)
+            held = self._result_patterns(manifest, local, have, fetches)
+            version = max(p["version"] for p in held.values())
+            if version in self.store.refused():
+                return self._done(started, got, ok=True, changed=False, version=version,
+                                  message=f"version {version} was rolled back by an operator; "
+                                          "waiting for a newer one", checked=due)
+            staging = self.store.staging()
+            await self._build(staging, manifest, signature, current, local, fetches, held, deadline,
+                              got)
+            name = await self._offload(self._install, staging, version, manifest)
+            staging = None
+            self._full_next -= due
+            return self._done(started, got, ok=True, changed=True, version=name,
+                              message="installed", checked=due, held=held)
+        except Superseded as e:
+            return self._done(started, got, ok=True, changed=False, version=version,
+                              message=f"{e.message} by another process", checked=due)
+        except _Failed as e:
+            self._retry_due = due
+            return self._done(started, got, ok=False, changed=False, version=version,
+                              reason=e.reason, message=e.message)
+        except FetchError as e:
+            return self._done(started, got, ok=False, changed=False, version=version,
+                              reason=e.reason, message=e.message)
+        except OSError as e:
+            return self._done(started, got, ok=False, changed=False, version=version,
+                              reason=_os_reason(e), message=f"cannot write the update: {e.strerror or e}")
+        except TimeoutError:
+            return self._done(started, got, ok=False, changed=False, version=version,
+                              reason="timeout", message=f"update took longer than {self.timeout:g} s")
+        except PatternError as e:
+            return self._done(started, got, ok=False, changed=False, version=version,
+                              reason="bad_pattern", message=e.message)
+        finally:
+            if staging is not None:
+                await self._offload(shutil.rmtree, staging, True)
+
+    def _install(self, staging: Path, version: str, manifest: repo.Manifest) -> str:
+        """Install as ``version``, or ``version-<time>`` when that is current already: an update
+        that leaves the newest pattern version as it was, or another process (`rampart update
+        now`, the server's schedule) that installed the same update meanwhile."""
+        mark = repo.newest(manifest)
+        try:
+            return self.store.install(staging, version, mark)
+        except AlreadyCurrent:
+            return self.store.install(staging, f"{version}-{int(self.clock())}", mark)
+
+    async def _get(self, path: str, max_bytes: int, deadline: float, got: dict[str, Any]) -> bytes:
+        if max_bytes > self.max_bytes:
+            raise _Failed("too_large", f"{path}: {max_bytes} bytes is over update_max_bytes")
+        remaining = deadline - self.monotonic()
+        if remaining <= 0:
+            raise _Failed("timeout", f"update took longer than {self.timeout:g} s")
+        data = await asyncio.wait_for(
+            self.fetcher.get(path, max_bytes=max_bytes, deadline=deadline), remaining)
+        got["bytes"] += len(data)
+        return data
+
+    async def _manifest(self, deadline: float, got: dict[str, Any]) -> tuple[repo.Manifest, bytes]:
+        raw = await self._get(repo.MANIFEST, repo.MAX_MANIFEST_BYTES, deadline, got)
+        try:
+            sig = await self._get(repo.SIGNATURE, MAX_SIGNATURE_FETCH, deadline, got)
+        except FetchError as e:
+            if not e.missing:
+                raise
+            sig = b""
+        try:
+            return repo.load_manifest(raw, sig, self.public_key), sig
+        except PatternError as e:
+            raise _Failed(_manifest_reason(e), e.message) from None
+
+    def _check_timely(self, manifest: repo.Manifest, local: Mapping[str, Any]) -> None:
+        """Refuse a replayed or future manifest; note when an accepted one expires."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        mark = self.store.newest() or installed_mark(local)
+        try:
+            repo.check_timely(manifest, mark, now, self.max_clock_skew)
+        except repo.Refused as e:
+            raise _Failed(e.reason, e.message) from None
+        self.source_published, self.source_expires = manifest.published, manifest.expires
+        if manifest.expires is not None and manifest.expires <= now:
+            logger.warning("the update source's manifest expired at %s (published %s): the "
+                           "source is not publishing, or someone replays its last manifest; "
+                           "patterns count as stale", repo.stamp(manifest.expires),
+                           repo.stamp(manifest.published))
+
+    def _plan(self, manifest: repo.Manifest, have: dict[str, str], due: set[str]) -> list[repo.Fetch]:
+        fetches = repo.plan(manifest, have)
+        if repo.STRINGS not in have:
+            # Tables built elsewhere (the shipped sample) use other string ids: take everything.
+            return fetches
+        wanted = [f for f in fetches if f.pattern in due]
+        if not wanted:
+            return []  # a newer strings.json alone changes no answer; it comes with the next pattern
+        return [f for f in fetches if f.pattern in due or f.pattern == repo.STRINGS]
+
+    def _result_patterns(self, manifest: repo.Manifest, local: Mapping[str, Any],
+                         have: Mapping[str, str], fetches: list[repo.Fetch]
+                         ) -> dict[str, dict[str, Any]]:
+        fetched = {f.pattern for f in fetches}
+        pats = local.get("patterns") if isinstance(local.get("patterns"), dict) else {}
+        held: dict[str, dict[str, Any]] = {}
+        for entry in manifest.patterns:
+            if entry.name in fetched:
+                held[entry.name] = _entry_json(entry)
+            elif entry.name in have and isinstance(pats, dict):
+                held[entry.name] = pats[entry.name]
+            else:
+                raise _Failed("bad_manifest", f"pattern {entry.name} is neither held nor fetched")
+        return held
+
+    async def _build(self, staging: Path, manifest: repo.Manifest, signature: bytes,
+                     current: Path | None,
+                     local: Mapping[str, Any], fetches: list[repo.Fetch],
+                     held: Mapping[str, dict[str, Any]], deadline: float, got: dict[str, Any]) -> None:
+        by_file: dict[tuple[str, str], list[repo.Fetch]] = {}
+        for f in fetches:
+            by_file.setdefault((f.pattern, f.file), []).append(f)
+        for (pattern, file), steps in by_file.items():
+            target = staging / file
+            if steps[0].kind is repo.FetchKind.FULL:
+                await self._fetch_full(steps[0], target, deadline, got)
+                continue
+            try:
+                await self._fetch_chain(staging, manifest, current, steps, target, deadline, got)
+            except FetchError as e:
+                if not e.missing:
+                    raise
+                logger.info("diff %s is not at the update source; taking the full file", e.message)
+                entry = manifest.pattern(pattern)
+                spec = entry.file(file) if entry is not None else None
+                if entry is None or spec is None:
+                    raise
+                full = repo.Fetch(pattern, file, repo.FetchKind.FULL,
+                                  repo.full_path(pattern, entry.version, file), spec.size,
+                                  spec.sha256, None, entry.version)
+                await self._fetch_full(full, target, deadline, got)
+        # files that did not change come from the current version (hard links, no copy)
+        for held_entry in held.values():
+            for file in held_entry["files"]:
+                if not (staging / file).exists():
+                    await self._offload(_link_or_copy, _require(current) / file, staging / file)
+        if repo.STRINGS not in {f.pattern for f in fetches}:
+            await self._offload(_link_or_copy, _require(current) / STRINGS, staging / STRINGS)
+            strings_version = local.get("strings_version")
+        else:
+            strings_version = manifest.strings_version
+        strings_spec = {"size": (staging / STRINGS).stat().st_size,
+                        "sha256": manifest.strings.sha256 if strings_version == manifest.strings_version
+                        else (local.get("files") or {}).get(STRINGS, {}).get("sha256")}
+        doc = _local_manifest(manifest, held, strings_spec, strings_version)
+        complete = all(held[p.name]["version"] == p.version for p in manifest.patterns) and (
+            strings_version == manifest.strings_version)
+        await self._offload(self._finish, staging, doc, manifest, signature, current, complete)
+
+    def _finish(self, staging: Path, doc: dict[str, Any], manifest: repo.Manifest, signature: bytes,
+                current: Path | None, complete: bool) -> None:
+        self.writer(staging / MANIFEST, json.dumps(doc, indent=1).encode() + b"\n")
+        src = staging / SOURCE_DIR
+        make_dirs(src)
+        if complete:
+            self.writer(src / repo.MANIFEST, manifest.raw)
+            self.writer(src / repo.SIGNATURE, signature)
+        elif current is not None and (current / SOURCE_DIR / repo.MANIFEST).is_file():
+            for name in (repo.MANIFEST, repo.SIGNATURE):
+                _link_or_copy(current / SOURCE_DIR / name, src / name)
+        try:
+            PatternSet.open(staging, verify=False).close()
+        except PatternError as e:
+            raise _Failed("bad_pattern", f"the updated pattern does not open: {e.message}") from None
+
+    async def _fetch_full(self, f: repo.Fetch, target: Path, deadline: float,
+                          got: dict[str, Any]) -> None:
+        data = await self._get(f.path, f.size, deadline, got)
+        got["full"] = True
+        try:
+            repo.verify_file(data, f.size, f.sha256, f.path)
+        except PatternError as e:
+            raise _Failed(_file_reason(e), e.message) from None
+        await self._offload(self.writer, target, data)
+
+    async def _fetch_chain(self, staging: Path, manifest: repo.Manifest, current: Path | None,
+                           steps: list[repo.Fetch],
+                           target: Path, deadline: float, got: dict[str, Any]) -> None:
+        base = _require(current) / steps[0].file
+        work = staging / ".work"
+        make_dirs(work)
+        for i, step in enumerate(steps):
+            data = await self._get(step.path, step.size, deadline, got)
+            got["diff"] = True
+            try:
+                repo.verify_file(data, step.size, step.sha256, step.path)
+            except PatternError as e:
+                raise _Failed(_file_reason(e), e.message) from None
+            keep = staging / DIFFS_DIR / step.path.removeprefix("diffs/")
+            await self._offload(_mkdir_write, self.writer, keep, data)
+            out = work / f"{step.file}.{i}"
+            try:
+                await self._offload(repo.apply_diff, step.file, base, data, out)
+            except PatternError as e:
+                self._full_next.add(step.pattern)
+                reason = "wrong_base" if "base" in e.message else "corrupt_diff"
+                raise _Failed(reason, f"{step.path}: {e.message}") from None
+            base = out
+        entry = manifest.pattern(steps[-1].pattern)
+        spec = entry.file(steps[-1].file) if entry is not None else None
+        if spec is None:
+            raise _Failed("bad_manifest", f"{steps[-1].file}: not listed in the manifest")
+        try:
+            await self._offload(repo.verify_file, base, spec.size, spec.sha256, steps[-1].file)
+        except PatternError as e:
+            self._full_next.add(steps[-1].pattern)
+            raise _Failed("wrong_base", f"{steps[-1].file} after its diffs: {e.message}") from None
+        os.replace(base, target)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _done(self, started: float, got: Mapping[str, Any], *, ok: bool, changed: bool,
+              version: str | None, reason: str | None = None, message: str = "",
+              checked: Iterable[str] = (), held: Mapping[str, dict[str, Any]] | None = None
+              ) -> UpdateResult:
+        path = "+".join(k for k in ("diff", "full") if got.get(k)) or "none"
+        now = self.clock()
+        result = UpdateResult(
+            ok=ok, changed=changed, version=version, path=path, bytes=int(got.get("bytes", 0)),
+            seconds=self.monotonic() - started, reason=reason, message=message,
+            patterns={p: e["version"] for p, e in (held or {}).items()}, at=now,
+        )
+        self.last = result
+        if ok:
+            self.successes += 1
+            self.consecutive_failures = 0
+            self.last_success = now
+            for p in checked:
+                self.last_checked[p] = now
+        else:
+            self.failures[reason or "unknown"] += 1
+            self.consecutive_failures += 1
+        log = logger.info if ok else logger.warning
+        log("pattern update: %s", result.line(), extra={"update": result.to_json()})
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """For /readyz: the last result, the last success, failures so far, the next attempt."""
+        return {
+            "source": self.source_url,
+            "last": self.last.to_json() if self.last else None,
+            "last_success": int(self.last_success) if self.last_success else None,
+            "consecutive_failures": self.consecutive_failures,
+            "failures": dict(self.failures),
+            "next_attempt": int(self.next_attempt) if self.next_attempt else None,
+            "source_expires": repo.stamp(self.source_expires) if self.source_expires else None,
+        }
+
+
+def _require(current: Path | None) -> Path:
+    if current is None:
+        raise _Failed("bad_manifest", "the plan needs a current version, and there is none")
+    return current
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        copy_atomic(src, dst)
+
+
+def _mkdir_write(writer: Callable[[Path, bytes], None], path: Path, data: bytes) -> None:
+    make_dirs(path.parent)
+    with contextlib.suppress(FileExistsError):
+        writer(path, data)

@@ -1,0 +1,538 @@
+"""Wire protocol v1 (DESIGN §2): request bodies in, typed queries out; answers in, JSON bytes out.
+
+Sans-IO and pure: the query door, the intercept door and the relay all speak
+through these functions. Every parser validates the whole request before
+anything is answered; one bad item rejects the request with a
+:class:`~proxy.errors.ProtocolError` (HTTP 400) that names the item index.
+
+Text must be valid Unicode: a lone surrogate (``"\\ud800"`` in JSON) in a URL, a
+domain or anywhere in an inspect request (which is relayed as it is) is a 400. A
+URL's host must be a host name once percent-decoded (``urls.check_host``): one
+that decodes to bytes that are not UTF-8, or to controls, spaces or ``%``, is a
+400 ``bad_url`` on every service taking URLs (web single and batch, inspect), as
+such a name is a 400 ``bad_domain`` on the domain service. What goes out is valid
+Unicode too: a cloud result holding a lone surrogate is unusable (the item is
+answered degraded), and an error message quoting one writes it as escape text.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.errors import ProtocolError
+from proxy.model import (
+    PROTOCOL_VERSION,
+    DomainQuery,
+    FileAnswer,
+    FileQuery,
+    HashKind,
+    InspectAnswer,
+    InspectQuery,
+    Policy,
+    Rating,
+    Source,
+    Verdict,
+    WebAnswer,
+    WebQuery,
+)
+from proxy.wire import urls
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+_KINDS = {k.value: k for k in HashKind}
+_VERDICTS = {v.value: v for v in Verdict}
+_RATINGS = {r.value: r for r in Rating}
+_POLICIES = {p.value: p for p in Policy}
+_SOURCES = {s.value: s for s in Source}
+MAX_NAME = 253
+MAX_TEXT = 200  # threat names, categories, matched entries from the cloud
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request may carry (see proxy.config for the defaults' help)."""
+
+    max_batch: int = 1000
+    max_url: int = 4096
+    max_inspect_content: int = 256 * 1024
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _load(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError("bad_json", f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("bad_json", "request body is nested too deeply") from None
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    doc = _load(body)
+    if not isinstance(doc, dict):
+        raise ProtocolError("bad_request", "request body must be a JSON object")
+    return doc
+
+
+def _array(doc: dict[str, Any], key: str, limits: Limits) -> list[Any]:
+    items = doc.get(key)
+    if not isinstance(items, list):
+        raise ProtocolError("bad_request", f'request must have "{key}": a JSON array')
+    if not items:
+        raise ProtocolError("bad_request", f'"{key}" is empty')
+    if len(items) > limits.max_batch:
+        raise ProtocolError(
+            "batch_too_large",
+            f'"{key}" has {len(items)} items; the maximum is {limits.max_batch}',
+            status=413,
+        )
+    return items
+
+
+def parse_hash(text: object, kind: HashKind | None = None, item: int | None = None) -> FileQuery:
+    """A hex digest; its kind is told by its length unless given."""
+    if not isinstance(text, str):
+        raise ProtocolError("bad_hash", "a hash must be a hex string", item=item)
+    found = HashKind.from_hex_length(len(text))
+    if kind is None:
+        kind = found
+    if kind is None or found is not kind:
+        want = f"{kind.size * 2} hex digits for {kind.value}" if kind else "32, 40 or 64 hex digits"
+        raise ProtocolError(
+            "bad_hash", f"hash {_clip(text)!r} has {len(text)} characters; want {want}", item=item
+        )
+    if not _HEX.issuperset(text):
+        raise ProtocolError("bad_hash", f"hash {_clip(text)!r} is not hexadecimal", item=item)
+    return FileQuery(kind, bytes.fromhex(text))
+
+
+@dataclass(frozen=True, slots=True)
+class FileBatch:
+    """A file request, by column: what the engine and the renderer need, no object per item.
+
+    ``names`` and ``hexes`` hold each item's hash type and lowercase hex digest in
+    request order; ``groups`` holds, per hash kind, the items' positions (None when
+    every item is of that kind) and their raw digests laid end to end.
+    """
+
+    names: list[str]
+    hexes: list[str]
+    groups: dict[HashKind, tuple[list[int] | None, bytes]]
+
+    def __len__(self) -> int:
+        return len(self.hexes)
+
+    @classmethod
+    def of(cls, queries: Sequence[FileQuery]) -> FileBatch:
+        names = [q.kind.value for q in queries]
+        groups: dict[HashKind, tuple[list[int] | None, bytes]] = {}
+        for kind in {q.kind for q in queries}:
+            at = [i for i, q in enumerate(queries) if q.kind is kind]
+            raw = b"".join(queries[i].digest for i in at)
+            groups[kind] = (None if len(at) == len(queries) else at, raw)
+        return cls(names, [q.digest.hex() for q in queries], groups)
+
+    def queries(self) -> list[FileQuery]:
+        return [FileQuery(_KINDS[n], bytes.fromhex(h)) for n, h in zip(self.names, self.hexes)]
+
+
+def _bulk_batch(items: list[Any]) -> FileBatch | None:
+    """The common case, checked in bulk: every item is {"<kind>": "<hex>"}. None otherwise.
+
+    One ``fromhex`` per hash kind over the joined digests validates them all at once;
+    anything odd returns None and the item-by-item parser names the bad item.
+    """
+    # map/compress over builtins: the per-item work stays in C.
+    try:
+        if set(map(len, items)) != {1}:
+            return None
+        names = list(map(next, map(iter, items)))
+        present = set(names)
+        if not present <= _KINDS.keys():
+            return None
+        values = list(map(dict.__getitem__, items, names))  # TypeError unless every item is a dict
+        everything = "".join(values)
+    except (TypeError, KeyError, AttributeError):
+        return None
+    positions: dict[str, list[int]] = {name: [] for name in present}
+    if len(present) > 1:  # one pass: cheaper than a filter per kind
+        add = {name: at.append for name, at in positions.items()}
+        for i, name in enumerate(names):
+            add[name](i)
+    groups: dict[HashKind, tuple[list[int] | None, bytes]] = {}
+    for name in present:
+        kind = _KINDS[name]
+        if len(present) == 1:
+            at, group = None, values
+        else:
+            at = positions[name]
+            group = list(map(values.__getitem__, at))
+        if set(map(len, group)) != {kind.size * 2}:
+            return None
+        try:
+            raw = bytes.fromhex(everything if at is None else "".join(group))
+        except ValueError:
+            return None
+        if len(raw) != kind.size * len(group):  # fromhex skips whitespace
+            return None
+        groups[kind] = (at, raw)
+    hexes = values if everything.lower() == everything else list(map(str.lower, values))
+    return FileBatch(names, hexes, groups)
+
+
+def parse_file_request(body: bytes, limits: Limits) -> FileBatch:
+    items = _array(_object(body), "items", limits)
+    batch = _bulk_batch(items)
+    if batch is not None:
+        return batch
+    out: list[FileQuery] = []
+    for i, it in enumerate(items):
+        if type(it) is not dict or len(it) != 1:
+            raise ProtocolError(
+                "bad_item", 'each item must be an object with one of "sha256", "sha1", "md5"', item=i
+            )
+        ((name, value),) = it.items()
+        kind = _KINDS.get(name)
+        if kind is None:
+            raise ProtocolError(
+                "bad_item", f'unknown hash type "{_clip(name)}"; use sha256, sha1 or md5', item=i
+            )
+        out.append(parse_hash(value, kind, i))
+    return FileBatch.of(out)
+
+
+def parse_url(text: object, limits: Limits, item: int | None = None) -> WebQuery:
+    if not isinstance(text, str):
+        raise ProtocolError("bad_url", "a URL must be a string", item=item)
+    if len(text) > limits.max_url:
+        raise ProtocolError(
+            "url_too_long", f"URL has {len(text)} characters; the maximum is {limits.max_url}",
+            item=item,
+        )
+    bad = lone_surrogate(text)
+    if bad is not None:
+        raise ProtocolError("bad_url", f"URL {_clip(text)!r}: {bad}", item=item)
+    try:
+        canonical = urls.canonicalize(text, max_length=limits.max_url)
+        host = urls.host_of(canonical)
+        urls.check_host(host)
+    except urls.UrlError as e:
+        raise ProtocolError("bad_url", f"URL {_clip(text)!r}: {e}", item=item) from None
+    return WebQuery(text, canonical, host)
+
+
+def lone_surrogate(text: str) -> str | None:
+    """What is wrong with text holding a lone surrogate, or None: it cannot be UTF-8."""
+    if text.isascii():
+        return None
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return (f"lone surrogate {found[0]!r} at character {found.start()} "
+            "(text must be valid Unicode)")
+
+
+def parse_policy(value: object) -> Policy | None:
+    if value is None:
+        return None
+    policy = _POLICIES.get(value) if isinstance(value, str) else None
+    if policy is None:
+        raise ProtocolError("bad_policy", f'policy must be "low", "medium" or "high", not {value!r}')
+    return policy
+
+
+def parse_web_request(body: bytes, limits: Limits) -> tuple[list[WebQuery], Policy | None]:
+    doc = _object(body)
+    items = _array(doc, "urls", limits)
+    policy = parse_policy(doc.get("policy"))
+    return [parse_url(u, limits, i) for i, u in enumerate(items)], policy
+
+
+def parse_domain(text: object, item: int | None = None) -> DomainQuery:
+    if not isinstance(text, str):
+        raise ProtocolError("bad_domain", "a domain or IP must be a string", item=item)
+    if len(text) > MAX_NAME + 2:
+        raise ProtocolError(
+            "bad_domain", f"name has {len(text)} characters; the maximum is {MAX_NAME}", item=item
+        )
+    bad = lone_surrogate(text)
+    if bad is not None:
+        raise ProtocolError("bad_domain", f"{_clip(text)!r}: {bad}", item=item)
+    ip = urls.parse_ip(text)
+    if ip is not None:
+        return DomainQuery(text, ip.compressed, ip)
+    try:
+        name = urls.normalize_domain(text)
+    except urls.UrlError as e:
+        raise ProtocolError("bad_domain", f"{_clip(text)!r}: {e}", item=item) from None
+    return DomainQuery(text, name)
+
+
+def parse_domain_request(body: bytes, limits: Limits) -> list[DomainQuery]:
+    items = _array(_object(body), "items", limits)
+    return [parse_domain(t, i) for i, t in enumerate(items)]
+
+
+def parse_inspect_request(body: bytes, limits: Limits) -> InspectQuery:
+    doc = _object(body)
+    url = doc.get("url")
+    web = parse_url(url, limits)
+    bad = _lone_surrogate_in(doc)  # the whole document is relayed, as UTF-8
+    if bad is not None:
+        raise ProtocolError("bad_request", f"request {bad}")
+    content = doc.get("content")
+    if content is not None:
+        if not isinstance(content, str):
+            raise ProtocolError("bad_content", '"content" must be base64 text')
+        if len(content) > limits.max_inspect_content * 4 // 3 + 4:
+            raise ProtocolError(
+                "content_too_large",
+                f'"content" is over {limits.max_inspect_content} bytes',
+                status=413,
+            )
+        try:
+            decoded = base64.b64decode(content, validate=True)
+        except ValueError:
+            raise ProtocolError("bad_content", '"content" is not valid base64') from None
+        if len(decoded) > limits.max_inspect_content:
+            raise ProtocolError(
+                "content_too_large",
+                f'"content" is over {limits.max_inspect_content} bytes',
+                status=413,
+            )
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return InspectQuery(web.url, hashlib.sha256(canonical).hexdigest(), canonical)
+
+
+def _lone_surrogate_in(doc: dict[str, Any]) -> str | None:
+    """Where in ``doc`` a lone surrogate is, and what it is; None if nowhere.
+
+    Walked with a stack, not recursion: the document may be nested as deep as JSON allows.
+    """
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, member in value.items():
+                stack.append((f"{where}[{key!r}]", member))
+                stack.append((f"{where} (a key)", key))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", member) for i, member in enumerate(value))
+        elif isinstance(value, str):
+            bad = lone_surrogate(value)
+            if bad is not None:
+                return f"member {where[:120]}: {bad}"
+    return None
+
+
+# ---------------------------------------------------------------- rendering
+
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+# id(answer) -> (answer, fragment). Keyed by identity because hashing a dataclass costs a
+# microsecond; the memo holds the answer itself, so its id cannot be reused while memoised.
+_frag_cache: dict[int, tuple[object, str]] = {}
+
+
+def _frag(answer: FileAnswer | WebAnswer) -> str:
+    """The JSON members of an answer after its subject, memoised: answers repeat a lot."""
+    memo = _frag_cache.get(id(answer))
+    if memo is not None and memo[0] is answer:
+        return memo[1]
+    if isinstance(answer, FileAnswer):
+        parts = [f'"verdict":"{answer.verdict.value}"']
+        if answer.threat is not None:
+            parts.append(f'"threat":{_dumps(answer.threat)}')
+    else:
+        parts = [f'"rating":"{answer.rating.value}"', f'"score":{answer.score}']
+        if answer.category is not None:
+            parts.append(f'"category":{_dumps(answer.category)}')
+    if answer.matched is not None:
+        parts.append(f'"matched":{_dumps(answer.matched)}')
+    parts.append(f'"source":"{answer.source.value}"')
+    if answer.ttl is not None:
+        parts.append(f'"ttl":{answer.ttl}')
+    if answer.retry_after is not None:
+        parts.append(f'"retry_after":{answer.retry_after}')
+    s = ",".join(parts)
+    if len(_frag_cache) > 50_000:
+        _frag_cache.clear()
+    _frag_cache[id(answer)] = (answer, s)
+    return s
+
+
+def _envelope(version: str, results: Iterable[str]) -> bytes:
+    return (
+        f'{{"protocol":{PROTOCOL_VERSION},"pattern":{_dumps(version)},"results":['
+        + ",".join(results)
+        + "]}"
+    ).encode()
+
+
+_SUBJECT = {k.value: f'{{"{k.value}":"' for k in HashKind}
+
+
+def render_files(
+    version: str, batch: FileBatch | Sequence[FileQuery], answers: Sequence[FileAnswer]
+) -> bytes:
+    if not isinstance(batch, FileBatch):
+        batch = FileBatch.of(batch)
+    ids = list(map(id, answers))
+    # One fragment per distinct answer (they repeat a lot), then stitched in C.
+    tails = {i: f'",{_frag(a)}}}' for i, a in dict(zip(ids, answers)).items()}
+    results = map("".join, zip(map(_SUBJECT.__getitem__, batch.names), batch.hexes,
+                               map(tails.__getitem__, ids)))
+    return _envelope(version, results)
+
+
+def _action(policy: Policy | None, answer: WebAnswer) -> str:
+    if policy is None:
+        return ""
+    return ',"action":"block"' if policy.blocks(answer.rating) else ',"action":"allow"'
+
+
+def render_web(
+    version: str, queries: Sequence[WebQuery], answers: Sequence[WebAnswer], policy: Policy | None
+) -> bytes:
+    return _envelope(
+        version,
+        [
+            f'{{"url":{_dumps(q.url)},{_frag(a)}{_action(policy, a)}}}'
+            for q, a in zip(queries, answers)
+        ],
+    )
+
+
+def render_domains(
+    version: str, queries: Sequence[DomainQuery], answers: Sequence[WebAnswer]
+) -> bytes:
+    return _envelope(
+        version,
+        [f'{{"{q.key}":{_dumps(q.item)},{_frag(a)}}}' for q, a in zip(queries, answers)],
+    )
+
+
+def render_inspect(version: str, query: InspectQuery, answer: InspectAnswer) -> bytes:
+    result: dict[str, Any] = json.loads(answer.result) if answer.result else {}
+    result["url"] = query.url
+    result["source"] = answer.source.value
+    for key, value in (("ttl", answer.ttl), ("retry_after", answer.retry_after)):
+        if value is not None:
+            result[key] = value
+        else:
+            result.pop(key, None)
+    return _envelope(version, [_dumps(result)])
+
+
+def render_error(error: ProtocolError) -> bytes:
+    """The JSON error body; a lone surrogate the message quotes is written as its escape
+    text, so the body is valid Unicode for strict clients, whatever the client sent."""
+    message = error.message
+    if not message.isascii():
+        message = _SURROGATE.sub(lambda m: ascii(m[0])[1:-1], message)
+    body: dict[str, Any] = {"code": error.code, "message": message}
+    if error.item is not None:
+        body["item"] = error.item
+    return _dumps({"error": body}).encode()
+
+
+def render_request(service_key: str, items: Sequence[object]) -> bytes:
+    return _dumps({service_key: list(items)}).encode()
+
+
+# ---------------------------------------------------------------- results from the cloud
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _text(result: dict[str, Any], key: str) -> str | None:
+    value = result.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ValueError(f'"{key}" must be a string of at most {MAX_TEXT} characters')
+    bad = lone_surrogate(value)  # products would get an answer their JSON parser refuses
+    if bad is not None:
+        raise ValueError(f'"{key}" has a {bad}')
+    return value
+
+
+def _int(result: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = result.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f'"{key}" must be an integer from {lo} to {hi}')
+    return value
+
+
+def file_answer_from_result(result: dict[str, Any], source: Source) -> FileAnswer:
+    """The cloud's result object for one file, as an answer from ``source``. Raises ValueError."""
+    value = result.get("verdict")
+    verdict = _VERDICTS.get(value) if isinstance(value, str) else None
+    if verdict is None:
+        raise ValueError(f"unknown verdict {_clip(repr(value))}")
+    return FileAnswer(
+        verdict,
+        source,
+        threat=_text(result, "threat"),
+        ttl=_int(result, "ttl", 0, 7 * 86400),
+        matched=_text(result, "matched"),
+    )
+
+
+def web_answer_from_result(result: dict[str, Any], source: Source) -> WebAnswer:
+    value = result.get("rating")
+    rating = _RATINGS.get(value) if isinstance(value, str) else None
+    if rating is None:
+        raise ValueError(f"unknown rating {_clip(repr(value))}")
+    score = _int(result, "score", 0, 100)
+    return WebAnswer(
+        rating,
+        source,
+        score=rating.default_score if score is None else score,
+        category=_text(result, "category"),
+        ttl=_int(result, "ttl", 0, 7 * 86400),
+        matched=_text(result, "matched"),
+    )
+
+
+def inspect_answer_from_result(result: dict[str, Any], source: Source) -> InspectAnswer:
+    ttl = _int(result, "ttl", 0, 7 * 86400)
+    kept = {k: v for k, v in result.items() if k not in ("source", "ttl", "retry_after", "url")}
+    bad = _lone_surrogate_in(kept)
+    if bad is not None:
+        raise ValueError(f"inspection result {bad}")
+    body = _dumps(kept).encode()
+    if len(body) > 64 * 1024:
+        raise ValueError("inspection result is over 64 KiB")
+    return InspectAnswer(body, source, ttl=ttl)
+
+
+def parse_results(body: bytes, count: int) -> list[dict[str, Any]]:
+    """An upstream response body: exactly ``count`` result objects. Raises ValueError."""
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        raise ValueError("response is nested too deeply") from None
+    if not isinstance(doc, dict) or doc.get("protocol") != PROTOCOL_VERSION:
+        raise ValueError("not a protocol v1 response")
+    results = doc.get("results")
+    if not isinstance(results, list) or len(results) != count:
+        raise ValueError(f"expected {count} results")
+    if not all(isinstance(r, dict) for r in results):
+        raise ValueError("results must be objects")
+    return results
+
+
+def source_of(value: str) -> Source | None:
+    return _SOURCES.get(value)
