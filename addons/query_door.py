@@ -11,7 +11,6 @@ import logging
 
 from mitmproxy import ctx
 
-from certs import CertError
 from proxy.config import Config
 from proxy.errors import RampartError
 from proxy.serve.app import App
@@ -37,7 +36,7 @@ class QueryDoor:
         try:
             await self.app.start()
             self.started = True
-        except (RampartError, CertError, OSError) as e:
+        except (RampartError, OSError) as e:
             self.start_error = _reason(e)
             logger.error("cannot start: %s", self.start_error)
             ctx.master.shutdown()

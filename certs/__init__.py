@@ -7,8 +7,10 @@ certificates from one CA that products trust once (``export_pem``/``export_der``
 ``server_context`` issues and reuses the servers' own certificates;
 ``client_context`` is the verifying client side, never unverified.
 
-This package imports ``cryptography`` (and ``pyopenssl`` where needed), never
-``proxy`` or ``mitmproxy``.
+This package imports ``cryptography`` (and ``pyopenssl`` where needed) and, of
+Rampart, only the bottom layer: ``proxy.errors`` (its ``CertError``) and
+``proxy.files`` (bounded reads, private directories, atomic writes); never the
+rest of ``proxy`` or ``mitmproxy``.
 """
 
 from certs.ca import (
@@ -21,7 +23,6 @@ from certs.ca import (
     export_der,
     export_pem,
 )
-from certs.errors import CertError
 from certs.names import default_names, normalize_name, normalize_names
 from certs.tls import (
     RENEW_BEFORE,
@@ -31,6 +32,7 @@ from certs.tls import (
     renewal_reason,
     server_context,
 )
+from proxy.errors import CertError
 
 __all__ = [
     "CA",

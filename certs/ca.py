@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs.errors import CertError
 from certs.files import make_private_dir, read_bounded, write_atomic
 from certs.names import general_name, normalize_names
+from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from cryptography import x509
 
 from certs.ca import CA_CERT_FILE, CA_WARN_DAYS
-from certs.errors import CertError
 from certs.files import read_bounded
 from certs.rotate import served_paths
+from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from certs.errors import CertError
+from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
 

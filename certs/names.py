@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from cryptography import x509
 
-from certs.errors import CertError
+from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
 

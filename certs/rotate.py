@@ -41,9 +41,9 @@ from certs.ca import (
     _parse_cert,
     _parse_key,
 )
-from certs.errors import CertError
 from certs.files import make_private_dir, read_bounded, write_atomic
 from certs.tls import san_names
+from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
 

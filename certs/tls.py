@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certs.ca import CA
-from certs.errors import CertError
 from certs.files import make_private_dir, read_bounded, write_atomic
 from certs.names import normalize_name, normalize_names
+from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail_cleanly(fn: F) -> F:
-    """Turn RampartError (and certs.CertError) into one clear line and its exit code."""
+    """Turn a RampartError (certificate errors included) into one clear line and its exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,11 +38,6 @@ def fail_cleanly(fn: F) -> F:
         except RampartError as e:
             click.echo(f"rampart: error: {e.message}", err=True)
             sys.exit(e.exit_code)
-        except Exception as e:
-            if type(e).__name__ == "CertError":
-                click.echo(f"rampart: error: {e}", err=True)
-                sys.exit(getattr(e, "exit_code", 2))
-            raise
 
     return wrapper  # type: ignore[return-value]
 

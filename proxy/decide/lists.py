@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.errors import ListError
+from proxy.errors import ListError, UrlError
 from proxy.files import check_private_dir, create_private
 from proxy.model import FileQuery
 from proxy.wire import urls
@@ -89,7 +89,7 @@ def classify(value: str, kind: EntryKind | None = None) -> tuple[EntryKind, str]
             normal = urls.normalize_expression(text)
         else:
             normal = urls.normalize_domain(text)
-    except (urls.UrlError, ValueError) as e:
+    except (UrlError, ValueError) as e:
         raise ListError(f"{shown!r} is not a valid {kind.value}: {e}") from None
     if len(normal) > MAX_VALUE_LENGTH:  # percent-escaping can lengthen a URL
         raise ListError(f"{shown!r}: longer than {MAX_VALUE_LENGTH} characters once normalised")

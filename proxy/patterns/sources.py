@@ -61,7 +61,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.errors import SourceError
+from proxy.errors import SourceError, UrlError
 from proxy.model import HashKind, Rating, Verdict
 from proxy.wire import urls
 
@@ -214,7 +214,7 @@ def parse_url_line(text: str) -> UrlRecord:
                                                  "(write a comma inside a URL as %2C)")
     try:
         expr = urls.normalize_expression(url)
-    except urls.UrlError as e:
+    except UrlError as e:
         raise ValueError(f"bad URL: {e}") from None
     rating = _rating(rating_s) if rating_s else DEFAULT_RATING
     return UrlRecord(expr, rating, _score(score, rating), _category(cat, rating))
@@ -240,7 +240,7 @@ def parse_domain_line(text: str) -> DomainRecord | NetworkRecord:
         return NetworkRecord(ipaddress.ip_network(ip), rating, score, category)
     try:
         name = urls.normalize_domain(item)
-    except urls.UrlError as e:
+    except UrlError as e:
         raise ValueError(f"bad domain: {e}") from None
     if "." not in name:
         raise ValueError(f"{name!r} is a single label; a domain entry needs two labels at least")
@@ -363,7 +363,7 @@ def parse_hosts_line(text: str) -> list[DomainRecord]:
             continue
         try:
             name = urls.normalize_domain(item)
-        except urls.UrlError as e:
+        except UrlError as e:
             raise ValueError(f"bad host name {item[:80]!r}: {e}") from None
         if "." not in name or urls.parse_ip(name) is not None:
             continue  # single labels (local names) and addresses are not list entries

@@ -41,7 +41,18 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from proxy.errors import ConfigError, RelayError
+from proxy.errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeout,
+    DeadlineExceeded,
+    ProtocolViolation,
+    ReadTimeout,
+    RelayError,
+    TlsError,
+    TooLarge,
+)
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -56,51 +67,6 @@ _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "c
 
 
 # ---------------------------------------------------------------- errors
-
-
-class HttpClientError(RelayError):
-    """A failed upstream exchange; ``host`` names the peer (host:port)."""
-
-    def __init__(self, host: str, cause: str) -> None:
-        super().__init__(f"{host}: {cause}")
-        self.host = host
-        self.cause = cause
-
-
-class ConnectError(HttpClientError):
-    pass
-
-
-class HttpTimeout(HttpClientError):
-    pass
-
-
-class ConnectTimeout(HttpTimeout):
-    pass
-
-
-class ReadTimeout(HttpTimeout):
-    pass
-
-
-class DeadlineExceeded(HttpTimeout):
-    pass
-
-
-class TlsError(HttpClientError):
-    pass
-
-
-class ProtocolViolation(HttpClientError):
-    pass
-
-
-class TooLarge(HttpClientError):
-    pass
-
-
-class ConnectionLost(HttpClientError):
-    pass
 
 
 class _StaleConnection(ConnectionLost):

@@ -30,9 +30,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from proxy.errors import ConfigError, RelayError
-from proxy.model import PROTOCOL_VERSION, Service
+from proxy.errors import ConfigError, RelayError, RelayUnavailable, UpstreamStatus
+from proxy.model import Service
 from proxy.relay.http_client import HttpClient, make_ssl_context, parse_origin
+from proxy.wire import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ class RelayObserver(Protocol):
     """Told about every upstream attempt (for metrics and the console's live view)."""
 
     def on_upstream(
-        self, endpoint: str, service: Service, items: int, seconds: float, error: str | None
-    ) -> None: ...
+        self, endpoint: str, service: Service, items: int, seconds: float, error: RelayError | None
+    ) -> None:
+        """``error`` is None for a usable answer; its ``kind`` labels the outcome."""
 
 
 class HttpTransport:
@@ -97,18 +99,6 @@ class HttpTransport:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-class RelayUnavailable(RelayError):
-    """No endpoint gave a usable answer.
-
-    ``retry_after`` is a hint in seconds: how long until an endpoint will be
-    tried again (0 when one is available now, e.g. after a deadline).
-    """
-
-    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 # ---------------------------------------------------------------- endpoint health
@@ -487,24 +477,25 @@ class Relay:
                 status, raw = await self._transport.request(
                     endpoint.url, "POST", path, body, _HEADERS, deadline
                 )
-            results = parse_results(status, raw, count)
+            results = check_answer(status, raw, count)
         except RelayError as err:
-            error = err.message
+            error = err
         except TimeoutError:
-            error = "deadline passed"
+            error = RelayError("deadline passed", kind="timeout")
         except Exception as err:  # a transport's own exception: still this endpoint failing
-            error = f"transport error: {err!r}"
+            error = RelayError(f"transport error: {err!r}")
         else:
             endpoint.succeed()
             self._observe(endpoint, service, count, self._clock() - started, None)
             return results
-        endpoint.fail(self._clock(), error)
+        endpoint.fail(self._clock(), error.message)
         self._observe(endpoint, service, count, self._clock() - started, error)
-        logger.warning("relay to %s failed for %d %s items: %s", endpoint.host, count, service.value, error)
-        raise _AttemptFailed(error)
+        logger.warning("relay to %s failed for %d %s items: %s", endpoint.host, count, service.value,
+                       error.message)
+        raise _AttemptFailed(error.message)
 
     def _observe(
-        self, endpoint: _Endpoint, service: Service, items: int, seconds: float, error: str | None
+        self, endpoint: _Endpoint, service: Service, items: int, seconds: float, error: RelayError | None
     ) -> None:
         if self._observer is None:
             return
@@ -554,25 +545,9 @@ def _render_request(service: Service, items: Sequence[bytes]) -> tuple[str, byte
     return path, b'{"%s":[%s]}' % (field_name.encode(), b",".join(items))
 
 
-def parse_results(status: int, raw: bytes, count: int) -> list[JsonObject]:
-    """Validate an upstream answer: 200, ``{"protocol": 1, "results": [...]}``, one object
-    per item. RelayError names what was wrong."""
+def check_answer(status: int, raw: bytes, count: int) -> list[JsonObject]:
+    """An upstream answer's results: status 200 and a body ``protocol.parse_results`` takes.
+    ``UpstreamStatus`` or ``BadAnswer`` names what was wrong."""
     if status != 200:
-        raise RelayError(f"HTTP status {status}")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise RelayError(f"bad JSON in the answer: {err}") from None
-    if not isinstance(doc, dict):
-        raise RelayError("the answer is not a JSON object")
-    if doc.get("protocol") != PROTOCOL_VERSION:
-        raise RelayError(f"protocol {doc.get('protocol')!r}, expected {PROTOCOL_VERSION}")
-    results = doc.get("results")
-    if not isinstance(results, list):
-        raise RelayError("the answer has no results list")
-    if len(results) != count:
-        raise RelayError(f"{len(results)} results for {count} items")
-    for index, result in enumerate(results):
-        if not isinstance(result, dict):
-            raise RelayError(f"result {index} is not a JSON object")
-    return results
+        raise UpstreamStatus(f"HTTP status {status}")
+    return protocol.parse_results(raw, count)

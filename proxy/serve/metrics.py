@@ -21,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from proxy.errors import RelayError
 from proxy.model import Service
 
 logger = logging.getLogger(__name__)
@@ -52,26 +53,6 @@ class Histogram:
         return out
 
 
-_ERROR_KINDS = (
-    ("timeout", ("timeout", "timed out", "deadline")),
-    ("tls", ("tls", "ssl", "certificate")),
-    ("connect", ("connect", "refused", "unreachable", "reset", "closed", "lost")),
-    ("bad_answer", ("json", "result", "protocol", "too large", "malformed")),
-    ("status", ("http ", "status")),
-)
-
-
-def error_kind(error: str | None) -> str:
-    """A relay error's text as one of a few label values, so label sets stay bounded."""
-    if error is None:
-        return "ok"
-    text = error.lower()
-    for kind, words in _ERROR_KINDS:
-        if any(w in text for w in words):
-            return kind
-    return "error"
-
-
 class Stats:
     """Everything /metrics reports. Gauges are read through callbacks set by the app."""
 
@@ -96,9 +77,9 @@ class Stats:
 
     # RelayObserver
     def on_upstream(
-        self, endpoint: str, service: Service, items: int, seconds: float, error: str | None
+        self, endpoint: str, service: Service, items: int, seconds: float, error: RelayError | None
     ) -> None:
-        self.relay_requests[(endpoint, error_kind(error))] += 1
+        self.relay_requests[(endpoint, "ok" if error is None else error.kind)] += 1
         self.relay_latency.setdefault(endpoint, Histogram()).observe(seconds)
 
 

@@ -120,7 +120,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from proxy.errors import PatternError
+from proxy.errors import PatternError, Refused
 
 # The pattern names are the pattern directory's, defined there once (re-exported here).
 from proxy.patterns.pattern import AGENT as AGENT
@@ -391,14 +391,6 @@ def load_manifest(raw_manifest: bytes, signature: bytes,
 
 
 # ---------------------------------------------------------------- replays and the clock
-
-
-class Refused(PatternError):
-    """A genuinely signed manifest that must not be followed; ``reason`` is a metric label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def newest(manifest: Manifest) -> dict[str, str]:

@@ -47,7 +47,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from proxy.errors import PatternError
+from proxy.errors import AlreadyCurrent, PatternError, Superseded
 from proxy.files import check_private_dir, make_dirs, open_private, write_atomic
 from proxy.patterns.pattern import pattern_info, read_manifest
 
@@ -67,14 +67,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise PatternError(f"bad pattern version name {str(name)[:80]!r}")
     return name
-
-
-class AlreadyCurrent(PatternError):
-    """An install under the name of the current version (another process may just have made it)."""
-
-
-class Superseded(PatternError):
-    """An install from an update older than the high-water mark: something newer came meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)

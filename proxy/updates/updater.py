@@ -55,11 +55,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from proxy.errors import PatternError, RampartError, RelayError
+from proxy.errors import (
+    AlreadyCurrent,
+    FetchError,
+    HttpTimeout,
+    PatternError,
+    Refused,
+    RelayError,
+    Superseded,
+    TooLarge,
+)
 from proxy.files import copy_atomic, make_dirs, open_private
 from proxy.patterns.pattern import MANIFEST, STRINGS, PatternSet
 from proxy.updates import repo, signing
-from proxy.updates.store import AlreadyCurrent, PatternStore, Superseded
+from proxy.updates.store import PatternStore
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +81,6 @@ DEFAULT_MAX_CLOCK_SKEW = 86400.0
 
 
 # ---------------------------------------------------------------- fetching
-
-
-class FetchError(RampartError):
-    """A download that failed; ``reason`` is a failure reason, ``missing`` a 404."""
-
-    def __init__(self, message: str, *, reason: str = "fetch_failed", missing: bool = False) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.missing = missing
 
 
 class Fetcher(Protocol):
@@ -108,7 +108,6 @@ class HttpFetcher:
         )
 
     async def get(self, path: str, *, max_bytes: int, deadline: float) -> bytes:
-        from proxy.relay.http_client import HttpTimeout, TooLarge
 
         try:
             resp = await self.client.request(self.source_url, "GET", "/" + path, deadline=deadline)
@@ -493,7 +492,7 @@ class Updater:
         mark = self.store.newest() or installed_mark(local)
         try:
             repo.check_timely(manifest, mark, now, self.max_clock_skew)
-        except repo.Refused as e:
+        except Refused as e:
             raise _Failed(e.reason, e.message) from None
         self.source_published, self.source_expires = manifest.published, manifest.expires
         if manifest.expires is not None and manifest.expires <= now:

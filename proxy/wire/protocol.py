@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.errors import ProtocolError
+from proxy.errors import BadAnswer, ProtocolError, UrlError
 from proxy.model import (
     PROTOCOL_VERSION,
     DomainQuery,
@@ -224,7 +224,7 @@ def parse_url(text: object, limits: Limits, item: int | None = None) -> WebQuery
         canonical = urls.canonicalize(text, max_length=limits.max_url)
         host = urls.host_of(canonical)
         urls.check_host(host)
-    except urls.UrlError as e:
+    except UrlError as e:
         raise ProtocolError("bad_url", f"URL {_clip(text)!r}: {e}", item=item) from None
     return WebQuery(text, canonical, host)
 
@@ -271,7 +271,7 @@ def parse_domain(text: object, item: int | None = None) -> DomainQuery:
         return DomainQuery(text, ip.compressed, ip)
     try:
         name = urls.normalize_domain(text)
-    except urls.UrlError as e:
+    except UrlError as e:
         raise ProtocolError("bad_domain", f"{_clip(text)!r}: {e}", item=item) from None
     return DomainQuery(text, name)
 
@@ -519,18 +519,26 @@ def inspect_answer_from_result(result: dict[str, Any], source: Source) -> Inspec
 
 
 def parse_results(body: bytes, count: int) -> list[dict[str, Any]]:
-    """An upstream response body: exactly ``count`` result objects. Raises ValueError."""
+    """An upstream answer's body: ``{"protocol": 1, "results": [...]}`` with exactly ``count``
+    result objects. ``BadAnswer`` (a ValueError) names what was wrong."""
     try:
         doc = json.loads(body)
     except RecursionError:
-        raise ValueError("response is nested too deeply") from None
-    if not isinstance(doc, dict) or doc.get("protocol") != PROTOCOL_VERSION:
-        raise ValueError("not a protocol v1 response")
+        raise BadAnswer("the answer is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadAnswer(f"bad JSON in the answer: {err}") from None
+    if not isinstance(doc, dict):
+        raise BadAnswer("the answer is not a JSON object")
+    if doc.get("protocol") != PROTOCOL_VERSION:
+        raise BadAnswer(f"protocol {doc.get('protocol')!r}, expected {PROTOCOL_VERSION}")
     results = doc.get("results")
-    if not isinstance(results, list) or len(results) != count:
-        raise ValueError(f"expected {count} results")
-    if not all(isinstance(r, dict) for r in results):
-        raise ValueError("results must be objects")
+    if not isinstance(results, list):
+        raise BadAnswer("the answer has no results list")
+    if len(results) != count:
+        raise BadAnswer(f"{len(results)} results for {count} items")
+    for index, result in enumerate(results):
+        if not isinstance(result, dict):
+            raise BadAnswer(f"result {index} is not a JSON object")
     return results
 
 

@@ -34,6 +34,8 @@ import logging
 import re
 from collections.abc import Iterable
 
+from proxy.errors import UrlError
+
 logger = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 8192
@@ -55,10 +57,6 @@ _DOMAIN_CHAR = re.compile(r"[^a-z0-9_.-]")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _OCT = frozenset(b"01234567")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-class UrlError(ValueError):
-    """A URL, expression or domain name that cannot be used; the message says why."""
 
 
 # ---------------------------------------------------------------- canonicalize

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from proxy.errors import ConfigError, RelayError
+from proxy.errors import ConfigError, RelayError, RelayUnavailable, TlsError
 from proxy.model import Service
-from proxy.relay.http_client import TlsError
-from proxy.relay.relay import Relay, RelayUnavailable, parse_results
+from proxy.relay.relay import Relay
+from proxy.relay.relay import check_answer as parse_results
 from tests.proxy.relay.test_http_client import Pki, make_pki
 
 A = "https://a.cloud.test:9443"
@@ -97,9 +97,9 @@ class Observed:
     events: list[tuple[str, Service, int, str | None]] = field(default_factory=list)
 
     def on_upstream(
-        self, endpoint: str, service: Service, items: int, seconds: float, error: str | None
+        self, endpoint: str, service: Service, items: int, seconds: float, error: RelayError | None
     ) -> None:
-        self.events.append((endpoint, service, items, error))
+        self.events.append((endpoint, service, items, None if error is None else error.message))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import Config
-from proxy.errors import ProtocolError
+from proxy.errors import ProtocolError, UrlError
 from proxy.serve.app import App
 from proxy.serve.server import Request, Response, error_response
 from proxy.updates import repo
@@ -162,7 +162,7 @@ def test_inspect_requests_of_any_shape_are_relayable_once_accepted(url, extra, a
 def test_canonicalization_is_total_and_idempotent(text: str) -> None:
     try:
         canonical = urls.canonicalize(text)
-    except urls.UrlError:
+    except UrlError:
         return
     assert urls.canonicalize(canonical) == canonical
     assert 1 <= len(urls.expressions(canonical)) <= 30

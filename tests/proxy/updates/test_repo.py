@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from proxy.errors import PatternError
+from proxy.errors import PatternError, Refused
 from proxy.patterns.build import build_pattern
 from proxy.serve.repo_server import make_server
 from proxy.updates import repo
@@ -334,7 +334,7 @@ def test_the_same_or_a_newer_manifest_is_taken(published: Path) -> None:
 def test_an_older_publication_time_is_a_replay_even_with_newer_versions(published: Path) -> None:
     mark = repo.newest(manifest_at(published, NOON, V2))
     replay = manifest_at(published, NOON - timedelta(seconds=1), V3)
-    with pytest.raises(repo.Refused, match="published 2024-01-01T11:59:59Z is older than the "
+    with pytest.raises(Refused, match="published 2024-01-01T11:59:59Z is older than the "
                                            "installed 2024-01-01T12:00:00Z") as e:
         repo.check_timely(replay, mark, NOON, 86400)
     assert e.value.reason == "downgrade" and "replayed" in e.value.message
@@ -342,7 +342,7 @@ def test_an_older_publication_time_is_a_replay_even_with_newer_versions(publishe
 
 def test_an_older_version_is_refused_even_when_published_later(published: Path) -> None:
     mark = repo.newest(manifest_at(published, NOON, V2))
-    with pytest.raises(repo.Refused, match=f"version {V1} is older than the installed {V2}") as e:
+    with pytest.raises(Refused, match=f"version {V1} is older than the installed {V2}") as e:
         repo.check_timely(manifest_at(published, NOON + timedelta(days=1), V1), mark,
                           NOON + timedelta(days=1), 86400)
     assert e.value.reason == "downgrade"
@@ -351,7 +351,7 @@ def test_an_older_version_is_refused_even_when_published_later(published: Path) 
 def test_a_manifest_from_the_future_is_refused_beyond_the_skew(published: Path) -> None:
     ahead = manifest_at(published, NOON + timedelta(hours=2))
     repo.check_timely(ahead, {}, NOON, 3 * 3600)  # within the allowed skew
-    with pytest.raises(repo.Refused, match="7200 s ahead of this appliance's clock") as e:
+    with pytest.raises(Refused, match="7200 s ahead of this appliance's clock") as e:
         repo.check_timely(ahead, {}, NOON, 3600)
     assert e.value.reason == "from_future" and "update_max_clock_skew" in e.value.message
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from proxy.config import Config
-from proxy.errors import PatternError, RampartError
+from proxy.errors import PatternError, RampartError, Superseded
 from proxy.model import FileQuery, HashKind
 from proxy.patterns.build import build_pattern
 from proxy.patterns.pattern import PatternSet
-from proxy.updates.store import PatternStore, Superseded, check_name
+from proxy.updates.store import PatternStore, check_name
 from tests.conftest import in_threads
 
 EICAR = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"

@@ -7,9 +7,9 @@ import ipaddress
 
 import pytest
 
+from proxy.errors import UrlError
 from proxy.wire import urls
 from proxy.wire.urls import (
-    UrlError,
     canonicalize,
     digest,
     digests,
@@ -373,7 +373,7 @@ def test_parse_ip(text: str, expected: object) -> None:
 
 
 def test_url_error_is_value_error() -> None:
-    assert issubclass(urls.UrlError, ValueError)
+    assert issubclass(UrlError, ValueError)
 
 
 @pytest.mark.parametrize(
@@ -390,18 +390,18 @@ def test_found_by_property_testing_canonical_forms_are_fixed_points(raw: str, ca
 
 
 def test_a_host_that_is_only_a_dot_leader_has_no_host() -> None:
-    with pytest.raises(urls.UrlError, match="no host"):
+    with pytest.raises(UrlError, match="no host"):
         urls.canonicalize("\u2024")
 
 
 def test_leading_dots_before_a_bracket_do_not_hide_it() -> None:
-    with pytest.raises(urls.UrlError, match="IPv6"):
+    with pytest.raises(UrlError, match="IPv6"):
         urls.canonicalize(".[")
     assert urls.canonicalize("http://.[::1]/x") == urls.canonicalize("http://[::1]/x")
 
 
 def test_a_lone_surrogate_that_stands_for_no_byte_is_a_url_error() -> None:
-    with pytest.raises(urls.UrlError, match="lone surrogate"):
+    with pytest.raises(UrlError, match="lone surrogate"):
         urls.canonicalize("http://\ud800.example/")
     assert urls.canonicalize("http://a.test/\udcff") == "http://a.test/%FF"  # surrogateescape
 
@@ -414,7 +414,7 @@ def test_a_lone_surrogate_that_stands_for_no_byte_is_a_url_error() -> None:
 )
 def test_check_host_refuses_a_canonical_host_holding_escapes(url: str, message: str) -> None:
     host = host_of(canonicalize(url))  # canonicalization itself keeps such hosts
-    with pytest.raises(urls.UrlError, match=message):
+    with pytest.raises(UrlError, match=message):
         urls.check_host(host)
 
 
