@@ -1,7 +1,7 @@
 """The embedded mitmproxy Master that hosts every door, with only the addons Rampart needs.
 
 Not DumpMaster: its 35 default addons cost most of mitmproxy's time per flow
-(DESIGN §1). The intercept door adds exactly what a proxy needs (the proxy
+(docs/architecture.md, “The picture”). The intercept door adds exactly what a proxy needs (the proxy
 server, next-layer detection, TLS) and ``addons.intercept``;
 ``connection_strategy=lazy`` so an addon can answer while the upstream is down.
 """

@@ -1,4 +1,5 @@
-"""Rampart benchmark (DESIGN §1, issue 2 §6): one command, prints figures and ratios, asserts nothing.
+"""Rampart benchmark
+(docs/architecture.md, “The picture”; issue 2 §6): one command, prints figures and ratios, asserts nothing.
 
     python3 bench/run.py [--seconds 6] [--profile] [--keep]
 

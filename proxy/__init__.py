@@ -1,7 +1,19 @@
-"""Rampart's core: everything that decides a reputation answer.
+"""Rampart's core: everything that decides a reputation answer, and the servers that give it.
 
-Protocol parsing and rendering, URL canonicalization, pattern tables, the
-administrator's lists, the answer cache, the decision engine, the relay client,
-config, the CLI and the query-door server. Nothing here imports mitmproxy; the
-``addons`` package is the thin glue that hosts this core inside mitmproxy.
+The bottom layer, which every package may import and which imports nothing
+above it: ``errors`` (the whole error tree), ``model`` (the values every part
+shares), ``config`` (every config key, its default and its help) and ``files``
+(private directories, bounded reads, atomic writes).
+
+Above it, one subpackage per part of the architecture (docs/architecture.md):
+
+- ``wire``: the v1 wire protocol and URL canonicalization: bytes in, typed values out.
+- ``patterns``: pattern files: tables, sources, builds, the agent pattern.
+- ``updates``: the signed update source: publishing, fetching, verifying, installing.
+- ``decide``: the decision chain: lists, pattern, cache, relay, and its explanation.
+- ``relay``: the verified-TLS HTTP client and the relay to the cloud.
+- ``serve``: the query door's HTTP server, its routes, the gate, metrics and the app.
+- ``cli``: the ``rampart`` command line.
+
+Nothing here imports mitmproxy; ``addons`` hosts this core inside mitmproxy.
 """

@@ -270,7 +270,8 @@ def validate(cfg: Config) -> Config:
                 " with no path, query or credentials"
             )
         if url.startswith("http:") and not _loopback(urlsplit(url).hostname or ""):
-            # DESIGN §7: upstream traffic is verified TLS; plain HTTP only on this machine.
+            # upstream (docs/architecture.md, “The relay”):
+            # traffic is verified TLS; plain HTTP only on this machine.
             raise ConfigError(f"config key 'cloud': {url!r} must use https (http only on loopback)")
     if cfg.query_port and cfg.query_port == cfg.query_tls_port:
         raise ConfigError("config keys 'query_port' and 'query_tls_port' must differ")

@@ -1,4 +1,5 @@
-"""The decision chain (DESIGN §3): blocked list ▸ approved list ▸ pattern ▸ cache ▸ relay.
+"""The decision chain
+(docs/architecture.md, “The decision chain”): blocked list ▸ approved list ▸ pattern ▸ cache ▸ relay.
 
 For every item the first source that answers wins. Local sources are consulted
 synchronously (``*_local`` returns ``None`` where nothing local answered) so a

@@ -1,4 +1,5 @@
-"""The Smart Scan Agent Pattern: a compact "may this digest be bad?" filter (DESIGN §5).
+"""The Smart Scan Agent Pattern: a compact "may this digest be bad?" filter
+(docs/architecture.md, “Patterns and updates”).
 
 Products load it, apply hourly diffs, and ask it before they ask a server. It has
 no false negatives: every digest it was built from answers True. "Not in the

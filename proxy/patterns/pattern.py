@@ -1,4 +1,5 @@
-"""A pattern directory: its layout, opening it, and answering lookups (DESIGN §5).
+"""A pattern directory: its layout, opening it, and answering lookups
+(docs/architecture.md, “Patterns and updates”).
 
 ``proxy.patterns.build`` builds one from sources.
 

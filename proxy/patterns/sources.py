@@ -1,4 +1,5 @@
-"""Pattern sources: the plain-text lists a publisher compiles patterns from (DESIGN §5).
+"""Pattern sources: the plain-text lists a publisher compiles patterns from
+(docs/architecture.md, “Patterns and updates”).
 
 Three line formats, one record per line; blank lines and lines starting with
 ``#`` are skipped, and `` #…`` (whitespace, then ``#``) ends a line early::

@@ -1,4 +1,5 @@
-"""Memory-mapped sorted fixed-width tables: the storage under every pattern (DESIGN §5).
+"""Memory-mapped sorted fixed-width tables: the storage under every pattern
+(docs/architecture.md, “Patterns and updates”).
 
 A table maps fixed-width binary keys (digests, or the start addresses of IP
 ranges) to a row of small integer columns. It is written once, sorted, and then

@@ -1,4 +1,4 @@
-"""The relay: asks the cloud what the appliance cannot answer itself (DESIGN §3.5, §7).
+"""The relay: asks the cloud what the appliance cannot answer itself (docs/architecture.md, “The relay”).
 
 Concurrent unknown items of one service are gathered for ``batch_window``
 seconds into one upstream request of at most ``max_batch`` items; identical

@@ -1,4 +1,5 @@
-"""How many connections a process holds: per client address and in total (DESIGN §10).
+"""How many connections a process holds: per client address and in total
+(docs/architecture.md, “Connections and limits”).
 
 A door's connections are file descriptors. Without a bound, one host that opens
 thousands of slow connections exhausts them and every door refuses every

@@ -1,4 +1,4 @@
-"""Who may ask the query door, and how often (DESIGN §10).
+"""Who may ask the query door, and how often (docs/architecture.md, “Connections and limits”).
 
 ``Gate.admits`` checks a client address against the configured networks (every
 client when none are configured); ``Gate.take`` is a token bucket per client

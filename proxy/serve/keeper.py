@@ -1,6 +1,6 @@
 """Keeps a running server's patterns current: open, watch, swap live, update, report, re-serve.
 
-``PatternKeeper`` is the app's side of the pattern life cycle (DESIGN §5):
+``PatternKeeper`` is the app's side of the pattern life cycle (docs/architecture.md, “Patterns and updates”):
 
 - **open**: the served version comes from the store (DATA/patterns, see
   ``proxy.updates.store``), built from the shipped sample on first start; or from

@@ -1,4 +1,5 @@
-"""Publishing builds into an update source, and reading and checking one (DESIGN §5).
+"""Publishing builds into an update source, and reading and checking one
+(docs/architecture.md, “Patterns and updates”).
 
 ``publish`` adds a build (``proxy.patterns.build``) to an update source directory as
 the new version of every pattern it changes, with diffs from each pattern's

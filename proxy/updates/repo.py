@@ -1,4 +1,5 @@
-"""The update source: a signed directory of pattern versions, full files and diffs (DESIGN §5).
+"""The update source: a signed directory of pattern versions, full files and diffs
+(docs/architecture.md, “Patterns and updates”).
 
 API (stable; the updater builds on it)::
 

@@ -1,4 +1,5 @@
-"""Ed25519 keys for the update source: generating, loading, signing (DESIGN §5).
+"""Ed25519 keys for the update source: generating, loading, signing
+(docs/architecture.md, “Patterns and updates”).
 
 ``proxy.updates.publish`` signs the manifest with a private key; readers
 (``proxy.updates.repo.load_manifest``, the updater) check it with the public key.

@@ -1,4 +1,4 @@
-"""Wire protocol v1 (DESIGN §2): request bodies in, typed queries out; answers in, JSON bytes out.
+"""Wire protocol v1 (docs/protocol.md): request bodies in, typed queries out; answers in, JSON bytes out.
 
 Sans-IO and pure: the query door, the intercept door and the relay all speak
 through these functions. Every parser validates the whole request before

@@ -1,4 +1,4 @@
-"""Wire protocol v1 (DESIGN §2): parsing requests, rendering answers, reading cloud results."""
+"""Wire protocol v1 (docs/protocol.md): parsing requests, rendering answers, reading cloud results."""
 
 from __future__ import annotations
 
