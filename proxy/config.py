@@ -427,3 +427,14 @@ def describe() -> list[tuple[str, str, str]]:
     """(key, default, help) for every key: the documentation of the config file."""
     cfg = Config()
     return [(n, repr(getattr(cfg, n)), f.metadata["help"]) for n, f in FIELDS.items()]
+
+
+def default(name: str) -> Any:
+    """The declared default of config key ``name``: the one place every other module's
+    default for the same setting comes from (a flag, ``Gate``, ``AnswerCache``, the updater)."""
+    f = FIELDS.get(name)
+    if f is None:
+        raise KeyError(name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
