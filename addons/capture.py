@@ -35,11 +35,12 @@ from urllib.parse import urlencode, urlsplit
 from mitmproxy import connection, ctx, flowfilter, http
 from mitmproxy.io import tnetstring
 
-from addons.intercept import META, SOURCE_HEADER, HostPatterns, decision, engine_service
+from addons.intercept import META, SOURCE_HEADER
 from proxy.config import Config
 from proxy.errors import ConfigError, ProtocolError, RampartError
 from proxy.files import make_dirs, open_private
 from proxy.serve.conns import ConnectionCaps
+from proxy.serve.intercept import HostPatterns, decision_of, engine_service
 from proxy.serve.routes import parse_query
 from proxy.serve.server import Request, Response
 
@@ -123,7 +124,7 @@ def query_flow(request: Request, response: Response, seconds: float) -> http.HTT
     )
     headers = [(b"Content-Type", response.content_type.encode())]
     headers += [(k.encode(), v.encode()) for k, v in response.headers]
-    found = decision(response.body) if response.status == 200 else {"sources": [], "matched": []}
+    found = decision_of(response)
     if found["sources"]:
         headers.append((SOURCE_HEADER.encode(), ",".join(found["sources"]).encode()))
     flow.response = http.Response.make(response.status, response.body, headers)

@@ -1,9 +1,10 @@
-"""The intercept door: routing glue between mitmproxy flows and the engine's routes.
+"""The intercept door: mitmproxy hooks between flows and the engine's routes.
 
 Products that talk to the cloud reach the appliance as their explicit proxy or
-through a transparent gateway. This addon decides only *where* traffic goes;
-every reputation decision is the engine's (``proxy.serve.routes.Routes``, the same
-object the query door calls):
+through a transparent gateway. This addon applies the core's rules on *where*
+traffic goes (``proxy.serve.intercept``, ``proxy.serve.gate``,
+``proxy.serve.destinations``); every reputation decision is the engine's
+(``proxy.serve.routes.Routes``, the same object the query door calls):
 
 - clients outside ``allow_clients`` are refused at connect (never an open relay);
 - destinations on this machine (loopback, its own addresses, …) are refused, with a
@@ -22,14 +23,9 @@ Each answered flow carries the decision in ``flow.metadata["rampart"]`` and the
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable
 
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
@@ -39,6 +35,8 @@ from proxy.config import Config
 from proxy.errors import ProtocolError
 from proxy.serve import metrics
 from proxy.serve.destinations import Destinations, literal
+from proxy.serve.gate import ClientNetworks
+from proxy.serve.intercept import decision_of, engine_service, intercept_patterns
 from proxy.serve.server import Request, Response, coded, error_response
 from proxy.wire.protocol import render_error
 
@@ -47,148 +45,10 @@ logger = logging.getLogger(__name__)
 META = "rampart"
 SOURCE_HEADER = "X-Rampart-Source"
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
-# ---------------------------------------------------------------- pure parts
-
-
-def _norm(host: str) -> str:
-    host = host.strip().lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host
-
-
-@dataclass(frozen=True, slots=True)
-class HostPatterns:
-    """Exact host names/addresses and ``*.domain`` wildcards (any depth below ``domain``)."""
-
-    exact: frozenset[str]
-    suffixes: tuple[str, ...]  # ".domain"
-
-    @classmethod
-    def parse(cls, patterns: Iterable[str]) -> HostPatterns:
-        exact: set[str] = set()
-        suffixes: list[str] = []
-        for raw in patterns:
-            p = _norm(raw)
-            if not p or "/" in p or (":" in p and not _is_ip(p)):
-                raise ValueError(f"bad host pattern {raw!r}")
-            if p.startswith("*."):
-                rest = p[2:]
-                if not rest or "*" in rest or _is_ip(rest):
-                    raise ValueError(f"bad host pattern {raw!r}")
-                suffixes.append("." + rest)
-            elif "*" in p:
-                raise ValueError(f"bad host pattern {raw!r}: only a leading '*.' is allowed")
-            else:
-                exact.add(p)
-        return cls(frozenset(exact), tuple(sorted(set(suffixes))))
-
-    def __contains__(self, host: object) -> bool:
-        if not isinstance(host, str) or not host:
-            return False
-        h = _norm(host)
-        return h in self.exact or h.endswith(self.suffixes)
-
-    def __bool__(self) -> bool:
-        return bool(self.exact or self.suffixes)
-
-    def allow_regexes(self) -> list[str]:
-        """The same patterns as mitmproxy ``allow_hosts`` expressions (matched on ``host:port``)."""
-        out = [rf"^\[?{re.escape(h)}\]?:\d+$" for h in sorted(self.exact)]
-        out += [rf"^(?:[^.:/]+\.)+{re.escape(s[1:])}\.?:\d+$" for s in self.suffixes]
-        return out
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def intercept_patterns(cfg: Config) -> HostPatterns:
-    """``intercept_hosts`` plus the host of every configured cloud endpoint."""
-    hosts = list(cfg.intercept_hosts)
-    hosts += [h for h in (urlsplit(url).hostname for url in cfg.cloud) if h]
-    return HostPatterns.parse(hosts)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientNetworks:
-    networks: tuple[Network, ...]
-
-    @classmethod
-    def parse(cls, cidrs: Iterable[str]) -> ClientNetworks:
-        return cls(tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
-
-    def allows(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == n.version and ip in n for n in self.networks)
-
-
-_SERVICES = {"/v1/file": "file", "/v1/web": "web", "/v1/domain": "domain", "/v1/inspect": "inspect"}
-
-
-def engine_service(path: str) -> str | None:
-    """The service an engine path belongs to, or None for paths forwarded to the real host."""
-    p = path.split("?", 1)[0]
-    service = _SERVICES.get(p)
-    if service is not None:
-        return service
-    if p.startswith("/v1/file/") and len(p) > 9:
-        return "file"
-    if p.startswith("/v1/domain/") and len(p) > 11:
-        return "domain"
-    return None
-
-
-_SOURCE = re.compile(rb'"source":"([a-z-]{1,32})"')
-_MATCHED = re.compile(rb'"(?:matched|threat)":("(?:[^"\\]|\\.){0,400}")')
-
-
-def decision(body: bytes) -> dict[str, Any]:
-    """Sources (in order, distinct) and matched entries or threats, read off a rendered answer."""
-    sources: list[str] = []
-    for m in _SOURCE.finditer(body):
-        s = m.group(1).decode()
-        if s not in sources:
-            sources.append(s)
-    matched: list[str] = []
-    for m in _MATCHED.finditer(body):
-        text = m.group(1)[1:-1].decode("ascii", "replace").replace('\\"', '"')
-        if text not in matched:
-            matched.append(text)
-        if len(matched) >= 32:
-            break
-    return {"sources": sources, "matched": matched}
-
-
-# id(response) -> (response, decision): the engine's routes hand out the same Response
-# object for a repeated local GET, so its decision is read once. Holding the response keeps
-# its id from being reused while memoised.
-_DECISIONS: dict[int, tuple[Response, dict[str, Any]]] = {}
-
-
-def _decision_of(response: Response) -> dict[str, Any]:
-    memo = _DECISIONS.get(id(response))
-    if memo is not None and memo[0] is response:
-        return memo[1]
-    found = decision(response.body)
-    if len(response.body) <= 4096:  # single answers repeat; batches seldom do, and are large
-        if len(_DECISIONS) >= 4096:
-            _DECISIONS.clear()
-        _DECISIONS[id(response)] = (response, found)
-    return found
+# ---------------------------------------------------------------- mitmproxy values
 
 
 def engine_request(flow: http.HTTPFlow) -> Request:
@@ -407,7 +267,7 @@ def _coded(request: http.Request) -> bool:
 
 def _answered(flow: http.HTTPFlow, service: str, response: Response, started: float) -> None:
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    found = _decision_of(response) if response.status == 200 else {"sources": [], "matched": []}
+    found = decision_of(response)
     flow.metadata[META] = {
         "action": "answered",
         "service": service,

@@ -24,12 +24,13 @@ from mitmproxy.master import Master
 import certs
 from addons.capture import Capture
 from addons.connections import Connections
-from addons.intercept import Intercept, intercept_patterns
+from addons.intercept import Intercept
 from addons.query_door import QueryDoor
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.files import check_private_dir, write_atomic
 from proxy.serve.app import connection_caps
+from proxy.serve.intercept import intercept_patterns
 
 UPSTREAM_BUNDLE = "upstream-ca.pem"
 MAX_CA_FILE = 1 << 20

@@ -11,9 +11,31 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ClientNetworks:
+    """Client networks (CIDR): the query door's ``query_clients``, the intercept door's
+    ``allow_clients``. An IPv4-mapped IPv6 address counts as the IPv4 address it maps."""
+
+    networks: tuple[Network, ...]
+
+    @classmethod
+    def parse(cls, cidrs: Iterable[str]) -> ClientNetworks:
+        return cls(tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
+
+    def allows(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == n.version and ip in n for n in self.networks)
 
 
 class Gate:
@@ -26,9 +48,7 @@ class Gate:
         clock: Callable[[], float] = time.monotonic,
         max_clients: int = 65536,
     ) -> None:
-        self.networks: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(n, strict=False) for n in networks
-        )
+        self.clients = ClientNetworks.parse(networks)
         self.rate = rate
         self.burst = max(1, burst)
         self._clock = clock
@@ -41,24 +61,15 @@ class Gate:
         return self.rate > 0
 
     def admits(self, client: str) -> bool:
-        if not self.networks:
+        if not self.clients.networks:
             return True
         known = self._admitted.get(client)
         if known is None:
-            known = self._check(client)
+            known = self.clients.allows(client)
             if len(self._admitted) >= self._max_clients:
                 self._admitted.clear()
             self._admitted[client] = known
         return known
-
-    def _check(self, client: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(client)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.networks)
 
     def take(self, client: str) -> float:
         """0 when ``client`` may make a request now (and it is counted), else seconds to wait."""
