@@ -1,28 +1,23 @@
 """``rampart appliance``: transparent-mode network setup and the default config file.
 
-Registered on the main ``rampart`` group by the import at the end of
-``proxy.cli``. The rules are built by the pure functions of
-``appliance.netrules``; this module runs them (or, with ``--dry-run``, prints them).
+The rules are built by the pure functions of ``appliance.netrules``; this module runs
+them (or, with ``--dry-run``, prints them).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import click
 
 from proxy import config as config_mod
-from proxy.cli import cli, fail_cleanly
+from proxy.cli.common import Run, config_file_option, fail_cleanly, pass_run
 from proxy.errors import ConfigError, RampartError
-
-logger = logging.getLogger(__name__)
 
 APPLIANCE_DATA_DIR = "/var/lib/rampart"
 """The data directory the systemd unit gives the service (StateDirectory=rampart)."""
@@ -67,7 +62,7 @@ def default_config_text() -> str:
     return "\n".join(lines)
 
 
-@cli.group("appliance")
+@click.group("appliance")
 def appliance_group() -> None:
     """Deployment helpers: transparent-mode network rules and the default config file."""
 
@@ -93,11 +88,10 @@ def _write_sysctl(path: str, value: str) -> None:
         fh.write(value + "\n")
 
 
-def _transparent_port(config_file: Path | None, port: int | None) -> int:
+def _transparent_port(run: Run, port: int | None) -> int:
     if port is not None:
         return port
-    cfg = config_mod.load(config_file) if config_file is not None else config_mod.Config()
-    configured = int(getattr(cfg, "transparent_port", 8081))
+    configured = run.config.transparent_port
     if not configured:
         raise ConfigError("the transparent door is off (transparent_port = 0); give --port")
     return configured
@@ -142,14 +136,15 @@ def _backend(wanted: str) -> Any:
               help="Set up transparent mode (the only mode that needs network rules).")
 @click.option("--interface", required=True, help="The interface facing the products.")
 @click.option("--port", type=click.IntRange(1, 65535),
-              help="Transparent door port (default: transparent_port from --config, else 8081).")
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="RAMPART_CONFIG", help="Take the transparent port from this config file.")
+              help="Transparent door port (default: transparent_port from --config, else "
+                   f"{config_mod.default('transparent_port')}).")
+@config_file_option("Take the transparent port from this config file.")
 @BACKEND
 @click.option("--dry-run", is_flag=True, help="Print the commands and rules; change nothing.")
+@pass_run
 @fail_cleanly
-def appliance_setup(transparent: bool, interface: str, port: int | None, config_file: Path | None,
-                    backend: str, dry_run: bool) -> None:
+def appliance_setup(run: Run, transparent: bool, interface: str, port: int | None, backend: str,
+                    dry_run: bool) -> None:
     """Turn on forwarding and redirect products' TCP 80/443 arriving on INTERFACE to the
     transparent door. The appliance's own upstream traffic is never redirected (the rule
     is in prerouting, for that interface only)."""
@@ -159,7 +154,7 @@ def appliance_setup(transparent: bool, interface: str, port: int | None, config_
         raise ConfigError("say which mode to set up: --transparent (explicit proxy mode needs no rules)")
     try:
         plan = netrules.setup_plan(
-            interface, port=_transparent_port(config_file, port), backend=_backend(backend)
+            interface, port=_transparent_port(run, port), backend=_backend(backend)
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

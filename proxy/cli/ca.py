@@ -1,46 +1,36 @@
 """``rampart ca``: create, show, export, import and rotate the appliance CA.
 
-Registered on the main ``rampart`` group by the import at the end of
-``proxy.cli``. The work is done in ``certs``; these commands only parse options
-and print. The CA key is never printed or exported.
+The work is done in ``certs``; these commands only parse options and print. The CA
+key is never printed or exported.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
-from proxy import config as config_mod
-from proxy.cli import cli, fail_cleanly
+from proxy.cli.common import (
+    F,
+    Run,
+    config_file_option,
+    data_dir_option,
+    fail_cleanly,
+    json_option,
+    pass_run,
+)
 from proxy.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 KEY_TYPES = click.Choice(["ec-p256", "rsa-2048"])
 
 
-def _data_dir(data_dir: Path | None, config_file: Path | None) -> Path:
-    if data_dir is not None:
-        return data_dir
-    if config_file is not None:
-        return config_mod.load(config_file).data_dir
-    return config_mod.default_data_dir()
-
-
-def _where(fn: Any) -> Any:
-    fn = click.option(
-        "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
-        envvar="RAMPART_CONFIG", help="Take the data directory from this TOML config file.",
-    )(fn)
-    return click.option(
-        "--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="RAMPART_DATA_DIR",
-        default=None, help="Data directory (default: $RAMPART_DATA_DIR or ~/.local/share/rampart).",
-    )(fn)
+def _where(fn: F) -> F:
+    """``--data-dir`` and ``--config``: where the CA lives (``Run.data_dir``)."""
+    fn = config_file_option("Take the data directory from this TOML config file.")(fn)
+    return data_dir_option(fn)
 
 
 def _days_left(not_after: dt.datetime, now: dt.datetime) -> int:
@@ -80,7 +70,7 @@ def describe_ca(data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any
     }
 
 
-@cli.group("ca")
+@click.group("ca")
 def ca_group() -> None:
     """The appliance CA: what products trust for intercepted hosts and the HTTPS doors."""
 
@@ -93,13 +83,14 @@ def ca_group() -> None:
               help="Validity in days.")
 @click.option("--key-type", type=KEY_TYPES, default="ec-p256", show_default=True,
               help="Key algorithm (rsa-2048 for old products without ECDSA).")
+@pass_run
 @fail_cleanly
-def ca_init(data_dir: Path | None, config_file: Path | None, common_name: str, days: int,
+def ca_init(run: Run, common_name: str, days: int,
             key_type: str) -> None:
     """Create the appliance CA in the data directory (key 0600). Refuses to replace one."""
     import certs
 
-    where = _data_dir(data_dir, config_file)
+    where = run.data_dir
     for name in (certs.CA_CERT_FILE, certs.CA_KEY_FILE):
         if (where / name).exists():
             raise ConfigError(
@@ -117,12 +108,13 @@ def ca_init(data_dir: Path | None, config_file: Path | None, common_name: str, d
 
 @ca_group.command("show")
 @_where
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
+@pass_run
 @fail_cleanly
-def ca_show(data_dir: Path | None, config_file: Path | None, as_json: bool) -> None:
+def ca_show(run: Run) -> None:
     """Show the CA's subject, fingerprint, validity, key type, bundle and served certificates."""
-    info = describe_ca(_data_dir(data_dir, config_file))
-    if as_json:
+    info = describe_ca(run.data_dir)
+    if run.as_json:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"subject      {info['subject']}")
@@ -148,14 +140,15 @@ def ca_show(data_dir: Path | None, config_file: Path | None, as_json: bool) -> N
               help="File to write, or - for standard output (PEM only).")
 @click.option("--bundle", is_flag=True,
               help="Export the overlap bundle (current and still-trusted former CAs; PEM only).")
+@pass_run
 @fail_cleanly
-def ca_export(data_dir: Path | None, config_file: Path | None, fmt: str, out: Path,
+def ca_export(run: Run, fmt: str, out: Path,
               bundle: bool) -> None:
     """Export the CA certificate for products to trust. Never the key."""
     import certs
     from certs import rotate
 
-    where = _data_dir(data_dir, config_file)
+    where = run.data_dir
     ca = certs.CA.load(where)
     if bundle:
         if fmt != "pem":
@@ -200,13 +193,14 @@ def _report(result: Any, verb: str) -> None:
 @click.option("--key", "key_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               required=True, help="The CA private key (PEM, unencrypted).")
 @OVERLAP
+@pass_run
 @fail_cleanly
-def ca_import(data_dir: Path | None, config_file: Path | None, cert_file: Path, key_file: Path,
+def ca_import(run: Run, cert_file: Path, key_file: Path,
               overlap_days: int) -> None:
     """Install your organisation's own CA (checked: a CA, its key, valid now)."""
     from certs import rotate
 
-    result = rotate.import_ca(_data_dir(data_dir, config_file), cert_file, key_file,
+    result = rotate.import_ca(run.data_dir, cert_file, key_file,
                               overlap_days=overlap_days)
     _report(result, "imported")
 
@@ -218,15 +212,16 @@ def ca_import(data_dir: Path | None, config_file: Path | None, cert_file: Path, 
               help="Validity of the new CA in days.")
 @click.option("--key-type", type=KEY_TYPES, help="Key algorithm (default: the current CA's).")
 @click.option("--common-name", help="Common name (default: the current one with today's date).")
+@pass_run
 @fail_cleanly
-def ca_rotate(data_dir: Path | None, config_file: Path | None, overlap_days: int, days: int,
+def ca_rotate(run: Run, overlap_days: int, days: int,
               key_type: str | None, common_name: str | None) -> None:
     """Replace the CA with a new one; the former stays in the bundle for the overlap."""
     import certs
     from certs import rotate
 
     result = rotate.rotate(
-        _data_dir(data_dir, config_file), overlap_days=overlap_days, days=days,
+        run.data_dir, overlap_days=overlap_days, days=days,
         key_type=certs.KeyType(key_type) if key_type else None, common_name=common_name,
     )
     _report(result, "rotated to")
