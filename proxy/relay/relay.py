@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from proxy.errors import ConfigError, RelayError, RelayUnavailable, UpstreamStatus
 from proxy.model import Service
 from proxy.relay.http_client import HttpClient, make_ssl_context, parse_origin
-from proxy.wire import protocol
+from proxy.wire import paths, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +43,6 @@ _HEADERS: Mapping[str, str] = {
     "Content-Type": "application/json",
     "Accept": "application/json",
     "User-Agent": "rampart-relay/1",
-}
-# service -> (path, the request field holding the items; None: the item is the whole body)
-_ROUTES: Mapping[Service, tuple[str, str | None]] = {
-    Service.FILE: ("/v1/file", "items"),
-    Service.WEB: ("/v1/web", "urls"),
-    Service.DOMAIN: ("/v1/domain", "items"),
-    Service.INSPECT: ("/v1/inspect", None),
 }
 
 
@@ -355,7 +348,7 @@ class Relay:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._inflight[(service, key)] = future
-        if _ROUTES[service][1] is None:  # INSPECT: one request per item
+        if not paths.relayed(service).items:  # INSPECT: one request per item
             self._launch(_Batch(service, [key], [encoded], [future]))
             return future
         batch = self._pending.get(service)
@@ -538,11 +531,11 @@ def _encode(item: object) -> bytes:
 
 def _render_request(service: Service, items: Sequence[bytes]) -> tuple[str, bytes]:
     """The upstream path and JSON body for a batch of one service's encoded items."""
-    path, field_name = _ROUTES[service]
-    if field_name is None:
+    route = paths.relayed(service)
+    if not route.items:  # the item is the whole body
         (item,) = items
-        return path, item
-    return path, b'{"%s":[%s]}' % (field_name.encode(), b",".join(items))
+        return route.path, item
+    return route.path, b'{"%s":[%s]}' % (route.items.encode(), b",".join(items))
 
 
 def check_answer(status: int, raw: bytes, count: int) -> list[JsonObject]:

@@ -34,7 +34,7 @@ from proxy.serve.keeper import PatternKeeper, sample_store
 from proxy.serve.listener import Listener
 from proxy.serve.routes import Routes
 from proxy.serve.server import Request, Response, ServerLimits, start_server
-from proxy.wire import protocol
+from proxy.wire import paths, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -244,21 +244,14 @@ class App:
         )
 
     def _observe(self, request: Request, response: Response, seconds: float) -> None:
-        path = request.target.split(b"?", 1)[0]
-        group = path.decode("latin-1") if path in _KNOWN_PATHS else _group(path)
-        self.stats.requests[(group, response.status)] += 1
+        route = paths.route_of(request.target.split(b"?", 1)[0].decode("latin-1"))
+        self.stats.requests[(route.label if route is not None else "other", response.status)] += 1
         self.stats.request_latency.observe(seconds)
         for observer in self.observers:
             observer(request, response, seconds)
 
     def ports(self) -> dict[str, int]:
         return {d.scheme: d.port for d in self.doors}
-
-
-_KNOWN_PATHS = {
-    b"/v1/file", b"/v1/web", b"/v1/domain", b"/v1/inspect", b"/healthz", b"/readyz", b"/metrics",
-    b"/v1/agent-pattern",
-}
 
 
 def connection_caps(cfg: Config) -> ConnectionCaps:
@@ -294,12 +287,3 @@ def _certificates(data_dir: Path) -> dict[str, Any]:
         ],
         "warnings": cert_expiry.warnings_for(found, now),
     }
-
-
-def _group(path: bytes) -> str:
-    if path.startswith(b"/v1/patterns/"):
-        return "/v1/patterns/{file}"
-    for prefix in (b"/v1/file/", b"/v1/domain/"):
-        if path.startswith(prefix):
-            return prefix.decode() + "{item}"
-    return "other"

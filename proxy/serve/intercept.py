@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from proxy.config import Config
 from proxy.serve.server import Response
+from proxy.wire import paths
 
 
 def _norm(host: str) -> str:
@@ -89,20 +90,11 @@ def intercept_patterns(cfg: Config) -> HostPatterns:
     return HostPatterns.parse(hosts)
 
 
-_SERVICES = {"/v1/file": "file", "/v1/web": "web", "/v1/domain": "domain", "/v1/inspect": "inspect"}
-
-
 def engine_service(path: str) -> str | None:
-    """The service an engine path belongs to, or None for paths forwarded to the real host."""
-    p = path.split("?", 1)[0]
-    service = _SERVICES.get(p)
-    if service is not None:
-        return service
-    if p.startswith("/v1/file/") and len(p) > 9:
-        return "file"
-    if p.startswith("/v1/domain/") and len(p) > 11:
-        return "domain"
-    return None
+    """The service an engine path belongs to (its name), or None for paths forwarded to the
+    real host (the table is ``proxy.wire.paths``)."""
+    service = paths.engine_service(path)
+    return None if service is None else service.value
 
 
 _SOURCE = re.compile(rb'"source":"([a-z-]{1,32})"')

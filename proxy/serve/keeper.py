@@ -61,6 +61,7 @@ from proxy.updates.updater import (
     read_local,
     version_time,
 )
+from proxy.wire import paths
 
 logger = logging.getLogger(__name__)
 
@@ -349,16 +350,13 @@ class PatternKeeper:
     # ------------------------------------------------------------ serving as an update source
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
-        """``/v1/patterns/<repo path>`` and ``/v1/agent-pattern``."""
-        if request.method not in ("GET", "HEAD"):
-            raise ProtocolError("method_not_allowed", f"{request.method} is not allowed here; use GET",
-                                status=405, headers=(("Allow", "GET, HEAD"),))
+        """``/v1/patterns/<repo path>`` and ``/v1/agent-pattern`` (their methods checked by the
+        routes, from ``proxy.wire.paths``)."""
         path, _, query = request.target.partition(b"?")
         p = path.decode("latin-1")
-        if p == "/v1/agent-pattern":
+        if p == paths.AGENT_PATTERN.path:
             return self._agent(request, query)
-        rel = p.removeprefix("/v1/patterns/")
-        return self._repo_file(rel)
+        return self._repo_file(p.removeprefix(paths.PATTERNS.path))
 
     def _served_dir(self) -> Path:
         if self.store is not None and self.served is not None:

@@ -24,22 +24,13 @@ from proxy.decide.engine import Ask, Engine
 from proxy.errors import ProtocolError
 from proxy.model import InspectQuery, Policy, Service, Source
 from proxy.serve.server import Request, Response
-from proxy.wire import protocol
+from proxy.wire import paths, protocol
 
 Render = Callable[[list[Any]], bytes]
+Serve = Callable[[Request, str, bytes], "Response | Awaitable[Response]"]
 _source = operator.attrgetter("source")
 _CHANGING = {Source.CACHE, Source.DEGRADED}  # answers whose TTL or content change over time
 MAX_QUERY_FIELDS = 4
-
-
-def _method(request: Request, *allowed: str) -> None:
-    if request.method not in allowed:
-        raise ProtocolError(
-            "method_not_allowed",
-            f"{request.method} is not allowed here; use {' or '.join(allowed)}",
-            status=405,
-            headers=(("Allow", ", ".join(allowed)),),
-        )
 
 
 def parse_query(query: bytes, what: str, item: str = "", code: str = "bad_request") -> dict[str, str]:
@@ -88,7 +79,9 @@ def _utf8(chars: str, what: str, code: str, item: int | None = None) -> str:
 
 
 class Routes:
-    """Maps paths to engine calls. ``health`` supplies /readyz's body and status."""
+    """Serves the routes of ``proxy.wire.paths`` (the one table of paths and methods: an
+    unknown path is a 404, a method it does not list a 405 naming the allowed ones).
+    ``ready`` supplies /readyz's body and status."""
 
     def __init__(
         self,
@@ -110,6 +103,7 @@ class Routes:
         self._memo: dict[bytes, tuple[Service, Counter[Any], Response]] = {}
         self._memo_of: tuple[object, object] = (None, None)
         self._local: tuple[Service, Counter[Any]] | None = None
+        self._serves = self._table()
 
     def __call__(self, request: Request) -> Response | Awaitable[Response]:
         if request.method == "GET":
@@ -131,44 +125,51 @@ class Routes:
         return self._route(request)
 
     def _route(self, request: Request) -> Response | Awaitable[Response]:
-        target = request.target
-        path, _, query = target.partition(b"?")
+        path, _, query = request.target.partition(b"?")
         p = path.decode("latin-1")
-        if p == "/v1/file":
-            _method(request, "POST")
-            return self._file(protocol.parse_file_request(request.body, self.limits))
-        if p.startswith("/v1/file/"):
-            _method(request, "GET", "HEAD")
-            digest = unquote_path(p[9:], "bad_hash")
-            return self._file(protocol.FileBatch.of([protocol.parse_hash(digest, item=0)]))
-        if p == "/v1/web":
-            if request.method == "GET":
-                return self._web_get(query)
-            _method(request, "POST", "GET")
-            qs, policy = protocol.parse_web_request(request.body, self.limits)
-            return self._web(qs, policy)
-        if p == "/v1/domain":
-            _method(request, "POST")
-            return self._domain(protocol.parse_domain_request(request.body, self.limits))
-        if p.startswith("/v1/domain/"):
-            _method(request, "GET", "HEAD")
-            return self._domain([protocol.parse_domain(unquote_path(p[11:], "bad_domain"), 0)])
-        if p == "/v1/inspect":
-            _method(request, "POST")
-            return self._inspect(protocol.parse_inspect_request(request.body, self.limits))
-        if p == "/healthz":
-            _method(request, "GET", "HEAD")
-            return Response(200, b'{"status":"alive"}')
-        if p == "/readyz":
-            _method(request, "GET", "HEAD")
-            ok, body = self.ready()
-            return Response(200 if ok else 503, json.dumps(body, sort_keys=True).encode())
-        if p == "/metrics":
-            _method(request, "GET", "HEAD")
-            return Response(200, self.metrics(), content_type="text/plain; version=0.0.4")
-        if self.patterns is not None and (p == "/v1/agent-pattern" or p.startswith("/v1/patterns/")):
-            return self.patterns(request)
-        raise ProtocolError("not_found", f"no such path {p[:100]!r}", status=404)
+        route = paths.route_of(p)
+        serve = self._serves.get(route.path) if route is not None else None
+        if route is None or serve is None:
+            raise ProtocolError("not_found", f"no such path {p[:100]!r}", status=404)
+        if request.method not in route.methods:
+            allowed = route.methods
+            raise ProtocolError(
+                "method_not_allowed",
+                f"{request.method} is not allowed here; use {' or '.join(allowed)}",
+                status=405,
+                headers=(("Allow", ", ".join(allowed)),),
+            )
+        return serve(request, p[len(route.path):] if route.prefix else "", query)
+
+    def _table(self) -> dict[str, Serve]:
+        """What serves each route of ``proxy.wire.paths``: its request, the item after a
+        prefix route's path (still percent-encoded) and the query."""
+        serves: dict[str, Serve] = {
+            paths.FILE.path: lambda r, _, __: self._file(
+                protocol.parse_file_request(r.body, self.limits)),
+            paths.FILE_ONE.path: lambda _, item, __: self._file(
+                protocol.FileBatch.of([protocol.parse_hash(unquote_path(item, "bad_hash"), item=0)])),
+            paths.WEB.path: self._web_request,
+            paths.DOMAIN.path: lambda r, _, __: self._domain(
+                protocol.parse_domain_request(r.body, self.limits)),
+            paths.DOMAIN_ONE.path: lambda _, item, __: self._domain(
+                [protocol.parse_domain(unquote_path(item, "bad_domain"), 0)]),
+            paths.INSPECT.path: lambda r, _, __: self._inspect(
+                protocol.parse_inspect_request(r.body, self.limits)),
+            paths.HEALTHZ.path: lambda _, __, ___: Response(200, b'{"status":"alive"}'),
+            paths.READYZ.path: lambda _, __, ___: self._readyz(),
+            paths.METRICS.path: lambda _, __, ___: Response(
+                200, self.metrics(), content_type="text/plain; version=0.0.4"),
+        }
+        patterns = self.patterns
+        if patterns is not None:
+            serves[paths.AGENT_PATTERN.path] = serves[paths.PATTERNS.path] = (
+                lambda r, _, __: patterns(r))
+        return serves
+
+    def _readyz(self) -> Response:
+        ok, body = self.ready()
+        return Response(200 if ok else 503, json.dumps(body, sort_keys=True).encode())
 
     # ---------------------------------------------------------------- services
 
@@ -193,6 +194,12 @@ class Routes:
         return self._answer(
             Service.FILE, answers, ask, lambda a: protocol.render_files(version, batch, a)
         )
+
+    def _web_request(self, request: Request, _: str, query: bytes) -> Response | Awaitable[Response]:
+        if request.method == "GET":
+            return self._web_get(query)
+        qs, policy = protocol.parse_web_request(request.body, self.limits)
+        return self._web(qs, policy)
 
     def _web_get(self, query: bytes) -> Response | Awaitable[Response]:
         params = parse_query(query, "GET /v1/web", "url", "bad_url")
