@@ -85,8 +85,7 @@ def ca_group() -> None:
               help="Key algorithm (rsa-2048 for old products without ECDSA).")
 @pass_run
 @fail_cleanly
-def ca_init(run: Run, common_name: str, days: int,
-            key_type: str) -> None:
+def ca_init(run: Run, common_name: str, days: int, key_type: str) -> None:
     """Create the appliance CA in the data directory (key 0600). Refuses to replace one."""
     import certs
 
@@ -142,8 +141,7 @@ def ca_show(run: Run) -> None:
               help="Export the overlap bundle (current and still-trusted former CAs; PEM only).")
 @pass_run
 @fail_cleanly
-def ca_export(run: Run, fmt: str, out: Path,
-              bundle: bool) -> None:
+def ca_export(run: Run, fmt: str, out: Path, bundle: bool) -> None:
     """Export the CA certificate for products to trust. Never the key."""
     import certs
     from certs import rotate
@@ -195,8 +193,7 @@ def _report(result: Any, verb: str) -> None:
 @OVERLAP
 @pass_run
 @fail_cleanly
-def ca_import(run: Run, cert_file: Path, key_file: Path,
-              overlap_days: int) -> None:
+def ca_import(run: Run, cert_file: Path, key_file: Path, overlap_days: int) -> None:
     """Install your organisation's own CA (checked: a CA, its key, valid now)."""
     from certs import rotate
 
@@ -214,8 +211,8 @@ def ca_import(run: Run, cert_file: Path, key_file: Path,
 @click.option("--common-name", help="Common name (default: the current one with today's date).")
 @pass_run
 @fail_cleanly
-def ca_rotate(run: Run, overlap_days: int, days: int,
-              key_type: str | None, common_name: str | None) -> None:
+def ca_rotate(run: Run, overlap_days: int, days: int, key_type: str | None,
+              common_name: str | None) -> None:
     """Replace the CA with a new one; the former stays in the bundle for the overlap."""
     import certs
     from certs import rotate

@@ -46,8 +46,7 @@ KIND = click.Choice(["hash", "domain", "url"])
 @click.argument("values", nargs=-1, required=True)
 @pass_run
 @fail_cleanly
-def lists_add(run: Run, which: str | None, kind: str | None, note: str,
-              values: tuple[str, ...]) -> None:
+def lists_add(run: Run, which: str | None, kind: str | None, note: str, values: tuple[str, ...]) -> None:
     """Add VALUES (hex digests, domains, URL prefixes) to a list.
 
     The kind is told from the form: a 32/40/64-digit hex string is a file hash,
