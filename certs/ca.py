@@ -16,13 +16,10 @@ for old products that cannot do ECDSA.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import enum
-import fcntl
 import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs.files import make_private_dir, read_bounded, write_atomic
+from certs.files import locked, make_private_dir, read_bounded, write_atomic
 from certs.names import general_name, normalize_names
 from proxy.errors import CertError
 
@@ -177,7 +174,7 @@ class CA:
             ca = cls.load(data_dir)
         else:
             make_private_dir(data_dir)
-            with _locked(data_dir / CA_LOCK_FILE):
+            with locked(data_dir / CA_LOCK_FILE):
                 ca = cls._load_or_create(data_dir, common_name=common_name, days=days,
                                          key_type=key_type, now=now)
         ca.sync_mitmproxy(data_dir / MITMPROXY_DIR)
@@ -345,21 +342,6 @@ def export_pem(ca: CA) -> bytes:
 def export_der(ca: CA) -> bytes:
     """The CA certificate (never the key) in DER (``.cer``/``.crt`` for Windows products)."""
     return ca.cert.public_bytes(serialization.Encoding.DER)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created 0600), e.g. while a CA is created."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except OSError as exc:
-        raise CertError(f"cannot lock {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)  # exactly, whatever the umask
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _parse_cert(path: Path, data: bytes) -> x509.Certificate:

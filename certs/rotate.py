@@ -41,9 +41,10 @@ from certs.ca import (
     _parse_cert,
     _parse_key,
 )
-from certs.files import make_private_dir, read_bounded, write_atomic
+from certs.files import MAX_PEM_BYTES, make_private_dir, read_bounded, write_atomic
 from certs.tls import san_names
 from proxy.errors import CertError
+from proxy.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def load_retired(data_dir: Path) -> list[Retired]:
     if not path.exists():
         return []
     try:
-        doc = json.loads(read_bounded(path))
+        doc = read_json(path, MAX_PEM_BYTES, error=ValueError)  # refused: not a valid list
         entries = doc["retired"]
         if not isinstance(entries, list):
             raise TypeError("'retired' is not a list")
@@ -170,6 +171,8 @@ def load_retired(data_dir: Path) -> list[Retired]:
             if until.tzinfo is None:
                 raise ValueError("'until' has no time zone")
             out.append(Retired(cert, until))
+    except OSError as exc:
+        raise CertError(f"cannot open {path}: {exc.strerror}") from None
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeError) as exc:
         raise CertError(f"{path} is not a valid list of retired CAs ({exc}); move it aside") from None
     return out

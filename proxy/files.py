@@ -1,23 +1,37 @@
-"""Files the appliance writes: private whatever the umask, and whole or not at all.
+"""Files the appliance writes and reads: private whatever the umask, whole or not at all,
+and bounded.
 
 Every folder Rampart makes is 0700 and every file 0600 unless a caller asks for
 another mode: the mode is given when the file or folder is created and then set
 exactly (``fchmod``/``chmod``), so neither a permissive umask (000 would give
 0777 folders and 0666 files) nor an odd one changes it. Whole-file writes go
-through a temporary file, fsync and a rename, so a reader never sees half of one.
+through a temporary file, fsync, a rename and an fsync of the folder, so a
+reader never sees half of one and a crash leaves the old file or the new one.
+Reads are bounded (``read_bounded``, ``read_json``): a file larger than its
+caller expects is refused before it is read into memory. ``locked`` serialises
+processes on a lock file.
+
+Every helper here raises ``OSError`` for what the system refuses (a missing
+file, a full disk), so each caller says what that means to it; what the helpers
+refuse themselves they raise as ``error`` (a ``RampartError`` by default, or
+the caller's own, e.g. ``CertError``), with the same wording for every caller.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
 import logging
 import os
 import pwd
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from proxy.errors import RampartError
 
@@ -25,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+PUBLIC_FILE = 0o644
+
+ErrorType = Callable[[str], Exception]
+"""What a helper raises for what it refuses itself: an error class taking a message."""
 
 
 def dir_mode_for(file_mode: int) -> int:
@@ -56,32 +74,34 @@ def make_dirs(path: Path, mode: int = PRIVATE_DIR) -> Path:
     return path
 
 
-def check_private_dir(path: Path, what: str = "data directory") -> Path:
+def check_private_dir(path: Path, what: str = "data directory", *,
+                      error: ErrorType = RampartError) -> Path:
     """Create ``path`` (0700) if missing; refuse it if another user owns it or may write to it.
 
     Refused rather than tightened: whoever could write there may already have
     swapped the pattern pointer, planted a list database or replaced a key, and
     a quiet chmod would then trust what they left. The operator checks the
     contents and fixes the mode (the message says how); a folder another user
-    owns cannot be tightened by this one anyway.
+    owns cannot be tightened by this one anyway. ``what`` names the folder in
+    the message; ``error`` is raised.
     """
     path = Path(path)
     try:
         info = os.stat(make_dirs(path))
     except FileExistsError as e:
-        raise RampartError(f"cannot use {what} {path}: {e.filename} is not a directory") from None
+        raise error(f"cannot use {what} {path}: {e.filename} is not a directory") from None
     except OSError as e:
-        raise RampartError(f"cannot use {what} {path}: {e.strerror or e}") from None
+        raise error(f"cannot use {what} {path}: {e.strerror or e}") from None
     me = os.geteuid()
     if info.st_uid != me:
-        raise RampartError(
+        raise error(
             f"{what} {path} belongs to {_user(info.st_uid)}, not to {_user(me)} who runs rampart; "
             f"run rampart as {_user(info.st_uid)} (files made by another user break the service)"
         )
     loose = stat.S_IMODE(info.st_mode) & 0o022
     if loose:
         who = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "other users")) if loose & bit)
-        raise RampartError(
+        raise error(
             f"{what} {path} is writable by {who} (mode {stat.S_IMODE(info.st_mode):04o}), who could "
             f"have changed what rampart reads from it; check its contents, then: chmod go-w {path}"
         )
@@ -127,7 +147,24 @@ def create_private(path: Path) -> Path:
     return path
 
 
-def _replace_with(dst: Path, fill: Callable[[BinaryIO], object], mode: int) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a file system that cannot is skipped."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+        logger.debug("folder fsync not supported for %s", path)
+    finally:
+        os.close(fd)
+
+
+def write_atomic_with(dst: Path, fill: Callable[[BinaryIO], object], *,
+                      mode: int = PRIVATE_FILE) -> None:
+    """``dst`` becomes whatever ``fill`` writes into the open temporary file, whole, or is left
+    as it was (``fill`` raising, say because what it wrote turned out wrong, removes the
+    temporary file); it gets exactly ``mode``. Missing folders are made (``make_dirs``)."""
     make_dirs(dst.parent, dir_mode_for(mode))
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     try:
@@ -140,11 +177,12 @@ def _replace_with(dst: Path, fill: Callable[[BinaryIO], object], mode: int) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(dst.parent)
 
 
 def write_atomic(dst: Path, data: bytes, *, mode: int = PRIVATE_FILE) -> None:
     """``dst`` holds ``data`` whole, or is left as it was; it gets exactly ``mode``."""
-    _replace_with(dst, lambda out: out.write(data), mode)
+    write_atomic_with(dst, lambda out: out.write(data), mode=mode)
 
 
 def copy_atomic(src: Path, dst: Path, *, mode: int = PRIVATE_FILE) -> None:
@@ -154,4 +192,51 @@ def copy_atomic(src: Path, dst: Path, *, mode: int = PRIVATE_FILE) -> None:
         with open(src, "rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
 
-    _replace_with(dst, fill, mode)
+    write_atomic_with(dst, fill, mode=mode)
+
+
+def read_bounded(path: Path, limit: int, *, private: bool = False, error: ErrorType = RampartError,
+                 label: str | None = None) -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file of at most ``limit`` bytes.
+
+    With ``private`` the file (a key, say) must not be accessible to group or
+    others. Both are checked on the opened file, so a swap between check and
+    read is harmless. Refusals raise ``error`` naming ``label`` (default: the
+    path); ``OSError`` when the file cannot be opened or read.
+    """
+    name = str(path) if label is None else label
+    with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC), "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{name} is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if private and mode & 0o077:
+            raise error(f"{name} holds a private key but its mode is {mode:04o} "
+                        f"(group/others have access); fix it with: chmod 600 {path}")
+        if info.st_size > limit:
+            raise error(f"{name} is {info.st_size} bytes; at most {limit} are accepted")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{name} is over {limit} bytes")
+    return data
+
+
+def read_json(path: Path, limit: int, *, error: ErrorType = RampartError,
+              label: str | None = None) -> Any:
+    """The JSON document in ``path`` (``read_bounded``); ``error`` for one that is not JSON."""
+    data = read_bounded(path, limit, error=error, label=label)
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise error(f"{str(path) if label is None else label}: not JSON: {e}") from None
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (a 0600 file, made if missing) until the block ends."""
+    fd = open_private(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -103,7 +103,7 @@ import numpy as np
 import numpy.typing as npt
 
 from proxy.errors import PatternError
-from proxy.files import write_atomic
+from proxy.files import read_bounded, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -759,10 +759,8 @@ def apply_diff(old: bytes, diff: bytes) -> bytes:
 
 def read_agent(path: Path) -> AgentFilter:
     """Load and validate an agent file (bounded to MAX_FILE_BYTES)."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise PatternError(f"agent pattern {path.name}: {size} bytes is over the limit")
-    return AgentFilter.from_bytes(path.read_bytes())
+    return AgentFilter.from_bytes(
+        read_bounded(path, MAX_FILE_BYTES, error=PatternError, label=f"agent pattern {path.name}"))
 
 
 def write_agent(path: Path, data: bytes) -> None:

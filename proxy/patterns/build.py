@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from proxy.errors import PatternError
-from proxy.files import make_dirs, write_atomic
+from proxy.files import fsync_dir, make_dirs, write_atomic
 from proxy.model import HashKind, Verdict
 from proxy.patterns import sources
 from proxy.patterns.pattern import (
@@ -46,7 +46,7 @@ from proxy.patterns.pattern import (
     WEB_BLOCKING_RATINGS,
     load_strings,
 )
-from proxy.patterns.tables import fsync_dir, write_range_table, write_table
+from proxy.patterns.tables import write_range_table, write_table
 from proxy.wire import urls as _urls
 
 logger = logging.getLogger(__name__)

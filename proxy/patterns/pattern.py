@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -56,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from proxy.errors import PatternError
+from proxy.files import read_json
 from proxy.model import FileQuery, HashKind, Rating, Verdict
 from proxy.patterns.tables import RangeTable, Table
 from proxy.wire import urls as _urls
@@ -165,16 +165,9 @@ def _file_specs(where: str, files: Any) -> list[_FileSpec]:
 def read_manifest(directory: Path) -> _Manifest:
     path = Path(directory) / MANIFEST
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
+        raw = read_json(path, MAX_MANIFEST_BYTES, error=PatternError, label=MANIFEST)
     except OSError as e:
         raise PatternError(f"{MANIFEST}: cannot read: {e.strerror or e}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise _bad(f"larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(f"not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise _bad("not an object")
     if raw.get("format") != MANIFEST_FORMAT:
@@ -268,15 +261,9 @@ def _specificity(expression: str) -> tuple[int, int]:
 def load_strings(path: Path) -> tuple[list[str], list[str]]:
     """The threat names and categories of a strings.json, bounded and checked."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_STRINGS_BYTES + 1)
-        if len(data) > MAX_STRINGS_BYTES:
-            raise PatternError(f"{STRINGS}: larger than {MAX_STRINGS_BYTES} bytes")
-        raw = json.loads(data)
+        raw = read_json(path, MAX_STRINGS_BYTES, error=PatternError, label=STRINGS)
     except OSError as e:
         raise PatternError(f"{STRINGS}: cannot read: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PatternError(f"{STRINGS}: not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise PatternError(f"{STRINGS}: not an object")
     threats, categories = raw.get("threats"), raw.get("categories")

@@ -50,17 +50,16 @@ import logging
 import mmap
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
 from proxy.errors import PatternError
-from proxy.files import PRIVATE_FILE, make_dirs
+from proxy.files import write_atomic_with
 
 logger = logging.getLogger(__name__)
 
@@ -227,40 +226,32 @@ def _emit(path: Path, layout: _Layout, blocks: Iterable[Iterable[memoryview | by
                         len(layout.columns), layout.largest, b"\0" * 32)
     body_start = _align(len(head) + len(descriptors))
     sha = hashlib.sha256(head[:32])
-    make_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), PRIVATE_FILE)  # exactly, whatever the umask
-            f.write(head)
-            rest = descriptors + b"\0" * (body_start - len(head) - len(descriptors))
-            f.write(rest)
-            sha.update(rest)
-            pos = body_start
-            for block in blocks:
-                for chunk in block:
-                    f.write(chunk)
-                    sha.update(chunk)
-                    pos += len(chunk)
-                pad = b"\0" * (_align(pos) - pos)
-                f.write(pad)
-                sha.update(pad)
-                pos += len(pad)
-            digest = sha.digest()
-            if expect_sha256 is not None and digest.hex() != expect_sha256:
-                raise PatternError(f"{path.name}: the merged table does not match the "
-                                   f"expected content SHA-256")
-            f.seek(32)
-            f.write(digest)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    pos = body_start
+
+    def fill(f: BinaryIO) -> None:
+        nonlocal pos
+        f.write(head)
+        rest = descriptors + b"\0" * (body_start - len(head) - len(descriptors))
+        f.write(rest)
+        sha.update(rest)
+        for block in blocks:
+            for chunk in block:
+                f.write(chunk)
+                sha.update(chunk)
+                pos += len(chunk)
+            pad = b"\0" * (_align(pos) - pos)
+            f.write(pad)
+            sha.update(pad)
+            pos += len(pad)
+        if expect_sha256 is not None and sha.hexdigest() != expect_sha256:
+            raise PatternError(f"{path.name}: the merged table does not match the "
+                               f"expected content SHA-256")
+        f.seek(32)
+        f.write(sha.digest())
+
+    write_atomic_with(path, fill)
     logger.debug("wrote table %s: %d rows, %d bytes", path.name, layout.count, pos)
-    return pos, digest.hex()
+    return pos, sha.hexdigest()
 
 
 def _raw(arr: npt.NDArray[Any]) -> memoryview:
@@ -289,14 +280,6 @@ def write_range_table(
 ) -> int:
     """A range table: row i covers starts[i]..ends[i] (inclusive, big-endian bytes)."""
     return write_table(path, starts, columns, key_width=key_width, ends=ends)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_columns(

@@ -36,7 +36,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from proxy.errors import PatternError
-from proxy.files import copy_atomic, write_atomic
+from proxy.files import copy_atomic, locked, read_bounded, read_json, write_atomic
 from proxy.updates.repo import (
     AGENT,
     AGENT_FILE,
@@ -86,18 +86,11 @@ class PublishReport:
     pruned: int  # directories removed
 
 
-def _read_json_bounded(path: Path, limit: int) -> Any:
+def _read_json(path: Path, limit: int) -> Any:
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        return read_json(path, limit, error=PatternError, label=path.name)
     except OSError as e:
         raise PatternError(f"{path.name}: cannot read: {e.strerror or e}") from None
-    if len(data) > limit:
-        raise PatternError(f"{path.name}: larger than {limit} bytes")
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PatternError(f"{path.name}: not JSON: {e}") from None
 
 
 def _read_signed(repo_dir: Path) -> tuple[bytes, bytes] | None:
@@ -106,9 +99,8 @@ def _read_signed(repo_dir: Path) -> tuple[bytes, bytes] | None:
     if not m.exists():
         return None
     try:
-        with open(m, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-        sig = s.read_bytes()[: SIGNATURE_BYTES + 1] if s.exists() else b""
+        raw = read_bounded(m, MAX_MANIFEST_BYTES, error=PatternError, label=MANIFEST)
+        sig = read_bounded(s, SIGNATURE_BYTES + 1, error=PatternError, label=SIGNATURE) if s.exists() else b""
     except OSError as e:
         raise PatternError(f"{MANIFEST}: cannot read: {e.strerror or e}") from None
     return raw, sig
@@ -141,8 +133,8 @@ def _make_diff(file: str, old: Path, new: Path) -> bytes | None:
 
 
 def _check_strings_extend(old: Path, new: Path) -> None:
-    a = _read_json_bounded(old, 256 << 20)
-    b = _read_json_bounded(new, 256 << 20)
+    a = _read_json(old, 256 << 20)
+    b = _read_json(new, 256 << 20)
     for key in ("threats", "categories"):
         la, lb = a.get(key), b.get(key)
         if not isinstance(la, list) or not isinstance(lb, list) or lb[: len(la)] != la:
@@ -191,8 +183,6 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
     key, and a strings.json that does not extend the published one. The manifest
     expires ``valid_for`` after ``now``.
     """
-    import fcntl
-
     build_dir, repo_dir = Path(build_dir), Path(repo_dir)
     if not 1 <= keep <= MAX_KEEP:
         raise PatternError(f"keep must be 1..{MAX_KEEP}, not {keep}")
@@ -201,8 +191,7 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
     published = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     version, built, strings = _build_files(build_dir)
     repo_dir.mkdir(parents=True, exist_ok=True)
-    with open(repo_dir / ".publish.lock", "wb") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(repo_dir / ".publish.lock"):
         signed = _read_signed(repo_dir)
         current: Manifest | None = None
         if signed is not None:
@@ -279,9 +268,6 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
         new = parse_manifest(raw)  # never publish what a reader would refuse
         write_atomic(repo_dir / SIGNATURE, sign(raw, private_key))
         write_atomic(repo_dir / MANIFEST, raw)
-        from proxy.patterns.tables import fsync_dir
-
-        fsync_dir(repo_dir)
         pruned = _prune(repo_dir, new, current)
     logger.info("published %s: %s", version, ", ".join(
         f"{p.pattern} {p.version}{'' if p.changed else ' (unchanged)'}" for p in report))
@@ -390,7 +376,7 @@ def is_repo(path: Path) -> bool:
     if (path / SIGNATURE).exists():
         return True
     try:
-        doc = _read_json_bounded(path / MANIFEST, MAX_MANIFEST_BYTES)
+        doc = _read_json(path / MANIFEST, MAX_MANIFEST_BYTES)
     except PatternError:
         return False
     return isinstance(doc, dict) and doc.get("type") == REPO_TYPE

@@ -122,6 +122,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from proxy.errors import PatternError, Refused
+from proxy.files import read_bounded
 
 # The pattern names are the pattern directory's, defined there once (re-exported here).
 from proxy.patterns.pattern import AGENT as AGENT
@@ -510,10 +511,8 @@ def apply_diff(file: str, base: Path, diff: bytes, out: Path) -> None:
     if file == AGENT_FILE:
         from proxy.patterns import agent
 
-        size = Path(base).stat().st_size
-        if size > agent.MAX_FILE_BYTES:
-            raise PatternError(f"{file}: {size} bytes is over the limit")
-        agent.write_agent(Path(out), agent.apply_diff(Path(base).read_bytes(), diff))
+        old = read_bounded(Path(base), agent.MAX_FILE_BYTES, error=PatternError, label=file)
+        agent.write_agent(Path(out), agent.apply_diff(old, diff))
         return
     if file in FULL_ONLY or not any(file in fs for fs in PATTERN_FILES.values()):
         raise PatternError(f"{file}: no diffs exist for this file")

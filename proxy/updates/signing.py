@@ -17,9 +17,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from proxy.errors import PatternError
-from proxy.files import write_atomic
+from proxy.files import PUBLIC_FILE, read_bounded, write_atomic
 
 logger = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 1 << 16
+"""The largest key file read (an Ed25519 PEM key is about 120 bytes)."""
 
 
 def keygen(out: Path) -> Path:
@@ -41,7 +44,7 @@ def keygen(out: Path) -> Path:
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem)
     os.chmod(out, 0o600)  # in case the umask or an ACL changed it
-    write_atomic(pub, public_pem, mode=0o644)  # public, but never writable by others
+    write_atomic(pub, public_pem, mode=PUBLIC_FILE)  # public, but never writable by others
     logger.info("wrote a new Ed25519 key pair %s, %s", out.name, pub.name)
     return pub
 
@@ -49,7 +52,7 @@ def keygen(out: Path) -> Path:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     path = Path(path)
     try:
-        data = path.read_bytes()[: 1 << 16]
+        data = read_bounded(path, MAX_KEY_BYTES, error=PatternError, label=path.name)
         key = serialization.load_pem_private_key(data, password=None)
     except OSError as e:
         raise PatternError(f"{path.name}: cannot read key: {e.strerror or e}") from None
@@ -68,7 +71,7 @@ def load_public_key(data: bytes | Path | Ed25519PublicKey) -> Ed25519PublicKey:
     if isinstance(data, Path):
         what = data.name
         try:
-            data = data.read_bytes()[: 1 << 16]
+            data = read_bounded(data, MAX_KEY_BYTES, error=PatternError, label=what)
         except OSError as e:
             raise PatternError(f"{what}: cannot read: {e.strerror or e}") from None
     if len(data) == 32:

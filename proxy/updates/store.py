@@ -36,7 +36,6 @@ becomes a symlink to it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -48,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from proxy.errors import AlreadyCurrent, PatternError, Superseded
-from proxy.files import check_private_dir, make_dirs, open_private, write_atomic
+from proxy.files import check_private_dir, fsync_dir, locked, make_dirs, read_json, write_atomic
 from proxy.patterns.pattern import pattern_info, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -236,12 +235,8 @@ class PatternStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         make_dirs(self.root)
-        with os.fdopen(open_private(self.root / ".lock"), "r+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        with locked(self.root / ".lock"):
+            yield
 
     def _present(self) -> set[str]:
         try:
@@ -253,15 +248,12 @@ class PatternStore:
     def _read_state(self) -> StoreState:
         path = self.root / STATE
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_STATE_BYTES + 1)
+            raw = read_json(path, MAX_STATE_BYTES, error=PatternError, label=STATE)
         except FileNotFoundError:
             return StoreState((), ())
         except OSError as e:
             raise PatternError(f"{STATE}: cannot read: {e.strerror or e}") from None
-        try:
-            raw = json.loads(data) if len(data) <= MAX_STATE_BYTES else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except PatternError:
             raw = None
         if not isinstance(raw, dict):
             logger.warning("%s is unreadable; ordering versions by name", STATE)
@@ -294,7 +286,7 @@ class PatternStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _discard(self, path: Path) -> None:
         trash = make_dirs(self.root / ".trash")
@@ -379,10 +371,3 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

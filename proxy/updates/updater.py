@@ -40,7 +40,6 @@ Failure reasons: ``unsigned``, ``bad_signature``, ``bad_manifest``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import logging
@@ -65,7 +64,7 @@ from proxy.errors import (
     Superseded,
     TooLarge,
 )
-from proxy.files import copy_atomic, make_dirs, open_private
+from proxy.files import copy_atomic, make_dirs, read_json, write_atomic
 from proxy.patterns.pattern import MANIFEST, STRINGS, PatternSet
 from proxy.updates import repo, signing
 from proxy.updates.store import PatternStore
@@ -77,6 +76,7 @@ DIFFS_DIR = "diffs"  # in a version directory: the diffs it was built with (re-s
 BACKOFF_BASE = 30.0
 MAX_SIGNATURE_FETCH = 1024
 LOCAL_FORMAT = 1
+MAX_LOCAL_BYTES = 4 << 20
 DEFAULT_MAX_CLOCK_SKEW = 86400.0
 
 
@@ -131,11 +131,9 @@ class HttpFetcher:
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new private (0600) file and flush it to disk (the updater's one writer)."""
-    with os.fdopen(open_private(path, os.O_WRONLY | os.O_EXCL), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    """The updater's one writer: ``data`` into a private (0600) file, whole and on disk
+    (``proxy.files.write_atomic``; its folder is made if missing)."""
+    write_atomic(path, data)
 
 
 # ---------------------------------------------------------------- results
@@ -205,9 +203,8 @@ def read_local(directory: Path | None) -> dict[str, Any]:
     if directory is None:
         return {}
     try:
-        with open(directory / MANIFEST, "rb") as f:
-            raw = json.loads(f.read(4 << 20))
-    except (OSError, ValueError):
+        raw = read_json(directory / MANIFEST, MAX_LOCAL_BYTES, error=PatternError)
+    except (OSError, PatternError):
         return {}
     return raw if isinstance(raw, dict) else {}
 
@@ -687,5 +684,4 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _mkdir_write(writer: Callable[[Path, bytes], None], path: Path, data: bytes) -> None:
     make_dirs(path.parent)
-    with contextlib.suppress(FileExistsError):
-        writer(path, data)
+    writer(path, data)
