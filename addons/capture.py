@@ -39,14 +39,15 @@ from addons.intercept import META, SOURCE_HEADER
 from proxy.config import Config
 from proxy.errors import ConfigError, ProtocolError, RampartError
 from proxy.files import make_dirs, open_private
+from proxy.model import Service
 from proxy.serve.conns import ConnectionCaps
 from proxy.serve.intercept import HostPatterns, decision_of, engine_service
 from proxy.serve.routes import parse_query
-from proxy.serve.server import Request, Response
+from proxy.wire.http import Request, Response, error_response
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("file", "web", "domain", "inspect")
+SERVICES = tuple(s.value for s in Service)
 QUEUE_FLOWS = 1000
 MAX_HEAD = 8192
 CONTENT_TYPE = "application/vnd.mitmproxy.flows"
@@ -266,7 +267,8 @@ class Capture:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             selection = self._parse_head(head, peer[0] if peer else "?")
         except ValueError as e:
-            _reply(writer, 400, str(e))
+            response = error_response(ProtocolError("bad_request", str(e)))
+            writer.write(response.head(False) + response.body)
             return await _close(writer)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
             return await _close(writer)
@@ -313,14 +315,6 @@ class Capture:
         if path != "/v1/capture":
             raise ValueError(f"no such path {path[:100]!r}; use /v1/capture")
         return Selection.from_query(query)
-
-
-def _reply(writer: asyncio.StreamWriter, status: int, message: str) -> None:
-    body = json.dumps({"error": {"code": "bad_request", "message": message}}).encode()
-    writer.write(
-        f"HTTP/1.1 {status} Bad Request\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
-    )
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -37,15 +37,13 @@ from proxy.serve import metrics
 from proxy.serve.destinations import Destinations, literal
 from proxy.serve.gate import ClientNetworks
 from proxy.serve.intercept import decision_of, engine_service, intercept_patterns
-from proxy.serve.server import Request, Response, coded, error_response
-from proxy.wire.protocol import render_error
+from proxy.wire.http import Handler, Request, Response, coded, error_response, respond, settle
 
 logger = logging.getLogger(__name__)
 
 META = "rampart"
 SOURCE_HEADER = "X-Rampart-Source"
 
-Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
 # ---------------------------------------------------------------- mitmproxy values
@@ -282,29 +280,12 @@ def _answered(flow: http.HTTPFlow, service: str, response: Response, started: fl
 async def _answer_later(
     flow: http.HTTPFlow, service: str, pending: Awaitable[Response], started: float
 ) -> None:
-    try:
-        response = await pending
-    except ProtocolError as e:
-        response = error_response(e)
-    except Exception:
-        logger.exception("engine failed for %s", flow.request.path[:100])
-        response = _internal()
-    _answered(flow, service, response, started)
-
-
-def _internal() -> Response:
-    return Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
+    _answered(flow, service, await settle(pending, flow.request.data.path), started)
 
 
 def _call(handler: Handler | None, request: Request) -> Response | Awaitable[Response]:
     """The routes' answer, errors included, exactly as the query door would give it."""
     if handler is None:
-        error = ProtocolError("starting", "the appliance is starting; try again", status=503)
-        return Response(503, render_error(error), headers=(("Retry-After", "1"),))
-    try:
-        return handler(request)
-    except ProtocolError as e:
-        return error_response(e)
-    except Exception:
-        logger.exception("engine failed for %s", request.target[:100])
-        return _internal()
+        return error_response(ProtocolError("starting", "the appliance is starting; try again",
+                                            status=503, headers=(("Retry-After", "1"),)))
+    return respond(handler, request)

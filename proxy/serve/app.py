@@ -33,8 +33,9 @@ from proxy.serve.gate import Gate
 from proxy.serve.keeper import PatternKeeper, sample_store
 from proxy.serve.listener import Listener
 from proxy.serve.routes import Routes
-from proxy.serve.server import Request, Response, ServerLimits, start_server
+from proxy.serve.server import ServerLimits, start_server
 from proxy.wire import paths, protocol
+from proxy.wire.http import Request, Response
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.config import Config
-from proxy.serve.server import Response
 from proxy.wire import paths
+from proxy.wire.http import Response
 
 
 def _norm(host: str) -> str:

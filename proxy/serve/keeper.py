@@ -50,7 +50,6 @@ from proxy.errors import PatternError, ProtocolError, RampartError
 from proxy.patterns.build import build_pattern
 from proxy.patterns.pattern import STRINGS, PatternSet
 from proxy.serve.routes import parse_query
-from proxy.serve.server import Request, Response
 from proxy.updates import repo, signing
 from proxy.updates.store import PatternStore
 from proxy.updates.updater import (
@@ -62,6 +61,7 @@ from proxy.updates.updater import (
     version_time,
 )
 from proxy.wire import paths
+from proxy.wire.http import Request, Response
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 from proxy.decide.engine import Ask, Engine
 from proxy.errors import ProtocolError
 from proxy.model import InspectQuery, Policy, Service, Source
-from proxy.serve.server import Request, Response
 from proxy.wire import paths, protocol
+from proxy.wire.http import Request, Response
 
 Render = Callable[[list[Any]], bytes]
 Serve = Callable[[Request, str, bytes], "Response | Awaitable[Response]"]

@@ -17,13 +17,12 @@ client's EOF regardless, so a TLS client must keep its side open until answered.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httptools
 
@@ -31,83 +30,9 @@ from proxy.errors import ProtocolError
 from proxy.serve.conns import ConnectionCaps, Slot
 from proxy.serve.gate import Gate
 from proxy.serve.listener import Listener, listening_socket
-from proxy.wire.protocol import render_error
-
-logger = logging.getLogger(__name__)
+from proxy.wire.http import Handler, Request, Response, coded, error_response, respond, settle
 
 LINGER_SECONDS = 2.0  # how long a refused request's connection still drains the client's bytes
-
-_REASONS = {
-    200: "OK", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
-    413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
-    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable",
-}
-
-
-@dataclass(slots=True)
-class Request:
-    method: str
-    target: bytes  # path and query, as sent
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    client: str  # peer address
-
-    def header(self, name: bytes) -> bytes | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
-    # head + body for a keep-alive answer, made once: memoised responses are sent many times
-    _wire: bytes | None = field(default=None, init=False, compare=False, repr=False)
-
-    def wire(self) -> bytes:
-        """The whole keep-alive answer on the wire."""
-        wire = self._wire
-        if wire is None:
-            wire = self.head(True) + self.body
-            object.__setattr__(self, "_wire", wire)
-        return wire
-
-    def head(self, keep_alive: bool) -> bytes:
-        key = (self.status, self.content_type, len(self.body), keep_alive, self.headers)
-        head = _HEADS.get(key)
-        if head is None:
-            head = self._head(keep_alive)
-            if len(_HEADS) > 4096:
-                _HEADS.clear()
-            _HEADS[key] = head
-        return head
-
-    def _head(self, keep_alive: bool) -> bytes:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers)
-        conn = "" if keep_alive else "Connection: close\r\n"
-        return (
-            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Status')}\r\n"
-            f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
-            f"{extra}{conn}\r\n"
-        ).encode()
-
-
-_HEADS: dict[tuple[object, ...], bytes] = {}
-
-
-def error_response(error: ProtocolError) -> Response:
-    return Response(error.status, render_error(error), headers=error.headers)
-
-
-Handler = Callable[[Request], "Response | Awaitable[Response]"]
-
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
@@ -396,18 +321,12 @@ class HttpConnection(asyncio.Protocol):
             if wait > 0:
                 self._send(request, _rate_limited(gate.rate, wait), keep_alive, started)
                 return
-        try:
-            result = self.handler(request)
-        except ProtocolError as e:
-            result = error_response(e)
-        except Exception:
-            logger.exception("handler failed for %s", request.target[:100])
-            result = Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
+        result = respond(self.handler, request)
         if isinstance(result, Response):
             self._send(request, result, keep_alive, started)
             return
         self._busy = True
-        task = self.loop.create_task(_await(result))
+        task = self.loop.create_task(settle(result, request.target))
         task.add_done_callback(lambda t: self._finished(t, request, keep_alive, started))
 
     def _finished(
@@ -475,12 +394,6 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
 
 
-def coded(value: bytes, plain: bytes) -> bool:
-    """Whether a Content-Encoding or Transfer-Encoding value names a coding other than
-    ``plain`` (``identity``, or ``chunked``, which httptools decodes itself)."""
-    return any(c.strip().lower() not in (b"", plain) for c in value.split(b","))
-
-
 def over_caps(client_cap: bool) -> bytes:
     """What a plain-HTTP connection over the connection caps is told before its close."""
     if client_cap:
@@ -505,16 +418,6 @@ def _rate_limited(rate: float, wait: float) -> Response:
         "rate_limited", f"over this client's rate of {rate:g} requests/s; retry in {retry} s",
         status=429, headers=(("Retry-After", str(retry)),),
     ))
-
-
-async def _await(result: Awaitable[Response]) -> Response:
-    try:
-        return await result
-    except ProtocolError as e:
-        return error_response(e)
-    except Exception:
-        logger.exception("handler failed")
-        return Response(500, render_error(ProtocolError("internal", "internal error", status=500)))
 
 
 async def start_server(

@@ -32,7 +32,7 @@ from addons.intercept import META
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.serve.conns import ConnectionCaps
-from proxy.serve.server import Request, Response
+from proxy.wire.http import Request, Response
 from tests.addons.test_intercept import start_intercepting
 from tests.conftest import EICAR_SHA256, RAMPART, Proc, free_port, start_cloud
 

@@ -19,7 +19,7 @@ from addons.intercept import engine_request
 from proxy.config import Config
 from proxy.errors import ProtocolError
 from proxy.serve.app import App
-from proxy.serve.server import Request, Response, error_response
+from proxy.wire.http import Request, Response, error_response
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from mitmproxy.test import taddons, tflow
 from addons.intercept import META, Intercept
 from proxy.config import Config
 from proxy.errors import ProtocolError
-from proxy.serve.server import Request, Response
+from proxy.wire.http import Request, Response
 from tests.conftest import EICAR_SHA256, RAMPART, Proc, free_port, start_cloud
 
 CURL = shutil.which("curl")

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from proxy.config import Config
 from proxy.errors import ProtocolError, UrlError
 from proxy.serve.app import App
-from proxy.serve.server import Request, Response, error_response
 from proxy.updates import repo
 from proxy.wire import paths, protocol, urls
+from proxy.wire.http import Request, Response, error_response
 
 LIMITS = protocol.Limits(max_batch=50, max_url=512)
 _EXAMPLES = int(os.environ.get("RAMPART_FUZZ_EXAMPLES", "0"))
@@ -338,7 +338,7 @@ request_lines = st.sampled_from([
 def test_the_http_server_survives_any_byte_stream(pieces, cut) -> None:
     import asyncio
 
-    from proxy.serve.server import HttpConnection, Response, ServerLimits
+    from proxy.serve.server import HttpConnection, ServerLimits
 
     async def run() -> None:
         conn = HttpConnection(lambda r: Response(200, b"{}"), ServerLimits(max_header=256, max_body=64))

@@ -23,7 +23,7 @@ from proxy.errors import ProtocolError
 from proxy.model import FileAnswer, Source, Verdict
 from proxy.patterns.pattern import PatternSet
 from proxy.serve.app import App
-from proxy.serve.server import Request, Response
+from proxy.wire.http import Request, Response
 
 EICAR_SHA256 = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
 UNKNOWN_SHA256 = "ab" * 32  # in no sample pattern

@@ -18,7 +18,8 @@ import pytest
 
 from proxy.errors import ProtocolError
 from proxy.serve.gate import Gate
-from proxy.serve.server import Request, Response, ServerLimits, start_server
+from proxy.serve.server import ServerLimits, start_server
+from proxy.wire.http import Request, Response
 
 TIMEOUT = 5.0
 

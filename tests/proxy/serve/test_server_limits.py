@@ -16,7 +16,8 @@ import pytest
 from certs import CA, server_context
 from proxy.serve.conns import ConnectionCaps
 from proxy.serve.listener import Listener
-from proxy.serve.server import Request, Response, ServerLimits, start_server
+from proxy.serve.server import ServerLimits, start_server
+from proxy.wire.http import Request, Response
 from tests.proxy.serve.test_server import TIMEOUT, closed, get, read_reply
 
 
