@@ -8,9 +8,9 @@ certificates from one CA that products trust once (``export_pem``/``export_der``
 ``client_context`` is the verifying client side, never unverified.
 
 This package imports ``cryptography`` (and ``pyopenssl`` where needed) and, of
-Rampart, only the bottom layer: ``proxy.errors`` (its ``CertError``) and
-``proxy.files`` (bounded reads, private directories, atomic writes); never the
-rest of ``proxy`` or ``mitmproxy``.
+Rampart, only the bottom layer: ``proxy.errors`` (its ``CertError``),
+``proxy.files`` (bounded reads, private directories, atomic writes, locks) and
+``proxy.clock`` (UTC now); never the rest of ``proxy`` or ``mitmproxy``.
 """
 
 from certs.ca import (

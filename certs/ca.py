@@ -31,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certs.files import locked, make_private_dir, read_bounded, write_atomic
 from certs.names import general_name, normalize_names
+from proxy.clock import utcnow
 from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
@@ -59,17 +60,14 @@ class KeyType(enum.Enum):
     RSA_2048 = "rsa-2048"
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _new_key(key_type: KeyType) -> CAKey:
     if key_type is KeyType.RSA_2048:
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: CAKey) -> bytes:
+def key_pem(key: CAKey) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM (the files are private: mode 0600)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -77,11 +75,18 @@ def _key_pem(key: CAKey) -> bytes:
     )
 
 
-def _cert_pem(cert: x509.Certificate) -> bytes:
+def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _same_public_key(cert: x509.Certificate, key: CAKey) -> bool:
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 fingerprint as ``AB:CD:…`` (what ``openssl x509 -fingerprint -sha256`` prints
+    and what products show)."""
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def same_public_key(cert: x509.Certificate, key: CAKey) -> bool:
+    """Whether ``key`` is the private key of ``cert``."""
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
 
@@ -109,7 +114,7 @@ class CA:
             raise CertError(f"CA common name {common_name!r} must be 1 to 64 characters")
         if not 1 <= days <= 36500:
             raise CertError(f"CA validity of {days} days is out of range (1 to 36500)")
-        now = now or _utcnow()
+        now = now or utcnow()
         key = _new_key(key_type)
         name = x509.Name(
             [
@@ -178,7 +183,7 @@ class CA:
                 ca = cls._load_or_create(data_dir, common_name=common_name, days=days,
                                          key_type=key_type, now=now)
         ca.sync_mitmproxy(data_dir / MITMPROXY_DIR)
-        ca._warn_expiry(now or _utcnow())
+        ca._warn_expiry(now or utcnow())
         return ca
 
     @classmethod
@@ -196,7 +201,7 @@ class CA:
             )
         else:
             ca = cls.create(common_name=common_name, days=days, key_type=key_type, now=now)
-            write_atomic(key_path, _key_pem(ca.key), private=True)
+            write_atomic(key_path, key_pem(ca.key), private=True)
             write_atomic(cert_path, ca.cert_pem(), private=False)
             logger.info(
                 "created CA",
@@ -209,7 +214,7 @@ class CA:
         reads, only where they differ (a stale CA there is replaced)."""
         make_private_dir(confdir)
         combined = confdir / f"{MITMPROXY_BASENAME}-ca.pem"
-        wanted = _key_pem(self.key) + self.cert_pem()
+        wanted = key_pem(self.key) + self.cert_pem()
         if not combined.exists() or read_bounded(combined, private=True) != wanted:
             write_atomic(combined, wanted, private=True)
             for stale in ("-ca.p12", "-ca-cert.p12"):
@@ -227,7 +232,7 @@ class CA:
             constraints = None
         if constraints is None or not constraints.value.ca:
             raise CertError(f"{cert_path} is not a CA certificate (no basicConstraints CA:true)")
-        if not _same_public_key(self.cert, self.key):
+        if not same_public_key(self.cert, self.key):
             raise CertError(f"{key_path} is not the private key of the certificate in {cert_path}")
 
     def _warn_expiry(self, now: dt.datetime) -> None:
@@ -255,7 +260,7 @@ class CA:
         canonical = normalize_names(names)
         if not 1 <= days <= DEFAULT_LEAF_DAYS:
             raise CertError(f"leaf validity of {days} days is out of range (1 to 397)")
-        now = now or _utcnow()
+        now = now or utcnow()
         if self.not_after <= now:
             raise CertError(
                 f"the CA expired on {self.not_after:%Y-%m-%d}; create or import a new CA"
@@ -297,7 +302,7 @@ class CA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(self.key, hashes.SHA256())
         )
-        return _cert_pem(leaf) + self.cert_pem(), _key_pem(key)
+        return cert_pem(leaf) + self.cert_pem(), key_pem(key)
 
     def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
         try:
@@ -319,12 +324,11 @@ class CA:
     # -- describing -----------------------------------------------------------------------
 
     def cert_pem(self) -> bytes:
-        return _cert_pem(self.cert)
+        return cert_pem(self.cert)
 
     def fingerprint_sha256(self) -> str:
-        """The certificate's SHA-256 fingerprint as ``AB:CD:…`` (what ``openssl x509
-        -fingerprint -sha256`` prints and what products show)."""
-        return self.cert.fingerprint(hashes.SHA256()).hex(":").upper()
+        """The certificate's SHA-256 fingerprint (``fingerprint``)."""
+        return fingerprint(self.cert)
 
     @property
     def not_after(self) -> dt.datetime:

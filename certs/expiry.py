@@ -17,6 +17,7 @@ from cryptography import x509
 from certs.ca import CA_CERT_FILE, CA_WARN_DAYS
 from certs.files import read_bounded
 from certs.rotate import served_paths
+from proxy.clock import utcnow
 from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
@@ -88,5 +89,5 @@ def expiry_warnings(
     data_dir: Path, within_days: int = LEAF_WARN_DAYS, *, now: dt.datetime | None = None
 ) -> list[str]:
     """Warnings for the certificates in ``data_dir`` (see ``warnings_for``)."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     return warnings_for(certificate_expiries(data_dir), now, within_days=within_days)

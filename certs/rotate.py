@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certs.ca import (
@@ -37,12 +36,18 @@ from certs.ca import (
     DEFAULT_CA_DAYS,
     DEFAULT_CA_NAME,
     MITMPROXY_DIR,
+    CAKey,
     KeyType,
     _parse_cert,
     _parse_key,
+    cert_pem,
+    fingerprint,
+    key_pem,
+    same_public_key,
 )
 from certs.files import MAX_PEM_BYTES, make_private_dir, read_bounded, write_atomic
 from certs.tls import san_names
+from proxy.clock import utcnow
 from proxy.errors import CertError
 from proxy.files import read_json
 
@@ -77,15 +82,6 @@ class Installed:
     bundle: tuple[x509.Certificate, ...]
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def fingerprint(cert: x509.Certificate) -> str:
-    """SHA-256 fingerprint as ``AB:CD:…``."""
-    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
-
-
 def key_description(key: object) -> str:
     """``EC secp256r1`` / ``RSA 2048`` for a public or private key."""
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
@@ -95,21 +91,11 @@ def key_description(key: object) -> str:
     return type(key).__name__
 
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 # -- validation of an organisation's CA --------------------------------------------------
 
 
 def import_problems(
-    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, now: dt.datetime
+    cert: x509.Certificate, key: CAKey, now: dt.datetime
 ) -> list[str]:
     """Why ``cert`` + ``key`` cannot serve as the appliance CA (empty when they can)."""
     problems: list[str] = []
@@ -127,8 +113,7 @@ def import_problems(
         usage = None
     if usage is not None and not usage.key_cert_sign:
         problems.append("the certificate's key usage does not allow signing certificates")
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
+    if not same_public_key(cert, key):
         problems.append("the key is not the private key of the certificate")
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
         problems.append(f"the RSA key has {key.key_size} bits; at least 2048 are needed")
@@ -185,7 +170,7 @@ def _save_retired(data_dir: Path, retired: Sequence[Retired]) -> None:
                 "sha256": fingerprint(r.cert),
                 "subject": r.cert.subject.rfc4514_string(),
                 "until": r.until.isoformat(),
-                "cert": _pem(r.cert).decode("ascii"),
+                "cert": cert_pem(r.cert).decode("ascii"),
             }
             for r in retired
         ]
@@ -197,7 +182,7 @@ def refresh_bundle(data_dir: Path, *, now: dt.datetime | None = None) -> list[x5
     """Rewrite ``DATA/ca-bundle.pem`` for ``now`` (dropping CAs whose overlap ended) and
     return its members; nothing is written when the data directory has no CA yet."""
     data_dir = Path(data_dir)
-    now = now or _utcnow()
+    now = now or utcnow()
     cert_path = data_dir / CA_CERT_FILE
     if not cert_path.exists():
         return []
@@ -211,7 +196,7 @@ def refresh_bundle(data_dir: Path, *, now: dt.datetime | None = None) -> list[x5
             if gone not in live:
                 logger.info("retired CA left the bundle", extra={"sha256": fingerprint(gone.cert)})
         _save_retired(data_dir, live)
-    wanted = b"".join(_pem(c) for c in members)
+    wanted = b"".join(cert_pem(c) for c in members)
     path = data_dir / BUNDLE_FILE
     if not path.exists() or read_bounded(path) != wanted:
         write_atomic(path, wanted, private=False)
@@ -271,7 +256,7 @@ def install(
     if not 0 <= overlap_days <= MAX_OVERLAP_DAYS:
         raise CertError(f"overlap of {overlap_days} days is out of range (0 to {MAX_OVERLAP_DAYS})")
     data_dir = Path(data_dir)
-    now = now or _utcnow()
+    now = now or utcnow()
     make_private_dir(data_dir)
     cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
     previous = _parse_cert(cert_path, read_bounded(cert_path)) if cert_path.exists() else None
@@ -285,7 +270,7 @@ def install(
     else:
         retired = [r for r in retired if r.cert != ca.cert]
     _save_retired(data_dir, retired)
-    write_atomic(key_path, _key_pem(ca.key), private=True)
+    write_atomic(key_path, key_pem(ca.key), private=True)
     write_atomic(cert_path, ca.cert_pem(), private=False)
     ca.sync_mitmproxy(data_dir / MITMPROXY_DIR)
     reissued = reissue_served(ca, data_dir, now=now)
@@ -321,7 +306,7 @@ def rotate(
     appended, so products can tell the two apart) unless told otherwise.
     """
     data_dir = Path(data_dir)
-    now = now or _utcnow()
+    now = now or utcnow()
     current = CA.load(data_dir)
     if key_type is None:
         key_type = KeyType.RSA_2048 if isinstance(current.key, rsa.RSAPrivateKey) else KeyType.EC_P256
@@ -342,7 +327,7 @@ def import_ca(
 ) -> Installed:
     """Install an organisation's own CA (PEM certificate + unencrypted PEM key) after checking
     it is a CA, the key is its key, and it is valid now. Raises CertError naming the problem."""
-    now = now or _utcnow()
+    now = now or utcnow()
     cert = _parse_cert(cert_file, read_bounded(cert_file))
     key = _parse_key(key_file, read_bounded(key_file))
     problems = import_problems(cert, key, now)

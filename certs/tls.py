@@ -24,9 +24,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certs.ca import CA
+from certs.ca import CA, CAKey, same_public_key
 from certs.files import make_private_dir, read_bounded, write_atomic
 from certs.names import normalize_name, normalize_names
+from proxy.clock import utcnow
 from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def server_context(
     finds nothing wrong with it.
     """
     names = normalize_names(names)
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     path = leaf_path(state_dir, purpose)
     reason = _stored_leaf_problem(ca, path, names, now)
     if reason is not None:
@@ -125,8 +126,7 @@ def _stored_leaf_problem(ca: CA, path: Path, names: Sequence[str], now: dt.datet
     except (CertError, ValueError, TypeError) as exc:
         logger.warning("stored server certificate unusable: %s", exc)
         return "unusable file"
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if chain[0].public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
+    if not isinstance(key, CAKey) or not same_public_key(chain[0], key):
         return "key does not match"
     return renewal_reason(ca, chain, names, now)
 

@@ -22,12 +22,13 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from proxy.clock import iso, to_the_second
 from proxy.errors import PatternError
 from proxy.files import fsync_dir, make_dirs, write_atomic
 from proxy.model import HashKind, Verdict
@@ -229,7 +230,7 @@ def build_pattern(
     existing ``out_dir`` is replaced only if it is a pattern directory or empty.
     """
     out_dir = Path(out_dir)
-    created = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    created = to_the_second(now)
     version = version if version is not None else created.strftime("%Y%m%d%H")
     if VERSION.fullmatch(version) is None:
         raise PatternError(f"bad pattern version {version!r} (expected YYYYMMDDHH[MM[SS]])")
@@ -310,7 +311,7 @@ def build_pattern(
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": version,
-            "created": created.isoformat().replace("+00:00", "Z"),
+            "created": iso(created),
             "files": {STRINGS: strings_entry},
             "patterns": patterns,
         }

@@ -48,12 +48,13 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from proxy.clock import iso, parse_iso
 from proxy.errors import PatternError
 from proxy.files import read_json
 from proxy.model import FileQuery, HashKind, Rating, Verdict
@@ -176,11 +177,9 @@ def read_manifest(directory: Path) -> _Manifest:
     if not isinstance(version, str) or VERSION.fullmatch(version) is None:
         raise _bad(f"bad version {str(version)[:40]!r}")
     try:
-        created = datetime.fromisoformat(str(raw.get("created")))
+        created = parse_iso(raw.get("created"))
     except ValueError:
         raise _bad(f"bad created time {str(raw.get('created'))[:40]!r}") from None
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
     specs = _file_specs("top level", raw.get("files"))
     if STRINGS not in {s.name for s in specs}:
         raise _bad(f"{STRINGS} not listed")
@@ -243,7 +242,7 @@ def _info(m: _Manifest, problems: list[str]) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "version": m.version,
-        "created": m.created.isoformat().replace("+00:00", "Z"),
+        "created": iso(m.created),
         "patterns": patterns,
         "problems": problems,
     }

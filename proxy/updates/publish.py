@@ -29,12 +29,13 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from proxy.clock import iso, to_the_second
 from proxy.errors import PatternError
 from proxy.files import copy_atomic, locked, read_bounded, read_json, write_atomic
 from proxy.updates.repo import (
@@ -188,7 +189,7 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
         raise PatternError(f"keep must be 1..{MAX_KEEP}, not {keep}")
     if not timedelta(minutes=1) <= valid_for <= MAX_VALID_FOR:
         raise PatternError(f"valid_for must be 1 minute..{MAX_VALID_FOR.days} days, not {valid_for}")
-    published = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    published = to_the_second(now)
     version, built, strings = _build_files(build_dir)
     repo_dir.mkdir(parents=True, exist_ok=True)
     with locked(repo_dir / ".publish.lock"):
@@ -257,8 +258,8 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
         doc = {
             "format": REPO_FORMAT,
             "type": REPO_TYPE,
-            "published": _iso(published),
-            "expires": _iso(published + valid_for),
+            "published": iso(published),
+            "expires": iso(published + valid_for),
             "keep": keep,
             "strings": {"version": strings_version, "size": strings.size,
                         "sha256": strings.sha256},
@@ -272,10 +273,6 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
     logger.info("published %s: %s", version, ", ".join(
         f"{p.pattern} {p.version}{'' if p.changed else ' (unchanged)'}" for p in report))
     return PublishReport(tuple(report), strings_version, pruned)
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
 
 
 def _pattern_json(version: str, entries: int, files: tuple[FileSpec, ...], history: list[str],
@@ -352,8 +349,8 @@ def repo_info(repo_dir: Path) -> dict[str, Any]:
     m = read_repo(Path(repo_dir), None)
     return {
         "type": REPO_TYPE,
-        "published": m.published.isoformat().replace("+00:00", "Z"),
-        "expires": _iso(m.expires) if m.expires is not None else None,
+        "published": iso(m.published),
+        "expires": iso(m.expires) if m.expires is not None else None,
         "keep": m.keep,
         "strings": m.strings_version,
         "patterns": {

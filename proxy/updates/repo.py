@@ -114,13 +114,14 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from proxy.clock import parse_iso, stamp
 from proxy.errors import PatternError, Refused
 from proxy.files import read_bounded
 
@@ -272,15 +273,9 @@ def _digest(value: Any, where: str) -> str:
 
 def _time(value: Any, where: str) -> datetime:
     try:
-        t = datetime.fromisoformat(str(value))
+        return parse_iso(value)
     except ValueError:
         raise _bad(f"bad {where} time {str(value)[:40]!r}") from None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-def stamp(t: datetime) -> str:
-    """A time as the high-water mark keeps it: UTC ``YYYY-MM-DDTHH:MM:SSZ``, which sorts as a string."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_file_specs(files: Any, where: str, allowed: tuple[str, ...]) -> tuple[FileSpec, ...]:

@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from proxy.clock import iso, parse_iso, stamp
 from proxy.errors import (
     AlreadyCurrent,
     FetchError,
@@ -241,12 +242,10 @@ def installed_mark(local: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(source, dict) or not isinstance(pats, dict):
         return {}
     try:
-        published = datetime.fromisoformat(str(source.get("published")))
+        published = parse_iso(source.get("published"))
     except ValueError:
         return {}
-    if published.tzinfo is None:
-        published = published.replace(tzinfo=UTC)
-    mark = {repo.PUBLISHED: repo.stamp(published)}
+    mark = {repo.PUBLISHED: stamp(published)}
     if isinstance(local.get("strings_version"), str):
         mark[repo.STRINGS] = local["strings_version"]
     for name, entry in pats.items():
@@ -271,11 +270,11 @@ def _local_manifest(manifest: repo.Manifest, held: Mapping[str, dict[str, Any]],
     return {
         "format": LOCAL_FORMAT,
         "version": top,
-        "created": manifest.published.isoformat().replace("+00:00", "Z"),
+        "created": iso(manifest.published),
         "files": {STRINGS: strings_spec},
         "patterns": dict(held),
         "strings_version": strings_version,
-        "source": {"published": manifest.published.isoformat().replace("+00:00", "Z")},
+        "source": {"published": iso(manifest.published)},
     }
 
 
@@ -495,8 +494,8 @@ class Updater:
         if manifest.expires is not None and manifest.expires <= now:
             logger.warning("the update source's manifest expired at %s (published %s): the "
                            "source is not publishing, or someone replays its last manifest; "
-                           "patterns count as stale", repo.stamp(manifest.expires),
-                           repo.stamp(manifest.published))
+                           "patterns count as stale", stamp(manifest.expires),
+                           stamp(manifest.published))
 
     def _plan(self, manifest: repo.Manifest, have: dict[str, str], due: set[str]) -> list[repo.Fetch]:
         fetches = repo.plan(manifest, have)
@@ -663,7 +662,7 @@ class Updater:
             "consecutive_failures": self.consecutive_failures,
             "failures": dict(self.failures),
             "next_attempt": int(self.next_attempt) if self.next_attempt else None,
-            "source_expires": repo.stamp(self.source_expires) if self.source_expires else None,
+            "source_expires": stamp(self.source_expires) if self.source_expires else None,
         }
 
 
