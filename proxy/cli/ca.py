@@ -41,6 +41,7 @@ def describe_ca(data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any
     """What ``rampart ca show`` prints, as a dict (also its ``--json``)."""
     import certs
     from certs import expiry, rotate
+    from certs.ca import fingerprint
 
     now = now or dt.datetime.now(dt.UTC)
     ca = certs.CA.load(data_dir)
@@ -55,10 +56,10 @@ def describe_ca(data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any
         "key": rotate.key_description(ca.key),
         "certificate": str(data_dir / certs.CA_CERT_FILE),
         "bundle": [
-            {"subject": c.subject.rfc4514_string(), "sha256": rotate.fingerprint(c)} for c in members
+            {"subject": c.subject.rfc4514_string(), "sha256": fingerprint(c)} for c in members
         ],
         "retired": [
-            {"sha256": rotate.fingerprint(r.cert), "until": r.until.isoformat()}
+            {"sha256": fingerprint(r.cert), "until": r.until.isoformat()}
             for r in rotate.load_retired(data_dir)
         ],
         "served": [

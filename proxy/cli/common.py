@@ -85,12 +85,12 @@ def _set_flag(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
-def _set_config_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Any:
+def _set_config_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     ctx.ensure_object(Run).config_file = value
     return value
 
 
-def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> Any:
+def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     ctx.ensure_object(Run).as_json = value
     return value
 
