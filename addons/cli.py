@@ -28,6 +28,7 @@ PORT = click.IntRange(0, 65535)
 
 
 def _port_help(what: str, key: str) -> str:
+    """A port flag's help, its default taken from the config key it sets."""
     return f"{what} (default {config_mod.default(key)}; 0 turns it off)."
 
 
@@ -45,8 +46,8 @@ def _port_help(what: str, key: str) -> str:
 @config_flag("--transparent-port", type=PORT, envvar="RAMPART_TRANSPARENT_PORT",
              help=_port_help("Intercept door, transparent-mode port", "transparent_port"))
 @config_flag("--intercept-host", "intercept_hosts", multiple=True,
-              help="Cloud host name or *.domain whose reputation traffic is answered here "
-                   "(repeatable; the --cloud hosts are included). All else passes through.")
+             help="Cloud host name or *.domain whose reputation traffic is answered here "
+                  "(repeatable; the --cloud hosts are included). All else passes through.")
 @config_flag("--allow-client", "allow_clients", multiple=True,
              help="Client network (CIDR) the intercept door serves (repeatable; "
                   "default loopback and private ranges).")
