@@ -8,5 +8,6 @@
   guard that keeps the appliance's own upstream traffic out of the redirect
   (``rampart appliance setup --transparent --interface IF`` / ``teardown``).
 
-Nothing here imports ``proxy`` or ``mitmproxy``.
+``netrules`` takes its defaults from ``proxy.config`` (the bottom layer, where every
+config key is declared once); nothing here imports the rest of ``proxy`` or ``mitmproxy``.
 """

@@ -26,10 +26,12 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from proxy.config import default
+
 TABLE = "rampart"
 CHAIN = "RAMPART"
 REDIRECTED_PORTS = (80, 443)
-DEFAULT_TRANSPARENT_PORT = 8081
+DEFAULT_TRANSPARENT_PORT: int = default("transparent_port")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import ipaddress
 import math
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError
-from proxy.serve.destinations import Allowed
+from proxy.model import HOST_LABEL, Allowed
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -342,9 +341,6 @@ def _check_ports(cfg: Config) -> None:
         seen[port] = key
 
 
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
-
-
 def _host_pattern_ok(pattern: str) -> bool:
     """An exact host name, an IP address, or ``*.`` followed by a host name."""
     name = pattern.lower().removeprefix("*.")
@@ -354,7 +350,7 @@ def _host_pattern_ok(pattern: str) -> bool:
     except ValueError:
         pass
     labels = name.rstrip(".").split(".")
-    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+    return len(name) <= 253 and all(HOST_LABEL.fullmatch(label) for label in labels)
 
 
 def _endpoint_ok(url: str) -> bool:

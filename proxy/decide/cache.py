@@ -12,13 +12,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from proxy.config import default
+
 V = TypeVar("V")
 
 
 class AnswerCache(Generic[V]):
     def __init__(
         self,
-        max_entries: int = 100_000,
+        max_entries: int = default("cache_size"),
         *,
         max_ttl: float = 86_400,
         clock: Callable[[], float] = time.monotonic,

@@ -22,6 +22,7 @@ from functools import partial
 from itertools import compress, repeat
 from typing import Any, Protocol
 
+from proxy.config import default
 from proxy.decide.cache import AnswerCache
 from proxy.errors import RelayError
 from proxy.model import (
@@ -97,8 +98,8 @@ class Engine:
         cache: AnswerCache[Answer],
         relay: RelayLike | None,
         stats: StatsLike,
-        local_ttl: int = 3600,
-        retry_after: int = 60,
+        local_ttl: int = default("local_ttl"),
+        retry_after: int = default("degraded_retry_after"),
         authoritative: bool = False,
     ) -> None:
         self.patterns = patterns  # swapped whole by the updater; read once per request

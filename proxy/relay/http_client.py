@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from proxy.config import default
 from proxy.errors import (
     ConfigError,
     ConnectError,
@@ -256,8 +257,8 @@ class HttpClient:
         *,
         ssl_context: ssl.SSLContext | None = None,
         max_connections_per_host: int = 32,
-        connect_timeout: float = 2.0,
-        read_timeout: float = 5.0,
+        connect_timeout: float = default("connect_timeout"),
+        read_timeout: float = default("read_timeout"),
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         idle_timeout: float = 15.0,
         clock: Callable[[], float] = time.monotonic,

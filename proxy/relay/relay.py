@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy.config import default
 from proxy.errors import ConfigError, RelayError, RelayUnavailable, UpstreamStatus
 from proxy.model import Service
 from proxy.relay.http_client import HttpClient, make_ssl_context, parse_origin
@@ -217,14 +218,14 @@ class Relay:
         *,
         transport: Transport | None = None,
         ca_file: str | None = None,
-        connect_timeout: float = 2.0,
-        read_timeout: float = 5.0,
-        total_timeout: float = 8.0,
-        batch_window: float = 0.002,
-        max_batch: int = 1000,
-        max_concurrent: int = 64,
-        breaker_failures: int = 3,
-        breaker_cooldown: float = 15.0,
+        connect_timeout: float = default("connect_timeout"),
+        read_timeout: float = default("read_timeout"),
+        total_timeout: float = default("total_timeout"),
+        batch_window: float = default("batch_window"),
+        max_batch: int = default("max_batch"),
+        max_concurrent: int = default("max_relay_concurrency"),
+        breaker_failures: int = default("breaker_failures"),
+        breaker_cooldown: float = default("breaker_cooldown"),
         clock: Callable[[], float] = time.monotonic,
         observer: RelayObserver | None = None,
     ) -> None:

@@ -27,53 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from proxy.config import Config
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from proxy.config import Config
+from proxy.model import Address, Allowed, literal
 
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # "this host on this network": reaches us
 _BROADCAST = ipaddress.ip_address("255.255.255.255")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d, never a real peer
-_LEGACY_IPV4 = re.compile(r"(?i)[0-9a-fx.]{1,64}")
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 RESOLVED_TTL = 5.0  # seconds a name's verdict is kept (the peer connected to is checked anyway)
-
-
-def literal(host: str) -> Address | None:
-    """The address ``host`` names as an IP literal, in every form the system resolver takes.
-
-    Besides the usual forms that means ``[v6]`` brackets, a ``%zone`` suffix,
-    IPv4-mapped IPv6 (read as the IPv4 address it reaches) and the legacy IPv4
-    forms ``inet_aton`` accepts: decimal (``2130706433``), octal (``0177.0.0.1``),
-    hex (``0x7f.1``) and short (``127.1``). None: a name, to be resolved.
-    """
-    h = host.strip().rstrip(".")
-    if h.startswith("[") and h.endswith("]"):
-        h = h[1:-1]
-    h = h.split("%", 1)[0]
-    try:
-        ip: Address = ipaddress.ip_address(h)
-    except ValueError:
-        if not _LEGACY_IPV4.fullmatch(h):
-            return None
-        try:
-            ip = ipaddress.IPv4Address(socket.inet_aton(h))
-        except OSError:
-            return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def this_machine(ip: Address) -> bool:
@@ -110,52 +76,6 @@ def special(ip: Address) -> str | None:
     if ip.version == 6 and ip in _IPV4_COMPATIBLE:
         return "an IPv4-compatible IPv6 address"
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class Allowed:
-    """One allowed destination: a name or a network, on one port or (None) any."""
-
-    name: str | None
-    network: Network | None
-    port: int | None
-
-    @classmethod
-    def parse(cls, entry: str) -> Allowed:
-        """``HOST[:PORT]``, ``[V6]:PORT``, an address or a network (CIDR, any port)."""
-        text = entry.strip()
-        if "/" in text:
-            return cls(None, ipaddress.ip_network(text, strict=False), None)
-        host, port = text, None
-        if text.startswith("["):
-            host, sep, rest = text[1:].partition("]")
-            if not sep or (rest and not rest.startswith(":")):
-                raise ValueError(f"bad destination {entry!r}")
-            port = _port(rest[1:], entry) if rest else None
-        elif text.count(":") == 1:
-            host, _, digits = text.partition(":")
-            port = _port(digits, entry)
-        ip = literal(host) if host else None
-        if ip is not None:
-            return cls(None, ipaddress.ip_network(ip), port)
-        name = host.lower().rstrip(".")
-        if not name or len(name) > 253 or not all(_LABEL.fullmatch(x) for x in name.split(".")):
-            raise ValueError(f"bad destination {entry!r}")
-        return cls(name, None, port)
-
-    def names(self, host: str, port: int) -> bool:
-        return self.name is not None and self.name == host and self.port in (None, port)
-
-    def covers(self, ip: Address, port: int, *, own_port: bool) -> bool:
-        if self.network is None or ip.version != self.network.version or ip not in self.network:
-            return False
-        return self.port == port if own_port else self.port in (None, port)
-
-
-def _port(digits: str, entry: str) -> int:
-    if not digits.isdigit() or not 0 < int(digits) < 65536:
-        raise ValueError(f"bad port in destination {entry!r}")
-    return int(digits)
 
 
 def cloud_endpoints(urls: Iterable[str]) -> list[Allowed]:

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from proxy.config import default
+from proxy.model import Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class Gate:
         networks: Sequence[str] = (),
         *,
         rate: float = 0.0,
-        burst: int = 100,
+        burst: int = default("rate_burst"),
         clock: Callable[[], float] = time.monotonic,
         max_clients: int = 65536,
     ) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import httptools
 
+from proxy.config import default
 from proxy.errors import ProtocolError
 from proxy.serve.conns import ConnectionCaps, Slot
 from proxy.serve.gate import Gate
@@ -36,12 +37,12 @@ LINGER_SECONDS = 2.0  # how long a refused request's connection still drains the
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
-    max_header: int = 16384
-    max_body: int = 1 << 20
-    idle_timeout: float = 60.0  # between requests, and of a silent client
+    max_header: int = default("max_header")
+    max_body: int = default("max_body")
+    idle_timeout: float = default("idle_timeout")  # between requests, and of a silent client
     max_pipeline: int = 64
-    head_timeout: float = 10.0  # a request's head, from its first byte (and a TLS handshake)
-    request_timeout: float = 30.0  # a whole request, head and body, from its first byte
+    head_timeout: float = default("head_timeout")  # a request's head (and a TLS handshake)
+    request_timeout: float = default("request_timeout")  # a whole request, head and body
 
 
 class HttpConnection(asyncio.Protocol):

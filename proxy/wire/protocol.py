@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.config import default
 from proxy.errors import BadAnswer, ProtocolError, UrlError
 from proxy.model import (
     PROTOCOL_VERSION,
@@ -58,9 +59,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class Limits:
     """Bounds on what one request may carry (see proxy.config for the defaults' help)."""
 
-    max_batch: int = 1000
-    max_url: int = 4096
-    max_inspect_content: int = 256 * 1024
+    max_batch: int = default("max_batch")
+    max_url: int = default("max_url")
+    max_inspect_content: int = default("max_inspect_content")
 
 
 # ---------------------------------------------------------------- parsing
