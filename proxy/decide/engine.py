@@ -173,10 +173,6 @@ class Engine:
         left = self.settle(Service.FILE, answers, list(zip(missing, map(hexes.__getitem__, missing))))
         return answers, [(i, key, {names[i]: key}) for i, key in left]
 
-    async def files(self, qs: FileBatch | Sequence[FileQuery]) -> list[FileAnswer]:
-        batch = qs if isinstance(qs, FileBatch) else FileBatch.of(qs)
-        return await self._complete(Service.FILE, *self.begin_files(batch))
-
     # ------------------------------------------------------------ web
 
     def _web_list_answer(self, match: tuple[Any, str]) -> WebAnswer:
@@ -219,9 +215,6 @@ class Engine:
         pending = [(i, f"web:{q.canonical}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
         return answers, [(i, key, key[4:]) for i, key in self.settle(Service.WEB, answers, pending)]
 
-    async def web(self, qs: Sequence[WebQuery]) -> list[WebAnswer]:
-        return await self._complete(Service.WEB, *self.begin_web(qs))
-
     # ------------------------------------------------------------ domain / IP
 
     def domain_local_one(self, q: DomainQuery) -> WebAnswer | None:
@@ -239,9 +232,6 @@ class Engine:
             return answers, []
         pending = [(i, f"domain:{q.name}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
         return answers, [(i, key, key[7:]) for i, key in self.settle(Service.DOMAIN, answers, pending)]
-
-    async def domains(self, qs: Sequence[DomainQuery]) -> list[WebAnswer]:
-        return await self._complete(Service.DOMAIN, *self.begin_domains(qs))
 
     # ------------------------------------------------------------ web inspection
 
@@ -270,10 +260,6 @@ class Engine:
         answers: list[Any] = [None]
         left = self.settle(Service.INSPECT, answers, [(0, f"inspect:{q.digest}")])
         return answers, [(i, key, json.loads(q.body)) for i, key in left]
-
-    async def inspect(self, q: InspectQuery) -> InspectAnswer:
-        answers = await self._complete(Service.INSPECT, *self.begin_inspect(q))
-        return answers[0]  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ cache, relay, degraded
 
@@ -331,7 +317,8 @@ class Engine:
                 self.cache.put(key, answer, answer.ttl)
             answers[i] = answer
 
-    async def _complete(self, service: Service, answers: list[Any], ask: Ask) -> list[Any]:
+    async def finish(self, service: Service, answers: list[Any], ask: Ask) -> list[Any]:
+        """The answers a ``begin_*`` call left ``ask`` for, relayed; all of them counted."""
         if ask:
             await self.relay_fill(service, answers, ask)
         return self.count(service, answers)

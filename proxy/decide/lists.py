@@ -28,7 +28,6 @@ from pathlib import Path
 
 from proxy.errors import ListError, UrlError
 from proxy.files import check_private_dir, create_private
-from proxy.model import FileQuery
 from proxy.wire import urls
 
 logger = logging.getLogger(__name__)
@@ -155,10 +154,6 @@ class ListSnapshot:
         return {ln.value: {k.value: self._counts.get((ln, k), 0) for k in EntryKind} for ln in ListName}
 
     # -- lookups
-
-    def match_file(self, q: FileQuery) -> tuple[ListName, str] | None:
-        e = self._hashes.get(q.digest.hex())
-        return None if e is None else (e.list, e.value)
 
     def match_hexes(self, hexes: Iterable[str]) -> dict[str, tuple[ListName, str]]:
         """Hash rules matching any of these lowercase hex digests (one set operation)."""

@@ -30,7 +30,7 @@ from proxy.relay.relay import Relay
 from proxy.serve import metrics
 from proxy.serve.conns import ConnectionCaps, raise_fd_limit, total_for
 from proxy.serve.gate import Gate
-from proxy.serve.keeper import PatternKeeper, sample_store
+from proxy.serve.keeper import PatternKeeper
 from proxy.serve.listener import Listener
 from proxy.serve.routes import Routes
 from proxy.serve.server import ServerLimits, start_server
@@ -48,16 +48,6 @@ def sample_sources(name: str) -> dict[str, list[Path]]:
     return {
         kind: sorted(root.glob(f"{kind}*.txt")) for kind in ("hashes", "urls", "domains")
     }
-
-
-def ensure_pattern(cfg: Config, sample: str) -> Path:
-    """The pattern directory to serve: the store's current version (DATA_DIR/patterns, see
-    proxy.updates.store), built from the samples on first start; or ``pattern_dir``."""
-    if cfg.pattern_dir is not None:
-        return cfg.pattern_dir
-    path = sample_store(cfg, sample_sources(sample)).current_path()
-    assert path is not None
-    return path
 
 
 @dataclass

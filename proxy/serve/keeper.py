@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 import time
@@ -45,6 +44,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from proxy.clock import stamp
 from proxy.config import Config
 from proxy.errors import PatternError, ProtocolError, RampartError
 from proxy.patterns.build import build_pattern
@@ -298,7 +298,7 @@ class PatternKeeper:
         body: dict[str, Any] = {
             "version": patterns.version, "age_seconds": int(age), "stale": stale,
             "stale_after": stale_after, "patterns": per, "stored": self.served,
-            "source_expires": repo.stamp(expires) if expires is not None else None,
+            "source_expires": stamp(expires) if expires is not None else None,
             "source_expired": expired,
         }
         if self.store is not None:
@@ -492,7 +492,3 @@ def source_times(directory: Path) -> SourceTimes | None:
     except (OSError, PatternError):
         return None
     return m.published, m.expires
-
-
-def agent_etag(data: bytes) -> str:
-    return f'"{hashlib.sha256(data).hexdigest()}"'

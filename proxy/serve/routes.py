@@ -185,8 +185,7 @@ class Routes:
         return self._later(service, answers, ask, render)
 
     async def _later(self, service: Service, answers: list[Any], ask: Ask, render: Render) -> Response:
-        await self.engine.relay_fill(service, answers, ask)
-        return Response(200, render(self.engine.count(service, answers)))
+        return Response(200, render(await self.engine.finish(service, answers, ask)))
 
     def _file(self, batch: protocol.FileBatch) -> Response | Awaitable[Response]:
         version = self.engine.version

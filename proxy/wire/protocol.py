@@ -444,10 +444,6 @@ def render_error(error: ProtocolError) -> bytes:
     return _dumps({"error": body}).encode()
 
 
-def render_request(service_key: str, items: Sequence[object]) -> bytes:
-    return _dumps({service_key: list(items)}).encode()
-
-
 # ---------------------------------------------------------------- results from the cloud
 
 

@@ -97,13 +97,32 @@ def fq(*hexes):
     return [protocol.parse_hash(h) for h in hexes]
 
 
+# The doors' path through the engine (proxy.serve.routes): begin_*, then finish what is left.
+
+
+async def files(engine, qs):
+    return await engine.finish(Service.FILE, *engine.begin_files(protocol.FileBatch.of(qs)))
+
+
+async def web(engine, qs):
+    return await engine.finish(Service.WEB, *engine.begin_web(qs))
+
+
+async def domains(engine, qs):
+    return await engine.finish(Service.DOMAIN, *engine.begin_domains(qs))
+
+
+async def inspect(engine, q):
+    return (await engine.finish(Service.INSPECT, *engine.begin_inspect(q)))[0]
+
+
 async def test_chain_order_blocked_approved_pattern_cache_relay():
     relay = FakeRelay()
     engine, stats, _ = make(relay, [
         entry(ListName.BLOCKED, EntryKind.HASH, BAD),
         entry(ListName.APPROVED, EntryKind.HASH, GOOD),  # approved beats the pattern
     ])
-    answers = await engine.files(fq(BAD, GOOD, EICAR, UNKNOWN))
+    answers = await files(engine, fq(BAD, GOOD, EICAR, UNKNOWN))
     assert [a.source for a in answers] == [
         Source.BLOCKED_LIST, Source.APPROVED_LIST, Source.PATTERN, Source.CLOUD]
     assert answers[0].verdict is Verdict.MALICIOUS and answers[0].matched == BAD
@@ -111,7 +130,7 @@ async def test_chain_order_blocked_approved_pattern_cache_relay():
     assert answers[2].threat == "EICAR-Test-File"
     assert answers[3].verdict is Verdict.SUSPICIOUS
     assert relay.calls == [(Service.FILE, [UNKNOWN])]  # only the leftover is relayed
-    again = await engine.files(fq(UNKNOWN))
+    again = await files(engine, fq(UNKNOWN))
     assert again[0].source is Source.CACHE and again[0].verdict is Verdict.SUSPICIOUS
     assert len(relay.calls) == 1
     assert stats.items[("file", "cache")] == 1 and stats.items[("file", "pattern")] == 1
@@ -120,32 +139,32 @@ async def test_chain_order_blocked_approved_pattern_cache_relay():
 async def test_cached_answers_expire_with_the_cloud_ttl():
     relay = FakeRelay()
     engine, _, clock = make(relay)
-    await engine.files(fq(UNKNOWN))
+    await files(engine, fq(UNKNOWN))
     clock[0] = 299
-    assert (await engine.files(fq(UNKNOWN)))[0].ttl == 1
+    assert (await files(engine, fq(UNKNOWN)))[0].ttl == 1
     clock[0] = 301
-    assert (await engine.files(fq(UNKNOWN)))[0].source is Source.CLOUD
+    assert (await files(engine, fq(UNKNOWN)))[0].source is Source.CLOUD
     assert len(relay.calls) == 2
 
 
 async def test_cloud_failure_degrades_only_unanswered_items():
     engine, stats, _ = make(FakeRelay(fail=True))
-    answers = await engine.files(fq(EICAR, UNKNOWN))
+    answers = await files(engine, fq(EICAR, UNKNOWN))
     assert answers[0].source is Source.PATTERN
     assert answers[1].source is Source.DEGRADED and answers[1].verdict is Verdict.UNKNOWN
     assert answers[1].retry_after == 60
     assert stats.items[("file", "degraded")] == 1
     # A degraded answer is never cached: the next request asks again.
-    assert (await engine.files(fq(UNKNOWN)))[0].source is Source.DEGRADED
+    assert (await files(engine, fq(UNKNOWN)))[0].source is Source.DEGRADED
 
 
 async def test_no_relay_configured_means_degraded_and_authoritative_means_unknown():
     engine, _, _ = make(None)
-    assert (await engine.files(fq(UNKNOWN)))[0].source is Source.DEGRADED
+    assert (await files(engine, fq(UNKNOWN)))[0].source is Source.DEGRADED
     cloud, _, _ = make(None, authoritative=True)
-    a = (await cloud.files(fq(UNKNOWN)))[0]
+    a = (await files(cloud, fq(UNKNOWN)))[0]
     assert (a.verdict, a.source) == (Verdict.UNKNOWN, Source.CLOUD)
-    w = (await cloud.web([protocol.parse_url("http://nowhere.test/", LIMITS)]))[0]
+    w = (await web(cloud, [protocol.parse_url("http://nowhere.test/", LIMITS)]))[0]
     assert (w.rating, w.source) == (Rating.UNTESTED, Source.CLOUD)
 
 
@@ -163,7 +182,7 @@ async def test_no_relay_configured_means_degraded_and_authoritative_means_unknow
 )
 async def test_web_chain(url, rules, rating, source):
     engine, _, _ = make(FakeRelay(), [entry(*r) for r in rules])
-    a = (await engine.web([protocol.parse_url(url, LIMITS)]))[0]
+    a = (await web(engine, [protocol.parse_url(url, LIMITS)]))[0]
     assert (a.rating, a.source) == (rating, source)
 
 
@@ -171,18 +190,18 @@ async def test_domain_chain_and_inspect_relay():
     relay = FakeRelay()
     engine, _, _ = make(relay, [entry(ListName.BLOCKED, EntryKind.DOMAIN, "evil.test")])
     qs = [protocol.parse_domain(x) for x in ("www.evil.test", "x.sus.test", "fine.test")]
-    got = await engine.domains(qs)
+    got = await domains(engine, qs)
     assert [a.source for a in got] == [Source.BLOCKED_LIST, Source.PATTERN, Source.CLOUD]
     q = protocol.parse_inspect_request(b'{"url": "http://fine.test/"}', LIMITS)
-    first = await engine.inspect(q)
-    second = await engine.inspect(q)
+    first = await inspect(engine, q)
+    second = await inspect(engine, q)
     assert (first.source, second.source) == (Source.CLOUD, Source.CACHE)
 
 
 async def test_concurrent_requests_share_the_relay_and_keep_order():
     relay = FakeRelay()
     engine, _, _ = make(relay)
-    results = await asyncio.gather(*(engine.files(fq(EICAR, UNKNOWN)) for _ in range(5)))
+    results = await asyncio.gather(*(files(engine, fq(EICAR, UNKNOWN)) for _ in range(5)))
     for r in results:
         assert r[0].source is Source.PATTERN and r[1].source in (Source.CLOUD, Source.CACHE)
         assert r[1].verdict is Verdict.SUSPICIOUS

@@ -224,12 +224,17 @@ def snap(*rules: tuple[ListName, str]) -> ListSnapshot:
     return ListSnapshot(entries)
 
 
+def match_file(s: ListSnapshot, q: FileQuery) -> tuple[ListName, str] | None:
+    """A file's rule, as the engine asks for it (match_hexes, a batch's digests at once)."""
+    return s.match_hexes([q.digest.hex()]).get(q.digest.hex())
+
+
 def test_match_file() -> None:
     s = snap((B, SHA256), (A, MD5))
-    assert s.match_file(FileQuery(HashKind.SHA256, bytes.fromhex(SHA256))) == (B, SHA256)
-    assert s.match_file(FileQuery(HashKind.MD5, bytes.fromhex(MD5))) == (A, MD5.lower())
+    assert match_file(s, FileQuery(HashKind.SHA256, bytes.fromhex(SHA256))) == (B, SHA256)
+    assert match_file(s, FileQuery(HashKind.MD5, bytes.fromhex(MD5))) == (A, MD5.lower())
     other = hashlib.sha256(b"other").digest()
-    assert s.match_file(FileQuery(HashKind.SHA256, other)) is None
+    assert match_file(s, FileQuery(HashKind.SHA256, other)) is None
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,12 @@ from proxy.model import (
     InspectAnswer,
     Policy,
     Rating,
+    Service,
     Source,
     Verdict,
     WebAnswer,
 )
+from proxy.relay import relay
 from proxy.wire import protocol
 
 LIMITS = protocol.Limits()
@@ -622,7 +624,8 @@ def test_render_error_of_a_real_refusal() -> None:
 
 
 def test_render_request_round_trips_through_the_parser() -> None:
-    raw = protocol.render_request("items", [{"sha256": SHA256}, {"md5": MD5}])
+    _, raw = relay._render_request(Service.FILE, [relay._encode({"sha256": SHA256}),
+                                                  relay._encode({"md5": MD5})])
     assert [q.hex for q in protocol.parse_file_request(raw, LIMITS).queries()] == [SHA256, MD5]
 
 
