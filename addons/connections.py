@@ -89,7 +89,7 @@ def client_address(client: connection.Client) -> str:
 def connection_io(client: connection.Client, conn: connection.Connection) -> Any | None:
     """mitmproxy's I/O of ``conn`` (``client`` itself, or one of its server connections):
     what an addon closes a connection through, as mitmproxy has no hook for that."""
-    proxyserver: Any = ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
+    proxyserver: Any = ctx.master.addons.get("proxyserver")
     handler = proxyserver.connections.get(client.id) if proxyserver is not None else None
     return handler.transports.get(conn) if handler is not None else None
 

@@ -33,8 +33,9 @@ from mitmproxy.proxy import server_hooks
 from addons.connections import client_address, connection_io
 from proxy.config import Config
 from proxy.errors import ProtocolError
+from proxy.model import literal
 from proxy.serve import metrics
-from proxy.serve.destinations import Destinations, literal
+from proxy.serve.destinations import Destinations
 from proxy.serve.gate import ClientNetworks
 from proxy.serve.intercept import decision_of, engine_service, intercept_patterns
 from proxy.wire.http import Handler, Request, Response, coded, error_response, respond, settle
