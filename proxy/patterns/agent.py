@@ -719,7 +719,8 @@ def apply_diff(old: bytes, diff: bytes) -> bytes:
         raise PatternError("agent diff: content SHA-256 mismatch (corrupt diff)")
     if hashlib.sha256(old).digest() != base:
         raise PatternError(
-            f"agent diff: made for base {base.hex()[:16]}…, not for {hashlib.sha256(old).hexdigest()[:16]}…"
+            f"agent diff: made for base {base.hex()[:16]}…, not for {hashlib.sha256(old).hexdigest()[:16]}…",
+            reason="wrong_base",
         )
     p = _DIFF_HEADER.size
     added = _decode_set(diff[p : p + arl], diff[p + arl : p + arl + aul], na, ar, "added")
@@ -735,13 +736,14 @@ def apply_diff(old: bytes, diff: bytes) -> bytes:
     else:
         if k != base_filter.prefix_bits:
             raise PatternError(
-                f"agent diff: prefix bits {k} differ from the base's {base_filter.prefix_bits}"
+                f"agent diff: prefix bits {k} differ from the base's {base_filter.prefix_bits}",
+                reason="wrong_base",
             )
         if nr and int(removed[-1]) >= len(old_keys):
             raise PatternError(f"agent diff: removes entry {int(removed[-1])} of {len(old_keys)}")
         kept = np.delete(old_keys, removed.astype(np.int64))
         if bool(_members(added, kept).any()):
-            raise PatternError("agent diff: adds an entry the base already holds")
+            raise PatternError("agent diff: adds an entry the base already holds", reason="wrong_base")
         merged = np.sort(np.concatenate([kept, added]), kind="stable")
     out = _encode(merged, k, bs)
     if hashlib.sha256(out).digest() != result:

@@ -14,7 +14,6 @@ a longer one (small agent diffs).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,17 +32,32 @@ from proxy.errors import PatternError
 from proxy.files import fsync_dir, make_dirs, write_atomic
 from proxy.model import HashKind, Verdict
 from proxy.patterns import sources
-from proxy.patterns.pattern import (
+from proxy.patterns.layout import (
     AGENT,
     AGENT_FILE,
+    CREATED,
+    DOMAINS_TABLE,
+    ENTRIES,
     FILE_TABLES,
+    FILES,
+    FORMAT,
+    IP4_TABLE,
+    IP6_TABLE,
     MANIFEST,
-    MANIFEST_FORMAT,
-    PATTERN_FILES,
-    RATING_CODES,
-    STRINGS,
-    VERDICT_CODES,
+    PATTERN_TABLES,
+    PATTERNS,
+    STRINGS_FILE,
+    SUSPICIOUS_URLS_TABLE,
     VERSION,
+    VERSION_NAME,
+    WEB_BLOCKING_TABLE,
+    FileSpec,
+    file_specs_json,
+)
+from proxy.patterns.pattern import (
+    MANIFEST_FORMAT,
+    RATING_CODES,
+    VERDICT_CODES,
     WEB_BLOCKING_RATINGS,
     load_strings,
 )
@@ -108,11 +122,11 @@ class _Strings:
         out = cls()
         threats, categories = load_strings(path)
         if threats[0] != "" or categories[0] != "":
-            raise PatternError(f"{STRINGS}: id 0 is not the empty name")
+            raise PatternError(f"{STRINGS_FILE}: id 0 is not the empty name")
         out.threats = {t: i for i, t in enumerate(threats)}
         out.categories = {c: i for i, c in enumerate(categories)}
         if len(out.threats) != len(threats) or len(out.categories) != len(categories):
-            raise PatternError(f"{STRINGS}: a name is listed twice")
+            raise PatternError(f"{STRINGS_FILE}: a name is listed twice")
         return out
 
 
@@ -184,12 +198,6 @@ def _write_ip_table(path: Path, ranges: list[sources.IpRange], width: int,
     return len(ranges)
 
 
-def _file_entry(path: Path, entries: int) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"size": path.stat().st_size, "sha256": digest, "entries": entries}
-
-
 def _write_json(path: Path, value: Any) -> None:
     write_atomic(path, (json.dumps(value, indent=1, ensure_ascii=False) + "\n").encode())
 
@@ -232,7 +240,7 @@ def build_pattern(
     out_dir = Path(out_dir)
     created = to_the_second(now)
     version = version if version is not None else created.strftime("%Y%m%d%H")
-    if VERSION.fullmatch(version) is None:
+    if VERSION_NAME.fullmatch(version) is None:
         raise PatternError(f"bad pattern version {version!r} (expected YYYYMMDDHH[MM[SS]])")
     if not _is_replaceable(out_dir):
         raise PatternError(f"refusing to replace {out_dir.name}: not a pattern directory")
@@ -279,41 +287,38 @@ def build_pattern(
     make_dirs(out_dir.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        strings = _Strings.from_base(Path(base) / STRINGS) if base is not None else _Strings()
+        strings = _Strings.from_base(Path(base) / STRINGS_FILE) if base is not None else _Strings()
         counts: dict[str, int] = {}
         for kind, name in FILE_TABLES.items():
             counts[name] = _write_file_table(tmp / name, kind, by_kind[kind], strings)
-        counts["web-blocking.tbl"] = _write_digest_table(tmp / "web-blocking.tbl", blocking,
+        counts[WEB_BLOCKING_TABLE] = _write_digest_table(tmp / WEB_BLOCKING_TABLE, blocking,
                                                          strings)
-        counts["suspicious-urls.tbl"] = _write_digest_table(tmp / "suspicious-urls.tbl",
+        counts[SUSPICIOUS_URLS_TABLE] = _write_digest_table(tmp / SUSPICIOUS_URLS_TABLE,
                                                             suspicious, strings)
-        counts["domains.tbl"] = _write_digest_table(
-            tmp / "domains.tbl", [(r.name, r) for r in merged_domains.values()], strings)
-        counts["ip4.tbl"] = _write_ip_table(tmp / "ip4.tbl", ranges4, 4, strings)
-        counts["ip6.tbl"] = _write_ip_table(tmp / "ip6.tbl", ranges6, 16, strings)
-        _write_json(tmp / STRINGS, strings.to_json())
+        counts[DOMAINS_TABLE] = _write_digest_table(
+            tmp / DOMAINS_TABLE, [(r.name, r) for r in merged_domains.values()], strings)
+        counts[IP4_TABLE] = _write_ip_table(tmp / IP4_TABLE, ranges4, 4, strings)
+        counts[IP6_TABLE] = _write_ip_table(tmp / IP6_TABLE, ranges6, 16, strings)
+        _write_json(tmp / STRINGS_FILE, strings.to_json())
         agent_entries = _write_agent(tmp / AGENT_FILE, by_kind, base)
-        written = dict(PATTERN_FILES)
+        written = dict(PATTERN_TABLES)
         if agent_entries is not None:
             counts[AGENT_FILE] = agent_entries
             written[AGENT] = (AGENT_FILE,)
 
         patterns: dict[str, Any] = {}
         for pname, files in written.items():
-            entries = {f: _file_entry(tmp / f, counts[f]) for f in files}
             patterns[pname] = {
-                "version": version,
-                "entries": sum(counts[f] for f in files),
-                "files": entries,
+                VERSION: version,
+                ENTRIES: sum(counts[f] for f in files),
+                FILES: file_specs_json(FileSpec.of(tmp / f, counts[f]) for f in files),
             }
-        strings_entry = _file_entry(tmp / STRINGS, 0)
-        del strings_entry["entries"]
         manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": version,
-            "created": iso(created),
-            "files": {STRINGS: strings_entry},
-            "patterns": patterns,
+            FORMAT: MANIFEST_FORMAT,
+            VERSION: version,
+            CREATED: iso(created),
+            FILES: file_specs_json([FileSpec.of(tmp / STRINGS_FILE)]),
+            PATTERNS: patterns,
         }
         _write_json(tmp / MANIFEST, manifest)
         fsync_dir(tmp)
@@ -323,14 +328,14 @@ def build_pattern(
         raise
     report = BuildReport(
         version=version,
-        md5=counts["file-md5.tbl"],
-        sha1=counts["file-sha1.tbl"],
-        sha256=counts["file-sha256.tbl"],
-        web_blocking=counts["web-blocking.tbl"],
-        suspicious_urls=counts["suspicious-urls.tbl"],
-        domains=counts["domains.tbl"],
-        ip4=counts["ip4.tbl"],
-        ip6=counts["ip6.tbl"],
+        md5=counts[FILE_TABLES[HashKind.MD5]],
+        sha1=counts[FILE_TABLES[HashKind.SHA1]],
+        sha256=counts[FILE_TABLES[HashKind.SHA256]],
+        web_blocking=counts[WEB_BLOCKING_TABLE],
+        suspicious_urls=counts[SUSPICIOUS_URLS_TABLE],
+        domains=counts[DOMAINS_TABLE],
+        ip4=counts[IP4_TABLE],
+        ip6=counts[IP6_TABLE],
         agent=counts.get(AGENT_FILE, 0),
         skipped=bad.count if bad is not None else 0,
         skipped_examples=tuple(bad.examples) if bad is not None else (),

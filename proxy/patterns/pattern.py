@@ -45,7 +45,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,35 +57,41 @@ from proxy.clock import iso, parse_iso
 from proxy.errors import PatternError
 from proxy.files import read_json
 from proxy.model import FileQuery, HashKind, Rating, Verdict
+from proxy.patterns.layout import (
+    CREATED,
+    DOMAIN_IP,
+    DOMAINS_TABLE,
+    ENTRIES,
+    FILE_TABLES,
+    FILES,
+    FORMAT,
+    IP4_TABLE,
+    IP6_TABLE,
+    MANIFEST,
+    PATTERN_TABLES,
+    PATTERNS,
+    SIZE,
+    STRINGS_FILE,
+    SUSPICIOUS_URLS,
+    SUSPICIOUS_URLS_TABLE,
+    VERSION,
+    VERSION_NAME,
+    WEB_BLOCKING,
+    WEB_BLOCKING_TABLE,
+    FileSpec,
+    manifest_error,
+    read_file_specs,
+)
 from proxy.patterns.tables import RangeTable, Table
 from proxy.wire import urls as _urls
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-STRINGS = "strings.json"
 MANIFEST_FORMAT = 1
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_STRINGS_BYTES = 256 << 20
+STRINGS = STRINGS_FILE  # the name proxy.serve.keeper imports
 
-SMART_SCAN = "smart-scan"
-WEB_BLOCKING = "web-blocking"
-SUSPICIOUS_URLS = "suspicious-urls"
-DOMAIN_IP = "domain-ip"
-AGENT = "agent"
-AGENT_FILE = "agent.bin"
-
-FILE_TABLES = {
-    HashKind.MD5: "file-md5.tbl",
-    HashKind.SHA1: "file-sha1.tbl",
-    HashKind.SHA256: "file-sha256.tbl",
-}
-PATTERN_FILES: dict[str, tuple[str, ...]] = {
-    SMART_SCAN: tuple(FILE_TABLES.values()),
-    WEB_BLOCKING: ("web-blocking.tbl",),
-    SUSPICIOUS_URLS: ("suspicious-urls.tbl",),
-    DOMAIN_IP: ("domains.tbl", "ip4.tbl", "ip6.tbl"),
-}
 WEB_BLOCKING_RATINGS = frozenset({Rating.DANGEROUS, Rating.HIGHLY_SUSPICIOUS, Rating.SAFE})
 
 VERDICT_CODES = {Verdict.MALICIOUS: 1, Verdict.SUSPICIOUS: 2, Verdict.CLEAN: 3}
@@ -102,9 +107,6 @@ _RATING_BY_CODE = {c: r for r, c in RATING_CODES.items()}
 _FILE_COLUMNS = {"verdict": "<u1", "threat": "<u4"}
 _RATED_COLUMNS = {"rating": "<u1", "score": "<u1", "category": "<u2"}
 _IP_COLUMNS = {**_RATED_COLUMNS, "prefix": "<u1"}
-VERSION = re.compile(r"\d{10}(?:\d{2}){0,2}")  # YYYYMMDDHH[MM[SS]]
-_FILE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -127,40 +129,11 @@ class WebHit:
 
 
 @dataclass(frozen=True, slots=True)
-class _FileSpec:
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True)
 class _Manifest:
     version: str
     created: datetime
     raw: dict[str, Any]
-    files: tuple[_FileSpec, ...]  # every file the manifest lists
-
-
-def _bad(what: str) -> PatternError:
-    return PatternError(f"{MANIFEST}: {what}")
-
-
-def _file_specs(where: str, files: Any) -> list[_FileSpec]:
-    if not isinstance(files, dict):
-        raise _bad(f"{where}: 'files' is not an object")
-    out = []
-    for name, spec in files.items():
-        if not isinstance(name, str) or _FILE_NAME.fullmatch(name) is None:
-            raise _bad(f"{where}: bad file name {str(name)[:80]!r}")
-        if not isinstance(spec, dict):
-            raise _bad(f"{where}: {name}: not an object")
-        size, digest = spec.get("size"), spec.get("sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise _bad(f"{where}: {name}: bad size")
-        if not isinstance(digest, str) or _SHA256_HEX.fullmatch(digest) is None:
-            raise _bad(f"{where}: {name}: bad sha256")
-        out.append(_FileSpec(name, size, digest))
-    return out
+    files: tuple[FileSpec, ...]  # every file the manifest lists
 
 
 def read_manifest(directory: Path) -> _Manifest:
@@ -170,35 +143,35 @@ def read_manifest(directory: Path) -> _Manifest:
     except OSError as e:
         raise PatternError(f"{MANIFEST}: cannot read: {e.strerror or e}") from None
     if not isinstance(raw, dict):
-        raise _bad("not an object")
-    if raw.get("format") != MANIFEST_FORMAT:
-        raise _bad(f"format {raw.get('format')!r} not supported (expected {MANIFEST_FORMAT})")
-    version = raw.get("version")
-    if not isinstance(version, str) or VERSION.fullmatch(version) is None:
-        raise _bad(f"bad version {str(version)[:40]!r}")
+        raise manifest_error("not an object")
+    if raw.get(FORMAT) != MANIFEST_FORMAT:
+        raise manifest_error(f"format {raw.get(FORMAT)!r} not supported (expected {MANIFEST_FORMAT})")
+    version = raw.get(VERSION)
+    if not isinstance(version, str) or VERSION_NAME.fullmatch(version) is None:
+        raise manifest_error(f"bad version {str(version)[:40]!r}")
     try:
-        created = parse_iso(raw.get("created"))
+        created = parse_iso(raw.get(CREATED))
     except ValueError:
-        raise _bad(f"bad created time {str(raw.get('created'))[:40]!r}") from None
-    specs = _file_specs("top level", raw.get("files"))
-    if STRINGS not in {s.name for s in specs}:
-        raise _bad(f"{STRINGS} not listed")
-    patterns = raw.get("patterns")
+        raise manifest_error(f"bad created time {str(raw.get(CREATED))[:40]!r}") from None
+    specs = list(read_file_specs(raw.get(FILES), "top level"))
+    if STRINGS_FILE not in {s.name for s in specs}:
+        raise manifest_error(f"{STRINGS_FILE} not listed")
+    patterns = raw.get(PATTERNS)
     if not isinstance(patterns, dict):
-        raise _bad("'patterns' is not an object")
-    for pname, files in PATTERN_FILES.items():
+        raise manifest_error("'patterns' is not an object")
+    for pname, files in PATTERN_TABLES.items():
         entry = patterns.get(pname)
         if not isinstance(entry, dict):
-            raise _bad(f"pattern {pname!r} missing")
-        pspecs = _file_specs(pname, entry.get("files"))
+            raise manifest_error(f"pattern {pname!r} missing")
+        pspecs = read_file_specs(entry.get(FILES), pname)
         missing = set(files) - {s.name for s in pspecs}
         if missing:
-            raise _bad(f"{pname}: {', '.join(sorted(missing))} not listed")
+            raise manifest_error(f"{pname}: {', '.join(sorted(missing))} not listed")
         specs.extend(pspecs)
     return _Manifest(version, created, raw, tuple(specs))
 
 
-def _check_file(directory: Path, spec: _FileSpec, *, verify: bool) -> None:
+def _check_file(directory: Path, spec: FileSpec, *, verify: bool) -> None:
     path = directory / spec.name
     try:
         size = path.stat().st_size
@@ -229,15 +202,15 @@ def pattern_info(directory: Path) -> dict[str, Any]:
 
 def _info(m: _Manifest, problems: list[str]) -> dict[str, Any]:
     patterns = {}
-    for name, entry in m.raw["patterns"].items():
+    for name, entry in m.raw[PATTERNS].items():
         if not isinstance(entry, dict):
             continue
-        listed = entry.get("files")
+        listed = entry.get(FILES)
         files: dict[str, Any] = listed if isinstance(listed, dict) else {}
         patterns[name] = {
-            "version": entry.get("version"),
-            "entries": entry.get("entries"),
-            "size": sum(f.get("size", 0) for f in files.values() if isinstance(f, dict)),
+            VERSION: entry.get(VERSION),
+            ENTRIES: entry.get(ENTRIES),
+            SIZE: sum(f.get(SIZE, 0) for f in files.values() if isinstance(f, dict)),
         }
     return {
         "format": MANIFEST_FORMAT,
@@ -260,15 +233,15 @@ def _specificity(expression: str) -> tuple[int, int]:
 def load_strings(path: Path) -> tuple[list[str], list[str]]:
     """The threat names and categories of a strings.json, bounded and checked."""
     try:
-        raw = read_json(path, MAX_STRINGS_BYTES, error=PatternError, label=STRINGS)
+        raw = read_json(path, MAX_STRINGS_BYTES, error=PatternError, label=STRINGS_FILE)
     except OSError as e:
-        raise PatternError(f"{STRINGS}: cannot read: {e.strerror or e}") from None
+        raise PatternError(f"{STRINGS_FILE}: cannot read: {e.strerror or e}") from None
     if not isinstance(raw, dict):
-        raise PatternError(f"{STRINGS}: not an object")
+        raise PatternError(f"{STRINGS_FILE}: not an object")
     threats, categories = raw.get("threats"), raw.get("categories")
     for what, seq in (("threats", threats), ("categories", categories)):
         if not isinstance(seq, list) or not seq or not all(isinstance(s, str) for s in seq):
-            raise PatternError(f"{STRINGS}: {what!r} is not a list of strings")
+            raise PatternError(f"{STRINGS_FILE}: {what!r} is not a list of strings")
     assert isinstance(threats, list) and isinstance(categories, list)
     return threats, categories
 
@@ -305,15 +278,15 @@ class PatternSet:
         manifest = read_manifest(directory)
         for spec in manifest.files:
             _check_file(directory, spec, verify=verify)
-        threats, categories = load_strings(directory / STRINGS)
+        threats, categories = load_strings(directory / STRINGS_FILE)
         tables: dict[str, Table] = {}
         try:
             for kind, name in FILE_TABLES.items():
                 tables[name] = _open_checked(directory / name, kind.size, _FILE_COLUMNS)
-            for name in ("web-blocking.tbl", "suspicious-urls.tbl", "domains.tbl"):
+            for name in (WEB_BLOCKING_TABLE, SUSPICIOUS_URLS_TABLE, DOMAINS_TABLE):
                 tables[name] = _open_checked(directory / name, 32, _RATED_COLUMNS)
-            tables["ip4.tbl"] = _open_checked(directory / "ip4.tbl", 4, _IP_COLUMNS, ranges=True)
-            tables["ip6.tbl"] = _open_checked(directory / "ip6.tbl", 16, _IP_COLUMNS, ranges=True)
+            tables[IP4_TABLE] = _open_checked(directory / IP4_TABLE, 4, _IP_COLUMNS, ranges=True)
+            tables[IP6_TABLE] = _open_checked(directory / IP6_TABLE, 16, _IP_COLUMNS, ranges=True)
         except BaseException:
             for t in tables.values():
                 t.close()
@@ -438,8 +411,8 @@ class PatternSet:
 
     def lookup_url(self, expressions: Sequence[str]) -> tuple[str, WebHit] | None:
         """The most severe entry among a URL's expressions (``proxy.wire.urls.expressions``)."""
-        return self._best(expressions, (("web-blocking.tbl", WEB_BLOCKING),
-                                        ("suspicious-urls.tbl", SUSPICIOUS_URLS)))
+        return self._best(expressions, ((WEB_BLOCKING_TABLE, WEB_BLOCKING),
+                                        (SUSPICIOUS_URLS_TABLE, SUSPICIOUS_URLS)))
 
     def lookup_domain(self, name: str) -> tuple[str, WebHit] | None:
         """A normalised domain name and its parents; an IP literal goes to ``lookup_ip``."""
@@ -447,7 +420,7 @@ class PatternSet:
         if ip is not None:
             return self.lookup_ip(ip)
         name = name.rstrip(".").lower()
-        return self._best(_urls.domain_suffixes(name), (("domains.tbl", DOMAIN_IP),))
+        return self._best(_urls.domain_suffixes(name), ((DOMAINS_TABLE, DOMAIN_IP),))
 
     def lookup_ip(self, ip: IPAddress | str) -> tuple[str, WebHit] | None:
         """The source network holding ``ip`` (as CIDR, or the address for a single one)."""
@@ -458,7 +431,7 @@ class PatternSet:
             ip = parsed
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        table = self._tables["ip4.tbl" if ip.version == 4 else "ip6.tbl"]
+        table = self._tables[IP4_TABLE if ip.version == 4 else IP6_TABLE]
         assert isinstance(table, RangeTable)
         row = table.lookup_ip(ip)
         if row is None:

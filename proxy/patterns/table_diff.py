@@ -251,7 +251,7 @@ def _apply(base_path: Path, d: TableDiff, out_path: Path, what: str) -> int:
     with Table.open(base_path) as base:
         if base.content_sha256 != d.base_sha256:
             raise PatternError(f"{what}: made for base {d.base_sha256[:16]}…, not for "
-                               f"{base.path.name} ({base.content_sha256[:16]}…)")
+                               f"{base.path.name} ({base.content_sha256[:16]}…)", reason="wrong_base")
         if (base.key_width, base.is_range, _layout_of(base)) != (d.width, d.ranges, d.columns):
             raise PatternError(f"{what}: layout differs from {base.path.name}")
         n = base.count
@@ -259,7 +259,7 @@ def _apply(base_path: Path, d: TableDiff, out_path: Path, what: str) -> int:
             raise PatternError(f"{what}: keys not sorted (corrupt diff)")
         del_rows = base.lookup_many(d.removed) if len(d.removed) else np.zeros(0, np.int64)
         if (del_rows < 0).any():
-            raise PatternError(f"{what}: removes a key the base does not hold")
+            raise PatternError(f"{what}: removes a key the base does not hold", reason="wrong_base")
         ins = _insert_positions(base, d.added)
         # an added key equal to a base key must replace a removed row
         hit = np.flatnonzero(ins < n)
@@ -267,7 +267,7 @@ def _apply(base_path: Path, d: TableDiff, out_path: Path, what: str) -> int:
             same = (base.sorted_keys()[ins[hit]] == d.added[hit]).all(axis=1)
             clash = ins[hit][same]
             if clash.size and not np.isin(clash, del_rows).all():
-                raise PatternError(f"{what}: adds a key the base already holds")
+                raise PatternError(f"{what}: adds a key the base already holds", reason="wrong_base")
         count = n - len(del_rows) + len(d.added)
         if count != d.result_count:
             raise PatternError(f"{what}: result would hold {count} rows, diff says "

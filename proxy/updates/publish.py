@@ -38,32 +38,49 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from proxy.clock import iso, to_the_second
 from proxy.errors import PatternError
 from proxy.files import copy_atomic, locked, read_bounded, read_json, write_atomic
-from proxy.updates.repo import (
+from proxy.patterns.layout import (
     AGENT,
     AGENT_FILE,
-    DEFAULT_KEEP,
+    DIFFS,
+    ENTRIES,
+    EXPIRES,
+    FILES,
+    FORMAT,
+    FROM,
     FULL_ONLY,
+    HISTORY,
+    KEEP,
     MANIFEST,
-    MAX_KEEP,
-    MAX_MANIFEST_BYTES,
     PATTERN_FILES,
-    REPO_FORMAT,
-    REPO_TYPE,
+    PATTERNS,
+    PUBLISHED,
+    SHA256,
     SIGNATURE,
-    SIGNATURE_BYTES,
+    SIZE,
     STRINGS,
     STRINGS_FILE,
-    Diff,
+    TO,
+    TYPE,
+    VERSION,
     FileSpec,
-    Manifest,
-    diff_path,
-    full_path,
-    load_manifest,
-    parse_file_specs,
-    parse_manifest,
-    verify_file,
+    file_specs_json,
+    read_file_specs,
 )
+from proxy.updates.repo import diff_path, full_path, verify_file
 from proxy.updates.signing import sign
+from proxy.updates.source import (
+    DEFAULT_KEEP,
+    MAX_KEEP,
+    MAX_MANIFEST_BYTES,
+    REPO_FORMAT,
+    REPO_TYPE,
+    SIGNATURE_BYTES,
+    Diff,
+    Manifest,
+    PatternEntry,
+    load_manifest,
+    parse_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -148,28 +165,21 @@ def _build_files(build_dir: Path) -> tuple[str, dict[str, dict[str, Any]], FileS
     from proxy.patterns.pattern import read_manifest
 
     m = read_manifest(build_dir)
-    patterns = m.raw["patterns"]
+    patterns = m.raw[PATTERNS]
     if AGENT not in patterns:
         raise PatternError(f"{build_dir.name}: the build has no agent pattern; rebuild it")
     out: dict[str, dict[str, Any]] = {}
     for name, files in PATTERN_FILES.items():
         entry = patterns[name]
-        listed = parse_file_specs(entry.get("files"), f"build pattern {name}", files)
+        listed = read_file_specs(entry.get(FILES), f"build pattern {name}", files)
         if {f.name for f in listed} != set(files):
             raise PatternError(f"{build_dir.name}: pattern {name}: files missing")
         for spec in listed:
             verify_file(build_dir / spec.name, spec.size, spec.sha256, spec.name)
-        out[name] = {"entries": entry.get("entries", 0), "files": listed}
+        out[name] = {ENTRIES: entry.get(ENTRIES, 0), FILES: listed}
     s = next(f for f in m.files if f.name == STRINGS_FILE)
     verify_file(build_dir / STRINGS_FILE, s.size, s.sha256, STRINGS_FILE)
     return m.version, out, FileSpec(STRINGS_FILE, s.size, s.sha256)
-
-
-def _spec_json(spec: FileSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {"size": spec.size, "sha256": spec.sha256}
-    if spec.entries is not None:
-        out["entries"] = spec.entries
-    return out
 
 
 def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
@@ -199,71 +209,22 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
             current = load_manifest(signed[0], signed[1], private_key.public_key())
         elif any(p.name != ".publish.lock" for p in repo_dir.iterdir()):
             raise PatternError(f"{repo_dir.name}: not empty and has no {MANIFEST}")
-
-        # strings.json
-        if current is not None and current.strings.sha256 == strings.sha256:
-            strings_version = current.strings_version
-        else:
-            if current is not None:
-                if not version > current.strings_version:
-                    raise PatternError(f"version {version} is not newer than the published "
-                                       f"strings {current.strings_version}")
-                _check_strings_extend(
-                    repo_dir / full_path(STRINGS, current.strings_version, STRINGS_FILE),
-                    build_dir / STRINGS_FILE)
-            strings_version = version
-            copy_atomic(build_dir / STRINGS_FILE,
-                         repo_dir / full_path(STRINGS, version, STRINGS_FILE))
-
+        strings_version = _publish_strings(build_dir, repo_dir, version, strings, current)
         doc_patterns: dict[str, Any] = {}
         report: list[Published] = []
         for name in PATTERN_FILES:
-            specs: tuple[FileSpec, ...] = built[name]["files"]
             old = current.pattern(name) if current is not None else None
-            full_bytes = sum(s.size for s in specs)
-            if old is not None and {(f.name, f.sha256) for f in old.files} == {
-                    (f.name, f.sha256) for f in specs}:
-                history = list(old.history)[-keep:]
-                diffs = [d for d in old.diffs if d.from_version in history]
-                doc_patterns[name] = _pattern_json(old.version, old.entries, old.files,
-                                                   history, diffs)
-                report.append(Published(name, old.version, False, full_bytes, 0))
-                continue
-            if old is not None and not version > old.version:
-                raise PatternError(f"version {version} is not newer than {name} "
-                                   f"{old.version}")
-            for spec in specs:
-                copy_atomic(build_dir / spec.name, repo_dir / full_path(name, version, spec.name))
-            diff_bytes = 0
-            diffs = list(old.diffs) if old is not None else []
-            if old is not None:
-                made: list[FileSpec] = []
-                for spec in specs:
-                    base = repo_dir / full_path(name, old.version, spec.name)
-                    data = _make_diff(spec.name, base, build_dir / spec.name)
-                    if data is None or len(data) >= spec.size:
-                        continue
-                    write_atomic(repo_dir / diff_path(name, old.version, version, spec.name),
-                                  data)
-                    made.append(FileSpec(spec.name, len(data),
-                                         hashlib.sha256(data).hexdigest()))
-                    diff_bytes += len(data)
-                diffs.append(Diff(old.version, version, tuple(made)))
-            history = ([*old.history, version] if old is not None else [version])[-keep:]
-            diffs = [d for d in diffs if d.from_version in history]
-            doc_patterns[name] = _pattern_json(version, int(built[name]["entries"]), specs,
-                                               history, diffs)
-            report.append(Published(name, version, True, full_bytes, diff_bytes))
-
+            doc_patterns[name], done = _publish_pattern(
+                build_dir, repo_dir, name, version, built[name], old, keep)
+            report.append(done)
         doc = {
-            "format": REPO_FORMAT,
-            "type": REPO_TYPE,
-            "published": iso(published),
-            "expires": iso(published + valid_for),
-            "keep": keep,
-            "strings": {"version": strings_version, "size": strings.size,
-                        "sha256": strings.sha256},
-            "patterns": doc_patterns,
+            FORMAT: REPO_FORMAT,
+            TYPE: REPO_TYPE,
+            PUBLISHED: iso(published),
+            EXPIRES: iso(published + valid_for),
+            KEEP: keep,
+            STRINGS: {VERSION: strings_version, SIZE: strings.size, SHA256: strings.sha256},
+            PATTERNS: doc_patterns,
         }
         raw = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
         new = parse_manifest(raw)  # never publish what a reader would refuse
@@ -275,15 +236,68 @@ def publish(build_dir: Path, repo_dir: Path, private_key: Ed25519PrivateKey, *,
     return PublishReport(tuple(report), strings_version, pruned)
 
 
+def _publish_strings(build_dir: Path, repo_dir: Path, version: str, strings: FileSpec,
+                     current: Manifest | None) -> str:
+    """The strings version the new manifest names: the published one if the build's
+    strings.json is the same, else ``version`` (copied in, once checked to extend it)."""
+    if current is not None and current.strings.sha256 == strings.sha256:
+        return current.strings_version
+    if current is not None:
+        if not version > current.strings_version:
+            raise PatternError(f"version {version} is not newer than the published "
+                               f"strings {current.strings_version}")
+        _check_strings_extend(
+            repo_dir / full_path(STRINGS, current.strings_version, STRINGS_FILE),
+            build_dir / STRINGS_FILE)
+    copy_atomic(build_dir / STRINGS_FILE, repo_dir / full_path(STRINGS, version, STRINGS_FILE))
+    return version
+
+
+def _publish_pattern(build_dir: Path, repo_dir: Path, name: str, version: str,
+                     built: dict[str, Any], old: PatternEntry | None, keep: int
+                     ) -> tuple[dict[str, Any], Published]:
+    """One pattern's manifest entry, and what publishing it did: unchanged files keep the
+    old version; changed ones are copied in at ``version`` with a diff from the old one."""
+    specs: tuple[FileSpec, ...] = built[FILES]
+    full_bytes = sum(s.size for s in specs)
+    if old is not None and {(f.name, f.sha256) for f in old.files} == {
+            (f.name, f.sha256) for f in specs}:
+        history = list(old.history)[-keep:]
+        diffs = [d for d in old.diffs if d.from_version in history]
+        return (_pattern_json(old.version, old.entries, old.files, history, diffs),
+                Published(name, old.version, False, full_bytes, 0))
+    if old is not None and not version > old.version:
+        raise PatternError(f"version {version} is not newer than {name} {old.version}")
+    for spec in specs:
+        copy_atomic(build_dir / spec.name, repo_dir / full_path(name, version, spec.name))
+    diff_bytes = 0
+    diffs = list(old.diffs) if old is not None else []
+    if old is not None:
+        made: list[FileSpec] = []
+        for spec in specs:
+            base = repo_dir / full_path(name, old.version, spec.name)
+            data = _make_diff(spec.name, base, build_dir / spec.name)
+            if data is None or len(data) >= spec.size:
+                continue
+            write_atomic(repo_dir / diff_path(name, old.version, version, spec.name), data)
+            made.append(FileSpec(spec.name, len(data), hashlib.sha256(data).hexdigest()))
+            diff_bytes += len(data)
+        diffs.append(Diff(old.version, version, tuple(made)))
+    history = ([*old.history, version] if old is not None else [version])[-keep:]
+    diffs = [d for d in diffs if d.from_version in history]
+    return (_pattern_json(version, int(built[ENTRIES]), specs, history, diffs),
+            Published(name, version, True, full_bytes, diff_bytes))
+
+
 def _pattern_json(version: str, entries: int, files: tuple[FileSpec, ...], history: list[str],
                   diffs: list[Diff]) -> dict[str, Any]:
     return {
-        "version": version,
-        "entries": entries,
-        "files": {f.name: _spec_json(f) for f in files},
-        "history": history,
-        "diffs": [{"from": d.from_version, "to": d.to_version,
-                   "files": {f.name: _spec_json(f) for f in d.files}} for d in diffs],
+        VERSION: version,
+        ENTRIES: entries,
+        FILES: file_specs_json(files),
+        HISTORY: history,
+        DIFFS: [{FROM: d.from_version, TO: d.to_version, FILES: file_specs_json(d.files)}
+                for d in diffs],
     }
 
 

@@ -109,112 +109,49 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from proxy.clock import parse_iso, stamp
-from proxy.errors import PatternError, Refused
+from proxy.errors import PatternError
 from proxy.files import read_bounded
 
-# The pattern names are the pattern directory's, defined there once (re-exported here).
-from proxy.patterns.pattern import AGENT as AGENT
-from proxy.patterns.pattern import AGENT_FILE as AGENT_FILE
-from proxy.patterns.pattern import DOMAIN_IP as DOMAIN_IP
-from proxy.patterns.pattern import SMART_SCAN as SMART_SCAN
-from proxy.patterns.pattern import SUSPICIOUS_URLS as SUSPICIOUS_URLS
-from proxy.patterns.pattern import WEB_BLOCKING as WEB_BLOCKING
-from proxy.updates.signing import load_public_key
+# The vocabulary (``proxy.patterns.layout``) and the manifest (``proxy.updates.source``),
+# re-exported: this module is the update source's API.
+from proxy.patterns.layout import AGENT as AGENT
+from proxy.patterns.layout import AGENT_FILE as AGENT_FILE
+from proxy.patterns.layout import DOMAIN_IP as DOMAIN_IP
+from proxy.patterns.layout import FULL_ONLY as FULL_ONLY
+from proxy.patterns.layout import MANIFEST as MANIFEST
+from proxy.patterns.layout import PATTERN_FILES as PATTERN_FILES
+from proxy.patterns.layout import PUBLISHED as PUBLISHED
+from proxy.patterns.layout import SIGNATURE as SIGNATURE
+from proxy.patterns.layout import SMART_SCAN as SMART_SCAN
+from proxy.patterns.layout import STRINGS as STRINGS
+from proxy.patterns.layout import STRINGS_FILE as STRINGS_FILE
+from proxy.patterns.layout import SUSPICIOUS_URLS as SUSPICIOUS_URLS
+from proxy.patterns.layout import WEB_BLOCKING as WEB_BLOCKING
+from proxy.patterns.layout import FileSpec as FileSpec
+from proxy.updates.source import DEFAULT_KEEP as DEFAULT_KEEP
+from proxy.updates.source import MAX_HISTORY as MAX_HISTORY
+from proxy.updates.source import MAX_KEEP as MAX_KEEP
+from proxy.updates.source import MAX_MANIFEST_BYTES as MAX_MANIFEST_BYTES
+from proxy.updates.source import REPO_FORMAT as REPO_FORMAT
+from proxy.updates.source import REPO_TYPE as REPO_TYPE
+from proxy.updates.source import SIGNATURE_BYTES as SIGNATURE_BYTES
+from proxy.updates.source import Diff as Diff
+from proxy.updates.source import Manifest as Manifest
+from proxy.updates.source import PatternEntry as PatternEntry
+from proxy.updates.source import check_timely as check_timely
+from proxy.updates.source import load_manifest as load_manifest
+from proxy.updates.source import newest as newest
+from proxy.updates.source import parse_manifest as parse_manifest
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-PUBLISHED = "published"  # the high-water mark's key for the publication time
-SIGNATURE = "manifest.json.sig"
-STRINGS = "strings"  # the pseudo-pattern of strings.json, in ``have`` and ``Fetch.pattern``
-STRINGS_FILE = "strings.json"
-REPO_FORMAT = 1
-REPO_TYPE = "rampart-update-source"
-DEFAULT_KEEP = 24
-MAX_KEEP = 1000
-MAX_MANIFEST_BYTES = 4 << 20
-SIGNATURE_BYTES = 64
-MAX_PATTERNS = 16
-MAX_FILES = 16
-MAX_HISTORY = MAX_KEEP + 1
-MAX_FILE_BYTES = 1 << 40
 
-PATTERN_FILES: dict[str, tuple[str, ...]] = {
-    SMART_SCAN: ("file-md5.tbl", "file-sha1.tbl", "file-sha256.tbl"),
-    WEB_BLOCKING: ("web-blocking.tbl",),
-    SUSPICIOUS_URLS: ("suspicious-urls.tbl",),
-    DOMAIN_IP: ("domains.tbl", "ip4.tbl", "ip6.tbl"),
-    AGENT: (AGENT_FILE,),
-}
-FULL_ONLY = frozenset({"ip4.tbl", "ip6.tbl"})  # small range tables: no diffs
-
-_VERSION = re.compile(r"\d{10}(?:\d{2}){0,2}")
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-# ---------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class FileSpec:
-    name: str
-    size: int
-    sha256: str
-    entries: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Diff:
-    from_version: str
-    to_version: str
-    files: tuple[FileSpec, ...]  # FileSpec.name is the target file name, without ".diff"
-
-    def file(self, name: str) -> FileSpec | None:
-        return next((f for f in self.files if f.name == name), None)
-
-
-@dataclass(frozen=True, slots=True)
-class PatternEntry:
-    name: str
-    version: str
-    entries: int
-    files: tuple[FileSpec, ...]
-    history: tuple[str, ...]  # oldest first; the last is ``version``
-    diffs: tuple[Diff, ...]
-
-    def file(self, name: str) -> FileSpec | None:
-        return next((f for f in self.files if f.name == name), None)
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    published: datetime
-    keep: int
-    strings: FileSpec  # name is the strings version; see ``strings_version``
-    patterns: tuple[PatternEntry, ...]
-    raw: bytes  # the exact signed bytes
-    expires: datetime | None = None  # None: the publisher set no expiry (older manifests)
-
-    @property
-    def strings_version(self) -> str:
-        return self.strings.name
-
-    def pattern(self, name: str) -> PatternEntry | None:
-        return next((p for p in self.patterns if p.name == name), None)
+# ---------------------------------------------------------------- fetches
 
 
 class FetchKind(enum.Enum):
@@ -244,182 +181,6 @@ def full_path(pattern: str, version: str, file: str) -> str:
 
 def diff_path(pattern: str, from_version: str, to_version: str, file: str) -> str:
     return f"diffs/{pattern}/{from_version}-{to_version}/{file}.diff"
-
-
-# ---------------------------------------------------------------- the manifest
-
-
-def _bad(what: str) -> PatternError:
-    return PatternError(f"{MANIFEST}: {what}")
-
-
-def _version(value: Any, where: str) -> str:
-    if not isinstance(value, str) or _VERSION.fullmatch(value) is None:
-        raise _bad(f"{where}: bad version {str(value)[:40]!r}")
-    return value
-
-
-def _count(value: Any, where: str, limit: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
-        raise _bad(f"{where}: bad number {str(value)[:40]!r}")
-    return value
-
-
-def _digest(value: Any, where: str) -> str:
-    if not isinstance(value, str) or _SHA256_HEX.fullmatch(value) is None:
-        raise _bad(f"{where}: bad sha256")
-    return value
-
-
-def _time(value: Any, where: str) -> datetime:
-    try:
-        return parse_iso(value)
-    except ValueError:
-        raise _bad(f"bad {where} time {str(value)[:40]!r}") from None
-
-
-def parse_file_specs(files: Any, where: str, allowed: tuple[str, ...]) -> tuple[FileSpec, ...]:
-    """The ``files`` object of a manifest pattern or diff, bounded to the ``allowed`` names."""
-    if not isinstance(files, dict) or len(files) > MAX_FILES:
-        raise _bad(f"{where}: 'files' is not an object of at most {MAX_FILES} files")
-    out = []
-    for name, spec in files.items():
-        if name not in allowed:
-            raise _bad(f"{where}: unexpected file {str(name)[:80]!r}")
-        if not isinstance(spec, dict):
-            raise _bad(f"{where}: {name}: not an object")
-        entries = spec.get("entries")
-        out.append(FileSpec(
-            name,
-            _count(spec.get("size"), f"{where}: {name}: size", MAX_FILE_BYTES),
-            _digest(spec.get("sha256"), f"{where}: {name}"),
-            None if entries is None else _count(entries, f"{where}: {name}: entries", 1 << 48),
-        ))
-    return tuple(out)
-
-
-def _pattern(name: str, raw: Any, keep: int) -> PatternEntry:
-    if not isinstance(raw, dict):
-        raise _bad(f"pattern {name}: not an object")
-    allowed = PATTERN_FILES[name]
-    version = _version(raw.get("version"), f"pattern {name}")
-    files = parse_file_specs(raw.get("files"), f"pattern {name}", allowed)
-    missing = set(allowed) - {f.name for f in files}
-    if missing:
-        raise _bad(f"pattern {name}: {', '.join(sorted(missing))} not listed")
-    history = raw.get("history")
-    if not isinstance(history, list) or not 1 <= len(history) <= MAX_HISTORY:
-        raise _bad(f"pattern {name}: 'history' is not a list of 1..{MAX_HISTORY} versions")
-    hist = tuple(_version(v, f"pattern {name}: history") for v in history)
-    if list(hist) != sorted(set(hist)) or hist[-1] != version:
-        raise _bad(f"pattern {name}: history is not increasing up to the current version")
-    raw_diffs = raw.get("diffs")
-    if not isinstance(raw_diffs, list) or len(raw_diffs) > MAX_HISTORY:
-        raise _bad(f"pattern {name}: 'diffs' is not a list of at most {MAX_HISTORY}")
-    diffs = []
-    for i, d in enumerate(raw_diffs):
-        where = f"pattern {name}: diff {i}"
-        if not isinstance(d, dict):
-            raise _bad(f"{where}: not an object")
-        a = _version(d.get("from"), where)
-        b = _version(d.get("to"), where)
-        if not a < b:
-            raise _bad(f"{where}: from {a} is not before to {b}")
-        diffs.append(Diff(a, b, parse_file_specs(d.get("files"), where, allowed)))
-    entries = _count(raw.get("entries", 0), f"pattern {name}: entries", 1 << 48)
-    return PatternEntry(name, version, entries, files, hist, tuple(diffs))
-
-
-def parse_manifest(raw: bytes) -> Manifest:
-    """Parse and bound manifest bytes (without checking a signature: see ``load_manifest``)."""
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise _bad(f"larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise _bad(f"not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise _bad("not an object")
-    if doc.get("type") != REPO_TYPE:
-        raise _bad(f"type {str(doc.get('type'))[:40]!r} is not {REPO_TYPE!r}")
-    if doc.get("format") != REPO_FORMAT:
-        raise _bad(f"format {str(doc.get('format'))[:20]!r} not supported "
-                   f"(expected {REPO_FORMAT})")
-    published = _time(doc.get("published"), "published")
-    expires = None if doc.get("expires") is None else _time(doc.get("expires"), "expires")
-    if expires is not None and expires <= published:
-        raise _bad(f"expires {stamp(expires)} is not after published {stamp(published)}")
-    keep = _count(doc.get("keep"), "keep", MAX_KEEP)
-    if keep < 1:
-        raise _bad("keep must be at least 1")
-    s = doc.get("strings")
-    if not isinstance(s, dict):
-        raise _bad("'strings' is not an object")
-    strings = FileSpec(_version(s.get("version"), "strings"),
-                       _count(s.get("size"), "strings: size", MAX_FILE_BYTES),
-                       _digest(s.get("sha256"), "strings"))
-    pats = doc.get("patterns")
-    if not isinstance(pats, dict) or len(pats) > MAX_PATTERNS:
-        raise _bad(f"'patterns' is not an object of at most {MAX_PATTERNS}")
-    patterns = []
-    for name in PATTERN_FILES:
-        if name not in pats:
-            raise _bad(f"pattern {name!r} missing")
-        patterns.append(_pattern(name, pats[name], keep))
-    return Manifest(published, keep, strings, tuple(patterns), raw, expires)
-
-
-def load_manifest(raw_manifest: bytes, signature: bytes,
-                  public_key: Ed25519PublicKey | bytes | Path) -> Manifest:
-    """Verify the detached Ed25519 signature over the exact bytes, then parse."""
-    if not signature:
-        raise PatternError(f"{SIGNATURE}: missing (unsigned manifest refused)")
-    if len(signature) != SIGNATURE_BYTES:
-        raise PatternError(f"{SIGNATURE}: {len(signature)} bytes, expected {SIGNATURE_BYTES}")
-    if len(raw_manifest) > MAX_MANIFEST_BYTES:
-        raise _bad(f"larger than {MAX_MANIFEST_BYTES} bytes")
-    key = load_public_key(public_key)
-    try:
-        key.verify(signature, raw_manifest)
-    except InvalidSignature:
-        raise PatternError(f"{SIGNATURE}: bad signature (tampered manifest or wrong key)"
-                           ) from None
-    return parse_manifest(raw_manifest)
-
-
-# ---------------------------------------------------------------- replays and the clock
-
-
-def newest(manifest: Manifest) -> dict[str, str]:
-    """The high-water mark installing from ``manifest`` raises the store's to: its publication
-    time (``PUBLISHED``), the strings version (``STRINGS``) and every pattern's version."""
-    return {PUBLISHED: stamp(manifest.published), STRINGS: manifest.strings_version,
-            **{p.name: p.version for p in manifest.patterns}}
-
-
-def check_timely(manifest: Manifest, mark: Mapping[str, str], now: datetime,
-                 max_skew: float) -> None:
-    """Refuse a manifest older than ``mark`` (``newest`` of what was installed) or published
-    more than ``max_skew`` seconds ahead of ``now``; ``Refused`` says which and why.
-
-    Older is an earlier publication time, or any version below the mark's (a newer
-    time does not excuse an older version: the publisher never lowers one). An
-    empty mark (nothing installed from a source yet: the shipped sample) takes
-    any manifest. A manifest from the future would raise the mark past every
-    genuine one until that time, so it is refused before it can.
-    """
-    ahead = (manifest.published - now).total_seconds()
-    if ahead > max_skew:
-        raise Refused("from_future", f"{MANIFEST}: published {stamp(manifest.published)}, "
-                      f"{ahead:.0f} s ahead of this appliance's clock (more than "
-                      f"update_max_clock_skew, {max_skew:g} s): is a clock wrong?")
-    for key, value in newest(manifest).items():
-        held = mark.get(key)
-        if held is not None and value < held:
-            what = "published" if key == PUBLISHED else f"{key} version"
-            raise Refused("downgrade", f"{MANIFEST}: {what} {value} is older than the installed "
-                          f"{held}: an old update source served again (replayed?); not "
-                          "installed (`rampart pattern rollback` goes back on purpose)")
 
 
 # ---------------------------------------------------------------- planning
@@ -481,7 +242,10 @@ def plan(manifest: Manifest, have: Mapping[str, str]) -> list[Fetch]:
 
 
 def verify_file(data: bytes | Path, size: int, sha256: str, what: str = "file") -> None:
-    """Check a downloaded file (bytes, or a path) against the manifest's size and SHA-256."""
+    """Check a downloaded file (bytes, or a path) against the manifest's size and SHA-256.
+
+    PatternError reasons: ``truncated`` (a size other than the manifest's), ``digest_mismatch``.
+    """
     if isinstance(data, Path):
         try:
             got = data.stat().st_size
@@ -489,20 +253,26 @@ def verify_file(data: bytes | Path, size: int, sha256: str, what: str = "file") 
             raise PatternError(f"{what}: cannot read: {e.strerror or e}") from None
         if got != size:
             state = "truncated" if got < size else "too long"
-            raise PatternError(f"{what}: {state}: {got} bytes, manifest says {size}")
+            raise PatternError(f"{what}: {state}: {got} bytes, manifest says {size}", reason="truncated")
         with open(data, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
     else:
         if len(data) != size:
             state = "truncated" if len(data) < size else "too long"
-            raise PatternError(f"{what}: {state}: {len(data)} bytes, manifest says {size}")
+            raise PatternError(f"{what}: {state}: {len(data)} bytes, manifest says {size}",
+                               reason="truncated")
         digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise PatternError(f"{what}: SHA-256 mismatch (corrupt or substituted file)")
+        raise PatternError(f"{what}: SHA-256 mismatch (corrupt or substituted file)",
+                           reason="digest_mismatch")
 
 
 def apply_diff(file: str, base: Path, diff: bytes, out: Path) -> None:
-    """Apply a diff of pattern file ``file`` to ``base``, writing ``out`` atomically."""
+    """Apply a diff of pattern file ``file`` to ``base``, writing ``out`` atomically.
+
+    PatternError with reason ``wrong_base`` for a diff made against another base; any
+    other is a corrupt diff.
+    """
     if file == AGENT_FILE:
         from proxy.patterns import agent
 

@@ -66,7 +66,8 @@ from proxy.errors import (
     TooLarge,
 )
 from proxy.files import copy_atomic, make_dirs, read_json, write_atomic
-from proxy.patterns.pattern import MANIFEST, STRINGS, PatternSet
+from proxy.patterns.layout import MANIFEST, STRINGS_FILE
+from proxy.patterns.pattern import PatternSet
 from proxy.updates import repo, signing
 from proxy.updates.store import PatternStore
 
@@ -229,7 +230,7 @@ def held_versions(local: Mapping[str, Any], directory: Path | None) -> dict[str,
         if isinstance(listed, dict) and all(f in listed and (directory / f).is_file() for f in files):
             have[name] = entry["version"]
     sv = local.get("strings_version")
-    if isinstance(sv, str) and (directory / STRINGS).is_file():
+    if isinstance(sv, str) and (directory / STRINGS_FILE).is_file():
         have[repo.STRINGS] = sv
     return have
 
@@ -271,7 +272,7 @@ def _local_manifest(manifest: repo.Manifest, held: Mapping[str, dict[str, Any]],
         "format": LOCAL_FORMAT,
         "version": top,
         "created": iso(manifest.published),
-        "files": {STRINGS: strings_spec},
+        "files": {STRINGS_FILE: strings_spec},
         "patterns": dict(held),
         "strings_version": strings_version,
         "source": {"published": iso(manifest.published)},
@@ -554,13 +555,13 @@ class Updater:
                 if not (staging / file).exists():
                     await self._offload(_link_or_copy, _require(current) / file, staging / file)
         if repo.STRINGS not in {f.pattern for f in fetches}:
-            await self._offload(_link_or_copy, _require(current) / STRINGS, staging / STRINGS)
+            await self._offload(_link_or_copy, _require(current) / STRINGS_FILE, staging / STRINGS_FILE)
             strings_version = local.get("strings_version")
         else:
             strings_version = manifest.strings_version
-        strings_spec = {"size": (staging / STRINGS).stat().st_size,
+        strings_spec = {"size": (staging / STRINGS_FILE).stat().st_size,
                         "sha256": manifest.strings.sha256 if strings_version == manifest.strings_version
-                        else (local.get("files") or {}).get(STRINGS, {}).get("sha256")}
+                        else (local.get("files") or {}).get(STRINGS_FILE, {}).get("sha256")}
         doc = _local_manifest(manifest, held, strings_spec, strings_version)
         complete = all(held[p.name]["version"] == p.version for p in manifest.patterns) and (
             strings_version == manifest.strings_version)
