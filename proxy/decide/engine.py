@@ -40,7 +40,7 @@ from proxy.model import (
     WebQuery,
 )
 from proxy.patterns.pattern import FileHit, PatternSet, WebHit
-from proxy.wire import protocol, urls
+from proxy.wire import protocol, replies, urls
 from proxy.wire.protocol import FileBatch
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class Engine:
             result["verdict"] = hit.verdict.value if hit else Verdict.UNKNOWN.value
             if hit:
                 result["threat"] = hit.threat
-        return protocol.inspect_answer_from_result(
+        return replies.inspect_answer_from_result(
             {**result, "ttl": self.local_ttl}, Source.CLOUD
         )
 
@@ -265,10 +265,10 @@ class Engine:
 
     def _convert(self, service: Service, result: dict[str, Any]) -> Answer:
         if service is Service.FILE:
-            return protocol.file_answer_from_result(result, Source.CLOUD)
+            return replies.file_answer_from_result(result, Source.CLOUD)
         if service is Service.INSPECT:
-            return protocol.inspect_answer_from_result(result, Source.CLOUD)
-        return protocol.web_answer_from_result(result, Source.CLOUD)
+            return replies.inspect_answer_from_result(result, Source.CLOUD)
+        return replies.web_answer_from_result(result, Source.CLOUD)
 
     def _fallback(self, service: Service) -> Answer:
         """What an item no source could answer becomes."""

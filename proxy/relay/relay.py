@@ -34,7 +34,7 @@ from proxy.config import default
 from proxy.errors import ConfigError, RelayError, RelayUnavailable, UpstreamStatus
 from proxy.model import Service
 from proxy.relay.http_client import HttpClient, make_ssl_context, parse_origin
-from proxy.wire import paths, protocol
+from proxy.wire import paths, replies
 
 logger = logging.getLogger(__name__)
 
@@ -540,8 +540,8 @@ def _render_request(service: Service, items: Sequence[bytes]) -> tuple[str, byte
 
 
 def check_answer(status: int, raw: bytes, count: int) -> list[JsonObject]:
-    """An upstream answer's results: status 200 and a body ``protocol.parse_results`` takes.
+    """An upstream answer's results: status 200 and a body ``replies.parse_results`` takes.
     ``UpstreamStatus`` or ``BadAnswer`` names what was wrong."""
     if status != 200:
         raise UpstreamStatus(f"HTTP status {status}")
-    return protocol.parse_results(raw, count)
+    return replies.parse_results(raw, count)

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 from proxy.decide.engine import Ask, Engine
 from proxy.errors import ProtocolError
 from proxy.model import InspectQuery, Policy, Service, Source
-from proxy.wire import paths, protocol
+from proxy.wire import paths, protocol, replies
 from proxy.wire.http import Request, Response
 
 Render = Callable[[list[Any]], bytes]
@@ -191,7 +191,7 @@ class Routes:
         version = self.engine.version
         answers, ask = self.engine.begin_files(batch)
         return self._answer(
-            Service.FILE, answers, ask, lambda a: protocol.render_files(version, batch, a)
+            Service.FILE, answers, ask, lambda a: replies.render_files(version, batch, a)
         )
 
     def _web_request(self, request: Request, _: str, query: bytes) -> Response | Awaitable[Response]:
@@ -212,19 +212,19 @@ class Routes:
         version = self.engine.version
         answers, ask = self.engine.begin_web(qs)
         return self._answer(
-            Service.WEB, answers, ask, lambda a: protocol.render_web(version, qs, a, policy)
+            Service.WEB, answers, ask, lambda a: replies.render_web(version, qs, a, policy)
         )
 
     def _domain(self, qs: list[Any]) -> Response | Awaitable[Response]:
         version = self.engine.version
         answers, ask = self.engine.begin_domains(qs)
         return self._answer(
-            Service.DOMAIN, answers, ask, lambda a: protocol.render_domains(version, qs, a)
+            Service.DOMAIN, answers, ask, lambda a: replies.render_domains(version, qs, a)
         )
 
     def _inspect(self, q: InspectQuery) -> Response | Awaitable[Response]:
         version = self.engine.version
         answers, ask = self.engine.begin_inspect(q)
         return self._answer(
-            Service.INSPECT, answers, ask, lambda a: protocol.render_inspect(version, q, a[0])
+            Service.INSPECT, answers, ask, lambda a: replies.render_inspect(version, q, a[0])
         )

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from proxy.errors import ProtocolError
-from proxy.wire.protocol import render_error
+from proxy.wire.replies import render_error
 
 logger = logging.getLogger(__name__)
 

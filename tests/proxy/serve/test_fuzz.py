@@ -26,7 +26,7 @@ from proxy.config import Config
 from proxy.errors import ProtocolError, UrlError
 from proxy.serve.app import App
 from proxy.updates import repo
-from proxy.wire import paths, protocol, urls
+from proxy.wire import paths, protocol, replies, urls
 from proxy.wire.http import Request, Response, error_response
 
 LIMITS = protocol.Limits(max_batch=50, max_url=512)
@@ -81,7 +81,7 @@ def valid_unicode(doc: Any) -> bool:
 
 def assert_client_error(e: ProtocolError) -> None:
     assert 400 <= e.status < 500 and e.message
-    assert valid_unicode(json.loads(protocol.render_error(e)))
+    assert valid_unicode(json.loads(replies.render_error(e)))
 
 
 def only_protocol_errors(parse, body: bytes) -> Any:

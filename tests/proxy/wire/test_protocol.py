@@ -25,7 +25,7 @@ from proxy.model import (
     WebAnswer,
 )
 from proxy.relay import relay
-from proxy.wire import protocol
+from proxy.wire import protocol, replies
 
 LIMITS = protocol.Limits()
 MD5 = hashlib.md5(b"x").hexdigest()
@@ -353,7 +353,7 @@ def test_render_files_matches_design() -> None:
         FileAnswer(Verdict.SUSPICIOUS, Source.CLOUD, threat="Heur.Gen", ttl=60),
         FileAnswer(Verdict.UNKNOWN, Source.DEGRADED, retry_after=60),
     ]
-    doc = rendered(protocol.render_files("2026112213", qs, answers))
+    doc = rendered(replies.render_files("2026112213", qs, answers))
     assert doc == {
         "protocol": 1,
         "pattern": "2026112213",
@@ -380,7 +380,7 @@ def test_render_files_matches_design() -> None:
 
 def test_render_files_hex_is_lower_case_as_digest() -> None:
     q = protocol.parse_hash(SHA256.upper())
-    doc = rendered(protocol.render_files("v", [q], [FileAnswer(Verdict.CLEAN, Source.CACHE, ttl=5)]))
+    doc = rendered(replies.render_files("v", [q], [FileAnswer(Verdict.CLEAN, Source.CACHE, ttl=5)]))
     assert doc["results"][0]["sha256"] == SHA256
 
 
@@ -409,7 +409,7 @@ def test_render_files_hex_is_lower_case_as_digest() -> None:
 def test_render_web_action_by_policy(policy: Policy | None, rating: Rating, action: str | None) -> None:
     (q,), _ = protocol.parse_web_request(body({"urls": ["http://a.test/x"]}), LIMITS)
     answer = WebAnswer(rating, Source.PATTERN, score=rating.default_score, ttl=900)
-    (result,) = rendered(protocol.render_web("v", [q], [answer], policy))["results"]
+    (result,) = rendered(replies.render_web("v", [q], [answer], policy))["results"]
     assert result.get("action") == action
     assert ("action" in result) is (policy is not None)
 
@@ -429,7 +429,7 @@ def test_render_web_matches_design() -> None:
         WebAnswer(Rating.SAFE, Source.CACHE, score=5, category="news", ttl=12),
         WebAnswer(Rating.UNTESTED, Source.DEGRADED, score=50, retry_after=60),
     ]
-    doc = rendered(protocol.render_web("2026112213", qs, answers, policy))
+    doc = rendered(replies.render_web("2026112213", qs, answers, policy))
     assert doc == {
         "protocol": 1,
         "pattern": "2026112213",
@@ -468,7 +468,7 @@ def test_render_web_matches_design() -> None:
 def test_render_web_echoes_the_url_as_sent() -> None:
     sent = 'http://a.test/"quoted"\\path?ü=1'
     qs, _ = protocol.parse_web_request(body({"urls": [sent]}), LIMITS)
-    doc = rendered(protocol.render_web("v", qs, [WebAnswer(Rating.SAFE, Source.CLOUD, 5)], None))
+    doc = rendered(replies.render_web("v", qs, [WebAnswer(Rating.SAFE, Source.CLOUD, 5)], None))
     assert doc["results"][0]["url"] == sent
 
 
@@ -480,7 +480,7 @@ def test_render_domains_matches_design() -> None:
         WebAnswer(Rating.SUSPICIOUS, Source.CLOUD, score=55, ttl=300),
         WebAnswer(Rating.SAFE, Source.APPROVED_LIST, score=5, matched="2001:db8::/32", ttl=3600),
     ]
-    doc = rendered(protocol.render_domains("p1", qs, answers))
+    doc = rendered(replies.render_domains("p1", qs, answers))
     assert doc == {
         "protocol": 1,
         "pattern": "p1",
@@ -512,7 +512,7 @@ def test_render_preserves_request_order_with_many_items() -> None:
         FileAnswer(Verdict.MALICIOUS if i % 3 == 0 else Verdict.CLEAN, Source.PATTERN, ttl=i)
         for i in range(300)
     ]
-    results = rendered(protocol.render_files("v", qs, answers))["results"]
+    results = rendered(replies.render_files("v", qs, answers))["results"]
     assert [r["sha256"] for r in results] == [q.hex for q in qs]
     assert [r["ttl"] for r in results] == list(range(300))
     assert [r["verdict"] for r in results] == [a.verdict.value for a in answers]
@@ -532,7 +532,7 @@ def test_render_preserves_request_order_with_many_items() -> None:
 def test_render_escapes_odd_strings(text: str) -> None:
     fq = protocol.parse_hash(MD5)
     fa = FileAnswer(Verdict.MALICIOUS, Source.CLOUD, threat=text, matched=text, ttl=1)
-    raw = protocol.render_files(text, [fq], [fa])
+    raw = replies.render_files(text, [fq], [fa])
     assert raw.isascii()  # escaped, never raw bytes of another encoding
     doc = rendered(raw)
     assert doc["pattern"] == text
@@ -540,7 +540,7 @@ def test_render_escapes_odd_strings(text: str) -> None:
     assert doc["results"][0]["matched"] == text
     wq = protocol.parse_url("http://a.test/", LIMITS)
     wa = WebAnswer(Rating.SUSPICIOUS, Source.CLOUD, score=60, category=text, matched=text)
-    (w,) = rendered(protocol.render_web("v", [wq], [wa], Policy.HIGH))["results"]
+    (w,) = rendered(replies.render_web("v", [wq], [wa], Policy.HIGH))["results"]
     assert (w["category"], w["matched"], w["action"]) == (text, text, "block")
 
 
@@ -548,20 +548,20 @@ def test_render_same_answer_for_different_subjects() -> None:
     # answers are memoised by value; the subject must still be each item's own
     a = FileAnswer(Verdict.CLEAN, Source.PATTERN, ttl=10)
     qs = [protocol.parse_hash(MD5), protocol.parse_hash(SHA1)]
-    results = rendered(protocol.render_files("v", qs, [a, a]))["results"]
+    results = rendered(replies.render_files("v", qs, [a, a]))["results"]
     assert results == [
         {"md5": MD5, "verdict": "clean", "source": "pattern", "ttl": 10},
         {"sha1": SHA1, "verdict": "clean", "source": "pattern", "ttl": 10},
     ]
     # a file answer and a web answer never share a rendering
     w = WebAnswer(Rating.SAFE, Source.PATTERN, score=5, ttl=10)
-    (r,) = rendered(protocol.render_domains("v", [DomainQuery("a.test", "a.test")], [w]))["results"]
+    (r,) = rendered(replies.render_domains("v", [DomainQuery("a.test", "a.test")], [w]))["results"]
     assert r == {"domain": "a.test", "rating": "safe", "score": 5, "source": "pattern", "ttl": 10}
 
 
 def test_render_inspect() -> None:
     q = protocol.parse_inspect_request(body({"url": "http://a.test/p", "content": "aGk="}), LIMITS)
-    a = protocol.inspect_answer_from_result(
+    a = replies.inspect_answer_from_result(
         {
             "verdict": "malicious",
             "url": "http://spoof.test/",
@@ -572,7 +572,7 @@ def test_render_inspect() -> None:
         },
         Source.CLOUD,
     )
-    doc = rendered(protocol.render_inspect("v9", q, a))
+    doc = rendered(replies.render_inspect("v9", q, a))
     assert doc == {
         "protocol": 1,
         "pattern": "v9",
@@ -587,7 +587,7 @@ def test_render_inspect() -> None:
         ],
     }
     degraded = InspectAnswer(b"", Source.DEGRADED, retry_after=60)
-    doc = rendered(protocol.render_inspect("v9", q, degraded))
+    doc = rendered(replies.render_inspect("v9", q, degraded))
     assert doc["results"] == [{"url": "http://a.test/p", "source": "degraded", "retry_after": 60}]
 
 
@@ -613,12 +613,12 @@ def test_render_inspect() -> None:
     ],
 )
 def test_render_error(error: ProtocolError, expected: dict[str, Any]) -> None:
-    assert json.loads(protocol.render_error(error)) == expected
+    assert json.loads(replies.render_error(error)) == expected
 
 
 def test_render_error_of_a_real_refusal() -> None:
     e = refused(protocol.parse_file_request, body({"items": [{"md5": MD5}, {"md5": "zz"}]}))
-    doc = json.loads(protocol.render_error(e))
+    doc = json.loads(replies.render_error(e))
     assert doc["error"]["code"] == "bad_hash" and doc["error"]["item"] == 1
     assert "zz" in doc["error"]["message"]
 
@@ -655,7 +655,7 @@ def test_render_request_round_trips_through_the_parser() -> None:
     ],
 )
 def test_file_answer_from_result_good(result: dict[str, Any], expected: FileAnswer) -> None:
-    assert protocol.file_answer_from_result(result, Source.CLOUD) == expected
+    assert replies.file_answer_from_result(result, Source.CLOUD) == expected
 
 
 @pytest.mark.parametrize(
@@ -681,7 +681,7 @@ def test_file_answer_from_result_good(result: dict[str, Any], expected: FileAnsw
 )
 def test_file_answer_from_result_bad(result: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        protocol.file_answer_from_result(result, Source.CLOUD)
+        replies.file_answer_from_result(result, Source.CLOUD)
 
 
 @pytest.mark.parametrize(
@@ -704,7 +704,7 @@ def test_file_answer_from_result_bad(result: dict[str, Any]) -> None:
     ],
 )
 def test_web_answer_from_result_good(result: dict[str, Any], expected: WebAnswer) -> None:
-    assert protocol.web_answer_from_result(result, Source.CLOUD) == expected
+    assert replies.web_answer_from_result(result, Source.CLOUD) == expected
 
 
 @pytest.mark.parametrize(
@@ -729,16 +729,16 @@ def test_web_answer_from_result_good(result: dict[str, Any], expected: WebAnswer
 )
 def test_web_answer_from_result_bad(result: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        protocol.web_answer_from_result(result, Source.CLOUD)
+        replies.web_answer_from_result(result, Source.CLOUD)
 
 
 def test_inspect_answer_from_result() -> None:
-    a = protocol.inspect_answer_from_result({"verdict": "clean", "ttl": 10, "url": "u"}, Source.CLOUD)
+    a = replies.inspect_answer_from_result({"verdict": "clean", "ttl": 10, "url": "u"}, Source.CLOUD)
     assert (json.loads(a.result), a.source, a.ttl) == ({"verdict": "clean"}, Source.CLOUD, 10)
     with pytest.raises(ValueError):
-        protocol.inspect_answer_from_result({"detail": "x" * (64 * 1024)}, Source.CLOUD)
+        replies.inspect_answer_from_result({"detail": "x" * (64 * 1024)}, Source.CLOUD)
     with pytest.raises(ValueError):
-        protocol.inspect_answer_from_result({"ttl": -1}, Source.CLOUD)
+        replies.inspect_answer_from_result({"ttl": -1}, Source.CLOUD)
 
 
 @pytest.mark.parametrize(
@@ -760,12 +760,12 @@ def test_inspect_answer_from_result() -> None:
 )
 def test_parse_results_refused(raw: bytes, count: int) -> None:
     with pytest.raises(ValueError):
-        protocol.parse_results(raw, count)
+        replies.parse_results(raw, count)
 
 
 def test_parse_results_good() -> None:
     raw = b'{"protocol":1,"pattern":"p","results":[{"verdict":"clean"},{"verdict":"malicious"}]}'
-    assert protocol.parse_results(raw, 2) == [{"verdict": "clean"}, {"verdict": "malicious"}]
+    assert replies.parse_results(raw, 2) == [{"verdict": "clean"}, {"verdict": "malicious"}]
 
 
 def test_render_then_parse_results_round_trip() -> None:
@@ -774,8 +774,8 @@ def test_render_then_parse_results_round_trip() -> None:
         FileAnswer(Verdict.MALICIOUS, Source.PATTERN, threat="T", ttl=60),
         FileAnswer(Verdict.CLEAN, Source.PATTERN, ttl=60),
     ]
-    results = protocol.parse_results(protocol.render_files("p", qs, answers), 2)
-    back = [protocol.file_answer_from_result(r, Source.CLOUD) for r in results]
+    results = replies.parse_results(replies.render_files("p", qs, answers), 2)
+    back = [replies.file_answer_from_result(r, Source.CLOUD) for r in results]
     assert back == [
         FileAnswer(Verdict.MALICIOUS, Source.CLOUD, threat="T", ttl=60),
         FileAnswer(Verdict.CLEAN, Source.CLOUD, ttl=60),
@@ -784,12 +784,12 @@ def test_render_then_parse_results_round_trip() -> None:
 
 @pytest.mark.parametrize("value", [s.value for s in Source])
 def test_source_of(value: str) -> None:
-    source = protocol.source_of(value)
+    source = replies.source_of(value)
     assert source is not None and source.value == value
 
 
 def test_source_of_unknown() -> None:
-    assert protocol.source_of("somewhere") is None
+    assert replies.source_of("somewhere") is None
 
 
 # ------------------------------------------------------------------ the columnar batch path
@@ -909,10 +909,10 @@ def test_percent_escapes_that_decode_to_a_host_name_or_sit_in_the_path_are_fine(
 
 @pytest.mark.parametrize(
     "convert, result",
-    [(protocol.file_answer_from_result, {"verdict": "malicious", "threat": f"Eicar{LONE}"}),
-     (protocol.web_answer_from_result, {"rating": "dangerous", "category": LONE}),
-     (protocol.web_answer_from_result, {"rating": "dangerous", "matched": f"a.test/{LONE}"}),
-     (protocol.inspect_answer_from_result, {"verdict": "clean", "detail": {"why": [LONE]}})],
+    [(replies.file_answer_from_result, {"verdict": "malicious", "threat": f"Eicar{LONE}"}),
+     (replies.web_answer_from_result, {"rating": "dangerous", "category": LONE}),
+     (replies.web_answer_from_result, {"rating": "dangerous", "matched": f"a.test/{LONE}"}),
+     (replies.inspect_answer_from_result, {"verdict": "clean", "detail": {"why": [LONE]}})],
 )
 def test_a_cloud_result_with_a_lone_surrogate_is_unusable(convert: Any, result: dict[str, Any]) -> None:
     """Relayed, it would become an answer a strict JSON parser refuses; the engine answers the
@@ -923,6 +923,6 @@ def test_a_cloud_result_with_a_lone_surrogate_is_unusable(convert: Any, result: 
 
 def test_an_error_quoting_a_lone_surrogate_renders_as_valid_unicode() -> None:
     e = refused(protocol.parse_file_request, body({"items": [{LONE: SHA256}]}))
-    message = json.loads(protocol.render_error(e))["error"]["message"]
+    message = json.loads(replies.render_error(e))["error"]["message"]
     message.encode("utf-8")  # no lone surrogate left in what the client decodes
     assert "\\ud800" in message
