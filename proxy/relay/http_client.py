@@ -52,7 +52,14 @@ from proxy.errors import (
     ReadTimeout,
     RelayError,
     TlsError,
-    TooLarge,
+)
+from proxy.relay.http_response import (
+    Response,
+    ResponseState,
+    StaleConnection,
+    check_bounds,
+    complete_at_eof,
+    response_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,28 +67,13 @@ _T = TypeVar("_T")
 
 MiB = 1024 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 64 * MiB
-MAX_HEAD_BYTES = 64 * 1024  # status line plus headers
 _READ_CHUNK = 64 * 1024
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]")
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
-# ---------------------------------------------------------------- errors
-
-
-class _StaleConnection(ConnectionLost):
-    """A pooled connection that gave back no response byte at all: retry candidate."""
-
-
 # ---------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    headers: Mapping[str, str]  # names lower-cased; repeated headers joined with ", "
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,86 +124,6 @@ def make_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=ca_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
-
-
-# ---------------------------------------------------------------- parsing
-
-
-class _ResponseState:
-    """httptools callbacks; they only record, the read loop checks bounds."""
-
-    __slots__ = (
-        "body_parts",
-        "body_size",
-        "done",
-        "extra",
-        "head_size",
-        "headers",
-        "headers_done",
-        "keep_alive",
-        "parser",
-        "status",
-    )
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.headers: dict[str, str] = {}
-        self.head_size = 0
-        self.body_parts: list[bytes] = []
-        self.body_size = 0
-        self.headers_done = False
-        self.done = False
-        self.extra = False  # bytes after the response: the connection is not reusable
-        self.keep_alive = False  # llhttp forgets this once the message is complete
-        self.status = 0
-
-    def on_message_begin(self) -> None:
-        if self.done:
-            self.extra = True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.done:
-            return
-        self.head_size += len(name) + len(value) + 4
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        old = self.headers.get(key)
-        self.headers[key] = text if old is None else f"{old}, {text}"
-
-    def on_headers_complete(self) -> None:
-        if not self.done:
-            self.headers_done = True
-            self.status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        if not self.done:
-            self.body_parts.append(body)
-            self.body_size += len(body)
-
-    def on_message_complete(self) -> None:
-        if self.done:
-            return
-        if 100 <= self.status < 200 and self.status != 101:
-            # an interim response (100 Continue, 103 Early Hints): the real one follows
-            self.headers = {}
-            self.headers_done = False
-            return
-        self.keep_alive = self.parser.should_keep_alive()
-        self.done = True
-
-    @property
-    def content_length(self) -> int | None:
-        raw = self.headers.get("content-length")
-        if raw is None:
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            return -1
-
-    @property
-    def chunked(self) -> bool:
-        return "chunked" in self.headers.get("transfer-encoding", "").lower()
 
 
 # ---------------------------------------------------------------- connections
@@ -310,7 +222,7 @@ class HttpClient:
                 conn = await self._connect(origin, deadline)
             try:
                 return await self._exchange(origin, pool, conn, head, body, deadline)
-            except _StaleConnection:
+            except StaleConnection:
                 logger.debug("stale pooled connection to %s; retrying once", origin.authority)
                 conn = await self._connect(origin, deadline)
                 return await self._exchange(origin, pool, conn, head, body, deadline)
@@ -413,7 +325,7 @@ class HttpClient:
         self, origin: Origin, conn: _Connection, head: bytes, body: bytes, deadline: float
     ) -> tuple[Response, bool]:
         host = origin.authority
-        state = _ResponseState()
+        state = ResponseState()
         received = 0
         try:
             if len(body) < 65536:
@@ -426,9 +338,9 @@ class HttpClient:
                     origin, conn.reader.read(_READ_CHUNK), deadline, "awaiting the response"
                 )
                 if not chunk:
-                    if _complete_at_eof(state, host, received, conn.reused):
-                        return _response(state), False
-                    continue  # unreachable: _complete_at_eof raises otherwise
+                    if complete_at_eof(state, host, received, conn.reused):
+                        return response_of(state), False
+                    continue  # unreachable: complete_at_eof raises otherwise
                 received += len(chunk)
                 try:
                     state.parser.feed_data(chunk)
@@ -438,17 +350,17 @@ class HttpClient:
                     if not state.done:
                         raise ProtocolViolation(host, f"malformed response: {err}") from None
                     state.extra = True
-                _check_bounds(state, host, received, self._max_body)
+                check_bounds(state, host, received, self._max_body)
         except (ConnectionResetError, BrokenPipeError) as err:
             if received == 0 and conn.reused:
-                raise _StaleConnection(host, "pooled connection was closed") from None
+                raise StaleConnection(host, "pooled connection was closed") from None
             raise ConnectionLost(host, f"connection lost: {err}") from None
         except ssl.SSLError as err:
             raise TlsError(host, f"TLS error: {err.reason or err}") from None
         except OSError as err:
             raise ConnectionLost(host, f"connection error: {err.strerror or err}") from None
         keep = state.keep_alive and not state.extra
-        return _response(state), keep
+        return response_of(state), keep
 
     async def _timed(self, origin: Origin, aw: Awaitable[_T], deadline: float, doing: str) -> _T:
         left = self._remaining(origin, deadline)
@@ -476,31 +388,3 @@ def _render_head(origin: Origin, method: str, path: str, body: bytes, headers: M
         if name.lower() not in _RESERVED_HEADERS:
             lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _check_bounds(state: _ResponseState, host: str, received: int, max_body: int) -> None:
-    if state.head_size > MAX_HEAD_BYTES or (not state.headers_done and received > MAX_HEAD_BYTES):
-        raise TooLarge(host, f"response head over {MAX_HEAD_BYTES} bytes")
-    if state.headers_done:
-        length = state.content_length
-        if length is not None and length > max_body:
-            raise TooLarge(host, f"response body of {length} bytes over the {max_body} limit")
-    if state.body_size > max_body:
-        raise TooLarge(host, f"response body over the {max_body} byte limit")
-
-
-def _complete_at_eof(state: _ResponseState, host: str, received: int, reused: bool) -> bool:
-    """The server closed the connection: is the response complete? Raises when it is not."""
-    if received == 0:
-        if reused:
-            raise _StaleConnection(host, "pooled connection was closed")
-        raise ConnectionLost(host, "closed the connection without a response")
-    if not state.headers_done:
-        raise ProtocolViolation(host, "closed the connection inside the response head")
-    if state.content_length is None and not state.chunked:
-        return True  # body delimited by the end of the connection
-    raise ConnectionLost(host, "closed the connection before the end of the response body")
-
-
-def _response(state: _ResponseState) -> Response:
-    return Response(state.status, state.headers, b"".join(state.body_parts))

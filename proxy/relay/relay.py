@@ -13,7 +13,7 @@ through (half-open), and a success closes it. When no endpoint gives a usable
 answer every waiter gets ``RelayUnavailable`` (a ``RelayError``), which the
 engine turns into ``degraded`` results.
 
-I/O goes through the ``Transport`` protocol (default: the pooled, verifying
+I/O goes through the ``Transport`` protocol (``proxy.relay.upstream``; default: the pooled, verifying
 ``HttpClient``) and time through ``clock``, so tests inject both. Logs name
 endpoints, services and item counts, never item contents.
 """
@@ -21,158 +21,31 @@ endpoints, services and item counts, never item contents.
 from __future__ import annotations
 
 import asyncio
-import enum
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from proxy.config import default
-from proxy.errors import ConfigError, RelayError, RelayUnavailable, UpstreamStatus
+from proxy.errors import ConfigError, RelayError, RelayUnavailable
 from proxy.model import Service
-from proxy.relay.http_client import HttpClient, make_ssl_context, parse_origin
-from proxy.wire import paths, replies
+from proxy.relay.breaker import Endpoint
+from proxy.relay.http_client import parse_origin
+from proxy.relay.upstream import (
+    HEADERS,
+    HttpTransport,
+    JsonObject,
+    RelayObserver,
+    Transport,
+    check_answer,
+    default_client,
+    encode,
+    render_request,
+)
+from proxy.wire import paths
 
 logger = logging.getLogger(__name__)
-
-JsonObject = dict[str, Any]
-
-_HEADERS: Mapping[str, str] = {
-    "Content-Type": "application/json",
-    "Accept": "application/json",
-    "User-Agent": "rampart-relay/1",
-}
-
-
-# ---------------------------------------------------------------- seams
-
-
-class Transport(Protocol):
-    """One upstream exchange; raises RelayError (or anything) on failure."""
-
-    async def request(
-        self,
-        endpoint: str,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        deadline: float,
-    ) -> tuple[int, bytes]: ...
-
-
-class RelayObserver(Protocol):
-    """Told about every upstream attempt (for metrics and the console's live view)."""
-
-    def on_upstream(
-        self, endpoint: str, service: Service, items: int, seconds: float, error: RelayError | None
-    ) -> None:
-        """``error`` is None for a usable answer; its ``kind`` labels the outcome."""
-
-
-class HttpTransport:
-    """The production Transport: an ``HttpClient`` (status and body only)."""
-
-    def __init__(self, client: HttpClient) -> None:
-        self.client = client
-
-    async def request(
-        self,
-        endpoint: str,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        deadline: float,
-    ) -> tuple[int, bytes]:
-        response = await self.client.request(endpoint, method, path, body, headers, deadline=deadline)
-        return response.status, response.body
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-# ---------------------------------------------------------------- endpoint health
-
-
-class BreakerState(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half-open"
-
-
-@dataclass(slots=True, eq=False)
-class _Endpoint:
-    url: str
-    host: str  # host:port, what logs and errors name
-    priority: int
-    failures_to_open: int
-    cooldown: float
-    state: BreakerState = BreakerState.CLOSED
-    consecutive_failures: int = 0
-    opened_at: float = 0.0
-    trial_in_flight: bool = False
-    last_error: str | None = None
-    requests: int = 0
-    failures: int = 0
-
-    def allow(self, now: float) -> bool:
-        """May a request go to this endpoint now? Claims the half-open trial if so."""
-        if self.state is BreakerState.CLOSED:
-            return True
-        if self.state is BreakerState.OPEN:
-            if now - self.opened_at < self.cooldown:
-                return False
-            self.state = BreakerState.HALF_OPEN
-            logger.info("relay endpoint %s half-open: sending one trial request", self.host)
-        if self.trial_in_flight:
-            return False
-        self.trial_in_flight = True
-        return True
-
-    def succeed(self) -> None:
-        if self.state is not BreakerState.CLOSED:
-            logger.info("relay endpoint %s closed again after a success", self.host)
-        self.state = BreakerState.CLOSED
-        self.consecutive_failures = 0
-        self.trial_in_flight = False
-
-    def fail(self, now: float, error: str) -> None:
-        self.consecutive_failures += 1
-        self.failures += 1
-        self.last_error = error
-        self.trial_in_flight = False
-        if self.state is BreakerState.HALF_OPEN or (
-            self.state is BreakerState.CLOSED and self.consecutive_failures >= self.failures_to_open
-        ):
-            logger.warning(
-                "relay endpoint %s circuit open for %gs after %d consecutive failures: %s",
-                self.host,
-                self.cooldown,
-                self.consecutive_failures,
-                error,
-            )
-            self.state = BreakerState.OPEN
-            self.opened_at = now
-
-    def abandon(self) -> None:
-        """The attempt was cancelled: give the half-open trial to the next request."""
-        self.trial_in_flight = False
-
-    def wait_time(self, now: float) -> float:
-        """Seconds until this endpoint will take a request again."""
-        if self.state is BreakerState.OPEN:
-            return max(0.0, self.opened_at + self.cooldown - now)
-        return 0.0
-
-    def reported_state(self, now: float) -> BreakerState:
-        if self.state is BreakerState.OPEN and self.wait_time(now) == 0.0:
-            return BreakerState.HALF_OPEN  # the next request will be the trial
-        return self.state
-
 
 # ---------------------------------------------------------------- batching
 
@@ -237,31 +110,11 @@ class Relay:
         _require(max_concurrent >= 1, "max_concurrent must be at least 1")
         _require(breaker_failures >= 1, "breaker_failures must be at least 1")
         _require(breaker_cooldown >= 0, "breaker_cooldown must not be negative")
-        self._endpoints: list[_Endpoint] = []
-        for priority, url in enumerate(endpoints, start=1):
-            try:
-                origin = parse_origin(url)
-            except ValueError as err:
-                raise ConfigError(f"relay endpoint {priority}: {err}") from None
-            if any(e.url == url for e in self._endpoints):
-                raise ConfigError(f"relay endpoint {url!r} is listed twice")
-            self._endpoints.append(
-                _Endpoint(url, origin.authority, priority, breaker_failures, breaker_cooldown)
-            )
+        self._endpoints = _endpoints(endpoints, breaker_failures, breaker_cooldown)
         self._owned_transport: HttpTransport | None = None
         if transport is None:
-            try:
-                ssl_context = make_ssl_context(ca_file)
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"relay CA file {ca_file!r} cannot be used: {err}") from None
-            client = HttpClient(
-                ssl_context=ssl_context,
-                max_connections_per_host=max_concurrent,
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                clock=clock,
-            )
-            transport = self._owned_transport = HttpTransport(client)
+            transport = self._owned_transport = HttpTransport(default_client(
+                ca_file, max_concurrent, connect_timeout, read_timeout, clock))
         self._transport: Transport = transport
         self._total_timeout = total_timeout
         self._batch_window = batch_window
@@ -345,7 +198,7 @@ class Relay:
         future = self._inflight.get((service, key))
         if future is not None:
             return future
-        encoded = _encode(item)  # a value that is not JSON fails its caller, not the batch
+        encoded = encode(item)  # a value that is not JSON fails its caller, not the batch
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._inflight[(service, key)] = future
@@ -413,7 +266,7 @@ class Relay:
     # -------------------------------------------------------- upstream
 
     async def _ask_upstream(self, service: Service, items: list[bytes], deadline: float) -> list[JsonObject]:
-        path, body = _render_request(service, items)
+        path, body = render_request(service, items)
         try:
             async with asyncio.timeout(max(0.0, deadline - self._clock())):
                 await self._slots.acquire()
@@ -458,7 +311,7 @@ class Relay:
 
     async def _attempt(
         self,
-        endpoint: _Endpoint,
+        endpoint: Endpoint,
         service: Service,
         path: str,
         body: bytes,
@@ -469,7 +322,7 @@ class Relay:
         try:
             async with asyncio.timeout(max(0.0, deadline - started)):
                 status, raw = await self._transport.request(
-                    endpoint.url, "POST", path, body, _HEADERS, deadline
+                    endpoint.url, "POST", path, body, HEADERS, deadline
                 )
             results = check_answer(status, raw, count)
         except RelayError as err:
@@ -489,7 +342,7 @@ class Relay:
         raise _AttemptFailed(error.message)
 
     def _observe(
-        self, endpoint: _Endpoint, service: Service, items: int, seconds: float, error: RelayError | None
+        self, endpoint: Endpoint, service: Service, items: int, seconds: float, error: RelayError | None
     ) -> None:
         if self._observer is None:
             return
@@ -504,6 +357,20 @@ class _AttemptFailed(Exception):
 
 
 # ---------------------------------------------------------------- pure helpers
+
+
+def _endpoints(urls: Sequence[str], failures: int, cooldown: float) -> list[Endpoint]:
+    """The configured endpoints, in priority order; ConfigError for a bad or repeated one."""
+    out: list[Endpoint] = []
+    for priority, url in enumerate(urls, start=1):
+        try:
+            origin = parse_origin(url)
+        except ValueError as err:
+            raise ConfigError(f"relay endpoint {priority}: {err}") from None
+        if any(e.url == url for e in out):
+            raise ConfigError(f"relay endpoint {url!r} is listed twice")
+        out.append(Endpoint(url, origin.authority, priority, failures, cooldown))
+    return out
 
 
 def _require(ok: bool, message: str) -> None:
@@ -521,27 +388,3 @@ def _settle(futures: Sequence[asyncio.Future[_Outcome]], failure: _Failure) -> N
     for future in futures:
         if not future.done():
             future.set_result(failure)
-
-
-def _encode(item: object) -> bytes:
-    """An item's JSON encoding; bytes are taken as already-encoded JSON (an INSPECT body)."""
-    if isinstance(item, bytes):
-        return item
-    return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _render_request(service: Service, items: Sequence[bytes]) -> tuple[str, bytes]:
-    """The upstream path and JSON body for a batch of one service's encoded items."""
-    route = paths.relayed(service)
-    if not route.items:  # the item is the whole body
-        (item,) = items
-        return route.path, item
-    return route.path, b'{"%s":[%s]}' % (route.items.encode(), b",".join(items))
-
-
-def check_answer(status: int, raw: bytes, count: int) -> list[JsonObject]:
-    """An upstream answer's results: status 200 and a body ``replies.parse_results`` takes.
-    ``UpstreamStatus`` or ``BadAnswer`` names what was wrong."""
-    if status != 200:
-        raise UpstreamStatus(f"HTTP status {status}")
-    return replies.parse_results(raw, count)

@@ -18,18 +18,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proxy.errors import ConfigError, RelayError
-from proxy.relay.http_client import (
+from proxy.errors import (
+    ConfigError,
     ConnectError,
     ConnectionLost,
     ConnectTimeout,
     DeadlineExceeded,
-    HttpClient,
-    Origin,
     ProtocolViolation,
     ReadTimeout,
+    RelayError,
     TlsError,
     TooLarge,
+)
+from proxy.relay.http_client import (
+    HttpClient,
+    Origin,
     _render_head,
     make_ssl_context,
     parse_origin,

@@ -14,7 +14,7 @@ import pytest
 from proxy.errors import ConfigError, RelayError, RelayUnavailable, TlsError
 from proxy.model import Service
 from proxy.relay.relay import Relay
-from proxy.relay.relay import check_answer as parse_results
+from proxy.relay.upstream import check_answer as parse_results
 from tests.proxy.relay.test_http_client import Pki, make_pki
 
 A = "https://a.cloud.test:9443"

@@ -24,7 +24,7 @@ from proxy.model import (
     Verdict,
     WebAnswer,
 )
-from proxy.relay import relay
+from proxy.relay import upstream
 from proxy.wire import protocol, replies
 
 LIMITS = protocol.Limits()
@@ -624,8 +624,8 @@ def test_render_error_of_a_real_refusal() -> None:
 
 
 def test_render_request_round_trips_through_the_parser() -> None:
-    _, raw = relay._render_request(Service.FILE, [relay._encode({"sha256": SHA256}),
-                                                  relay._encode({"md5": MD5})])
+    _, raw = upstream.render_request(Service.FILE, [upstream.encode({"sha256": SHA256}),
+                                                    upstream.encode({"md5": MD5})])
     assert [q.hex for q in protocol.parse_file_request(raw, LIMITS).queries()] == [SHA256, MD5]
 
 
