@@ -54,21 +54,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from proxy.clock import iso, parse_iso, stamp
+from proxy.clock import stamp
+from proxy.config import default
 from proxy.errors import (
     AlreadyCurrent,
     FetchError,
     HttpTimeout,
     PatternError,
-    Refused,
     RelayError,
     Superseded,
     TooLarge,
 )
-from proxy.files import copy_atomic, make_dirs, read_json, write_atomic
-from proxy.patterns.layout import MANIFEST, STRINGS_FILE
+from proxy.files import copy_atomic, make_dirs, write_atomic
+from proxy.patterns.layout import MANIFEST, STRINGS_FILE, FileSpec
 from proxy.patterns.pattern import PatternSet
 from proxy.updates import repo, signing
+from proxy.updates.manifest import HeldPattern, LocalManifest
+from proxy.updates.manifest import read_local as read_local  # proxy.serve.keeper imports it here
 from proxy.updates.store import PatternStore
 
 logger = logging.getLogger(__name__)
@@ -77,9 +79,6 @@ SOURCE_DIR = "source"  # in a version directory: the signed manifest it was inst
 DIFFS_DIR = "diffs"  # in a version directory: the diffs it was built with (re-served)
 BACKOFF_BASE = 30.0
 MAX_SIGNATURE_FETCH = 1024
-LOCAL_FORMAT = 1
-MAX_LOCAL_BYTES = 4 << 20
-DEFAULT_MAX_CLOCK_SKEW = 86400.0
 
 
 # ---------------------------------------------------------------- fetching
@@ -170,29 +169,6 @@ class UpdateResult:
                 "message": self.message, "at": int(self.at)}
 
 
-class _Failed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _manifest_reason(e: PatternError) -> str:
-    m = e.message
-    if "missing (unsigned" in m:
-        return "unsigned"
-    if m.startswith(repo.SIGNATURE):
-        return "bad_signature"
-    return "bad_manifest"
-
-
-def _file_reason(e: PatternError) -> str:
-    m = e.message
-    if "truncated" in m or "too long" in m:
-        return "truncated"
-    return "digest_mismatch"
-
-
 def _os_reason(e: OSError) -> str:
     return "disk_full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "io_error"
 
@@ -200,59 +176,10 @@ def _os_reason(e: OSError) -> str:
 # ---------------------------------------------------------------- the local manifest
 
 
-def read_local(directory: Path | None) -> dict[str, Any]:
-    """The local manifest of a version directory ({} when there is none or it is unreadable)."""
-    if directory is None:
-        return {}
-    try:
-        raw = read_json(directory / MANIFEST, MAX_LOCAL_BYTES, error=PatternError)
-    except (OSError, PatternError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
 def held_versions(local: Mapping[str, Any], directory: Path | None) -> dict[str, str]:
-    """What a version directory holds, as ``repo.plan``'s ``have``: pattern -> version.
-
-    A pattern counts only if every file it needs is listed and present. The
-    strings version counts only for patterns from an update source (a sample
-    build has none, so its tables' ids are not those of the source).
-    """
-    have: dict[str, str] = {}
-    pats = local.get("patterns")
-    if not isinstance(pats, dict) or directory is None:
-        return have
-    for name, files in repo.PATTERN_FILES.items():
-        entry = pats.get(name)
-        if not isinstance(entry, dict) or not isinstance(entry.get("version"), str):
-            continue
-        listed = entry.get("files")
-        if isinstance(listed, dict) and all(f in listed and (directory / f).is_file() for f in files):
-            have[name] = entry["version"]
-    sv = local.get("strings_version")
-    if isinstance(sv, str) and (directory / STRINGS_FILE).is_file():
-        have[repo.STRINGS] = sv
-    return have
-
-
-def installed_mark(local: Mapping[str, Any]) -> dict[str, str]:
-    """The high-water mark a version installed from a source implies (``repo.newest`` of what
-    it holds), for stores that predate the store's own mark; {} for the shipped sample."""
-    source = local.get("source")
-    pats = local.get("patterns")
-    if not isinstance(source, dict) or not isinstance(pats, dict):
-        return {}
-    try:
-        published = parse_iso(source.get("published"))
-    except ValueError:
-        return {}
-    mark = {repo.PUBLISHED: stamp(published)}
-    if isinstance(local.get("strings_version"), str):
-        mark[repo.STRINGS] = local["strings_version"]
-    for name, entry in pats.items():
-        if isinstance(entry, dict) and isinstance(entry.get("version"), str):
-            mark[str(name)] = entry["version"]
-    return mark
+    """What a version directory holds, from its manifest as plain JSON (``read_local``):
+    ``LocalManifest.held``."""
+    return LocalManifest.parse(local).held(directory)
 
 
 def version_time(version: str) -> datetime | None:
@@ -262,31 +189,6 @@ def version_time(version: str) -> datetime | None:
         return datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
-
-
-def _local_manifest(manifest: repo.Manifest, held: Mapping[str, dict[str, Any]],
-                    strings_spec: dict[str, Any], strings_version: str | None) -> dict[str, Any]:
-    versions = [p["version"] for p in held.values()]
-    top = max(versions)
-    return {
-        "format": LOCAL_FORMAT,
-        "version": top,
-        "created": iso(manifest.published),
-        "files": {STRINGS_FILE: strings_spec},
-        "patterns": dict(held),
-        "strings_version": strings_version,
-        "source": {"published": iso(manifest.published)},
-    }
-
-
-def _entry_json(entry: repo.PatternEntry) -> dict[str, Any]:
-    files = {}
-    for f in entry.files:
-        spec: dict[str, Any] = {"size": f.size, "sha256": f.sha256}
-        if f.entries is not None:
-            spec["entries"] = f.entries
-        files[f.name] = spec
-    return {"version": entry.version, "entries": entry.entries, "files": files}
 
 
 # ---------------------------------------------------------------- the updater
@@ -323,7 +225,7 @@ class Updater:
         rng: Callable[[], float] = random.random,
         writer: Callable[[Path, bytes], None] = write_file,
         offload: Callable[..., Awaitable[Any]] | None = None,
-        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+        max_clock_skew: float = default("update_max_clock_skew"),
     ) -> None:
         self.source_url = source_url
         self.public_key = signing.load_public_key(public_key)
@@ -400,12 +302,13 @@ class Updater:
         got = {"bytes": 0, "diff": False, "full": False}
         version: str | None = None
         staging: Path | None = None
+        failure: tuple[str, str]
         try:
             manifest, signature = await self._manifest(deadline, got)
             current = self.store.current_path()
-            local = read_local(current)
+            local = LocalManifest.load(current)
             self._check_timely(manifest, local)
-            have = held_versions(local, current)
+            have = local.held(current)
             for p in self._full_next:
                 have.pop(p, None)
             fetches = self._plan(manifest, have, due)
@@ -413,7 +316,7 @@ class Updater:
                 return self._done(started, got, ok=True, changed=False, version=None,
                                   message="nothing to fetch", checked=due)
             held = self._result_patterns(manifest, local, have, fetches)
-            version = max(p["version"] for p in held.values())
+            version = max(p.version for p in held.values())
             if version in self.store.refused():
                 return self._done(started, got, ok=True, changed=False, version=version,
                                   message=f"version {version} was rolled back by an operator; "
@@ -429,25 +332,18 @@ class Updater:
         except Superseded as e:
             return self._done(started, got, ok=True, changed=False, version=version,
                               message=f"{e.message} by another process", checked=due)
-        except _Failed as e:
-            self._retry_due = due
-            return self._done(started, got, ok=False, changed=False, version=version,
-                              reason=e.reason, message=e.message)
-        except FetchError as e:
-            return self._done(started, got, ok=False, changed=False, version=version,
-                              reason=e.reason, message=e.message)
+        except (PatternError, FetchError) as e:  # each made with its reason
+            failure = (e.reason, e.message)
         except OSError as e:
-            return self._done(started, got, ok=False, changed=False, version=version,
-                              reason=_os_reason(e), message=f"cannot write the update: {e.strerror or e}")
+            failure = (_os_reason(e), f"cannot write the update: {e.strerror or e}")
         except TimeoutError:
-            return self._done(started, got, ok=False, changed=False, version=version,
-                              reason="timeout", message=f"update took longer than {self.timeout:g} s")
-        except PatternError as e:
-            return self._done(started, got, ok=False, changed=False, version=version,
-                              reason="bad_pattern", message=e.message)
+            failure = ("timeout", f"update took longer than {self.timeout:g} s")
         finally:
             if staging is not None:
                 await self._offload(shutil.rmtree, staging, True)
+        self._retry_due = due
+        return self._done(started, got, ok=False, changed=False, version=version,
+                          reason=failure[0], message=failure[1])
 
     def _install(self, staging: Path, version: str, manifest: repo.Manifest) -> str:
         """Install as ``version``, or ``version-<time>`` when that is current already: an update
@@ -461,10 +357,10 @@ class Updater:
 
     async def _get(self, path: str, max_bytes: int, deadline: float, got: dict[str, Any]) -> bytes:
         if max_bytes > self.max_bytes:
-            raise _Failed("too_large", f"{path}: {max_bytes} bytes is over update_max_bytes")
+            raise FetchError(f"{path}: {max_bytes} bytes is over update_max_bytes", reason="too_large")
         remaining = deadline - self.monotonic()
         if remaining <= 0:
-            raise _Failed("timeout", f"update took longer than {self.timeout:g} s")
+            raise FetchError(f"update took longer than {self.timeout:g} s", reason="timeout")
         data = await asyncio.wait_for(
             self.fetcher.get(path, max_bytes=max_bytes, deadline=deadline), remaining)
         got["bytes"] += len(data)
@@ -478,19 +374,12 @@ class Updater:
             if not e.missing:
                 raise
             sig = b""
-        try:
-            return repo.load_manifest(raw, sig, self.public_key), sig
-        except PatternError as e:
-            raise _Failed(_manifest_reason(e), e.message) from None
+        return repo.load_manifest(raw, sig, self.public_key), sig
 
-    def _check_timely(self, manifest: repo.Manifest, local: Mapping[str, Any]) -> None:
-        """Refuse a replayed or future manifest; note when an accepted one expires."""
+    def _check_timely(self, manifest: repo.Manifest, local: LocalManifest) -> None:
+        """Refuse a replayed or future manifest (``Refused``); note when an accepted one expires."""
         now = datetime.fromtimestamp(self.clock(), UTC)
-        mark = self.store.newest() or installed_mark(local)
-        try:
-            repo.check_timely(manifest, mark, now, self.max_clock_skew)
-        except Refused as e:
-            raise _Failed(e.reason, e.message) from None
+        repo.check_timely(manifest, self.store.newest() or local.mark(), now, self.max_clock_skew)
         self.source_published, self.source_expires = manifest.published, manifest.expires
         if manifest.expires is not None and manifest.expires <= now:
             logger.warning("the update source's manifest expired at %s (published %s): the "
@@ -508,25 +397,27 @@ class Updater:
             return []  # a newer strings.json alone changes no answer; it comes with the next pattern
         return [f for f in fetches if f.pattern in due or f.pattern == repo.STRINGS]
 
-    def _result_patterns(self, manifest: repo.Manifest, local: Mapping[str, Any],
+    def _result_patterns(self, manifest: repo.Manifest, local: LocalManifest,
                          have: Mapping[str, str], fetches: list[repo.Fetch]
-                         ) -> dict[str, dict[str, Any]]:
+                         ) -> dict[str, HeldPattern]:
+        """What the new version will hold: the fetched patterns at the manifest's versions,
+        the others as the current version holds them."""
         fetched = {f.pattern for f in fetches}
-        pats = local.get("patterns") if isinstance(local.get("patterns"), dict) else {}
-        held: dict[str, dict[str, Any]] = {}
+        held: dict[str, HeldPattern] = {}
         for entry in manifest.patterns:
             if entry.name in fetched:
-                held[entry.name] = _entry_json(entry)
-            elif entry.name in have and isinstance(pats, dict):
-                held[entry.name] = pats[entry.name]
+                held[entry.name] = HeldPattern(entry.version, entry.entries, entry.files)
+            elif entry.name in have:
+                held[entry.name] = local.patterns[entry.name]
             else:
-                raise _Failed("bad_manifest", f"pattern {entry.name} is neither held nor fetched")
+                raise PatternError(f"pattern {entry.name} is neither held nor fetched",
+                                   reason="bad_manifest")
         return held
 
     async def _build(self, staging: Path, manifest: repo.Manifest, signature: bytes,
                      current: Path | None,
-                     local: Mapping[str, Any], fetches: list[repo.Fetch],
-                     held: Mapping[str, dict[str, Any]], deadline: float, got: dict[str, Any]) -> None:
+                     local: LocalManifest, fetches: list[repo.Fetch],
+                     held: Mapping[str, HeldPattern], deadline: float, got: dict[str, Any]) -> None:
         by_file: dict[tuple[str, str], list[repo.Fetch]] = {}
         for f in fetches:
             by_file.setdefault((f.pattern, f.file), []).append(f)
@@ -551,25 +442,37 @@ class Updater:
                 await self._fetch_full(full, target, deadline, got)
         # files that did not change come from the current version (hard links, no copy)
         for held_entry in held.values():
-            for file in held_entry["files"]:
-                if not (staging / file).exists():
-                    await self._offload(_link_or_copy, _require(current) / file, staging / file)
+            for spec in held_entry.files:
+                if not (staging / spec.name).exists():
+                    await self._offload(_link_or_copy, _require(current) / spec.name,
+                                        staging / spec.name)
         if repo.STRINGS not in {f.pattern for f in fetches}:
             await self._offload(_link_or_copy, _require(current) / STRINGS_FILE, staging / STRINGS_FILE)
-            strings_version = local.get("strings_version")
+            strings_version = local.strings_version
         else:
             strings_version = manifest.strings_version
-        strings_spec = {"size": (staging / STRINGS_FILE).stat().st_size,
-                        "sha256": manifest.strings.sha256 if strings_version == manifest.strings_version
-                        else (local.get("files") or {}).get(STRINGS_FILE, {}).get("sha256")}
-        doc = _local_manifest(manifest, held, strings_spec, strings_version)
-        complete = all(held[p.name]["version"] == p.version for p in manifest.patterns) and (
+        doc = LocalManifest(
+            held, self._strings_spec(staging, manifest, local, strings_version), strings_version,
+            published=manifest.published, version=max(p.version for p in held.values()),
+            created=manifest.published)
+        complete = all(held[p.name].version == p.version for p in manifest.patterns) and (
             strings_version == manifest.strings_version)
         await self._offload(self._finish, staging, doc, manifest, signature, current, complete)
 
-    def _finish(self, staging: Path, doc: dict[str, Any], manifest: repo.Manifest, signature: bytes,
+    @staticmethod
+    def _strings_spec(staging: Path, manifest: repo.Manifest, local: LocalManifest,
+                      strings_version: str | None) -> FileSpec:
+        """strings.json as the new local manifest lists it (the file is in ``staging``)."""
+        path = staging / STRINGS_FILE
+        if strings_version == manifest.strings_version:
+            return FileSpec(STRINGS_FILE, path.stat().st_size, manifest.strings.sha256)
+        if local.strings is not None:
+            return FileSpec(STRINGS_FILE, path.stat().st_size, local.strings.sha256)
+        return FileSpec.of(path)
+
+    def _finish(self, staging: Path, doc: LocalManifest, manifest: repo.Manifest, signature: bytes,
                 current: Path | None, complete: bool) -> None:
-        self.writer(staging / MANIFEST, json.dumps(doc, indent=1).encode() + b"\n")
+        self.writer(staging / MANIFEST, json.dumps(doc.to_json(), indent=1).encode() + b"\n")
         src = staging / SOURCE_DIR
         make_dirs(src)
         if complete:
@@ -581,16 +484,13 @@ class Updater:
         try:
             PatternSet.open(staging, verify=False).close()
         except PatternError as e:
-            raise _Failed("bad_pattern", f"the updated pattern does not open: {e.message}") from None
+            raise PatternError(f"the updated pattern does not open: {e.message}") from None
 
     async def _fetch_full(self, f: repo.Fetch, target: Path, deadline: float,
                           got: dict[str, Any]) -> None:
         data = await self._get(f.path, f.size, deadline, got)
         got["full"] = True
-        try:
-            repo.verify_file(data, f.size, f.sha256, f.path)
-        except PatternError as e:
-            raise _Failed(_file_reason(e), e.message) from None
+        repo.verify_file(data, f.size, f.sha256, f.path)
         await self._offload(self.writer, target, data)
 
     async def _fetch_chain(self, staging: Path, manifest: repo.Manifest, current: Path | None,
@@ -602,10 +502,7 @@ class Updater:
         for i, step in enumerate(steps):
             data = await self._get(step.path, step.size, deadline, got)
             got["diff"] = True
-            try:
-                repo.verify_file(data, step.size, step.sha256, step.path)
-            except PatternError as e:
-                raise _Failed(_file_reason(e), e.message) from None
+            repo.verify_file(data, step.size, step.sha256, step.path)
             keep = staging / DIFFS_DIR / step.path.removeprefix("diffs/")
             await self._offload(_mkdir_write, self.writer, keep, data)
             out = work / f"{step.file}.{i}"
@@ -613,32 +510,33 @@ class Updater:
                 await self._offload(repo.apply_diff, step.file, base, data, out)
             except PatternError as e:
                 self._full_next.add(step.pattern)
-                reason = "wrong_base" if "base" in e.message else "corrupt_diff"
-                raise _Failed(reason, f"{step.path}: {e.message}") from None
+                reason = "wrong_base" if e.reason == "wrong_base" else "corrupt_diff"
+                raise PatternError(f"{step.path}: {e.message}", reason=reason) from None
             base = out
         entry = manifest.pattern(steps[-1].pattern)
         spec = entry.file(steps[-1].file) if entry is not None else None
         if spec is None:
-            raise _Failed("bad_manifest", f"{steps[-1].file}: not listed in the manifest")
+            raise PatternError(f"{steps[-1].file}: not listed in the manifest", reason="bad_manifest")
         try:
             await self._offload(repo.verify_file, base, spec.size, spec.sha256, steps[-1].file)
         except PatternError as e:
             self._full_next.add(steps[-1].pattern)
-            raise _Failed("wrong_base", f"{steps[-1].file} after its diffs: {e.message}") from None
+            raise PatternError(f"{steps[-1].file} after its diffs: {e.message}",
+                               reason="wrong_base") from None
         os.replace(base, target)
 
     # ------------------------------------------------------------ bookkeeping
 
     def _done(self, started: float, got: Mapping[str, Any], *, ok: bool, changed: bool,
               version: str | None, reason: str | None = None, message: str = "",
-              checked: Iterable[str] = (), held: Mapping[str, dict[str, Any]] | None = None
+              checked: Iterable[str] = (), held: Mapping[str, HeldPattern] | None = None
               ) -> UpdateResult:
         path = "+".join(k for k in ("diff", "full") if got.get(k)) or "none"
         now = self.clock()
         result = UpdateResult(
             ok=ok, changed=changed, version=version, path=path, bytes=int(got.get("bytes", 0)),
             seconds=self.monotonic() - started, reason=reason, message=message,
-            patterns={p: e["version"] for p, e in (held or {}).items()}, at=now,
+            patterns={p: e.version for p, e in (held or {}).items()}, at=now,
         )
         self.last = result
         if ok:
@@ -669,7 +567,8 @@ class Updater:
 
 def _require(current: Path | None) -> Path:
     if current is None:
-        raise _Failed("bad_manifest", "the plan needs a current version, and there is none")
+        raise PatternError("the plan needs a current version, and there is none",
+                           reason="bad_manifest")
     return current
 
 
