@@ -123,7 +123,7 @@ class App:
             self.caps = connection_caps(cfg)
         self.keeper.attach(self.engine)
         self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics,
-                             patterns=self.keeper.handle)
+                             patterns=self.keeper.source.handle)
         self.registry.register(self.keeper)  # update counters
         self._gauges()
 

@@ -1,0 +1,178 @@
+"""Re-serving: the served pattern version as an update source, so appliances chain.
+
+``/v1/patterns/...`` serves the repository layout of ``proxy.updates.repo``. The
+manifest and signature are the publisher's bytes, re-served unchanged, so a chained
+appliance verifies them with the publisher's public key; files are found among the
+versions the store keeps (full files, and the diffs this appliance downloaded; a diff
+it does not have is a 404, on which a follower takes the full file).
+``/v1/agent-pattern`` serves the agent pattern with an ``ETag`` (its SHA-256),
+``If-None-Match`` (304) and ``?from=ETAG`` diffs made from a kept version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from proxy.errors import ProtocolError
+from proxy.patterns.pattern import STRINGS
+from proxy.serve.routes import parse_query
+from proxy.updates import repo
+from proxy.updates.updater import DIFFS_DIR, SOURCE_DIR, read_local
+from proxy.wire import paths
+from proxy.wire.http import Request, Response
+
+if TYPE_CHECKING:
+    from proxy.serve.keeper import PatternKeeper
+
+AGENT_DIFF_CACHE = 8
+_REPO_PATH = re.compile(
+    r"(?:full/(?P<fp>[a-z0-9-]{1,32})/(?P<fv>\d{10,14})/(?P<ff>[a-z0-9._-]{1,64})"
+    r"|diffs/(?P<dp>[a-z0-9-]{1,32})/(?P<da>\d{10,14})-(?P<db>\d{10,14})/(?P<df>[a-z0-9._-]{1,64})\.diff)"
+)
+_ETAG = re.compile(r'W?/?"?([0-9a-f]{64})"?')
+
+
+class PatternSource:
+    """The routes of ``/v1/patterns/`` and ``/v1/agent-pattern`` for a ``PatternKeeper``."""
+
+    def __init__(self, keeper: PatternKeeper) -> None:
+        self.keeper = keeper
+        self._agent_diffs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        """``/v1/patterns/<repo path>`` and ``/v1/agent-pattern`` (their methods checked by the
+        routes, from ``proxy.wire.paths``)."""
+        path, _, query = request.target.partition(b"?")
+        p = path.decode("latin-1")
+        if p == paths.AGENT_PATTERN.path:
+            return self._agent(request, query)
+        return self._repo_file(p.removeprefix(paths.PATTERNS.path))
+
+    def _served_dir(self) -> Path:
+        if self.keeper.store is not None and self.keeper.served is not None:
+            return self.keeper.store.path_of(self.keeper.served)
+        if self.keeper.cfg.pattern_dir is not None:
+            return self.keeper.cfg.pattern_dir
+        raise ProtocolError("not_found", "no pattern is served", status=404)
+
+    def _repo_file(self, rel: str) -> Awaitable[Response]:
+        if rel in (repo.MANIFEST, repo.SIGNATURE):
+            found = self._served_dir() / SOURCE_DIR / rel
+            if not found.is_file():
+                raise ProtocolError("not_found", "this appliance has no signed source manifest "
+                                    "(it serves a pattern that did not come from an update source)",
+                                    status=404)
+            return self._send(found, "application/json" if rel == repo.MANIFEST else
+                              "application/octet-stream")
+        m = _REPO_PATH.fullmatch(rel)
+        if m is None:
+            raise ProtocolError("not_found", f"no such pattern file {rel[:100]!r}", status=404)
+        held = self._find(m)
+        if held is None:
+            raise ProtocolError("not_found", f"this appliance does not hold {rel[:100]!r}", status=404)
+        return self._send(held, "application/octet-stream")
+
+    def _kept_dirs(self) -> list[Path]:
+        if self.keeper.store is None:
+            return [self._served_dir()]
+        names = self.keeper.store.versions()
+        if self.keeper.served in names:  # the served one first
+            names.remove(self.keeper.served)
+            names.append(self.keeper.served)
+        return [self.keeper.store.path_of(n) for n in reversed(names)]
+
+    def _find(self, m: re.Match[str]) -> Path | None:
+        for d in self._kept_dirs():
+            local = read_local(d)
+            if m["fp"]:
+                pattern, version, file = m["fp"], m["fv"], m["ff"]
+                if pattern == "strings":
+                    if file == STRINGS and local.get("strings_version") == version:
+                        return d / STRINGS
+                    continue
+                pats = local.get("patterns")
+                entry = pats.get(pattern) if isinstance(pats, dict) else None
+                if (isinstance(entry, dict) and entry.get("version") == version
+                        and file in repo.PATTERN_FILES.get(pattern, ())):
+                    return d / file
+            else:
+                candidate = d / DIFFS_DIR / m["dp"] / f"{m['da']}-{m['db']}" / f"{m['df']}.diff"
+                if candidate.is_file():
+                    return candidate
+        return None
+
+    async def _send(self, path: Path, content_type: str) -> Response:
+        limit = self.keeper.cfg.update_max_bytes
+
+        def read() -> bytes:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+            if len(data) > limit:
+                raise ProtocolError("too_large", "file is over update_max_bytes", status=413)
+            return data
+
+        try:
+            body = await asyncio.to_thread(read)
+        except FileNotFoundError:
+            raise ProtocolError("not_found", "pattern file went away (version pruned)",
+                                status=404) from None
+        return Response(200, body, content_type=content_type)
+
+    def _agent(self, request: Request, query: bytes) -> Response | Awaitable[Response]:
+        path = self._served_dir() / repo.AGENT_FILE
+        entry = (self.keeper.local.get("patterns") or {}).get(repo.AGENT) if isinstance(
+            self.keeper.local.get("patterns"), dict) else None
+        sha = None
+        if isinstance(entry, dict):
+            spec = (entry.get("files") or {}).get(repo.AGENT_FILE)
+            sha = spec.get("sha256") if isinstance(spec, dict) else None
+        if not isinstance(sha, str) or not path.is_file():
+            raise ProtocolError("not_found", "this appliance has no agent pattern yet "
+                                "(it comes with the first update from an update source)", status=404)
+        etag = f'"{sha}"'
+        headers = (("ETag", etag), ("Cache-Control", "no-cache"),
+                   ("X-Pattern-Version", str(entry.get("version"))))  # type: ignore[union-attr]
+        inm = request.header(b"if-none-match")
+        if inm is not None and etag in [t.strip() for t in inm.decode("latin-1").split(",")]:
+            return Response(304, b"", content_type="application/octet-stream", headers=headers)
+        base = parse_query(query, "GET /v1/agent-pattern").get("from")
+        if base is not None and base.strip().strip('"') == sha:
+            return Response(304, b"", content_type="application/octet-stream", headers=headers)
+        return self._agent_body(path, sha, base, headers)
+
+    async def _agent_body(self, path: Path, sha: str, base: str | None,
+                          headers: tuple[tuple[str, str], ...]) -> Response:
+        from proxy.patterns import agent
+
+        if base is not None:
+            m = _ETAG.fullmatch(base.strip())
+            old = self._agent_file_with(m.group(1)) if m else None
+            if old is not None:
+                key = (m.group(1), sha)  # type: ignore[union-attr]
+                diff = self._agent_diffs.get(key)
+                if diff is None:
+                    diff = await asyncio.to_thread(
+                        lambda: agent.make_diff(old.read_bytes(), path.read_bytes()))
+                    self._agent_diffs[key] = diff
+                    while len(self._agent_diffs) > AGENT_DIFF_CACHE:
+                        self._agent_diffs.popitem(last=False)
+                return Response(200, diff, content_type="application/x-rampart-agent-diff",
+                                headers=headers)
+        body = await asyncio.to_thread(path.read_bytes)
+        return Response(200, body, content_type="application/x-rampart-agent", headers=headers)
+
+    def _agent_file_with(self, sha: str) -> Path | None:
+        for d in self._kept_dirs():
+            local = read_local(d)
+            pats = local.get("patterns")
+            entry = pats.get(repo.AGENT) if isinstance(pats, dict) else None
+            spec = ((entry or {}).get("files") or {}).get(repo.AGENT_FILE) if isinstance(
+                entry, dict) else None
+            if isinstance(spec, dict) and spec.get("sha256") == sha and (d / repo.AGENT_FILE).is_file():
+                return d / repo.AGENT_FILE
+        return None
