@@ -9,9 +9,12 @@ no-cache`` on the manifest and its signature.
 
 from __future__ import annotations
 
+import http.server
 import logging
 import os
 import re
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ READ_TIMEOUT = 10  # seconds a connection may go without sending a byte
 _SERVE_PATH = re.compile(r"/(?:[A-Za-z0-9][A-Za-z0-9._-]{0,127}/){0,4}[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def make_server(repo_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Any:
+def make_server(repo_dir: Path, host: str = "127.0.0.1", port: int = 0) -> RepoServer:
     """A small static HTTP server for an update source (GET and HEAD only).
 
     Paths are matched against a strict pattern (no ``..``, no dot files, no
@@ -35,93 +38,95 @@ def make_server(repo_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Any:
     at once (more get 503). Call ``serve_forever()``; ``server_address`` holds
     the bound port.
     """
-    import http.server
-    import shutil
-    import threading
+    return RepoServer((host, port), Path(repo_dir).resolve())
 
-    root = Path(repo_dir).resolve()
-    slots = threading.BoundedSemaphore(MAX_SERVE_CONNECTIONS)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "rampart-pattern-serve"
-        sys_version = ""
-        protocol_version = "HTTP/1.1"
-        timeout = READ_TIMEOUT
+class RepoServer(http.server.ThreadingHTTPServer):
+    """A thread per connection, within connection caps: one client may hold half of them."""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("serve: %s", format % args)
+    daemon_threads = True
+    server_address: tuple[str, int]  # AF_INET, as http.server binds: (host, port)
 
-        def _file(self) -> Path | None:
-            path = self.path.split("?", 1)[0]
-            if _SERVE_PATH.fullmatch(path) is None:
-                return None
-            target = (root / path.lstrip("/")).resolve()
-            if not target.is_relative_to(root) or not target.is_file():
-                return None
-            return target
+    def __init__(self, address: tuple[str, int], root: Path) -> None:
+        super().__init__(address, RepoHandler)
+        self.root = root
+        self.busy = threading.BoundedSemaphore(MAX_SERVE_CONNECTIONS)  # requests being answered
+        self.caps = ConnectionCaps(MAX_OPEN_CONNECTIONS, MAX_OPEN_CONNECTIONS // 2)
+        self.guard = threading.Lock()
+        self.slots: dict[int, Slot] = {}  # id(request) -> its place in the caps
 
-        def _answer(self, body: bool) -> None:
-            if not slots.acquire(blocking=False):
-                self.send_error(503, "busy")
-                return
-            try:
-                target = self._file()
-                if target is None:
-                    self.send_error(404)
-                    return
-                with open(target, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json" if target.suffix ==
-                                     ".json" else "application/octet-stream")
-                    self.send_header("Content-Length", str(size))
-                    if target.name in (MANIFEST, SIGNATURE):
-                        self.send_header("Cache-Control", "no-cache")
-                    self.end_headers()
-                    if body:
-                        shutil.copyfileobj(f, self.wfile, 1 << 20)
-            finally:
-                slots.release()
-
-        def do_GET(self) -> None:
-            self._answer(True)
-
-        def do_HEAD(self) -> None:
-            self._answer(False)
-
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-
-        def __init__(self, address: tuple[str, int]) -> None:
-            super().__init__(address, Handler)
-            self.caps = ConnectionCaps(MAX_OPEN_CONNECTIONS, MAX_OPEN_CONNECTIONS // 2)
-            self.guard = threading.Lock()
-            self.slots: dict[int, Slot] = {}  # id(request) -> its place in the caps
-
-        def process_request(self, request: Any, client_address: Any) -> None:
-            """A connection over the caps is closed at once, before it gets a thread."""
-            client = str(client_address[0]) if client_address else "?"
-            with self.guard:
-                slot = self.caps.admit(client, "pattern-serve")
-                if slot is not None:
-                    self.slots[id(request)] = slot  # given back when the connection ends
-            if slot is None:
-                self.shutdown_request(request)
-                return
-            try:
-                super().process_request(request, client_address)
-            except BaseException:
-                self._give_back(request)
-                raise
-
-        def shutdown_request(self, request: Any) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A connection over the caps is closed at once, before it gets a thread."""
+        client = str(client_address[0]) if client_address else "?"
+        with self.guard:
+            slot = self.caps.admit(client, "pattern-serve")
+            if slot is not None:
+                self.slots[id(request)] = slot  # given back when the connection ends
+        if slot is None:
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
             self._give_back(request)
-            super().shutdown_request(request)
+            raise
 
-        def _give_back(self, request: Any) -> None:
-            with self.guard:
-                slot = self.slots.pop(id(request), None)
-                if slot is not None:
-                    slot.release()
+    def shutdown_request(self, request: Any) -> None:
+        self._give_back(request)
+        super().shutdown_request(request)
 
-    return Server((host, port))
+    def _give_back(self, request: Any) -> None:
+        with self.guard:
+            slot = self.slots.pop(id(request), None)
+            if slot is not None:
+                slot.release()
+
+
+class RepoHandler(http.server.BaseHTTPRequestHandler):
+    server: RepoServer
+    server_version = "rampart-pattern-serve"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = READ_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("serve: %s", format % args)
+
+    def _file(self) -> Path | None:
+        path = self.path.split("?", 1)[0]
+        if _SERVE_PATH.fullmatch(path) is None:
+            return None
+        root = self.server.root
+        target = (root / path.lstrip("/")).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            return None
+        return target
+
+    def _answer(self, body: bool) -> None:
+        if not self.server.busy.acquire(blocking=False):
+            self.send_error(503, "busy")
+            return
+        try:
+            target = self._file()
+            if target is None:
+                self.send_error(404)
+                return
+            with open(target, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json" if target.suffix ==
+                                 ".json" else "application/octet-stream")
+                self.send_header("Content-Length", str(size))
+                if target.name in (MANIFEST, SIGNATURE):
+                    self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                if body:
+                    shutil.copyfileobj(f, self.wfile, 1 << 20)
+        finally:
+            self.server.busy.release()
+
+    def do_GET(self) -> None:
+        self._answer(True)
+
+    def do_HEAD(self) -> None:
+        self._answer(False)
