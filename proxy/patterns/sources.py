@@ -302,7 +302,6 @@ def read_domains(path: Path, bad: BadLines | None = None
 
 # ---------------------------------------------------------------- more formats
 
-FORMATS = ("hashes", "clamav", "urls", "domains", "hosts")
 _EXTENSIONS = {".hdb": "clamav", ".hsb": "clamav", ".hosts": "hosts"}
 _CLAMAV_KINDS = {
     ".hdb": frozenset({HashKind.MD5}),
