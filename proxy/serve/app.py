@@ -191,7 +191,8 @@ class App:
 
     # ------------------------------------------------------------ health and metrics
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
+    def readiness(self) -> dict[str, Any]:
+        """The /readyz body: always answered 200 (a stale pattern still answers)."""
         pattern = self.keeper.readiness()  # versions, ages, staleness, the last update
         body: dict[str, Any] = {
             "status": "stale" if pattern["stale"] else "ready",  # stale still answers
@@ -201,7 +202,7 @@ class App:
         if self.relay is not None:
             body["cloud"] = self.relay.status()
         body["certificates"] = _certificates(self.cfg.data_dir)
-        return True, body
+        return body
 
     def _metrics(self) -> bytes:
         return metrics.render(self.registry)

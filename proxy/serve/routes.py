@@ -81,14 +81,15 @@ def _utf8(chars: str, what: str, code: str, item: int | None = None) -> str:
 class Routes:
     """Serves the routes of ``proxy.wire.paths`` (the one table of paths and methods: an
     unknown path is a 404, a method it does not list a 405 naming the allowed ones).
-    ``ready`` supplies /readyz's body and status."""
+    ``ready`` supplies /readyz's body: a door that answers is ready (a stale pattern
+    still answers, and says so in the body)."""
 
     def __init__(
         self,
         engine: Engine,
         limits: protocol.Limits,
         *,
-        ready: Callable[[], tuple[bool, dict[str, Any]]],
+        ready: Callable[[], dict[str, Any]],
         metrics: Callable[[], bytes],
         patterns: Callable[[Request], Response | Awaitable[Response]] | None = None,
     ) -> None:
@@ -157,7 +158,8 @@ class Routes:
             paths.INSPECT.path: lambda r, _, __: self._inspect(
                 protocol.parse_inspect_request(r.body, self.limits)),
             paths.HEALTHZ.path: lambda _, __, ___: Response(200, b'{"status":"alive"}'),
-            paths.READYZ.path: lambda _, __, ___: self._readyz(),
+            paths.READYZ.path: lambda _, __, ___: Response(
+                200, json.dumps(self.ready(), sort_keys=True).encode()),
             paths.METRICS.path: lambda _, __, ___: Response(
                 200, self.metrics(), content_type="text/plain; version=0.0.4"),
         }
@@ -166,10 +168,6 @@ class Routes:
             serves[paths.AGENT_PATTERN.path] = serves[paths.PATTERNS.path] = (
                 lambda r, _, __: patterns(r))
         return serves
-
-    def _readyz(self) -> Response:
-        ok, body = self.ready()
-        return Response(200 if ok else 503, json.dumps(body, sort_keys=True).encode())
 
     # ---------------------------------------------------------------- services
 
