@@ -8,7 +8,7 @@ size and trailing SHA-256. The update source (``proxy.updates.repo``) ships thes
 
 This module is the second half of the table format: it shares the table
 writer's internals (``_emit``, ``_Layout``, the descriptor struct) with
-``proxy.patterns.tables``.
+``proxy.patterns.tables``' modules.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from proxy.errors import PatternError
-from proxy.patterns.tables import (
+from proxy.patterns.tables.format import (
     _DESCRIPTOR,
     COLUMN_DTYPES,
     FLAG_RANGES,
@@ -37,14 +37,14 @@ from proxy.patterns.tables import (
     MAX_KEY_WIDTH,
     MIN_INDEX_BITS,
     MIN_KEY_WIDTH,
-    Table,
-    _emit,
     _Layout,
     _lex_less,
     _raw,
     _top_bits,
     _word_dtype,
 )
+from proxy.patterns.tables.read import Table
+from proxy.patterns.tables.write import _emit
 
 logger = logging.getLogger(__name__)
 
