@@ -35,7 +35,7 @@ from urllib.parse import urlencode, urlsplit
 from mitmproxy import connection, ctx, flowfilter, http
 from mitmproxy.io import tnetstring
 
-from addons.intercept import META, SOURCE_HEADER
+from addons.intercept import META, to_mitmproxy
 from proxy.config import Config
 from proxy.errors import ConfigError, ProtocolError, RampartError
 from proxy.files import make_dirs, open_private
@@ -123,12 +123,8 @@ def query_flow(request: Request, response: Response, seconds: float) -> http.HTT
         request.method.encode(), b"http", b"", request.target, b"HTTP/1.1",
         tuple(request.headers), request.body, None, start, start,
     )
-    headers = [(b"Content-Type", response.content_type.encode())]
-    headers += [(k.encode(), v.encode()) for k, v in response.headers]
     found = decision_of(response)
-    if found["sources"]:
-        headers.append((SOURCE_HEADER.encode(), ",".join(found["sources"]).encode()))
-    flow.response = http.Response.make(response.status, response.body, headers)
+    flow.response = to_mitmproxy(response, ",".join(found["sources"]))
     flow.response.timestamp_start = flow.response.timestamp_end = end
     flow.metadata[META] = {
         "action": "answered",

@@ -51,6 +51,7 @@ SOURCE_HEADER = "X-Rampart-Source"
 
 
 def engine_request(flow: http.HTTPFlow) -> Request:
+    """A flow's request as the core's ``Request``, its target's bytes as sent."""
     req = flow.request
     return Request(
         req.method,
@@ -62,6 +63,7 @@ def engine_request(flow: http.HTTPFlow) -> Request:
 
 
 def to_mitmproxy(response: Response, source: str) -> http.Response:
+    """A core ``Response`` as mitmproxy's, with ``X-Rampart-Source`` when ``source`` is given."""
     headers: list[tuple[bytes, bytes]] = [(b"Content-Type", response.content_type.encode())]
     headers += [(k.encode(), v.encode()) for k, v in response.headers]
     if source:
