@@ -22,19 +22,21 @@ does (pattern sources and rules take what they are given); the query door refuse
 a host ``check_host`` finds no host name.
 
 The module also normalizes the names and expressions administrators and
-pattern sources give (``normalize_domain``, ``normalize_expression``).
+pattern sources give (``normalize_domain``, ``normalize_expression``). IP hosts
+(any IPv4 encoding, IPv6, ``parse_ip``) are read by ``proxy.wire.ip_hosts``.
 Everything here is a pure function.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import re
 from collections.abc import Iterable
 
 from proxy.errors import UrlError
+from proxy.wire.ip_hosts import canonical_ipv6, parse_ipv4_any, show
+from proxy.wire.ip_hosts import parse_ip as parse_ip  # part of this module's interface
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ MAX_LABEL_LENGTH = 63
 MAX_HOST_SUFFIXES = 4  # besides the exact host
 MAX_PATH_PREFIXES = 4  # "/" and up to 3 directories
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*")
 _PORT_AFTER_COLON = re.compile(rb":\d+(?:/|$)")
@@ -55,8 +56,6 @@ _IP_TRAILING_JUNK = re.compile(rb"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}) ")
 _DOMAIN = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 _DOMAIN_CHAR = re.compile(r"[^a-z0-9_.-]")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-_OCT = frozenset(b"01234567")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 # ---------------------------------------------------------------- canonicalize
@@ -86,7 +85,7 @@ def canonicalize(url: str | bytes, *, max_length: int = MAX_URL_LENGTH) -> str:
 
     scheme, rest = _split_scheme(raw)
     if scheme and not rest.startswith(b"//"):
-        raise UrlError(f"not a web URL: {_show(scheme)}: is not followed by //")
+        raise UrlError(f"not a web URL: {show(scheme)}: is not followed by //")
     if scheme:
         rest = rest[2:]
     rest, has_query, query = rest.partition(b"?")
@@ -101,10 +100,6 @@ def canonicalize(url: str | bytes, *, max_length: int = MAX_URL_LENGTH) -> str:
     if has_query:
         out += b"?" + _escape(query)
     return out.decode("ascii")
-
-
-def _show(b: bytes) -> str:
-    return b[:80].decode("utf-8", "backslashreplace")
 
 
 def _unescape_fully(s: bytes) -> bytes:
@@ -173,15 +168,15 @@ def _canonical_host(hostish: bytes) -> bytes:
     if host.startswith(b".") and b"[" in host:
         host = host.lstrip(b".")  # ".[::1]": the brackets decide, as they will next time
     if host.startswith(b"["):
-        return _canonical_ipv6(host)
+        return canonical_ipv6(host)
     colon = host.rfind(b":")
     if colon >= 0:
         port = host[colon + 1 :]
         if port and not (port.isdigit() and len(port) <= 5):
-            raise UrlError(f"bad port {_show(port)!r} in host {_show(host)!r}")
+            raise UrlError(f"bad port {show(port)!r} in host {show(host)!r}")
         host = host[:colon]
         if b":" in host:
-            raise UrlError(f"unexpected ':' in host {_show(host)!r}")
+            raise UrlError(f"unexpected ':' in host {show(host)!r}")
     if b".." in host:
         host = _MANY_DOTS.sub(b".", host)
     host = host.strip(b".")
@@ -199,7 +194,7 @@ def _canonical_host(hostish: bytes) -> bytes:
         m = _IP_TRAILING_JUNK.match(host)
         if m:
             host = m[1]
-    ip = _parse_ipv4_any(host)
+    ip = parse_ipv4_any(host)
     return host if ip is None else ip
 
 
@@ -216,8 +211,8 @@ def check_host(host: str) -> None:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise UrlError(f"host {_show(raw)!r} is not UTF-8 once percent-decoded") from None
-    raise UrlError(f"host {_show(raw)!r} is not a host name (it has characters such as "
+        raise UrlError(f"host {show(raw)!r} is not UTF-8 once percent-decoded") from None
+    raise UrlError(f"host {show(raw)!r} is not a host name (it has characters such as "
                    "controls, spaces or '%' that no host name has)")
 
 
@@ -238,74 +233,6 @@ def _idna_or_bytes(host: bytes) -> bytes:
 
 
 _NOT_LDH = re.compile(rb"[\x00-\x2c\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]")  # ASCII but [-._0-9A-Za-z]
-
-
-def _canonical_ipv6(host: bytes) -> bytes:
-    end = host.find(b"]")
-    if end < 0:
-        raise UrlError(f"missing ']' in IPv6 host {_show(host)!r}")
-    after = host[end + 1 :]
-    if after and not (after[:1] == b":" and (after[1:].isdigit() or after == b":")):
-        raise UrlError(f"unexpected {_show(after)!r} after IPv6 host")
-    try:
-        ip = ipaddress.IPv6Address(host[1:end].decode("ascii"))
-    except (UnicodeError, ValueError) as e:
-        raise UrlError(f"bad IPv6 host {_show(host[: end + 1])!r}: {e}") from None
-    v4 = _embedded_ipv4(ip)
-    if v4 is not None:
-        return str(v4).encode()
-    return b"[" + str(ip).encode() + b"]"
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address inside an IPv4-mapped or NAT64 (64:ff9b::/96) address."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def _parse_ipv4_any(host: bytes) -> bytes | None:
-    """Read ``host`` as an IPv4 address in any legal encoding, or return None.
-
-    Decimal, octal (leading 0) and hex (0x) components; fewer than four
-    components fill the remaining bytes from the last one ("3279880203",
-    "10.1", "0x12.0x43.0x44.0x01").
-    """
-    if not host[:1].isdigit() or host.count(b".") > 3:
-        return None
-    parts = host.split(b".")
-    values: list[int] = []
-    for part in parts:
-        v = _parse_ip_number(part)
-        if v is None:
-            return None
-        values.append(v)
-    out = [v & 0xFF for v in values[:-1]]
-    last, width = values[-1], 5 - len(parts)
-    out.extend((last >> (8 * i)) & 0xFF for i in reversed(range(width)))
-    return b".".join(b"%d" % v for v in out)
-
-
-def _parse_ip_number(s: bytes) -> int | None:
-    try:
-        if s[:2] == b"0x":
-            digits = s[2:]
-            if not digits or not all(c in _HEX for c in digits):
-                return None
-            v = int(digits, 16)
-        elif not s.isdigit():
-            return None
-        elif len(s) > 1 and s[0] == 0x30:
-            if not all(c in _OCT for c in s):
-                return None
-            v = int(s, 8)
-        else:
-            v = int(s)
-    except ValueError:  # more digits than int() accepts
-        return None
-    return v if v <= 0xFFFFFFFF else None
 
 
 # ---------------------------------------------------------------- expressions
@@ -445,18 +372,3 @@ def domain_suffixes(name: str) -> list[str]:
         out.append(rest)
         i = name.find(".", i + 1)
     return out
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    """The IP address ``text`` spells (IPv6 may be bracketed), or None."""
-    s = text.strip()
-    if not s or len(s) > 64:
-        return None
-    if s[0] == "[" and s[-1] == "]":
-        s = s[1:-1]
-    if not s or not (s[0].isdigit() or ":" in s):
-        return None
-    try:
-        return ipaddress.ip_address(s)
-    except ValueError:
-        return None
