@@ -16,6 +16,7 @@ import hashlib
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ MANIFEST = "manifest.json"  # in a pattern directory and at the top of an update
 SIGNATURE = "manifest.json.sig"  # an update source's Ed25519 signature over manifest.json
 STRINGS_FILE = "strings.json"  # threat names and categories, shared by all patterns
 AGENT_FILE = "agent.bin"  # the Smart Scan Agent Pattern (``proxy.patterns.agent``)
+SOURCE_DIR = "source"  # in an installed version: the signed manifest it was installed from
+DIFFS_DIR = "diffs"  # in an installed version: the diffs it was built with (re-served)
 
 FILE_TABLES = {
     HashKind.MD5: "file-md5.tbl",
@@ -88,6 +91,15 @@ MAX_ENTRIES = 1 << 48
 
 _FILE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def version_time(version: str) -> datetime | None:
+    """A version name ``YYYYMMDDHH[MM[SS]]`` as a UTC time (None if it is not one)."""
+    digits = version.ljust(14, "0")
+    try:
+        return datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def manifest_error(what: str, reason: str = "bad_pattern") -> PatternError:

@@ -15,9 +15,11 @@ the same code):
    and SHA-256 against the signed manifest; apply diff chains by writing a new
    file beside the old one (``repo.apply_diff``: tables and the agent pattern)
    and check the result against the manifest's SHA-256; hard-link the files
-   that did not change from the current version;
-4. write the local ``manifest.json`` (the ``proxy.patterns.pattern`` format; per-pattern
-   versions, ``strings_version``, the agent pattern) and keep the signed source
+   that did not change from the current version (steps 3 and 4 are
+   ``proxy.updates.assemble``);
+4. write the local ``manifest.json`` (``proxy.updates.manifest``: the
+   ``proxy.patterns.pattern`` format with per-pattern versions and
+   ``strings_version``) and keep the signed source
    manifest beside it (``source/``) so the appliance can serve its patterns as
    an update source itself; open the result once to check it; install it in
    the store (the ``current`` pointer swaps atomically) and tell the app.
@@ -34,16 +36,16 @@ Failure reasons: ``unsigned``, ``bad_signature``, ``bad_manifest``,
 ``downgrade`` (older than what was installed), ``from_future``,
 ``fetch_failed``, ``timeout``, ``too_large``, ``truncated``,
 ``digest_mismatch``, ``wrong_base``, ``corrupt_diff``, ``bad_pattern``,
-``disk_full``, ``io_error``.
+``disk_full``, ``io_error``. Each is the ``reason`` of the error that says it
+(``PatternError``, ``Refused``, ``FetchError``), set where the error is made;
+``OSError`` is told apart by its errno.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -65,18 +67,18 @@ from proxy.errors import (
     Superseded,
     TooLarge,
 )
-from proxy.files import copy_atomic, make_dirs, write_atomic
-from proxy.patterns.layout import MANIFEST, STRINGS_FILE, FileSpec
-from proxy.patterns.pattern import PatternSet
+from proxy.files import write_atomic
+from proxy.patterns.layout import DIFFS_DIR as DIFFS_DIR  # proxy.serve.keeper imports it here
+from proxy.patterns.layout import SOURCE_DIR as SOURCE_DIR  # and this
+from proxy.patterns.layout import version_time as version_time  # and this
 from proxy.updates import repo, signing
+from proxy.updates.assemble import Assembly
 from proxy.updates.manifest import HeldPattern, LocalManifest
 from proxy.updates.manifest import read_local as read_local  # proxy.serve.keeper imports it here
 from proxy.updates.store import PatternStore
 
 logger = logging.getLogger(__name__)
 
-SOURCE_DIR = "source"  # in a version directory: the signed manifest it was installed from
-DIFFS_DIR = "diffs"  # in a version directory: the diffs it was built with (re-served)
 BACKOFF_BASE = 30.0
 MAX_SIGNATURE_FETCH = 1024
 
@@ -180,15 +182,6 @@ def held_versions(local: Mapping[str, Any], directory: Path | None) -> dict[str,
     """What a version directory holds, from its manifest as plain JSON (``read_local``):
     ``LocalManifest.held``."""
     return LocalManifest.parse(local).held(directory)
-
-
-def version_time(version: str) -> datetime | None:
-    """``YYYYMMDDHH[MM[SS]]`` as a UTC time (None if it is not one)."""
-    digits = version.ljust(14, "0")
-    try:
-        return datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------- the updater
@@ -322,8 +315,10 @@ class Updater:
                                   message=f"version {version} was rolled back by an operator; "
                                           "waiting for a newer one", checked=due)
             staging = self.store.staging()
-            await self._build(staging, manifest, signature, current, local, fetches, held, deadline,
-                              got)
+            assembly = Assembly(staging, manifest, current,
+                                lambda path, size: self._get(path, size, deadline, got),
+                                self.writer, self._offload, got, self._full_next)
+            await assembly.build(signature, local, fetches, held)
             name = await self._offload(self._install, staging, version, manifest)
             staging = None
             self._full_next -= due
@@ -414,117 +409,6 @@ class Updater:
                                    reason="bad_manifest")
         return held
 
-    async def _build(self, staging: Path, manifest: repo.Manifest, signature: bytes,
-                     current: Path | None,
-                     local: LocalManifest, fetches: list[repo.Fetch],
-                     held: Mapping[str, HeldPattern], deadline: float, got: dict[str, Any]) -> None:
-        by_file: dict[tuple[str, str], list[repo.Fetch]] = {}
-        for f in fetches:
-            by_file.setdefault((f.pattern, f.file), []).append(f)
-        for (pattern, file), steps in by_file.items():
-            target = staging / file
-            if steps[0].kind is repo.FetchKind.FULL:
-                await self._fetch_full(steps[0], target, deadline, got)
-                continue
-            try:
-                await self._fetch_chain(staging, manifest, current, steps, target, deadline, got)
-            except FetchError as e:
-                if not e.missing:
-                    raise
-                logger.info("diff %s is not at the update source; taking the full file", e.message)
-                entry = manifest.pattern(pattern)
-                spec = entry.file(file) if entry is not None else None
-                if entry is None or spec is None:
-                    raise
-                full = repo.Fetch(pattern, file, repo.FetchKind.FULL,
-                                  repo.full_path(pattern, entry.version, file), spec.size,
-                                  spec.sha256, None, entry.version)
-                await self._fetch_full(full, target, deadline, got)
-        # files that did not change come from the current version (hard links, no copy)
-        for held_entry in held.values():
-            for spec in held_entry.files:
-                if not (staging / spec.name).exists():
-                    await self._offload(_link_or_copy, _require(current) / spec.name,
-                                        staging / spec.name)
-        if repo.STRINGS not in {f.pattern for f in fetches}:
-            await self._offload(_link_or_copy, _require(current) / STRINGS_FILE, staging / STRINGS_FILE)
-            strings_version = local.strings_version
-        else:
-            strings_version = manifest.strings_version
-        doc = LocalManifest(
-            held, self._strings_spec(staging, manifest, local, strings_version), strings_version,
-            published=manifest.published, version=max(p.version for p in held.values()),
-            created=manifest.published)
-        complete = all(held[p.name].version == p.version for p in manifest.patterns) and (
-            strings_version == manifest.strings_version)
-        await self._offload(self._finish, staging, doc, manifest, signature, current, complete)
-
-    @staticmethod
-    def _strings_spec(staging: Path, manifest: repo.Manifest, local: LocalManifest,
-                      strings_version: str | None) -> FileSpec:
-        """strings.json as the new local manifest lists it (the file is in ``staging``)."""
-        path = staging / STRINGS_FILE
-        if strings_version == manifest.strings_version:
-            return FileSpec(STRINGS_FILE, path.stat().st_size, manifest.strings.sha256)
-        if local.strings is not None:
-            return FileSpec(STRINGS_FILE, path.stat().st_size, local.strings.sha256)
-        return FileSpec.of(path)
-
-    def _finish(self, staging: Path, doc: LocalManifest, manifest: repo.Manifest, signature: bytes,
-                current: Path | None, complete: bool) -> None:
-        self.writer(staging / MANIFEST, json.dumps(doc.to_json(), indent=1).encode() + b"\n")
-        src = staging / SOURCE_DIR
-        make_dirs(src)
-        if complete:
-            self.writer(src / repo.MANIFEST, manifest.raw)
-            self.writer(src / repo.SIGNATURE, signature)
-        elif current is not None and (current / SOURCE_DIR / repo.MANIFEST).is_file():
-            for name in (repo.MANIFEST, repo.SIGNATURE):
-                _link_or_copy(current / SOURCE_DIR / name, src / name)
-        try:
-            PatternSet.open(staging, verify=False).close()
-        except PatternError as e:
-            raise PatternError(f"the updated pattern does not open: {e.message}") from None
-
-    async def _fetch_full(self, f: repo.Fetch, target: Path, deadline: float,
-                          got: dict[str, Any]) -> None:
-        data = await self._get(f.path, f.size, deadline, got)
-        got["full"] = True
-        repo.verify_file(data, f.size, f.sha256, f.path)
-        await self._offload(self.writer, target, data)
-
-    async def _fetch_chain(self, staging: Path, manifest: repo.Manifest, current: Path | None,
-                           steps: list[repo.Fetch],
-                           target: Path, deadline: float, got: dict[str, Any]) -> None:
-        base = _require(current) / steps[0].file
-        work = staging / ".work"
-        make_dirs(work)
-        for i, step in enumerate(steps):
-            data = await self._get(step.path, step.size, deadline, got)
-            got["diff"] = True
-            repo.verify_file(data, step.size, step.sha256, step.path)
-            keep = staging / DIFFS_DIR / step.path.removeprefix("diffs/")
-            await self._offload(_mkdir_write, self.writer, keep, data)
-            out = work / f"{step.file}.{i}"
-            try:
-                await self._offload(repo.apply_diff, step.file, base, data, out)
-            except PatternError as e:
-                self._full_next.add(step.pattern)
-                reason = "wrong_base" if e.reason == "wrong_base" else "corrupt_diff"
-                raise PatternError(f"{step.path}: {e.message}", reason=reason) from None
-            base = out
-        entry = manifest.pattern(steps[-1].pattern)
-        spec = entry.file(steps[-1].file) if entry is not None else None
-        if spec is None:
-            raise PatternError(f"{steps[-1].file}: not listed in the manifest", reason="bad_manifest")
-        try:
-            await self._offload(repo.verify_file, base, spec.size, spec.sha256, steps[-1].file)
-        except PatternError as e:
-            self._full_next.add(steps[-1].pattern)
-            raise PatternError(f"{steps[-1].file} after its diffs: {e.message}",
-                               reason="wrong_base") from None
-        os.replace(base, target)
-
     # ------------------------------------------------------------ bookkeeping
 
     def _done(self, started: float, got: Mapping[str, Any], *, ok: bool, changed: bool,
@@ -563,24 +447,3 @@ class Updater:
             "next_attempt": int(self.next_attempt) if self.next_attempt else None,
             "source_expires": stamp(self.source_expires) if self.source_expires else None,
         }
-
-
-def _require(current: Path | None) -> Path:
-    if current is None:
-        raise PatternError("the plan needs a current version, and there is none",
-                           reason="bad_manifest")
-    return current
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        copy_atomic(src, dst)
-
-
-def _mkdir_write(writer: Callable[[Path, bytes], None], path: Path, data: bytes) -> None:
-    make_dirs(path.parent)
-    writer(path, data)
