@@ -86,6 +86,24 @@ class BuildReport:
     def hashes(self) -> int:
         return self.md5 + self.sha1 + self.sha256
 
+    @classmethod
+    def of(cls, version: str, counts: dict[str, int], bad: sources.BadLines | None) -> BuildReport:
+        """The report of a build that wrote ``counts`` entries per file and skipped ``bad``."""
+        return cls(
+            version=version,
+            md5=counts[FILE_TABLES[HashKind.MD5]],
+            sha1=counts[FILE_TABLES[HashKind.SHA1]],
+            sha256=counts[FILE_TABLES[HashKind.SHA256]],
+            web_blocking=counts[WEB_BLOCKING_TABLE],
+            suspicious_urls=counts[SUSPICIOUS_URLS_TABLE],
+            domains=counts[DOMAINS_TABLE],
+            ip4=counts[IP4_TABLE],
+            ip6=counts[IP6_TABLE],
+            agent=counts.get(AGENT_FILE, 0),
+            skipped=bad.count if bad is not None else 0,
+            skipped_examples=tuple(bad.examples) if bad is not None else (),
+        )
+
 
 
 
@@ -210,6 +228,95 @@ def _is_replaceable(out_dir: Path) -> bool:
     return (out_dir / MANIFEST).is_file() or not any(out_dir.iterdir())
 
 
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """Every source record, merged and sorted into the tables they go to."""
+
+    by_kind: dict[HashKind, list[sources.HashRecord]]
+    blocking: list[tuple[str, sources.UrlRecord]]
+    suspicious: list[tuple[str, sources.UrlRecord]]
+    domains: list[tuple[str, sources.DomainRecord]]
+    ranges4: list[sources.IpRange]
+    ranges6: list[sources.IpRange]
+
+
+def _parse(named: Sequence[tuple[Path, str]], bad: sources.BadLines | None) -> _Parsed:
+    """Read every source (path, format) and merge duplicates (``proxy.patterns.sources``)."""
+    hash_recs: list[sources.HashRecord] = []
+    url_recs: list[sources.UrlRecord] = []
+    domain_recs: list[sources.DomainRecord] = []
+    net_recs: list[sources.NetworkRecord] = []
+    for p, form in named:
+        if form == "hashes":
+            hash_recs.extend(sources.read_hashes(p, bad))
+        elif form == "clamav":
+            hash_recs.extend(sources.read_clamav(p, bad))
+        elif form == "urls":
+            url_recs.extend(sources.read_urls(p, bad))
+        elif form == "hosts":
+            domain_recs.extend(sources.read_hosts(p, bad))
+        else:
+            for rec in sources.read_domains(p, bad):
+                if isinstance(rec, sources.DomainRecord):
+                    domain_recs.append(rec)
+                else:
+                    net_recs.append(rec)
+    by_kind: dict[HashKind, list[sources.HashRecord]] = {k: [] for k in HashKind}
+    for hrec in sources.merge_hashes(hash_recs).values():
+        by_kind[hrec.kind].append(hrec)
+    merged_urls = sources.merge_by(url_recs, lambda r: r.expression)
+    return _Parsed(
+        by_kind,
+        [(r.expression, r) for r in merged_urls.values() if r.rating in WEB_BLOCKING_RATINGS],
+        [(r.expression, r) for r in merged_urls.values() if r.rating not in WEB_BLOCKING_RATINGS],
+        [(r.name, r) for r in sources.merge_by(domain_recs, lambda r: r.name).values()],
+        sources.flatten_networks(r for r in net_recs if r.network.version == 4),
+        sources.flatten_networks(r for r in net_recs if r.network.version == 6),
+    )
+
+
+def _write_files(tmp: Path, parsed: _Parsed, base: Path | None) -> dict[str, int]:
+    """Write every table, strings.json and agent.bin into ``tmp``; entries per file written."""
+    strings = _Strings.from_base(Path(base) / STRINGS_FILE) if base is not None else _Strings()
+    counts: dict[str, int] = {}
+    for kind, name in FILE_TABLES.items():
+        counts[name] = _write_file_table(tmp / name, kind, parsed.by_kind[kind], strings)
+    counts[WEB_BLOCKING_TABLE] = _write_digest_table(tmp / WEB_BLOCKING_TABLE, parsed.blocking,
+                                                     strings)
+    counts[SUSPICIOUS_URLS_TABLE] = _write_digest_table(tmp / SUSPICIOUS_URLS_TABLE,
+                                                        parsed.suspicious, strings)
+    counts[DOMAINS_TABLE] = _write_digest_table(tmp / DOMAINS_TABLE, parsed.domains, strings)
+    counts[IP4_TABLE] = _write_ip_table(tmp / IP4_TABLE, parsed.ranges4, 4, strings)
+    counts[IP6_TABLE] = _write_ip_table(tmp / IP6_TABLE, parsed.ranges6, 16, strings)
+    _write_json(tmp / STRINGS_FILE, strings.to_json())
+    agent_entries = _write_agent(tmp / AGENT_FILE, parsed.by_kind, base)
+    if agent_entries is not None:
+        counts[AGENT_FILE] = agent_entries
+    return counts
+
+
+def _manifest_json(tmp: Path, version: str, created: datetime, counts: dict[str, int]
+                   ) -> dict[str, Any]:
+    """The manifest of the files written into ``tmp`` (``counts``: entries per file)."""
+    written = dict(PATTERN_TABLES)
+    if AGENT_FILE in counts:
+        written[AGENT] = (AGENT_FILE,)
+    patterns: dict[str, Any] = {}
+    for pname, files in written.items():
+        patterns[pname] = {
+            VERSION: version,
+            ENTRIES: sum(counts[f] for f in files),
+            FILES: file_specs_json(FileSpec.of(tmp / f, counts[f]) for f in files),
+        }
+    return {
+        FORMAT: MANIFEST_FORMAT,
+        VERSION: version,
+        CREATED: iso(created),
+        FILES: file_specs_json([FileSpec.of(tmp / STRINGS_FILE)]),
+        PATTERNS: patterns,
+    }
+
+
 def build_pattern(
     out_dir: Path,
     *,
@@ -251,95 +358,18 @@ def build_pattern(
              + [(p, sources.detect_format(p, "urls")) for p in urls]
              + [(p, sources.detect_format(p, "domains")) for p in domains]
              + [(p, "clamav") for p in clamav] + [(p, "hosts") for p in hosts])
-    hash_recs: list[sources.HashRecord] = []
-    url_recs: list[sources.UrlRecord] = []
-    domain_recs: list[sources.DomainRecord] = []
-    net_recs: list[sources.NetworkRecord] = []
-    for p, form in named:
-        if form == "hashes":
-            hash_recs.extend(sources.read_hashes(p, bad))
-        elif form == "clamav":
-            hash_recs.extend(sources.read_clamav(p, bad))
-        elif form == "urls":
-            url_recs.extend(sources.read_urls(p, bad))
-        elif form == "hosts":
-            domain_recs.extend(sources.read_hosts(p, bad))
-        else:
-            for rec in sources.read_domains(p, bad):
-                if isinstance(rec, sources.DomainRecord):
-                    domain_recs.append(rec)
-                else:
-                    net_recs.append(rec)
-    merged_hashes = sources.merge_hashes(hash_recs)
-    merged_urls = sources.merge_by(url_recs, lambda r: r.expression)
-    merged_domains = sources.merge_by(domain_recs, lambda r: r.name)
-    ranges4 = sources.flatten_networks(r for r in net_recs if r.network.version == 4)
-    ranges6 = sources.flatten_networks(r for r in net_recs if r.network.version == 6)
-
-    by_kind: dict[HashKind, list[sources.HashRecord]] = {k: [] for k in HashKind}
-    for hrec in merged_hashes.values():
-        by_kind[hrec.kind].append(hrec)
-    blocking = [(r.expression, r) for r in merged_urls.values()
-                if r.rating in WEB_BLOCKING_RATINGS]
-    suspicious = [(r.expression, r) for r in merged_urls.values()
-                  if r.rating not in WEB_BLOCKING_RATINGS]
-
+    parsed = _parse(named, bad)
     make_dirs(out_dir.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        strings = _Strings.from_base(Path(base) / STRINGS_FILE) if base is not None else _Strings()
-        counts: dict[str, int] = {}
-        for kind, name in FILE_TABLES.items():
-            counts[name] = _write_file_table(tmp / name, kind, by_kind[kind], strings)
-        counts[WEB_BLOCKING_TABLE] = _write_digest_table(tmp / WEB_BLOCKING_TABLE, blocking,
-                                                         strings)
-        counts[SUSPICIOUS_URLS_TABLE] = _write_digest_table(tmp / SUSPICIOUS_URLS_TABLE,
-                                                            suspicious, strings)
-        counts[DOMAINS_TABLE] = _write_digest_table(
-            tmp / DOMAINS_TABLE, [(r.name, r) for r in merged_domains.values()], strings)
-        counts[IP4_TABLE] = _write_ip_table(tmp / IP4_TABLE, ranges4, 4, strings)
-        counts[IP6_TABLE] = _write_ip_table(tmp / IP6_TABLE, ranges6, 16, strings)
-        _write_json(tmp / STRINGS_FILE, strings.to_json())
-        agent_entries = _write_agent(tmp / AGENT_FILE, by_kind, base)
-        written = dict(PATTERN_TABLES)
-        if agent_entries is not None:
-            counts[AGENT_FILE] = agent_entries
-            written[AGENT] = (AGENT_FILE,)
-
-        patterns: dict[str, Any] = {}
-        for pname, files in written.items():
-            patterns[pname] = {
-                VERSION: version,
-                ENTRIES: sum(counts[f] for f in files),
-                FILES: file_specs_json(FileSpec.of(tmp / f, counts[f]) for f in files),
-            }
-        manifest = {
-            FORMAT: MANIFEST_FORMAT,
-            VERSION: version,
-            CREATED: iso(created),
-            FILES: file_specs_json([FileSpec.of(tmp / STRINGS_FILE)]),
-            PATTERNS: patterns,
-        }
-        _write_json(tmp / MANIFEST, manifest)
+        counts = _write_files(tmp, parsed, base)
+        _write_json(tmp / MANIFEST, _manifest_json(tmp, version, created, counts))
         fsync_dir(tmp)
         _swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    report = BuildReport(
-        version=version,
-        md5=counts[FILE_TABLES[HashKind.MD5]],
-        sha1=counts[FILE_TABLES[HashKind.SHA1]],
-        sha256=counts[FILE_TABLES[HashKind.SHA256]],
-        web_blocking=counts[WEB_BLOCKING_TABLE],
-        suspicious_urls=counts[SUSPICIOUS_URLS_TABLE],
-        domains=counts[DOMAINS_TABLE],
-        ip4=counts[IP4_TABLE],
-        ip6=counts[IP6_TABLE],
-        agent=counts.get(AGENT_FILE, 0),
-        skipped=bad.count if bad is not None else 0,
-        skipped_examples=tuple(bad.examples) if bad is not None else (),
-    )
+    report = BuildReport.of(version, counts, bad)
     logger.info("built pattern %s version %s: %d hashes, %d urls, %d domains, %d ip ranges",
                 out_dir.name, version, report.hashes, report.web_blocking +
                 report.suspicious_urls, report.domains, report.ip4 + report.ip6)

@@ -78,6 +78,28 @@ def _layout_of(t: Table) -> tuple[tuple[str, str], ...]:
     return tuple((name, f"<u{t.column(name).dtype.itemsize}") for name in t.column_names)
 
 
+def _changes(a: Table, b: Table) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+    """(which rows of ``a`` go, which rows of ``b`` come): a row whose key stays but whose
+    values change does both."""
+    removed_mask = np.ones(a.count, dtype=bool)
+    matched = np.zeros(b.count, dtype=bool)
+    a_keys = a.sorted_keys()
+    for s in range(0, a.count, MERGE_CHUNK_ROWS):
+        e = min(a.count, s + MERGE_CHUNK_ROWS)
+        rows = b.lookup_many(a_keys[s:e])
+        found = rows >= 0
+        at = np.where(found, rows, 0)
+        same = found.copy()
+        if b.count:
+            for name in a.column_names:
+                same &= a.column(name)[s:e] == b.column(name)[at]
+            if a.is_range:
+                same &= (a.ends()[s:e] == b.ends()[at]).all(axis=1)
+        removed_mask[s:e] = ~same
+        matched[rows[same]] = True
+    return removed_mask, np.flatnonzero(~matched)
+
+
 def make_table_diff(base: Path, result: Path) -> bytes:
     """The diff turning table ``base`` into table ``result`` (see ``apply_table_diff``).
 
@@ -108,23 +130,8 @@ def make_table_diff(base: Path, result: Path) -> bytes:
     with Table.open(base) as a, Table.open(result) as b:
         if (a.key_width, a.is_range, _layout_of(a)) != (b.key_width, b.is_range, _layout_of(b)):
             raise PatternError(f"{Path(base).name}: cannot diff tables of different layouts")
-        removed_mask = np.ones(a.count, dtype=bool)
-        matched = np.zeros(b.count, dtype=bool)
+        removed_mask, added_rows = _changes(a, b)
         a_keys = a.sorted_keys()
-        for s in range(0, a.count, MERGE_CHUNK_ROWS):
-            e = min(a.count, s + MERGE_CHUNK_ROWS)
-            rows = b.lookup_many(a_keys[s:e])
-            found = rows >= 0
-            at = np.where(found, rows, 0)
-            same = found.copy()
-            if b.count:
-                for name in a.column_names:
-                    same &= a.column(name)[s:e] == b.column(name)[at]
-                if a.is_range:
-                    same &= (a.ends()[s:e] == b.ends()[at]).all(axis=1)
-            removed_mask[s:e] = ~same
-            matched[rows[same]] = True
-        added_rows = np.flatnonzero(~matched)
         names = b.column_names
         parts: list[bytes | memoryview] = [
             _DIFF_HEADER.pack(DIFF_MAGIC, DIFF_FORMAT, FLAG_RANGES if a.is_range else 0,
