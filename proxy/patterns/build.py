@@ -54,8 +54,8 @@ from proxy.patterns.layout import (
     FileSpec,
     file_specs_json,
 )
+from proxy.patterns.manifest import MANIFEST_FORMAT
 from proxy.patterns.pattern import (
-    MANIFEST_FORMAT,
     RATING_CODES,
     VERDICT_CODES,
     WEB_BLOCKING_RATINGS,

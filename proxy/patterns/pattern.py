@@ -1,7 +1,8 @@
 """A pattern directory: its layout, opening it, and answering lookups
 (docs/architecture.md, “Patterns and updates”).
 
-``proxy.patterns.build`` builds one from sources.
+``proxy.patterns.build`` builds one from sources; ``proxy.patterns.manifest`` reads
+its manifest (``read_manifest`` and ``pattern_info`` are re-exported here).
 
 Layout of a pattern directory::
 
@@ -41,7 +42,6 @@ ones the most specific: the longest host (domain suffix), then the longest path.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import os
@@ -53,42 +53,30 @@ from typing import Any
 
 import numpy as np
 
-from proxy.clock import iso, parse_iso
 from proxy.errors import PatternError
 from proxy.files import read_json
 from proxy.model import FileQuery, HashKind, Rating, Verdict
 from proxy.patterns.layout import (
-    CREATED,
     DOMAIN_IP,
     DOMAINS_TABLE,
-    ENTRIES,
     FILE_TABLES,
-    FILES,
-    FORMAT,
     IP4_TABLE,
     IP6_TABLE,
-    MANIFEST,
-    PATTERN_TABLES,
-    PATTERNS,
-    SIZE,
     STRINGS_FILE,
     SUSPICIOUS_URLS,
     SUSPICIOUS_URLS_TABLE,
-    VERSION,
-    VERSION_NAME,
     WEB_BLOCKING,
     WEB_BLOCKING_TABLE,
-    FileSpec,
-    manifest_error,
-    read_file_specs,
 )
+from proxy.patterns.manifest import MANIFEST_FORMAT as MANIFEST_FORMAT
+from proxy.patterns.manifest import PatternManifest, check_file, manifest_info
+from proxy.patterns.manifest import pattern_info as pattern_info
+from proxy.patterns.manifest import read_manifest as read_manifest
 from proxy.patterns.tables import RangeTable, Table
 from proxy.wire import urls as _urls
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
-MAX_MANIFEST_BYTES = 1 << 20
 MAX_STRINGS_BYTES = 256 << 20
 STRINGS = STRINGS_FILE  # the name proxy.serve.keeper imports
 
@@ -125,102 +113,6 @@ class WebHit:
     pattern: str  # which pattern matched: web-blocking, suspicious-urls or domain-ip
 
 
-# ---------------------------------------------------------------- manifest
-
-
-@dataclass(frozen=True, slots=True)
-class _Manifest:
-    version: str
-    created: datetime
-    raw: dict[str, Any]
-    files: tuple[FileSpec, ...]  # every file the manifest lists
-
-
-def read_manifest(directory: Path) -> _Manifest:
-    path = Path(directory) / MANIFEST
-    try:
-        raw = read_json(path, MAX_MANIFEST_BYTES, error=PatternError, label=MANIFEST)
-    except OSError as e:
-        raise PatternError(f"{MANIFEST}: cannot read: {e.strerror or e}") from None
-    if not isinstance(raw, dict):
-        raise manifest_error("not an object")
-    if raw.get(FORMAT) != MANIFEST_FORMAT:
-        raise manifest_error(f"format {raw.get(FORMAT)!r} not supported (expected {MANIFEST_FORMAT})")
-    version = raw.get(VERSION)
-    if not isinstance(version, str) or VERSION_NAME.fullmatch(version) is None:
-        raise manifest_error(f"bad version {str(version)[:40]!r}")
-    try:
-        created = parse_iso(raw.get(CREATED))
-    except ValueError:
-        raise manifest_error(f"bad created time {str(raw.get(CREATED))[:40]!r}") from None
-    specs = list(read_file_specs(raw.get(FILES), "top level"))
-    if STRINGS_FILE not in {s.name for s in specs}:
-        raise manifest_error(f"{STRINGS_FILE} not listed")
-    patterns = raw.get(PATTERNS)
-    if not isinstance(patterns, dict):
-        raise manifest_error("'patterns' is not an object")
-    for pname, files in PATTERN_TABLES.items():
-        entry = patterns.get(pname)
-        if not isinstance(entry, dict):
-            raise manifest_error(f"pattern {pname!r} missing")
-        pspecs = read_file_specs(entry.get(FILES), pname)
-        missing = set(files) - {s.name for s in pspecs}
-        if missing:
-            raise manifest_error(f"{pname}: {', '.join(sorted(missing))} not listed")
-        specs.extend(pspecs)
-    return _Manifest(version, created, raw, tuple(specs))
-
-
-def _check_file(directory: Path, spec: FileSpec, *, verify: bool) -> None:
-    path = directory / spec.name
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise PatternError(f"{spec.name}: cannot read: {e.strerror or e}") from None
-    if size != spec.size:
-        state = "truncated" if size < spec.size else "wrong size"
-        raise PatternError(f"{spec.name}: {state}: {size} bytes, manifest says {spec.size}")
-    if verify:
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != spec.sha256:
-            raise PatternError(f"{spec.name}: SHA-256 does not match the manifest (corrupt)")
-
-
-def pattern_info(directory: Path) -> dict[str, Any]:
-    """Versions, entries and sizes from the manifest, and whether the files have those sizes."""
-    directory = Path(directory)
-    m = read_manifest(directory)
-    problems = []
-    for spec in m.files:
-        try:
-            _check_file(directory, spec, verify=False)
-        except PatternError as e:
-            problems.append(e.message)
-    return _info(m, problems)
-
-
-def _info(m: _Manifest, problems: list[str]) -> dict[str, Any]:
-    patterns = {}
-    for name, entry in m.raw[PATTERNS].items():
-        if not isinstance(entry, dict):
-            continue
-        listed = entry.get(FILES)
-        files: dict[str, Any] = listed if isinstance(listed, dict) else {}
-        patterns[name] = {
-            VERSION: entry.get(VERSION),
-            ENTRIES: entry.get(ENTRIES),
-            SIZE: sum(f.get(SIZE, 0) for f in files.values() if isinstance(f, dict)),
-        }
-    return {
-        "format": MANIFEST_FORMAT,
-        "version": m.version,
-        "created": iso(m.created),
-        "patterns": patterns,
-        "problems": problems,
-    }
-
-
 # ---------------------------------------------------------------- lookups
 
 
@@ -249,7 +141,7 @@ def load_strings(path: Path) -> tuple[list[str], list[str]]:
 class PatternSet:
     """Every table of one pattern directory, opened read-only; lookups are thread-safe."""
 
-    def __init__(self, directory: Path, manifest: _Manifest, tables: dict[str, Table],
+    def __init__(self, directory: Path, manifest: PatternManifest, tables: dict[str, Table],
                  threats: list[str], categories: list[str]) -> None:
         self.directory = directory
         self._manifest = manifest
@@ -277,7 +169,7 @@ class PatternSet:
         directory = Path(directory)
         manifest = read_manifest(directory)
         for spec in manifest.files:
-            _check_file(directory, spec, verify=verify)
+            check_file(directory, spec, verify=verify)
         threats, categories = load_strings(directory / STRINGS_FILE)
         tables: dict[str, Table] = {}
         try:
@@ -444,7 +336,7 @@ class PatternSet:
     # ------------------------------------------------------------ info
 
     def info(self) -> dict[str, Any]:
-        out = _info(self._manifest, [])
+        out = manifest_info(self._manifest, [])
         del out["problems"]
         out["tables"] = {name: {"entries": len(t), "size": os.path.getsize(t.path)}
                          for name, t in self._tables.items()}
