@@ -11,10 +11,11 @@ Reads are bounded (``read_bounded``, ``read_json``): a file larger than its
 caller expects is refused before it is read into memory. ``locked`` serialises
 processes on a lock file.
 
-Every helper here raises ``OSError`` for what the system refuses (a missing
-file, a full disk), so each caller says what that means to it; what the helpers
-refuse themselves they raise as ``error`` (a ``RampartError`` by default, or
-the caller's own, e.g. ``CertError``), with the same wording for every caller.
+The readers, writers and ``locked`` raise ``OSError`` for what the system
+refuses (a missing file, a full disk), so each caller says what that means to
+it; what a helper refuses itself (and everything ``check_private_dir`` finds)
+it raises as ``error`` (a ``RampartError`` by default, or the caller's own,
+e.g. ``CertError``), with the same wording for every caller.
 """
 
 from __future__ import annotations

@@ -390,4 +390,4 @@ def is_repo(path: Path) -> bool:
         doc = _read_json(path / MANIFEST, MAX_MANIFEST_BYTES)
     except PatternError:
         return False
-    return isinstance(doc, dict) and doc.get("type") == REPO_TYPE
+    return isinstance(doc, dict) and doc.get(TYPE) == REPO_TYPE
