@@ -24,7 +24,7 @@ from proxy.decide.engine import Ask, Engine
 from proxy.errors import ProtocolError
 from proxy.model import InspectQuery, Policy, Service, Source
 from proxy.wire import paths, protocol, replies
-from proxy.wire.http import Request, Response
+from proxy.wire.http import Handler, Request, Response
 
 Render = Callable[[list[Any]], bytes]
 Serve = Callable[[Request, str, bytes], "Response | Awaitable[Response]"]
@@ -91,7 +91,7 @@ class Routes:
         *,
         ready: Callable[[], dict[str, Any]],
         metrics: Callable[[], bytes],
-        patterns: Callable[[Request], Response | Awaitable[Response]] | None = None,
+        patterns: Handler | None = None,
     ) -> None:
         self.engine = engine
         self.limits = limits
