@@ -1,10 +1,12 @@
 """Who may ask the query door, and how often (docs/architecture.md, “Connections and limits”).
 
-``Gate.admits`` checks a client address against the configured networks (every
-client when none are configured); ``Gate.take`` is a token bucket per client
-address: ``rate`` requests a second, bursts of up to ``burst``. It answers 0
-when the request may go ahead, else the seconds until it may (the door answers
-429 with that as ``Retry-After``). Pure and clock-injected, so tests never sleep.
+``ClientNetworks`` is a set of client networks: the query door's ``query_clients``
+and the intercept door's ``allow_clients`` are both read with it. ``Gate.admits``
+checks a client address against the configured networks (every client when none
+are configured); ``Gate.take`` is a token bucket per client address: ``rate``
+requests a second, bursts of up to ``burst``. It answers 0 when the request may go
+ahead, else the seconds until it may (the door answers 429 with that as
+``Retry-After``). Pure and clock-injected, so tests never sleep.
 """
 
 from __future__ import annotations
