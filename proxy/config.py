@@ -329,12 +329,13 @@ def _source_ok(url: str) -> bool:
     )
 
 
-_PORT_KEYS = ("query_port", "query_tls_port", "proxy_port", "transparent_port", "capture_port")
+# every port the appliance listens on: no two may be the same, none is a destination
+PORT_KEYS = ("query_port", "query_tls_port", "proxy_port", "transparent_port", "capture_port")
 
 
 def _check_ports(cfg: Config) -> None:
     seen: dict[int, str] = {}
-    for key in _PORT_KEYS:
+    for key in PORT_KEYS:
         port = getattr(cfg, key)
         if port and port in seen:
             raise ConfigError(f"config keys {seen[port]!r} and {key!r} must differ (both {port})")

@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
-from proxy.config import Config
+from proxy.config import PORT_KEYS, Config
 from proxy.model import Address, Allowed, literal
 
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # "this host on this network": reaches us
@@ -106,8 +106,7 @@ class Destinations:
     @classmethod
     def from_config(cls, cfg: Config) -> Destinations:
         allowed = [Allowed.parse(e) for e in cfg.intercept_allow_destinations]
-        ports = (cfg.query_port, cfg.query_tls_port, cfg.proxy_port, cfg.transparent_port,
-                 cfg.capture_port)
+        ports = [getattr(cfg, key) for key in PORT_KEYS]  # the appliance's own
         return cls(allowed + cloud_endpoints(cfg.cloud), ports, cfg.listen)
 
     def named(self, host: str, port: int) -> bool:
