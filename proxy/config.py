@@ -24,6 +24,7 @@ from proxy.errors import ConfigError
 from proxy.model import HOST_LABEL, Allowed
 
 MAX_CONFIG_BYTES = 1 << 20
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def default_data_dir() -> Path:
@@ -260,7 +261,7 @@ def validate(cfg: Config) -> Config:
     except ValueError:
         if cfg.listen not in ("localhost", ""):
             raise ConfigError(f"config key 'listen': {cfg.listen!r} is not an IP address") from None
-    if cfg.log_level not in ("debug", "info", "warning", "error"):
+    if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"config key 'log_level': {cfg.log_level!r} is not debug/info/warning/error")
     for url in cfg.cloud:
         if not _endpoint_ok(url):

@@ -29,7 +29,7 @@ from proxy.errors import RampartError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
+LOG_LEVELS = click.Choice(list(config_mod.LOG_LEVELS))
 """The values of config key log_level (proxy.config.validate checks the same four)."""
 
 

@@ -78,7 +78,6 @@ from proxy.wire import urls as _urls
 logger = logging.getLogger(__name__)
 
 MAX_STRINGS_BYTES = 256 << 20
-STRINGS = STRINGS_FILE  # the name proxy.serve.keeper imports
 
 WEB_BLOCKING_RATINGS = frozenset({Rating.DANGEROUS, Rating.HIGHLY_SUSPICIOUS, Rating.SAFE})
 

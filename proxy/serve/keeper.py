@@ -39,17 +39,23 @@ from proxy.clock import stamp
 from proxy.config import Config
 from proxy.errors import PatternError, RampartError
 from proxy.patterns.build import build_pattern
-from proxy.patterns.pattern import PatternSet
-from proxy.serve.pattern_source import PatternSource
-from proxy.updates import repo, signing
-from proxy.updates.store import PatternStore
-from proxy.updates.updater import (
+from proxy.patterns.layout import (
+    AGENT,
+    DOMAIN_IP,
+    MANIFEST,
+    SMART_SCAN,
     SOURCE_DIR,
-    HttpFetcher,
-    Updater,
-    read_local,
+    SUSPICIOUS_URLS,
+    WEB_BLOCKING,
     version_time,
 )
+from proxy.patterns.pattern import PatternSet
+from proxy.serve.pattern_source import PatternSource
+from proxy.updates import signing
+from proxy.updates.manifest import EMPTY, LocalManifest
+from proxy.updates.source import MAX_MANIFEST_BYTES, parse_manifest
+from proxy.updates.store import PatternStore
+from proxy.updates.updater import HttpFetcher, Updater
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +66,11 @@ SourceTimes = tuple[datetime, datetime | None]  # a source manifest's published 
 def intervals(cfg: Config) -> dict[str, float]:
     """Seconds between updates per pattern, from ``update_interval`` and its overrides."""
     per = {
-        repo.SMART_SCAN: cfg.update_interval_smart_scan,
-        repo.WEB_BLOCKING: cfg.update_interval_web_blocking,
-        repo.SUSPICIOUS_URLS: cfg.update_interval_suspicious_urls,
-        repo.DOMAIN_IP: cfg.update_interval_domain_ip,
-        repo.AGENT: cfg.update_interval_agent,
+        SMART_SCAN: cfg.update_interval_smart_scan,
+        WEB_BLOCKING: cfg.update_interval_web_blocking,
+        SUSPICIOUS_URLS: cfg.update_interval_suspicious_urls,
+        DOMAIN_IP: cfg.update_interval_domain_ip,
+        AGENT: cfg.update_interval_agent,
     }
     return {p: float(v or cfg.update_interval) for p, v in per.items()}
 
@@ -119,7 +125,7 @@ class PatternKeeper:
         self._updates = updates
         self.engine: Any = None
         self.served: str | None = None  # the store version being served
-        self.local: dict[str, Any] = {}  # its local manifest
+        self.local: LocalManifest = EMPTY  # its local manifest
         self.served_source: SourceTimes | None = None  # of the source manifest it came from
         self.swaps = 0
         self._closing: list[tuple[asyncio.TimerHandle, PatternSet]] = []
@@ -133,14 +139,14 @@ class PatternKeeper:
         cfg = self.cfg
         if cfg.pattern_dir is not None:
             patterns = PatternSet.open(cfg.pattern_dir)
-            self.local = read_local(cfg.pattern_dir)
+            self.local = LocalManifest.load(cfg.pattern_dir)
             return patterns
         self.store = sample_store(cfg, self._sources)
         path = self.store.current_path()
         assert path is not None
         patterns = PatternSet.open(path)
         self.served = path.name
-        self.local = read_local(path)
+        self.local = LocalManifest.load(path)
         self.served_source = source_times(path)
         if self._updates and cfg.update_source and cfg.update_key is not None:
             self.updater, self._fetcher = make_updater(cfg, self.store)
@@ -198,11 +204,11 @@ class PatternKeeper:
                          self.served)
             self.served_error = f"version {name} does not open: {e.message}"
             return False
-        local = await asyncio.to_thread(read_local, path)
+        local = await asyncio.to_thread(LocalManifest.load, path)
         self.swap(new, name, local, await asyncio.to_thread(source_times, path))
         return True
 
-    def swap(self, new: PatternSet, name: str, local: dict[str, Any],
+    def swap(self, new: PatternSet, name: str, local: LocalManifest,
              source: SourceTimes | None = None) -> None:
         """Assign ``new`` to the engine now; close the old map ``grace`` seconds later."""
         old = self.engine.patterns
@@ -228,13 +234,7 @@ class PatternKeeper:
     # ------------------------------------------------------------ reporting
 
     def pattern_versions(self) -> dict[str, str]:
-        pats = self.local.get("patterns")
-        out: dict[str, str] = {}
-        if isinstance(pats, dict):
-            for name, entry in pats.items():
-                if isinstance(entry, dict) and isinstance(entry.get("version"), str):
-                    out[str(name)] = entry["version"]
-        return out
+        return {name: entry.version for name, entry in self.local.patterns.items()}
 
     def ages(self, now: float) -> dict[str, float]:
         created = self.engine.patterns.created.timestamp()
@@ -334,8 +334,8 @@ def source_times(directory: Path) -> SourceTimes | None:
     """When the signed source manifest a version was installed from was published and expires
     (None: there is none, e.g. the sample). Its signature was checked when it was installed."""
     try:
-        with open(directory / SOURCE_DIR / repo.MANIFEST, "rb") as f:
-            m = repo.parse_manifest(f.read(repo.MAX_MANIFEST_BYTES + 1))
+        with open(directory / SOURCE_DIR / MANIFEST, "rb") as f:
+            m = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1))
     except (OSError, PatternError):
         return None
     return m.published, m.expires

@@ -19,10 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy.errors import ProtocolError
-from proxy.patterns.pattern import STRINGS
+from proxy.patterns.layout import (
+    AGENT,
+    AGENT_FILE,
+    DIFFS_DIR,
+    MANIFEST,
+    PATTERN_FILES,
+    SIGNATURE,
+    SOURCE_DIR,
+    STRINGS_FILE,
+)
 from proxy.serve.routes import parse_query
-from proxy.updates import repo
-from proxy.updates.updater import DIFFS_DIR, SOURCE_DIR, read_local
+from proxy.updates.manifest import LocalManifest
 from proxy.wire import paths
 from proxy.wire.http import Request, Response
 
@@ -61,13 +69,13 @@ class PatternSource:
         raise ProtocolError("not_found", "no pattern is served", status=404)
 
     def _repo_file(self, rel: str) -> Awaitable[Response]:
-        if rel in (repo.MANIFEST, repo.SIGNATURE):
+        if rel in (MANIFEST, SIGNATURE):
             found = self._served_dir() / SOURCE_DIR / rel
             if not found.is_file():
                 raise ProtocolError("not_found", "this appliance has no signed source manifest "
                                     "(it serves a pattern that did not come from an update source)",
                                     status=404)
-            return self._send(found, "application/json" if rel == repo.MANIFEST else
+            return self._send(found, "application/json" if rel == MANIFEST else
                               "application/octet-stream")
         m = _REPO_PATH.fullmatch(rel)
         if m is None:
@@ -88,17 +96,16 @@ class PatternSource:
 
     def _find(self, m: re.Match[str]) -> Path | None:
         for d in self._kept_dirs():
-            local = read_local(d)
+            local = LocalManifest.load(d)
             if m["fp"]:
                 pattern, version, file = m["fp"], m["fv"], m["ff"]
                 if pattern == "strings":
-                    if file == STRINGS and local.get("strings_version") == version:
-                        return d / STRINGS
+                    if file == STRINGS_FILE and local.strings_version == version:
+                        return d / STRINGS_FILE
                     continue
-                pats = local.get("patterns")
-                entry = pats.get(pattern) if isinstance(pats, dict) else None
-                if (isinstance(entry, dict) and entry.get("version") == version
-                        and file in repo.PATTERN_FILES.get(pattern, ())):
+                entry = local.patterns.get(pattern)
+                if (entry is not None and entry.version == version
+                        and file in PATTERN_FILES.get(pattern, ())):
                     return d / file
             else:
                 candidate = d / DIFFS_DIR / m["dp"] / f"{m['da']}-{m['db']}" / f"{m['df']}.diff"
@@ -124,19 +131,15 @@ class PatternSource:
         return Response(200, body, content_type=content_type)
 
     def _agent(self, request: Request, query: bytes) -> Response | Awaitable[Response]:
-        path = self._served_dir() / repo.AGENT_FILE
-        entry = (self.keeper.local.get("patterns") or {}).get(repo.AGENT) if isinstance(
-            self.keeper.local.get("patterns"), dict) else None
-        sha = None
-        if isinstance(entry, dict):
-            spec = (entry.get("files") or {}).get(repo.AGENT_FILE)
-            sha = spec.get("sha256") if isinstance(spec, dict) else None
-        if not isinstance(sha, str) or not path.is_file():
+        path = self._served_dir() / AGENT_FILE
+        entry = self.keeper.local.patterns.get(AGENT)
+        spec = self.keeper.local.spec(AGENT, AGENT_FILE)
+        if entry is None or spec is None or not path.is_file():
             raise ProtocolError("not_found", "this appliance has no agent pattern yet "
                                 "(it comes with the first update from an update source)", status=404)
+        sha = spec.sha256
         etag = f'"{sha}"'
-        headers = (("ETag", etag), ("Cache-Control", "no-cache"),
-                   ("X-Pattern-Version", str(entry.get("version"))))  # type: ignore[union-attr]
+        headers = (("ETag", etag), ("Cache-Control", "no-cache"), ("X-Pattern-Version", entry.version))
         inm = request.header(b"if-none-match")
         if inm is not None and etag in [t.strip() for t in inm.decode("latin-1").split(",")]:
             return Response(304, b"", content_type="application/octet-stream", headers=headers)
@@ -168,11 +171,7 @@ class PatternSource:
 
     def _agent_file_with(self, sha: str) -> Path | None:
         for d in self._kept_dirs():
-            local = read_local(d)
-            pats = local.get("patterns")
-            entry = pats.get(repo.AGENT) if isinstance(pats, dict) else None
-            spec = ((entry or {}).get("files") or {}).get(repo.AGENT_FILE) if isinstance(
-                entry, dict) else None
-            if isinstance(spec, dict) and spec.get("sha256") == sha and (d / repo.AGENT_FILE).is_file():
-                return d / repo.AGENT_FILE
+            spec = LocalManifest.load(d).spec(AGENT, AGENT_FILE)
+            if spec is not None and spec.sha256 == sha and (d / AGENT_FILE).is_file():
+                return d / AGENT_FILE
         return None

@@ -134,6 +134,11 @@ class LocalManifest:
             have[STRINGS] = self.strings_version
         return have
 
+    def spec(self, pattern: str, file: str) -> FileSpec | None:
+        """How this manifest lists ``file`` of ``pattern`` (None if it does not)."""
+        entry = self.patterns.get(pattern)
+        return next((f for f in entry.files if f.name == file), None) if entry is not None else None
+
     def mark(self) -> dict[str, str]:
         """The high-water mark a version installed from a source implies (``repo.newest`` of
         what it holds), for stores that predate the store's own mark; {} for the sample."""

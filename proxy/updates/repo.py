@@ -114,7 +114,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.clock import stamp as stamp  # proxy.serve.keeper and tests use repo.stamp
 from proxy.errors import PatternError
 from proxy.files import read_bounded
 

@@ -68,13 +68,9 @@ from proxy.errors import (
     TooLarge,
 )
 from proxy.files import write_atomic
-from proxy.patterns.layout import DIFFS_DIR as DIFFS_DIR  # proxy.serve.keeper imports it here
-from proxy.patterns.layout import SOURCE_DIR as SOURCE_DIR  # and this
-from proxy.patterns.layout import version_time as version_time  # and this
 from proxy.updates import repo, signing
 from proxy.updates.assemble import Assembly
 from proxy.updates.manifest import HeldPattern, LocalManifest
-from proxy.updates.manifest import read_local as read_local  # proxy.serve.keeper imports it here
 from proxy.updates.store import PatternStore
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.clock import stamp
 from proxy.patterns import table_diff
 from proxy.updates import repo, signing
 from tests.conftest import EICAR_SHA256, RAMPART, Proc, free_port, start_appliance
@@ -341,8 +342,8 @@ def test_an_old_source_served_again_is_refused_and_expiry_is_reported(source: So
         shutil.rmtree(own.repo)
         shutil.copytree(tmp_path / "repo-v2", own.repo)
         published = repo.parse_manifest((own.repo / repo.MANIFEST).read_bytes()).published
-        resign(own.repo, own.key, published=repo.stamp(published + timedelta(seconds=1)),
-               expires=repo.stamp(published + timedelta(seconds=2)))
+        resign(own.repo, own.key, published=stamp(published + timedelta(seconds=1)),
+               expires=stamp(published + timedelta(seconds=2)))
         assert eventually(lambda: ready(appliance)["pattern"]["source_expired"], 15)
         body = ready(appliance)["pattern"]
         assert body["stale"] and body["patterns"]["smart-scan"]["stale"], body

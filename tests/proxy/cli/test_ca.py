@@ -1,4 +1,4 @@
-"""Tests for `rampart ca` (proxy/cli_ca.py) and what it drives: certs/rotate.py (import, rotation,
+"""Tests for `rampart ca` (proxy/cli/ca.py) and what it drives: certs/rotate.py (import, rotation,
 overlap bundle) and certs/expiry.py (the warnings /readyz and metrics show)."""
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ def test_readiness_and_metrics_carry_certificate_expiry(tmp_path: Path) -> None:
     app = App(Config(data_dir=data))
     app.open()
     try:
-        _, body = app.readiness()
+        body = app.readiness()
         section = body["certificates"]
         assert [e["cert"] for e in section["expiry"]] == ["ca"]
         assert section["expiry"][0]["days_left"] in (19, 20)

@@ -16,26 +16,21 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from proxy.errors import FetchError
 from proxy.model import FileQuery, HashKind
 from proxy.patterns import agent, table_diff
 from proxy.patterns.build import build_pattern
+from proxy.patterns.layout import version_time
 from proxy.patterns.pattern import PatternSet
 from proxy.updates import repo
+from proxy.updates.manifest import read_local
 from proxy.updates.store import PatternStore
-from proxy.updates.updater import (
-    FetchError,
-    Updater,
-    UpdateResult,
-    held_versions,
-    read_local,
-    version_time,
-    write_file,
-)
+from proxy.updates.updater import Updater, UpdateResult, held_versions, write_file
 
 # ---------------------------------------------------------------- a test-side publisher
 #
 # Independent of `rampart pattern publish`, so the updater is tested against the
-# documented layout itself (proxy/repo.py's docstring).
+# documented layout itself (proxy/updates/repo.py's docstring).
 
 
 def digests_of(n: int, seed: str) -> list[str]:
