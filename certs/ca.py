@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs.files import locked, make_private_dir, read_bounded, write_atomic
+from certs.files import lock_file, make_key_dir, read_pem, write_pem
 from certs.names import general_name, normalize_names
 from proxy.clock import utcnow
 from proxy.errors import CertError
@@ -152,8 +152,8 @@ class CA:
     def load(cls, data_dir: Path) -> CA:
         """Load ``DATA/ca.pem`` and ``DATA/ca-key.pem``; refuse a key others can read."""
         cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
-        cert = _parse_cert(cert_path, read_bounded(cert_path))
-        key = _parse_key(key_path, read_bounded(key_path, private=True))
+        cert = _parse_cert(cert_path, read_pem(cert_path))
+        key = _parse_key(key_path, read_pem(key_path, private=True))
         ca = cls(cert=cert, key=key)
         ca._validate(cert_path, key_path)
         return ca
@@ -178,8 +178,8 @@ class CA:
         if (data_dir / CA_CERT_FILE).exists() and (data_dir / CA_KEY_FILE).exists():
             ca = cls.load(data_dir)
         else:
-            make_private_dir(data_dir)
-            with locked(data_dir / CA_LOCK_FILE):
+            make_key_dir(data_dir)
+            with lock_file(data_dir / CA_LOCK_FILE):
                 ca = cls._load_or_create(data_dir, common_name=common_name, days=days,
                                          key_type=key_type, now=now)
         ca.sync_mitmproxy(data_dir / MITMPROXY_DIR)
@@ -201,8 +201,8 @@ class CA:
             )
         else:
             ca = cls.create(common_name=common_name, days=days, key_type=key_type, now=now)
-            write_atomic(key_path, key_pem(ca.key), private=True)
-            write_atomic(cert_path, ca.cert_pem(), private=False)
+            write_pem(key_path, key_pem(ca.key), private=True)
+            write_pem(cert_path, ca.cert_pem(), private=False)
             logger.info(
                 "created CA",
                 extra={"subject": ca.subject_text(), "sha256": ca.fingerprint_sha256()},
@@ -212,18 +212,18 @@ class CA:
     def sync_mitmproxy(self, confdir: Path) -> None:
         """Write this CA into mitmproxy's confdir under the names ``CertStore.from_store``
         reads, only where they differ (a stale CA there is replaced)."""
-        make_private_dir(confdir)
+        make_key_dir(confdir)
         combined = confdir / f"{MITMPROXY_BASENAME}-ca.pem"
         wanted = key_pem(self.key) + self.cert_pem()
-        if not combined.exists() or read_bounded(combined, private=True) != wanted:
-            write_atomic(combined, wanted, private=True)
+        if not combined.exists() or read_pem(combined, private=True) != wanted:
+            write_pem(combined, wanted, private=True)
             for stale in ("-ca.p12", "-ca-cert.p12"):
                 (confdir / f"{MITMPROXY_BASENAME}{stale}").unlink(missing_ok=True)
             logger.info("mitmproxy confdir now holds the appliance CA")
         for suffix in ("-ca-cert.pem", "-ca-cert.cer"):
             path = confdir / f"{MITMPROXY_BASENAME}{suffix}"
-            if not path.exists() or read_bounded(path) != self.cert_pem():
-                write_atomic(path, self.cert_pem(), private=False)
+            if not path.exists() or read_pem(path) != self.cert_pem():
+                write_pem(path, self.cert_pem(), private=False)
 
     def _validate(self, cert_path: Path, key_path: Path) -> None:
         try:

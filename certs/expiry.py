@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 
 from certs.ca import CA_CERT_FILE, CA_WARN_DAYS
-from certs.files import read_bounded
+from certs.files import read_pem
 from certs.rotate import served_paths
 from proxy.clock import utcnow
 from proxy.errors import CertError
@@ -39,7 +39,7 @@ class Expiry:
 
 def _first_cert(path: Path) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificates(read_bounded(path))[0]
+        return x509.load_pem_x509_certificates(read_pem(path))[0]
     except ValueError:
         raise CertError(f"{path.name} does not hold a PEM certificate") from None
 

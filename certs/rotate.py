@@ -45,7 +45,7 @@ from certs.ca import (
     key_pem,
     same_public_key,
 )
-from certs.files import MAX_PEM_BYTES, make_private_dir, read_bounded, write_atomic
+from certs.files import MAX_PEM_BYTES, make_key_dir, read_pem, write_pem
 from certs.tls import san_names
 from proxy.clock import utcnow
 from proxy.errors import CertError
@@ -175,7 +175,7 @@ def _save_retired(data_dir: Path, retired: Sequence[Retired]) -> None:
             for r in retired
         ]
     }
-    write_atomic(Path(data_dir) / RETIRED_FILE, json.dumps(doc, indent=2).encode(), private=False)
+    write_pem(Path(data_dir) / RETIRED_FILE, json.dumps(doc, indent=2).encode(), private=False)
 
 
 def refresh_bundle(data_dir: Path, *, now: dt.datetime | None = None) -> list[x509.Certificate]:
@@ -186,8 +186,8 @@ def refresh_bundle(data_dir: Path, *, now: dt.datetime | None = None) -> list[x5
     cert_path = data_dir / CA_CERT_FILE
     if not cert_path.exists():
         return []
-    make_private_dir(data_dir)  # refuses a folder others can write: its CA is not to be handed out
-    current = _parse_cert(cert_path, read_bounded(cert_path))
+    make_key_dir(data_dir)  # refuses a folder others can write: its CA is not to be handed out
+    current = _parse_cert(cert_path, read_pem(cert_path))
     retired = load_retired(data_dir)
     members = bundle_members(current, retired, now)
     live = [r for r in retired if r.cert in members]
@@ -198,8 +198,8 @@ def refresh_bundle(data_dir: Path, *, now: dt.datetime | None = None) -> list[x5
         _save_retired(data_dir, live)
     wanted = b"".join(cert_pem(c) for c in members)
     path = data_dir / BUNDLE_FILE
-    if not path.exists() or read_bounded(path) != wanted:
-        write_atomic(path, wanted, private=False)
+    if not path.exists() or read_pem(path) != wanted:
+        write_pem(path, wanted, private=False)
     return members
 
 
@@ -230,7 +230,7 @@ def reissue_served(ca: CA, data_dir: Path, *, now: dt.datetime | None = None) ->
     for path in served_paths(data_dir):
         purpose = path.stem.removeprefix("tls-")
         try:
-            leaf = x509.load_pem_x509_certificates(read_bounded(path, private=True))[0]
+            leaf = x509.load_pem_x509_certificates(read_pem(path, private=True))[0]
             names = _names_in_order(leaf)
             if not names:
                 raise ValueError("no names")
@@ -239,7 +239,7 @@ def reissue_served(ca: CA, data_dir: Path, *, now: dt.datetime | None = None) ->
             path.unlink(missing_ok=True)
             continue
         chain_pem, key_pem = ca.issue(names, now=now)
-        write_atomic(path, key_pem + chain_pem, private=True)
+        write_pem(path, key_pem + chain_pem, private=True)
         reissued.append(purpose)
     return reissued
 
@@ -257,9 +257,9 @@ def install(
         raise CertError(f"overlap of {overlap_days} days is out of range (0 to {MAX_OVERLAP_DAYS})")
     data_dir = Path(data_dir)
     now = now or utcnow()
-    make_private_dir(data_dir)
+    make_key_dir(data_dir)
     cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
-    previous = _parse_cert(cert_path, read_bounded(cert_path)) if cert_path.exists() else None
+    previous = _parse_cert(cert_path, read_pem(cert_path)) if cert_path.exists() else None
     retired = load_retired(data_dir)
     until = None
     if previous is not None and previous != ca.cert and overlap_days > 0:
@@ -270,8 +270,8 @@ def install(
     else:
         retired = [r for r in retired if r.cert != ca.cert]
     _save_retired(data_dir, retired)
-    write_atomic(key_path, key_pem(ca.key), private=True)
-    write_atomic(cert_path, ca.cert_pem(), private=False)
+    write_pem(key_path, key_pem(ca.key), private=True)
+    write_pem(cert_path, ca.cert_pem(), private=False)
     ca.sync_mitmproxy(data_dir / MITMPROXY_DIR)
     reissued = reissue_served(ca, data_dir, now=now)
     members = refresh_bundle(data_dir, now=now)
@@ -328,8 +328,8 @@ def import_ca(
     """Install an organisation's own CA (PEM certificate + unencrypted PEM key) after checking
     it is a CA, the key is its key, and it is valid now. Raises CertError naming the problem."""
     now = now or utcnow()
-    cert = _parse_cert(cert_file, read_bounded(cert_file))
-    key = _parse_key(key_file, read_bounded(key_file))
+    cert = _parse_cert(cert_file, read_pem(cert_file))
+    key = _parse_key(key_file, read_pem(key_file))
     problems = import_problems(cert, key, now)
     if problems:
         raise CertError(f"cannot import {cert_file} with {key_file}: " + "; ".join(problems))

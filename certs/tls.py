@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certs.ca import CA, CAKey, same_public_key
-from certs.files import make_private_dir, read_bounded, write_atomic
+from certs.files import make_key_dir, read_pem, write_pem
 from certs.names import normalize_name, normalize_names
 from proxy.clock import utcnow
 from proxy.errors import CertError
@@ -94,9 +94,9 @@ def server_context(
     path = leaf_path(state_dir, purpose)
     reason = _stored_leaf_problem(ca, path, names, now)
     if reason is not None:
-        make_private_dir(Path(state_dir))
+        make_key_dir(Path(state_dir))
         chain_pem, key_pem = ca.issue(names, now=now)
-        write_atomic(path, key_pem + chain_pem, private=True)
+        write_pem(path, key_pem + chain_pem, private=True)
         logger.info("issued server certificate", extra={"purpose": purpose, "reason": reason})
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -120,7 +120,7 @@ def _stored_leaf_problem(ca: CA, path: Path, names: Sequence[str], now: dt.datet
         )
         return "key file mode too open"
     try:
-        data = read_bounded(path, private=True)
+        data = read_pem(path, private=True)
         chain = x509.load_pem_x509_certificates(data)
         key = serialization.load_pem_private_key(data, password=None)
     except (CertError, ValueError, TypeError) as exc:
@@ -153,7 +153,7 @@ def expiry_report(ca: CA, leaf_paths: Iterable[Path]) -> list[tuple[str, dt.date
         if not Path(path).exists():
             continue
         try:
-            cert = x509.load_pem_x509_certificates(read_bounded(Path(path)))[0]
+            cert = x509.load_pem_x509_certificates(read_pem(Path(path)))[0]
         except ValueError:
             raise CertError(f"{path} does not hold a PEM certificate") from None
         report.append((str(path), cert.not_valid_after_utc))

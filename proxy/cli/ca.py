@@ -163,9 +163,9 @@ def ca_export(run: Run, fmt: str, out: Path, bundle: bool) -> None:
             raise ConfigError("DER is binary; give --out FILE")
         click.echo(data.decode("ascii"), nl=False)
         return
-    from certs.files import write_atomic
+    from certs.files import write_pem
 
-    write_atomic(out, data, private=False)
+    write_pem(out, data, private=False)
     click.echo(f"wrote {out} ({fmt.upper()}, SHA-256 {ca.fingerprint_sha256()})", err=True)
 
 
