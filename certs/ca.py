@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs.files import lock_file, make_key_dir, read_pem, write_pem
+from certs.files import lock_file, make_private_dir, read_pem, write_pem
 from certs.names import general_name, normalize_names
 from proxy.clock import utcnow
 from proxy.errors import CertError
@@ -178,7 +178,7 @@ class CA:
         if (data_dir / CA_CERT_FILE).exists() and (data_dir / CA_KEY_FILE).exists():
             ca = cls.load(data_dir)
         else:
-            make_key_dir(data_dir)
+            make_private_dir(data_dir)
             with lock_file(data_dir / CA_LOCK_FILE):
                 ca = cls._load_or_create(data_dir, common_name=common_name, days=days,
                                          key_type=key_type, now=now)
@@ -212,7 +212,7 @@ class CA:
     def sync_mitmproxy(self, confdir: Path) -> None:
         """Write this CA into mitmproxy's confdir under the names ``CertStore.from_store``
         reads, only where they differ (a stale CA there is replaced)."""
-        make_key_dir(confdir)
+        make_private_dir(confdir)
         combined = confdir / f"{MITMPROXY_BASENAME}-ca.pem"
         wanted = key_pem(self.key) + self.cert_pem()
         if not combined.exists() or read_pem(combined, private=True) != wanted:

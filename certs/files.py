@@ -40,7 +40,7 @@ def write_pem(path: Path, data: bytes, *, private: bool) -> None:
         raise CertError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def make_key_dir(path: Path) -> None:
+def make_private_dir(path: Path) -> None:
     """Create ``path`` and its missing parents, each exactly 0700 whatever the umask; refuse an
     existing folder another user owns or may write to (they could have replaced a key in it)."""
     files.check_private_dir(path, "folder", error=CertError)

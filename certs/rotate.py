@@ -45,7 +45,7 @@ from certs.ca import (
     key_pem,
     same_public_key,
 )
-from certs.files import MAX_PEM_BYTES, make_key_dir, read_pem, write_pem
+from certs.files import MAX_PEM_BYTES, make_private_dir, read_pem, write_pem
 from certs.tls import san_names
 from proxy.clock import utcnow
 from proxy.errors import CertError
@@ -186,7 +186,7 @@ def refresh_bundle(data_dir: Path, *, now: dt.datetime | None = None) -> list[x5
     cert_path = data_dir / CA_CERT_FILE
     if not cert_path.exists():
         return []
-    make_key_dir(data_dir)  # refuses a folder others can write: its CA is not to be handed out
+    make_private_dir(data_dir)  # refuses a folder others can write: its CA is not to be handed out
     current = _parse_cert(cert_path, read_pem(cert_path))
     retired = load_retired(data_dir)
     members = bundle_members(current, retired, now)
@@ -257,7 +257,7 @@ def install(
         raise CertError(f"overlap of {overlap_days} days is out of range (0 to {MAX_OVERLAP_DAYS})")
     data_dir = Path(data_dir)
     now = now or utcnow()
-    make_key_dir(data_dir)
+    make_private_dir(data_dir)
     cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
     previous = _parse_cert(cert_path, read_pem(cert_path)) if cert_path.exists() else None
     retired = load_retired(data_dir)

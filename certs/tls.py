@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certs.ca import CA, CAKey, same_public_key
-from certs.files import make_key_dir, read_pem, write_pem
+from certs.files import make_private_dir, read_pem, write_pem
 from certs.names import normalize_name, normalize_names
 from proxy.clock import utcnow
 from proxy.errors import CertError
@@ -94,7 +94,7 @@ def server_context(
     path = leaf_path(state_dir, purpose)
     reason = _stored_leaf_problem(ca, path, names, now)
     if reason is not None:
-        make_key_dir(Path(state_dir))
+        make_private_dir(Path(state_dir))
         chain_pem, key_pem = ca.issue(names, now=now)
         write_pem(path, key_pem + chain_pem, private=True)
         logger.info("issued server certificate", extra={"purpose": purpose, "reason": reason})
