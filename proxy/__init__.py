@@ -2,8 +2,9 @@
 
 The bottom layer, which every package may import and which imports nothing
 above it: ``errors`` (the whole error tree), ``model`` (the values every part
-shares), ``config`` (every config key, its default and its help) and ``files``
-(private directories, bounded reads, atomic writes).
+shares, network addresses and allowed destinations among them), ``config`` (every
+config key, its default and its help), ``files`` (private directories, bounded
+reads, atomic writes, locks) and ``clock`` (UTC times and their ISO-8601 form).
 
 Above it, one subpackage per part of the architecture (docs/architecture.md):
 
