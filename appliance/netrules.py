@@ -14,7 +14,7 @@ redirected back into the proxy. No ``output`` rule is installed. (If one were,
 it would have to exempt the service user with ``meta skuid != rampart`` /
 ``-m owner ! --uid-owner rampart``, or every upstream connection of the proxy
 would be sent to itself.) Traffic addressed to the appliance itself (its query
-door, its console) is not redirected either (``fib daddr type local``), so a
+door; the planned console) is not redirected either (``fib daddr type local``), so a
 product asking the appliance directly is not looped through the proxy.
 """
 

@@ -2,7 +2,7 @@
 
 On first start ``CA.ensure(DATA)`` creates the appliance CA (EC P-256, key 0600)
 and mirrors it into mitmproxy's confdir (``DATA/mitmproxy``) so intercepted
-connections, the query door, the console and the reference cloud all present
+connections, the query door and the reference cloud (and the planned console) all present
 certificates from one CA that products trust once (``export_pem``/``export_der``).
 ``server_context`` issues and reuses the servers' own certificates;
 ``client_context`` is the verifying client side, never unverified.

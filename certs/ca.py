@@ -8,7 +8,7 @@ Files in the data directory ``DATA``::
     DATA/mitmproxy/mitmproxy-ca-cert.pem the certificate again (and ``.cer``), as mitmproxy names it
 
 so the intercept door (mitmproxy with ``confdir=DATA/mitmproxy``) signs its
-interception certificates with the same CA the query and console doors use.
+interception certificates with the same CA the query door uses.
 mitmproxy reuses the CA key as the key of every certificate it forges, so the
 key type is the one products must handshake with: EC P-256 by default, RSA-2048
 for old products that cannot do ECDSA.

@@ -1,6 +1,6 @@
 """TLS contexts for the appliance's own servers and for its clients.
 
-``server_context`` gives the query door, the console and the reference cloud a
+``server_context`` gives the query door and the reference cloud (and the planned console) a
 server certificate issued by the appliance CA. The key and chain live together
 in one 0600 file in the state folder, ``tls-<purpose>.pem``, so a reader never
 sees a new certificate with an old key; it is reused while it was issued by the

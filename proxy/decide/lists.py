@@ -1,7 +1,7 @@
 """The administrator's approved and blocked lists.
 
 Entries live in SQLite (``DIR/lists.sqlite``, WAL mode) so the server, the
-CLI and the console can all change them; each is a file hash, a domain (with
+CLI (and the planned console) can all change them; each is a file hash, a domain (with
 all its subdomains; an IP literal is a domain entry matching that IP) or a URL
 prefix (a canonical expression without scheme). A value is on at most one
 list: adding it to the other list moves it.

@@ -153,7 +153,7 @@ class Relay:
         return out
 
     def status(self) -> list[dict[str, object]]:
-        """Per-endpoint health, for /readyz and the console."""
+        """Per-endpoint health, for /readyz (and the planned console)."""
         now = self._clock()
         return [
             {

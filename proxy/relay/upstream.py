@@ -39,7 +39,7 @@ class Transport(Protocol):
 
 
 class RelayObserver(Protocol):
-    """Told about every upstream attempt (for metrics and the console's live view)."""
+    """Told about every upstream attempt (for metrics; later the planned console's live view)."""
 
     def on_upstream(
         self, endpoint: str, service: Service, items: int, seconds: float, error: RelayError | None
