@@ -36,6 +36,15 @@ class Expiry:
     def seconds_left(self, now: dt.datetime) -> float:
         return (self.not_after - now).total_seconds()
 
+    def days_left(self, now: dt.datetime) -> int:
+        """Whole days of validity left at ``now`` (negative once expired)."""
+        return days_left(self.not_after, now)
+
+
+def days_left(not_after: dt.datetime, now: dt.datetime) -> int:
+    """Whole days from ``now`` to ``not_after`` (negative once it has passed)."""
+    return int((not_after - now).total_seconds() // 86400)
+
 
 def _first_cert(path: Path) -> x509.Certificate:
     try:
@@ -79,7 +88,7 @@ def warnings_for(
         if left <= 0:
             out.append(f"{what} expired on {e.not_after:%Y-%m-%d}")
         elif left <= window * 86400:
-            days = int(left // 86400)
+            days = e.days_left(now)
             fix = "rotate it: rampart ca rotate" if e.name == "ca" else "restart to reissue it"
             out.append(f"{what} expires in {days} days ({e.not_after:%Y-%m-%d}); {fix}")
     return out

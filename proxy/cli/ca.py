@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from certs.expiry import days_left
 from proxy.cli.common import (
     F,
     Run,
@@ -22,6 +23,7 @@ from proxy.cli.common import (
     json_option,
     pass_run,
 )
+from proxy.clock import utcnow
 from proxy.errors import ConfigError
 
 KEY_TYPES = click.Choice(["ec-p256", "rsa-2048"])
@@ -33,17 +35,13 @@ def _where(fn: F) -> F:
     return data_dir_option(fn)
 
 
-def _days_left(not_after: dt.datetime, now: dt.datetime) -> int:
-    return int((not_after - now).total_seconds() // 86400)
-
-
 def describe_ca(data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any]:
     """What ``rampart ca show`` prints, as a dict (also its ``--json``)."""
     import certs
     from certs import expiry, rotate
     from certs.ca import fingerprint
 
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     ca = certs.CA.load(data_dir)
     members = rotate.refresh_bundle(data_dir, now=now)
     cert = ca.cert
@@ -52,7 +50,7 @@ def describe_ca(data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any
         "sha256": ca.fingerprint_sha256(),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
-        "days_left": _days_left(cert.not_valid_after_utc, now),
+        "days_left": days_left(cert.not_valid_after_utc, now),
         "key": rotate.key_description(ca.key),
         "certificate": str(data_dir / certs.CA_CERT_FILE),
         "bundle": [
@@ -64,7 +62,7 @@ def describe_ca(data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any
         ],
         "served": [
             {"name": e.name, "not_after": e.not_after.isoformat(),
-             "days_left": _days_left(e.not_after, now)}
+             "days_left": e.days_left(now)}
             for e in expiry.certificate_expiries(data_dir) if e.name != "ca"
         ],
         "warnings": expiry.warnings_for(expiry.certificate_expiries(data_dir), now),

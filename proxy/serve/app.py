@@ -9,7 +9,6 @@ reports readiness.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 import certs
 from certs import expiry as cert_expiry
+from proxy.clock import utcnow
 from proxy.config import Config
 from proxy.decide.cache import AnswerCache
 from proxy.decide.engine import Engine
@@ -232,7 +232,7 @@ class App:
         metrics.gauge(
             st, "rampart_cert_expiry_seconds",
             "Seconds until the CA (cert=ca) or a served certificate expires",
-            lambda: [({"cert": e.name}, e.seconds_left(_utc())) for e in _expiries(self.cfg.data_dir)],
+            lambda: [({"cert": e.name}, e.seconds_left(utcnow())) for e in _expiries(self.cfg.data_dir)],
         )
 
     def _observe(self, request: Request, response: Response, seconds: float) -> None:
@@ -256,10 +256,6 @@ def connection_caps(cfg: Config) -> ConnectionCaps:
     return caps
 
 
-def _utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _expiries(data_dir: Path) -> list[cert_expiry.Expiry]:
     try:
         return cert_expiry.certificate_expiries(data_dir)
@@ -270,11 +266,11 @@ def _expiries(data_dir: Path) -> list[cert_expiry.Expiry]:
 
 def _certificates(data_dir: Path) -> dict[str, Any]:
     """The /readyz ``certificates`` section: each certificate's expiry and the warnings."""
-    now, found = _utc(), _expiries(data_dir)
+    now, found = utcnow(), _expiries(data_dir)
     return {
         "expiry": [
             {"cert": e.name, "not_after": e.not_after.isoformat(),
-             "days_left": int(e.seconds_left(now) // 86400)}
+             "days_left": e.days_left(now)}
             for e in found
         ],
         "warnings": cert_expiry.warnings_for(found, now),

@@ -251,16 +251,15 @@ def verify_file(data: bytes | Path, size: int, sha256: str, what: str = "file") 
             got = data.stat().st_size
         except OSError as e:
             raise PatternError(f"{what}: cannot read: {e.strerror or e}") from None
-        if got != size:
-            state = "truncated" if got < size else "too long"
-            raise PatternError(f"{what}: {state}: {got} bytes, manifest says {size}", reason="truncated")
+    else:
+        got = len(data)
+    if got != size:
+        state = "truncated" if got < size else "too long"
+        raise PatternError(f"{what}: {state}: {got} bytes, manifest says {size}", reason="truncated")
+    if isinstance(data, Path):
         with open(data, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
     else:
-        if len(data) != size:
-            state = "truncated" if len(data) < size else "too long"
-            raise PatternError(f"{what}: {state}: {len(data)} bytes, manifest says {size}",
-                               reason="truncated")
         digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
         raise PatternError(f"{what}: SHA-256 mismatch (corrupt or substituted file)",
