@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from proxy import config as config_mod
-from proxy.errors import RampartError
+from proxy.errors import ConfigError, RampartError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +73,16 @@ class Run:
         if self.config_file is not None:
             return self.config.data_dir
         return config_mod.default_data_dir()
+
+    def existing_data_dir(self) -> Path:
+        """:attr:`data_dir`, which must exist: what read-only commands and commands that work on
+        a server's state take, so a mistyped ``--data-dir`` is refused instead of created."""
+        where = self.data_dir
+        if not where.is_dir():
+            hint = ("is not a directory" if where.exists() else
+                    "does not exist (a mistyped --data-dir? `rampart serve` creates it)")
+            raise ConfigError(f"data directory {where} {hint}")
+        return where
 
 
 pass_run = click.make_pass_decorator(Run, ensure=True)
