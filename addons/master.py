@@ -23,6 +23,7 @@ from mitmproxy.master import Master
 
 import certs
 from addons.capture import Capture
+from addons.certstore import CertReload
 from addons.connections import Connections
 from addons.intercept import Intercept
 from addons.query_door import QueryDoor
@@ -122,9 +123,11 @@ def assemble(cfg: Config) -> Doors:
     if modes:
         intercept = Intercept(cfg, lambda: getattr(door.app, "routes", None),
                               lambda: getattr(door.app, "stats", None))
-        addons += [proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig()]
-        # the intercept door's connections count against the query door's caps
-        ours += [Connections(caps, cfg.head_timeout), intercept]
+        tls = tlsconfig.TlsConfig()
+        addons += [proxyserver.Proxyserver(), next_layer.NextLayer(), tls]
+        # the intercept door's connections count against the query door's caps;
+        # CertReload puts a rotated or imported CA into TlsConfig while running
+        ours += [Connections(caps, cfg.head_timeout), intercept, CertReload(cfg.data_dir, tls)]
     ours.append(capture)
     master.addons.add(*addons, Rampart(ours))
     if modes:

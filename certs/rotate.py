@@ -10,7 +10,9 @@ Installing a CA (``rotate`` or ``import_ca``) writes the new key and certificate
 moves the old certificate (never its key, which is deleted with the old file)
 into the overlap list until ``now + overlap_days``, mirrors the new CA into
 mitmproxy's confdir, reissues every served certificate (``DATA/tls/tls-*.pem``)
-for the same names from the new CA, and rewrites the bundle. A product that
+for the same names from the new CA, and rewrites the bundle, all under the CA lock
+(``DATA/.ca.lock``) a running server loads them under (``certs.follow``): it takes the
+whole new set within seconds, never a new certificate with an old key. A product that
 trusts the bundle trusts certificates of both CAs during the overlap, so
 appliances, clouds and clients that still present or expect the old CA keep
 working while products are moved to the new one. ``refresh_bundle`` drops a
@@ -33,6 +35,7 @@ from certs.ca import (
     CA,
     CA_CERT_FILE,
     CA_KEY_FILE,
+    CA_LOCK_FILE,
     DEFAULT_CA_DAYS,
     DEFAULT_CA_NAME,
     MITMPROXY_DIR,
@@ -45,7 +48,7 @@ from certs.ca import (
     key_pem,
     same_public_key,
 )
-from certs.files import MAX_PEM_BYTES, make_private_dir, read_pem, write_pem
+from certs.files import MAX_PEM_BYTES, lock_file, make_private_dir, read_pem, write_pem
 from certs.tls import san_names
 from proxy.clock import utcnow
 from proxy.errors import CertError
@@ -258,6 +261,11 @@ def install(
     data_dir = Path(data_dir)
     now = now or utcnow()
     make_private_dir(data_dir)
+    with lock_file(data_dir / CA_LOCK_FILE):  # a running server loads the set under it too
+        return _install_locked(data_dir, ca, overlap_days, now)
+
+
+def _install_locked(data_dir: Path, ca: CA, overlap_days: int, now: dt.datetime) -> Installed:
     cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
     previous = _parse_cert(cert_path, read_pem(cert_path)) if cert_path.exists() else None
     retired = load_retired(data_dir)

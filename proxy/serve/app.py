@@ -19,6 +19,7 @@ from typing import Any
 
 import certs
 from certs import expiry as cert_expiry
+from certs.follow import QueryTls
 from proxy.clock import utcnow
 from proxy.config import Config
 from proxy.decide.cache import AnswerCache
@@ -70,6 +71,8 @@ class App:
     caps: ConnectionCaps | None = None
     """Connections per client and in all, shared with the process's other doors (made on
     ``open`` when not given)."""
+    tls: QueryTls | None = field(default=None, init=False)
+    """The HTTPS door's certificate, followed on disk (set by ``tls_context``)."""
 
     # ------------------------------------------------------------ start / stop
 
@@ -110,6 +113,7 @@ class App:
             local_ttl=cfg.local_ttl,
             retry_after=cfg.degraded_retry_after,
             authoritative=self.authoritative,
+            degraded_action=cfg.degraded_action,
         )
         self.gate = (
             Gate(cfg.query_clients, rate=cfg.rate_limit, burst=cfg.rate_burst)
@@ -138,13 +142,18 @@ class App:
             await self._listen("query", "http", cfg.query_port, limits, None)
         if cfg.query_tls_port:
             await self._listen("query", "https", cfg.query_tls_port, limits, self.tls_context())
+            assert self.tls is not None
+            follow = self.tls.follow(self.doors[-1].server.use_ssl_context)
+            self._tasks.append(asyncio.create_task(follow))
         self._tasks.append(asyncio.create_task(self._watch_lists()))
         await self.keeper.start()
 
     def tls_context(self) -> Any:
-        ca = certs.CA.ensure(self.cfg.data_dir)
-        names = certs.default_names(self.cfg.tls_names)
-        return certs.server_context(ca, names, state_dir=self.cfg.data_dir / "tls")
+        """The HTTPS door's context now; ``self.tls`` then follows a CA rotation or import
+        onto the door while it runs (``certs.follow``)."""
+        certs.CA.ensure(self.cfg.data_dir)  # created on first start
+        self.tls = QueryTls(self.cfg.data_dir, certs.default_names(self.cfg.tls_names))
+        return self.tls.first()
 
     async def _listen(
         self, name: str, scheme: str, port: int, limits: ServerLimits, ssl_context: Any
@@ -165,6 +174,8 @@ class App:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.tls is not None:
+            self.tls.close()
         for door in self.doors:
             door.server.close()
         for door in self.doors:

@@ -53,6 +53,11 @@ class Listener:
         self._closed = False
         self._loop.add_reader(sock.fileno(), self._accept)
 
+    def use_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Handshake new connections with ``context`` (a CA rotated or imported meanwhile,
+        ``certs.follow``); connections already accepted keep the one they began with."""
+        self._ssl = context
+
     def _accept(self) -> None:
         for _ in range(self.ACCEPTS_PER_WAKEUP):
             try:
