@@ -14,11 +14,11 @@ from proxy.cli.common import (
     Run,
     config_flag,
     door_options,
+    door_url,
     fail_cleanly,
     pass_run,
     say_error,
     setup_logging,
-    shown_host,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +61,9 @@ def _port_help(what: str, key: str) -> str:
 @config_flag("--capture-port", type=PORT, envvar="RAMPART_CAPTURE_PORT",
              help=_port_help("Loopback port `rampart capture` streams from", "capture_port"))
 @config_flag("--query-client", "query_clients", multiple=True,
-             help="Client network (CIDR) the query door answers (repeatable; default: every client).")
+             help="Client network (CIDR) the query door answers (repeatable; default loopback and "
+                  "private ranges; 0.0.0.0/0 and ::/0 for every client). /healthz answers loopback "
+                  "always.")
 @config_flag("--rate-limit", type=click.FloatRange(0),
              help="Query-door requests per second per client, 429 above "
                   f"(default {config_mod.default('rate_limit'):g}: no limit).")
@@ -81,35 +83,59 @@ def serve(run: Run) -> None:
     import uvloop
 
     from addons import master
+    from proxy.serve import startup
 
     cfg = run.config
     setup_logging(cfg.log_level)
-    error = uvloop.run(master.run(cfg, lambda doors: click.echo(_started(cfg, doors), err=True)))
+    startup.check_doors(cfg)
+    if startup.prepare_data_dir(cfg, "appliance"):
+        click.echo(f"rampart serve: created data directory {cfg.data_dir} (mode 0700)", err=True)
+    held = startup.claim(cfg)
+    try:
+        startup.check_ports(cfg, held)
+        error = uvloop.run(master.run(cfg, lambda doors: click.echo(_started(cfg, doors), err=True)))
+    finally:
+        held.release()
     if error:
         say_error(error, 1)
 
 
 def _started(cfg: config_mod.Config, doors: Doors) -> str:
-    """What `serve` prints once every door is up: the pattern, the doors' addresses, the cloud."""
+    """What `serve` prints once every door is up: the pattern, where each door listens and whom
+    it answers, the cloud."""
     app = doors.door.app
     ports = app.ports()
-    host = shown_host(cfg.listen)
     lines = [f"rampart serve: pattern {app.engine.version}, data {cfg.data_dir}"]
     if "http" in ports:
-        lines.append(f"  query door  http://{host}:{ports['http']}")
+        lines.append(f"  query door  {door_url('http', cfg.listen, ports['http'])}")
     if "https" in ports:
-        lines.append(f"  query door  https://{host}:{ports['https']}  (CA: {cfg.data_dir / 'ca.pem'})")
+        lines.append(f"  query door  {door_url('https', cfg.listen, ports['https'])}"
+                     f"  (CA: {cfg.data_dir / 'ca.pem'})")
+    if ports:
+        lines.append(f"              answers {_networks(cfg.query_clients)} (--query-client)")
     if cfg.proxy_port:
-        lines.append(f"  intercept   proxy http://{host}:{cfg.proxy_port}")
+        lines.append(f"  intercept   proxy {door_url('http', cfg.listen, cfg.proxy_port)}")
     if cfg.transparent_port:
-        lines.append(f"  intercept   transparent port {cfg.transparent_port}")
+        lines.append(f"  intercept   transparent {door_url('tcp', cfg.listen, cfg.transparent_port)}")
+    if cfg.proxy_port or cfg.transparent_port:
+        lines.append(f"              serves {_networks(cfg.allow_clients)} (--allow-client)")
     if doors.intercept is not None:
         shown = sorted(doors.intercept.hosts.exact) + [f"*{s}" for s in doors.intercept.hosts.suffixes]
         lines.append("  intercepts  " + (", ".join(shown) or "nothing (every host passes through)"))
     if doors.capture.bound_port:
         lines.append(f"  capture     http://127.0.0.1:{doors.capture.bound_port}/v1/capture")
-    lines.append("  cloud       " + (", ".join(cfg.cloud) or "none (unknown items come back degraded)"))
+    lines.append("  cloud       " + (", ".join(cfg.cloud) or "none (unknown items are answered"
+                                     " unknown; --cloud to relay them)"))
     return "\n".join(lines)
+
+
+def _networks(cidrs: list[str]) -> str:
+    """Client networks as the banner shows them: the default set by name, others listed."""
+    if not cidrs:
+        return "every client"
+    if tuple(cidrs) == config_mod.LOCAL_NETWORKS:
+        return "loopback and private networks"
+    return ", ".join(cidrs)
 
 
 @click.command()

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
 from proxy.cli.common import (
     Run,
+    config_flag,
     door_options,
+    door_url,
     fail_cleanly,
     pass_run,
     run_async,
     setup_logging,
-    shown_host,
 )
+from proxy.config import Config, default_data_dir
+from proxy.serve import startup
+
+
+def _cloud_data_dir(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return config_flag(
+        "--data-dir", type=click.Path(path_type=Path, file_okay=False),
+        envvar="RAMPART_CLOUD_DATA_DIR", default=None,
+        help="Data directory (default: $RAMPART_CLOUD_DATA_DIR or ~/.local/share/rampart-cloud;"
+             " never an appliance's).",
+    )(fn)
 
 
 @click.command()
-@door_options
+@functools.partial(door_options, data_dir=_cloud_data_dir)
 @click.option("--port", type=click.IntRange(0, 65535), default=9443, show_default=True,
               help="HTTPS port of the reference cloud.")
 @pass_run
@@ -30,25 +46,35 @@ def cloud(run: Run, port: int) -> None:
     Its CA certificate is written to DATA_DIR/ca.pem for appliances to trust
     (`rampart serve --cloud https://localhost:PORT --cloud-ca DATA_DIR/ca.pem`).
     """
+    # What makes it the cloud, set ahead of the door flags.
+    run.flags = {"query_port": 0, "query_tls_port": port, "authoritative": True,
+                 "proxy_port": 0, "transparent_port": 0, "capture_port": 0, **run.flags}
+    cfg = run.config
+    if run.flags.get("data_dir") is None and cfg.data_dir == default_data_dir():
+        cfg = cfg.replace(data_dir=default_data_dir("cloud"))  # no folder given: the cloud's own
+    setup_logging(cfg.log_level)
+    startup.check_doors(cfg)
+    if startup.prepare_data_dir(cfg, "cloud"):
+        click.echo(f"rampart cloud: created data directory {cfg.data_dir} (mode 0700)", err=True)
+    held = startup.claim(cfg)
+    try:
+        startup.check_ports(cfg, held)
+        run_async(functools.partial(_serve, cfg))
+    finally:
+        held.release()
+
+
+async def _serve(cfg: Config, stop: asyncio.Event) -> None:
     from proxy.serve.app import App
 
-    # What makes it the cloud, set ahead of the door flags.
-    run.flags = {"query_port": 0, "query_tls_port": port, "authoritative": True, **run.flags}
-    cfg = run.config
-    setup_logging(cfg.log_level)
+    app = App(cfg, authoritative=True, sample="cloud")
+    await app.start()
+    url = door_url("https", cfg.listen, app.ports()["https"])
+    click.echo(f"rampart cloud: {url} (pattern {app.engine.version}, CA {cfg.data_dir / 'ca.pem'})",
+               err=True)
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()
 
-    async def serve(stop: asyncio.Event) -> None:
-        app = App(cfg, authoritative=True, sample="cloud")
-        await app.start()
-        click.echo(
-            f"rampart cloud: https://{shown_host(cfg.listen)}:{app.ports().get('https')} "
-            f"(pattern {app.engine.version}, CA {cfg.data_dir / 'ca.pem'})",
-            err=True,
-        )
-        try:
-            await stop.wait()
-        finally:
-            await app.stop()
-
-    run_async(serve)
 

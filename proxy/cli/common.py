@@ -133,13 +133,15 @@ log_level_option = config_flag("--log-level", type=LOG_LEVELS)
 """``--log-level``: config key log_level."""
 
 
-def door_options(fn: F) -> F:
-    """Options shared by `serve` and `cloud`, each mapping to a config key."""
+def door_options(fn: F, data_dir: Callable[[F], F] = data_dir_option) -> F:
+    """Options shared by `serve` and `cloud`, each mapping to a config key (``data_dir``: the
+    command's own --data-dir option, since the cloud's default folder is not the appliance's)."""
     for decorator in reversed([
         config_file_option("TOML config file (see `rampart config`)."),
-        data_dir_option,
+        data_dir,
         config_flag("--listen",
-                    help=f"Address the doors listen on (default {config_mod.default('listen')})."),
+                    help=f"Address the doors listen on (default {config_mod.default('listen')}: "
+                         "every IPv4 address; 127.0.0.1 for this machine only, :: for IPv6 too)."),
         config_flag("--tls-name", "tls_names", multiple=True,
                     help="Extra name or address for the HTTPS certificate (repeatable)."),
         config_flag("--pattern", "pattern_dir", type=click.Path(path_type=Path, file_okay=False),
@@ -150,9 +152,15 @@ def door_options(fn: F) -> F:
     return fn
 
 
-def shown_host(listen: str) -> str:
-    """The address to print for a door listening on ``listen`` (every address: 127.0.0.1)."""
-    return "127.0.0.1" if listen in ("0.0.0.0", "") else listen
+def door_url(scheme: str, listen: str, port: int) -> str:
+    """A door's address as it listens, and when that is every address, how to reach it here:
+    ``http://0.0.0.0:8080 (every address; here http://127.0.0.1:8080)``."""
+    if listen in ("0.0.0.0", "", "::"):
+        here = "[::1]" if listen == "::" else "127.0.0.1"
+        shown = "[::]" if listen == "::" else "0.0.0.0"
+        return f"{scheme}://{shown}:{port} (every address; here {scheme}://{here}:{port})"
+    host = f"[{listen}]" if ":" in listen else listen
+    return f"{scheme}://{host}:{port}"
 
 
 def say_error(message: str, exit_code: int) -> NoReturn:

@@ -27,8 +27,9 @@ from proxy.cli.common import (
     pass_run,
     setup_logging,
 )
+from proxy.errors import ConfigError
 
-EXIT_UPDATE_FAILED = 3
+EXIT_UPDATE_FAILED = 1  # the operation failed (the README's exit-code table)
 
 
 @click.group("update")
@@ -51,13 +52,19 @@ def update_now(run: Run) -> None:
 
     Prints the version installed, the path taken (diff or full), the bytes
     fetched and the time taken. Exits 0 when the patterns are current
-    (installed or already up to date), 3 with the reason when the update
-    failed (nothing is changed then), 2 for a configuration error.
+    (installed or already up to date), 1 with the reason when the update
+    failed (nothing is changed then), 2 for a configuration error (no update
+    source or key, a bad flag or config value, a missing data directory).
     """
     from proxy.serve.keeper import make_updater
     from proxy.updates.store import PatternStore
 
     cfg = run.config
+    if not cfg.update_source:
+        raise ConfigError("no update source configured (--update-source or config key update_source)")
+    if cfg.update_key is None:
+        raise ConfigError("no update key configured (--update-key or config key update_key)")
+    run.existing_data_dir()
     # Quiet unless --log-level is given: the result is printed.
     setup_logging(cfg.log_level if run.flags.get("log_level") else "error")
     store = PatternStore.open(cfg.data_dir / "patterns", keep=cfg.keep_versions)

@@ -17,6 +17,7 @@ client's EOF regardless, so a TLS client must keep its side open until answered.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import ssl
 import time
@@ -310,7 +311,7 @@ class HttpConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- answering
 
     def _dispatch(self, request: Request, keep_alive: bool, started: float) -> None:
-        if self._refused:
+        if self._refused and not _loopback_health(request):
             refusal = ProtocolError(
                 "forbidden", f"client {self.client} is not in this door's client networks", status=403
             )
@@ -411,6 +412,21 @@ def over_caps(client_cap: bool) -> bytes:
 
 def _upgrade_refused() -> ProtocolError:
     return ProtocolError("bad_request", "protocol upgrades are not supported")
+
+
+def _loopback_health(request: Request) -> bool:
+    """``GET /healthz`` from this machine: answered whatever ``query_clients`` says, so a local
+    health check (systemd, a load balancer's agent, the operator's curl) works under any
+    client restriction. It says only that the process is alive."""
+    if request.target.split(b"?", 1)[0] != b"/healthz":
+        return False
+    try:
+        ip = ipaddress.ip_address(request.client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def _rate_limited(rate: float, wait: float) -> Response:

@@ -179,7 +179,7 @@ def test_updates_swap_live_without_a_wrong_answer(source: Source, tmp_path: Path
         shutil.copytree(source.repo, good)
         for case, reason in _bad_updates(source):
             r = update_now(appliance, cfg)
-            assert r.returncode == 3, (case, r.stdout, r.stderr)
+            assert r.returncode == 1, (case, r.stdout, r.stderr)
             assert f"({reason})" in r.stderr, (case, r.stderr)
             assert ready(appliance)["pattern"]["version"] == V3, case
             shutil.rmtree(source.repo)
@@ -275,13 +275,13 @@ def test_failures_show_in_metrics_and_readyz_while_answering(source: Source, tmp
 def test_update_now_exit_codes(source: Source, tmp_path: Path) -> None:
     data = tmp_path / "data"
     r = rampart("update", "now", "--data-dir", str(data))
-    assert r.returncode == 1 and "no update source" in r.stderr
+    assert r.returncode == 2 and "no update source" in r.stderr
     r = rampart("update", "now", "--data-dir", str(data), "--update-source", source.url)
     assert r.returncode == 2 and "update_key" in r.stderr
     pub = str(source.key.with_name("key.pub"))
     r = rampart("update", "now", "--data-dir", str(data), "--update-source",
                 f"http://127.0.0.1:{free_port()}/", "--update-key", pub)
-    assert r.returncode == 3 and "fetch_failed" in r.stderr
+    assert r.returncode == 1 and "fetch_failed" in r.stderr
     r = rampart("update", "now", "--data-dir", str(data), "--update-source", source.url,
                 "--update-key", pub, "--json")
     assert r.returncode == 0, r.stderr
@@ -329,7 +329,7 @@ def test_an_old_source_served_again_is_refused_and_expiry_is_reported(source: So
         shutil.rmtree(own.repo)
         shutil.copytree(tmp_path / "repo-v1", own.repo)
         r = update_now(appliance, cfg)
-        assert r.returncode == 3, r.stdout + r.stderr
+        assert r.returncode == 1, r.stdout + r.stderr
         assert "(downgrade)" in r.stderr and "older than the installed" in r.stderr, r.stderr
         assert eventually(lambda: (ready(appliance)["pattern"]["update"]["last"] or {}).get(
             "reason") == "downgrade", 10)

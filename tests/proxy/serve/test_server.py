@@ -483,6 +483,25 @@ async def test_a_client_outside_the_networks_gets_403_then_the_close(handler: Ha
         await server.wait_closed()
 
 
+async def test_healthz_answers_loopback_whatever_the_client_networks(handler: Handler) -> None:
+    """A local health check works under any --query-client; other paths stay refused."""
+    server = await start_server(handler, "127.0.0.1", 0, limits=ServerLimits(),
+                                gate=Gate(["10.0.0.0/8"]))
+    try:
+        port = int(server.sockets[0].getsockname()[1])
+        reader, writer = await connect(port)
+        writer.write(get("/healthz"))
+        assert (await read_reply(reader)).status == 200
+        writer.close()
+        reader, writer = await connect(port)
+        writer.write(get("/readyz"))
+        assert (await read_reply(reader)).status == 403
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_over_its_rate_a_client_gets_429_with_retry_after_and_stays_connected(
     handler: Handler,
 ) -> None:
