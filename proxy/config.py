@@ -25,14 +25,21 @@ from proxy.model import HOST_LABEL, Allowed
 
 MAX_CONFIG_BYTES = 1 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEGRADED_ACTIONS = ("allow", "block")
+LOCAL_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                  "fc00::/7")
+"""Loopback and private ranges: who the doors serve unless configured otherwise."""
 
 
-def default_data_dir() -> Path:
-    env = os.environ.get("RAMPART_DATA_DIR")
+def default_data_dir(role: str = "appliance") -> Path:
+    """The default data directory of ``rampart serve`` (``role`` appliance: $RAMPART_DATA_DIR or
+    ~/.local/share/rampart) or of ``rampart cloud`` (cloud: $RAMPART_CLOUD_DATA_DIR or
+    ~/.local/share/rampart-cloud). Never the same folder: each refuses the other's."""
+    env = os.environ.get("RAMPART_CLOUD_DATA_DIR" if role == "cloud" else "RAMPART_DATA_DIR")
     if env:
         return Path(env)
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "rampart"
+    return Path(base) / ("rampart-cloud" if role == "cloud" else "rampart")
 
 
 def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None) -> Any:
@@ -71,7 +78,7 @@ class Config:
         " engine; the cloud hosts are included; all else passes through untouched",
     )
     allow_clients: list[str] = _opt(
-        ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+        list(LOCAL_NETWORKS),
         "client networks (CIDR) the intercept door serves; others are refused (never an open relay)",
     )
     intercept_allow_destinations: list[str] = _opt(
@@ -116,7 +123,9 @@ class Config:
         " max_connections)", lo=1, hi=10_000_000,
     )
     query_clients: list[str] = _opt(
-        [], "client networks (CIDR) the query door answers; others get 403 (empty: every client)"
+        list(LOCAL_NETWORKS), "client networks (CIDR) the query door answers; others get 403"
+        " (it relays unknown items to the cloud, so never every network by default;"
+        " 0.0.0.0/0 and ::/0 open it to all); /healthz answers loopback always",
     )
     rate_limit: float = _opt(
         0.0, "query-door requests per second per client address, 429 above (0: no limit)",
@@ -129,6 +138,10 @@ class Config:
     cache_size: int = _opt(200_000, "most cloud answers kept in the cache", lo=0, hi=50_000_000)
     degraded_retry_after: int = _opt(
         60, "seconds a product should wait before asking again about a degraded item", lo=1, hi=86400
+    )
+    degraded_action: str = _opt(
+        "allow", "web action (allow or block) for a degraded item under the low and medium"
+        " policies (high blocks it, as it blocks untested); it keeps retry_after either way",
     )
     lists_poll: float = _opt(1.0, "seconds between checks for list changes", lo=0.05, hi=60)
     authoritative: bool = _opt(
@@ -263,6 +276,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"config key 'listen': {cfg.listen!r} is not an IP address") from None
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"config key 'log_level': {cfg.log_level!r} is not debug/info/warning/error")
+    if cfg.degraded_action not in DEGRADED_ACTIONS:
+        raise ConfigError(f"config key 'degraded_action': {cfg.degraded_action!r} is not"
+                          " 'allow' or 'block'")
     for url in cfg.cloud:
         if not _endpoint_ok(url):
             raise ConfigError(
