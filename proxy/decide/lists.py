@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import sqlite3
 import string
 import threading
@@ -40,6 +41,8 @@ SCHEMA_VERSION = 1
 
 _HEX = frozenset(string.hexdigits)
 _HASH_LENGTHS = (32, 40, 64)  # MD5, SHA-1, SHA-256
+_MIN_HASHLIKE = 20  # this many hex digits and no dot: a hash with digits missing, not a name
+_CIDR = re.compile(r"[0-9A-Fa-f.:\[\]]+/[0-9]{1,3}")  # 10.0.0.0/8, 2001:db8::/32
 
 
 class ListName(enum.Enum):
@@ -71,6 +74,9 @@ def classify(value: str, kind: EntryKind | None = None) -> tuple[EntryKind, str]
     A 32/40/64-character hex string is a hash (lower case); anything with a
     scheme, a ``/`` or a ``?`` is a URL prefix (``urls.normalize_expression``);
     everything else is a domain or an IP (``urls.normalize_domain``).
+    A guessed kind is also checked for the usual slips (``_doubt``): a mistyped hash
+    or an IP range would otherwise be stored as a rule that never matches, so it is
+    refused with a hint; a given ``kind`` insists and skips that check.
     Raises ``ListError`` naming the value and why it was refused.
     """
     text = value.strip()
@@ -81,11 +87,14 @@ def classify(value: str, kind: EntryKind | None = None) -> tuple[EntryKind, str]
         raise ListError(f"{shown!r}: longer than {MAX_VALUE_LENGTH} characters")
     if kind is None:
         kind = _guess_kind(text)
+        doubt = _doubt(text, kind)
+        if doubt:
+            raise ListError(f"{shown!r} {doubt}")
     try:
         if kind is EntryKind.HASH:
             normal = _normalize_hash(text)
         elif kind is EntryKind.URL:
-            normal = urls.normalize_expression(text)
+            normal = _normalize_url(text)
         else:
             normal = urls.normalize_domain(text)
     except (UrlError, ValueError) as e:
@@ -101,6 +110,38 @@ def _guess_kind(text: str) -> EntryKind:
     if "/" in text or "?" in text or "://" in text:
         return EntryKind.URL
     return EntryKind.DOMAIN
+
+
+def _doubt(text: str, kind: EntryKind) -> str | None:
+    """Why a value of a guessed kind is probably a slip, with the fix; None if it looks right.
+
+    Each of these would be stored as a rule that never matches what was meant: a
+    digest with a digit missing as a domain, ``12345`` or ``10.1.1`` as a domain
+    (a URL host of that form is read as an IP address, so no query names it), an
+    IP range as a URL prefix with the path ``/8``.
+    """
+    if kind is EntryKind.DOMAIN:
+        if len(text) >= _MIN_HASHLIKE and all(c in _HEX for c in text):
+            return (f"looks like a mistyped file hash: {len(text)} hex digits, but MD5, SHA-1 and "
+                    "SHA-256 have 32, 40 and 64; check it, or add --kind domain if it is a name")
+        last = text.rstrip(".").rpartition(".")[2]
+        if last.isdigit() and urls.parse_ip(text.rstrip(".")) is None:
+            return ("is neither a host name (its last label is a number) nor an IP address; "
+                    "write an IPv4 address as four decimal numbers (192.0.2.7), "
+                    "or add --kind domain to store it as a name anyway")
+    elif kind is EntryKind.URL and _CIDR.fullmatch(text):
+        address = text.partition("/")[0]
+        if urls.parse_ip(address) is not None:
+            return (f"is an IP range; lists hold single addresses, not ranges: add each address "
+                    f"({address}, ...), or write a URL prefix with its scheme (http://{text})")
+    return None
+
+
+def _normalize_url(text: str) -> str:
+    """A URL prefix rule, refused when its host is one the query door refuses (it could never match)."""
+    normal = urls.normalize_expression(text)
+    urls.check_host(urls.host_of(normal))
+    return normal
 
 
 def _normalize_hash(text: str) -> str:
