@@ -153,7 +153,7 @@ def capture(out: Path, host: str | None, service: str | None, server: str, count
     """Capture a running appliance's reputation flows to a mitmproxy flow file until Ctrl-C.
 
     Both doors' engine requests are captured (query and intercept), each flow
-    with the engine's decision in its metadata (``rampart``: sources, matched
+    with the engine's decision in its metadata (key rampart: sources, matched
     entries, latency) and the X-Rampart-Source header. The file is flushed
     after every flow and never ends in half a flow.
     """

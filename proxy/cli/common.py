@@ -129,7 +129,10 @@ data_dir_option = config_flag(
 )
 """``--data-dir`` (or $RAMPART_DATA_DIR): config key data_dir."""
 
-log_level_option = config_flag("--log-level", type=LOG_LEVELS)
+log_level_option = config_flag(
+    "--log-level", type=LOG_LEVELS,
+    help=f"How much to log on standard error (default {config_mod.default('log_level')}).",
+)
 """``--log-level``: config key log_level."""
 
 
