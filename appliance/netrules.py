@@ -14,8 +14,8 @@ redirected back into the proxy. No ``output`` rule is installed. (If one were,
 it would have to exempt the service user with ``meta skuid != rampart`` /
 ``-m owner ! --uid-owner rampart``, or every upstream connection of the proxy
 would be sent to itself.) Traffic addressed to the appliance itself (its query
-door; the planned console) is not redirected either (``fib daddr type local``), so a
-product asking the appliance directly is not looped through the proxy.
+door, any other service of its own) is not redirected either (``fib daddr type local``),
+so a product asking the appliance directly is not looped through the proxy.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def check_interface(name: str) -> str:
     """A Linux interface name (1-15 characters, no spaces, slashes or quotes), else ValueError."""
     if not _IFNAME.fullmatch(name) or name in (".", ".."):
         raise ValueError(
-            f"interface {name!r} is not a valid interface name (1 to 15 letters, digits, _ . : -)"
+            f"interface {name!r} is not a valid interface name: 1 to 15 letters, digits, _ . : -"
+            " (`ip -brief link` lists this machine's)"
         )
     return name
 
@@ -85,15 +86,25 @@ def check_port(port: int) -> int:
     return port
 
 
+TOOLS = {Backend.NFT: ("nft",), Backend.IPTABLES: ("iptables", "ip6tables")}
+"""The programs each backend's steps run."""
+PACKAGES = {Backend.NFT: "nftables", Backend.IPTABLES: "iptables"}
+
+
 def choose_backend(which: Callable[[str], str | None], wanted: str = "auto") -> Backend:
-    """nftables when ``nft`` is installed, else iptables; ``wanted`` forces one."""
+    """nftables when ``nft`` is installed or neither tool is (what a dry run prints and what
+    to install), iptables when only it is; ``wanted`` forces one. Choosing never needs the
+    tool: :func:`missing_tools` says what applying would lack."""
     if wanted != "auto":
         return Backend(wanted)
-    if which("nft"):
-        return Backend.NFT
-    if which("iptables"):
+    if which("iptables") and not which("nft"):
         return Backend.IPTABLES
-    raise LookupError("neither nft nor iptables is installed; install nftables")
+    return Backend.NFT
+
+
+def missing_tools(backend: Backend, which: Callable[[str], str | None]) -> list[str]:
+    """The programs ``backend``'s steps run that are not installed."""
+    return [tool for tool in TOOLS[backend] if not which(tool)]
 
 
 def sysctl_step(parts: Sequence[str], value: str) -> Step:

@@ -4,7 +4,6 @@ the default config file and the systemd unit."""
 from __future__ import annotations
 
 import configparser
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,14 +14,37 @@ from appliance import netrules
 from appliance.netrules import Backend, Step
 from proxy import config as config_mod
 from proxy.cli import cli
-from proxy.cli.appliance import default_config_text
+from proxy.cli.config import config_text
 
 APPLIANCE = Path(__file__).parents[2] / "appliance"
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
+def run(*args: str, path: str | None = None) -> tuple[int, str]:
+    """The command's exit code and output; ``path``: $PATH for it (which tools it finds)."""
+    env = {"PATH": path} if path is not None else None
+    result = CliRunner().invoke(cli, list(args), env=env)
     return result.exit_code, result.output
+
+
+@pytest.fixture
+def no_tools(tmp_path: Path) -> str:
+    """A $PATH with neither nft nor iptables on it: the CLI tests must not depend on this
+    machine's firewall tools (only applying rules needs them)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    return str(empty)
+
+
+@pytest.fixture
+def fake_tools(tmp_path: Path) -> str:
+    """A $PATH where nft, iptables and ip6tables exist (scripts that do nothing)."""
+    where = tmp_path / "tools"
+    where.mkdir()
+    for tool in ("nft", "iptables", "ip6tables"):
+        script = where / tool
+        script.write_text("#!/bin/sh\nexit 0\n")
+        script.chmod(0o755)
+    return str(where)
 
 
 # -- rules -------------------------------------------------------------------------------
@@ -113,15 +135,25 @@ def test_setup_plan_iptables_covers_ipv4_and_ipv6_and_is_rerunnable() -> None:
         ({"nft", "iptables"}, "auto", Backend.NFT),
         ({"iptables"}, "auto", Backend.IPTABLES),
         ({"nft"}, "iptables", Backend.IPTABLES),
+        (set(), "auto", Backend.NFT),  # neither: nftables, what a dry run prints and to install
+        (set(), "iptables", Backend.IPTABLES),
     ],
 )
 def test_choose_backend(available: set[str], wanted: str, expected: Backend) -> None:
     assert netrules.choose_backend(lambda n: n if n in available else None, wanted) is expected
 
 
-def test_choose_backend_without_any_tool() -> None:
-    with pytest.raises(LookupError, match="install nftables"):
-        netrules.choose_backend(lambda n: None)
+@pytest.mark.parametrize(
+    ("available", "backend", "missing"),
+    [
+        (set(), Backend.NFT, ["nft"]),
+        ({"nft"}, Backend.NFT, []),
+        ({"iptables"}, Backend.IPTABLES, ["ip6tables"]),
+        ({"iptables", "ip6tables"}, Backend.IPTABLES, []),
+    ],
+)
+def test_missing_tools(available: set[str], backend: Backend, missing: list[str]) -> None:
+    assert netrules.missing_tools(backend, lambda n: n if n in available else None) == missing
 
 
 def test_teardown_plans() -> None:
@@ -167,22 +199,76 @@ def test_apply_reports_a_sysctl_it_cannot_write() -> None:
 # -- the CLI -----------------------------------------------------------------------------
 
 
-def test_setup_dry_run_prints_exactly_the_plan() -> None:
+def test_setup_dry_run_prints_exactly_the_plan(fake_tools: str) -> None:
     code, out = run("appliance", "setup", "--transparent", "--interface", "eth1", "--backend", "nft",
-                    "--dry-run")
+                    "--dry-run", path=fake_tools)
     assert code == 0, out
     plan = netrules.setup_plan("eth1", backend=Backend.NFT)
     expected = "# backend: nft\n" + "".join(s.shown() + "\n" for s in plan.steps)
     assert out.startswith(expected)
     assert "sysctl -w net.ipv4.ip_forward=1\n" in out
     assert "nft -f - <<'EOF'\n" in out and "redirect to :8081" in out
+    assert "not installed" not in out
 
 
-def test_setup_dry_run_iptables_and_port_from_config(tmp_path: Path) -> None:
+def test_setup_dry_run_needs_neither_nft_nor_iptables(no_tools: str) -> None:
+    """A dry run prints the nftables rules on a machine with no firewall tool at all, and says
+    what to install before applying them."""
+    code, out = run("appliance", "setup", "--transparent", "--interface", "eth1", "--dry-run",
+                    path=no_tools)
+    assert code == 0, out
+    assert out.startswith("# backend: nft\n")
+    assert 'iifname "eth1" meta l4proto tcp th dport { 80, 443 } redirect to :8081' in out
+    assert "# nft is not installed on this machine: install nftables" in out
+
+
+def test_setup_dry_run_prints_the_backend_named_by_the_flag_without_it_installed(no_tools: str) -> None:
+    code, out = run("appliance", "setup", "--transparent", "--interface", "eth1", "--backend",
+                    "iptables", "--dry-run", path=no_tools)
+    assert code == 0, out
+    assert "iptables -t nat -A PREROUTING -i eth1 -j RAMPART" in out
+    assert "# iptables and ip6tables are not installed on this machine: install iptables" in out
+
+
+def test_teardown_dry_run_needs_no_tool(no_tools: str) -> None:
+    code, out = run("appliance", "teardown", "--dry-run", path=no_tools)
+    assert code == 0, out
+    assert "nft delete table inet rampart  # errors ignored" in out
+
+
+def test_setup_without_the_tool_is_refused_before_any_change(no_tools: str) -> None:
+    """Applying without nft installed is refused up front (exit 2, what to install), not after
+    the sysctls were written and with a misleading "needs root" message."""
+    code, out = run("appliance", "setup", "--transparent", "--interface", "eth1", path=no_tools)
+    assert code == 2, out
+    assert "nft is not installed on this machine: install nftables (or use --backend iptables)" in out
+    assert "done:" not in out
+
+
+@pytest.mark.parametrize("name", ["eth1;rm", "a" * 16, "eth 1", "eth1/0", ""])
+@pytest.mark.parametrize("tools", ["no_tools", "fake_tools"])
+def test_setup_checks_the_interface_name_first(name: str, tools: str,
+                                               request: pytest.FixtureRequest) -> None:
+    """A bad interface name is exit 2 naming it, whatever tools the machine has, dry run or not."""
+    path = request.getfixturevalue(tools)
+    for dry in (["--dry-run"], []):
+        code, out = run("appliance", "setup", "--transparent", "--interface", name, *dry, path=path)
+        assert code == 2, out
+        assert f"interface {name!r} is not a valid interface name" in out
+        assert "installed" not in out and "done:" not in out
+
+
+def test_teardown_checks_the_interface_name(no_tools: str) -> None:
+    code, out = run("appliance", "teardown", "--interface", "eth1;rm", "--backend", "iptables",
+                    "--dry-run", path=no_tools)
+    assert code == 2 and "interface 'eth1;rm' is not a valid interface name" in out
+
+
+def test_setup_dry_run_iptables_and_port_from_config(tmp_path: Path, no_tools: str) -> None:
     cfg = tmp_path / "rampart.toml"
     cfg.write_text("transparent_port = 8181\n")
     code, out = run("appliance", "setup", "--transparent", "--interface", "lan0", "--backend", "iptables",
-                    "--config", str(cfg), "--dry-run")
+                    "--config", str(cfg), "--dry-run", path=no_tools)
     assert code == 0, out
     assert "iptables -t nat -A RAMPART -p tcp -m multiport --dports 80,443 -j REDIRECT --to-ports 8181" in out
     assert "ip6tables -t nat -A PREROUTING -i lan0 -j RAMPART" in out
@@ -195,13 +281,13 @@ def test_setup_dry_run_iptables_and_port_from_config(tmp_path: Path) -> None:
         (["--transparent", "--interface", "bad name", "--dry-run"], "not a valid interface name"),
     ],
 )
-def test_setup_refuses_bad_input(args: list[str], message: str) -> None:
-    code, out = run("appliance", "setup", *args)
-    assert code != 0 and message in out
+def test_setup_refuses_bad_input(args: list[str], message: str, no_tools: str) -> None:
+    code, out = run("appliance", "setup", *args, path=no_tools)
+    assert code == 2 and message in out
 
 
-def test_teardown_dry_run() -> None:
-    code, out = run("appliance", "teardown", "--backend", "nft", "--dry-run")
+def test_teardown_dry_run(fake_tools: str) -> None:
+    code, out = run("appliance", "teardown", "--backend", "nft", "--dry-run", path=fake_tools)
     assert code == 0, out
     assert "nft delete table inet rampart  # errors ignored" in out
 
@@ -209,29 +295,27 @@ def test_teardown_dry_run() -> None:
 # -- deployment files --------------------------------------------------------------------
 
 
-def test_default_config_lists_every_key_and_matches_the_generator() -> None:
+def test_shipped_config_file_is_the_appliance_output() -> None:
+    """appliance/rampart.toml is exactly `rampart config --appliance`, so it lists every key."""
+    code, out = run("config", "--appliance")
+    assert code == 0, out
+    regenerate = "regenerate it: rampart config --appliance > appliance/rampart.toml"
     shipped = (APPLIANCE / "rampart.toml").read_text()
-    missing = [key for key, _, _ in config_mod.describe()
-               if f"\n# {key} = " not in shipped and f"\n{key} = " not in shipped]
-    regenerate = "regenerate it: rampart appliance config > appliance/rampart.toml"
-    assert not missing, f"appliance/rampart.toml lacks {missing}; {regenerate}"
-    assert shipped == default_config_text(), f"appliance/rampart.toml is out of date; {regenerate}"
+    assert shipped == out, f"appliance/rampart.toml is out of date; {regenerate}"
+    assert out == config_text(appliance=True)
 
 
-def test_default_config_loads_and_uncommented_defaults_are_valid(tmp_path: Path) -> None:
-    shipped = (APPLIANCE / "rampart.toml").read_text()
-    assert config_mod.load(APPLIANCE / "rampart.toml").data_dir == Path("/var/lib/rampart")
-    # every shown default is itself valid TOML the config accepts
-    uncommented = "\n".join(
-        line[2:] for line in shipped.splitlines()
-        if line.startswith("# ") and " = " in line and line[2:].split(" = ")[0].isidentifier()
-        and not line[2:].startswith(("data_dir", "cloud_ca", "update_source", "update_key"))
-    )
-    doc = tomllib.loads(uncommented)
-    assert set(doc) >= {"query_port", "transparent_port", "cloud"}
-    path = tmp_path / "all.toml"
-    path.write_text(uncommented)
-    assert config_mod.load(path) == config_mod.load(None)
+def test_shipped_config_file_loads_with_the_appliance_data_dir() -> None:
+    cfg = config_mod.load(APPLIANCE / "rampart.toml")
+    assert cfg == config_mod.Config().replace(data_dir="/var/lib/rampart")
+
+
+def test_appliance_config_is_now_rampart_config_appliance() -> None:
+    """One command prints config files: `rampart appliance config` is gone."""
+    code, out = run("appliance", "config")
+    assert code == 2 and "No such command 'config'" in out
+    code, out = run("appliance", "--help")
+    assert code == 0 and "rampart config --appliance" in " ".join(out.split())
 
 
 def test_systemd_unit() -> None:
