@@ -77,12 +77,16 @@ _DEFAULT_SCORE = {
 
 
 class Source(_Enum):
+    """Where an answer came from (docs/protocol.md, "Sources"). ``LOCAL``: nothing local knew
+    the item and no cloud is configured, so none was asked; the answer is final for its TTL."""
+
     BLOCKED_LIST = "blocked-list"
     APPROVED_LIST = "approved-list"
     PATTERN = "pattern"
     CACHE = "cache"
     CLOUD = "cloud"
     DEGRADED = "degraded"
+    LOCAL = "local"
 
 
 class Policy(_Enum):

@@ -4,8 +4,19 @@
 For every item the first source that answers wins. Local sources are consulted
 synchronously (``*_local`` returns ``None`` where nothing local answered) so a
 request that is fully answered locally never awaits; only the leftovers go to
-the cache and then, gathered into one call, to the relay. An authoritative
-engine (the reference cloud) answers leftovers itself as unknown/untested.
+the cache and then, gathered into one call, to the relay.
+
+What an item nobody knew becomes says why, so a product knows whether to ask again:
+
+- no cloud to ask: an authoritative engine (the reference cloud) answers it
+  ``unknown``/``untested`` with source ``cloud``; an appliance with no cloud
+  configured gives the same answer with source ``local`` (and a note saying no cloud
+  is configured). Both carry ``local_ttl``: the answer is final, asking again
+  sooner would get the same one.
+- a configured cloud that did not answer usably in time: ``degraded``, no TTL,
+  ``retry_after``; the product flags the item and asks again. With a web policy its
+  ``action`` is ``degraded_action``'s under ``low``/``medium`` (``high`` blocks it as
+  it blocks ``untested``), see ``proxy.wire.replies``.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from functools import partial
 from itertools import compress, repeat
 from typing import Any, Protocol
 
-from proxy.config import default
+from proxy.config import DEGRADED_ACTIONS, default
 from proxy.decide.cache import AnswerCache
 from proxy.errors import RelayError
 from proxy.model import (
@@ -101,7 +112,10 @@ class Engine:
         local_ttl: int = default("local_ttl"),
         retry_after: int = default("degraded_retry_after"),
         authoritative: bool = False,
+        degraded_action: str = default("degraded_action"),
     ) -> None:
+        if degraded_action not in DEGRADED_ACTIONS:
+            raise ValueError(f"degraded_action {degraded_action!r} is not one of {DEGRADED_ACTIONS}")
         self.patterns = patterns  # swapped whole by the updater; read once per request
         self.lists = lists  # swapped whole when the list store changes
         self.cache = cache
@@ -110,15 +124,19 @@ class Engine:
         self.local_ttl = local_ttl
         self.retry_after = retry_after
         self.authoritative = authoritative
+        self.block_degraded = degraded_action == "block"  # read by the routes when rendering
         self._file_hits: dict[int, tuple[FileHit, FileAnswer]] = {}
         self._degraded_file = FileAnswer(Verdict.UNKNOWN, Source.DEGRADED, retry_after=retry_after)
         self._degraded_web = WebAnswer(
             Rating.UNTESTED, Source.DEGRADED, score=Rating.UNTESTED.default_score,
             retry_after=retry_after,
         )
-        self._unknown_file = FileAnswer(Verdict.UNKNOWN, Source.CLOUD, ttl=local_ttl)
+        # Nobody knew the item and there is no cloud to ask: the reference cloud's answer,
+        # or the same from an appliance with no cloud configured.
+        here = Source.CLOUD if authoritative else Source.LOCAL
+        self._unknown_file = FileAnswer(Verdict.UNKNOWN, here, ttl=local_ttl)
         self._untested = WebAnswer(
-            Rating.UNTESTED, Source.CLOUD, score=Rating.UNTESTED.default_score, ttl=local_ttl
+            Rating.UNTESTED, here, score=Rating.UNTESTED.default_score, ttl=local_ttl
         )
 
     @property
@@ -235,7 +253,9 @@ class Engine:
 
     # ------------------------------------------------------------ web inspection
 
-    def _inspect_authoritative(self, q: InspectQuery) -> InspectAnswer:
+    def _inspect_here(self, q: InspectQuery) -> InspectAnswer:
+        """An inspection answered without a cloud: from the lists and the pattern, as the
+        reference cloud answers it (source ``cloud`` there, ``local`` on an appliance)."""
         doc = json.loads(q.body)
         web = protocol.parse_url(doc["url"], protocol.Limits(max_url=1 << 16))
         rating = self.web_local_one(web) or self._untested
@@ -251,12 +271,12 @@ class Engine:
             if hit:
                 result["threat"] = hit.threat
         return replies.inspect_answer_from_result(
-            {**result, "ttl": self.local_ttl}, Source.CLOUD
+            {**result, "ttl": self.local_ttl}, self._untested.source
         )
 
     def begin_inspect(self, q: InspectQuery) -> tuple[list[Any], Ask]:
-        if self.authoritative:
-            return [self._inspect_authoritative(q)], []
+        if self.authoritative or self.relay is None:
+            return [self._inspect_here(q)], []
         answers: list[Any] = [None]
         left = self.settle(Service.INSPECT, answers, [(0, f"inspect:{q.digest}")])
         return answers, [(i, key, json.loads(q.body)) for i, key in left]
@@ -270,10 +290,13 @@ class Engine:
             return replies.inspect_answer_from_result(result, Source.CLOUD)
         return replies.web_answer_from_result(result, Source.CLOUD)
 
-    def _fallback(self, service: Service) -> Answer:
-        """What an item no source could answer becomes."""
-        if self.authoritative:
-            return self._unknown_file if service is Service.FILE else self._untested
+    def _unasked(self, service: Service) -> Answer:
+        """What an item nothing local knew becomes when there is no cloud to ask (final, with
+        ``local_ttl``: source ``cloud`` on the reference cloud, ``local`` on an appliance)."""
+        return self._unknown_file if service is Service.FILE else self._untested
+
+    def _degraded(self, service: Service) -> Answer:
+        """What an item becomes when the configured cloud did not answer it usably in time."""
         if service is Service.FILE:
             return self._degraded_file
         if service is Service.INSPECT:
@@ -291,7 +314,7 @@ class Engine:
         deque(map(answers.__setitem__, [i for i, _ in pending], views), maxlen=0)  # misses stay None
         left = list(compress(pending, map(_is_none, views)))
         if left and (self.relay is None or self.authoritative):
-            fallback = self._fallback(service)
+            fallback = self._unasked(service)
             for i, _ in left:
                 answers[i] = fallback
             return []
@@ -305,13 +328,13 @@ class Engine:
         results = await self.relay.ask_many(service, [(key, item) for _, key, item in ask])
         for (i, key, _), result in zip(ask, results):
             if isinstance(result, RelayError):
-                answers[i] = self._fallback(service)
+                answers[i] = self._degraded(service)
                 continue
             try:
                 answer = self._convert(service, result)
             except (ValueError, TypeError, KeyError) as e:
                 logger.warning("cloud answered a %s item unusably: %s", service.value, e)
-                answers[i] = self._fallback(service)
+                answers[i] = self._degraded(service)
                 continue
             if answer.ttl:
                 self.cache.put(key, answer, answer.ttl)

@@ -210,7 +210,8 @@ class Routes:
         version = self.engine.version
         answers, ask = self.engine.begin_web(qs)
         return self._answer(
-            Service.WEB, answers, ask, lambda a: replies.render_web(version, qs, a, policy)
+            Service.WEB, answers, ask, lambda a: replies.render_web(
+                version, qs, a, policy, block_degraded=self.engine.block_degraded)
         )
 
     def _domain(self, qs: list[Any]) -> Response | Awaitable[Response]:

@@ -34,6 +34,7 @@ _VERDICTS = {v.value: v for v in Verdict}
 _RATINGS = {r.value: r for r in Rating}
 _SOURCES = {s.value: s for s in Source}
 MAX_TEXT = 200  # threat names, categories, matched entries from the cloud
+NO_CLOUD_NOTE = "no cloud configured"  # the ``note`` of a ``local`` answer: why none was asked
 
 # ---------------------------------------------------------------- rendering
 
@@ -59,6 +60,8 @@ def _frag(answer: FileAnswer | WebAnswer) -> str:
     if answer.matched is not None:
         parts.append(f'"matched":{_dumps(answer.matched)}')
     parts.append(f'"source":"{answer.source.value}"')
+    if answer.source is Source.LOCAL:
+        parts.append(f'"note":"{NO_CLOUD_NOTE}"')
     if answer.ttl is not None:
         parts.append(f'"ttl":{answer.ttl}')
     if answer.retry_after is not None:
@@ -94,19 +97,36 @@ def render_files(
     return _envelope(version, results)
 
 
-def _action(policy: Policy | None, answer: WebAnswer) -> str:
+def action(policy: Policy, answer: WebAnswer, *, block_degraded: bool = False) -> str:
+    """``block`` or ``allow``: what ``policy`` does with ``answer``.
+
+    The policy blocks ratings (``Policy.blocks``): ``low`` dangerous; ``medium`` also
+    highly_suspicious; ``high`` also suspicious and untested. A degraded item (no
+    cloud answered in time) is rated ``untested``, so ``high`` blocks it; under
+    ``low`` and ``medium`` it gets ``degraded_action`` (``block_degraded``), allowed
+    by default: either way it carries ``retry_after``, and the product must flag it
+    and ask again, never take it as safe.
+    """
+    if block_degraded and answer.source is Source.DEGRADED:
+        return "block"
+    return "block" if policy.blocks(answer.rating) else "allow"
+
+
+def _action(policy: Policy | None, answer: WebAnswer, block_degraded: bool) -> str:
     if policy is None:
         return ""
-    return ',"action":"block"' if policy.blocks(answer.rating) else ',"action":"allow"'
+    return f',"action":"{action(policy, answer, block_degraded=block_degraded)}"'
 
 
 def render_web(
-    version: str, queries: Sequence[WebQuery], answers: Sequence[WebAnswer], policy: Policy | None
+    version: str, queries: Sequence[WebQuery], answers: Sequence[WebAnswer], policy: Policy | None,
+    *, block_degraded: bool = False,
 ) -> bytes:
+    """Web results; with a ``policy``, each with its ``action`` (``action``)."""
     return _envelope(
         version,
         [
-            f'{{"url":{_dumps(q.url)},{_frag(a)}{_action(policy, a)}}}'
+            f'{{"url":{_dumps(q.url)},{_frag(a)}{_action(policy, a, block_degraded)}}}'
             for q, a in zip(queries, answers)
         ],
     )
@@ -125,6 +145,8 @@ def render_inspect(version: str, query: InspectQuery, answer: InspectAnswer) -> 
     result: dict[str, Any] = json.loads(answer.result) if answer.result else {}
     result["url"] = query.url
     result["source"] = answer.source.value
+    if answer.source is Source.LOCAL:
+        result["note"] = NO_CLOUD_NOTE
     for key, value in (("ttl", answer.ttl), ("retry_after", answer.retry_after)):
         if value is not None:
             result[key] = value
@@ -202,7 +224,8 @@ def web_answer_from_result(result: dict[str, Any], source: Source) -> WebAnswer:
 
 def inspect_answer_from_result(result: dict[str, Any], source: Source) -> InspectAnswer:
     ttl = _int(result, "ttl", 0, 7 * 86400)
-    kept = {k: v for k, v in result.items() if k not in ("source", "ttl", "retry_after", "url")}
+    kept = {k: v for k, v in result.items()  # the members the appliance sets itself
+            if k not in ("source", "note", "ttl", "retry_after", "url")}
     bad = lone_surrogate_in(kept)
     if bad is not None:
         raise ValueError(f"inspection result {bad}")

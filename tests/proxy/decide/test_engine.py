@@ -158,9 +158,10 @@ async def test_cloud_failure_degrades_only_unanswered_items():
     assert (await files(engine, fq(UNKNOWN)))[0].source is Source.DEGRADED
 
 
-async def test_no_relay_configured_means_degraded_and_authoritative_means_unknown():
+async def test_no_relay_configured_means_local_unknown_and_authoritative_means_cloud():
     engine, _, _ = make(None)
-    assert (await files(engine, fq(UNKNOWN)))[0].source is Source.DEGRADED
+    a = (await files(engine, fq(UNKNOWN)))[0]
+    assert (a.verdict, a.source, a.ttl, a.retry_after) == (Verdict.UNKNOWN, Source.LOCAL, 3600, None)
     cloud, _, _ = make(None, authoritative=True)
     a = (await files(cloud, fq(UNKNOWN)))[0]
     assert (a.verdict, a.source) == (Verdict.UNKNOWN, Source.CLOUD)

@@ -7,6 +7,7 @@ get (or the ``ProtocolError`` the server turns into one).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from proxy.config import Config
 from proxy.decide.cache import AnswerCache
 from proxy.decide.lists import Entry, EntryKind, ListName, ListSnapshot
-from proxy.errors import ProtocolError
+from proxy.errors import ProtocolError, RelayError
 from proxy.model import FileAnswer, Source, Verdict
 from proxy.patterns.pattern import PatternSet
 from proxy.serve.app import App
@@ -119,11 +120,12 @@ def test_each_service_path_answers_from_the_pattern(
     assert result(response).items() >= expected.items()
 
 
-def test_inspect_with_no_cloud_is_degraded(app: App) -> None:
+def test_inspect_with_no_cloud_is_answered_here_and_says_no_cloud_was_asked(app: App) -> None:
     body = json.dumps({"url": "http://example.org/page"}).encode()
-    response = call(app, "POST", "/v1/inspect", body)
-    assert response.status == 200
-    assert '"degraded"' in response.body.decode()
+    answer = result(call(app, "POST", "/v1/inspect", body))
+    assert answer.items() >= {"rating": "untested", "source": "local",
+                              "note": "no cloud configured", "ttl": 3600}.items()
+    assert "retry_after" not in answer
 
 
 @pytest.mark.parametrize(
@@ -237,12 +239,12 @@ def test_new_lists_snapshot_approving_the_hash_invalidates_the_memo(app: App) ->
 
 def test_new_lists_snapshot_blocking_an_unknown_hash_invalidates_the_memo(app: App) -> None:
     target = f"/v1/file/{UNKNOWN_SHA256}"
-    assert result(call(app, "GET", target))["source"] == "degraded"
+    assert result(call(app, "GET", target))["source"] == "local"
     app.engine.lists = ListSnapshot([entry(ListName.BLOCKED, EntryKind.HASH, UNKNOWN_SHA256)])
     blocked = result(call(app, "GET", target))
     assert (blocked["verdict"], blocked["source"]) == ("malicious", "blocked-list")
     app.engine.lists = ListSnapshot()  # the rule removed again
-    assert result(call(app, "GET", target))["source"] == "degraded"
+    assert result(call(app, "GET", target))["source"] == "local"
 
 
 def test_equal_but_new_lists_snapshot_is_not_served_from_the_memo(app: App) -> None:
@@ -286,10 +288,29 @@ def test_post_is_never_memoised(app: App) -> None:
 # ---------------------------------------------------------------- answers that change over time
 
 
+class DownCloud:
+    """A configured cloud that never answers: every item relayed to it comes back degraded."""
+
+    async def ask_many(self, service: Any, pairs: Any) -> list[Any]:
+        return [RelayError("cloud down") for _ in pairs]
+
+
+def relayed(app: App, method: str, target: str) -> Response:
+    """The response to a request the engine has to relay (an awaitable response)."""
+    pending = app.routes(Request(method, target.encode(), [], b"", "127.0.0.1"))
+    assert not isinstance(pending, Response)
+    return asyncio.run(_wait(pending))
+
+
+async def _wait(pending: Any) -> Response:
+    return await pending  # type: ignore[no-any-return]
+
+
 def test_degraded_answer_is_not_memoised_so_a_later_cloud_answer_shows(app: App) -> None:
+    app.engine.relay = DownCloud()
     target = f"/v1/file/{UNKNOWN_SHA256}"
-    first = call(app, "GET", target)
-    second = call(app, "GET", target)
+    first = relayed(app, "GET", target)
+    second = relayed(app, "GET", target)
     assert result(first)["source"] == result(second)["source"] == "degraded"
     assert second is not first
     assert items_total(app, "file", "degraded") == 2
@@ -310,8 +331,8 @@ def test_cached_answer_ttl_counts_down_and_is_not_memoised(app: App) -> None:
     second = result(call(app, "GET", target))
     assert (first["source"], first["ttl"]) == ("cache", 300)
     assert (second["source"], second["ttl"]) == ("cache", 200)
-    now[0] += 200  # expired: no cloud to ask, so degraded
-    assert result(call(app, "GET", target))["source"] == "degraded"
+    now[0] += 200  # expired: no cloud to ask, so answered here
+    assert result(call(app, "GET", target))["source"] == "local"
     assert items_total(app, "file", "cache") == 2
 
 
