@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from certs.expiry import days_left
+from certs.follow import POLL_SECONDS
 from proxy.cli.common import (
     F,
     Run,
@@ -60,13 +61,50 @@ def describe_ca(data_dir: Path, now: dt.datetime | None = None) -> dict[str, Any
             {"sha256": fingerprint(r.cert), "until": r.until.isoformat()}
             for r in rotate.load_retired(data_dir)
         ],
-        "served": [
+        "issued": [
             {"name": e.name, "not_after": e.not_after.isoformat(),
              "days_left": e.days_left(now)}
             for e in expiry.certificate_expiries(data_dir) if e.name != "ca"
         ],
+        "serving": serving_now(data_dir, ca.fingerprint_sha256()),
+        "poll_seconds": POLL_SECONDS,
         "warnings": expiry.warnings_for(expiry.certificate_expiries(data_dir), now),
     }
+
+
+def serving_now(data_dir: Path, current: str) -> list[dict[str, Any]]:
+    """What the doors of a running server present, from the records they keep
+    (``certs.serving``): the files alone cannot tell, a server takes them up to
+    ``POLL_SECONDS`` after they change."""
+    from certs import serving
+
+    return [
+        {"door": s.door, "ca_sha256": s.ca_sha256, "current": s.ca_sha256 == current,
+         "certificate_sha256": s.certificate_sha256, "pid": s.pid, "since": s.since}
+        for s in serving.running(data_dir)
+    ]
+
+
+DOOR_NAMES = {"query": "query door (HTTPS)", "intercept": "intercept door"}
+
+
+def _serving_lines(info: dict[str, Any]) -> list[str]:
+    if not info["serving"]:
+        return ["no running server on this data directory (one started now presents this CA)"]
+    retired = {r["sha256"] for r in info["retired"]}
+    lines = []
+    for entry in info["serving"]:
+        door = DOOR_NAMES.get(entry["door"], entry["door"])
+        where = f"{door}, pid {entry['pid']}"
+        if entry["current"]:
+            lines.append(f"{where}: this CA since {entry['since']}")
+            continue
+        which = "the former CA" if entry["ca_sha256"] in retired else "another CA"
+        lines.append(
+            f"{where}: still {which} {entry['ca_sha256']}; a running server takes a new CA "
+            f"within {info['poll_seconds']:g} s (if this lasts, its log says why)"
+        )
+    return lines
 
 
 @click.group("ca")
@@ -110,8 +148,9 @@ def ca_init(run: Run, common_name: str, days: int, key_type: str) -> None:
 @pass_run
 @fail_cleanly
 def ca_show(run: Run) -> None:
-    """Show the CA's subject, fingerprint, validity, key type, bundle and served certificates."""
-    info = describe_ca(run.data_dir)
+    """Show the CA's subject, fingerprint, validity, key type and bundle, the certificates
+    issued from it, and what the doors of a running server present now."""
+    info = describe_ca(run.existing_data_dir())
     if run.as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -123,9 +162,11 @@ def ca_show(run: Run) -> None:
     click.echo(f"certificate  {info['certificate']}")
     for entry in info["retired"]:
         click.echo(f"also trusted until {entry['until']} (overlap): {entry['sha256']}")
-    for entry in info["served"]:
-        click.echo(f"served       {entry['name']}  until {entry['not_after']}  "
+    for entry in info["issued"]:
+        click.echo(f"issued       {entry['name']}  until {entry['not_after']}  "
                    f"({entry['days_left']} days left)")
+    for line in _serving_lines(info):
+        click.echo(f"serving      {line}")
     for line in info["warnings"]:
         click.echo(f"warning: {line}")
 
@@ -145,7 +186,7 @@ def ca_export(run: Run, fmt: str, out: Path, bundle: bool) -> None:
     import certs
     from certs import rotate
 
-    where = run.data_dir
+    where = run.existing_data_dir()
     ca = certs.CA.load(where)
     if bundle:
         if fmt != "pem":
@@ -180,7 +221,8 @@ def _report(result: Any, verb: str) -> None:
     if result.overlap_until is not None:
         click.echo(f"  former CA stays in ca-bundle.pem until {result.overlap_until:%Y-%m-%d %H:%M} UTC")
     click.echo("  reissued: " + (", ".join(result.reissued) or "no served certificates yet"))
-    click.echo("  restart `rampart serve` to present certificates from the new CA")
+    click.echo(f"  a running `rampart serve` presents certificates from it within {POLL_SECONDS:g} s "
+               "(new connections; see `rampart ca show`)")
 
 
 @ca_group.command("import")
