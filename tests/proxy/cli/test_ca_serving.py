@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from certs import CA
 from certs.rotate import rotate
-from certs.serving import Serving
 from proxy.cli import cli
 
 
@@ -40,6 +39,8 @@ def test_show_says_no_server_presents_the_ca_when_none_runs(tmp_path: Path) -> N
 
 
 def test_show_tells_a_door_still_on_the_former_ca_after_a_rotation(tmp_path: Path) -> None:
+    from certs.serving import Serving  # here, so the other tests run on code without it
+
     old = CA.ensure(tmp_path)
     door = Serving(tmp_path, "intercept", "intercept door")  # as a running server records it
     door.record(old.cert, None)
@@ -65,6 +66,8 @@ def test_show_tells_a_door_still_on_the_former_ca_after_a_rotation(tmp_path: Pat
 
 
 def test_show_tells_another_ca_when_the_served_one_is_not_in_the_bundle(tmp_path: Path) -> None:
+    from certs.serving import Serving
+
     CA.ensure(tmp_path)
     rotate(tmp_path, overlap_days=0)
     door = Serving(tmp_path, "query", "query door (HTTPS)")
