@@ -10,12 +10,22 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from proxy.cli.common import Run, data_dir_option, fail_cleanly, json_option, pass_run
+from proxy.cli.common import (
+    Run,
+    config_file_option,
+    data_dir_option,
+    fail_cleanly,
+    json_option,
+    pass_run,
+)
 from proxy.errors import ConfigError, RampartError
+
+if TYPE_CHECKING:
+    from proxy.updates.publish import Published
 
 
 @click.group()
@@ -28,7 +38,9 @@ _SOURCE = click.Path(path_type=Path, dir_okay=False, exists=True)
 
 @pattern.command("build")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Directory to write the pattern into (must not exist or be empty).")
+              help="Directory to write the pattern into: new or empty, or a build to replace "
+                   "with --force.")
+@click.option("--force", is_flag=True, help="Replace the build already in --out.")
 @click.option("--hashes", type=_SOURCE, multiple=True,
               help="Hash source: lines HASH[,THREAT[,VERDICT]]; .hdb/.hsb are read as ClamAV "
                    "(repeatable).")
@@ -46,18 +58,23 @@ _SOURCE = click.Path(path_type=Path, dir_okay=False, exists=True)
 @click.option("--skip-bad", is_flag=True,
               help="Count and skip malformed lines instead of failing the build.")
 @click.option("--base", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="The previous build: keeps string ids and the agent prefix length stable, "
-                   "so diffs stay small (needed to publish a second build).")
-@click.option("--version", "version", help="Pattern version (default: the build hour, YYYYMMDDHH).")
+              help="The previous build: keeps its string ids and agent prefix length, so diffs "
+                   "stay small. It adds none of its entries (optional: publish works without).")
+@click.option("--version", "version",
+              help="Pattern version YYYYMMDDHH[MM[SS]] (default: the build hour; publish then "
+                   "takes the next free version if the update source has that hour already).")
 @fail_cleanly
-def pattern_build(out: Path, hashes: tuple[Path, ...], clamav: tuple[Path, ...],
+def pattern_build(out: Path, force: bool, hashes: tuple[Path, ...], clamav: tuple[Path, ...],
                   urls: tuple[Path, ...], domains: tuple[Path, ...], hosts: tuple[Path, ...],
                   skip_bad: bool, base: Path | None, version: str | None) -> None:
     """Build a pattern directory from publisher sources.
 
-    Duplicates merge by one rule: the most severe verdict or rating wins, then
-    the higher score, then the earlier line. A malformed line fails the build
-    naming file and line, unless --skip-bad.
+    The sources are the whole pattern: entries not in them are removed when
+    the build is published (give every source each time, as a feed's full
+    dump; `pattern publish` counts what it adds and removes). Duplicates
+    merge by one rule: the most severe verdict or rating wins, then the higher
+    score, then the earlier line. A malformed line fails the build naming file
+    and line, unless --skip-bad.
     """
     from proxy.patterns.build import build_pattern
 
@@ -65,11 +82,16 @@ def pattern_build(out: Path, hashes: tuple[Path, ...], clamav: tuple[Path, ...],
         raise ConfigError("give at least one source: --hashes, --clamav, --urls, --domains "
                           "or --hosts")
     r = build_pattern(out, hashes=hashes, clamav=clamav, urls=urls, domains=domains,
-                      hosts=hosts, skip_bad=skip_bad, base=base, version=version)
+                      hosts=hosts, skip_bad=skip_bad, base=base, version=version, replace=force)
     click.echo(f"built {out} version {r.version}: {r.hashes} hashes (md5 {r.md5}, sha1 "
                f"{r.sha1}, sha256 {r.sha256}), {r.web_blocking} web-blocking, "
                f"{r.suspicious_urls} suspicious urls, {r.domains} domains, "
                f"{r.ip4 + r.ip6} ip ranges, agent {r.agent}")
+    click.echo("the sources are the whole pattern: entries not in them are removed when this "
+               "build is published")
+    if r.auto_version:
+        click.echo(f"version {r.version} is the build hour: publish takes the next free version "
+                   "if the update source has it already")
     if skip_bad:
         click.echo(f"skipped {r.skipped} malformed line(s)")
         for example in r.skipped_examples:
@@ -78,13 +100,24 @@ def pattern_build(out: Path, hashes: tuple[Path, ...], clamav: tuple[Path, ...],
 
 @pattern.command("keygen")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Private key file to create (mode 0600); the public key goes to OUT.pub.")
+              help="Private key file to create (mode 0600; missing folders are made 0700); the "
+                   "public key goes to OUT.pub.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing key pair (appliances trusting the old public key will "
+                   "refuse what the new one signs).")
 @fail_cleanly
-def pattern_keygen(out: Path) -> None:
+def pattern_keygen(out: Path, force: bool) -> None:
     """Create an Ed25519 key pair for signing an update source."""
     from proxy.updates.signing import keygen
 
-    pub = keygen(out)
+    missing = []
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    pub = keygen(out, force=force)
+    for folder in reversed(missing):
+        click.echo(f"created folder {folder} (mode 0700)")
     click.echo(f"wrote private key {out} (keep it secret) and public key {pub}")
 
 
@@ -118,19 +151,49 @@ class ValidFor(click.ParamType[timedelta]):
               help="How long the signed manifest stays valid (e.g. 36h, 7d; up to 366d): "
                    "appliances report their patterns stale after it. Publish again "
                    "(even the same build) sooner than that.")
+@click.option("--max-shrink", type=click.FloatRange(0, 100), default=50, show_default=True,
+              metavar="PERCENT",
+              help="Refuse to publish a build that removes more than this share of a "
+                   "pattern's published entries.")
+@click.option("--allow-shrink", is_flag=True,
+              help="Publish whatever the build removes (a deliberate clean-up).")
 @fail_cleanly
 def pattern_publish(build_dir: Path, repo_dir: Path, key: Path, keep: int,
-                    valid_for: timedelta) -> None:
-    """Add a build to an update source: full files, diffs, a signed manifest."""
+                    valid_for: timedelta, max_shrink: float, allow_shrink: bool) -> None:
+    """Add a build to an update source: full files, diffs, a signed manifest.
+
+    The build is the whole pattern: entries it lacks are removed. Publish
+    prints, per pattern, how many entries it adds and removes against the
+    published version, and refuses (writing nothing) to remove more than
+    --max-shrink percent of a pattern's entries unless --allow-shrink. A build
+    whose version was defaulted gets the next free version; files are
+    published 0644 (folders 0755) for any web server to serve.
+    """
     from proxy.updates.publish import publish
     from proxy.updates.signing import load_private_key
 
-    report = publish(build_dir, repo_dir, load_private_key(key), keep=keep, valid_for=valid_for)
+    report = publish(build_dir, repo_dir, load_private_key(key), keep=keep, valid_for=valid_for,
+                     max_shrink=None if allow_shrink else max_shrink)
     for p in report.patterns:
-        state = (f"new, {p.full_bytes} bytes full, {p.diff_bytes} bytes of diffs" if p.changed
-                 else "unchanged")
-        click.echo(f"  {p.pattern:<16} version {p.version}  {state}")
+        click.echo(f"  {p.pattern:<16} version {p.version}  {_published_state(p)}")
+    if report.version != report.build_version and any(p.changed for p in report.patterns):
+        click.echo(f"version {report.build_version} (the build hour) was taken: published as "
+                   f"{report.version}, the next free version")
+    if report.renumbered:
+        click.echo("the build's threat names and categories were renumbered onto the published "
+                   "ones")
     click.echo(f"published {build_dir} to {repo_dir} (pruned {report.pruned})")
+
+
+def _published_state(p: Published) -> str:
+    """What publishing did to one pattern, with the entries it adds and removes."""
+    c = p.change
+    if c is None:
+        return "new" if p.changed else "unchanged"
+    if not p.changed:
+        return f"unchanged, {c.after} entries"
+    return (f"new: +{c.added} -{c.removed} entries ({c.before} -> {c.after}), "
+            f"{p.full_bytes} bytes full, {p.diff_bytes} bytes of diffs")
 
 
 @pattern.command("verify")
@@ -197,15 +260,22 @@ def pattern_info(run: Run, directory: Path) -> None:
 @pattern.command("serve")
 @click.argument("repo_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--port", type=click.IntRange(0, 65535), required=True, help="Port to listen on.")
-@click.option("--listen", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--listen", default="127.0.0.1", show_default=True,
+              help="Address to listen on: 127.0.0.1 serves this machine only; 0.0.0.0 for "
+                   "every address, so appliances on other machines can reach it (:: for IPv6).")
 @fail_cleanly
 def pattern_serve(repo_dir: Path, port: int, listen: str) -> None:
-    """Serve an update source over plain HTTP (for tests and small sites)."""
+    """Serve an update source over plain HTTP (for tests and small sites).
+
+    Appliances check every file against the signed manifest, so plain HTTP is
+    safe to serve it; any static web server can serve it too.
+    """
     from proxy.serve.repo_server import make_server
 
     server = make_server(repo_dir, listen, port)
     host, bound = server.server_address[:2]
-    click.echo(f"serving {repo_dir} on http://{host}:{bound}/", err=True)
+    shown = f"[{host}]" if ":" in str(host) else host
+    click.echo(f"serving {repo_dir} on http://{shown}:{bound}/", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -214,8 +284,15 @@ def pattern_serve(repo_dir: Path, port: int, listen: str) -> None:
         server.server_close()
 
 
+def _store_options(fn: Any) -> Any:
+    """``--data-dir`` and ``--config``: the data directory whose patterns/ these work on."""
+    fn = config_file_option("Take the data directory from this TOML config file (the one "
+                            "`serve` uses).")(fn)
+    return data_dir_option(fn)
+
+
 @pattern.command("rollback")
-@data_dir_option
+@_store_options
 @pass_run
 @fail_cleanly
 def pattern_rollback(run: Run) -> None:
@@ -226,21 +303,21 @@ def pattern_rollback(run: Run) -> None:
     """
     from proxy.updates.store import PatternStore
 
-    store = PatternStore.open(run.data_dir / "patterns")
+    store = PatternStore.open(run.existing_data_dir() / "patterns")
     before = store.current_version()
     after = store.rollback()
     click.echo(f"rolled back from {before} to {after}")
 
 
 @pattern.command("versions")
-@data_dir_option
+@_store_options
 @pass_run
 @fail_cleanly
 def pattern_versions(run: Run) -> None:
     """List the pattern versions kept in the data directory (the current one marked *)."""
     from proxy.updates.store import PatternStore
 
-    store = PatternStore.open(run.data_dir / "patterns")
+    store = PatternStore.open(run.existing_data_dir() / "patterns")
     current, refused = store.current_version(), store.refused()
     for v in store.versions():
         mark = "*" if v == current else " "

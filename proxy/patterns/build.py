@@ -5,11 +5,19 @@
 and (when ``proxy.patterns.agent`` is available) agent.bin, and writes the manifest,
 all in a temporary directory renamed into place at the end.
 
-A build given a ``base`` (the previous build) keeps the base's threat names
-and categories at their ids and appends new ones, so strings.json only grows
-and unchanged rows stay byte-identical (small table diffs; see ``proxy.updates.repo``),
-and it keeps the base agent pattern's prefix length unless more entries need
-a longer one (small agent diffs).
+A build's sources are the whole pattern: an entry that is in none of them is not
+in the build, and publishing the build removes it from the update source (as every
+feed's full dump does; ``rampart pattern publish`` counts what it adds and removes
+and refuses a large drop). A ``base`` (the previous build) adds no entries: it keeps
+the base's threat names and categories at their ids and appends new ones, so
+unchanged rows stay byte-identical, and it keeps the base agent pattern's prefix
+length unless more entries need a longer one (small agent diffs). Publishing does
+not need it: ``proxy.updates.publish`` renumbers a build's names onto the published
+ones (``proxy.patterns.restring``).
+
+Without a ``version`` the build takes its hour (``YYYYMMDDHH``) and its manifest
+says so (``auto_version``): publish then gives it the next free version when the
+update source has that hour already (``layout.next_version``).
 """
 
 from __future__ import annotations
@@ -28,13 +36,14 @@ from typing import Any
 import numpy as np
 
 from proxy.clock import iso, to_the_second
-from proxy.errors import PatternError
+from proxy.errors import ConfigError, PatternError
 from proxy.files import fsync_dir, make_dirs, write_atomic
 from proxy.model import HashKind, Verdict
 from proxy.patterns import sources
 from proxy.patterns.layout import (
     AGENT,
     AGENT_FILE,
+    AUTO_VERSION,
     CREATED,
     DOMAINS_TABLE,
     ENTRIES,
@@ -53,6 +62,7 @@ from proxy.patterns.layout import (
     WEB_BLOCKING_TABLE,
     FileSpec,
     file_specs_json,
+    next_version,
 )
 from proxy.patterns.manifest import MANIFEST_FORMAT
 from proxy.patterns.pattern import (
@@ -81,13 +91,15 @@ class BuildReport:
     agent: int = 0  # distinct prefixes in agent.bin; 0 when no agent pattern was built
     skipped: int = 0  # malformed lines skipped (skip_bad)
     skipped_examples: tuple[str, ...] = ()
+    auto_version: bool = False  # the version was defaulted: publish may give the next free one
 
     @property
     def hashes(self) -> int:
         return self.md5 + self.sha1 + self.sha256
 
     @classmethod
-    def of(cls, version: str, counts: dict[str, int], bad: sources.BadLines | None) -> BuildReport:
+    def of(cls, version: str, counts: dict[str, int], bad: sources.BadLines | None,
+           auto_version: bool = False) -> BuildReport:
         """The report of a build that wrote ``counts`` entries per file and skipped ``bad``."""
         return cls(
             version=version,
@@ -102,6 +114,7 @@ class BuildReport:
             agent=counts.get(AGENT_FILE, 0),
             skipped=bad.count if bad is not None else 0,
             skipped_examples=tuple(bad.examples) if bad is not None else (),
+            auto_version=auto_version,
         )
 
 
@@ -220,12 +233,21 @@ def _write_json(path: Path, value: Any) -> None:
     write_atomic(path, (json.dumps(value, indent=1, ensure_ascii=False) + "\n").encode())
 
 
-def _is_replaceable(out_dir: Path) -> bool:
-    if not out_dir.exists():
-        return True
+def _check_out(out_dir: Path, replace: bool) -> None:
+    """Refuse an ``out_dir`` that holds anything, unless ``replace`` and it is a build: a
+    mistyped ``--out`` must not lose a build, and ``--force`` must not lose anything else."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
     if not out_dir.is_dir():
-        return False
-    return (out_dir / MANIFEST).is_file() or not any(out_dir.iterdir())
+        raise ConfigError(f"--out {out_dir} is not a directory; choose another --out")
+    if not any(out_dir.iterdir()):
+        return
+    if not (out_dir / MANIFEST).is_file():
+        raise ConfigError(f"refusing to replace {out_dir}: it holds files and is not a pattern "
+                          "build (no manifest.json); choose another --out")
+    if not replace:
+        raise ConfigError(f"--out {out_dir} holds a build already; choose another --out, or "
+                          "give --force to replace it")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,8 +317,8 @@ def _write_files(tmp: Path, parsed: _Parsed, base: Path | None) -> dict[str, int
     return counts
 
 
-def _manifest_json(tmp: Path, version: str, created: datetime, counts: dict[str, int]
-                   ) -> dict[str, Any]:
+def _manifest_json(tmp: Path, version: str, created: datetime, counts: dict[str, int],
+                   auto_version: bool) -> dict[str, Any]:
     """The manifest of the files written into ``tmp`` (``counts``: entries per file)."""
     written = dict(PATTERN_TABLES)
     if AGENT_FILE in counts:
@@ -312,6 +334,7 @@ def _manifest_json(tmp: Path, version: str, created: datetime, counts: dict[str,
         FORMAT: MANIFEST_FORMAT,
         VERSION: version,
         CREATED: iso(created),
+        AUTO_VERSION: auto_version,
         FILES: file_specs_json([FileSpec.of(tmp / STRINGS_FILE)]),
         PATTERNS: patterns,
     }
@@ -329,6 +352,7 @@ def build_pattern(
     base: Path | None = None,
     version: str | None = None,
     now: datetime | None = None,
+    replace: bool = False,
 ) -> BuildReport:
     """Compile sources into a pattern directory, atomically.
 
@@ -340,17 +364,21 @@ def build_pattern(
     previous build (see the module docstring). The agent pattern is built when
     ``proxy.patterns.agent`` is available.
 
+    Without ``version`` the build takes the hour of ``now`` and records that
+    it did (see the module docstring).
+
     Everything is written into a temporary directory beside ``out_dir`` and
     renamed into place at the end; a failed build leaves nothing behind. An
-    existing ``out_dir`` is replaced only if it is a pattern directory or empty.
+    ``out_dir`` that holds anything is refused (ConfigError), except a build
+    when ``replace`` (``--force``).
     """
     out_dir = Path(out_dir)
     created = to_the_second(now)
-    version = version if version is not None else created.strftime("%Y%m%d%H")
+    auto_version = version is None
+    version = version if version is not None else next_version(None, created)
     if VERSION_NAME.fullmatch(version) is None:
-        raise PatternError(f"bad pattern version {version!r} (expected YYYYMMDDHH[MM[SS]])")
-    if not _is_replaceable(out_dir):
-        raise PatternError(f"refusing to replace {out_dir.name}: not a pattern directory")
+        raise ConfigError(f"bad pattern version {version!r} (expected YYYYMMDDHH[MM[SS]])")
+    _check_out(out_dir, replace)
 
     # Parse everything first: a bad line stops the build before anything is written.
     bad = sources.BadLines() if skip_bad else None
@@ -363,22 +391,21 @@ def build_pattern(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         counts = _write_files(tmp, parsed, base)
-        _write_json(tmp / MANIFEST, _manifest_json(tmp, version, created, counts))
+        _write_json(tmp / MANIFEST, _manifest_json(tmp, version, created, counts, auto_version))
         fsync_dir(tmp)
-        _swap_into_place(tmp, out_dir)
+        _swap_into_place(tmp, out_dir, replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    report = BuildReport.of(version, counts, bad)
+    report = BuildReport.of(version, counts, bad, auto_version)
     logger.info("built pattern %s version %s: %d hashes, %d urls, %d domains, %d ip ranges",
                 out_dir.name, version, report.hashes, report.web_blocking +
                 report.suspicious_urls, report.domains, report.ip4 + report.ip6)
     return report
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    if not _is_replaceable(out_dir):
-        raise PatternError(f"refusing to replace {out_dir.name}: not a pattern directory")
+def _swap_into_place(tmp: Path, out_dir: Path, replace: bool) -> None:
+    _check_out(out_dir, replace)  # again: the sources took a while to read
     old: Path | None = None
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",

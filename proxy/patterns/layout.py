@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ FORMAT = "format"
 TYPE = "type"  # an update source's: REPO_TYPE (``proxy.updates.repo``)
 VERSION = "version"
 CREATED = "created"  # a pattern directory's build time
+AUTO_VERSION = "auto_version"  # a build's: true when its version was defaulted (publish may move it)
 PUBLISHED = "published"  # an update source's publication time (also a high-water mark key)
 EXPIRES = "expires"
 KEEP = "keep"
@@ -85,6 +86,7 @@ STRINGS_VERSION = "strings_version"  # a local manifest's: the strings version i
 SOURCE = "source"  # a local manifest's: what it was installed from
 
 VERSION_NAME = re.compile(r"\d{10}(?:\d{2}){0,2}")  # YYYYMMDDHH[MM[SS]]; sorts as a string
+VERSION_FORMS = ("%Y%m%d%H", "%Y%m%d%H%M", "%Y%m%d%H%M%S")  # the hour, then finer
 MAX_FILES = 16  # file specs in one "files" object
 MAX_FILE_BYTES = 1 << 40
 MAX_ENTRIES = 1 << 48
@@ -100,6 +102,26 @@ def version_time(version: str) -> datetime | None:
         return datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
+
+
+def next_version(latest: str | None, now: datetime) -> str:
+    """The first version name newer than ``latest``: ``now``'s hour, else its minute, else
+    its second, else the second after ``latest`` (more than one a second, or a clock behind).
+
+    Every form is a time, so ``version_time`` (pattern age) stays meaningful, and a
+    shorter form sorts before the longer ones that extend it (``2026112400`` <
+    ``202611240000`` < ``2026112401``), so names compare as strings wherever versions
+    are compared (publish, the updater's downgrade check, the store).
+    """
+    for form in VERSION_FORMS:
+        name = now.astimezone(UTC).strftime(form)
+        if latest is None or name > latest:
+            return name
+    assert latest is not None
+    t = version_time(latest)
+    if t is None:
+        raise PatternError(f"published version {latest!r} is not a time; give --version")
+    return (t + timedelta(seconds=1)).strftime(VERSION_FORMS[-1])
 
 
 def manifest_error(what: str, reason: str = "bad_pattern") -> PatternError:

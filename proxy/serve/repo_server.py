@@ -9,15 +9,18 @@ no-cache`` on the manifest and its signature.
 
 from __future__ import annotations
 
+import errno
 import http.server
 import logging
 import os
 import re
 import shutil
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
+from proxy.errors import ConfigError, RampartError
 from proxy.serve.conns import ConnectionCaps, Slot
 from proxy.updates.repo import MANIFEST, SIGNATURE
 
@@ -36,9 +39,30 @@ def make_server(repo_dir: Path, host: str = "127.0.0.1", port: int = 0) -> RepoS
     percent escapes, at most five segments) and must resolve inside the repo;
     anything else is 404. At most ``MAX_SERVE_CONNECTIONS`` requests are served
     at once (more get 503). Call ``serve_forever()``; ``server_address`` holds
-    the bound port.
+    the bound port. An address that cannot be bound raises RampartError naming the
+    flag to change (``--port`` for a busy port, ``--listen`` for an address this
+    machine does not have).
     """
-    return RepoServer((host, port), Path(repo_dir).resolve())
+    root = Path(repo_dir).resolve()
+    try:
+        return RepoServer((host, port), root)
+    except OSError as e:
+        raise _bind_error(host, port, e) from None
+
+
+def _bind_error(host: str, port: int, e: OSError) -> RampartError:
+    """One line naming the flag to change: a busy port fails the operation (exit 1), an
+    address this machine does not have is a wrong --listen (exit 2)."""
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return RampartError(f"cannot listen on {where}: the port is in use (by another "
+                            "`rampart pattern serve`, or another server); choose another --port, "
+                            "or stop what holds it")
+    if e.errno == errno.EACCES:
+        return RampartError(f"cannot listen on {where}: permission denied (ports below 1024 need "
+                            "privileges); choose a --port of 1024 or more")
+    return ConfigError(f"cannot listen on {where}: {e.strerror or e}; give --listen an address "
+                       "of this machine (0.0.0.0 for every IPv4 address, :: for every IPv6 one)")
 
 
 class RepoServer(http.server.ThreadingHTTPServer):
@@ -48,6 +72,8 @@ class RepoServer(http.server.ThreadingHTTPServer):
     server_address: tuple[str, int]  # AF_INET, as http.server binds: (host, port)
 
     def __init__(self, address: tuple[str, int], root: Path) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6  # --listen :: or another IPv6 address
         super().__init__(address, RepoHandler)
         self.root = root
         self.busy = threading.BoundedSemaphore(MAX_SERVE_CONNECTIONS)  # requests being answered

@@ -16,8 +16,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from proxy.errors import PatternError
-from proxy.files import PUBLIC_FILE, read_bounded, write_atomic
+from proxy.errors import ConfigError, PatternError
+from proxy.files import PRIVATE_DIR, PRIVATE_FILE, PUBLIC_FILE, make_dirs, read_bounded, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +25,21 @@ MAX_KEY_BYTES = 1 << 16
 """The largest key file read (an Ed25519 PEM key is about 120 bytes)."""
 
 
-def keygen(out: Path) -> Path:
-    """Write a new Ed25519 private key to ``out`` (PEM, mode 0600) and the public key to out.pub."""
+def keygen(out: Path, *, force: bool = False) -> Path:
+    """Write a new Ed25519 private key to ``out`` (PEM, mode 0600) and the public key to out.pub.
+
+    Missing folders above ``out`` are made 0700 (they hold a private key). An
+    existing key, or public key, is refused (ConfigError naming it) unless
+    ``force``: replacing a signing key strands every appliance that trusts the old one.
+    """
     out = Path(out)
     pub = out.with_name(out.name + ".pub")
+    if not force:
+        for path in (out, pub):
+            if path.exists() or path.is_symlink():
+                raise ConfigError(f"{path} exists; refusing to overwrite a key (appliances that "
+                                  "trust it would refuse what is signed with a new one); give "
+                                  "--force to replace it, or another --out")
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
@@ -36,17 +47,34 @@ def keygen(out: Path) -> Path:
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        make_dirs(out.parent, PRIVATE_DIR)
+        if force:
+            write_atomic(out, private_pem, mode=PRIVATE_FILE)
+        else:
+            _create(out, private_pem)
+        write_atomic(pub, public_pem, mode=PUBLIC_FILE)  # public, but never writable by others
     except FileExistsError:
-        raise PatternError(f"{out.name}: exists; refusing to overwrite a key") from None
+        raise ConfigError(f"{out} exists; refusing to overwrite a key; give --force to replace "
+                          "it, or another --out") from None
     except OSError as e:
-        raise PatternError(f"{out.name}: cannot create: {e.strerror or e}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_pem)
-    os.chmod(out, 0o600)  # in case the umask or an ACL changed it
-    write_atomic(pub, public_pem, mode=PUBLIC_FILE)  # public, but never writable by others
-    logger.info("wrote a new Ed25519 key pair %s, %s", out.name, pub.name)
+        where = e.filename or out
+        raise PatternError(f"cannot create {where}: {e.strerror or e}") from None
+    logger.info("wrote a new Ed25519 key pair %s, %s", out, pub)
     return pub
+
+
+def _create(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, mode 0600 whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), PRIVATE_FILE)  # in case the umask or an ACL changed it
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

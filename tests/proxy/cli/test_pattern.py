@@ -67,7 +67,7 @@ def test_build_needs_a_source(run) -> None:
 def test_keygen_publish_verify_info(run, sources: Path) -> None:
     run("keygen", "--out", "key")
     assert stat.S_IMODE((sources / "key").stat().st_mode) == 0o600
-    assert "exists" in run("keygen", "--out", "key", code=1).output
+    assert "exists" in run("keygen", "--out", "key", code=2).output
     run("build", "--out", "b1", "--hashes", "h.txt", "--version", "2024010100")
     out = run("publish", "--from", "b1", "--repo", "repo", "--key", "key").output
     assert "smart-scan       version 2024010100  new" in out
@@ -95,10 +95,10 @@ def test_publish_refuses_an_older_version(run, sources: Path) -> None:
     run("keygen", "--out", "key")
     run("build", "--out", "b1", "--hashes", "h.txt", "--version", "2024010100")
     run("publish", "--from", "b1", "--repo", "repo", "--key", "key")
-    run("build", "--out", "b0", "--hashes", "main.hdb", "--base", "b1",
+    run("build", "--out", "b0", "--hashes", "h.txt", "--hashes", "main.hdb", "--base", "b1",
         "--version", "2023010100")
     assert "not newer" in run("publish", "--from", "b0", "--repo", "repo", "--key", "key",
-                              code=1).output
+                              code=2).output
 
 
 def test_verify_detects_a_corrupt_build(run, sources: Path) -> None:

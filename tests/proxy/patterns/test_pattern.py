@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.errors import PatternError, SourceError
+from proxy.errors import ConfigError, PatternError, SourceError
 from proxy.model import FileQuery, HashKind, Rating, Verdict
 from proxy.patterns import build as build_mod
 from proxy.patterns import pattern as pattern_mod
@@ -415,7 +415,7 @@ def test_failed_rebuild_keeps_the_old_pattern(tmp_path: Path, srcs) -> None:
     build_pattern(tmp_path / "out", **srcs, version="2026010100")
     bad = write(tmp_path / "src" / "bad.txt", "not-a-hash\n")
     with pytest.raises(SourceError):
-        build_pattern(tmp_path / "out", hashes=[bad])
+        build_pattern(tmp_path / "out", hashes=[bad], replace=True)
     with PatternSet.open(tmp_path / "out") as ps:
         assert ps.version == "2026010100"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
@@ -425,7 +425,7 @@ def test_rebuild_replaces_the_pattern(tmp_path: Path, srcs) -> None:
     build_pattern(tmp_path / "out", **srcs, version="2026010100")
     old = PatternSet.open(tmp_path / "out")
     src = write(tmp_path / "src" / "one.txt", hashlib.sha256(b"new").hexdigest() + ",New\n")
-    build_pattern(tmp_path / "out", hashes=[src], version="2026010101")
+    build_pattern(tmp_path / "out", hashes=[src], version="2026010101", replace=True)
     with PatternSet.open(tmp_path / "out") as new:
         assert new.version == "2026010101"
         assert new.lookup_file(q256(hashlib.sha256(b"new").digest())) == FileHit(
@@ -440,14 +440,14 @@ def test_rebuild_replaces_the_pattern(tmp_path: Path, srcs) -> None:
 def test_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "notes.txt").write_text("mine")
-    with pytest.raises(PatternError, match="refusing to replace home"):
-        build_pattern(tmp_path / "home", now=NOW)
+    with pytest.raises(ConfigError, match=r"refusing to replace .*home: it holds files"):
+        build_pattern(tmp_path / "home", now=NOW, replace=True)
     assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("version", ["2026", "2026-11-22", "20261122131", "x" * 10])
 def test_bad_version_is_refused(tmp_path: Path, version: str) -> None:
-    with pytest.raises(PatternError, match="bad pattern version"):
+    with pytest.raises(ConfigError, match="bad pattern version"):
         build_pattern(tmp_path / "out", version=version)
     assert not (tmp_path / "out").exists()
 
