@@ -14,7 +14,8 @@
   ``grace`` seconds later by ``loop.call_later``, off the request path.
 - **update**: with ``update_source`` and ``update_key`` configured, the
   ``Updater`` runs on its schedule in the same loop.
-- **report**: each pattern's version and age, staleness past ``stale_after``
+- **report**: each pattern's version and age (``age_of``: since its version was
+  built), staleness past ``stale_after``
   or once the source's newest signed manifest has expired (its ``expires``: a
   frozen or replayed source), and the last update result for /readyz; the
   update counters for /metrics.
@@ -236,13 +237,34 @@ class PatternKeeper:
     def pattern_versions(self) -> dict[str, str]:
         return {name: entry.version for name, entry in self.local.patterns.items()}
 
+    def age_of(self, version: str, now: float) -> float:
+        """A pattern's age, the one definition /readyz (top level and per pattern), the
+        ``rampart_pattern_age_seconds`` and ``rampart_pattern_stale`` metrics and every stale
+        check use: seconds from when its version was built to ``now``.
+
+        A version names its build time (``YYYYMMDDHH[MM[SS]]``, UTC, to the precision it
+        gives: ``proxy.patterns.layout.version_time``); a version that names no time counts
+        from the served directory's ``created``. Not the install time: an old build
+        installed now (a late appliance, a replayed source) serves old data, and its age
+        says so. Never negative (a clock behind the publisher's).
+        """
+        t = version_time(version)
+        built = t.timestamp() if t is not None else self.engine.patterns.created.timestamp()
+        return max(0.0, now - built)
+
     def ages(self, now: float) -> dict[str, float]:
-        created = self.engine.patterns.created.timestamp()
-        out = {}
-        for name, version in self.pattern_versions().items():
-            t = version_time(version)
-            out[name] = max(0.0, now - (t.timestamp() if t is not None else created))
-        return out
+        """Each served pattern's age (``age_of``), by pattern name."""
+        return {name: self.age_of(v, now) for name, v in self.pattern_versions().items()}
+
+    def age(self, now: float) -> float:
+        """The served set's age: its oldest pattern's (``age_of``), so the set is stale exactly
+        when one of its patterns is; the set's own version when no pattern is listed."""
+        return max(self.ages(now).values(), default=self.age_of(self.engine.patterns.version, now))
+
+    def stale(self, age: float, now: float) -> bool:
+        """Stale: older than ``stale_after``, or the update source's newest signed manifest
+        expired (a frozen or replayed source)."""
+        return age > self.cfg.stale_after or self.expired(now)
 
     def source_expires(self) -> datetime | None:
         """When the newest signed source manifest known expires (None: it sets no expiry): the
@@ -265,23 +287,19 @@ class PatternKeeper:
     def readiness(self, now: float | None = None) -> dict[str, Any]:
         """The /readyz ``pattern`` section: versions, ages, staleness, the last update."""
         now = time.time() if now is None else now
-        patterns = self.engine.patterns
-        age = max(0.0, now - patterns.created.timestamp())
         ages = self.ages(now)
-        stale_after = self.cfg.stale_after
-        expired = self.expired(now)
+        age = self.age(now)
         per = {
             name: {"version": v, "age_seconds": int(ages[name]),
-                   "stale": ages[name] > stale_after or expired}
+                   "stale": self.stale(ages[name], now)}
             for name, v in sorted(self.pattern_versions().items())
         }
-        stale = age > stale_after or expired or any(p["stale"] for p in per.values())
         expires = self.source_expires()
         body: dict[str, Any] = {
-            "version": patterns.version, "age_seconds": int(age), "stale": stale,
-            "stale_after": stale_after, "patterns": per, "stored": self.served,
-            "source_expires": stamp(expires) if expires is not None else None,
-            "source_expired": expired,
+            "version": self.engine.patterns.version, "age_seconds": int(age),
+            "stale": self.stale(age, now), "stale_after": self.cfg.stale_after, "patterns": per,
+            "stored": self.served, "source_expires": stamp(expires) if expires is not None else None,
+            "source_expired": self.expired(now),
         }
         if self.store is not None:
             body["versions"] = self.store.versions()
@@ -298,18 +316,22 @@ class PatternKeeper:
                 lambda: [({"pattern": p}, float(v)) for p, v in self.pattern_versions().items()
                          if v.isdigit()]),
             "rampart_pattern_age_seconds": (
-                "Age of each served pattern (from its version time)",
+                "Age of each served pattern: seconds since its version was built (the time"
+                " the version names), as /readyz reports it",
                 lambda: [({"pattern": p}, a) for p, a in self.ages(time.time()).items()]),
             "rampart_pattern_stale": (
                 "1 when a served pattern is older than stale_after or its source's manifest expired",
-                lambda: [({"pattern": p}, float(a > self.cfg.stale_after or self.expired(time.time())))
-                         for p, a in self.ages(time.time()).items()]),
+                self._stale_gauge),
             "rampart_update_source_expires_timestamp": (
                 "Unix time the update source's newest signed manifest expires (0: no expiry)",
                 self._expires_timestamp),
             "rampart_pattern_swaps": (
                 "Live pattern swaps since start", lambda: float(self.swaps)),
         }
+
+    def _stale_gauge(self) -> list[tuple[dict[str, str], float]]:
+        now = time.time()
+        return [({"pattern": p}, float(self.stale(a, now))) for p, a in self.ages(now).items()]
 
     def collect(self) -> Iterator[Metric]:
         """A prometheus collector for the update counters (registered on the app's registry)."""
