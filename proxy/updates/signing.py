@@ -48,6 +48,10 @@ def keygen(out: Path, *, force: bool = False) -> Path:
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
         make_dirs(out.parent, PRIVATE_DIR)
+    except OSError as e:
+        what = "it is not a folder" if isinstance(e, FileExistsError) else e.strerror or e
+        raise PatternError(f"cannot create {e.filename or out.parent}: {what}") from None
+    try:
         if force:
             write_atomic(out, private_pem, mode=PRIVATE_FILE)
         else:
