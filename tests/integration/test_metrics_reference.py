@@ -60,6 +60,7 @@ def eventually(check: Callable[[], bool], seconds: float = 20) -> bool:
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     tmp = tmp_path_factory.mktemp("metrics")
+    (tmp / "keys").mkdir(mode=0o700)
     pub = keygen(tmp / "keys" / "update.key")
     cfg = tmp / "rampart.toml"
     cfg.write_text(f'max_client_connections = 1\nupdate_source = "http://127.0.0.1:{free_port()}"\n'
