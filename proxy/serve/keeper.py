@@ -53,7 +53,7 @@ from proxy.patterns.layout import (
 from proxy.patterns.pattern import PatternSet
 from proxy.serve.pattern_source import PatternSource
 from proxy.updates import signing
-from proxy.updates.manifest import EMPTY, LocalManifest
+from proxy.updates.manifest import EMPTY, LocalManifest, mark_sample
 from proxy.updates.source import MAX_MANIFEST_BYTES, parse_manifest
 from proxy.updates.store import PatternStore
 from proxy.updates.updater import HttpFetcher, Updater
@@ -96,17 +96,22 @@ def make_updater(cfg: Config, store: PatternStore) -> tuple[Updater, HttpFetcher
 def sample_store(cfg: Config, sources: dict[str, list[Path]]) -> PatternStore:
     """The data directory's store, with the sample installed when it holds nothing yet.
 
-    Servers starting together on a fresh data directory each build the sample;
-    the first to install it wins and the others use its version.
+    The sample is marked as such (``mark_sample``) and installed as
+    ``<version>-sample``: its version is this start's hour, so the first update takes
+    a source's patterns whatever their versions, and one of the same hour installs
+    under its own name. Servers starting together on a fresh data directory each
+    build the sample; the first to install it wins and the others use its version.
     """
     store = PatternStore.open(cfg.data_dir / "patterns", keep=cfg.keep_versions)
     if store.current_path() is None:
         logger.info("no pattern in the data directory yet: building the shipped sample")
         staging = store.staging()
         try:
-            build_pattern(staging / "sample", hashes=sources.get("hashes", ()),
-                          urls=sources.get("urls", ()), domains=sources.get("domains", ()))
-            store.install_first(staging / "sample")
+            sample = staging / "sample"
+            report = build_pattern(sample, hashes=sources.get("hashes", ()),
+                                   urls=sources.get("urls", ()), domains=sources.get("domains", ()))
+            mark_sample(sample)
+            store.install_first(sample, f"{report.version}-sample")
         finally:
             import shutil
 
@@ -300,6 +305,7 @@ class PatternKeeper:
             "stale": self.stale(age, now), "stale_after": self.cfg.stale_after, "patterns": per,
             "stored": self.served, "source_expires": stamp(expires) if expires is not None else None,
             "source_expired": self.expired(now),
+            "sample": self.local.sample,  # the bundled sample: no update installed yet
         }
         if self.store is not None:
             body["versions"] = self.store.versions()

@@ -9,7 +9,12 @@ A version directory's ``manifest.json`` is a pattern directory's manifest
      "strings_version": V | null,                 the update source's strings version held
      "source": {"published": ISO-8601 UTC}}       the source manifest installed from
 
-A sample build has neither of the last two. ``LocalManifest.parse`` is lenient
+A sample build has neither of the last two; the bundled sample a server builds on first
+start also says ``"sample": true`` (``mark_sample``). A version not from an update source
+holds nothing an update can build on (``held``): its version is the appliance's own
+hour, not a publisher's, so the first update takes every pattern whatever the
+numbers; once a version from a source is installed the normal rules apply.
+``LocalManifest.parse`` is lenient
 (it is the appliance's own file, read to plan the next update): a part that is
 missing or malformed is left out, so at worst the next update fetches more.
 ``to_json`` writes the updater's form, byte for byte what earlier releases wrote.
@@ -17,6 +22,7 @@ missing or malformed is left out, so at worst the next update fetches more.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +31,7 @@ from typing import Any
 
 from proxy.clock import iso, parse_iso, stamp
 from proxy.errors import PatternError
-from proxy.files import read_json
+from proxy.files import read_json, write_atomic
 from proxy.patterns.layout import (
     CREATED,
     ENTRIES,
@@ -47,6 +53,7 @@ from proxy.patterns.layout import (
 
 LOCAL_FORMAT = 1
 MAX_LOCAL_BYTES = 4 << 20
+SAMPLE = "sample"  # a local manifest's: true for the bundled sample built on first start
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,12 @@ class LocalManifest:
     published: datetime | None = None  # of the source manifest installed from; None: sample
     version: str | None = None
     created: datetime | None = None
+    sample: bool = False  # the bundled sample (``mark_sample``)
+
+    @property
+    def from_source(self) -> bool:
+        """Installed from an update source (not the sample, nor a build installed by hand)."""
+        return self.published is not None and not self.sample
 
     @classmethod
     def parse(cls, raw: Any) -> LocalManifest:
@@ -107,7 +120,8 @@ class LocalManifest:
         version = raw.get(VERSION)
         return cls(patterns, strings, sv if isinstance(sv, str) else None,
                    _time(source.get(PUBLISHED)) if isinstance(source, dict) else None,
-                   version if isinstance(version, str) else None, _time(raw.get(CREATED)))
+                   version if isinstance(version, str) else None, _time(raw.get(CREATED)),
+                   raw.get(SAMPLE) is True)
 
     @classmethod
     def load(cls, directory: Path | None) -> LocalManifest:
@@ -118,12 +132,15 @@ class LocalManifest:
         """What ``directory`` (the version directory of this manifest) holds, as ``repo.plan``'s
         ``have``: pattern -> version.
 
-        A pattern counts only if every file it needs is listed and present. The
-        strings version counts only for patterns from an update source (a sample
-        build has none, so its tables' ids are not those of the source).
+        A pattern counts only if every file it needs is listed and present, and only
+        in a version installed from an update source (``from_source``): the sample's
+        versions name the hour the appliance first started, not anything a publisher
+        made, and its tables' string ids are not the source's; so from the sample
+        every pattern is fetched in full, even one whose version number is equal to or
+        newer than the source's (a source published in the hour of the first start).
         """
         have: dict[str, str] = {}
-        if directory is None:
+        if directory is None or not self.from_source:
             return have
         for name, files in PATTERN_FILES.items():
             entry = self.patterns.get(name)
@@ -165,6 +182,15 @@ class LocalManifest:
 
 
 EMPTY = LocalManifest()
+
+
+def mark_sample(directory: Path) -> None:
+    """Mark the pattern build in ``directory`` as the bundled sample (``"sample": true`` in its
+    manifest), so the first update from a source replaces it whatever the versions say."""
+    raw = read_local(directory)
+    if not raw:
+        raise PatternError(f"{directory / MANIFEST}: cannot mark a build without a manifest")
+    write_atomic(directory / MANIFEST, json.dumps({**raw, SAMPLE: True}, indent=1).encode() + b"\n")
 
 
 def _time(value: Any) -> datetime | None:

@@ -164,14 +164,15 @@ class PatternStore:
         logger.info("pattern version %s installed and current", name)
         return name
 
-    def install_first(self, new_dir: Path) -> str:
-        """Install ``new_dir`` unless a version is current already; returns the current version.
+    def install_first(self, new_dir: Path, version: str | None = None) -> str:
+        """Install ``new_dir`` (as ``version``, default the manifest's) unless a version is
+        current already; returns the current version.
 
         For the first start: another process starting on the same fresh data
         directory may have installed its own build of the sample meanwhile; then
         that one is used and ``new_dir`` is left to the caller to remove.
         """
-        name = _installable(Path(new_dir), None)
+        name = _installable(Path(new_dir), version)
         with self._locked():
             current = self.current_path()
             if current is not None:
