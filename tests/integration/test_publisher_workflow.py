@@ -42,11 +42,12 @@ def build(src: Path, out: Path, hashes: list[tuple[str, str]]) -> str:
 def test_build_publish_build_again_within_the_hour_serve_update(tmp_path: Path) -> None:
     src, repo, key = tmp_path / "src", tmp_path / "repo", tmp_path / "keys" / "rampart.key"
     src.mkdir()
+    key.parent.mkdir()
     (src / "hosts").write_text("0.0.0.0 ads.example.com\n")
     rampart("pattern", "keygen", "--out", str(key))
     first = [(EICAR_SHA256, "Eicar-First")] + [(h, "Kept") for h in KEPT] + [
         (h, "Dropped") for h in DROPPED]
-    assert "is the build hour" in build(src, tmp_path / "b1", first)
+    built = build(src, tmp_path / "b1", first)
     rampart("pattern", "publish", "--from", str(tmp_path / "b1"), "--repo", str(repo),
             "--key", str(key))
     # the hotfix: new names first (its ids differ from b1's), 5 entries gone, 10 new
@@ -56,6 +57,7 @@ def test_build_publish_build_again_within_the_hour_serve_update(tmp_path: Path) 
     out = rampart("pattern", "publish", "--from", str(tmp_path / "b2"), "--repo", str(repo),
                   "--key", str(key)).stdout
     assert "smart-scan" in out and "+10 -5 entries (36 -> 41)" in out, out
+    assert "is the build hour" in built
     assert "domain-ip" in out and "unchanged, 1 entries" in out, out
 
     port = free_port()

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import proxy.clock
 from proxy.cli import cli
 from proxy.patterns.layout import version_time
-from proxy.patterns.restring import Strings
+from proxy.patterns.pattern import load_strings
 from proxy.patterns.tables import Table
 from proxy.updates.publish import read_repo
 from proxy.wire import urls
@@ -101,11 +101,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[datetime]]:
 
 def test_builds_in_one_hour_publish_without_version_or_base(run, tmp_path: Path,
                                                              clock: list[datetime]) -> None:
-    published = []
+    published, built = [], []
     for i in range(4):
         src = hashes(tmp_path / f"h{i}.txt", "a", 20 + i)  # complete sources, one entry more each
-        out = run("build", "--out", f"b{i}", "--hashes", src).output
-        assert "version 2026112400 is the build hour" in out
+        built.append(run("build", "--out", f"b{i}", "--hashes", src).output)
         out = publish(run, f"b{i}")
         assert "published" in out and "error" not in out
         published.append(read_repo(tmp_path / "repo", tmp_path / "key.pub").pattern(
@@ -113,6 +112,7 @@ def test_builds_in_one_hour_publish_without_version_or_base(run, tmp_path: Path,
     # the hour, then its minute, then its second, then the second after (two in one second)
     assert published == ["2026112400", "202611240030", "20261124003010", "20261124003011"]
     assert published == sorted(published)
+    assert all("version 2026112400 is the build hour" in out for out in built)
     assert [version_time(v) for v in published[1:3]] == [
         datetime(2026, 11, 24, 0, 30, tzinfo=UTC), datetime(2026, 11, 24, 0, 30, 10, tzinfo=UTC)]
     info = json.loads(run("info", "repo", "--json").output)
@@ -140,12 +140,13 @@ def test_publish_says_which_version_it_took(run, tmp_path: Path, clock: list[dat
 def _name_of(repo: Path, pattern: str, table: str, key: bytes, column: str) -> str:
     """What an appliance holding the newest strings.json reads for ``key``."""
     m = read_repo(repo, None)
-    strings = Strings.load(repo / "full" / "strings" / m.strings_version / "strings.json")
+    threats, categories = load_strings(repo / "full" / "strings" / m.strings_version /
+                                       "strings.json")
     with Table.open(repo / "full" / pattern / m.pattern(pattern).version / table) as t:
         row = t.lookup(key)
         assert row is not None
         ids = t.value(column, row)
-    return (strings.threats if column == "threat" else strings.categories)[ids]
+    return (threats if column == "threat" else categories)[ids]
 
 
 def test_a_build_without_base_keeps_every_published_name_right(run, tmp_path: Path) -> None:
