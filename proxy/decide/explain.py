@@ -49,7 +49,8 @@ class Explanation:
             out.append("pattern    no pattern entry matches")
         d = self.decision
         if d is None:
-            out.append("decision   not decided here: the cache or the cloud answers")
+            out.append("decision   not decided here: the cache or the cloud answers (with no"
+                       " cloud configured: untested, source local)")
         else:
             why = {
                 "blocked-list": "a blocked rule wins over everything",
