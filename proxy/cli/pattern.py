@@ -275,7 +275,11 @@ def pattern_serve(repo_dir: Path, port: int, listen: str) -> None:
     server = make_server(repo_dir, listen, port)
     host, bound = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
-    click.echo(f"serving {repo_dir} on http://{shown}:{bound}/", err=True)
+    where = (" (every address: appliances use this machine's name or address)"
+             if host in ("0.0.0.0", "::") else
+             " (this machine only: --listen 0.0.0.0 for appliances on other machines)"
+             if host in ("127.0.0.1", "::1", "localhost") else "")
+    click.echo(f"serving {repo_dir} on http://{shown}:{bound}/{where}", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

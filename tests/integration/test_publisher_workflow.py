@@ -65,6 +65,8 @@ def test_build_publish_build_again_within_the_hour_serve_update(tmp_path: Path) 
                   tmp_path / "serve.log", {"http": port})
     server.start(f"http://127.0.0.1:{port}/manifest.json")
     try:
+        assert f"on http://127.0.0.1:{port}/ (this machine only: --listen 0.0.0.0 for " \
+               "appliances on other machines)" in server.output()
         appliance = tmp_path / "appliance"
         appliance.mkdir(mode=0o700)
         r = rampart("update", "now", "--data-dir", str(appliance), "--update-source",
