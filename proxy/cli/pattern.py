@@ -164,10 +164,10 @@ def pattern_publish(build_dir: Path, repo_dir: Path, key: Path, keep: int,
 
     The build is the whole pattern: entries it lacks are removed. Publish
     prints, per pattern, how many entries it adds and removes against the
-    published version, and refuses (writing nothing) to remove more than
-    --max-shrink percent of a pattern's entries unless --allow-shrink. A build
-    whose version was defaulted gets the next free version; files are
-    published 0644 (folders 0755) for any web server to serve.
+    published version, and refuses, writing nothing, a build that removes
+    more than --max-shrink percent of a pattern's entries (give --allow-shrink
+    when that is meant). A build whose version was defaulted gets the next
+    free version. Files are published 0644 (folders 0755) for any web server.
     """
     from proxy.updates.publish import publish
     from proxy.updates.signing import load_private_key
@@ -267,8 +267,9 @@ def pattern_info(run: Run, directory: Path) -> None:
 def pattern_serve(repo_dir: Path, port: int, listen: str) -> None:
     """Serve an update source over plain HTTP (for tests and small sites).
 
-    Appliances check every file against the signed manifest, so plain HTTP is
-    safe to serve it; any static web server can serve it too.
+    Appliances check every file against the signed manifest and refuse an
+    older manifest served again, so plain HTTP will do; any static web server
+    can serve the folder too.
     """
     from proxy.serve.repo_server import make_server
 
