@@ -123,9 +123,9 @@ class Config:
         " max_connections)", lo=1, hi=10_000_000,
     )
     query_clients: list[str] = _opt(
-        list(LOCAL_NETWORKS), "client networks (CIDR) the query door answers; others get 403"
-        " (it relays unknown items to the cloud, so never every network by default;"
-        " 0.0.0.0/0 and ::/0 open it to all); /healthz answers loopback always",
+        list(LOCAL_NETWORKS), "client networks (CIDR) the query door answers, others get 403;"
+        " it relays to the cloud, so not every network by default (0.0.0.0/0 and ::/0 open"
+        " it); /healthz answers loopback always",
     )
     rate_limit: float = _opt(
         0.0, "query-door requests per second per client address, 429 above (0: no limit)",

@@ -136,7 +136,7 @@ log_level_option = config_flag(
 """``--log-level``: config key log_level."""
 
 
-def door_options(fn: F, data_dir: Callable[[F], F] = data_dir_option) -> F:
+def door_options(fn: F, data_dir: Callable[[Any], Any] = data_dir_option) -> F:
     """Options shared by `serve` and `cloud`, each mapping to a config key (``data_dir``: the
     command's own --data-dir option, since the cloud's default folder is not the appliance's)."""
     for decorator in reversed([

@@ -318,9 +318,10 @@ class PatternKeeper:
         """Gauges for ``metrics.gauge``: name -> (help, read)."""
         return {
             "rampart_pattern_version": (
-                "Version (YYYYMMDDHH[MM[SS]] as a number) of each served pattern",
-                lambda: [({"pattern": p}, float(v)) for p, v in self.pattern_versions().items()
-                         if v.isdigit()]),
+                "Version of each served pattern as the number YYYYMMDDHHMMSS (a shorter"
+                " version padded with zeros, so the value only grows)",
+                lambda: [({"pattern": p}, float(v.ljust(14, "0")))
+                         for p, v in self.pattern_versions().items() if v.isdigit()]),
             "rampart_pattern_age_seconds": (
                 "Age of each served pattern: seconds since its version was built (the time"
                 " the version names), as /readyz reports it",

@@ -493,5 +493,6 @@ def test_intercept_port_in_use_fails_with_a_clear_message(tmp_path) -> None:
              "--transparent-port", "0"],
             capture_output=True, text=True, timeout=60,
         )
-    assert r.returncode != 0
-    assert f"127.0.0.1:{port}" in r.stderr and "address already in use" in r.stderr
+    assert r.returncode == 1
+    assert f"port {port} for the intercept door (explicit proxy) on 127.0.0.1 is in use" in r.stderr
+    assert "--proxy-port" in r.stderr and "Traceback" not in r.stderr

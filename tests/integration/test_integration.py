@@ -18,6 +18,7 @@ from tests.conftest import (
     EICAR_SHA256,
     RAMPART,
     Proc,
+    free_port,
     start_appliance,
     start_cloud,
 )
@@ -260,8 +261,9 @@ def test_zero_config_serve_refuses_a_bad_config_naming_the_key(tmp_path):
 def test_an_unusable_data_directory_is_refused_with_its_name(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the data directory should be")
-    r = subprocess.run([*RAMPART, "serve", "--data-dir", str(blocker / "data"), "--query-port", "0",
-                        "--query-tls-port", "0"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([*RAMPART, "serve", "--data-dir", str(blocker / "data"), "--query-port",
+                        str(free_port()), "--query-tls-port", "0"],
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "cannot use" in r.stderr and "not-a-dir" in r.stderr and "Traceback" not in r.stderr
 

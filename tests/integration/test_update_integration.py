@@ -274,6 +274,7 @@ def test_failures_show_in_metrics_and_readyz_while_answering(source: Source, tmp
 
 def test_update_now_exit_codes(source: Source, tmp_path: Path) -> None:
     data = tmp_path / "data"
+    data.mkdir(mode=0o700)  # update now works on a server's data directory, never makes one
     r = rampart("update", "now", "--data-dir", str(data))
     assert r.returncode == 2 and "no update source" in r.stderr
     r = rampart("update", "now", "--data-dir", str(data), "--update-source", source.url)
