@@ -116,7 +116,9 @@ def _started(cfg: config_mod.Config, doors: Doors) -> str:
     if cfg.proxy_port:
         lines.append(f"  intercept   proxy {door_url('http', cfg.listen, cfg.proxy_port)}")
     if cfg.transparent_port:
-        lines.append(f"  intercept   transparent {door_url('tcp', cfg.listen, cfg.transparent_port)}")
+        where = cfg.listen if cfg.listen not in ("", "0.0.0.0") else "every address"
+        lines.append(f"  intercept   transparent port {cfg.transparent_port} on {where}"
+                     " (the gateway's firewall redirects products here)")
     if cfg.proxy_port or cfg.transparent_port:
         lines.append(f"              serves {_networks(cfg.allow_clients)} (--allow-client)")
     if doors.intercept is not None:
