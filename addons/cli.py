@@ -67,6 +67,10 @@ def _port_help(what: str, key: str) -> str:
 @config_flag("--rate-limit", type=click.FloatRange(0),
              help="Query-door requests per second per client, 429 above "
                   f"(default {config_mod.default('rate_limit'):g}: no limit).")
+@config_flag("--degraded-action", type=click.Choice(list(config_mod.DEGRADED_ACTIONS)),
+             help="Web action for an item a configured cloud did not answer in time, under the "
+                  f"low and medium policies (default {config_mod.default('degraded_action')}; "
+                  "high blocks it). It keeps retry_after: products flag it and ask again.")
 @config_flag("--update-source", envvar="RAMPART_UPDATE_SOURCE",
              help="Update source (a `rampart pattern publish` repository served over HTTP(S)).")
 @config_flag("--update-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),

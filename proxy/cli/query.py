@@ -188,7 +188,10 @@ def query_file(run: Run, hashes: tuple[str, ...]) -> None:
 
 @query.command("url")
 @click.argument("urls", nargs=-1, required=True)
-@click.option("--policy", type=click.Choice(["low", "medium", "high"]), help="Fill in block/allow.")
+@click.option("--policy", type=click.Choice(["low", "medium", "high"]),
+              help="Web policy level, fills in each result's action: low blocks dangerous; "
+                   "medium also highly_suspicious; high also suspicious and untested. A degraded "
+                   "result follows the server's degraded_action under low and medium.")
 @json_after
 @pass_run
 @fail_cleanly

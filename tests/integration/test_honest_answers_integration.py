@@ -49,3 +49,17 @@ def test_a_cloud_that_does_not_answer_gives_degraded_and_degraded_action_applies
         p.stop()
     assert web == {"url": URL, "rating": "untested", "score": 50, "source": "degraded",
                    "retry_after": 60, "action": "block"}
+
+
+def test_the_degraded_action_flag_overrides_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "rampart.toml"
+    config.write_text('degraded_action = "block"\nconnect_timeout = 0.5\ntotal_timeout = 2\n')
+    down = f"http://127.0.0.1:{free_port()}"
+    p = start_appliance(tmp_path, None, "--config", str(config), "--cloud", down,
+                        "--degraded-action", "allow")
+    try:
+        (web,) = httpx.post(f"http://127.0.0.1:{p.ports['http']}/v1/web",
+                            json={"urls": [URL], "policy": "medium"}, timeout=15).json()["results"]
+    finally:
+        p.stop()
+    assert (web["source"], web["action"], web["retry_after"]) == ("degraded", "allow", 60)
