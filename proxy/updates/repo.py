@@ -29,7 +29,8 @@ Beside it::
                        load_private_key(path: Path) -> Ed25519PrivateKey
                        sign(raw: bytes, key) -> bytes
     proxy.updates.publish      publish(build_dir, repo_dir, private_key, *, keep=DEFAULT_KEEP,
-                               now=None) -> PublishReport
+                               now=None, valid_for=DEFAULT_VALID_FOR,
+                               max_shrink=None) -> PublishReport
                        read_repo(repo_dir, public_key | None) -> Manifest
                                                                  (signature checked if a key)
                        verify_repo(repo_dir, public_key | None) -> list[str]
@@ -82,9 +83,10 @@ full file. A version older than the history, or unknown, takes the full files.
 strings.json is shared by all patterns and only ever grows: a build made with
 ``build_pattern(base=...)`` (``proxy.patterns.build``) keeps every earlier threat name
 and category at its id and appends new ones (ids then stay stable, which keeps
-table diffs small), and ``publish`` refuses a build whose strings.json does not extend the
-current one. So the newest strings.json serves tables of any retained
-version, and ``plan`` fetches it (always full) whenever its version changed.
+table diffs small), and ``publish`` renumbers any other build's names onto the
+current strings.json (``proxy.patterns.restring``), appending the new ones. So the
+newest strings.json serves tables of any retained version, and ``plan`` fetches it
+(always full) whenever its version changed.
 
 Publishing writes new full files and diffs first, then the manifest and its
 signature (each to a temporary file, then renamed; the signature first, the
