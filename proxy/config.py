@@ -306,6 +306,10 @@ def validate(cfg: Config) -> Config:
                 f"config key 'intercept_allow_destinations': {entry!r} must be HOST[:PORT],"
                 " [V6]:PORT, an address or a network (CIDR)"
             ) from None
+    if not cfg.query_clients:
+        # an empty list would leave the door unrestricted: say every client on purpose
+        raise ConfigError("config key 'query_clients' is empty: name the networks the query door"
+                          " answers (0.0.0.0/0 and ::/0 for every client)")
     for key in ("allow_clients", "query_clients"):
         for cidr in getattr(cfg, key):
             try:

@@ -65,7 +65,7 @@ json_after = click.option("--json", "as_json", is_flag=True, expose_value=False,
 @click.group()
 @click.option("--server", default=f"http://127.0.0.1:{QUERY_PORT}",
               show_default=True, envvar="RAMPART_SERVER",
-              help="A Rampart server or cloud: a URL, or HOST:PORT (http; https on port 8443).")
+              help="A Rampart server or cloud: a URL, or HOST:PORT (http; https on port 8443 or 443).")
 @click.option("--ca", type=click.Path(dir_okay=False, exists=True),
               help="CA certificate to verify an https server with (e.g. DATA_DIR/ca.pem).")
 @json_option("Print the raw JSON answer.")

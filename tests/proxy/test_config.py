@@ -498,3 +498,12 @@ def test_plain_http_cloud_only_on_loopback(url: str, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError, match=r"'cloud'.*https"):
             config.load(overrides={"cloud": [url]})
+
+
+def test_an_empty_query_clients_list_is_refused_not_read_as_every_client(tmp_path):
+    path = tmp_path / "rampart.toml"
+    path.write_text("query_clients = []\n")
+    with pytest.raises(ConfigError, match=r"'query_clients' is empty.*0\.0\.0\.0/0"):
+        config.load(path)
+    assert config.load(None, {"query_clients": ["0.0.0.0/0", "::/0"]}).query_clients == [
+        "0.0.0.0/0", "::/0"]
