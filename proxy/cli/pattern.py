@@ -203,7 +203,7 @@ def _published_state(p: Published) -> str:
 @fail_cleanly
 def pattern_verify(path: Path, key: Path | None) -> None:
     """Check a build or an update source: sizes, SHA-256 digests, signature."""
-    from proxy.updates.publish import is_repo, verify_repo
+    from proxy.updates.repo_dir import is_repo, verify_repo
 
     if is_repo(path):
         problems = verify_repo(path, key)
@@ -238,7 +238,7 @@ def pattern_verify(path: Path, key: Path | None) -> None:
 def pattern_info(run: Run, directory: Path) -> None:
     """Print a build's or an update source's versions and entry counts."""
     from proxy.patterns.pattern import pattern_info as info
-    from proxy.updates.publish import is_repo, repo_info
+    from proxy.updates.repo_dir import is_repo, repo_info
 
     data = repo_info(directory) if is_repo(directory) else info(directory)
     if run.as_json:

@@ -1,12 +1,10 @@
-"""Publishing builds into an update source, and reading and checking one
-(docs/architecture.md, “Patterns and updates”).
+"""Publishing builds into an update source (docs/architecture.md, “Patterns and updates”).
 
 ``publish`` adds a build (``proxy.patterns.build``) to an update source directory as
 the new version of every pattern it changes, with diffs from each pattern's
 previous version (``proxy.patterns.table_diff``, ``proxy.patterns.agent``) and a manifest
 signed with ``proxy.updates.signing``; the layout and manifest format are
-``proxy.updates.repo``'s. ``read_repo``, ``verify_repo``, ``repo_info`` and
-``is_repo`` read one back (``rampart pattern verify`` and ``info``).
+``proxy.updates.repo``'s; ``proxy.updates.repo_dir`` reads one back.
 
 A build is the whole pattern: what it lacks is removed. ``publish`` counts, per
 pattern, the entries it adds and removes against the published version
@@ -55,7 +53,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proxy.clock import iso, to_the_second
 from proxy.errors import ConfigError, PatternError
@@ -65,8 +63,6 @@ from proxy.files import (
     dir_mode_for,
     locked,
     make_dirs,
-    read_bounded,
-    read_json,
     write_atomic,
 )
 from proxy.patterns.layout import (
@@ -102,14 +98,13 @@ from proxy.patterns.layout import (
 )
 from proxy.updates.changes import Change, check_shrink, pattern_change
 from proxy.updates.repo import diff_path, full_path, verify_file
+from proxy.updates.repo_dir import read_signed
 from proxy.updates.signing import sign
 from proxy.updates.source import (
     DEFAULT_KEEP,
     MAX_KEEP,
-    MAX_MANIFEST_BYTES,
     REPO_FORMAT,
     REPO_TYPE,
-    SIGNATURE_BYTES,
     Diff,
     Manifest,
     PatternEntry,
@@ -145,35 +140,6 @@ class PublishReport:
     version: str = ""  # what changed patterns were published as
     build_version: str = ""  # the build's own (another when it was defaulted and taken)
     renumbered: bool = False  # the build's names were renumbered onto the published ones
-
-
-def _read_json(path: Path, limit: int) -> Any:
-    try:
-        return read_json(path, limit, error=PatternError, label=path.name)
-    except OSError as e:
-        raise PatternError(f"{path.name}: cannot read: {e.strerror or e}") from None
-
-
-def _read_signed(repo_dir: Path) -> tuple[bytes, bytes] | None:
-    """(manifest bytes, signature bytes) of a repo, or None when it has no manifest yet."""
-    m, s = repo_dir / MANIFEST, repo_dir / SIGNATURE
-    if not m.exists():
-        return None
-    try:
-        raw = read_bounded(m, MAX_MANIFEST_BYTES, error=PatternError, label=MANIFEST)
-        sig = read_bounded(s, SIGNATURE_BYTES + 1, error=PatternError, label=SIGNATURE) if s.exists() else b""
-    except OSError as e:
-        raise PatternError(f"{MANIFEST}: cannot read: {e.strerror or e}") from None
-    return raw, sig
-
-
-def read_repo(repo_dir: Path, public_key: Ed25519PublicKey | bytes | Path | None) -> Manifest:
-    """A repo's manifest; its signature is checked when a key is given."""
-    signed = _read_signed(Path(repo_dir))
-    if signed is None:
-        raise PatternError(f"{MANIFEST}: not found: not an update source")
-    raw, sig = signed
-    return parse_manifest(raw) if public_key is None else load_manifest(raw, sig, public_key)
 
 
 def _make_diff(file: str, old: Path, new: Path) -> bytes | None:
@@ -303,7 +269,7 @@ def _version(build: _Build, current: Manifest | None, strings_grow: bool,
 
 def _current(repo_dir: Path, private_key: Ed25519PrivateKey) -> Manifest | None:
     """The update source's manifest (checked with the key's public half), None if new."""
-    signed = _read_signed(repo_dir)
+    signed = read_signed(repo_dir)
     if signed is not None:
         return load_manifest(signed[0], signed[1], private_key.public_key())
     if any(not p.name.startswith(".publish") for p in repo_dir.iterdir()):
@@ -511,61 +477,3 @@ def _prune(repo_dir: Path, new: Manifest, old: Manifest | None) -> int:
 
 
 # ---------------------------------------------------------------- checking
-
-
-def verify_repo(repo_dir: Path, public_key: Ed25519PublicKey | bytes | Path | None) -> list[str]:
-    """Problems with an update source: signature (when a key is given), every named file's
-    size and SHA-256. An empty list means it is good."""
-    repo_dir = Path(repo_dir)
-    m = read_repo(repo_dir, public_key)
-    problems: list[str] = []
-
-    def check(rel: str, size: int, sha: str) -> None:
-        try:
-            verify_file(repo_dir / rel, size, sha, rel)
-        except PatternError as e:
-            problems.append(e.message)
-
-    check(full_path(STRINGS, m.strings_version, STRINGS_FILE), m.strings.size, m.strings.sha256)
-    for p in m.patterns:
-        for f in p.files:
-            check(full_path(p.name, p.version, f.name), f.size, f.sha256)
-        for d in p.diffs:
-            for f in d.files:
-                check(diff_path(p.name, d.from_version, d.to_version, f.name), f.size, f.sha256)
-    return problems
-
-
-def repo_info(repo_dir: Path) -> dict[str, Any]:
-    """What an update source holds (the signature is not checked: see ``verify_repo``)."""
-    m = read_repo(Path(repo_dir), None)
-    return {
-        "type": REPO_TYPE,
-        "published": iso(m.published),
-        "expires": iso(m.expires) if m.expires is not None else None,
-        "keep": m.keep,
-        "strings": m.strings_version,
-        "patterns": {
-            p.name: {
-                "version": p.version,
-                "entries": p.entries,
-                "size": sum(f.size for f in p.files),
-                "history": list(p.history),
-                "diffs": len(p.diffs),
-                "diff_size": sum(f.size for d in p.diffs for f in d.files),
-            }
-            for p in m.patterns
-        },
-    }
-
-
-def is_repo(path: Path) -> bool:
-    """Whether ``path`` looks like an update source (rather than a build directory)."""
-    path = Path(path)
-    if (path / SIGNATURE).exists():
-        return True
-    try:
-        doc = _read_json(path / MANIFEST, MAX_MANIFEST_BYTES)
-    except PatternError:
-        return False
-    return isinstance(doc, dict) and doc.get(TYPE) == REPO_TYPE

@@ -21,7 +21,7 @@ from proxy.cli import cli
 from proxy.patterns.layout import version_time
 from proxy.patterns.pattern import load_strings
 from proxy.patterns.tables import Table
-from proxy.updates.publish import read_repo
+from proxy.updates.repo_dir import read_repo
 from proxy.wire import urls
 
 

@@ -13,7 +13,8 @@ import pytest
 from proxy.errors import Refused
 from proxy.patterns.build import build_pattern
 from proxy.patterns.layout import VERSION_NAME, version_time
-from proxy.updates.publish import publish, read_repo
+from proxy.updates.publish import publish
+from proxy.updates.repo_dir import read_repo
 from proxy.updates.signing import keygen, load_private_key
 from proxy.updates.source import check_timely, newest
 

@@ -21,8 +21,9 @@ from proxy.errors import ConfigError, PatternError, Refused
 from proxy.patterns.build import build_pattern
 from proxy.serve.repo_server import make_server
 from proxy.updates import repo
-from proxy.updates.publish import publish, read_repo, repo_info, verify_repo
+from proxy.updates.publish import publish
 from proxy.updates.repo import FetchKind
+from proxy.updates.repo_dir import read_repo, repo_info, verify_repo
 from proxy.updates.signing import keygen, load_private_key, load_public_key
 
 V1, V2, V3, V4 = "2024010100", "2024010101", "2024010102", "2024010103"
