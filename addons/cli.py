@@ -91,15 +91,8 @@ def serve(run: Run) -> None:
 
     cfg = run.config
     setup_logging(cfg.log_level)
-    startup.check_doors(cfg)
-    if startup.prepare_data_dir(cfg, "appliance"):
-        click.echo(f"rampart serve: created data directory {cfg.data_dir} (mode 0700)", err=True)
-    held = startup.claim(cfg)
-    try:
-        startup.check_ports(cfg, held)
+    with startup.checked(cfg, "appliance", lambda text: click.echo(f"rampart serve: {text}", err=True)):
         error = uvloop.run(master.run(cfg, lambda doors: click.echo(_started(cfg, doors), err=True)))
-    finally:
-        held.release()
     if error:
         say_error(error, 1)
 

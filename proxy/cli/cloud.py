@@ -53,15 +53,8 @@ def cloud(run: Run, port: int) -> None:
     if run.flags.get("data_dir") is None and cfg.data_dir == default_data_dir():
         cfg = cfg.replace(data_dir=default_data_dir("cloud"))  # no folder given: the cloud's own
     setup_logging(cfg.log_level)
-    startup.check_doors(cfg)
-    if startup.prepare_data_dir(cfg, "cloud"):
-        click.echo(f"rampart cloud: created data directory {cfg.data_dir} (mode 0700)", err=True)
-    held = startup.claim(cfg)
-    try:
-        startup.check_ports(cfg, held)
+    with startup.checked(cfg, "cloud", lambda text: click.echo(f"rampart cloud: {text}", err=True)):
         run_async(functools.partial(_serve, cfg))
-    finally:
-        held.release()
 
 
 async def _serve(cfg: Config, stop: asyncio.Event) -> None:

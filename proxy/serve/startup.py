@@ -17,6 +17,8 @@ import errno
 import fcntl
 import os
 import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from proxy.config import Config
@@ -71,6 +73,22 @@ def claim(cfg: Config) -> Claim:
 def _holder(fd: int) -> int:
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     return int(text) if text.isdigit() else 0
+
+
+@contextmanager
+def checked(cfg: Config, role: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Every check before ``role`` (``appliance`` or ``cloud``) starts, in order: a door on, the
+    data directory made (``say`` tells so) and ``role``'s, the ports free; then the data
+    directory's lock held while the block runs. Raises ConfigError or RampartError."""
+    check_doors(cfg)
+    if prepare_data_dir(cfg, role):
+        say(f"created data directory {cfg.data_dir} (mode 0700)")
+    held = claim(cfg)
+    try:
+        check_ports(cfg, held)
+        yield
+    finally:
+        held.release()
 
 
 def check_doors(cfg: Config) -> None:
