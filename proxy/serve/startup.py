@@ -38,6 +38,9 @@ DOORS = {
 }
 """Each port key: the flag that sets it and what listens there."""
 
+CLOUD_FLAGS = {"query_tls_port": "--port"}
+"""`rampart cloud` sets its one door with --port."""
+
 ANSWERING = ("query_port", "query_tls_port", "proxy_port", "transparent_port")
 """The ports that answer products: at least one must be on."""
 
@@ -85,7 +88,7 @@ def checked(cfg: Config, role: str, say: Callable[[str], None]) -> Iterator[None
         say(f"created data directory {cfg.data_dir} (mode 0700)")
     held = claim(cfg)
     try:
-        check_ports(cfg, held)
+        check_ports(cfg, held, CLOUD_FLAGS if role == "cloud" else None)
         yield
     finally:
         held.release()
@@ -99,9 +102,12 @@ def check_doors(cfg: Config) -> None:
                           " turn one on")
 
 
-def check_ports(cfg: Config, claim: Claim | None = None) -> None:
-    """Try to bind every port that is on; RampartError naming the flag on the first that fails."""
+def check_ports(cfg: Config, claim: Claim | None = None,
+                flags: dict[str, str] | None = None) -> None:
+    """Try to bind every port that is on; RampartError naming the flag on the first that fails
+    (``flags``: the command's own flag for a port key, where it is not serve's)."""
     for key, (flag, what) in DOORS.items():
+        flag = (flags or {}).get(key, flag)
         port = getattr(cfg, key)
         if not port:
             continue

@@ -92,3 +92,13 @@ def test_update_now_without_a_source_is_a_configuration_error(tmp_path: Path) ->
             "--update-source", "http://127.0.0.1:9", "--update-key", __file__)
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_the_clouds_busy_port_names_its_own_flag(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run("cloud", "--data-dir", str(tmp_path / "c"), *QUIET, "--port", str(port))
+    assert r.returncode == 1
+    assert f"port {port} for the query door (https)" in r.stderr and "change --port" in r.stderr
