@@ -89,7 +89,8 @@ def warnings_for(
             out.append(f"{what} expired on {e.not_after:%Y-%m-%d}")
         elif left <= window * 86400:
             days = e.days_left(now)
-            fix = "rotate it: rampart ca rotate" if e.name == "ca" else "restart to reissue it"
+            fix = ("rotate it: rampart ca rotate" if e.name == "ca"
+                   else "a running server reissues it within the hour")
             out.append(f"{what} expires in {days} days ({e.not_after:%Y-%m-%d}); {fix}")
     return out
 

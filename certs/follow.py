@@ -1,5 +1,6 @@
 """A running server follows its TLS material on disk: a CA rotation or import (or a served
-certificate replaced) reaches new connections within ``POLL_SECONDS``, without a restart.
+certificate replaced) reaches new connections within ``POLL_SECONDS``, without a restart;
+the query door's certificate is reissued when it enters its last 30 days.
 
 A ``Follower`` polls the stamps (inode, size, modification time) of the files a door
 presents, like the lists and pattern pollers do, and when one changed loads them again
@@ -18,9 +19,11 @@ door's follower lives in ``addons.certstore`` (it builds a mitmproxy certificate
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -31,7 +34,7 @@ from certs.ca import CA, CA_CERT_FILE, CA_KEY_FILE, CA_LOCK_FILE, fingerprint
 from certs.files import lock_file, read_pem
 from certs.rotate import SERVED_DIR
 from certs.serving import Serving
-from certs.tls import leaf_path, server_context
+from certs.tls import RENEW_BEFORE, leaf_path, server_context
 from proxy.errors import CertError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ T = TypeVar("T")
 
 POLL_SECONDS = 2.0
 """How often a running server looks at its certificate files (``rampart ca show`` says it)."""
+
+RENEW_LOOK_SECONDS = 3600.0
+"""How often the query door checks whether its certificate is due to be reissued."""
 
 Stamp = tuple[tuple[int, int, int] | None, ...]
 """Per watched file: (inode, size, mtime in ns), or None while it is missing."""
@@ -87,9 +93,15 @@ class Follower(Generic[T]):
         return self._locked_load()
 
     def changed(self) -> bool:
-        """Whether the files changed since the last load (or the last failed attempt)."""
+        """Whether the files changed since the last load (or the last failed attempt), or what
+        is presented is due to be renewed."""
         now = stamp(self.paths)
-        return now != self._seen and now != self._failed
+        return (now != self._seen and now != self._failed) or self.due()
+
+    def due(self) -> bool:
+        """Whether what is presented must be made again although no file changed (no: the
+        default; the query door renews a certificate nearing its end)."""
+        return False
 
     async def follow(self, use: Callable[[T], None], interval: float = POLL_SECONDS) -> None:
         """Poll forever; hand each new load to ``use`` (on the loop), keep the old on failure."""
@@ -120,15 +132,32 @@ class QueryTls(Follower[ssl.SSLContext]):
     """The query door's HTTPS context: the served certificate ``DATA/tls/tls-server.pem`` for
     ``names`` from the current CA, reissued from a new CA when the one on disk is not its."""
 
-    def __init__(self, data_dir: Path, names: Sequence[str]) -> None:
+    def __init__(self, data_dir: Path, names: Sequence[str],
+                 clock: Callable[[], float] = time.time) -> None:
         data_dir = Path(data_dir)
         self.names = list(names)
+        self.clock = clock
+        self._renew_at = dt.datetime.max.replace(tzinfo=dt.UTC)
+        self._next_look = 0.0
         self.state_dir = data_dir / SERVED_DIR
         watched = [data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE, leaf_path(self.state_dir)]
         super().__init__(data_dir, watched, Serving(data_dir, "query", "query door (HTTPS)"))
 
     def load(self) -> tuple[ssl.SSLContext, x509.Certificate, x509.Certificate | None]:
         ca = CA.load(self.data_dir)
-        context = server_context(ca, self.names, state_dir=self.state_dir)
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        context = server_context(ca, self.names, state_dir=self.state_dir, now=now)
         leaf = x509.load_pem_x509_certificates(read_pem(leaf_path(self.state_dir), private=True))[0]
+        self._renew_at = leaf.not_valid_after_utc - RENEW_BEFORE
+        self._next_look = self.clock() + RENEW_LOOK_SECONDS
         return context, ca.cert, leaf
+
+    def due(self) -> bool:
+        """The served certificate entered its last ``RENEW_BEFORE``: loading again reissues it
+        (``server_context`` does). Looked at hourly, so a CA too close to its own end to give
+        a longer certificate is not reissued every poll."""
+        now = self.clock()
+        if now < self._next_look:
+            return False
+        self._next_look = now + RENEW_LOOK_SECONDS
+        return dt.datetime.fromtimestamp(now, dt.UTC) >= self._renew_at

@@ -4,10 +4,12 @@ certs/serving.py (what a running door records for `rampart ca show`)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ from cryptography import x509
 
 from certs import CA
 from certs.ca import CA_LOCK_FILE, fingerprint, key_pem
-from certs.files import lock_file, write_pem
+from certs.files import lock_file, read_pem, write_pem
 from certs.follow import QueryTls
 from certs.rotate import rotate
 from certs.serving import Serving, running
+from certs.tls import leaf_path
 
 NAMES = ["localhost", "127.0.0.1"]
 
@@ -162,3 +165,25 @@ def test_a_second_server_on_the_same_data_directory_leaves_the_record_to_the_fir
     assert record.ca_sha256 == ca.fingerprint_sha256()
     first.close()
     assert running(data) == [] and not (data / "tls" / "serving-query.json").exists()
+
+
+def test_a_certificate_entering_its_last_30_days_is_reissued_while_running(
+        tmp_path: Path) -> None:
+    """No restart to renew: the hourly look finds the served certificate due and reissues it."""
+    data = tmp_path / "data"
+    CA.ensure(data)
+    clock = [time.time()]
+    tls = QueryTls(data, NAMES, clock=lambda: clock[0])
+    tls.first()
+    first = served_leaf(data)
+    clock[0] = (first.not_valid_after_utc - dt.timedelta(days=10)).timestamp()  # time passed
+    [context] = asyncio.run(follow_until(tls, 1))
+    renewed = served_leaf(data)
+    assert renewed.not_valid_after_utc - first.not_valid_after_utc > dt.timedelta(days=300)
+    assert isinstance(context, ssl.SSLContext)
+    assert not tls.due()  # the next look is an hour away
+    tls.close()
+
+
+def served_leaf(data: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(read_pem(leaf_path(data / "tls"), private=True))[0]

@@ -333,7 +333,8 @@ def test_import_problems_small_rsa_key() -> None:
         ("ca", -DAY, "the CA expired on 2026-02-28"),
         ("tls-server", 60 * DAY, None),
         ("tls-server", 29 * DAY + dt.timedelta(hours=1),
-         "served certificate tls-server expires in 29 days (2026-03-30); restart to reissue it"),
+         "served certificate tls-server expires in 29 days (2026-03-30); a running server"
+         " reissues it within the hour"),
         ("tls-server", dt.timedelta(0), "served certificate tls-server expired on 2026-03-01"),
     ],
 )
