@@ -26,6 +26,8 @@ from proxy.model import HOST_LABEL, Allowed
 MAX_CONFIG_BYTES = 1 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEGRADED_ACTIONS = ("allow", "block")
+LOG_CLIENTS = ("full", "truncated", "none")
+LOG_FORMATS = ("text", "json")
 LOCAL_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
                   "fc00::/7")
 """Loopback and private ranges: who the doors serve unless configured otherwise."""
@@ -164,6 +166,37 @@ class Config:
     stale_after: int = _opt(
         6 * 3600, "seconds after which a pattern counts as stale in /readyz", lo=60
     )
+    # console and admin API
+    console_port: int = _opt(
+        4343, "console door: the admin API and web console over HTTPS; 0 turns it off",
+        lo=0, hi=65535,
+    )
+    console_clients: list[str] = _opt(
+        list(LOCAL_NETWORKS), "client networks (CIDR) the console door answers; others get 403"
+    )
+    console_sessions: int = _opt(
+        64, "most browser sessions kept at once; a new login evicts the oldest", lo=1, hi=100_000
+    )
+    session_idle_timeout: float = _opt(
+        8 * 3600.0, "seconds a browser session lasts without use", lo=60, hi=30 * 86400
+    )
+    login_attempts: int = _opt(
+        5, "failed logins a client may make a minute before it must wait (429)", lo=1, hi=1000
+    )
+    # logs
+    query_log: bool = _opt(True, "keep the query log (DATA_DIR/logs.sqlite) for search and export")
+    log_clients: str = _opt(
+        "full", "client addresses in the query log: full, truncated (IPv4 /24, IPv6 /48) or none"
+    )
+    log_retention_days: int = _opt(30, "days query-log entries are kept", lo=1, hi=3650)
+    log_max_rows: int = _opt(
+        1_000_000, "most query-log rows kept; the oldest go first", lo=1000, hi=1_000_000_000
+    )
+    log_queue: int = _opt(
+        10_000, "log entries waiting for the writer; above it entries are dropped and counted,"
+        " never queries", lo=100, hi=10_000_000,
+    )
+    log_format: str = _opt("text", "standard-error log lines: text or json")
     # pattern updates
     update_source: str = _opt(
         "", "update source to follow (http(s)://host[:port][/path], a `rampart pattern serve`"
@@ -274,6 +307,10 @@ def validate(cfg: Config) -> Config:
     except ValueError:
         if cfg.listen not in ("localhost", ""):
             raise ConfigError(f"config key 'listen': {cfg.listen!r} is not an IP address") from None
+    for key, allowed in (("log_clients", LOG_CLIENTS), ("log_format", LOG_FORMATS)):
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of"
+                              f" {', '.join(allowed)}")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"config key 'log_level': {cfg.log_level!r} is not debug/info/warning/error")
     if cfg.degraded_action not in DEGRADED_ACTIONS:
@@ -351,7 +388,8 @@ def _source_ok(url: str) -> bool:
 
 
 # every port the appliance listens on: no two may be the same, none is a destination
-PORT_KEYS = ("query_port", "query_tls_port", "proxy_port", "transparent_port", "capture_port")
+PORT_KEYS = ("query_port", "query_tls_port", "proxy_port", "transparent_port", "capture_port",
+             "console_port")
 
 
 def _check_ports(cfg: Config) -> None:
