@@ -27,6 +27,8 @@ MAY_IMPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy.decide", (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.decide")),
     ("proxy.updates", (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.updates", "proxy.relay.http_client")),
     ("proxy.serve", (*CORE, "certs")),
+    ("proxy.console", (*BOTTOM, "proxy.wire", "proxy.decide", "proxy.logs", "proxy.serve", "proxy.updates",
+                       "proxy.patterns", "certs", "proxy.console")),
     ("proxy.cli", ("proxy", "certs", "appliance")),
     ("proxy", ()),  # the package's own __init__
     ("certs", ("proxy.errors", "proxy.files", "proxy.clock", "certs")),

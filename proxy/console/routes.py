@@ -1,0 +1,172 @@
+"""The admin API's operations over one running App: sessions, status, lists, updates.
+
+Each function takes the request and the authenticated caller (``Principal``, None for
+the open routes) and returns JSON-able data; ``api_routes`` is the table the door
+serves and the OpenAPI document describes. Permissions are those of
+``proxy.console.accounts``: ``read`` for every role, ``lists.write`` and
+``updates.run`` for operators and admins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from proxy.console.api import SESSION_COOKIE, Route, answer, cookie, field, json_body
+from proxy.decide.explain import explain_url
+from proxy.decide.lists import ListName
+from proxy.errors import ConfigError, ProtocolError
+from proxy.wire.http import Request, Response
+
+MAX_VALUES = 1000
+
+
+def _list_name(doc: dict[str, Any]) -> ListName:
+    name = field(doc, "list", str, limit=16)
+    try:
+        return ListName(name)
+    except ValueError:
+        raise ProtocolError("bad_field", "field 'list' must be 'blocked' or 'approved'") from None
+
+
+def _values(doc: dict[str, Any]) -> list[str]:
+    values = doc.get("values")
+    if (not isinstance(values, list) or not values or len(values) > MAX_VALUES
+            or not all(isinstance(v, str) and 0 < len(v) <= 4096 for v in values)):
+        raise ProtocolError("bad_field", f"field 'values' must be a list of 1 to {MAX_VALUES}"
+                            " non-empty strings")
+    return values
+
+
+class Operations:
+    """What the API does, on ``app`` (a ``proxy.serve.app.App``) and ``accounts``."""
+
+    def __init__(self, app: Any, accounts: Any, *, secure_cookie: bool = True) -> None:
+        self.app = app
+        self.accounts = accounts
+        self.secure_cookie = secure_cookie
+        self.started = time.time()
+
+    # ------------------------------------------------------------ sessions
+
+    async def login(self, request: Request, _: Any) -> Response:
+        doc = json_body(request, ("user", "password"))
+        user = field(doc, "user", str, limit=64)
+        password = field(doc, "password", str, limit=1024)
+        # scrypt is slow on purpose: off the loop, so the doors keep answering meanwhile
+        session = await asyncio.to_thread(self.accounts.login, user, password, request.client)
+        flags = "; Secure" if self.secure_cookie else ""
+        set_cookie = (f"{SESSION_COOKIE}={session.token}; Path=/; HttpOnly; SameSite=Strict{flags}")
+        return answer({"user": session.user, "role": session.role, "csrf": session.csrf},
+                      headers=(("Set-Cookie", set_cookie),))
+
+    def logout(self, request: Request, _: Any) -> Response:
+        token = cookie(request, SESSION_COOKIE)
+        if token is not None:
+            self.accounts.logout(token)
+        gone = f"{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
+        return answer({"logged_out": True}, headers=(("Set-Cookie", gone),))
+
+    def whoami(self, request: Request, who: Any) -> dict[str, Any]:
+        # a session's CSRF token, for a page reloaded in the same tab (readable by this
+        # origin's scripts only: another site cannot read the answer)
+        return {"user": who.name, "role": who.role, "kind": who.kind, "csrf": who.csrf}
+
+    # ------------------------------------------------------------ status
+
+    def status(self, request: Request, _: Any) -> dict[str, Any]:
+        body = self.app.readiness()
+        body["items"] = {f"{s}/{src}": n for (s, src), n in sorted(self.app.stats.items.items())}
+        body["cache"] = {"entries": len(self.app.cache)}
+        body["uptime_seconds"] = round(time.time() - self.started, 1)
+        return dict(body)
+
+    # ------------------------------------------------------------ lists
+
+    def lists(self, request: Request, _: Any) -> dict[str, Any]:
+        entries = self.app.lists_store.entries()
+        return {"entries": [{"list": e.list.value, "kind": e.kind.value, "value": e.value,
+                             "note": e.note, "created": e.created} for e in entries]}
+
+    def lists_add(self, request: Request, who: Any) -> dict[str, Any]:
+        doc = json_body(request, ("list", "values"))
+        name, values = _list_name(doc), _values(doc)
+        note = field(doc, "note", str, limit=500) if "note" in doc else ""
+        messages = self._edit(lambda: self.app.lists_store.add(
+            name, [(None, v) for v in values], note=note))
+        return {"messages": messages}
+
+    def lists_remove(self, request: Request, who: Any) -> dict[str, Any]:
+        doc = json_body(request, ("values",))
+        values = _values(doc)
+        name = _list_name(doc) if "list" in doc else None
+        removed = self._edit(lambda: self.app.lists_store.remove(
+            [(None, v) for v in values], name=name))
+        return {"removed": removed}
+
+    def lists_test(self, request: Request, _: Any) -> dict[str, Any]:
+        doc = json_body(request, ("url",))
+        url = field(doc, "url", str, limit=4096)
+        try:
+            e = explain_url(url, self.app.engine.lists, self.app.engine.patterns)
+        except (ConfigError, ValueError) as err:
+            raise ProtocolError("bad_url", f"field 'url': {err}") from None
+        return {"url": e.url, "canonical": e.canonical, "lines": e.lines(),
+                "rules": [{"list": n, "kind": k, "value": v} for n, k, v in e.rules],
+                "decision": None if e.decision is None else {
+                    "rating": e.decision.rating.value, "source": e.decision.source.value,
+                    "matched": e.decision.matched}}
+
+    def _edit(self, change: Any) -> Any:
+        """Change the lists, then serve the new ones at once (the poller would within 2 s)."""
+        result = change()
+        self.app.engine.lists = self.app.lists_store.snapshot()
+        return result
+
+    # ------------------------------------------------------------ updates
+
+    async def update_now(self, request: Request, _: Any) -> dict[str, Any]:
+        updater = self.app.keeper.updater
+        if updater is None:
+            raise ProtocolError("no_update_source", "no update source configured"
+                                " (update_source and update_key)", status=409)
+        result = await updater.update_once()
+        return dict(result.to_json())
+
+    async def rollback(self, request: Request, _: Any) -> dict[str, Any]:
+        store = self.app.keeper.store
+        if store is None:
+            raise ProtocolError("no_store", "this appliance serves a fixed pattern directory",
+                                status=409)
+        before = store.current_version()
+        after = await asyncio.to_thread(store.rollback)
+        await self.app.keeper.reload()
+        return {"from": before, "to": after}
+
+
+def api_routes(ops: Operations, openapi: Any) -> list[Route]:
+    """The admin API, in the order the OpenAPI document lists it."""
+    return [
+        Route("POST", "/api/login", None, "Log in: a session cookie and its CSRF token",
+              ops.login, {"user": "account name", "password": "its password"}),
+        Route("POST", "/api/logout", "read", "End this session", ops.logout),
+        Route("GET", "/api/session", "read", "Who is calling, and with which role", ops.whoami),
+        Route("GET", "/api/status", "read",
+              "Doors, pattern versions and ages, cloud endpoints, cache, certificates, counters",
+              ops.status),
+        Route("GET", "/api/lists", "read", "Every approved and blocked rule", ops.lists),
+        Route("POST", "/api/lists", "lists.write", "Add values to a list", ops.lists_add,
+              {"list": "blocked or approved", "values": "hashes, domains, URL prefixes",
+               "note": "optional, one line"}),
+        Route("POST", "/api/lists/remove", "lists.write", "Remove values from the lists",
+              ops.lists_remove, {"values": "the values", "list": "optional: only this list"}),
+        Route("POST", "/api/lists/test", "read",
+              "Which rule or pattern entry decides a URL, and why", ops.lists_test,
+              {"url": "the URL"}),
+        Route("POST", "/api/updates/now", "updates.run", "Take an update from the source now",
+              ops.update_now),
+        Route("POST", "/api/updates/rollback", "updates.run",
+              "Go back to the version installed before the current one", ops.rollback),
+        Route("GET", "/api/openapi.json", None, "This document", openapi),
+    ]

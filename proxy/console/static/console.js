@@ -1,0 +1,192 @@
+// The Rampart web console: plain JavaScript over the admin API (/api/), nothing fetched
+// from anywhere else. The session cookie is HttpOnly; its CSRF token is kept for this tab.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+let csrf = sessionStorage.getItem("rampart-csrf") || "";
+let timer = null;
+
+function say(text, isError) {
+  const m = $("#message");
+  m.textContent = text || "";
+  m.className = isError ? "error" : "";
+}
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (method !== "GET") {
+    headers["Content-Type"] = "application/json";
+    headers["X-CSRF-Token"] = csrf;
+  }
+  const res = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const doc = await res.json().catch(() => ({}));
+  if (res.status === 401 && path !== "/api/login") { showLogin(); }
+  if (!res.ok) {
+    throw new Error((doc.error && doc.error.message) || `${res.status} ${res.statusText}`);
+  }
+  return doc;
+}
+
+function cell(row, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text === undefined || text === null ? "" : String(text);
+  if (cls) td.className = cls;
+  row.appendChild(td);
+  return td;
+}
+
+function fill(table, rows) {
+  const body = $(table).querySelector("tbody");
+  body.replaceChildren();
+  for (const values of rows) {
+    const tr = document.createElement("tr");
+    for (const v of values) cell(tr, v);
+    body.appendChild(tr);
+  }
+}
+
+function age(seconds) {
+  if (seconds === undefined || seconds === null) return "";
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function showLogin() {
+  clearInterval(timer);
+  $("#nav").hidden = true; $("#who").hidden = true;
+  document.querySelectorAll(".page").forEach((p) => { p.hidden = true; });
+  $("#login").hidden = false;
+}
+
+async function showPage(name) {
+  $("#login").hidden = true; $("#nav").hidden = false; $("#who").hidden = false;
+  document.querySelectorAll(".page").forEach((p) => { p.hidden = p.id !== name; });
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === name));
+  clearInterval(timer);
+  say("");
+  try {
+    await LOADERS[name]();
+    if (name === "dashboard") timer = setInterval(() => LOADERS.dashboard().catch(() => {}), 3000);
+  } catch (e) { say(e.message, true); }
+}
+
+async function loadDashboard() {
+  const s = await api("GET", "/api/status");
+  const p = s.pattern || {};
+  const status = $("#d-status");
+  status.textContent = s.status === "ready" ? "Protecting" : "Patterns stale";
+  status.className = "big " + (s.status === "ready" ? "ok" : "stale");
+  $("#d-pattern").textContent = `pattern ${p.version || "?"}, ${age(p.age_seconds)} old`;
+  const items = Object.entries(s.items || {});
+  const total = items.reduce((n, [, v]) => n + v, 0);
+  const local = items.filter(([k]) => /\/(pattern|blocked-list|approved-list|cache|local)$/.test(k))
+    .reduce((n, [, v]) => n + v, 0);
+  $("#d-total").textContent = String(total);
+  $("#d-local").textContent = total ? `${Math.round(100 * local / total)} % answered here` : "no queries yet";
+  $("#d-cache").textContent = String((s.cache || {}).entries || 0);
+  const cloud = $("#d-cloud");
+  cloud.replaceChildren();
+  for (const e of s.cloud || []) {
+    const li = document.createElement("li");
+    li.textContent = `${e.url}: ${e.state || e.circuit || "?"}`;
+    cloud.appendChild(li);
+  }
+  if (!(s.cloud || []).length) cloud.textContent = "none configured";
+  fill("#d-items", items.map(([k, v]) => [...k.split("/"), v]));
+  const pats = p.patterns || {};
+  fill("#d-patterns", Object.entries(pats).map(([name, q]) => [name, q.version, age(q.age_seconds), q.entries]));
+}
+
+async function loadLists() {
+  const doc = await api("GET", "/api/lists");
+  const body = $("#l-entries tbody");
+  body.replaceChildren();
+  for (const e of doc.entries) {
+    const tr = document.createElement("tr");
+    cell(tr, e.list); cell(tr, e.kind); cell(tr, e.value, "value"); cell(tr, e.note);
+    cell(tr, new Date(e.created * 1000).toLocaleString());
+    const b = document.createElement("button");
+    b.type = "button"; b.className = "secondary"; b.textContent = "Remove";
+    b.addEventListener("click", async () => {
+      try { await api("POST", "/api/lists/remove", { values: [e.value], list: e.list });
+        say(`removed ${e.value}`); await loadLists(); } catch (err) { say(err.message, true); }
+    });
+    cell(tr, "").appendChild(b);
+    body.appendChild(tr);
+  }
+}
+
+async function loadUpdates() {
+  const s = await api("GET", "/api/status");
+  const p = s.pattern || {};
+  const up = p.update;
+  $("#u-source").textContent = up ? `update source ${up.source || ""}` : "no update source configured";
+  fill("#u-versions", (p.versions || []).map((v) => [v === p.version ? `${v} (current)` : v]));
+}
+
+async function loadCertificates() {
+  const s = await api("GET", "/api/status");
+  const c = s.certificates || {};
+  fill("#c-table", (c.expiry || []).map((e) => [e.cert === "ca" ? "appliance CA" : e.cert,
+    new Date(e.not_after).toLocaleDateString(), e.days_left]));
+  const warn = $("#c-warnings");
+  warn.replaceChildren();
+  for (const w of c.warnings || []) {
+    const li = document.createElement("li");
+    li.textContent = w;
+    warn.appendChild(li);
+  }
+}
+
+const LOADERS = { dashboard: loadDashboard, lists: loadLists, updates: loadUpdates, certificates: loadCertificates };
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    try {
+      const doc = await api("POST", "/api/login", { user: f.get("user"), password: f.get("password") });
+      csrf = doc.csrf; sessionStorage.setItem("rampart-csrf", csrf);
+      $("#who-name").textContent = `${doc.user} (${doc.role})`;
+      say("");
+      location.hash = "#dashboard"; showPage("dashboard");
+    } catch (e) { say(e.message, true); }
+  });
+  $("#logout").addEventListener("click", async () => {
+    try { await api("POST", "/api/logout", {}); } catch (e) { /* gone already */ }
+    sessionStorage.removeItem("rampart-csrf"); csrf = ""; say("logged out"); showLogin();
+  });
+  $("#add-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    try {
+      const doc = await api("POST", "/api/lists", { list: f.get("list"), values: [f.get("value")], note: f.get("note") || "" });
+      say(doc.messages.join("; ")); ev.target.reset(); await loadLists();
+    } catch (e) { say(e.message, true); }
+  });
+  $("#test-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const doc = await api("POST", "/api/lists/test", { url: new FormData(ev.target).get("url") });
+      $("#test-result").textContent = doc.lines.join("\n");
+    } catch (e) { say(e.message, true); }
+  });
+  $("#update-now").addEventListener("click", async () => {
+    try { const r = await api("POST", "/api/updates/now", {}); $("#u-result").textContent = JSON.stringify(r, null, 1); }
+    catch (e) { say(e.message, true); }
+  });
+  $("#rollback").addEventListener("click", async () => {
+    try { const r = await api("POST", "/api/updates/rollback", {}); say(`rolled back from ${r.from} to ${r.to}`); await loadUpdates(); }
+    catch (e) { say(e.message, true); }
+  });
+  window.addEventListener("hashchange", () => showPage(location.hash.slice(1) || "dashboard"));
+  api("GET", "/api/session").then((doc) => {
+    if (doc.csrf) { csrf = doc.csrf; sessionStorage.setItem("rampart-csrf", csrf); }
+    $("#who-name").textContent = `${doc.user} (${doc.role})`;
+    showPage(location.hash.slice(1) in LOADERS ? location.hash.slice(1) : "dashboard");
+  }).catch(() => showLogin());
+});
