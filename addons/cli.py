@@ -55,6 +55,8 @@ def _port_help(what: str, key: str) -> str:
              help="Destination on this machine, loopback or link-local the intercept door may "
                   "reach: HOST[:PORT], [V6]:PORT or CIDR (repeatable; default none, the --cloud "
                   "endpoints excepted).")
+@config_flag("--console-port", type=PORT, envvar="RAMPART_CONSOLE_PORT",
+             help=_port_help("Console door: admin API and web console over HTTPS", "console_port"))
 @config_flag("--capture", type=click.Path(path_type=Path, dir_okay=False),
              help="Append reputation flows to this mitmproxy flow file (mitmdump -nr FILE).")
 @config_flag("--capture-filter", help="mitmproxy filter expression for --capture, e.g. '~u /v1/file'.")
@@ -121,6 +123,12 @@ def _started(cfg: config_mod.Config, doors: Doors) -> str:
     if doors.intercept is not None:
         shown = sorted(doors.intercept.hosts.exact) + [f"*{s}" for s in doors.intercept.hosts.suffixes]
         lines.append("  intercepts  " + (", ".join(shown) or "nothing (every host passes through)"))
+    console = doors.door.console
+    if console is not None:
+        lines.append(f"  console     {door_url('https', cfg.listen, console.port)}")
+        if console.first_password is not None:
+            lines.append(f"              first login: admin / {console.first_password}  (shown once;"
+                         " change it: rampart admin passwd)")
     if doors.capture.bound_port:
         lines.append(f"  capture     http://127.0.0.1:{doors.capture.bound_port}/v1/capture")
     lines.append("  cloud       " + (", ".join(cfg.cloud) or "none (unknown items are answered"

@@ -1,7 +1,8 @@
 """Starts the query door (the lean HTTP server of proxy.serve.server) in mitmproxy's loop.
 
-The door is a ``proxy.serve.app.App``; this addon only ties its life to mitmproxy's:
-``running`` starts it, ``done`` stops it. A start failure (a port in use, a bad
+The door is a ``proxy.serve.app.App``, with the console door (``proxy.console.door``)
+beside it when ``console_port`` is on; this addon only ties their life to mitmproxy's:
+``running`` starts them, ``done`` stops them. A start failure (a port in use, a bad
 pattern) is reported and shuts the master down with the reason.
 """
 
@@ -12,6 +13,7 @@ import logging
 from mitmproxy import ctx
 
 from proxy.config import Config
+from proxy.console.door import ConsoleDoor, start_console
 from proxy.errors import RampartError
 from proxy.serve.app import App
 from proxy.serve.conns import ConnectionCaps
@@ -31,10 +33,13 @@ class QueryDoor:
         self.app = App(cfg, caps=caps)
         self.start_error: str | None = None  # not `error`: that name is a mitmproxy hook
         self.started = False
+        self.console: ConsoleDoor | None = None  # the admin API and web console, when on
 
     async def running(self) -> None:
         try:
             await self.app.start()
+            if self.app.cfg.console_port:
+                self.console = await start_console(self.app.cfg, self.app)
             self.started = True
         except (RampartError, OSError) as e:
             self.start_error = _reason(e)
@@ -42,5 +47,7 @@ class QueryDoor:
             ctx.master.shutdown()
 
     async def done(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
         if self.started:
             await self.app.stop()

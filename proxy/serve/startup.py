@@ -35,6 +35,7 @@ DOORS = {
     "proxy_port": ("--proxy-port", "intercept door (explicit proxy)"),
     "transparent_port": ("--transparent-port", "intercept door (transparent)"),
     "capture_port": ("--capture-port", "capture stream"),
+    "console_port": ("--console-port", "console door (https)"),
 }
 """Each port key: the flag that sets it and what listens there."""
 

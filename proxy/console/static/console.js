@@ -125,7 +125,7 @@ async function loadUpdates() {
   const p = s.pattern || {};
   const up = p.update;
   $("#u-source").textContent = up ? `update source ${up.source || ""}` : "no update source configured";
-  fill("#u-versions", (p.versions || []).map((v) => [v === p.version ? `${v} (current)` : v]));
+  fill("#u-versions", (p.versions || []).map((v) => [v === p.stored ? `${v} (current)` : v]));
 }
 
 async function loadCertificates() {

@@ -1,0 +1,174 @@
+"""The console door of a real `rampart serve` on 127.0.0.1: the admin API over HTTPS with the
+appliance CA, its credentials, CSRF, roles, bad input, the OpenAPI document and the pages."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.console.accounts import Accounts
+from tests.conftest import EICAR_MD5, RAMPART, Proc, free_port
+
+pytestmark = pytest.mark.integration
+
+
+class Console:
+    def __init__(self, proc: Proc, port: int, password: str) -> None:
+        self.proc, self.port, self.password = proc, port, password
+        self.base = f"https://localhost:{port}"
+        self.ca = ssl.create_default_context(cafile=str(proc.data_dir / "ca.pem"))
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, verify=self.ca, timeout=15)
+
+    def login(self, client: httpx.Client) -> str:
+        r = client.post("/api/login", json={"user": "admin", "password": self.password})
+        assert r.status_code == 200, r.text
+        assert "HttpOnly" in r.headers["set-cookie"] and "SameSite=Strict" in r.headers["set-cookie"]
+        assert "Secure" in r.headers["set-cookie"]
+        return str(r.json()["csrf"])
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    tmp = tmp_path_factory.mktemp("console")
+    http, port = free_port(), free_port()
+    proc = Proc([*RAMPART, "serve", "--data-dir", str(tmp / "d"), "--listen", "127.0.0.1",
+                 "--query-port", str(http), "--query-tls-port", "0", "--console-port", str(port)],
+                tmp / "d", tmp / "serve.log", {"http": http, "console": port})
+    proc.start(f"http://127.0.0.1:{http}/healthz")
+    deadline = time.monotonic() + 20
+    found = None
+    while found is None and time.monotonic() < deadline:
+        found = re.search(r"first login: admin / (\S+)", proc.output())
+        time.sleep(0.1)
+    assert found is not None, proc.output()
+    yield Console(proc, port, found[1])
+    proc.stop()
+
+
+def test_without_credentials_every_operation_is_401_but_login_and_the_document(
+        console: Console) -> None:
+    with console.client() as c:
+        for method, path in (("GET", "/api/status"), ("GET", "/api/lists"),
+                             ("POST", "/api/lists"), ("POST", "/api/updates/now")):
+            r = c.request(method, path, json={})
+            assert r.status_code == 401, (path, r.text)
+            assert r.json()["error"]["code"] == "unauthorized"
+        assert c.get("/api/openapi.json").status_code == 200
+        assert c.get("/api/nothing").status_code == 404
+        assert c.delete("/api/status").status_code == 405
+
+
+def test_a_session_reads_status_and_edits_lists_with_its_csrf_token(console: Console) -> None:
+    query = f"http://127.0.0.1:{console.proc.ports['http']}"
+    with console.client() as c:
+        csrf = console.login(c)
+        status = c.get("/api/status").json()
+        assert status["pattern"]["version"] and status["status"] in ("ready", "stale")
+        r = c.post("/api/lists", json={"list": "blocked", "values": ["console-bad.example.test"]})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "csrf"
+        r = c.post("/api/lists", json={"list": "blocked", "values": ["console-bad.example.test"]},
+                   headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200, r.text
+        got = httpx.get(f"{query}/v1/domain/www.console-bad.example.test").json()["results"][0]
+        assert got["source"] == "blocked-list"
+        values = [e["value"] for e in c.get("/api/lists").json()["entries"]]
+        assert "console-bad.example.test" in values
+        test = c.post("/api/lists/test", json={"url": "http://console-bad.example.test/x"},
+                      headers={"X-CSRF-Token": csrf}).json()
+        assert test["decision"]["source"] == "blocked-list"
+        r = c.post("/api/logout", json={}, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200
+        assert c.get("/api/status").status_code == 401
+
+
+def test_bad_input_is_400_naming_the_field(console: Console) -> None:
+    with console.client() as c:
+        csrf = console.login(c)
+        h = {"X-CSRF-Token": csrf}
+        for body, named in (({"list": "blocked"}, "values"), ({"list": "grey", "values": ["x.test"]},
+                            "list"), ({"list": "blocked", "values": [7]}, "values")):
+            r = c.post("/api/lists", json=body, headers=h)
+            assert r.status_code == 400 and named in r.json()["error"]["message"], r.text
+        r = c.post("/api/lists", content=b"{not json", headers=h)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json"
+        r = c.post("/api/lists/test", json={"url": "http://exa mple/"}, headers=h)
+        assert r.status_code == 400
+
+
+def test_a_viewer_key_reads_but_may_not_write(console: Console) -> None:
+    accounts = Accounts.open(console.proc.data_dir)
+    try:
+        _, key = accounts.create_key("monitoring", "viewer", None, "test")
+    finally:
+        accounts.close()
+    with console.client() as c:
+        h = {"Authorization": f"Bearer {key}"}
+        assert c.get("/api/status", headers=h).status_code == 200
+        r = c.post("/api/lists", json={"list": "blocked", "values": ["v.example.test"]}, headers=h)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        assert c.get("/api/status", headers={"Authorization": "Bearer rpk_nope"}).status_code == 401
+
+
+def test_wrong_passwords_are_refused_then_rate_limited(console: Console) -> None:
+    with console.client() as c:
+        # (the other tests of this module that log in run before this one)
+        codes = [c.post("/api/login", json={"user": "admin", "password": "wrong password!"}
+                        ).status_code for _ in range(7)]
+    assert codes[0] == 401 and codes[-1] == 429
+
+
+def test_the_openapi_document_lists_exactly_the_routes(console: Console) -> None:
+    from proxy.console.routes import Operations, api_routes
+
+    with console.client() as c:
+        doc = c.get("/api/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    routes = {(r.method.lower(), r.path) for r in api_routes(Operations(None, None), None)}
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert documented == routes
+
+
+def test_the_pages_are_served_with_a_strict_policy_and_the_ca(console: Console) -> None:
+    with console.client() as c:
+        page = c.get("/")
+        assert page.status_code == 200 and "<title>Rampart console</title>" in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert c.get("/console.js").headers["content-type"].startswith("text/javascript")
+        ca = c.get("/ca.pem")
+        assert ca.status_code == 200
+        assert ca.content == (console.proc.data_dir / "ca.pem").read_bytes()
+
+
+def test_the_console_answers_its_networks_only(tmp_path: Path) -> None:
+    http, port = free_port(), free_port()
+    proc = Proc([*RAMPART, "serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1",
+                 "--query-port", str(http), "--query-tls-port", "0", "--console-port", str(port),
+                 "--config", str(_config(tmp_path, 'console_clients = ["10.0.0.0/8"]'))],
+                tmp_path / "d", tmp_path / "serve.log")
+    proc.start(f"http://127.0.0.1:{http}/healthz")
+    try:
+        r = httpx.get(f"https://127.0.0.1:{port}/api/status",
+                      verify=ssl.create_default_context(cafile=str(tmp_path / "d" / "ca.pem")),
+                      timeout=10)
+        assert r.status_code == 403
+    finally:
+        proc.stop()
+
+
+def _config(tmp: Path, text: str) -> Path:
+    path = tmp / "rampart.toml"
+    path.write_text(text + "\n")
+    return path
+
+
+def test_eicar_still_answers_on_the_query_door(console: Console) -> None:
+    r = httpx.get(f"http://127.0.0.1:{console.proc.ports['http']}/v1/file/{EICAR_MD5}")
+    assert r.json()["results"][0]["source"] == "pattern"
