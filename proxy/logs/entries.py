@@ -1,0 +1,177 @@
+"""What a query-door answer becomes in the query log, worked out in the writer thread.
+
+The request path only queues ``(time, client, target, response, seconds)``; here the
+rendered answer is read back (``json``) into one row per item. The rows' fixed part
+(service, item, verdict, action, source, origin, matched, threat, blocked) is kept per
+``Response`` object: the routes hand out the same object for a repeated local GET, so a
+busy single-item load is parsed once, not per request.
+
+``origin`` says which list or pattern decided, for the Blocked Access log: the lists
+(``blocked-list``, ``approved-list``), the Smart Scan Pattern (``smart-scan``), the Web
+Blocking List (``web-blocking``: a URL entry rated dangerous, highly suspicious or safe),
+the Suspicious URLs (``suspicious-urls``: a URL entry rated suspicious or untested), the
+domain/IP list (``domain-ip``), the cloud (``cloud``: answered now or from the cache),
+``local`` (no cloud configured) or ``degraded`` (a cloud that did not answer in time).
+
+An item is *blocked* when its action is ``block``; without a policy in the request, a
+file rated ``malicious`` and a URL or domain rated ``dangerous`` or ``highly_suspicious``
+(what the ``medium`` policy blocks).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.logs.store import clip
+from proxy.wire import paths
+from proxy.wire.http import Response
+
+MAX_ITEM = 256  # characters of an item (a URL is kept without its query, then clipped)
+MAX_TEXT = 200  # matched entries, threats, categories
+MAX_RESULTS = 10_000  # rows one answer may give (the protocol's batches are smaller)
+MEMO = 4096
+ORIGINS = ("blocked-list", "approved-list", "smart-scan", "web-blocking", "suspicious-urls",
+           "domain-ip", "cloud", "local", "degraded")
+CLIENT_MODES = ("full", "truncated", "none")
+_HASHES = ("sha256", "sha1", "md5")
+_SUBJECTS = (*_HASHES, "url", "domain", "ip")
+_BLOCKING = frozenset({"malicious", "dangerous", "highly_suspicious"})
+_WEB_BLOCKING = frozenset({"dangerous", "highly_suspicious", "safe"})
+
+Template = tuple[str, str, str, str, str, str, str, str, int]
+"""service, item, verdict, action, source, origin, matched, threat, blocked"""
+
+
+def url_item(url: str) -> str:
+    """A URL as the log keeps it: scheme, host and path, without user info, query or
+    fragment (they may hold secrets), at most ``MAX_ITEM`` characters."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        text = f"{parts.scheme}://{host}{parts.path}" if parts.scheme else host + parts.path
+    except ValueError:
+        text = url.split("?", 1)[0].split("#", 1)[0]
+    return clip(text, MAX_ITEM)
+
+
+def origin_of(service: str, source: str, rating: str, matched: str) -> str:
+    """Which list or pattern decided an item (see the module's docstring)."""
+    if source in ("blocked-list", "approved-list", "local", "degraded"):
+        return source
+    if source in ("cloud", "cache"):
+        return "cloud"
+    if service == "file":
+        return "smart-scan"
+    if service == "web" and "/" in matched and not _is_network(matched):
+        return "web-blocking" if rating in _WEB_BLOCKING else "suspicious-urls"
+    return "domain-ip"
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def template(service: str, result: dict[str, Any]) -> Template | None:
+    """The fixed part of one result's row; None for a result that is not an object."""
+    if not isinstance(result, dict):
+        return None
+    item = next((result[k] for k in _SUBJECTS if isinstance(result.get(k), str)), "")
+    item = url_item(item) if "url" in result and item == result.get("url") else clip(item, MAX_ITEM)
+    verdict = str(result.get("verdict") or result.get("rating") or "")[:32]
+    action = str(result.get("action") or "")[:16]
+    source = str(result.get("source") or "")[:32]
+    matched = clip(result.get("matched") or "", MAX_TEXT)
+    threat = clip(result.get("threat") or result.get("category") or "", MAX_TEXT)
+    blocked = action == "block" if action else verdict in _BLOCKING
+    return (service, item, verdict, action, source, origin_of(service, source, verdict, matched),
+            matched, threat, int(blocked))
+
+
+def templates(service: str, body: bytes) -> list[Template]:
+    """Every result of a rendered answer, in order; none for a body that is not one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, list):
+        return []
+    out = [template(service, r) for r in results[:MAX_RESULTS]]
+    return [t for t in out if t is not None]
+
+
+class Answers:
+    """Turns queued answers into query-log rows; one per writer thread (not thread-safe)."""
+
+    def __init__(self, clients: str) -> None:
+        self.mask = ClientMask(clients)
+        self._memo: dict[int, tuple[Response, list[Template]]] = {}
+
+    def rows(self, t: float, client: str, target: bytes, response: Response,
+             seconds: float) -> list[tuple[Any, ...]]:
+        memo = self._memo.get(id(response))
+        if memo is not None and memo[0] is response:
+            found = memo[1]
+        else:
+            found = self._templates(target, response)
+            if len(response.body) <= 4096:  # single answers repeat; batches seldom do
+                if len(self._memo) >= MEMO:
+                    self._memo.clear()
+                self._memo[id(response)] = (response, found)
+        if not found:
+            return []
+        head = (t, self.mask(client), round(seconds * 1000, 3))
+        return [head + tmpl for tmpl in found]
+
+    @staticmethod
+    def _templates(target: bytes, response: Response) -> list[Template]:
+        if response.status != 200:
+            return []
+        service = paths.engine_service(target.decode("latin-1"))
+        if service is None:
+            return []
+        return templates(service.value, response.body)
+
+
+class ClientMask:
+    """A client address as ``log_clients`` keeps it: ``full``; ``truncated`` to its IPv4
+    /24 or IPv6 /48 network (``192.0.2.0/24``); ``none`` (empty). An address that does
+    not parse is kept whole only under ``full``."""
+
+    def __init__(self, mode: str) -> None:
+        if mode not in CLIENT_MODES:
+            raise ValueError(f"log_clients must be one of {', '.join(CLIENT_MODES)}, not {mode!r}")
+        self.mode = mode
+        self._memo: dict[str, str] = {}
+
+    def __call__(self, client: str) -> str:
+        if self.mode == "full":
+            return clip(client, 100)
+        if self.mode == "none":
+            return ""
+        found = self._memo.get(client)
+        if found is None:
+            found = truncate(client)
+            if len(self._memo) >= MEMO:
+                self._memo.clear()
+            self._memo[client] = found
+        return found
+
+
+def truncate(client: str) -> str:
+    """``client``'s IPv4 /24 or IPv6 /48 network ("" for an address that does not parse)."""
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

@@ -1,0 +1,201 @@
+"""The log writer: a thread that drains a bounded queue into SQLite, off the request path.
+
+``observe`` (one call per answered request, on the event loop) and ``submit`` (a ready
+row for any log) never block and never raise: each is a length check and a deque
+append. A full queue (``capacity`` entries, ``log_queue``, or ``MAX_QUEUED_BYTES`` of
+answers held) drops the entry and counts it (``dropped``); the query itself was
+answered already. The thread wakes every ``interval`` seconds, takes up to ``batch``
+entries at a time, turns answers into rows (``entries.Answers``) and writes each batch
+in one transaction. A batch the database refuses (locked past its busy timeout, a full
+disk) is logged once a minute and counted as lost, never retried into a growing backlog.
+Retention (``log_retention_days``, ``log_max_rows``) runs in the same thread every
+``retention_every`` seconds, in bounded chunks. ``stop`` writes what is queued, then
+ends the thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proxy.config import default
+from proxy.logs.entries import Answers
+from proxy.logs.store import COLUMNS, LogStore
+from proxy.wire.http import Request, Response
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_BYTES = 64 << 20  # answer bodies held by queued entries, at most
+BATCH = 5000  # entries per transaction
+INTERVAL = 0.2  # seconds between drains
+RETENTION_EVERY = 60.0  # seconds between retention passes
+_ANSWER = "answer"
+
+
+class LogWriter:
+    def __init__(self, store: LogStore, *, capacity: int = default("log_queue"),
+                 clients: str = default("log_clients"), days: int = default("log_retention_days"),
+                 max_rows: int = default("log_max_rows"), batch: int = BATCH,
+                 interval: float = INTERVAL, retention_every: float = RETENTION_EVERY,
+                 clock: Callable[[], float] = time.time,
+                 tick: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.days = days
+        self.max_rows = max_rows
+        self.batch = batch
+        self.interval = interval
+        self.retention_every = retention_every
+        self.clock = clock
+        self.tick = tick  # called in the thread before each drain (to follow other state)
+        self._answers = Answers(clients)
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._bytes_in = 0  # answer bytes queued (only the observing thread adds)
+        self._bytes_out = 0  # and taken (only the writer thread adds)
+        self._dropped_answers = 0  # only the observing thread adds
+        self._dropped_rows = 0
+        self._lost = 0  # entries in batches the database refused
+        self._count_lock = threading.Lock()
+        self.written = 0  # rows
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_error = 0.0
+
+    # ------------------------------------------------------------ the request side
+
+    def observe(self, request: Request, response: Response, seconds: float) -> None:
+        """Queue one answered request (call it from one thread: the event loop)."""
+        try:
+            if response.status != 200:
+                return
+            size = len(response.body)
+            if (len(self._queue) >= self.capacity
+                    or self._bytes_in - self._bytes_out + size > MAX_QUEUED_BYTES):
+                self._dropped_answers += 1
+                return
+            self._bytes_in += size
+            self._queue.append((_ANSWER, self.clock(), request.client, request.target, response,
+                                seconds))
+        except Exception:  # never into the request
+            self._dropped_answers += 1
+
+    def submit(self, table: str, row: tuple[Any, ...]) -> bool:
+        """Queue a ready row for ``table`` (``store.COLUMNS``); False when it was dropped.
+        Safe from any thread; a table or row of the wrong shape is a ValueError (a bug,
+        refused here rather than losing the batch it would share)."""
+        columns = COLUMNS.get(table)
+        if columns is None or len(row) != len(columns):
+            raise ValueError(f"not a row of a log table: {table!r} with {len(row)} values")
+        if len(self._queue) >= self.capacity:
+            with self._count_lock:
+                self._dropped_rows += 1
+            return False
+        self._queue.append((table, row))
+        return True
+
+    @property
+    def dropped(self) -> int:
+        """Entries dropped because the queue was full (answers and rows)."""
+        return self._dropped_answers + self._dropped_rows
+
+    @property
+    def lost(self) -> int:
+        """Entries taken from the queue but refused by the database."""
+        return self._lost
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def dropped_samples(self) -> list[tuple[dict[str, str], float]]:
+        """``rampart_log_dropped_total`` by reason: ``queue_full`` and ``write_failed``."""
+        return [({"reason": "queue_full"}, float(self.dropped)),
+                ({"reason": "write_failed"}, float(self._lost))]
+
+    # ------------------------------------------------------------ the thread
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="rampart-log-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write everything queued, then end the thread (at most ``timeout`` seconds)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("the log writer did not finish in %.0f s; %d entries not written",
+                               timeout, len(self._queue))
+            self._thread = None
+
+    def _run(self) -> None:
+        conn = self.store.connect()
+        try:
+            next_retention = 0.0
+            while True:
+                stopping = self._stop.wait(self.interval)
+                self._tick()
+                self._drain(conn)
+                if stopping:
+                    break
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + (
+                        self.interval if self._retain(conn) else self.retention_every)
+        finally:
+            conn.close()
+
+    def _tick(self) -> None:
+        if self.tick is not None:
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("the log writer's follower failed")
+
+    def _drain(self, conn: sqlite3.Connection) -> None:
+        while self._queue:
+            taken = self._take()
+            rows: dict[str, list[tuple[Any, ...]]] = {}
+            for entry in taken:
+                if entry[0] is _ANSWER:
+                    _, t, client, target, response, seconds = entry
+                    self._bytes_out += len(response.body)
+                    got = self._answers.rows(t, client, target, response, seconds)
+                    if got:
+                        rows.setdefault("query", []).extend(got)
+                else:
+                    rows.setdefault(entry[0], []).append(entry[1])
+            try:
+                self.written += self.store.write(conn, rows)
+            except sqlite3.Error as e:
+                self._lost += len(taken)
+                self._complain(f"writing {len(taken)} log entries failed: {e}")
+
+    def _take(self) -> list[tuple[Any, ...]]:
+        queue, out = self._queue, []
+        for _ in range(min(self.batch, len(queue))):
+            out.append(queue.popleft())
+        return out
+
+    def _retain(self, conn: sqlite3.Connection) -> bool:
+        """One retention pass; True when more rows are due (run again soon)."""
+        try:
+            deleted, more = self.store.enforce_retention(
+                conn, days=self.days, max_rows=self.max_rows, now=self.clock())
+        except sqlite3.Error as e:
+            self._complain(f"log retention failed: {e}")
+            return False
+        if deleted:
+            logger.debug("log retention deleted %d rows", deleted)
+        return more
+
+    def _complain(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error >= 60 or not self._last_error:
+            self._last_error = now
+            logger.warning("%s (log entries lost so far: %d)", message, self._lost)
