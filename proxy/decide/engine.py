@@ -65,11 +65,18 @@ Ask = list[tuple[int, str, object]]  # (position, cache key, upstream item) stil
 
 
 class Lists(Protocol):
-    """What the engine asks of the administrator's lists (proxy.decide.lists.ListSnapshot)."""
+    """What the engine asks of the administrator's lists (proxy.decide.list_match.ListSnapshot).
 
-    def match_hexes(self, hexes: Sequence[str]) -> dict[str, tuple[Any, str]]: ...
-    def match_url(self, canonical_url: str) -> tuple[Any, str] | None: ...
-    def match_domain(self, name: str) -> tuple[Any, str] | None: ...
+    ``client`` is the asking peer's address: a rule scoped to client networks applies only
+    to clients in them (None: unknown, only unscoped rules). ``scoped`` says some rule is,
+    so an answer may depend on who asks (the GET memo keys on the client then).
+    """
+
+    scoped: bool
+
+    def match_hexes(self, hexes: Sequence[str], client: str | None = None) -> dict[str, tuple[Any, str]]: ...
+    def match_url(self, canonical_url: str, client: str | None = None) -> tuple[Any, str] | None: ...
+    def match_domain(self, name: str, client: str | None = None) -> tuple[Any, str] | None: ...
 
 
 class RelayLike(Protocol):
@@ -164,7 +171,7 @@ class Engine:
         self._file_hits[id(hit)] = (hit, answer)
         return answer
 
-    def files_local(self, batch: FileBatch) -> list[FileAnswer | None]:
+    def files_local(self, batch: FileBatch, client: str | None = None) -> list[FileAnswer | None]:
         out: list[FileAnswer | None] = [None] * len(batch)
         hit_answer = self._file_hit_answer
         put = out.__setitem__
@@ -172,7 +179,7 @@ class Engine:
             for hit, at in self.patterns.lookup_joined(kind, raw):
                 where = at if positions is None else map(positions.__getitem__, at)
                 deque(map(put, where, repeat(hit_answer(hit))), maxlen=0)  # out[j] = answer, in C
-        matches = self.lists.match_hexes(batch.hexes)
+        matches = self.lists.match_hexes(batch.hexes, client)
         if matches:  # the administrator's lists outrank the pattern
             for i, h in enumerate(batch.hexes):
                 match = matches.get(h)
@@ -180,9 +187,10 @@ class Engine:
                     out[i] = self._file_list_answer(match)
         return out
 
-    def begin_files(self, batch: FileBatch) -> tuple[list[Any], Ask]:
-        """Local sources and the cache; returns the answers so far and what to relay."""
-        answers: list[Any] = self.files_local(batch)
+    def begin_files(self, batch: FileBatch, client: str | None = None) -> tuple[list[Any], Ask]:
+        """Local sources and the cache; returns the answers so far and what to relay.
+        ``client`` (every ``begin_*``): the peer's address, for rules scoped to networks."""
+        answers: list[Any] = self.files_local(batch, client)
         if _complete(answers):
             return answers, []
         names, hexes = batch.names, batch.hexes
@@ -216,8 +224,8 @@ class Engine:
             return self.patterns.lookup_ip(ip)
         return self.patterns.lookup_domain(host)
 
-    def web_local_one(self, q: WebQuery) -> WebAnswer | None:
-        match = self.lists.match_url(q.canonical)
+    def web_local_one(self, q: WebQuery, client: str | None = None) -> WebAnswer | None:
+        match = self.lists.match_url(q.canonical, client)
         if match is not None:
             return self._web_list_answer(match)
         found = self.patterns.lookup_url(urls.expressions(q.canonical))
@@ -226,8 +234,8 @@ class Engine:
             found = host
         return self._web_hit_answer(*found) if found is not None else None
 
-    def begin_web(self, qs: Sequence[WebQuery]) -> tuple[list[Any], Ask]:
-        answers: list[Any] = [self.web_local_one(q) for q in qs]
+    def begin_web(self, qs: Sequence[WebQuery], client: str | None = None) -> tuple[list[Any], Ask]:
+        answers: list[Any] = [self.web_local_one(q, client) for q in qs]
         if _complete(answers):
             return answers, []
         pending = [(i, f"web:{q.canonical}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
@@ -235,8 +243,8 @@ class Engine:
 
     # ------------------------------------------------------------ domain / IP
 
-    def domain_local_one(self, q: DomainQuery) -> WebAnswer | None:
-        match = self.lists.match_domain(q.name)
+    def domain_local_one(self, q: DomainQuery, client: str | None = None) -> WebAnswer | None:
+        match = self.lists.match_domain(q.name, client)
         if match is not None:
             return self._web_list_answer(match)
         found = self.patterns.lookup_ip(q.ip) if q.ip is not None else (
@@ -244,8 +252,8 @@ class Engine:
         )
         return self._web_hit_answer(*found) if found is not None else None
 
-    def begin_domains(self, qs: Sequence[DomainQuery]) -> tuple[list[Any], Ask]:
-        answers: list[Any] = [self.domain_local_one(q) for q in qs]
+    def begin_domains(self, qs: Sequence[DomainQuery], client: str | None = None) -> tuple[list[Any], Ask]:
+        answers: list[Any] = [self.domain_local_one(q, client) for q in qs]
         if _complete(answers):
             return answers, []
         pending = [(i, f"domain:{q.name}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
@@ -253,12 +261,12 @@ class Engine:
 
     # ------------------------------------------------------------ web inspection
 
-    def _inspect_here(self, q: InspectQuery) -> InspectAnswer:
+    def _inspect_here(self, q: InspectQuery, client: str | None) -> InspectAnswer:
         """An inspection answered without a cloud: from the lists and the pattern, as the
         reference cloud answers it (source ``cloud`` there, ``local`` on an appliance)."""
         doc = json.loads(q.body)
         web = protocol.parse_url(doc["url"], protocol.Limits(max_url=1 << 16))
-        rating = self.web_local_one(web) or self._untested
+        rating = self.web_local_one(web, client) or self._untested
         result: dict[str, Any] = {
             "rating": rating.rating.value, "score": rating.score, "category": rating.category,
         }
@@ -274,9 +282,9 @@ class Engine:
             {**result, "ttl": self.local_ttl}, self._untested.source
         )
 
-    def begin_inspect(self, q: InspectQuery) -> tuple[list[Any], Ask]:
+    def begin_inspect(self, q: InspectQuery, client: str | None = None) -> tuple[list[Any], Ask]:
         if self.authoritative or self.relay is None:
-            return [self._inspect_here(q)], []
+            return [self._inspect_here(q, client)], []
         answers: list[Any] = [None]
         left = self.settle(Service.INSPECT, answers, [(0, f"inspect:{q.digest}")])
         return answers, [(i, key, json.loads(q.body)) for i, key in left]

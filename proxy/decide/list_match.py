@@ -1,0 +1,248 @@
+"""Matching items against the lists: which rule decides, and how that stays fast with many rules.
+
+What each kind matches:
+
+- a file **hash**: a file query with that digest (MD5, SHA-1 or SHA-256);
+- a **domain**: a domain query or a URL's host that is the domain or one of its
+  subdomains (an IP literal matches that address only);
+- a **URL prefix**: a URL whose canonical form without scheme starts with it
+  (``example.test/shop`` matches ``http://example.test/shop/cart`` and ``/shopping``,
+  never another host; ``example.test/`` is the whole site);
+- a **keyword** or **regular expression**: a URL query whose canonical URL, scheme
+  included, contains it (``proxy.decide.list_rules``); never a bare domain query.
+
+Precedence, in this order:
+
+1. Only rules that apply take part: an expired rule never matches, and a rule scoped to
+   client networks applies only to a client in one of them (when the client is not
+   known, as in ``lists test`` without ``--client``, only unscoped rules apply).
+2. Any applying blocked rule beats every applying approved rule, whatever their kinds
+   or specificity; both lists beat the pattern (``proxy.decide.engine``).
+3. Within the list that wins, the rule reported as ``matched`` is the most specific: a
+   hash (files); for a URL the longest URL prefix, then the longest domain, then the
+   longest keyword, then the longest regular expression (ties: in text order).
+
+Fast with many rules: hashes and domains are dict lookups (a domain's suffixes walked
+from the longest), URL prefixes a dict per host probed once per distinct rule length,
+and every keyword and regular expression is compiled into one RE2 set, searched once
+per URL. A snapshot with no scoped and no expiring rule (``plain``) skips the
+per-rule checks; ``tests/proxy/decide/test_list_precedence.py`` holds it equal to
+checking every rule by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import re2  # type: ignore[import-untyped,unused-ignore]
+
+from proxy.decide.list_rules import PATTERN_KINDS, Entry, EntryKind, ListName, regex_options
+from proxy.errors import ListError
+from proxy.wire import urls
+
+SET_MEMORY = 256 << 20  # RE2 set budget: 1,000 typical expressions take a few MB of it
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def client_ip(client: str | None) -> Address | None:
+    """A peer address as rules compare it (an IPv4-mapped IPv6 address is its IPv4), or None."""
+    if not client:
+        return None
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class _Prefixes:
+    """One host's URL prefix rules: probed once per distinct rule length, longest first."""
+
+    __slots__ = ("lengths", "rules")
+
+    def __init__(self, rules: dict[str, Entry]) -> None:
+        self.rules = rules
+        self.lengths = tuple(sorted({len(v) for v in rules}, reverse=True))
+
+    def matching(self, target: str) -> list[Entry]:
+        found = []
+        size = len(target)
+        rules = self.rules
+        for n in self.lengths:
+            if n <= size:
+                e = rules.get(target[:n])
+                if e is not None:
+                    found.append(e)
+        return found
+
+
+def _specificity(e: Entry) -> tuple[int, int, str]:
+    return (PATTERN_KINDS.index(e.kind), -len(e.value), e.value)
+
+
+def compile_set(entries: Iterable[Entry]) -> tuple[Any, tuple[Entry, ...]]:
+    """Keyword and regex rules as one RE2 set, most specific first; (None, ()) when there are none.
+
+    Raises ListError when RE2 cannot compile them together (the store checks this
+    before it commits a new expression, so a server never meets it).
+    """
+    ordered = tuple(sorted(entries, key=_specificity))
+    if not ordered:
+        return None, ()
+    options: Any = regex_options()
+    options.max_mem = SET_MEMORY
+    compiled = re2.Set.SearchSet(options)
+    try:
+        for e in ordered:
+            compiled.Add(f"(?i){re2.escape(e.value)}" if e.kind is EntryKind.KEYWORD else e.value)
+        compiled.Compile()
+    except re2.error as err:
+        raise ListError(f"the keyword and regex rules cannot be compiled together: {err}") from None
+    return getattr(compiled, "_set", compiled), ordered  # the bare set: no per-call wrapper
+
+
+class ListSnapshot:
+    """An immutable in-memory view of both lists, as of one moment (expired rules left out)."""
+
+    __slots__ = ("_clock", "_counts", "_domains", "_hashes", "_plain", "_prefixes", "_set",
+                 "_set_entries", "expires_next", "scoped")
+
+    def __init__(self, entries: Iterable[Entry] = (), *, now: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        now = clock() if now is None else now
+        hashes: dict[str, Entry] = {}
+        domains: dict[str, Entry] = {}
+        prefixes: dict[str, dict[str, Entry]] = {}
+        patterns: list[Entry] = []
+        counts: dict[tuple[ListName, EntryKind], int] = {}
+        scoped, next_expiry = False, None
+        for e in entries:
+            if e.expired(now):
+                continue
+            counts[(e.list, e.kind)] = counts.get((e.list, e.kind), 0) + 1
+            scoped = scoped or bool(e.clients)
+            if e.expires is not None and (next_expiry is None or e.expires < next_expiry):
+                next_expiry = e.expires
+            if e.kind is EntryKind.HASH:
+                hashes[e.value] = e
+            elif e.kind is EntryKind.DOMAIN:
+                domains[e.value] = e
+            elif e.kind is EntryKind.URL:
+                prefixes.setdefault(urls.host_of(e.value), {})[e.value] = e
+            else:
+                patterns.append(e)
+        self._set, self._set_entries = compile_set(patterns)
+        self._hashes, self._domains, self._counts = hashes, domains, counts
+        self._prefixes = {h: _Prefixes(rules) for h, rules in prefixes.items()}
+        self._clock = clock
+        self.scoped = scoped
+        """Some rule applies to some clients only: an answer depends on who asks."""
+        self.expires_next = next_expiry
+        """When the first rule in this snapshot expires (epoch seconds), or None."""
+        self._plain = not scoped and next_expiry is None
+
+    def __len__(self) -> int:
+        return sum(self._counts.values())
+
+    def count(self, name: ListName | None = None, kind: EntryKind | None = None) -> int:
+        """How many live entries are on a list (or both), of a kind (or all kinds)."""
+        return sum(n for (ln, k), n in self._counts.items()
+                   if (name is None or ln is name) and (kind is None or k is kind))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{"blocked": {"hash": 3, "domain": 1, ...}, "approved": {...}}``."""
+        return {ln.value: {k.value: self._counts.get((ln, k), 0) for k in EntryKind} for ln in ListName}
+
+    # -- the engine's lookups
+
+    def match_hexes(self, hexes: Iterable[str], client: str | None = None) -> dict[str, tuple[ListName, str]]:
+        """Hash rules matching any of these lowercase hex digests (one set operation)."""
+        if not self._hashes:
+            return {}
+        found = self._hashes.keys() & set(hexes)
+        if not found:
+            return {}
+        rules = [self._hashes[h] for h in found]
+        if not self._plain:
+            rules = [e for e in rules if self.applies(e, client)]
+        return {e.value: (e.list, e.value) for e in rules}
+
+    def match_url(self, canonical_url: str, client: str | None = None) -> tuple[ListName, str] | None:
+        """The deciding rule for a canonical URL (module docstring: precedence)."""
+        return self._decide(self._url_candidates(canonical_url), client)
+
+    def match_domain(self, name: str, client: str | None = None) -> tuple[ListName, str] | None:
+        """The deciding rule for a normalised domain name or IP text."""
+        return self._decide(self._domain_candidates(name), client)
+
+    # -- every match, for explaining a decision
+
+    def url_entries(self, canonical_url: str, client: str | None = None) -> list[Entry]:
+        """Every rule applying to the URL for this client, most specific first."""
+        return [e for e in self._url_candidates(canonical_url) if self.applies(e, client)]
+
+    def domain_entries(self, name: str, client: str | None = None) -> list[Entry]:
+        """Every domain rule applying to ``name`` or one of its parents, most specific first."""
+        return [e for e in self._domain_candidates(name) if self.applies(e, client)]
+
+    def url_matches(self, canonical_url: str, client: str | None = None) -> list[tuple[Entry, str]]:
+        """Every rule matching the URL's text, most specific first, with why it does not
+        apply ("" when it does): ``expired`` or ``not for this client``."""
+        return [(e, self.why_not(e, client)) for e in self._url_candidates(canonical_url)]
+
+    def applies(self, e: Entry, client: str | None) -> bool:
+        if e.expires is not None and e.expires <= self._clock():
+            return False
+        return not e.clients or e.applies_to(client_ip(client))
+
+    def why_not(self, e: Entry, client: str | None) -> str:
+        if e.expires is not None and e.expires <= self._clock():
+            return "expired"
+        if e.clients and not e.applies_to(client_ip(client)):
+            return "not for this client" if client else "scoped to client networks (give a client)"
+        return ""
+
+    # -- internals
+
+    def _decide(self, found: list[Entry], client: str | None) -> tuple[ListName, str] | None:
+        if not found:
+            return None
+        first = None
+        plain = self._plain
+        for e in found:
+            if plain or self.applies(e, client):
+                if e.list is ListName.BLOCKED:
+                    return e.list, e.value
+                if first is None:
+                    first = e
+        return None if first is None else (first.list, first.value)
+
+    def _url_candidates(self, canonical_url: str) -> list[Entry]:
+        host = urls.host_of(canonical_url)
+        prefixes = self._prefixes.get(host)
+        found = [] if prefixes is None else prefixes.matching(urls.strip_scheme(canonical_url))
+        if self._domains:
+            found += self._domain_candidates(host[1:-1] if host.startswith("[") else host)
+        if self._set is not None:
+            hits = self._set.Match(canonical_url.encode("utf-8"))
+            if hits:
+                found += [self._set_entries[i] for i in sorted(hits)]
+        return found
+
+    def _domain_candidates(self, name: str) -> list[Entry]:
+        domains = self._domains
+        if not domains:
+            return []
+        name = name.lower().rstrip(".")
+        if urls.parse_ip(name) is not None:
+            e = domains.get(name)
+            return [] if e is None else [e]
+        return [domains[s] for s in urls.domain_suffixes(name) if s in domains]
