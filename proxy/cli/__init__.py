@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import click
 
+from proxy.cli.admin import admin_group
 from proxy.cli.appliance import appliance_group
 from proxy.cli.ca import ca_group
 from proxy.cli.cloud import cloud
@@ -43,5 +44,5 @@ def cli(ctx: click.Context) -> None:
 
 
 for command in (config_cmd, cloud, pattern, lists_group, query, update_group, ca_group,
-                appliance_group):
+                appliance_group, admin_group):
     cli.add_command(command)
