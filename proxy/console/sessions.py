@@ -23,6 +23,10 @@ from proxy.console.roles import Principal
 from proxy.console.store import ConsoleStore, when
 
 TOKEN_PREFIX = "rps_"
+COOKIE = "rampart_session"
+"""The cookie's name; set it ``HttpOnly; Secure; SameSite=Strict; Path=/``."""
+CSRF_HEADER = "X-CSRF-Token"
+"""The header a page sends its CSRF token in on every request that changes something."""
 _MAX_TOKEN = 128
 
 

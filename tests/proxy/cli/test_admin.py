@@ -140,6 +140,25 @@ def test_key_list_shows_keys_without_secrets_and_revoke_stops_them(data: Path) -
     assert r.exit_code == 1 and "no API key named 'ci'" in r.output
 
 
+def test_a_running_server_sees_a_revoke_and_a_removal_at_once(data: Path) -> None:
+    admin("passwd", "--data-dir", str(data), "--password-stdin", input=PASSWORD)
+    admin("users", "add", "--data-dir", str(data), "--role", "viewer", "--password-stdin", "mon",
+          input=PASSWORD)
+    key = admin("key", "create", "--data-dir", str(data), "--name", "ci", "--role", "operator"
+                ).output.splitlines()[-1]
+    server = Accounts.open(data)  # what a running server holds open
+    try:
+        session = server.login("mon", PASSWORD, "192.0.2.1")
+        assert server.authenticate_bearer(f"Bearer {key}") is not None
+        assert server.session(session.token) is not None
+        assert admin("key", "revoke", "--data-dir", str(data), "ci").exit_code == 0
+        assert admin("users", "remove", "--data-dir", str(data), "mon").exit_code == 0
+        assert server.authenticate_bearer(f"Bearer {key}") is None
+        assert server.session(session.token) is None
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("--name", "x", "--role", "viewer", "--expires", "0"), "expires: must be a whole number of days"),
     (("--name", "x y", "--role", "viewer"), "name: 'x y' is not a valid name"),
