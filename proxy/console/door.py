@@ -18,6 +18,7 @@ from typing import Any
 
 import certs
 from proxy.config import Config
+from proxy.console.account_routes import AccountOps, account_routes
 from proxy.console.api import Api
 from proxy.console.openapi import document
 from proxy.console.routes import Operations, api_routes
@@ -54,6 +55,7 @@ class ConsoleDoor:
         ops = Operations(app, accounts)
         self.openapi: dict[str, Any] = {}
         routes = api_routes(ops, lambda request, _: self.openapi)
+        routes += account_routes(AccountOps(accounts))
         self.openapi = document(routes, version)
         self.api = Api(routes, accounts)
         self.pages = {path: Response(200, _page(name), kind, headers=SECURITY_HEADERS)

@@ -117,6 +117,30 @@ def test_a_viewer_key_reads_but_may_not_write(console: Console) -> None:
         assert c.get("/api/status", headers={"Authorization": "Bearer rpk_nope"}).status_code == 401
 
 
+def test_an_admin_manages_users_and_keys_and_a_new_key_works_once_shown(console: Console) -> None:
+    with console.client() as c:
+        h = {"X-CSRF-Token": console.login(c)}
+        r = c.post("/api/accounts/users", json={"name": "olga", "role": "operator",
+                                                "password": "short"}, headers=h)
+        assert r.status_code == 400 and "password" in r.json()["error"]["message"]
+        r = c.post("/api/accounts/users", json={"name": "olga", "role": "operator",
+                                                "password": "a long enough password"}, headers=h)
+        assert r.status_code == 200, r.text
+        r = c.post("/api/accounts/keys", json={"name": "script", "role": "operator",
+                                               "expires_days": 7}, headers=h)
+        key = r.json()["key"]
+        overview = c.get("/api/accounts").json()
+        assert {"olga", "admin"} <= {u["name"] for u in overview["users"]}
+        assert key.startswith("rpk_") and key not in str(overview)  # shown once, never listed
+        r = c.post("/api/accounts/users/remove", json={"name": "admin"}, headers=h)
+        assert r.status_code == 409  # never the last admin (olga is an operator)
+    with console.client() as c:
+        got = c.post("/api/lists", json={"list": "approved", "values": ["ok.example.test"]},
+                     headers={"Authorization": f"Bearer {key}"})
+        assert got.status_code == 200  # an operator key writes lists, no CSRF for a key
+        assert c.get("/api/accounts", headers={"Authorization": f"Bearer {key}"}).status_code == 403
+
+
 def test_wrong_passwords_are_refused_then_rate_limited(console: Console) -> None:
     with console.client() as c:
         # (the other tests of this module that log in run before this one)
@@ -126,12 +150,14 @@ def test_wrong_passwords_are_refused_then_rate_limited(console: Console) -> None
 
 
 def test_the_openapi_document_lists_exactly_the_routes(console: Console) -> None:
+    from proxy.console.account_routes import AccountOps, account_routes
     from proxy.console.routes import Operations, api_routes
 
     with console.client() as c:
         doc = c.get("/api/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    routes = {(r.method.lower(), r.path) for r in api_routes(Operations(None, None), None)}
+    routes = {(r.method.lower(), r.path) for r in
+              [*api_routes(Operations(None, None), None), *account_routes(AccountOps(None))]}
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == routes
 
