@@ -89,6 +89,13 @@ def test_an_administrator_runs_the_console_in_a_browser(tmp_path: Path) -> None:
             expect(page.locator("#c-table tbody")).to_contain_text("appliance CA")
             page.screenshot(path=str(shots / "certificates.png"), full_page=True)
 
+            page.click("nav a[data-page=accounts]")
+            page.fill("#key-form input[name=name]", "monitoring")
+            page.click("#key-form button")
+            expect(page.locator("#a-new-key")).to_contain_text("rpk_")
+            expect(page.locator("#a-keys tbody")).to_contain_text("monitoring")
+            page.screenshot(path=str(shots / "accounts.png"), full_page=True)
+
             page.click("#logout")
             expect(page.locator("#login")).to_be_visible()
             page.reload()
@@ -98,7 +105,7 @@ def test_an_administrator_runs_the_console_in_a_browser(tmp_path: Path) -> None:
     finally:
         proc.stop()
     assert sorted(p.name for p in shots.iterdir()) == [
-        "certificates.png", "dashboard.png", "lists.png", "login.png", "updates.png"]
+        "accounts.png", "certificates.png", "dashboard.png", "lists.png", "login.png", "updates.png"]
 
 
 def _first_password(proc: Proc) -> str:

@@ -142,7 +142,18 @@ async function loadCertificates() {
   }
 }
 
-const LOADERS = { dashboard: loadDashboard, lists: loadLists, updates: loadUpdates, certificates: loadCertificates };
+async function loadAccounts() {
+  let doc;
+  try { doc = await api("GET", "/api/accounts"); } catch (e) { $("#a-manage").hidden = true; return; }
+  $("#a-manage").hidden = false;
+  const when = (t) => (t ? new Date(t).toLocaleString() : "");
+  fill("#a-users", doc.users.map((u) => [u.name, u.role, when(u.created)]));
+  fill("#a-keys", doc.keys.map((k) => [k.name, k.role, k.created_by, k.expires ? when(k.expires) : "never",
+    k.last_used ? when(k.last_used) : "never"]));
+}
+
+const LOADERS = { dashboard: loadDashboard, lists: loadLists, updates: loadUpdates, certificates: loadCertificates,
+  accounts: loadAccounts };
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", async (ev) => {
@@ -182,6 +193,26 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#rollback").addEventListener("click", async () => {
     try { const r = await api("POST", "/api/updates/rollback", {}); say(`rolled back from ${r.from} to ${r.to}`); await loadUpdates(); }
     catch (e) { say(e.message, true); }
+  });
+  $("#password-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try { await api("POST", "/api/accounts/password", { password: new FormData(ev.target).get("password") });
+      ev.target.reset(); say("password changed"); } catch (e) { say(e.message, true); }
+  });
+  $("#user-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    try { await api("POST", "/api/accounts/users", { name: f.get("name"), role: f.get("role"), password: f.get("password") });
+      ev.target.reset(); say(`added ${f.get("name")}`); await loadAccounts(); } catch (e) { say(e.message, true); }
+  });
+  $("#key-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    const body = { name: f.get("name"), role: f.get("role") };
+    if (f.get("days")) body.expires_days = Number(f.get("days"));
+    try { const r = await api("POST", "/api/accounts/keys", body);
+      $("#a-new-key").textContent = `${r.key}\n(shown once: store it now)`; ev.target.reset(); await loadAccounts();
+    } catch (e) { say(e.message, true); }
   });
   window.addEventListener("hashchange", () => showPage(location.hash.slice(1) || "dashboard"));
   api("GET", "/api/session").then((doc) => {
