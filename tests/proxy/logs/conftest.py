@@ -38,7 +38,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
 def ask(app: App) -> Ask:
     """``ask(method, target, body=None, client=...)``: the request and the App's answer."""
 
-    def ask(method: str, target: str, body: Any = None, client: str = "192.0.2.10") -> tuple[Request, Response]:
+    def ask(method: str, target: str, body: Any = None,
+            client: str = "192.0.2.10") -> tuple[Request, Response]:
         raw = json.dumps(body).encode() if body is not None else b""
         request = Request(method, target.encode(), [], raw, client)
         got = respond(app.routes, request)  # as the door does: an error becomes its answer
