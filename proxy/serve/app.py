@@ -25,8 +25,10 @@ from proxy.config import Config
 from proxy.decide.cache import AnswerCache
 from proxy.decide.engine import Engine
 from proxy.decide.lists import ListStore
-from proxy.errors import PatternError, RampartError
+from proxy.errors import PatternError, RampartError, RelayError
 from proxy.files import check_private_dir
+from proxy.logs.hub import Logs
+from proxy.model import Service
 from proxy.relay.relay import Relay
 from proxy.serve import metrics
 from proxy.serve.conns import ConnectionCaps, raise_fd_limit, total_for
@@ -73,6 +75,9 @@ class App:
     ``open`` when not given)."""
     tls: QueryTls | None = field(default=None, init=False)
     """The HTTPS door's certificate, followed on disk (set by ``tls_context``)."""
+    logs: Logs | None = field(default=None, init=False)
+    """The query, update and relay logs and the audit (``proxy.logs``), open from ``start``
+    to ``stop`` when ``query_log`` is on; the admin API searches ``logs.store``."""
 
     # ------------------------------------------------------------ start / stop
 
@@ -98,7 +103,7 @@ class App:
                 max_concurrent=cfg.max_relay_concurrency,
                 breaker_failures=cfg.breaker_failures,
                 breaker_cooldown=cfg.breaker_cooldown,
-                observer=self.stats,
+                observer=self,  # on_upstream: the metrics, then the relay log
             )
             if cfg.cloud and not self.authoritative
             else None
@@ -134,6 +139,10 @@ class App:
     async def start(self) -> None:
         self.open()
         cfg = self.cfg
+        if cfg.query_log:
+            self.logs = Logs.open(cfg)
+            self.observers.append(self.logs.observe)
+            self.logs.follow_updates(lambda: self.keeper.updater)
         limits = ServerLimits(
             max_header=cfg.max_header, max_body=cfg.max_body, idle_timeout=cfg.idle_timeout,
             head_timeout=cfg.head_timeout, request_timeout=cfg.request_timeout,
@@ -185,6 +194,9 @@ class App:
         self.lists_store.close()
         await self.keeper.stop()
         self.engine.patterns.close()
+        if self.logs is not None:
+            self.observers.remove(self.logs.observe)
+            await asyncio.to_thread(self.logs.close)  # writes what is queued
 
     # ------------------------------------------------------------ background
 
@@ -239,12 +251,25 @@ class App:
             " no_descriptors; head_timeout on the intercept door)",
             lambda: [({"door": d, "reason": r}, float(n)) for (d, r), n in sorted(caps.refused.items())],
         )
+        metrics.counter(
+            st, "rampart_log_dropped",
+            "Log entries not written, by reason (queue_full: the writer fell behind; write_failed:"
+            " the log database refused a batch); queries are answered either way",
+            lambda: self.logs.writer.dropped_samples() if self.logs is not None else [],
+        )
         metrics.gauge(st, "rampart_uptime_seconds", "Seconds since start", lambda: time.time() - st.started)
         metrics.gauge(
             st, "rampart_cert_expiry_seconds",
             "Seconds until the CA (cert=ca) or a served certificate expires",
             lambda: [({"cert": e.name}, e.seconds_left(utcnow())) for e in _expiries(self.cfg.data_dir)],
         )
+
+    def on_upstream(self, endpoint: str, service: Service, items: int, seconds: float,
+                    error: RelayError | None) -> None:
+        """The relay's observer: every upstream attempt to the metrics, failures to the log."""
+        self.stats.on_upstream(endpoint, service, items, seconds, error)
+        if error is not None and self.logs is not None:
+            self.logs.on_upstream(endpoint, service, items, seconds, error)
 
     def _observe(self, request: Request, response: Response, seconds: float) -> None:
         route = paths.route_of(request.target.split(b"?", 1)[0].decode("latin-1"))
