@@ -62,6 +62,7 @@ class LogWriter:
         self._lost = 0  # entries in batches the database refused
         self._count_lock = threading.Lock()
         self.written = 0  # rows
+        self.retention_passes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error = 0.0
@@ -190,6 +191,7 @@ class LogWriter:
         except sqlite3.Error as e:
             self._complain(f"log retention failed: {e}")
             return False
+        self.retention_passes += 1
         if deleted:
             logger.debug("log retention deleted %d rows", deleted)
         return more

@@ -27,8 +27,9 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
 
 def test_a_blocked_writer_drops_and_counts_entries_while_observe_returns(
         ask: Ask, store: LogStore, make_writer: Callable[..., LogWriter]) -> None:
-    writer = make_writer(capacity=100, interval=0.01)
+    writer = make_writer(capacity=100, interval=0.01, retention_every=3600)
     request, response = ask("GET", f"/v1/file/{EICAR_SHA256}")
+    wait_for(lambda: writer.retention_passes == 1, "the first retention pass (it writes too)")
     blocker = store.connect(timeout=0)
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database: the drain waits
     try:
@@ -49,10 +50,11 @@ def test_a_blocked_writer_drops_and_counts_entries_while_observe_returns(
 
 def test_a_batch_the_database_refuses_is_counted_lost_not_retried(
         ask: Ask, store: LogStore, make_writer: Callable[..., LogWriter]) -> None:
+    writer = make_writer(interval=0.01, retention_every=3600)
+    wait_for(lambda: writer.retention_passes == 1, "the first retention pass (it writes too)")
     blocker = store.connect(timeout=0)
     blocker.execute("BEGIN IMMEDIATE")
     try:
-        writer = make_writer(interval=0.01)
         writer.store = _Impatient(store)  # gives up on the lock at once
         request, response = ask("GET", f"/v1/file/{EICAR_SHA256}")
         writer.observe(request, response, 0.001)
