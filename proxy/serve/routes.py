@@ -104,15 +104,19 @@ class Routes:
         self._memo: dict[bytes, tuple[Service, Counter[Any], Response]] = {}
         self._memo_of: tuple[object, object] = (None, None)
         self._local: tuple[Service, Counter[Any]] | None = None
+        self._client: str | None = None  # the request's peer, for list rules scoped to networks
         self._serves = self._table()
 
     def __call__(self, request: Request) -> Response | Awaitable[Response]:
+        self._client = request.client
         if request.method == "GET":
             engine = self.engine
             if self._memo_of[0] is not engine.patterns or self._memo_of[1] is not engine.lists:
                 self._memo.clear()  # a new pattern or new lists: every memoised answer is void
                 self._memo_of = (engine.patterns, engine.lists)
-            memo = self._memo.get(request.target)
+            # With rules scoped to client networks an answer depends on who asks.
+            key = request.target + b" " + request.client.encode() if engine.lists.scoped else request.target
+            memo = self._memo.get(key)
             if memo is not None:
                 engine.stats.count_items(memo[0], memo[1])
                 return memo[2]
@@ -121,7 +125,7 @@ class Routes:
             if self._local is not None and isinstance(result, Response):
                 if len(self._memo) >= 4096:
                     self._memo.clear()
-                self._memo[request.target] = (*self._local, result)
+                self._memo[key] = (*self._local, result)
             return result
         return self._route(request)
 
@@ -187,7 +191,7 @@ class Routes:
 
     def _file(self, batch: protocol.FileBatch) -> Response | Awaitable[Response]:
         version = self.engine.version
-        answers, ask = self.engine.begin_files(batch)
+        answers, ask = self.engine.begin_files(batch, self._client)
         return self._answer(
             Service.FILE, answers, ask, lambda a: replies.render_files(version, batch, a)
         )
@@ -208,7 +212,7 @@ class Routes:
 
     def _web(self, qs: list[Any], policy: Policy | None) -> Response | Awaitable[Response]:
         version = self.engine.version
-        answers, ask = self.engine.begin_web(qs)
+        answers, ask = self.engine.begin_web(qs, self._client)
         return self._answer(
             Service.WEB, answers, ask, lambda a: replies.render_web(
                 version, qs, a, policy, block_degraded=self.engine.block_degraded)
@@ -216,14 +220,14 @@ class Routes:
 
     def _domain(self, qs: list[Any]) -> Response | Awaitable[Response]:
         version = self.engine.version
-        answers, ask = self.engine.begin_domains(qs)
+        answers, ask = self.engine.begin_domains(qs, self._client)
         return self._answer(
             Service.DOMAIN, answers, ask, lambda a: replies.render_domains(version, qs, a)
         )
 
     def _inspect(self, q: InspectQuery) -> Response | Awaitable[Response]:
         version = self.engine.version
-        answers, ask = self.engine.begin_inspect(q)
+        answers, ask = self.engine.begin_inspect(q, self._client)
         return self._answer(
             Service.INSPECT, answers, ask, lambda a: replies.render_inspect(version, q, a[0])
         )
