@@ -92,7 +92,10 @@ def format_of(path: Path, given: str | None) -> str:
 def load(path: Path, fmt: str, *, default_list: ListName | None, kind: EntryKind | None,
          now: float) -> Loaded:
     """Read and check a whole rule file (at most ``MAX_FILE_BYTES``)."""
-    data = read_bounded(path, MAX_FILE_BYTES, error=ListError)
+    try:
+        data = read_bounded(path, MAX_FILE_BYTES, error=ListError)
+    except OSError as e:
+        raise ListError(f"cannot read {path}: {e.strerror or e}") from None
     return parse(data, path.name, fmt, default_list=default_list, kind=kind, now=now)
 
 
