@@ -100,3 +100,93 @@ def test_the_data_directory_comes_from_the_config_file(tmp_path: Path, data: Pat
     assert r.exit_code == 0 and "decision   dangerous from blocked-list" in r.output, r.output
     r = lists("remove", "--config", str(cfg), "evil.example")
     assert r.exit_code == 0 and "removed 1 of 1" in r.output
+
+
+# ---------------------------------------------------------------- issue 10: the full rules
+
+
+def test_add_with_kind_clients_expiry_and_note_and_show_them(data: Path) -> None:
+    r = lists("add", "--data-dir", str(data), "--blocked", "--kind", "keyword", "--client", "10.0.0.0/8",
+              "--client", "192.0.2.7", "--expires", "7d", "--note", "exam week", "Casino")
+    assert r.exit_code == 0, r.output
+    assert r.output == "added keyword casino to the blocked list\n"
+    assert lists("add", "--data-dir", str(data), "--approved", "--kind", "regex", r"^https://[^/]+\.bank/",
+                 "--expires", "2030-01-01T00:00:00Z").exit_code == 0
+    line = next(x for x in shown(data).splitlines() if "casino" in x)
+    assert line.startswith("blocked   keyword casino  clients 10.0.0.0/8 192.0.2.7/32  expires ")
+    assert " by " in line and line.endswith("# exam week")
+    assert "approved  regex   ^https://[^/]+\\.bank/  expires 2030-01-01T00:00:00Z" in shown(data)
+    r = lists("show", "--data-dir", str(data), "--json")
+    (first, second) = __import__("json").loads(r.output)
+    assert first["kind"] == "regex" and first["expired"] is False
+    assert second["clients"] == ["10.0.0.0/8", "192.0.2.7/32"] and second["note"] == "exam week"
+    assert lists("show", "--data-dir", str(data), "--approved", "--kind", "keyword").output == "no rules\n"
+    r = lists("remove", "--data-dir", str(data), "--kind", "keyword", "CASINO")
+    assert r.output == "removed 1 of 1\n"
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--client", "10.1.2.3/8", "x.example"], "has host bits set; did you mean 10.0.0.0/8?"),
+    (["--expires", "soon", "x.example"], "is neither a duration (30m, 12h, 7d, 2w) nor an ISO-8601 time"),
+    (["--expires", "2001-01-01", "x.example"], "is already past"),
+    (["--kind", "regex", "(a)\\1"], "invalid escape sequence"),
+    (["--kind", "keyword", "ab"], "shorter than 3 characters"),
+])
+def test_bad_new_fields_are_refused_and_nothing_is_stored(data: Path, args: list[str], problem: str) -> None:
+    r = lists("add", "--data-dir", str(data), "--blocked", *args)
+    assert r.exit_code == 2, r.output
+    assert problem in r.output and "Traceback" not in r.output
+    assert shown(data) == "both lists are empty\n"
+
+
+def test_test_for_a_client(data: Path) -> None:
+    r = lists("add", "--data-dir", str(data), "--blocked", "--client", "10.0.0.0/8", "games.test")
+    assert r.exit_code == 0, r.output
+    r = lists("test", "--data-dir", str(data), "--client", "10.1.1.1", "http://www.games.test/")
+    assert r.exit_code == 0, r.output
+    assert "blocked  domain  games.test  [clients 10.0.0.0/8]  <- decides" in r.output
+    r = lists("test", "--data-dir", str(data), "--client", "192.0.2.1", "http://www.games.test/")
+    assert "does not apply: not for this client" in r.output and "decision   not decided here" in r.output
+    r = lists("test", "--data-dir", str(data), "--client", "somewhere", "http://www.games.test/")
+    assert r.exit_code == 2 and "--client 'somewhere' is not an IP address" in r.output
+
+
+def test_import_export_and_audit(data: Path, tmp_path: Path) -> None:
+    feed = tmp_path / "feed.txt"
+    feed.write_text("# ads\nads.example\n0.0.0.0 tracker.example\n")
+    r = lists("import", "--data-dir", str(data), "--blocked", str(feed))
+    assert r.exit_code == 0, r.output
+    assert "imported feed.txt: 2 added, 0 moved from the other list, 0 updated, 0 unchanged" in r.output
+    assert lists("import", "--data-dir", str(data), str(feed)).output.endswith(
+        "say which list: --blocked or --approved\n")
+
+    out = tmp_path / "all.json"
+    r = lists("export", "--data-dir", str(data), "--format", "json", "--output", str(out))
+    assert r.exit_code == 0 and (out.stat().st_mode & 0o777) == 0o600
+    csv_text = lists("export", "--data-dir", str(data)).output
+    assert csv_text.splitlines()[1].startswith("blocked,domain,ads.example,,,,")
+
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    r = lists("import", "--data-dir", str(other), str(out))
+    assert r.exit_code == 0 and "2 added" in r.output, r.output
+    assert lists("export", "--data-dir", str(other)).output == csv_text
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("value,clients\nok.example,\nnope..example,\nfine.example,10.0.0.1/8\n")
+    r = lists("import", "--data-dir", str(data), "--approved", str(bad))
+    assert r.exit_code == 2
+    assert "bad.csv:3: field 'value':" in r.output and "bad.csv:4: field 'clients':" in r.output
+    assert "2 bad row(s); nothing was imported" in r.output
+    assert "ok.example" not in shown(data)
+    r = lists("import", "--data-dir", str(data), "--kind", "hash", str(bad))
+    assert r.exit_code == 2 and "--kind is for plain lists" in r.output
+
+    r = lists("audit", "--data-dir", str(data))
+    assert r.exit_code == 0
+    first = r.output.splitlines()[0]
+    assert "(cli)  import" in first and "file feed.txt" in first and "added 2" in first
+    assert "import  blocked domain tracker.example" in r.output
+    r = lists("audit", "--data-dir", str(other), "--json", "--limit", "1")
+    (entry,) = __import__("json").loads(r.output)
+    assert entry["action"] == "import" and entry["detail"]["file"] == "all.json"

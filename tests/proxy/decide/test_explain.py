@@ -69,3 +69,38 @@ def test_cli_prints_the_explanation(tmp_path):
     assert "decision   dangerous from pattern" in result.output
     bad = runner.invoke(cli, ["lists", "test", "--data-dir", data, "http://"])
     assert bad.exit_code != 0 and "error" in bad.output
+
+
+def test_for_a_client_scoped_rules_apply_and_each_rule_says_its_part(patterns):
+    from proxy.decide.list_rules import parse_clients
+
+    snapshot = ListSnapshot([
+        Entry(ListName.BLOCKED, EntryKind.KEYWORD, "casino", clients=parse_clients(["10.0.0.0/8"])),
+        Entry(ListName.APPROVED, EntryKind.DOMAIN, "fun.example.test"),
+        Entry(ListName.APPROVED, EntryKind.URL, "casino.fun.example.test/"),
+        Entry(ListName.BLOCKED, EntryKind.REGEX, r"\.exe$", expires=1.0),
+    ])
+    url = "http://casino.fun.example.test/setup.exe"
+    inside = explain_url(url, snapshot, patterns, "10.1.2.3")
+    assert inside.decision is not None and inside.decision.source is Source.BLOCKED_LIST
+    assert inside.decision.matched == "casino"
+    parts = {m.entry.value: m.part for m in inside.matches}
+    assert parts == {
+        "casino": "decides",
+        "casino.fun.example.test/": "also matches; a blocked rule wins over every approved rule",
+        "fun.example.test": "also matches; a blocked rule wins over every approved rule",
+    }  # the expired regex is in no snapshot: `lists show` marks it EXPIRED
+    text = "\n".join(inside.lines())
+    assert "client     10.1.2.3" in text
+    assert "blocked  keyword casino  [clients 10.0.0.0/8]  <- decides" in text
+
+    outside = explain_url(url, snapshot, patterns, "192.0.2.1")
+    assert outside.decision is not None and outside.decision.source is Source.APPROVED_LIST
+    assert outside.decision.matched == "casino.fun.example.test/"
+    parts = {m.entry.value: m.part for m in outside.matches}
+    assert parts["casino"] == "does not apply: not for this client"
+    assert parts["fun.example.test"] == "also matches; the most specific rule of its list is the one reported"
+
+    unknown = explain_url(url, snapshot, patterns)
+    assert "does not apply: scoped to client networks (give a client)" in "\n".join(unknown.lines())
+    assert "client     not given" in "\n".join(unknown.lines())
