@@ -104,9 +104,11 @@ class Api:
     session's CSRF token with ``csrf_ok``); see ``proxy.console.accounts``.
     """
 
-    def __init__(self, routes: list[Route], accounts: Any) -> None:
+    def __init__(self, routes: list[Route], accounts: Any,
+                 audit: Callable[..., None] | None = None) -> None:
         self.accounts = accounts
         self.routes = routes
+        self.audit = audit  # (actor, action, detail, client, *, ok): every change and login
         self._by_path: dict[str, dict[str, Route]] = {}
         for r in routes:
             self._by_path.setdefault(r.path, {})[r.method] = r
@@ -127,18 +129,38 @@ class Api:
         try:
             result = route.call(request, principal)
         except RampartError as e:
+            self._audit(route, request, principal, False)
             raise _as_protocol(e) from None
         if asyncio.iscoroutine(result):
-            return self._settle(result)
+            return self._settle(result, route, request, principal)
+        self._audit(route, request, principal, True)
         return answer(result)
 
-    async def _settle(self, pending: Awaitable[Result]) -> Response:
+    async def _settle(self, pending: Awaitable[Result], route: Route, request: Request,
+                      principal: Any) -> Response:
         try:
-            return answer(await pending)
-        except ProtocolError:
-            raise
+            done = answer(await pending)
         except RampartError as e:
+            self._audit(route, request, principal, False)
+            if isinstance(e, ProtocolError):
+                raise
             raise _as_protocol(e) from None
+        self._audit(route, request, principal, True)
+        return done
+
+    def _audit(self, route: Route, request: Request, principal: Any, ok: bool) -> None:
+        """Record a change or a login in the admin audit: who, what (the operation and its
+        fields, secrets left out), from where, and whether it was done. Reads are not."""
+        changes = route.method != "GET" and route.permission not in (None, "read")
+        if self.audit is None or not (changes or route.path in ("/api/login", "/api/logout")):
+            return
+        actor = principal.name if principal is not None else _login_name(request)
+        action = route.path.removeprefix("/api/").replace("/", ".")
+        try:
+            self.audit(actor, action, _detail(request), request.client, ok=ok)
+        except Exception:  # the audit must not turn a done change into an error
+            logger.exception("could not write the audit entry for %s", action)
+
 
     def authorise(self, request: Request, permission: str) -> Any:
         """The caller, once it proved who it is and may ``permission``; else 401 or 403."""
@@ -170,3 +192,27 @@ def _as_protocol(e: RampartError) -> ProtocolError:
     headers = tuple(getattr(e, "headers", ()))  # e.g. Retry-After on 429
     code = e.code if e.code != "internal" else "bad_request"
     return ProtocolError(code, e.message, status=status, headers=headers)
+
+
+SECRET_FIELDS = ("password", "key", "token", "secret")
+
+
+def _detail(request: Request) -> str:
+    """The request's JSON fields for the audit, at most 500 characters, secrets masked."""
+    try:
+        doc = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    shown = {k: ("***" if any(s in str(k).lower() for s in SECRET_FIELDS) else v)
+             for k, v in doc.items()}
+    return json.dumps(shown, sort_keys=True, default=str)[:500]
+
+
+def _login_name(request: Request) -> str:
+    try:
+        name = json.loads(request.body or b"{}").get("user", "")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return "?"
+    return name[:64] if isinstance(name, str) else "?"

@@ -19,7 +19,8 @@ from typing import Any
 import certs
 from proxy.config import Config
 from proxy.console.account_routes import AccountOps, account_routes
-from proxy.console.api import Api
+from proxy.console.api import Api, Route
+from proxy.console.log_routes import LogOps, log_routes
 from proxy.console.openapi import document
 from proxy.console.routes import Operations, api_routes
 from proxy.errors import ProtocolError, RampartError
@@ -46,18 +47,23 @@ def _page(name: str) -> bytes:
     return resources.files("proxy.console").joinpath("static", name).read_bytes()
 
 
+def console_routes(app: Any, accounts: Any, openapi: Any) -> list[Route]:
+    """Every admin API operation: the appliance's, the accounts', the logs'."""
+    return (api_routes(Operations(app, accounts), openapi)
+            + account_routes(AccountOps(accounts)) + log_routes(LogOps(app)))
+
+
 class ConsoleDoor:
     """The console door of one running App; ``start`` listens, ``stop`` closes."""
 
     def __init__(self, cfg: Config, app: Any, accounts: Any, version: str) -> None:
         self.cfg = cfg
         self.accounts = accounts
-        ops = Operations(app, accounts)
         self.openapi: dict[str, Any] = {}
-        routes = api_routes(ops, lambda request, _: self.openapi)
-        routes += account_routes(AccountOps(accounts))
+        routes = console_routes(app, accounts, lambda request, _: self.openapi)
         self.openapi = document(routes, version)
-        self.api = Api(routes, accounts)
+        logs = getattr(app, "logs", None)
+        self.api = Api(routes, accounts, logs.audit if logs is not None else None)
         self.pages = {path: Response(200, _page(name), kind, headers=SECURITY_HEADERS)
                       for path, (name, kind) in PAGES.items()}
         self.app = app
