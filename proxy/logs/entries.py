@@ -37,7 +37,7 @@ ORIGINS = ("blocked-list", "approved-list", "smart-scan", "web-blocking", "suspi
            "domain-ip", "cloud", "local", "degraded")
 CLIENT_MODES = ("full", "truncated", "none")
 _HASHES = ("sha256", "sha1", "md5")
-_SUBJECTS = (*_HASHES, "url", "domain", "ip")
+_SUBJECTS = frozenset({*_HASHES, "url", "domain", "ip"})  # the renderer writes it first
 _BLOCKING = frozenset({"malicious", "dangerous", "highly_suspicious"})
 _WEB_BLOCKING = frozenset({"dangerous", "highly_suspicious", "safe"})
 
@@ -48,12 +48,14 @@ Template = tuple[str, str, str, str, str, str, str, str, int]
 def url_item(url: str) -> str:
     """A URL as the log keeps it: scheme, host and path, without user info, query or
     fragment (they may hold secrets), at most ``MAX_ITEM`` characters."""
-    try:
-        parts = urlsplit(url)
-        host = parts.netloc.rpartition("@")[2]
-        text = f"{parts.scheme}://{host}{parts.path}" if parts.scheme else host + parts.path
-    except ValueError:
-        text = url.split("?", 1)[0].split("#", 1)[0]
+    text = url.split("#", 1)[0].split("?", 1)[0]
+    if "@" in text:  # user info, perhaps: only then is the URL taken apart
+        try:
+            parts = urlsplit(text)
+            host = parts.netloc.rpartition("@")[2]
+            text = f"{parts.scheme}://{host}{parts.path}" if parts.scheme else host + parts.path
+        except ValueError:
+            text = text.rpartition("@")[2]
     return clip(text, MAX_ITEM)
 
 
@@ -82,13 +84,14 @@ def template(service: str, result: dict[str, Any]) -> Template | None:
     """The fixed part of one result's row; None for a result that is not an object."""
     if not isinstance(result, dict):
         return None
-    item = next((result[k] for k in _SUBJECTS if isinstance(result.get(k), str)), "")
-    item = url_item(item) if "url" in result and item == result.get("url") else clip(item, MAX_ITEM)
-    verdict = str(result.get("verdict") or result.get("rating") or "")[:32]
-    action = str(result.get("action") or "")[:16]
-    source = str(result.get("source") or "")[:32]
-    matched = clip(result.get("matched") or "", MAX_TEXT)
-    threat = clip(result.get("threat") or result.get("category") or "", MAX_TEXT)
+    key, value = next(((k, v) for k, v in result.items() if k in _SUBJECTS), ("", ""))
+    item = url_item(value) if key == "url" and isinstance(value, str) else clip(value, MAX_ITEM)
+    get = result.get
+    verdict = clip(get("verdict") or get("rating"), 32)
+    action = clip(get("action"), 16)
+    source = clip(get("source"), 32)
+    matched = clip(get("matched"), MAX_TEXT)
+    threat = clip(get("threat") or get("category"), MAX_TEXT)
     blocked = action == "block" if action else verdict in _BLOCKING
     return (service, item, verdict, action, source, origin_of(service, source, verdict, matched),
             matched, threat, int(blocked))
@@ -115,7 +118,8 @@ class Answers:
         self._memo: dict[int, tuple[Response, list[Template]]] = {}
 
     def rows(self, t: float, client: str, target: bytes, response: Response,
-             seconds: float) -> list[tuple[Any, ...]]:
+             seconds: float, count: int = 1) -> list[tuple[Any, ...]]:
+        """The rows of one answer (``count`` identical ones, ``seconds`` their mean latency)."""
         memo = self._memo.get(id(response))
         if memo is not None and memo[0] is response:
             found = memo[1]
@@ -127,7 +131,7 @@ class Answers:
                 self._memo[id(response)] = (response, found)
         if not found:
             return []
-        head = (t, self.mask(client), round(seconds * 1000, 3))
+        head = (t, self.mask(client), round(seconds * 1000, 3), count)
         return [head + tmpl for tmpl in found]
 
     @staticmethod

@@ -4,7 +4,8 @@
 row for any log) never block and never raise: each is a length check and a deque
 append. A full queue (``capacity`` entries, ``log_queue``, or ``MAX_QUEUED_BYTES`` of
 answers held) drops the entry and counts it (``dropped``); the query itself was
-answered already. The thread wakes every ``interval`` seconds, takes up to ``batch``
+answered already. The thread wakes every ``interval`` seconds (at once when the queue is
+half full, so a busy door never fills it between two wakes), takes up to ``batch``
 entries at a time, turns answers into rows (``entries.Answers``) and writes each batch
 in one transaction. A batch the database refuses (locked past its busy timeout, a full
 disk) is logged once a minute and counted as lost, never retried into a growing backlog.
@@ -30,11 +31,11 @@ from proxy.wire.http import Request, Response
 
 logger = logging.getLogger(__name__)
 
-MAX_QUEUED_BYTES = 64 << 20  # answer bodies held by queued entries, at most
+MAX_QUEUED_BYTES = 64 << 20  # bytes of large answers held by queued entries, at most
+SMALL = 4096  # an answer this size or smaller is not weighed (a count of them is bounded)
 BATCH = 5000  # entries per transaction
 INTERVAL = 0.2  # seconds between drains
 RETENTION_EVERY = 60.0  # seconds between retention passes
-_ANSWER = "answer"
 
 
 class LogWriter:
@@ -63,25 +64,34 @@ class LogWriter:
         self._count_lock = threading.Lock()
         self.written = 0  # rows
         self.retention_passes = 0
-        self._stop = threading.Event()
+        self._wake = threading.Event()  # set to stop, or when the queue is half full
+        self._stopping = False
+        self._half = max(1, capacity // 2)
         self._thread: threading.Thread | None = None
         self._last_error = 0.0
 
     # ------------------------------------------------------------ the request side
 
     def observe(self, request: Request, response: Response, seconds: float) -> None:
-        """Queue one answered request (call it from one thread: the event loop)."""
+        """Queue one answered request (call it from one thread: the event loop). Kept to a
+        length check and an append: it runs for every query."""
         try:
+            queue = self._queue
             if response.status != 200:
                 return
-            size = len(response.body)
-            if (len(self._queue) >= self.capacity
-                    or self._bytes_in - self._bytes_out + size > MAX_QUEUED_BYTES):
+            n = len(queue)
+            if n >= self.capacity:
                 self._dropped_answers += 1
                 return
-            self._bytes_in += size
-            self._queue.append((_ANSWER, self.clock(), request.client, request.target, response,
-                                seconds))
+            size = len(response.body)
+            if size > SMALL:  # only large answers are weighed: small ones are bounded by count
+                if self._bytes_in - self._bytes_out + size > MAX_QUEUED_BYTES:
+                    self._dropped_answers += 1
+                    return
+                self._bytes_in += size
+            queue.append((self.clock(), request.client, request.target, response, seconds))
+            if n + 1 == self._half:  # a busy door fills the queue within an interval: wake now
+                self._wake.set()
         except Exception:  # never into the request
             self._dropped_answers += 1
 
@@ -92,11 +102,14 @@ class LogWriter:
         columns = COLUMNS.get(table)
         if columns is None or len(row) != len(columns):
             raise ValueError(f"not a row of a log table: {table!r} with {len(row)} values")
-        if len(self._queue) >= self.capacity:
+        n = len(self._queue)
+        if n >= self.capacity:
             with self._count_lock:
                 self._dropped_rows += 1
             return False
         self._queue.append((table, row))
+        if n + 1 == self._half:
+            self._wake.set()
         return True
 
     @property
@@ -127,7 +140,8 @@ class LogWriter:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Write everything queued, then end the thread (at most ``timeout`` seconds)."""
-        self._stop.set()
+        self._stopping = True
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -140,7 +154,9 @@ class LogWriter:
         try:
             next_retention = 0.0
             while True:
-                stopping = self._stop.wait(self.interval)
+                self._wake.wait(self.interval)
+                self._wake.clear()
+                stopping = self._stopping
                 self._tick()
                 self._drain(conn)
                 if stopping:
@@ -161,21 +177,40 @@ class LogWriter:
     def _drain(self, conn: sqlite3.Connection) -> None:
         while self._queue:
             taken = self._take()
-            rows: dict[str, list[tuple[Any, ...]]] = {}
-            for entry in taken:
-                if entry[0] is _ANSWER:
-                    _, t, client, target, response, seconds = entry
-                    self._bytes_out += len(response.body)
-                    got = self._answers.rows(t, client, target, response, seconds)
-                    if got:
-                        rows.setdefault("query", []).extend(got)
-                else:
-                    rows.setdefault(entry[0], []).append(entry[1])
+            rows = self._rows(taken)
             try:
                 self.written += self.store.write(conn, rows)
             except sqlite3.Error as e:
                 self._lost += len(taken)
                 self._complain(f"writing {len(taken)} log entries failed: {e}")
+
+    def _rows(self, taken: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, ...]]]:
+        """Each table's rows from a batch. Identical answers (the same answer object: the
+        routes' memo hands it out again) to the same client in the same second are one
+        query-log row with their ``count`` and mean latency: a product asking the same
+        thing in a loop costs one row a second, not one per query."""
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        groups: dict[tuple[int, str, int], list[Any]] = {}
+        for entry in taken:
+            if len(entry) == 2:  # (table, row)
+                rows.setdefault(entry[0], []).append(entry[1])
+                continue
+            t, client, target, response, seconds = entry
+            key = (int(t), client, id(response))  # ids are distinct: ``taken`` holds them all
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [t, client, target, response, seconds, 1]
+            else:
+                group[4] += seconds
+                group[5] += 1
+        if groups:
+            query = rows.setdefault("query", [])
+            for t, client, target, response, seconds, count in groups.values():
+                size = len(response.body)
+                if size > SMALL:
+                    self._bytes_out += size * count
+                query += self._answers.rows(t, client, target, response, seconds / count, count)
+        return rows
 
     def _take(self) -> list[tuple[Any, ...]]:
         queue, out = self._queue, []

@@ -44,7 +44,7 @@ def test_a_blocked_writer_drops_and_counts_entries_while_observe_returns(
         blocker.execute("ROLLBACK")
         blocker.close()
     writer.stop()
-    assert store.counts()["query"] == 101  # the one in flight and the 100 queued
+    assert store.items_logged() == 101  # the one in flight and the 100 queued
     assert writer.lost == 0
 
 
@@ -83,8 +83,23 @@ def test_stop_writes_everything_queued(ask: Ask, store: LogStore) -> None:
     for _ in range(10):
         writer.observe(request, response, 0.001)
     writer.stop()
-    assert store.counts()["query"] == 30
-    assert writer.written == 30
+    assert store.items_logged() == 30
+
+
+def test_identical_answers_to_a_client_in_one_second_are_one_row(
+        ask: Ask, store: LogStore) -> None:
+    writer = LogWriter(store, interval=3600, clock=lambda: 1.8e9 + 0.5)
+    writer.start()
+    request, response = ask("GET", f"/v1/file/{EICAR_SHA256}")  # the routes' memo: one object
+    for latency in (0.001, 0.002, 0.003):
+        writer.observe(request, response, latency)
+    other, again = ask("GET", f"/v1/file/{EICAR_SHA256}", client="192.0.2.99")
+    assert again is response
+    writer.observe(other, again, 0.004)
+    writer.stop()
+    rows = search(store, Search()).rows
+    assert [(r["client"], r["count"], r["latency_ms"]) for r in rows] == [
+        ("192.0.2.99", 1, 4.0), ("192.0.2.10", 3, 2.0)]
 
 
 def test_only_answered_engine_requests_are_logged(
@@ -151,20 +166,21 @@ def test_retention_by_days_in_the_background(
         writer.observe(request, response, 0.001)  # 40 days before "now"
     writer.submit("relay", relay_row(now[0], "https://cloud.example.test", "file", 1, 0.5, "timeout", "x"))
     store.audit("admin", "login", client="192.0.2.1", now=now[0])
-    wait_for(lambda: store.counts()["query"] == 5, "the old rows to be written")
+    wait_for(lambda: store.items_logged() == 5, "the old rows to be written")
     now[0] = 1.8e9 - 20 * DAY
     writer.observe(request, response, 0.001)  # 20 days before "now"
     now[0] = 1.8e9
-    wait_for(lambda: store.counts()["query"] == 1, "the rows past 30 days to go")
-    assert store.counts()["relay"] == 0
+    wait_for(lambda: store.items_logged() == 1 and store.counts()["relay"] == 0,
+             "the rows past 30 days to go")
+    assert search(store, Search()).rows[0]["time"] == "2026-12-26T08:00:00.000Z"  # the newer one
     assert store.counts()["audit"] == 1  # the audit is kept by rows only
 
 
 def test_retention_by_rows_in_the_background(
         ask: Ask, store: LogStore, make_writer: Callable[..., LogWriter]) -> None:
     writer = make_writer(max_rows=25, interval=0.01, retention_every=0.01)
-    request, response = ask("POST", "/v1/file", {"items": [{"sha256": EICAR_SHA256}] * 10})
-    for _ in range(6):
+    for _ in range(6):  # six answers (six objects: rows apart), ten items each
+        request, response = ask("POST", "/v1/file", {"items": [{"sha256": EICAR_SHA256}] * 10})
         writer.observe(request, response, 0.001)
     wait_for(lambda: writer.written == 60, "60 rows written")
     wait_for(lambda: store.counts()["query"] == 25, "the oldest rows past 25 to go")

@@ -1,0 +1,118 @@
+"""The query log's cost (issue 10, "Logs"): the query door's single-item rate with
+``query_log`` on against off, in the same run. Prints both rates and the ratio (goal
+>= 0.85); asserts nothing.
+
+    python3 bench/bench_querylog.py [--seconds 6] [--rounds 3] [--keep]
+
+Starts two ``rampart serve`` appliances (every door off but the HTTP query door, no
+cloud), one with ``query_log = false`` in its TOML, each pinned to core 0 with
+``taskset``; wrk (one thread, 64 keep-alive connections) runs on core 1, as
+``bench/run.py`` does. The runs alternate off/on for ``--rounds`` rounds and the median
+of each is compared, so a neighbour's burst of CPU hits both sides alike. Scenarios:
+
+- the EICAR SHA-256 by GET (a pattern hit; the same rendered answer every time);
+- unique unknown SHA-256s by GET (answered ``local``: a new answer each request, so
+  the writer reads every one).
+
+After the runs it prints the logged appliance's query-log rows and
+``rampart_log_dropped_total`` (entries dropped because the writer fell behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import load
+import run
+
+EICAR = f"/v1/file/{run.EICAR_SHA256}"
+
+
+def start(tmp: Path, name: str, config: str) -> tuple[run.Server, str]:
+    port = run.free_port()
+    (tmp / f"{name}.toml").write_text(config)
+    server = run.Server(name, run.pinned(run.SERVER_CORE, run.rampart(
+        "serve", "--data-dir", str(tmp / name), "--listen", "127.0.0.1", "--query-port", str(port),
+        "--log-level", "warning", "--config", str(tmp / f"{name}.toml"), *run.doors_off())),
+        tmp / f"{name}.log")
+    return server.start(f"http://127.0.0.1:{port}/healthz"), f"http://127.0.0.1:{port}"
+
+
+def rate(base: str, scripts: dict[str, Path], scenario: str, seconds: float) -> float:
+    if scenario == "pattern":
+        result = load.run_wrk(base + EICAR, scripts["get"], seconds=seconds, core=run.LOAD_CORE)
+    else:
+        result = load.run_wrk(base, scripts["get_unique"], "/v1/file/", os.urandom(24).hex(),
+                              seconds=seconds, core=run.LOAD_CORE)
+    if result.failed:
+        print(f"    ({result.failed} failed requests)", flush=True)
+    return result.rps
+
+
+def dropped(base: str) -> str:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    lines = [ln for ln in text.splitlines() if ln.startswith("rampart_log_dropped_total")]
+    return ", ".join(lines) or "not exported"
+
+
+def rows(data_dir: Path) -> int:
+    conn = sqlite3.connect(data_dir / "logs.sqlite")
+    try:
+        return int(conn.execute("SELECT count(*) FROM query").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="query log on against off: single-item rates")
+    ap.add_argument("--seconds", type=float, default=6, help="length of each measured run")
+    ap.add_argument("--rounds", type=int, default=3, help="off/on pairs per scenario")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is needed (apt-get install -y wrk)")
+    tmp = Path(tempfile.mkdtemp(prefix="rampart-bench-querylog-"))
+    scripts = load.write_scripts(tmp / "lua")
+    servers: list[run.Server] = []
+    try:
+        off, off_base = start(tmp, "log-off", "query_log = false\n")
+        servers.append(off)
+        on, on_base = start(tmp, "log-on", "query_log = true\n")
+        servers.append(on)
+        print(f"query log bench: {os.cpu_count()} cores; servers on core {run.SERVER_CORE}, wrk on core "
+              f"{run.LOAD_CORE}; {args.seconds:g} s a run, {args.rounds} rounds; work dir {tmp}", flush=True)
+        for scenario, label in (("pattern", "single item, pattern (GET EICAR)"),
+                                ("unique", "single item, unique unknown hashes (GET, local)")):
+            got: dict[str, list[float]] = {"off": [], "on": []}
+            for _ in range(args.rounds):
+                for side, base in (("off", off_base), ("on", on_base)):
+                    got[side].append(rate(base, scripts, scenario, args.seconds))
+                    print(f"  {label:<50} log {side:<3} {got[side][-1]:>10,.0f} req/s", flush=True)
+            m_off, m_on = statistics.median(got["off"]), statistics.median(got["on"])
+            print(f"{label}: median off {m_off:,.0f} req/s, on {m_on:,.0f} req/s, "
+                  f"ratio {m_on / m_off:.3f} (goal >= 0.85)", flush=True)
+        print(f"logged appliance: {dropped(on_base)}")
+        on.stop()  # writes what is queued
+        servers.remove(on)
+        print(f"logged appliance: {rows(tmp / 'log-on'):,} query-log rows written")
+    finally:
+        for s in servers:
+            s.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
