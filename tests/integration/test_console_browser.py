@@ -82,6 +82,15 @@ def test_an_administrator_runs_the_console_in_a_browser(tmp_path: Path) -> None:
             expect(page.locator("#test-result")).to_contain_text("blocked-list")
             page.screenshot(path=str(shots / "lists.png"), full_page=True)
 
+            httpx.get(f"http://127.0.0.1:{http}/v1/web",
+                      params={"url": "http://browser-bad.example.test/download"})
+            page.click("nav a[data-page=logs]")
+            page.select_option("#log-form select[name=log]", "blocked")
+            page.click("#log-form button")
+            expect(page.locator("#log-table tbody")).to_contain_text("blocked-list", timeout=10_000)
+            expect(page.locator("#log-table tbody")).to_contain_text("browser-bad.example.test")
+            page.screenshot(path=str(shots / "logs.png"), full_page=True)
+
             page.click("nav a[data-page=updates]")
             expect(page.locator("#u-versions tbody")).to_contain_text("(current)")
             page.screenshot(path=str(shots / "updates.png"), full_page=True)
@@ -105,7 +114,8 @@ def test_an_administrator_runs_the_console_in_a_browser(tmp_path: Path) -> None:
     finally:
         proc.stop()
     assert sorted(p.name for p in shots.iterdir()) == [
-        "accounts.png", "certificates.png", "dashboard.png", "lists.png", "login.png", "updates.png"]
+        "accounts.png", "certificates.png", "dashboard.png", "lists.png", "login.png", "logs.png",
+        "updates.png"]
 
 
 def _first_password(proc: Proc) -> str:

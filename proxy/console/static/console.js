@@ -70,7 +70,9 @@ async function showPage(name) {
   say("");
   try {
     await LOADERS[name]();
-    if (name === "dashboard") timer = setInterval(() => LOADERS.dashboard().catch(() => {}), 3000);
+    if (name === "dashboard" || name === "logs") {
+      timer = setInterval(() => LOADERS[name]().catch(() => {}), 3000);  // live, as it happens
+    }
   } catch (e) { say(e.message, true); }
 }
 
@@ -142,6 +144,33 @@ async function loadCertificates() {
   }
 }
 
+function logQuery() {
+  const f = new FormData($("#log-form"));
+  const q = new URLSearchParams({ log: f.get("log"), limit: "100" });
+  if (f.get("text")) q.set("text", f.get("text"));
+  if (f.get("regex")) q.set("regex", f.get("regex"));
+  return q;
+}
+
+async function loadLogs() {
+  const q = logQuery();
+  const doc = await api("GET", `/api/logs?${q}`);
+  for (const [id, fmt] of [["#log-csv", "csv"], ["#log-json", "json"]]) {
+    const e = new URLSearchParams(q); e.delete("limit"); e.set("format", fmt);
+    $(id).href = `/api/logs/export?${e}`;
+  }
+  const rows = doc.rows || [];
+  const first = ["time", "actor", "client", "service", "item", "verdict", "source", "matched", "threat",
+    "action", "version", "endpoint", "latency_ms"];
+  const keys = rows.length ? Object.keys(rows[0]).filter((c) => !["id", "origin", "blocked", "count"].includes(c)) : [];
+  const cols = [...first.filter((c) => keys.includes(c)), ...keys.filter((c) => !first.includes(c))];
+  const head = $("#log-table thead tr");
+  head.replaceChildren();
+  for (const c of cols) { const th = document.createElement("th"); th.textContent = c; head.appendChild(th); }
+  fill("#log-table", rows.map((r) => cols.map((c) => (c === "time" ? new Date(r[c]).toLocaleString() : r[c]))));
+  if (!rows.length) say("nothing logged that matches");
+}
+
 async function loadAccounts() {
   let doc;
   try { doc = await api("GET", "/api/accounts"); } catch (e) { $("#a-manage").hidden = true; return; }
@@ -152,8 +181,8 @@ async function loadAccounts() {
     k.last_used ? when(k.last_used) : "never"]));
 }
 
-const LOADERS = { dashboard: loadDashboard, lists: loadLists, updates: loadUpdates, certificates: loadCertificates,
-  accounts: loadAccounts };
+const LOADERS = { dashboard: loadDashboard, lists: loadLists, logs: loadLogs, updates: loadUpdates,
+  certificates: loadCertificates, accounts: loadAccounts };
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", async (ev) => {
@@ -193,6 +222,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#rollback").addEventListener("click", async () => {
     try { const r = await api("POST", "/api/updates/rollback", {}); say(`rolled back from ${r.from} to ${r.to}`); await loadUpdates(); }
     catch (e) { say(e.message, true); }
+  });
+  $("#log-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault(); say("");
+    try { await loadLogs(); } catch (e) { say(e.message, true); }
   });
   $("#password-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
