@@ -92,7 +92,7 @@ def serve(run: Run) -> None:
     from proxy.serve import startup
 
     cfg = run.config
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     with startup.checked(cfg, "appliance", lambda text: click.echo(f"rampart serve: {text}", err=True)):
         error = uvloop.run(master.run(cfg, lambda doors: click.echo(_started(cfg, doors), err=True)))
     if error:

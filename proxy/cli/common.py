@@ -150,6 +150,9 @@ def door_options(fn: F, data_dir: Callable[[Any], Any] = data_dir_option) -> F:
         config_flag("--pattern", "pattern_dir", type=click.Path(path_type=Path, file_okay=False),
                     help="Serve this pattern directory instead of the data directory's."),
         log_level_option,
+        config_flag("--log-format", type=click.Choice(list(config_mod.LOG_FORMATS)),
+                    help="Standard-error log lines as text or json, one object a line (default "
+                         f"{config_mod.default('log_format')})."),
     ]):
         fn = decorator(fn)
     return fn
@@ -185,13 +188,17 @@ def fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def setup_logging(level: str) -> None:
-    """Log to standard error at ``level`` (a log_level value; unknown names mean info)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log to standard error at ``level`` (a log_level value; unknown names mean info), as
+    text lines or, with ``fmt`` json (config key log_format), one JSON object a line."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from proxy.logs.jsonlog import json_formatter
+
+        handler.setFormatter(json_formatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

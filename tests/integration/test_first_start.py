@@ -102,3 +102,17 @@ def test_the_clouds_busy_port_names_its_own_flag(tmp_path: Path) -> None:
         r = run("cloud", "--data-dir", str(tmp_path / "c"), *QUIET, "--port", str(port))
     assert r.returncode == 1
     assert f"port {port} for the query door (https)" in r.stderr and "change --port" in r.stderr
+
+
+def test_log_format_json_writes_one_object_a_line(tmp_path: Path) -> None:
+    import json
+
+    http = free_port()
+    p = Proc([*RAMPART, "serve", "--data-dir", str(tmp_path / "j"), "--listen", "127.0.0.1",
+              "--query-port", str(http), "--query-tls-port", "0", "--log-format", "json"],
+             tmp_path / "j", tmp_path / "j.log").start(f"http://127.0.0.1:{http}/healthz")
+    p.stop()
+    records = [json.loads(line) for line in p.output().splitlines() if line.startswith("{")]
+    assert records, p.output()
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert any("query door listening" in rec["message"] for rec in records)
