@@ -41,6 +41,9 @@ _SUBJECTS = frozenset({*_HASHES, "url", "domain", "ip"})  # the renderer writes 
 _BLOCKING = frozenset({"malicious", "dangerous", "highly_suspicious"})
 _WEB_BLOCKING = frozenset({"dangerous", "highly_suspicious", "safe"})
 
+_decode = json.JSONDecoder().raw_decode  # json.loads less its checks: the body is our own
+_ENGINE_PATHS = tuple((r.path.encode(), r.service.value) for r in paths.ROUTES if r.service is not None)
+
 Template = tuple[str, str, str, str, str, str, str, str, int]
 """service, item, verdict, action, source, origin, matched, threat, blocked"""
 
@@ -100,7 +103,7 @@ def template(service: str, result: dict[str, Any]) -> Template | None:
 def templates(service: str, body: bytes) -> list[Template]:
     """Every result of a rendered answer, in order; none for a body that is not one."""
     try:
-        doc = json.loads(body)
+        doc = _decode(body.decode("utf-8", "replace"))[0]
     except ValueError:
         return []
     results = doc.get("results") if isinstance(doc, dict) else None
@@ -138,10 +141,17 @@ class Answers:
     def _templates(target: bytes, response: Response) -> list[Template]:
         if response.status != 200:
             return []
-        service = paths.engine_service(target.decode("latin-1"))
-        if service is None:
-            return []
-        return templates(service.value, response.body)
+        service = service_of(target)
+        return templates(service, response.body) if service is not None else []
+
+
+def service_of(target: bytes) -> str | None:
+    """The engine service a request target asks (``proxy.wire.paths``), or None. Only for
+    answered (200) requests: a path the table does not serve was answered 404."""
+    for path, service in _ENGINE_PATHS:
+        if target.startswith(path):
+            return service
+    return None
 
 
 class ClientMask:
