@@ -29,7 +29,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,8 +297,3 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def tables(names: Iterable[str]) -> list[str]:
-    """The distinct tables behind log names (``blocked`` is ``query``)."""
-    return sorted({TABLE_OF[n] for n in names})

@@ -15,6 +15,7 @@ from proxy.decide.lists import ListName
 from proxy.logs.search import Search, search
 from proxy.logs.store import FILENAME
 from proxy.serve.app import App
+from proxy.updates.signing import keygen
 from tests.conftest import free_port
 from tests.proxy.logs.conftest import EICAR_SHA256, MALWARE_URL
 
@@ -75,6 +76,25 @@ async def test_relay_failures_are_logged(tmp_path: Path) -> None:
     assert rows[0]["kind"] == "connect" and rows[0]["service"] == "file"
     (degraded,) = search(app.logs.store, Search(where=(("source", "degraded"),))).rows
     assert degraded["origin"] == "degraded"
+
+
+async def test_a_real_update_failure_is_logged(tmp_path: Path) -> None:
+    pub = keygen(tmp_path / "keys" / "update.key")
+    closed = free_port()  # the update source does not answer: the first attempt fails at once
+    app = App(config(tmp_path, update_source=f"http://127.0.0.1:{closed}", update_key=pub,
+                     update_timeout=5))
+    await app.start()
+    try:
+        assert app.logs is not None and app.keeper.updater is not None
+        for _ in range(1500):
+            if app.logs.store.counts()["updates"]:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await app.stop()
+    (row,) = search(app.logs.store, Search(log="updates")).rows
+    assert row["ok"] is False and row["reason"] == "fetch_failed"
+    assert str(closed) in row["message"]
 
 
 class _Result:
