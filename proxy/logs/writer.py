@@ -6,8 +6,9 @@ append. A full queue (``capacity`` entries, ``log_queue``, or ``MAX_QUEUED_BYTES
 answers held) drops the entry and counts it (``dropped``); the query itself was
 answered already. The thread wakes every ``interval`` seconds (at once when the queue is
 half full, so a busy door never fills it between two wakes), takes up to ``batch``
-entries at a time, turns answers into rows (``entries.Answers``) and writes each batch
-in one transaction. A batch the database refuses (locked past its busy timeout, a full
+entries at a time, turns answers into rows (``entries.Answers``; the same answer to the
+same client within a second is one row with a ``count``) and writes each batch in one
+transaction, a few multi-row INSERTs (``store.insert_many``). A batch the database refuses (locked past its busy timeout, a full
 disk) is logged once a minute and counted as lost, never retried into a growing backlog.
 Retention (``log_retention_days``, ``log_max_rows``) runs in the same thread every
 ``retention_every`` seconds, in bounded chunks. ``stop`` writes what is queued, then
