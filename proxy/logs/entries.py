@@ -1,10 +1,11 @@
 """What a query-door answer becomes in the query log, worked out in the writer thread.
 
-The request path only queues ``(time, client, target, response, seconds)``; here the
-rendered answer is read back (``json``) into one row per item. The rows' fixed part
-(service, item, verdict, action, source, origin, matched, threat, blocked) is kept per
-``Response`` object: the routes hand out the same object for a repeated local GET, so a
-busy single-item load is parsed once, not per request.
+The request path only queues ``(time, client, target, body, seconds)`` of a 200 answer
+(plain values the garbage collector stops tracking at once, so a queue of them adds no
+work to its collections); here the rendered answer is read back (``json``) into one row
+per item. The rows' fixed part (service, item, verdict, action, source, origin, matched,
+threat, blocked) is kept per body object: the routes hand out the same answer for a
+repeated local GET, so a busy single-item load is parsed once, not per request.
 
 ``origin`` says which list or pattern decided, for the Blocked Access log: the lists
 (``blocked-list``, ``approved-list``), the Smart Scan Pattern (``smart-scan``), the Web
@@ -22,12 +23,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.logs.store import clip
 from proxy.wire import paths
-from proxy.wire.http import Response
 
 MAX_ITEM = 256  # characters of an item (a URL is kept without its query, then clipped)
 MAX_TEXT = 200  # matched entries, threats, categories
@@ -41,6 +42,9 @@ _SUBJECTS = frozenset({*_HASHES, "url", "domain", "ip"})  # the renderer writes 
 _BLOCKING = frozenset({"malicious", "dangerous", "highly_suspicious"})
 _WEB_BLOCKING = frozenset({"dangerous", "highly_suspicious", "safe"})
 
+_ONE = re.compile(  # one flat result, its subject first: what replies.render_* write for one item
+    rb'\{"protocol":\d+,"pattern":"[^"\\]*","results":\[\{"(sha256|sha1|md5|url|domain|ip)":'
+    rb'"([^"\\]*)",([^{}\[\]]*)\}\]\}')  # an item with an escape is read in full
 _decode = json.JSONDecoder().raw_decode  # json.loads less its checks: the body is our own
 _ENGINE_PATHS = tuple((r.path.encode(), r.service.value) for r in paths.ROUTES if r.service is not None)
 
@@ -118,31 +122,53 @@ class Answers:
 
     def __init__(self, clients: str) -> None:
         self.mask = ClientMask(clients)
-        self._memo: dict[int, tuple[Response, list[Template]]] = {}
+        self._memo: dict[int, tuple[bytes, tuple[Template, ...]]] = {}
+        self._tails: dict[tuple[str, bytes], tuple[Any, ...]] = {}
 
-    def rows(self, t: float, client: str, target: bytes, response: Response,
+    def rows(self, t: float, client: str, target: bytes, body: bytes,
              seconds: float, count: int = 1) -> list[tuple[Any, ...]]:
-        """The rows of one answer (``count`` identical ones, ``seconds`` their mean latency)."""
-        memo = self._memo.get(id(response))
-        if memo is not None and memo[0] is response:
+        """The rows of one 200 answer's ``body`` (``count`` identical ones, ``seconds`` their
+        mean latency). Keyed by the body object: holding it, its id cannot be reused."""
+        memo = self._memo.get(id(body))
+        if memo is not None and memo[0] is body:
             found = memo[1]
         else:
-            found = self._templates(target, response)
-            if len(response.body) <= 4096:  # single answers repeat; batches seldom do
+            service = service_of(target)
+            if service is None:
+                found = ()
+            else:
+                found = self._single(service, body) or tuple(templates(service, body))
+            if len(body) <= 4096:  # single answers repeat; batches seldom do
                 if len(self._memo) >= MEMO:
                     self._memo.clear()
-                self._memo[id(response)] = (response, found)
+                self._memo[id(body)] = (body, found)
         if not found:
             return []
         head = (t, self.mask(client), round(seconds * 1000, 3), count)
         return [head + tmpl for tmpl in found]
 
-    @staticmethod
-    def _templates(target: bytes, response: Response) -> list[Template]:
-        if response.status != 200:
-            return []
-        service = service_of(target)
-        return templates(service, response.body) if service is not None else []
+    def _single(self, service: str, body: bytes) -> tuple[Template] | None:
+        """A one-result answer, read quickly: items differ, what follows them repeats (the
+        renderer's fragment for one verdict and source), so the rest of the row is kept per
+        fragment and only the item is decoded. None when ``body`` is not that shape (a
+        batch, an inspection, an item with an escape, text with brackets): then it is
+        read in full."""
+        m = _ONE.fullmatch(body)
+        if m is None:
+            return None
+        key, raw, rest = m.groups()
+        tail = self._tails.get((service, rest))
+        if tail is None:
+            whole = templates(service, body)
+            if len(whole) != 1:
+                return None
+            tail = whole[0][2:]
+            if len(self._tails) >= MEMO:
+                self._tails.clear()
+            self._tails[(service, rest)] = tail
+        value = raw.decode("ascii", "replace")  # the renderer writes ASCII
+        item = url_item(value) if key == b"url" else clip(value, MAX_ITEM)
+        return ((service, item, *tail),)
 
 
 def service_of(target: bytes) -> str | None:

@@ -8,8 +8,9 @@ answered already. The thread wakes every ``interval`` seconds (at once when the 
 half full, so a busy door never fills it between two wakes), takes up to ``batch``
 entries at a time, turns answers into rows (``entries.Answers``; the same answer to the
 same client within a second is one row with a ``count``) and writes each batch in one
-transaction, a few multi-row INSERTs (``store.insert_many``). A batch the database refuses (locked past its busy timeout, a full
-disk) is logged once a minute and counted as lost, never retried into a growing backlog.
+transaction, a few multi-row INSERTs (``store.insert_many``). A batch the database
+refuses (locked past its busy timeout, a full disk) is logged once a minute and counted
+as lost, never retried into a growing backlog.
 Retention (``log_retention_days``, ``log_max_rows``) runs in the same thread every
 ``retention_every`` seconds, in bounded chunks. ``stop`` writes what is queued, then
 ends the thread.
@@ -90,7 +91,7 @@ class LogWriter:
                     self._dropped_answers += 1
                     return
                 self._bytes_in += size
-            queue.append((self.clock(), request.client, request.target, response, seconds))
+            queue.append((self.clock(), request.client, request.target, response.body, seconds))
             if n + 1 == self._half:  # a busy door fills the queue within an interval: wake now
                 self._wake.set()
         except Exception:  # never into the request
@@ -186,7 +187,7 @@ class LogWriter:
                 self._complain(f"writing {len(taken)} log entries failed: {e}")
 
     def _rows(self, taken: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, ...]]]:
-        """Each table's rows from a batch. Identical answers (the same answer object: the
+        """Each table's rows from a batch. Identical answers (the same body object: the
         routes' memo hands it out again) to the same client in the same second are one
         query-log row with their ``count`` and mean latency: a product asking the same
         thing in a loop costs one row a second, not one per query."""
@@ -196,21 +197,21 @@ class LogWriter:
             if len(entry) == 2:  # (table, row)
                 rows.setdefault(entry[0], []).append(entry[1])
                 continue
-            t, client, target, response, seconds = entry
-            key = (int(t), client, id(response))  # ids are distinct: ``taken`` holds them all
+            t, client, target, body, seconds = entry
+            key = (int(t), client, id(body))  # ids are distinct: ``taken`` holds them all
             group = groups.get(key)
             if group is None:
-                groups[key] = [t, client, target, response, seconds, 1]
+                groups[key] = [t, client, target, body, seconds, 1]
             else:
                 group[4] += seconds
                 group[5] += 1
         if groups:
             query = rows.setdefault("query", [])
-            for t, client, target, response, seconds, count in groups.values():
-                size = len(response.body)
+            for t, client, target, body, seconds, count in groups.values():
+                size = len(body)
                 if size > SMALL:
                     self._bytes_out += size * count
-                query += self._answers.rows(t, client, target, response, seconds / count, count)
+                query += self._answers.rows(t, client, target, body, seconds / count, count)
         return rows
 
     def _take(self) -> list[tuple[Any, ...]]:

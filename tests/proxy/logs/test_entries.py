@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from proxy.logs.entries import MAX_ITEM, Answers, origin_of, template, templates, truncate, url_item
-from proxy.wire.http import Response
+from proxy.logs.entries import (
+    MAX_ITEM,
+    Answers,
+    origin_of,
+    service_of,
+    template,
+    templates,
+    truncate,
+    url_item,
+)
 
 
 @pytest.mark.parametrize(("url", "kept"), [
@@ -70,10 +79,9 @@ def test_a_body_that_is_not_an_answer_gives_no_rows(body: bytes) -> None:
 def test_an_answer_repeated_as_the_same_object_is_read_once() -> None:
     answers = Answers("full")
     body = json.dumps({"results": [{"md5": "44" * 16, "verdict": "clean", "source": "pattern"}]})
-    response = Response(200, body.encode())
-    first = answers.rows(1.0, "192.0.2.1", b"/v1/file/" + b"44" * 16, response, 0.001)
-    object.__setattr__(response, "body", b"changed")  # a second read would now find nothing
-    again = answers.rows(2.0, "192.0.2.2", b"/v1/file/" + b"44" * 16, response, 0.002)
+    raw = body.encode()
+    first = answers.rows(1.0, "192.0.2.1", b"/v1/file/" + b"44" * 16, raw, 0.001)
+    again = answers.rows(2.0, "192.0.2.2", b"/v1/nothing-read-again", raw, 0.002)
     assert first[0][3:] == again[0][3:]
     assert again[0][:3] == (2.0, "192.0.2.2", 2.0)
 
@@ -84,3 +92,31 @@ def test_an_answer_repeated_as_the_same_object_is_read_once() -> None:
 ])
 def test_truncate(client: str, network: str) -> None:
     assert truncate(client) == network
+
+
+@pytest.mark.parametrize(("target", "body"), [
+    ("GET", f"/v1/file/{'ab' * 32}"),
+    ("GET", "/v1/file/44d88612fea8a8f36de82e1278abb02f"),
+    ("GET", "/v1/web?url=http://testsafebrowsing.appspot.com/s/malware.html?q=1"),
+    ("GET", "/v1/web?url=http://example.test/a%22b%5Cc"),
+    ("GET", "/v1/domain/malware.example.test"),
+    ("GET", "/v1/domain/192.0.2.7"),
+    ("POST /v1/file", {"items": [{"md5": "44d88612fea8a8f36de82e1278abb02f"}]}),
+    ("POST /v1/web", {"urls": ["http://downloads.example.test/free/x"], "policy": "high"}),
+    ("POST /v1/inspect", {"url": "http://x.example.test/"}),
+])
+def test_the_quick_reading_of_one_result_matches_the_full_one(
+        ask: Any, target: str, body: Any) -> None:
+    method, _, path = target.partition(" ") if target.startswith("POST") else ("GET", "", body)
+    request, response = ask(method, path, body if method == "POST" else None)
+    assert response.status == 200
+    answers = Answers("full")
+    quick = answers.rows(1.0, "c", request.target, response.body, 0.001)
+    again = Answers("full").rows(1.0, "c", request.target, bytes(response.body), 0.001)  # no memo
+    service = service_of(request.target)
+    assert service is not None
+    full = [(1.0, "c", 1.0, 1, *t) for t in templates(service, response.body)]
+    assert quick == again == full
+    assert len(full) == 1
+    full_only = service == "inspect" or b"\\" in response.body  # both read in full
+    assert (Answers("full")._single(service, response.body) is None) == full_only
