@@ -13,13 +13,47 @@ import asyncio
 import time
 from typing import Any
 
-from proxy.console.api import SESSION_COOKIE, Route, answer, cookie, field, json_body
+from proxy.console.api import JSON, SESSION_COOKIE, Route, answer, cookie, field, json_body
+from proxy.console.log_routes import params_of
+from proxy.decide import list_io
 from proxy.decide.explain import explain_url
-from proxy.decide.lists import ListName
+from proxy.decide.list_rules import Actor, EntryKind, ListName, parse_expiry
 from proxy.errors import ConfigError, ProtocolError
 from proxy.wire.http import Request, Response
 
 MAX_VALUES = 1000
+MAX_IMPORT_CHARS = 8 << 20
+
+
+def _entry_json(e: Any, now: float) -> dict[str, Any]:
+    return {"list": e.list.value, "kind": e.kind.value, "value": e.value, "note": e.note,
+            "created": e.created, "clients": [str(n) for n in e.clients],
+            "expires": e.expires, "expired": e.expired(now), "added_by": e.added_by,
+            "origin": e.origin}
+
+
+def _kind(doc: dict[str, Any]) -> EntryKind | None:
+    if doc.get("kind") in (None, ""):
+        return None
+    try:
+        return EntryKind(field(doc, "kind", str, limit=16))
+    except ValueError:
+        kinds = ", ".join(k.value for k in EntryKind)
+        raise ProtocolError("bad_field", f"field 'kind' must be one of {kinds}") from None
+
+
+def _clients(doc: dict[str, Any]) -> list[str] | None:
+    value = doc.get("clients")
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > 64 or not all(
+            isinstance(c, str) and len(c) <= 64 for c in value):
+        raise ProtocolError("bad_field", "field 'clients' must be a list of at most 64 networks")
+    return value
+
+
+def _actor(who: Any, request: Request) -> Actor:
+    return Actor(who.name[:64], request.client[:64])
 
 
 def _list_name(doc: dict[str, Any]) -> ListName:
@@ -85,31 +119,61 @@ class Operations:
     # ------------------------------------------------------------ lists
 
     def lists(self, request: Request, _: Any) -> dict[str, Any]:
-        entries = self.app.lists_store.entries()
-        return {"entries": [{"list": e.list.value, "kind": e.kind.value, "value": e.value,
-                             "note": e.note, "created": e.created} for e in entries]}
+        now = time.time()
+        return {"entries": [_entry_json(e, now) for e in self.app.lists_store.entries()]}
 
     def lists_add(self, request: Request, who: Any) -> dict[str, Any]:
         doc = json_body(request, ("list", "values"))
         name, values = _list_name(doc), _values(doc)
         note = field(doc, "note", str, limit=500) if "note" in doc else ""
+        kind = _kind(doc)
+        clients = _clients(doc)
+        expires = None
+        if doc.get("expires") not in (None, ""):
+            expires = parse_expiry(field(doc, "expires", str, limit=64), time.time())
         messages = self._edit(lambda: self.app.lists_store.add(
-            name, [(None, v) for v in values], note=note))
+            name, [(kind, v) for v in values], note=note, clients=clients, expires=expires,
+            actor=_actor(who, request)))
         return {"messages": messages}
 
     def lists_remove(self, request: Request, who: Any) -> dict[str, Any]:
         doc = json_body(request, ("values",))
         values = _values(doc)
         name = _list_name(doc) if "list" in doc else None
+        kind = _kind(doc)
         removed = self._edit(lambda: self.app.lists_store.remove(
-            [(None, v) for v in values], name=name))
+            [(kind, v) for v in values], name=name, actor=_actor(who, request)))
         return {"removed": removed}
+
+    def lists_import(self, request: Request, who: Any) -> dict[str, Any]:
+        doc = json_body(request, ("format", "data"))
+        fmt = field(doc, "format", str, limit=8)
+        data = field(doc, "data", str, limit=MAX_IMPORT_CHARS).encode()
+        default = _list_name(doc) if "list" in doc else None
+        loaded = list_io.parse(data, "import", fmt, default_list=default, kind=_kind(doc),
+                               now=time.time())
+        result = self._edit(lambda: self.app.lists_store.import_entries(
+            loaded.entries, source="console", complete=loaded.complete,
+            actor=_actor(who, request)))
+        return {"added": result.added, "moved": result.moved, "updated": result.updated,
+                "unchanged": result.unchanged, "message": result.message("the import")}
+
+    def lists_export(self, request: Request, _: Any) -> Response:
+        fmt = params_of(request).get("format", "csv")
+        if fmt not in ("csv", "json"):
+            raise ProtocolError("bad_field", "parameter 'format' must be csv or json")
+        text = list_io.export(self.app.lists_store.entries(), fmt)
+        kind = "text/csv; charset=utf-8" if fmt == "csv" else JSON
+        return Response(200, text.encode(), kind, headers=(
+            ("Content-Disposition", f'attachment; filename="rampart-lists.{fmt}"'),
+            ("Cache-Control", "no-store")))
 
     def lists_test(self, request: Request, _: Any) -> dict[str, Any]:
         doc = json_body(request, ("url",))
         url = field(doc, "url", str, limit=4096)
+        client = field(doc, "client", str, limit=64) if "client" in doc else None
         try:
-            e = explain_url(url, self.app.engine.lists, self.app.engine.patterns)
+            e = explain_url(url, self.app.engine.lists, self.app.engine.patterns, client)
         except (ConfigError, ValueError) as err:
             raise ProtocolError("bad_url", f"field 'url': {err}") from None
         return {"url": e.url, "canonical": e.canonical, "lines": e.lines(),
@@ -157,13 +221,23 @@ def api_routes(ops: Operations, openapi: Any) -> list[Route]:
               ops.status),
         Route("GET", "/api/lists", "read", "Every approved and blocked rule", ops.lists),
         Route("POST", "/api/lists", "lists.write", "Add values to a list", ops.lists_add,
-              {"list": "blocked or approved", "values": "hashes, domains, URL prefixes",
-               "note": "optional, one line"}),
+              {"list": "blocked or approved",
+               "values": "hashes, domains, URL prefixes, keywords or regexes",
+               "kind": "optional: hash, domain, url, keyword or regex (else told by form)",
+               "clients": "optional: client networks the rules apply to",
+               "expires": "optional: a duration (7d) or an ISO time", "note": "optional, one line"}),
         Route("POST", "/api/lists/remove", "lists.write", "Remove values from the lists",
               ops.lists_remove, {"values": "the values", "list": "optional: only this list"}),
         Route("POST", "/api/lists/test", "read",
-              "Which rule or pattern entry decides a URL, and why", ops.lists_test,
-              {"url": "the URL"}),
+              "Which rule or pattern entry decides a URL for a client, and why", ops.lists_test,
+              {"url": "the URL", "client": "optional: the client's address"}),
+        Route("POST", "/api/lists/import", "lists.write",
+              "Import rules (CSV, JSON or a plain list); one bad row and nothing changes",
+              ops.lists_import, {"format": "csv, json or plain", "data": "the file's text",
+                                 "list": "for plain lists: blocked or approved",
+                                 "kind": "optional: the values' kind"}),
+        Route("GET", "/api/lists/export", "read", "Every rule as CSV or JSON (?format=)",
+              ops.lists_export),
         Route("POST", "/api/updates/now", "updates.run", "Take an update from the source now",
               ops.update_now),
         Route("POST", "/api/updates/rollback", "updates.run",

@@ -89,6 +89,36 @@ def test_a_session_reads_status_and_edits_lists_with_its_csrf_token(console: Con
         assert c.get("/api/status").status_code == 401
 
 
+def test_rules_with_kinds_scope_expiry_import_and_export(console: Console) -> None:
+    query = f"http://127.0.0.1:{console.proc.ports['http']}"
+    with console.client() as c:
+        h = {"X-CSRF-Token": console.login(c)}
+        r = c.post("/api/lists", json={"list": "blocked", "values": ["casino"], "kind": "keyword",
+                                       "clients": ["10.0.0.0/8"], "expires": "7d",
+                                       "note": "lab only"}, headers=h)
+        assert r.status_code == 200, r.text
+        rule = next(e for e in c.get("/api/lists").json()["entries"] if e["value"] == "casino")
+        assert rule["kind"] == "keyword" and rule["clients"] == ["10.0.0.0/8"]
+        assert rule["expires"] and rule["added_by"] == "admin" and not rule["expired"]
+        # scoped to 10/8: this client (127.0.0.1) is not blocked, a 10.x client would be
+        got = httpx.get(f"{query}/v1/web", params={"url": "http://casino.example.test/"}).json()
+        assert got["results"][0]["source"] != "blocked-list"
+        lab = c.post("/api/lists/test", json={"url": "http://casino.example.test/",
+                                              "client": "10.1.2.3"}, headers=h).json()
+        assert lab["decision"]["source"] == "blocked-list"
+        csv = c.get("/api/lists/export", params={"format": "csv"})
+        assert csv.status_code == 200 and "casino" in csv.text
+        bad = c.post("/api/lists/import", json={"format": "plain", "list": "blocked",
+                                                "data": "ok-one.example.test\nexa mple\n"},
+                     headers=h)
+        assert bad.status_code == 400 and "import:2" in bad.json()["error"]["message"]
+        values = [e["value"] for e in c.get("/api/lists").json()["entries"]]
+        assert "ok-one.example.test" not in values  # one bad row: nothing imported
+        good = c.post("/api/lists/import", json={"format": "plain", "list": "approved",
+                                                 "data": "ok-one.example.test\n"}, headers=h)
+        assert good.status_code == 200 and good.json()["added"] == 1
+
+
 def test_bad_input_is_400_naming_the_field(console: Console) -> None:
     with console.client() as c:
         csrf = console.login(c)
