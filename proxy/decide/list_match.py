@@ -70,7 +70,8 @@ class _Prefixes:
 
     def __init__(self, rules: dict[str, Entry]) -> None:
         self.rules = rules
-        self.lengths = tuple(sorted({len(v) for v in rules}, reverse=True))
+        self.lengths = (tuple(sorted({len(v) for v in rules}, reverse=True)) if len(rules) > 1
+                        else tuple(map(len, rules)))
 
     def matching(self, target: str) -> list[Entry]:
         found = []
@@ -82,6 +83,21 @@ class _Prefixes:
                 if e is not None:
                     found.append(e)
         return found
+
+
+_KIND_OF = {id(k): k for k in EntryKind}
+
+
+def _hosts(domains: list[Entry], prefixes: list[Entry]) -> dict[str, tuple[Entry | None, _Prefixes | None]]:
+    """Host name -> (its domain rule, its URL prefix rules): one probe of a URL's host finds both."""
+    own: dict[str, Entry] = {e.value: e for e in domains}
+    by_host: dict[str, dict[str, Entry]] = {}
+    for e in prefixes:
+        by_host.setdefault(e.value.partition("/")[0], {})[e.value] = e  # urls.host_of, for rules
+    out: dict[str, tuple[Entry | None, _Prefixes | None]] = {name: (e, None) for name, e in own.items()}
+    for host, rules in by_host.items():
+        out[host] = (own.get(host), _Prefixes(rules))
+    return out
 
 
 def _specificity(e: Entry) -> tuple[int, int, str]:
@@ -112,42 +128,27 @@ def compile_set(entries: Iterable[Entry]) -> tuple[Any, tuple[Entry, ...]]:
 class ListSnapshot:
     """An immutable in-memory view of both lists, as of one moment (expired rules left out)."""
 
-    __slots__ = ("_clock", "_counts", "_domains", "_hashes", "_plain", "_prefixes", "_set",
-                 "_set_entries", "expires_next", "scoped")
+    __slots__ = ("_clock", "_counts", "_hashes", "_hosts", "_plain", "_set", "_set_entries",
+                 "expires_next", "scoped")
 
     def __init__(self, entries: Iterable[Entry] = (), *, now: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         now = clock() if now is None else now
-        hashes: dict[str, Entry] = {}
-        domains: dict[str, Entry] = {}
-        prefixes: dict[str, dict[str, Entry]] = {}
-        patterns: list[Entry] = []
-        counts: dict[tuple[ListName, EntryKind], int] = {}
-        scoped, next_expiry = False, None
-        for e in entries:
-            if e.expired(now):
-                continue
-            counts[(e.list, e.kind)] = counts.get((e.list, e.kind), 0) + 1
-            scoped = scoped or bool(e.clients)
-            if e.expires is not None and (next_expiry is None or e.expires < next_expiry):
-                next_expiry = e.expires
-            if e.kind is EntryKind.HASH:
-                hashes[e.value] = e
-            elif e.kind is EntryKind.DOMAIN:
-                domains[e.value] = e
-            elif e.kind is EntryKind.URL:
-                prefixes.setdefault(urls.host_of(e.value), {})[e.value] = e
-            else:
-                patterns.append(e)
-        self._set, self._set_entries = compile_set(patterns)
-        self._hashes, self._domains, self._counts = hashes, domains, counts
-        self._prefixes = {h: _Prefixes(rules) for h, rules in prefixes.items()}
+        live = [e for e in entries if e.expires is None or e.expires > now]
+        by_kind: dict[EntryKind, list[Entry]] = {k: [] for k in EntryKind}
+        for e in live:  # by identity: hashing an Enum runs Python code, 100,000 times
+            by_kind[_KIND_OF[id(e.kind)]].append(e)
+        self._counts = {(ln.value, k.value): sum(1 for e in es if e.list is ln)
+                        for k, es in by_kind.items() for ln in ListName}
+        self._hashes = {e.value: e for e in by_kind[EntryKind.HASH]}
+        self._hosts = _hosts(by_kind[EntryKind.DOMAIN], by_kind[EntryKind.URL])
+        self._set, self._set_entries = compile_set(by_kind[EntryKind.KEYWORD] + by_kind[EntryKind.REGEX])
         self._clock = clock
-        self.scoped = scoped
+        self.scoped = any(e.clients for e in live)
         """Some rule applies to some clients only: an answer depends on who asks."""
-        self.expires_next = next_expiry
+        self.expires_next = min((e.expires for e in live if e.expires is not None), default=None)
         """When the first rule in this snapshot expires (epoch seconds), or None."""
-        self._plain = not scoped and next_expiry is None
+        self._plain = not self.scoped and self.expires_next is None
 
     def __len__(self) -> int:
         return sum(self._counts.values())
@@ -155,11 +156,12 @@ class ListSnapshot:
     def count(self, name: ListName | None = None, kind: EntryKind | None = None) -> int:
         """How many live entries are on a list (or both), of a kind (or all kinds)."""
         return sum(n for (ln, k), n in self._counts.items()
-                   if (name is None or ln is name) and (kind is None or k is kind))
+                   if (name is None or ln == name.value) and (kind is None or k == kind.value))
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{"blocked": {"hash": 3, "domain": 1, ...}, "approved": {...}}``."""
-        return {ln.value: {k.value: self._counts.get((ln, k), 0) for k in EntryKind} for ln in ListName}
+        return {ln.value: {k.value: self._counts.get((ln.value, k.value), 0) for k in EntryKind}
+                for ln in ListName}
 
     # -- the engine's lookups
 
@@ -226,11 +228,24 @@ class ListSnapshot:
         return None if first is None else (first.list, first.value)
 
     def _url_candidates(self, canonical_url: str) -> list[Entry]:
-        host = urls.host_of(canonical_url)
-        prefixes = self._prefixes.get(host)
-        found = [] if prefixes is None else prefixes.matching(urls.strip_scheme(canonical_url))
-        if self._domains:
-            found += self._domain_candidates(host[1:-1] if host.startswith("[") else host)
+        found: list[Entry] = []
+        hosts = self._hosts
+        if hosts:
+            at = canonical_url.find("://")
+            rest = canonical_url if at < 0 else canonical_url[at + 3:]
+            slash = rest.find("/")
+            host = rest if slash < 0 else rest[:slash]
+            own = hosts.get(host)
+            if own is not None and own[1] is not None:
+                found = own[1].matching(rest)
+            if host.startswith("["):  # IPv6: its domain rule is kept without brackets
+                own = hosts.get(host[1:-1])
+                if own is not None and own[0] is not None:
+                    found.append(own[0])
+            else:
+                if own is not None and own[0] is not None:
+                    found.append(own[0])
+                self._parents(host, found)
         if self._set is not None:
             hits = self._set.Match(canonical_url.encode("utf-8"))
             if hits:
@@ -238,11 +253,26 @@ class ListSnapshot:
         return found
 
     def _domain_candidates(self, name: str) -> list[Entry]:
-        domains = self._domains
-        if not domains:
+        if not self._hosts:
             return []
         name = name.lower().rstrip(".")
-        if urls.parse_ip(name) is not None:
-            e = domains.get(name)
-            return [] if e is None else [e]
-        return [domains[s] for s in urls.domain_suffixes(name) if s in domains]
+        own = self._hosts.get(name)
+        found = [] if own is None or own[0] is None else [own[0]]
+        self._parents(name, found)
+        return found
+
+    def _parents(self, name: str, found: list[Entry]) -> None:
+        """Append the domain rules of each parent of ``name`` with two labels or more, longest
+        first (``urls.domain_suffixes`` without the list); an IP address has no parents."""
+        if name[-1:].isdigit() and urls.parse_ip(name) is not None:
+            return
+        hosts = self._hosts
+        dot = name.find(".")
+        while dot >= 0:
+            after = name.find(".", dot + 1)
+            if after < 0:
+                return
+            own = hosts.get(name[dot + 1:])
+            if own is not None and own[0] is not None:
+                found.append(own[0])
+            dot = after

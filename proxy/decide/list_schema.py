@@ -90,16 +90,20 @@ def _migrate_from_1(conn: sqlite3.Connection) -> int:
     return int(after)
 
 
+_LISTS = {n.value: n for n in ListName}  # a dict probe: calling the Enum costs ~1 µs a row
+_KINDS_BY_VALUE = {k.value: k for k in EntryKind}
+
+
 def entry_of(row: tuple[object, ...]) -> Entry | None:
     """A row of ``COLUMNS`` as an Entry; None (and a warning) for one no Rampart would write."""
     ln, kind, value, note, created, clients, expires, added_by, origin = row
     try:
         return Entry(
-            ListName(ln), EntryKind(kind), str(value), str(note), float(created),  # type: ignore[arg-type]
+            _LISTS[ln], _KINDS_BY_VALUE[kind], str(value), str(note), float(created),  # type: ignore[arg-type,index]
             parse_clients(str(clients).split()) if clients else (),
             None if expires is None else float(expires),  # type: ignore[arg-type]
             str(added_by), str(origin),
         )
-    except (ValueError, TypeError, ListError):
+    except (KeyError, ValueError, TypeError, ListError):
         logger.warning("skipping a malformed list row", extra={"kind": str(kind)[:16]})
         return None
