@@ -110,8 +110,7 @@ def main() -> None:
             for i, unit in ((0, "req/s"), (1, "req/CPU-s")):
                 m_off = statistics.median(r[i] for r in got["off"])
                 m_on = statistics.median(r[i] for r in got["on"])
-                pairs = statistics.median(on[i] / off[i] for off, on in zip(got["off"], got["on"])
-                                          if off[i])
+                pairs = statistics.median(b[i] / a[i] for a, b in zip(got["off"], got["on"]) if a[i])
                 print(f"{label}: median off {m_off:,.0f} {unit}, on {m_on:,.0f} {unit}, "
                       f"ratio {m_on / m_off:.3f}; median of each round's on/off {pairs:.3f}"
                       " (goal >= 0.85)", flush=True)
