@@ -10,6 +10,7 @@ them (``log``, ``since``, ``until``, ``text``, ``regex``, ``limit``, ``offset``,
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -70,6 +71,35 @@ class LogOps:
             ("Cache-Control", "no-store")))
 
 
+    async def top(self, request: Request, _: Any) -> dict[str, Any]:
+        """The most blocked items and threats of the last ``hours`` (default 24, at most a week),
+        for the dashboard; one indexed range scan of the query log."""
+        logs = self._logs()
+        raw = params_of(request).get("hours", "24")
+        if not raw.isdigit() or not 1 <= int(raw) <= 168:
+            raise ProtocolError("bad_field", "parameter 'hours' must be 1 to 168")
+        since = time.time() - int(raw) * 3600
+
+        def read() -> dict[str, Any]:
+            conn = logs.store.connect()
+            try:
+                def top_of(column: str) -> list[list[Any]]:
+                    rows = conn.execute(
+                        f"SELECT {column}, SUM(count) AS n FROM query WHERE t >= ? AND blocked = 1"
+                        f" AND {column} != '' GROUP BY {column} ORDER BY n DESC LIMIT ?",
+                        (since, TOP)).fetchall()
+                    return [[value, n] for value, n in rows]
+                return {"hours": int(raw), "items": top_of("item"), "threats": top_of("threat"),
+                        "sources": top_of("source")}
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(read)
+
+
+TOP = 10
+
+
 def log_routes(ops: LogOps) -> list[Route]:
     return [
         Route("GET", "/api/logs", "read",
@@ -77,4 +107,6 @@ def log_routes(ops: LogOps) -> list[Route]:
               " newest first, paged", ops.search),
         Route("GET", "/api/logs/export", "read", "Export a log's matching rows as CSV or JSON",
               ops.export),
+        Route("GET", "/api/logs/top", "read",
+              "The most blocked items, threats and sources of the last hours (?hours=24)", ops.top),
     ]

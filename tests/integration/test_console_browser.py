@@ -90,6 +90,11 @@ def test_an_administrator_runs_the_console_in_a_browser(tmp_path: Path) -> None:
             expect(page.locator("#log-table tbody")).to_contain_text("blocked-list", timeout=10_000)
             expect(page.locator("#log-table tbody")).to_contain_text("browser-bad.example.test")
             page.screenshot(path=str(shots / "logs.png"), full_page=True)
+            page.click("nav a[data-page=dashboard]")
+            expect(page.locator("#d-top-items")).to_contain_text("browser-bad.example.test")
+            expect(page.locator("#d-top-threats")).to_contain_text("EICAR-Test-File")
+            expect(page.locator("#d-rate polyline")).to_have_count(1)
+            page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
 
             page.click("nav a[data-page=updates]")
             expect(page.locator("#u-versions tbody")).to_contain_text("(current)")

@@ -76,8 +76,42 @@ async function showPage(name) {
   } catch (e) { say(e.message, true); }
 }
 
+const rate = { last: null, points: [] };  // (time, total items) samples for the chart
+
+function drawRate(total) {
+  const now = Date.now() / 1000;
+  if (rate.last) {
+    const dt = now - rate.last[0];
+    if (dt > 0) rate.points.push(Math.max(0, (total - rate.last[1]) / dt));
+    if (rate.points.length > 60) rate.points.shift();
+  }
+  rate.last = [now, total];
+  const max = Math.max(1, ...rate.points);
+  const svg = $("#d-rate");
+  svg.replaceChildren();
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", rate.points.map((v, i) => `${(i * 600) / 59},${78 - (v / max) * 74}`).join(" "));
+  svg.appendChild(line);
+  const cur = rate.points.length ? rate.points[rate.points.length - 1] : 0;
+  $("#d-rate-now").textContent = `${cur.toFixed(1)} queries/s now, peak ${max.toFixed(1)} over the last ${rate.points.length * 3} s`;
+}
+
+function fillList(sel, pairs) {
+  const ol = $(sel);
+  ol.replaceChildren();
+  for (const [value, n] of pairs) {
+    const li = document.createElement("li");
+    li.textContent = `${value} (${n})`;
+    ol.appendChild(li);
+  }
+  if (!pairs.length) ol.textContent = "nothing blocked";
+}
+
 async function loadDashboard() {
   const s = await api("GET", "/api/status");
+  api("GET", "/api/logs/top?hours=24").then((top) => {
+    fillList("#d-top-items", top.items); fillList("#d-top-threats", top.threats);
+  }).catch(() => { fillList("#d-top-items", []); fillList("#d-top-threats", []); });
   const p = s.pattern || {};
   const status = $("#d-status");
   status.textContent = s.status === "ready" ? "Protecting" : "Patterns stale";
@@ -88,6 +122,7 @@ async function loadDashboard() {
   const local = items.filter(([k]) => /\/(pattern|blocked-list|approved-list|cache|local)$/.test(k))
     .reduce((n, [, v]) => n + v, 0);
   $("#d-total").textContent = String(total);
+  drawRate(total);
   $("#d-local").textContent = total ? `${Math.round(100 * local / total)} % answered here` : "no queries yet";
   $("#d-cache").textContent = String((s.cache || {}).entries || 0);
   const cloud = $("#d-cloud");
@@ -100,7 +135,7 @@ async function loadDashboard() {
   if (!(s.cloud || []).length) cloud.textContent = "none configured";
   fill("#d-items", items.map(([k, v]) => [...k.split("/"), v]));
   const pats = p.patterns || {};
-  fill("#d-patterns", Object.entries(pats).map(([name, q]) => [name, q.version, age(q.age_seconds), q.entries]));
+  fill("#d-patterns", Object.entries(pats).map(([name, q]) => [name, q.version, age(q.age_seconds), q.stale ? "stale" : "yes"]));
 }
 
 async function loadLists() {
