@@ -55,7 +55,7 @@ def test_an_export_is_bounded(filled: LogStore) -> None:
 
 def test_a_formula_from_the_network_is_not_run_by_a_spreadsheet(
         store: LogStore, make_writer: Callable[..., LogWriter]) -> None:
-    writer = make_writer()
+    writer = make_writer(days=3650)  # rows of 2027 stay whatever the clock says
     for message in ('=HYPERLINK("http://evil.example")', "'=already quoted", "plain"):
         writer.submit("relay", relay_row(1.8e9, "https://cloud.example.test", "file", 1, 0.1,
                                          "bad_answer", message))
