@@ -206,6 +206,17 @@ class LogStore:
             except sqlite3.Error as e:
                 raise LogError(f"cannot write the admin audit to {self.path}: {e}") from e
 
+    def record_update(self, result: Mapping[str, Any]) -> None:
+        """Record an update result now (``UpdateResult.to_json()``): for ``rampart update
+        now``, which runs its own updater beside the server's. Raises LogError."""
+        with self._lock:
+            try:
+                if self._audit is None:
+                    self._audit = self.connect()
+                self._audit.execute(insert_sql("updates"), update_row(result))
+            except sqlite3.Error as e:
+                raise LogError(f"cannot write the update log to {self.path}: {e}") from e
+
     def write(self, conn: sqlite3.Connection, rows: Mapping[str, Sequence[Sequence[Any]]]) -> int:
         """Insert each table's rows in one transaction; the number of rows written."""
         written = 0

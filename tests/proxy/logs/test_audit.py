@@ -53,3 +53,11 @@ def test_another_process_audits_beside_a_running_writer(
         cli.close()
     writer.stop()
     assert store.counts()["audit"] == 50 and store.counts()["relay"] == 50
+
+
+def test_an_update_run_from_the_command_line_is_recorded_at_once(store: LogStore) -> None:
+    store.record_update({"ok": True, "changed": True, "version": "2026120113", "path": "diff",
+                         "bytes": 1234, "seconds": 0.5, "reason": None, "message": "", "at": 1.8e9})
+    (row,) = search(store, Search(log="updates")).rows
+    assert (row["ok"], row["changed"], row["version"], row["bytes"], row["time"]) == (
+        True, True, "2026120113", 1234, "2027-01-15T08:00:00.000Z")
