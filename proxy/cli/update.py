@@ -77,9 +77,25 @@ def update_now(run: Run) -> None:
             await fetcher.close()
 
     result = asyncio.run(once())
+    if cfg.query_log:  # the update log holds the updates run from here too
+        _log_update(cfg.data_dir, result.to_json())
     if run.as_json:
         click.echo(json.dumps(result.to_json(), sort_keys=True))
     else:
         click.echo(result.line(), err=not result.ok)
     if not result.ok:
         sys.exit(EXIT_UPDATE_FAILED)
+
+
+def _log_update(data_dir: Path, result: dict[str, Any]) -> None:
+    from proxy.errors import RampartError
+    from proxy.logs.store import LogStore
+
+    try:
+        store = LogStore.open(data_dir)
+        try:
+            store.record_update(result)
+        finally:
+            store.close()
+    except (RampartError, OSError) as e:  # the update happened; a log we cannot write is said
+        click.echo(f"rampart: warning: the update log was not written: {e}", err=True)

@@ -122,7 +122,7 @@ class Operations:
         now = time.time()
         return {"entries": [_entry_json(e, now) for e in self.app.lists_store.entries()]}
 
-    def lists_add(self, request: Request, who: Any) -> dict[str, Any]:
+    async def lists_add(self, request: Request, who: Any) -> dict[str, Any]:
         doc = json_body(request, ("list", "values"))
         name, values = _list_name(doc), _values(doc)
         note = field(doc, "note", str, limit=500) if "note" in doc else ""
@@ -131,28 +131,28 @@ class Operations:
         expires = None
         if doc.get("expires") not in (None, ""):
             expires = parse_expiry(field(doc, "expires", str, limit=64), time.time())
-        messages = self._edit(lambda: self.app.lists_store.add(
+        messages = await self._edit(lambda: self.app.lists_store.add(
             name, [(kind, v) for v in values], note=note, clients=clients, expires=expires,
             actor=_actor(who, request)))
         return {"messages": messages}
 
-    def lists_remove(self, request: Request, who: Any) -> dict[str, Any]:
+    async def lists_remove(self, request: Request, who: Any) -> dict[str, Any]:
         doc = json_body(request, ("values",))
         values = _values(doc)
         name = _list_name(doc) if "list" in doc else None
         kind = _kind(doc)
-        removed = self._edit(lambda: self.app.lists_store.remove(
+        removed = await self._edit(lambda: self.app.lists_store.remove(
             [(kind, v) for v in values], name=name, actor=_actor(who, request)))
         return {"removed": removed}
 
-    def lists_import(self, request: Request, who: Any) -> dict[str, Any]:
+    async def lists_import(self, request: Request, who: Any) -> dict[str, Any]:
         doc = json_body(request, ("format", "data"))
         fmt = field(doc, "format", str, limit=8)
         data = field(doc, "data", str, limit=MAX_IMPORT_CHARS).encode()
         default = _list_name(doc) if "list" in doc else None
         loaded = list_io.parse(data, "import", fmt, default_list=default, kind=_kind(doc),
                                now=time.time())
-        result = self._edit(lambda: self.app.lists_store.import_entries(
+        result = await self._edit(lambda: self.app.lists_store.import_entries(
             loaded.entries, source="console", complete=loaded.complete,
             actor=_actor(who, request)))
         return {"added": result.added, "moved": result.moved, "updated": result.updated,
@@ -182,10 +182,16 @@ class Operations:
                     "rating": e.decision.rating.value, "source": e.decision.source.value,
                     "matched": e.decision.matched}}
 
-    def _edit(self, change: Any) -> Any:
-        """Change the lists, then serve the new ones at once (the poller would within 2 s)."""
-        result = change()
-        self.app.engine.lists = self.app.lists_store.snapshot()
+    async def _edit(self, change: Any) -> Any:
+        """Change the lists, then serve the new ones at once (the poller would within 2 s);
+        both off the event loop, since indexing many rules takes a while."""
+        store = self.app.lists_store
+
+        def work() -> Any:
+            return change(), store.snapshot()
+
+        result, snapshot = await asyncio.to_thread(work)
+        self.app.engine.lists = snapshot
         return result
 
     # ------------------------------------------------------------ updates

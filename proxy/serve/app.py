@@ -207,7 +207,8 @@ class App:
             await asyncio.sleep(self.cfg.lists_poll)
             try:
                 if self.lists_store.changed():
-                    self.engine.lists = self.lists_store.snapshot()
+                    # built off the loop: 100,000 rules take a second or more to index
+                    self.engine.lists = await asyncio.to_thread(self.lists_store.snapshot)
                     logger.info("approved/blocked lists reloaded")
             except Exception:
                 logger.exception("reloading the lists failed; keeping the previous ones")

@@ -388,3 +388,21 @@ def test_servers_started_together_on_a_fresh_data_dir_both_come_up(tmp_path: Pat
     finally:
         for p in procs:
             p.stop()
+
+
+def test_update_now_is_written_to_the_update_log(source: Source, tmp_path: Path) -> None:
+    from proxy.logs.search import Search, search
+    from proxy.logs.store import LogStore
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    pub = str(source.key.with_name("key.pub"))
+    r = rampart("update", "now", "--data-dir", str(data), "--update-source", source.url,
+                "--update-key", pub)
+    assert r.returncode == 0, r.stderr
+    store = LogStore.open(data)
+    try:
+        rows = search(store, Search(log="updates")).rows
+    finally:
+        store.close()
+    assert len(rows) == 1 and rows[0]["ok"] and rows[0]["changed"]
