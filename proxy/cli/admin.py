@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -61,7 +62,7 @@ def _read_password(from_stdin: bool) -> str:
     from proxy.console.passwords import MAX_LENGTH, check_new_password
 
     if from_stdin:
-        line = click.get_text_stream("stdin").readline(MAX_LENGTH + 2)
+        line = sys.stdin.readline(MAX_LENGTH + 2)
         password = line.removesuffix("\n").removesuffix("\r")
     else:
         password = click.prompt("New password", hide_input=True,
