@@ -28,8 +28,10 @@ import logging
 import os
 import pwd
 import shutil
+import sqlite3
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -241,3 +243,28 @@ def locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def open_sqlite(path: Path, *, timeout: float = 10.0) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` in WAL mode (autocommit, usable from threads).
+
+    Processes opening a new file at the same moment (servers started together on a
+    fresh data directory) can have the switch to WAL refused at once, without SQLite's
+    busy wait; it is tried again for up to ``timeout`` seconds. Raises sqlite3.Error.
+    Make the file with its mode first (``create_private``): SQLite would use the umask.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+        except sqlite3.OperationalError as e:
+            conn.close()
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        except BaseException:
+            conn.close()
+            raise

@@ -21,7 +21,7 @@ from typing import Any
 
 from proxy.clock import iso
 from proxy.console.errors import BadInput, StoreError
-from proxy.files import check_private_dir, create_private
+from proxy.files import check_private_dir, create_private, open_sqlite
 
 FILENAME = "console.sqlite"
 SCHEMA_VERSION = 1
@@ -100,9 +100,7 @@ class ConsoleStore:
         except OSError as e:
             raise StoreError(f"cannot open {FILENAME}: {e.strerror or e}") from None
         try:
-            conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = open_sqlite(path)
             conn.execute("PRAGMA foreign_keys=ON")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

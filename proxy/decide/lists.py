@@ -47,7 +47,7 @@ from proxy.decide.list_rules import (
 )
 from proxy.decide.list_schema import COLUMNS, FILENAME, SCHEMA_VERSION, create_schema, entry_of
 from proxy.errors import ListError
-from proxy.files import check_private_dir, create_private
+from proxy.files import check_private_dir, create_private, open_sqlite
 from proxy.model import Network
 
 __all__ = [
@@ -114,9 +114,6 @@ def _make_private(path: Path) -> None:
             create_private(side)
 
 
-OPEN_SECONDS = 10.0  # how long opening waits for another process creating the file
-
-
 class ListStore:
     """The lists in SQLite; every write is one audited transaction (all of a batch or nothing)."""
 
@@ -135,27 +132,15 @@ class ListStore:
             _make_private(path)
         except OSError as e:
             raise ListError(f"cannot open the list store {FILENAME}: {e.strerror or e}") from None
-        deadline = time.monotonic() + OPEN_SECONDS
-        while True:
+        try:
+            conn = open_sqlite(path)
             try:
-                conn = sqlite3.connect(path, timeout=10.0, isolation_level=None,
-                                       check_same_thread=False)
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                    create_schema(conn, now())
-                except BaseException:
-                    conn.close()
-                    raise
-                break
-            except sqlite3.OperationalError as e:
-                # Two processes opening a new file together: switching it to WAL can be
-                # refused at once (SQLite does not wait there), so try again, bounded.
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise ListError(f"cannot open the list store {FILENAME}: {e}") from e
-                time.sleep(0.05)
-            except sqlite3.Error as e:
-                raise ListError(f"cannot open the list store {FILENAME}: {e}") from e
+                create_schema(conn, now())
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as e:
+            raise ListError(f"cannot open the list store {FILENAME}: {e}") from e
         logger.debug("list store opened", extra={"file": FILENAME})
         return cls(conn, now)
 

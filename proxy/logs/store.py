@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import ConfigError, RampartError
-from proxy.files import check_private_dir, create_private
+from proxy.files import check_private_dir, create_private, open_sqlite
 
 logger = logging.getLogger(__name__)
 
@@ -171,10 +171,7 @@ class LogStore:
     def connect(self, *, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
         """A new connection (autocommit; callers open their own transactions)."""
         try:
-            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = open_sqlite(self.path, timeout=timeout)
         except sqlite3.Error as e:
             raise LogError(f"cannot open the log store {self.path}: {e}") from e
         return conn

@@ -148,3 +148,18 @@ def test_check_private_dir_refuses_a_file_clearly(tmp_path: Path, under: str) ->
     with pytest.raises(RampartError) as e:
         files.check_private_dir(tmp_path / "data" / under)
     assert f"{tmp_path / 'data'} is not a directory" in e.value.message
+
+
+def test_open_sqlite_gives_a_wal_connection_usable_from_other_threads(tmp_path):
+    import threading
+
+    from proxy.files import open_sqlite
+
+    conn = open_sqlite(tmp_path / "x.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    got = []
+    t = threading.Thread(target=lambda: got.append(conn.execute("SELECT 1").fetchone()[0]))
+    t.start()
+    t.join()
+    assert got == [1]
+    conn.close()
