@@ -150,6 +150,22 @@ def create_private(path: Path) -> Path:
     return path
 
 
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def create_private_sqlite(path: Path) -> Path:
+    """Make the SQLite database ``path`` 0600 before SQLite opens it (it would make it 0644
+    minus the umask), and narrow the files it keeps beside it (``-wal``, ``-shm``,
+    ``-journal``), which SQLite gives the database's mode; ones left by an older release
+    are narrowed too. Call it again once WAL mode has made its files."""
+    create_private(path)
+    for suffix in SQLITE_SIDECARS:
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            create_private(side)
+    return path
+
+
 def fsync_dir(path: Path) -> None:
     """Flush a folder's entries (a rename into it) to disk; a file system that cannot is skipped."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

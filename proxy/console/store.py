@@ -21,11 +21,10 @@ from typing import Any
 
 from proxy.clock import iso
 from proxy.console.errors import BadInput, StoreError
-from proxy.files import check_private_dir, create_private, open_sqlite
+from proxy.files import check_private_dir, create_private_sqlite, open_sqlite
 
 FILENAME = "console.sqlite"
 SCHEMA_VERSION = 1
-_SIDECARS = ("-wal", "-shm", "-journal")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 """A user or key name: 1 to 64 letters, digits and ``._@-``, starting with a letter or digit."""
 
@@ -75,14 +74,6 @@ def check_name(value: object, field: str) -> str:
     return value
 
 
-def _make_private(path: Path) -> None:
-    create_private(path)
-    for suffix in _SIDECARS:
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            create_private(side)
-
-
 class ConsoleStore:
     """The open console database; ``now`` is the clock every record's time comes from."""
 
@@ -96,7 +87,7 @@ class ConsoleStore:
         """Open (creating 0600 if missing) ``data_dir/console.sqlite``; the folder is checked private."""
         path = check_private_dir(Path(data_dir)) / FILENAME
         try:
-            _make_private(path)
+            create_private_sqlite(path)
         except OSError as e:
             raise StoreError(f"cannot open {FILENAME}: {e.strerror or e}") from None
         try:
@@ -111,10 +102,11 @@ class ConsoleStore:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as e:
             raise StoreError(f"cannot open {FILENAME}: {e}") from e
-        for suffix in _SIDECARS:  # WAL mode has just made them, with the database's mode
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                create_private(side)
+        try:
+            create_private_sqlite(path)  # WAL mode has just made its files, with the database's mode
+        except OSError as e:
+            conn.close()
+            raise StoreError(f"cannot open {FILENAME}: {e.strerror or e}") from None
         return cls(conn, now)
 
     def close(self) -> None:

@@ -47,7 +47,7 @@ from proxy.decide.list_rules import (
 )
 from proxy.decide.list_schema import COLUMNS, FILENAME, SCHEMA_VERSION, create_schema, entry_of
 from proxy.errors import ListError
-from proxy.files import check_private_dir, create_private, open_sqlite
+from proxy.files import check_private_dir, create_private_sqlite, open_sqlite
 from proxy.model import Network
 
 __all__ = [
@@ -96,24 +96,6 @@ class ImportResult:
                 f"{self.updated} updated, {self.unchanged} unchanged")
 
 
-# ---------------------------------------------------------------- opening
-
-_SIDECARS = ("-wal", "-shm", "-journal")
-
-
-def _make_private(path: Path) -> None:
-    """Create the database 0600 before SQLite does (it would make it 0644 minus the umask).
-
-    SQLite gives the files it adds beside it (``-wal``, ``-shm``, ``-journal``)
-    the database's mode; ones left by an older release are narrowed too.
-    """
-    create_private(path)
-    for suffix in _SIDECARS:
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            create_private(side)
-
-
 class ListStore:
     """The lists in SQLite; every write is one audited transaction (all of a batch or nothing)."""
 
@@ -129,7 +111,7 @@ class ListStore:
     def open(cls, data_dir: Path, *, now: Callable[[], float] = time.time) -> ListStore:
         path = check_private_dir(data_dir) / FILENAME
         try:
-            _make_private(path)
+            create_private_sqlite(path)
         except OSError as e:
             raise ListError(f"cannot open the list store {FILENAME}: {e.strerror or e}") from None
         try:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import ConfigError, RampartError
-from proxy.files import check_private_dir, create_private, open_sqlite
+from proxy.files import check_private_dir, create_private_sqlite, open_sqlite
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ BUSY_TIMEOUT = 10.0  # seconds a connection waits for another's write lock
 INSERT_ROWS = 64  # rows per INSERT statement, at most (13 columns: far below SQLite's 999 variables)
 RETENTION_CHUNK = 20_000  # rows deleted per statement: the writer drains between chunks
 MAX_AUDIT_TEXT = 2000  # characters of an audit row's actor, action, detail (each), clipped
-_SIDECARS = ("-wal", "-shm", "-journal")
 
 
 class LogError(RampartError):
@@ -151,11 +150,7 @@ class LogStore:
         """The store in ``data_dir`` (checked private), created with its schema if new."""
         path = check_private_dir(data_dir) / FILENAME
         try:
-            create_private(path)  # before SQLite makes it 0644 minus the umask
-            for suffix in _SIDECARS:
-                side = path.with_name(path.name + suffix)
-                if side.exists():
-                    create_private(side)
+            create_private_sqlite(path)
         except OSError as e:
             raise LogError(f"cannot open the log store {path}: {e.strerror or e}") from None
         store = cls(path)
