@@ -17,6 +17,7 @@ from proxy.console.api import JSON, SESSION_COOKIE, Route, answer, cookie, field
 from proxy.console.log_routes import params_of
 from proxy.decide import list_io
 from proxy.decide.explain import explain_url
+from proxy.decide.lists import KEEP
 from proxy.decide.list_rules import Actor, EntryKind, ListName, parse_expiry
 from proxy.errors import ConfigError, ProtocolError
 from proxy.wire.http import Request, Response
@@ -73,6 +74,33 @@ def _values(doc: dict[str, Any]) -> list[str]:
     return values
 
 
+def cache_status(app: Any) -> dict[str, Any]:
+    """The answer cache: its size, and the share of cloud-worthy items it answered (items
+    answered from the cache against those from the cache, the cloud or degraded)."""
+    items = app.stats.items
+    hits = sum(n for (_, src), n in items.items() if src == "cache")
+    asked = hits + sum(n for (_, src), n in items.items() if src in ("cloud", "degraded"))
+    return {"entries": len(app.cache), "hits": hits, "lookups": asked,
+            "hit_ratio": round(hits / asked, 4) if asked else None}
+
+
+def relay_status(stats: Any) -> dict[str, Any]:
+    """Per cloud endpoint: upstream requests by outcome and latency (p50, p95, mean, ms)."""
+    out: dict[str, Any] = {}
+    for (endpoint, outcome), n in sorted(stats.relay_requests.items()):
+        row = out.setdefault(endpoint, {"ok": 0, "errors": {}})
+        if outcome == "ok":
+            row["ok"] += n
+        else:
+            row["errors"][outcome] = n
+    for endpoint, hist in stats.relay_latency.items():
+        row = out.setdefault(endpoint, {"ok": 0, "errors": {}})
+        ms = {"p50": hist.quantile(0.5), "p95": hist.quantile(0.95),
+              "mean": hist.total / hist.count if hist.count else None}
+        row["latency_ms"] = {k: None if v is None else round(v * 1000, 2) for k, v in ms.items()}
+    return out
+
+
 class Operations:
     """What the API does, on ``app`` (a ``proxy.serve.app.App``) and ``accounts``."""
 
@@ -112,7 +140,8 @@ class Operations:
     def status(self, request: Request, _: Any) -> dict[str, Any]:
         body = self.app.readiness()
         body["items"] = {f"{s}/{src}": n for (s, src), n in sorted(self.app.stats.items.items())}
-        body["cache"] = {"entries": len(self.app.cache)}
+        body["cache"] = cache_status(self.app)
+        body["relay"] = relay_status(self.app.stats)
         body["uptime_seconds"] = round(time.time() - self.started, 1)
         return dict(body)
 
@@ -135,6 +164,26 @@ class Operations:
             name, [(kind, v) for v in values], note=note, clients=clients, expires=expires,
             actor=_actor(who, request)))
         return {"messages": messages}
+
+    async def lists_edit(self, request: Request, who: Any) -> dict[str, Any]:
+        """One rule's list, note, client networks or expiry; a field left out stays, an
+        empty ``expires`` (or ``"never"``) makes the rule permanent."""
+        doc = json_body(request, ("value",))
+        value = field(doc, "value", str, limit=4096)
+        to = _list_name(doc) if "list" in doc else None
+        note = field(doc, "note", str, limit=500) if "note" in doc else None
+        expires: Any = KEEP
+        if "expires" in doc:
+            raw = doc["expires"]
+            if raw in (None, "", "never"):
+                expires = None
+            else:
+                expires = parse_expiry(field(doc, "expires", str, limit=64), time.time())
+        kind, clients = _kind(doc), _clients(doc)
+        entry = await self._edit(lambda: self.app.lists_store.edit(
+            kind, value, to=to, note=note, clients=clients, expires=expires,
+            actor=_actor(who, request)))
+        return {"entry": _entry_json(entry, time.time())}
 
     async def lists_remove(self, request: Request, who: Any) -> dict[str, Any]:
         doc = json_body(request, ("values",))
@@ -232,6 +281,14 @@ def api_routes(ops: Operations, openapi: Any) -> list[Route]:
                "kind": "optional: hash, domain, url, keyword or regex (else told by form)",
                "clients": "optional: client networks the rules apply to",
                "expires": "optional: a duration (7d) or an ISO time", "note": "optional, one line"}),
+        Route("POST", "/api/lists/edit", "lists.write",
+              "Change one rule's list, note, client networks or expiry (what is left out stays)",
+              ops.lists_edit,
+              {"value": "the rule's value", "kind": "optional: its kind, when the form is ambiguous",
+               "list": "optional: move it to blocked or approved",
+               "note": "optional: the new note",
+               "clients": "optional: the new client networks ([] for every client)",
+               "expires": "optional: a duration (7d), an ISO time, or never"}),
         Route("POST", "/api/lists/remove", "lists.write", "Remove values from the lists",
               ops.lists_remove, {"values": "the values", "list": "optional: only this list"}),
         Route("POST", "/api/lists/test", "read",

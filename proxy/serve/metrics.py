@@ -44,6 +44,21 @@ class Histogram:
         self.total += seconds
         self.count += 1
 
+    def quantile(self, q: float) -> float | None:
+        """An estimate of the ``q`` quantile in seconds (linear within its bucket; the top
+        bucket's lower bound when it falls above the last bound); None before any sample."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        acc = 0
+        lower = 0.0
+        for bound, n in zip(LATENCY_BUCKETS, self.counts):
+            if n and acc + n >= rank:
+                return lower + (bound - lower) * max(0.0, rank - acc) / n
+            acc += n
+            lower = bound
+        return LATENCY_BUCKETS[-1]
+
     def buckets(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         acc = 0

@@ -123,6 +123,41 @@ def test_rules_with_kinds_scope_expiry_import_and_export(console: Console) -> No
         assert good.status_code == 200 and good.json()["added"] == 1
 
 
+def test_a_rule_is_edited_in_place_and_the_door_follows(console: Console) -> None:
+    query = f"http://127.0.0.1:{console.proc.ports['http']}"
+    url = {"url": "http://edited.example.test/page"}
+    with console.client() as c:
+        h = {"X-CSRF-Token": console.login(c)}
+        assert c.post("/api/lists", json={"list": "blocked", "values": ["edited.example.test"],
+                                          "clients": ["10.0.0.0/8"]}, headers=h).status_code == 200
+        got = httpx.get(f"{query}/v1/web", params=url).json()["results"][0]
+        assert got["source"] != "blocked-list"  # scoped away from 127.0.0.1
+        r = c.post("/api/lists/edit", json={"value": "edited.example.test", "clients": [],
+                                            "note": "everyone now", "expires": "1d"}, headers=h)
+        assert r.status_code == 200, r.text
+        entry = r.json()["entry"]
+        assert entry["clients"] == [] and entry["note"] == "everyone now" and entry["expires"]
+        got = httpx.get(f"{query}/v1/web", params=url).json()["results"][0]
+        assert got["source"] == "blocked-list"
+        r = c.post("/api/lists/edit", json={"value": "edited.example.test", "list": "approved",
+                                            "expires": "never"}, headers=h)
+        assert r.json()["entry"]["list"] == "approved" and r.json()["entry"]["expires"] is None
+        missing = c.post("/api/lists/edit", json={"value": "never-added.example.test"}, headers=h)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "no_such_rule"
+        audit = c.get("/api/logs", params={"log": "audit", "text": "edited.example.test"}).json()
+        assert any(row["action"] == "lists.edit" and row["actor"] == "admin"
+                   for row in audit["rows"]), audit
+
+
+def test_status_reports_the_cache_and_each_cloud_endpoint(console: Console) -> None:
+    with console.client() as c:
+        console.login(c)
+        status = c.get("/api/status").json()
+    cache = status["cache"]
+    assert set(cache) == {"entries", "hits", "lookups", "hit_ratio"}
+    assert status["relay"] == {}  # no cloud configured: no endpoint, none asked
+
+
 def test_bad_input_is_400_naming_the_field(console: Console) -> None:
     with console.client() as c:
         csrf = console.login(c)
