@@ -17,8 +17,8 @@ from proxy.console.api import JSON, SESSION_COOKIE, Route, answer, cookie, field
 from proxy.console.log_routes import params_of
 from proxy.decide import list_io
 from proxy.decide.explain import explain_url
-from proxy.decide.lists import KEEP
 from proxy.decide.list_rules import Actor, EntryKind, ListName, parse_expiry
+from proxy.decide.lists import KEEP
 from proxy.errors import ConfigError, ProtocolError
 from proxy.wire.http import Request, Response
 
