@@ -28,6 +28,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEGRADED_ACTIONS = ("allow", "block")
 LOG_CLIENTS = ("full", "truncated", "none")
 LOG_FORMATS = ("text", "json")
+SYSLOG_FACILITIES = ("daemon", "user", *(f"local{i}" for i in range(8)))
 LOCAL_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
                   "fc00::/7")
 """Loopback and private ranges: who the doors serve unless configured otherwise."""
@@ -188,6 +189,10 @@ class Config:
     log_clients: str = _opt(
         "full", "client addresses in the query log: full, truncated (IPv4 /24, IPv6 /48) or none"
     )
+    log_client_networks: list[str] = _opt(
+        [], "per-network log_clients: NETWORK=MODE entries (10.20.0.0/16=none); the most"
+        " specific network holding a client decides",
+    )
     log_retention_days: int = _opt(30, "days query-log entries are kept", lo=1, hi=3650)
     log_max_rows: int = _opt(
         1_000_000, "most query-log rows kept; the oldest go first", lo=1000, hi=1_000_000_000
@@ -197,6 +202,11 @@ class Config:
         " never queries", lo=100, hi=10_000_000,
     )
     log_format: str = _opt("text", "standard-error log lines: text or json")
+    syslog: str = _opt(
+        "", "also send log lines to syslog: udp://HOST[:514], tcp://HOST[:514] or a local socket"
+        " path (/dev/log); empty: off",
+    )
+    syslog_facility: str = _opt("daemon", "syslog facility: daemon, user or local0 to local7")
     # pattern updates
     update_source: str = _opt(
         "", "update source to follow (http(s)://host[:port][/path], a `rampart pattern serve`"
@@ -311,6 +321,13 @@ def validate(cfg: Config) -> Config:
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of"
                               f" {', '.join(allowed)}")
+    network_modes(cfg.log_client_networks)
+    if cfg.syslog and syslog_address(cfg.syslog) is None:
+        raise ConfigError(f"config key 'syslog': {cfg.syslog[:200]!r} must be udp://HOST[:PORT],"
+                          " tcp://HOST[:PORT] or an absolute socket path")
+    if cfg.syslog_facility not in SYSLOG_FACILITIES:
+        raise ConfigError(f"config key 'syslog_facility': {cfg.syslog_facility!r} is not one of"
+                          f" {', '.join(SYSLOG_FACILITIES)}")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"config key 'log_level': {cfg.log_level!r} is not debug/info/warning/error")
     if cfg.degraded_action not in DEGRADED_ACTIONS:
@@ -359,6 +376,40 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'cloud_ca': no such file {cfg.cloud_ca.name!r}")
     _check_updates(cfg)
     return cfg
+
+
+def network_modes(entries: list[str] | tuple[str, ...] | Any) -> list[tuple[Any, str]]:
+    """``log_client_networks`` entries (``NETWORK=MODE``) as (network, mode) pairs; raises
+    ConfigError naming the first bad entry."""
+    out: list[tuple[Any, str]] = []
+    for entry in entries:
+        cidr, _, mode = str(entry).partition("=")
+        try:
+            network = ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError:
+            network = None
+        if network is None or mode.strip() not in LOG_CLIENTS:
+            raise ConfigError(f"config key 'log_client_networks': {str(entry)[:100]!r} must be"
+                              f" NETWORK=MODE, MODE one of {', '.join(LOG_CLIENTS)}")
+        out.append((network, mode.strip()))
+    return out
+
+
+def syslog_address(value: str) -> tuple[str, Any] | None:
+    """``syslog``'s target as (``udp``/``tcp``, (host, port)) or (``unix``, path); None when
+    it is neither."""
+    if value.startswith("/"):
+        return ("unix", value) if len(value) < 108 else None  # sun_path holds 108 bytes
+    try:
+        parts = urlsplit(value)
+        port = parts.port or 514
+    except ValueError:
+        return None
+    if parts.scheme not in ("udp", "tcp") or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return None
+    return parts.scheme, (parts.hostname, port)
 
 
 def _check_updates(cfg: Config) -> None:

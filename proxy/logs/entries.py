@@ -27,6 +27,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.logs.clients import ClientMask
 from proxy.logs.store import clip
 from proxy.wire import paths
 
@@ -36,7 +37,6 @@ MAX_RESULTS = 10_000  # rows one answer may give (the protocol's batches are sma
 MEMO = 4096
 ORIGINS = ("blocked-list", "approved-list", "smart-scan", "web-blocking", "suspicious-urls",
            "domain-ip", "cloud", "local", "degraded")
-CLIENT_MODES = ("full", "truncated", "none")
 _HASHES = ("sha256", "sha1", "md5")
 _SUBJECTS = frozenset({*_HASHES, "url", "domain", "ip"})  # the renderer writes it first
 _BLOCKING = frozenset({"malicious", "dangerous", "highly_suspicious"})
@@ -120,8 +120,8 @@ def templates(service: str, body: bytes) -> list[Template]:
 class Answers:
     """Turns queued answers into query-log rows; one per writer thread (not thread-safe)."""
 
-    def __init__(self, clients: str) -> None:
-        self.mask = ClientMask(clients)
+    def __init__(self, clients: str | ClientMask) -> None:
+        self.mask = clients if isinstance(clients, ClientMask) else ClientMask(clients)
         self._memo: dict[int, tuple[bytes, tuple[Template, ...]]] = {}
         self._tails: dict[tuple[str, bytes], tuple[Any, ...]] = {}
 
@@ -178,40 +178,3 @@ def service_of(target: bytes) -> str | None:
         if target.startswith(path):
             return service
     return None
-
-
-class ClientMask:
-    """A client address as ``log_clients`` keeps it: ``full``; ``truncated`` to its IPv4
-    /24 or IPv6 /48 network (``192.0.2.0/24``); ``none`` (empty). An address that does
-    not parse is kept whole only under ``full``."""
-
-    def __init__(self, mode: str) -> None:
-        if mode not in CLIENT_MODES:
-            raise ValueError(f"log_clients must be one of {', '.join(CLIENT_MODES)}, not {mode!r}")
-        self.mode = mode
-        self._memo: dict[str, str] = {}
-
-    def __call__(self, client: str) -> str:
-        if self.mode == "full":
-            return clip(client, 100)
-        if self.mode == "none":
-            return ""
-        found = self._memo.get(client)
-        if found is None:
-            found = truncate(client)
-            if len(self._memo) >= MEMO:
-                self._memo.clear()
-            self._memo[client] = found
-        return found
-
-
-def truncate(client: str) -> str:
-    """``client``'s IPv4 /24 or IPv6 /48 network ("" for an address that does not parse)."""
-    try:
-        ip = ipaddress.ip_address(client.split("%", 1)[0].strip("[]"))
-    except ValueError:
-        return ""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

@@ -23,12 +23,19 @@ from typing import Any
 
 from proxy.config import Config
 from proxy.errors import RelayError
+from proxy.logs.clients import ClientMask
 from proxy.logs.store import LogStore, relay_row, update_row
 from proxy.logs.writer import LogWriter
 from proxy.model import Service
 from proxy.wire.http import Request, Response
 
 logger = logging.getLogger(__name__)
+
+
+def client_mask(cfg: Config) -> ClientMask:
+    """How the query log stores client addresses under ``cfg`` (log_clients and
+    log_client_networks)."""
+    return ClientMask(cfg.log_clients, cfg.log_client_networks)
 
 
 class Logs:
@@ -43,7 +50,7 @@ class Logs:
         """The store in ``cfg.data_dir`` and a started writer with ``cfg``'s log keys."""
         store = LogStore.open(cfg.data_dir)
         logs = cls(store, LogWriter(
-            store, capacity=cfg.log_queue, clients=cfg.log_clients, days=cfg.log_retention_days,
+            store, capacity=cfg.log_queue, clients=client_mask(cfg), days=cfg.log_retention_days,
             max_rows=cfg.log_max_rows, **writer_options))
         logs.writer.tick = logs._follow
         logs.writer.start()

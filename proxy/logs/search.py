@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy.clock import parse_iso
-from proxy.logs.entries import truncate
+from proxy.logs.clients import truncate
 from proxy.logs.store import COLUMNS, LOGS, TABLE_OF, LogQueryError, LogStore
 
 try:  # linear-time matching when google-re2 is installed

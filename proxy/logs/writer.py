@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.config import default
+from proxy.logs.clients import ClientMask
 from proxy.logs.entries import Answers
 from proxy.logs.store import COLUMNS, LogStore
 from proxy.wire.http import Request, Response
@@ -38,11 +39,12 @@ SMALL = 4096  # an answer this size or smaller is not weighed (a count of them i
 BATCH = 5000  # entries per transaction
 INTERVAL = 0.2  # seconds between drains
 RETENTION_EVERY = 60.0  # seconds between retention passes
+CLIENTS: str = default("log_clients")
 
 
 class LogWriter:
     def __init__(self, store: LogStore, *, capacity: int = default("log_queue"),
-                 clients: str = default("log_clients"), days: int = default("log_retention_days"),
+                 clients: str | ClientMask = CLIENTS, days: int = default("log_retention_days"),
                  max_rows: int = default("log_max_rows"), batch: int = BATCH,
                  interval: float = INTERVAL, retention_every: float = RETENTION_EVERY,
                  clock: Callable[[], float] = time.time,
@@ -113,6 +115,11 @@ class LogWriter:
         if n + 1 == self._half:
             self._wake.set()
         return True
+
+    def set_clients(self, mask: ClientMask) -> None:
+        """Store client addresses as ``mask`` says from the next batch on (a setting changed
+        while running; rows already written stay as they were)."""
+        self._answers.mask = mask  # one attribute store: the writer thread sees old or new
 
     @property
     def dropped(self) -> int:

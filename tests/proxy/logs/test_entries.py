@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from proxy.logs.clients import truncate
 from proxy.logs.entries import (
     MAX_ITEM,
     Answers,
@@ -14,7 +15,6 @@ from proxy.logs.entries import (
     service_of,
     template,
     templates,
-    truncate,
     url_item,
 )
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from proxy.logs.clients import ClientMask
 from proxy.logs.search import Search, search
 from proxy.logs.store import LogStore, relay_row
 from proxy.logs.writer import LogWriter
@@ -139,6 +140,22 @@ def test_client_addresses_are_stored_as_configured(
             1 if mode == "full" else 0)
     finally:
         conn.close()
+
+
+def test_per_network_modes_store_each_client_as_its_network_says(
+        ask: Ask, store: LogStore, make_writer: Callable[..., LogWriter]) -> None:
+    mask = ClientMask("full", ["10.0.0.0/8=truncated", "10.9.0.0/16=none"])
+    writer = make_writer(clients=mask)
+    for client in ("192.0.2.5", "10.1.2.3", "10.9.8.7"):
+        writer.observe(*ask("GET", f"/v1/file/{EICAR_SHA256}", client=client), 0.001)
+    deadline = time.monotonic() + 10
+    while writer.written < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.set_clients(ClientMask("none"))  # a setting changed while running: later rows
+    writer.observe(*ask("GET", f"/v1/file/{EICAR_SHA256}", client="192.0.2.6"), 0.001)
+    writer.stop()
+    stored = sorted(row["client"] for row in search(store, Search()).rows)
+    assert stored == ["", "", "10.1.2.0/24", "192.0.2.5"]
 
 
 def test_an_unknown_client_mode_is_refused(store: LogStore) -> None:
