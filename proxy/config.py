@@ -503,27 +503,35 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_file(path: Path) -> dict[str, Any]:
+    """The keys the TOML file at ``path`` sets, each value checked; raises ConfigError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    values: dict[str, Any] = {}
+    for name, (shown, value) in _flatten(doc).items():
+        if name not in FIELDS:
+            raise ConfigError(f"config file {path}: unknown key {shown!r}")
+        values[name] = _coerce(name, value)
+    return values
+
+
+def given(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``overrides`` (flags) that were given: None and empty values are not."""
+    return {k: v for k, v in (overrides or {}).items() if not (v is None or v == () or v == [])}
+
+
 def load(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file at ``path``, then ``overrides`` (flags; None values skipped)."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes")
-        try:
-            doc = tomllib.loads(raw.decode())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {path}: {e}") from None
-        for name, (shown, value) in _flatten(doc).items():
-            if name not in FIELDS:
-                raise ConfigError(f"config file {path}: unknown key {shown!r}")
-            values[name] = _coerce(name, value)
-    for name, value in (overrides or {}).items():
-        if value is None or value == () or value == []:
-            continue
+    values = read_file(path) if path is not None else {}
+    for name, value in given(overrides).items():
         if name not in FIELDS:
             raise ConfigError(f"unknown config key {name!r}")
         values[name] = _coerce(name, value)

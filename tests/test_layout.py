@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BOTTOM = ("proxy.errors", "proxy.model", "proxy.config", "proxy.files", "proxy.clock")
+BOTTOM = ("proxy.errors", "proxy.model", "proxy.config", "proxy.settings", "proxy.files", "proxy.clock")
 CORE = (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.updates", "proxy.decide", "proxy.relay",
         "proxy.serve")
 
@@ -21,6 +21,7 @@ MAY_IMPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy.files", ("proxy.errors",)),
     ("proxy.clock", ("proxy.errors",)),
     ("proxy.config", ("proxy.errors", "proxy.model")),
+    ("proxy.settings", ("proxy.errors", "proxy.config", "proxy.files")),
     ("proxy.wire", (*BOTTOM, "proxy.wire")),
     ("proxy.patterns", (*BOTTOM, "proxy.wire", "proxy.patterns")),
     ("proxy.relay", (*BOTTOM, "proxy.wire", "proxy.relay")),
