@@ -6,6 +6,10 @@ directory from ``--data-dir`` or the config file (``--config``) and refuses one 
 not exist, ``lists add`` included: entries written into a mistyped directory would be read
 by no server, so the administrator would believe something blocked that is not. Changes
 are audited as made by the user running the command, from ``cli``.
+
+With ``--server`` (``proxy.cli.remote``) every command works on a running appliance
+through its admin API instead (``proxy.cli.remote_lists.RemoteLists`` stands in for the
+store), checks its input the same way first and prints the same output.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from proxy.cli.common import (
     pass_run,
     say_error,
 )
-from proxy.errors import ConfigError, ProtocolError
+from proxy.cli.remote import remote_for, remote_options
+from proxy.errors import ConfigError, ListError, ProtocolError
 
 
 @click.group("lists")
@@ -36,8 +41,15 @@ def lists_group() -> None:
     """Edit the approved/blocked lists (a running server sees changes within seconds)."""
 
 
-def _store(run: Run) -> Any:
-    """The list store of the run's data directory, which must exist (see the module docstring)."""
+def _store(run: Run, *local: str) -> Any:
+    """The appliance's lists through its API with --server, else the list store of the data
+    directory, which must exist (see the module docstring). ``local``: options --server
+    conflicts with (see ``remote_for``)."""
+    remote = remote_for(run, *local)
+    if remote is not None:
+        from proxy.cli.remote_lists import RemoteLists
+
+        return RemoteLists(remote)
     from proxy.decide.lists import ListStore
 
     return ListStore.open(run.existing_data_dir())
@@ -75,6 +87,7 @@ approved_option = click.option("--approved", is_flag=True, help="The approved li
 @lists_group.command("add")
 @config_option
 @data_dir_option
+@remote_options
 @blocked_option
 @approved_option
 @click.option("--kind", type=KIND, help=KIND_HELP)
@@ -117,6 +130,7 @@ def lists_add(run: Run, blocked: bool, approved: bool, kind: str | None, clients
 @lists_group.command("remove")
 @config_option
 @data_dir_option
+@remote_options
 @click.option("--kind", type=KIND, help=KIND_HELP)
 @click.argument("values", nargs=-1, required=True)
 @pass_run
@@ -139,6 +153,7 @@ def lists_remove(run: Run, kind: str | None, values: tuple[str, ...]) -> None:
 @lists_group.command("test")
 @config_option
 @data_dir_option
+@remote_options
 @config_flag("--pattern", "pattern_dir",
              type=click.Path(path_type=Path, file_okay=False, exists=True),
              help="Test against this pattern directory instead of the data directory's.")
@@ -162,6 +177,18 @@ def lists_test(run: Run, client: str | None, urls: tuple[str, ...]) -> None:
             raise ConfigError(f"{e.message}; give a URL such as http://example.test/page") from None
     if client is not None and client_ip(client) is None:
         raise ConfigError(f"--client {client!r} is not an IP address (e.g. 10.1.2.3 or 2001:db8::7)")
+    remote = remote_for(run, "pattern_dir")
+    if remote is not None:
+        from proxy.cli.remote_lists import test_urls
+
+        explained, version = test_urls(remote, urls, client)
+        for i, lines in enumerate(explained):
+            if i:
+                click.echo()
+            for line in lines:
+                click.echo(line)
+        click.echo(f"(pattern {version})")
+        return
     cfg = run.config
     store = _store(run)
     patterns = PatternKeeper(cfg, sample_sources("appliance")).open()
@@ -181,6 +208,7 @@ def lists_test(run: Run, client: str | None, urls: tuple[str, ...]) -> None:
 @lists_group.command("show")
 @config_option
 @data_dir_option
+@remote_options
 @blocked_option
 @approved_option
 @click.option("--kind", type=KIND, help="Only rules of this kind.")
@@ -203,6 +231,54 @@ def lists_show(run: Run, blocked: bool, approved: bool, kind: str | None) -> Non
         click.echo("both lists are empty" if name is None and kind is None else "no rules")
     for e in entries:
         click.echo(_shown_line(e, now))
+
+
+@lists_group.command("edit")
+@config_option
+@data_dir_option
+@remote_options
+@click.option("--blocked", is_flag=True, help="Move the rule to the blocked list.")
+@click.option("--approved", is_flag=True, help="Move the rule to the approved list.")
+@click.option("--kind", type=KIND, help="The rule's kind, when its form does not tell it (keyword, regex).")
+@click.option("--note", help="The new note ('' clears it).")
+@click.option("--client", "clients", multiple=True, metavar="CIDR",
+              help="Apply only to clients in this network from now on (repeatable; replaces the rule's).")
+@click.option("--every-client", is_flag=True, help="Apply to every client again.")
+@click.option("--expires", metavar="WHEN",
+              help="A new expiry: a duration (30m, 12h, 7d, 2w), an ISO time, or never.")
+@json_option("Print the rule as JSON (as `lists show --json` does).")
+@click.argument("value")
+@pass_run
+@fail_cleanly
+def lists_edit(run: Run, blocked: bool, approved: bool, kind: str | None, note: str | None,
+               clients: tuple[str, ...], every_client: bool, expires: str | None, value: str) -> None:
+    """Change the rule for VALUE in place: its list, note, client networks or expiry.
+
+    What is not given stays as it is; the rule keeps who added it and when. Prints the
+    rule as `lists show` does. A value no list holds is refused (exit 2).
+    """
+    from proxy.decide.list_rules import classify, parse_clients, parse_expiry
+    from proxy.decide.lists import KEEP, local_actor
+
+    to = _which(blocked, approved, required=False)
+    if clients and every_client:
+        raise ConfigError("--client and --every-client conflict: give one of them")
+    if to is None and note is None and not clients and not every_client and expires is None:
+        raise ConfigError("say what to change: --blocked or --approved, --note, --client, "
+                          "--every-client or --expires")
+    entry_kind, value = classify(value, _kind(kind))
+    scope = list(parse_clients(clients)) if clients else [] if every_client else None
+    when: Any = KEEP if expires is None else None if expires.strip().lower() == "never" else (
+        parse_expiry(expires, time.time()))
+    store = _store(run)
+    try:
+        entry = store.edit(entry_kind, value, to=to, note=note,
+                           clients=None if scope is None else [str(n) for n in scope], expires=when,
+                           actor=local_actor())
+    finally:
+        store.close()
+    now = time.time()
+    click.echo(json.dumps(_shown_json(entry, now), indent=2) if run.as_json else _shown_line(entry, now))
 
 
 def _shown_line(e: Any, now: float) -> str:
@@ -230,6 +306,7 @@ def _shown_json(e: Any, now: float) -> dict[str, Any]:
 @lists_group.command("import")
 @config_option
 @data_dir_option
+@remote_options
 @blocked_option
 @approved_option
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "plain"]),
@@ -248,6 +325,7 @@ def lists_import(run: Run, blocked: bool, approved: bool, fmt: str | None, kind:
     """
     from proxy.decide import list_io
     from proxy.decide.lists import local_actor
+    from proxy.files import read_bounded
 
     form = list_io.format_of(file, fmt)
     name = _which(blocked, approved, required=form == "plain")
@@ -256,14 +334,22 @@ def lists_import(run: Run, blocked: bool, approved: bool, fmt: str | None, kind:
     store = _store(run)
     try:
         try:
-            loaded = list_io.load(file, form, default_list=name, kind=_kind(kind), now=time.time())
+            data = read_bounded(file, list_io.MAX_FILE_BYTES, error=ListError)
+        except OSError as e:
+            raise ListError(f"cannot read {file}: {e.strerror or e}") from None
+        try:  # checked here with --server too: the same lines, naming this file
+            loaded = list_io.parse(data, file.name, form, default_list=name, kind=_kind(kind),
+                                   now=time.time())
         except list_io.BadRows as e:
             for line in e.lines:
                 click.echo(line, err=True)
             more = f" (stopped after {len(e.problems)})" if e.more else ""
             say_error(f"{file}: {len(e.problems)} bad row(s){more}; nothing was imported", e.exit_code)
-        result = store.import_entries(loaded.entries, source=file.name, complete=loaded.complete,
-                                      actor=local_actor())
+        if hasattr(store, "import_text"):  # the appliance's: it reads the file's text itself
+            result = store.import_text(data.decode("utf-8-sig"), form, name=name, kind=_kind(kind))
+        else:
+            result = store.import_entries(loaded.entries, source=file.name, complete=loaded.complete,
+                                          actor=local_actor())
     finally:
         store.close()
     click.echo(result.message(file.name))
@@ -272,6 +358,7 @@ def lists_import(run: Run, blocked: bool, approved: bool, fmt: str | None, kind:
 @lists_group.command("export")
 @config_option
 @data_dir_option
+@remote_options
 @blocked_option
 @approved_option
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
@@ -304,6 +391,7 @@ def lists_export(run: Run, blocked: bool, approved: bool, fmt: str, output: Path
 @lists_group.command("audit")
 @config_option
 @data_dir_option
+@remote_options
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True,
               help="How many entries, newest first.")
 @click.option("--value", help="Only changes to this value (as stored: normalised).")
