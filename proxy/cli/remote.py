@@ -293,8 +293,8 @@ def refusal(remote: Remote, status: int, data: bytes, path: str, *,
     said = message or f"HTTP {status}"
     where = f"{remote.url} refused {path} ({status})"
     if status == 401:
-        why = (f"the API key was not accepted (revoked, expired or mistyped); set ${KEY_ENV}"
-               if remote.key is not None else f"no API key given: set ${KEY_ENV}")
+        why = (f"the API key was not accepted (revoked, expired or mistyped); set {KEY_ENV}"
+               if remote.key is not None else f"no API key given: set {KEY_ENV}")
         text = f"{where}: {why} or give --api-key-file (`rampart admin key create` makes one)"
     elif status == 403 and code == "forbidden":
         text = f"{where}: {said}: the key's role may not do this; use a key of role operator or admin"
