@@ -92,9 +92,10 @@ def serve(run: Run) -> None:
     from proxy.serve import startup
 
     cfg = run.config
-    setup_logging(cfg.log_level, cfg.log_format)
+    setup_logging(cfg.log_level, cfg.log_format, syslog=cfg)
     with startup.checked(cfg, "appliance", lambda text: click.echo(f"rampart serve: {text}", err=True)):
-        error = uvloop.run(master.run(cfg, lambda doors: click.echo(_started(cfg, doors), err=True)))
+        error = uvloop.run(master.run(cfg, lambda doors: click.echo(_started(cfg, doors), err=True),
+                                      run.layers))
     if error:
         say_error(error, 1)
 

@@ -32,6 +32,7 @@ from proxy.errors import ConfigError
 from proxy.files import check_private_dir, write_atomic
 from proxy.serve.app import connection_caps
 from proxy.serve.intercept import intercept_patterns
+from proxy.settings import Layers
 
 UPSTREAM_BUNDLE = "upstream-ca.pem"
 MAX_CA_FILE = 1 << 20
@@ -104,7 +105,7 @@ class Doors:
         return self.door.start_error or self.capture.start_error
 
 
-def assemble(cfg: Config) -> Doors:
+def assemble(cfg: Config, layers: Layers | None = None) -> Doors:
     confdir = cfg.data_dir / certs.MITMPROXY_DIR
     modes = proxy_modes(cfg)
     check_private_dir(cfg.data_dir)  # before the CA or mitmproxy's confdir is read or written
@@ -114,7 +115,7 @@ def assemble(cfg: Config) -> Doors:
     opts = options.Options(confdir=str(confdir))
     master = Master(opts)
     caps = connection_caps(cfg)  # every door's connections count against these
-    door = QueryDoor(cfg, caps)
+    door = QueryDoor(cfg, caps, layers)
     capture = Capture(cfg, caps)
     door.app.observers.append(capture.observe)
     addons: list[Any] = [core.Core(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True)]
@@ -149,9 +150,10 @@ def assemble(cfg: Config) -> Doors:
     return Doors(master, door, capture, intercept)
 
 
-async def run(cfg: Config, announce: Callable[[Doors], None] | None = None) -> str | None:
+async def run(cfg: Config, announce: Callable[[Doors], None] | None = None,
+              layers: Layers | None = None) -> str | None:
     """Run until SIGINT/SIGTERM; returns the start error, if any."""
-    doors = assemble(cfg)
+    doors = assemble(cfg, layers)
     master, door = doors.master, doors.door
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ from proxy.console.door import ConsoleDoor, start_console
 from proxy.errors import RampartError
 from proxy.serve.app import App
 from proxy.serve.conns import ConnectionCaps
+from proxy.settings import Layers
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ def _reason(e: Exception) -> str:
 
 
 class QueryDoor:
-    def __init__(self, cfg: Config, caps: ConnectionCaps | None = None) -> None:
-        self.app = App(cfg, caps=caps)
+    def __init__(self, cfg: Config, caps: ConnectionCaps | None = None,
+                 layers: Layers | None = None) -> None:
+        self.app = App(cfg, caps=caps, layers=layers or Layers())
         self.start_error: str | None = None  # not `error`: that name is a mitmproxy hook
         self.started = False
         self.console: ConsoleDoor | None = None  # the admin API and web console, when on

@@ -53,7 +53,7 @@ def cloud(run: Run, port: int) -> None:
     cfg = run.config
     if run.flags.get("data_dir") is None and cfg.data_dir == default_data_dir():
         cfg = cfg.replace(data_dir=default_data_dir("cloud"))  # no folder given: the cloud's own
-    setup_logging(cfg.log_level, cfg.log_format)
+    setup_logging(cfg.log_level, cfg.log_format, syslog=cfg)
     with startup.checked(cfg, "cloud", lambda text: click.echo(f"rampart cloud: {text}", err=True)):
         run_async(functools.partial(_serve, cfg))
 

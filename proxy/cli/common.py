@@ -13,6 +13,7 @@ RampartError by :func:`fail_cleanly`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import signal
@@ -25,6 +26,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from proxy import config as config_mod
+from proxy import settings
 from proxy.errors import ConfigError, RampartError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,13 +57,22 @@ class Run:
     server: Server | None = None
     """The server ``rampart query`` asks (set by its group)."""
     _config: config_mod.Config | None = field(default=None, init=False, repr=False)
+    _layers: settings.Layers | None = field(default=None, init=False, repr=False)
 
     @property
     def config(self) -> config_mod.Config:
-        """Defaults < the config file < the flags, loaded once; raises ConfigError."""
+        """Defaults < the console's saved settings < the config file < the flags, loaded
+        once (``proxy.settings``); raises ConfigError."""
         if self._config is None:
-            self._config = config_mod.load(self.config_file, self.flags)
+            self._config, self._layers = settings.load(self.config_file, self.flags)
         return self._config
+
+    @property
+    def layers(self) -> settings.Layers:
+        """Where each key of :attr:`config` is set (what the console may change)."""
+        self.config  # noqa: B018 - loads both
+        assert self._layers is not None
+        return self._layers
 
     @property
     def data_dir(self) -> Path:
@@ -153,6 +164,9 @@ def door_options(fn: F, data_dir: Callable[[Any], Any] = data_dir_option) -> F:
         config_flag("--log-format", type=click.Choice(list(config_mod.LOG_FORMATS)),
                     help="Standard-error log lines as text or json, one object a line (default "
                          f"{config_mod.default('log_format')})."),
+        config_flag("--syslog", envvar="RAMPART_SYSLOG",
+                    help="Also send log lines to syslog: udp://HOST[:514], tcp://HOST[:514] or a "
+                         "local socket such as /dev/log (facility: config key syslog_facility)."),
     ]):
         fn = decorator(fn)
     return fn
@@ -188,9 +202,10 @@ def fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
+def setup_logging(level: str, fmt: str = "text", *, syslog: config_mod.Config | None = None) -> None:
     """Log to standard error at ``level`` (a log_level value; unknown names mean info), as
-    text lines or, with ``fmt`` json (config key log_format), one JSON object a line."""
+    text lines or, with ``fmt`` json (config key log_format), one JSON object a line; and
+    to syslog as the ``syslog`` Config's keys say (``proxy.logs.syslog``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         from proxy.logs.jsonlog import json_formatter
@@ -199,6 +214,11 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    if syslog is not None and syslog.syslog:
+        from proxy.logs import syslog as forwarding
+
+        forwarding.configure(syslog)
+        atexit.register(forwarding.configure, None)  # what is queued is sent before exit
 
 
 def run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

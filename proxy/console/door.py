@@ -23,6 +23,7 @@ from proxy.console.api import Api, Route
 from proxy.console.log_routes import LogOps, log_routes
 from proxy.console.openapi import document
 from proxy.console.routes import Operations, api_routes
+from proxy.console.settings_routes import SettingOps, setting_routes
 from proxy.errors import ProtocolError, RampartError
 from proxy.files import read_bounded
 from proxy.serve.gate import Gate
@@ -50,7 +51,8 @@ def _page(name: str) -> bytes:
 def console_routes(app: Any, accounts: Any, openapi: Any) -> list[Route]:
     """Every admin API operation: the appliance's, the accounts', the logs'."""
     return (api_routes(Operations(app, accounts), openapi)
-            + account_routes(AccountOps(accounts)) + log_routes(LogOps(app)))
+            + account_routes(AccountOps(accounts)) + log_routes(LogOps(app))
+            + setting_routes(SettingOps(app)))
 
 
 class ConsoleDoor:

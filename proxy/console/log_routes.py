@@ -48,7 +48,7 @@ class LogOps:
     def _logs(self) -> Any:
         logs = getattr(self.app, "logs", None)
         if logs is None:
-            raise ProtocolError("no_logs", "the query log is off (query_log = false)", status=409)
+            raise ProtocolError("no_logs", "the logs are not open yet", status=503)
         return logs
 
     async def search(self, request: Request, _: Any) -> dict[str, Any]:

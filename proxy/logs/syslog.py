@@ -132,12 +132,19 @@ def formatter(fmt: str) -> logging.Formatter:
     return logging.Formatter("rampart[%(process)d]: %(levelname)s %(name)s: %(message)s")
 
 
-def follow(current: Syslog | None, cfg: Config) -> Syslog | None:
-    """The forwarding ``cfg`` asks for, reusing ``current`` when nothing changed."""
-    if current is not None and (current.target, current.facility) == (cfg.syslog, cfg.syslog_facility):
-        return current
-    if current is not None:
-        current.close()
-    if not cfg.syslog:
-        return None
-    return Syslog(cfg.syslog, cfg.syslog_facility, formatter(cfg.log_format))
+_current: Syslog | None = None  # the process's forwarding: one root logger, one target
+
+
+def configure(cfg: Config | None) -> Syslog | None:
+    """Forward as ``cfg`` asks (None: stop), keeping the running forwarding when its target
+    and facility are the same; returns what now forwards."""
+    global _current
+    target = (cfg.syslog, cfg.syslog_facility) if cfg is not None and cfg.syslog else None
+    if _current is not None and (_current.target, _current.facility) == target:
+        return _current
+    if _current is not None:
+        _current.close()
+        _current = None
+    if cfg is not None and target is not None:
+        _current = Syslog(cfg.syslog, cfg.syslog_facility, formatter(cfg.log_format))
+    return _current

@@ -37,6 +37,7 @@ from proxy.serve.keeper import PatternKeeper
 from proxy.serve.listener import Listener
 from proxy.serve.routes import Routes
 from proxy.serve.server import ServerLimits, start_server
+from proxy.settings import Layers
 from proxy.wire import paths, protocol
 from proxy.wire.http import Request, Response
 
@@ -77,7 +78,11 @@ class App:
     """The HTTPS door's certificate, followed on disk (set by ``tls_context``)."""
     logs: Logs | None = field(default=None, init=False)
     """The query, update and relay logs and the audit (``proxy.logs``), open from ``start``
-    to ``stop`` when ``query_log`` is on; the admin API searches ``logs.store``."""
+    to ``stop`` (query rows only while ``query_log`` is on); the admin API searches
+    ``logs.store``."""
+    layers: Layers = field(default_factory=Layers)
+    """Which config keys the file and the flags set, and the console's saved settings
+    (``proxy.settings``): what the settings page may change (``proxy.serve.live``)."""
 
     # ------------------------------------------------------------ start / stop
 
@@ -139,10 +144,10 @@ class App:
     async def start(self) -> None:
         self.open()
         cfg = self.cfg
+        self.logs = Logs.open(cfg)  # the update, relay and audit logs are always kept
         if cfg.query_log:
-            self.logs = Logs.open(cfg)
             self.observers.append(self.logs.observe)
-            self.logs.follow_updates(lambda: self.keeper.updater)
+        self.logs.follow_updates(lambda: self.keeper.updater)
         limits = ServerLimits(
             max_header=cfg.max_header, max_body=cfg.max_body, idle_timeout=cfg.idle_timeout,
             head_timeout=cfg.head_timeout, request_timeout=cfg.request_timeout,
@@ -195,7 +200,8 @@ class App:
         await self.keeper.stop()
         self.engine.patterns.close()
         if self.logs is not None:
-            self.observers.remove(self.logs.observe)
+            if self.logs.observe in self.observers:
+                self.observers.remove(self.logs.observe)
             await asyncio.to_thread(self.logs.close)  # writes what is queued
 
     # ------------------------------------------------------------ background

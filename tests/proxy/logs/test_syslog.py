@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import Config
-from proxy.logs.syslog import Syslog, follow, formatter
+from proxy.logs.syslog import Syslog, configure, formatter
 
 LOG = logging.getLogger("rampart.test.syslog")
 
@@ -106,11 +106,13 @@ def test_a_local_socket_and_a_target_that_is_not_there(tmp_path: Path, info_leve
     assert "cannot send" in capsys.readouterr().err
 
 
-def test_follow_keeps_replaces_and_stops_the_forwarding() -> None:
+def test_configure_keeps_replaces_and_stops_the_forwarding() -> None:
     cfg = Config(syslog="udp://127.0.0.1:9", syslog_facility="daemon")
-    first = follow(None, cfg)
-    assert first is not None and follow(first, cfg) is first
-    second = follow(first, Config(syslog="udp://127.0.0.1:9", syslog_facility="local0"))
-    assert second is not first and first.handler not in logging.getLogger().handlers
-    assert follow(second, Config()) is None
+    first = configure(cfg)
+    try:
+        assert first is not None and configure(cfg) is first
+        second = configure(Config(syslog="udp://127.0.0.1:9", syslog_facility="local0"))
+        assert second is not first and first.handler not in logging.getLogger().handlers
+    finally:
+        assert configure(Config()) is None
     assert second is not None and second.handler not in logging.getLogger().handlers
