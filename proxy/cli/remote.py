@@ -325,7 +325,8 @@ def unreachable(remote: Remote, e: BaseException, timeout: float = TIMEOUT) -> R
         return RemoteFailed(f"{url}: certificate not trusted: give --server-ca with the appliance's "
                             f"ca.pem (download it from {url}/ca.pem, or copy DATA_DIR/ca.pem)")
     if isinstance(e, ssl.SSLError):
-        return RemoteFailed(f"cannot reach {url}: TLS failed ({e.reason or e}): is it the console door?")
+        why = getattr(e, "reason", None) or e
+        return RemoteFailed(f"cannot reach {url}: TLS failed ({why}): is it the console door?")
     if isinstance(e, ConnectionRefusedError):
         return RemoteFailed(f"cannot reach {url}: connection refused: is `rampart serve` running there "
                             f"with its console door on (console_port), and is --server right?")
