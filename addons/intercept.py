@@ -78,11 +78,13 @@ class Intercept:
     """mitmproxy hooks for the intercept door; ``routes`` gives the engine's routes once open."""
 
     def __init__(self, cfg: Config, routes: Callable[[], Handler | None],
-                 stats: Callable[[], metrics.Stats | None] = lambda: None) -> None:
+                 stats: Callable[[], metrics.Stats | None] = lambda: None,
+                 log: Callable[[Request, Response, float], None] | None = None) -> None:
         self.hosts = intercept_patterns(cfg)
         self.clients = ClientNetworks.parse(cfg.allow_clients)
         self.routes = routes
         self.stats = stats
+        self.log = log  # each answer to the query log, as the query door's are
         self.destinations = Destinations.from_config(cfg)
         self.refused = 0
         self.refused_destinations = 0
@@ -175,11 +177,23 @@ class Intercept:
             flow.metadata[META] = {"action": "forwarded", "service": service}
             return None
         started = time.perf_counter()
-        result = _call(self.routes(), engine_request(flow))
+        request = engine_request(flow)
+        result = _call(self.routes(), request)
         if isinstance(result, Response):
-            _answered(flow, service, result, started)
+            self._answered(flow, service, request, result, started)
             return None
-        return _answer_later(flow, service, result, started)
+        return self._answer_later(flow, service, request, result, started)
+
+    def _answered(self, flow: http.HTTPFlow, service: str, request: Request, response: Response,
+                  started: float) -> None:
+        seconds = _answered(flow, service, response, started)
+        if self.log is not None:
+            self.log(request, response, seconds)
+
+    async def _answer_later(self, flow: http.HTTPFlow, service: str, request: Request,
+                            pending: Awaitable[Response], started: float) -> None:
+        response = await settle(pending, flow.request.data.path)
+        self._answered(flow, service, request, response, started)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
@@ -266,8 +280,10 @@ def _coded(request: http.Request) -> bool:
     return coding is not None and coded(coding.encode("latin-1", "replace"), b"identity")
 
 
-def _answered(flow: http.HTTPFlow, service: str, response: Response, started: float) -> None:
-    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+def _answered(flow: http.HTTPFlow, service: str, response: Response, started: float) -> float:
+    """Put ``response`` on the flow; returns the seconds it took."""
+    seconds = time.perf_counter() - started
+    latency_ms = round(seconds * 1000, 3)
     found = decision_of(response)
     flow.metadata[META] = {
         "action": "answered",
@@ -278,12 +294,7 @@ def _answered(flow: http.HTTPFlow, service: str, response: Response, started: fl
     }
     flow.response = to_mitmproxy(response, ",".join(found["sources"]))
     flow.response.http_version = flow.request.http_version
-
-
-async def _answer_later(
-    flow: http.HTTPFlow, service: str, pending: Awaitable[Response], started: float
-) -> None:
-    _answered(flow, service, await settle(pending, flow.request.data.path), started)
+    return seconds
 
 
 def _call(handler: Handler | None, request: Request) -> Response | Awaitable[Response]:

@@ -123,7 +123,7 @@ def assemble(cfg: Config, layers: Layers | None = None) -> Doors:
     intercept: Intercept | None = None
     if modes:
         intercept = Intercept(cfg, lambda: getattr(door.app, "routes", None),
-                              lambda: getattr(door.app, "stats", None))
+                              lambda: getattr(door.app, "stats", None), door.app.log_answer)
         tls = tlsconfig.TlsConfig()
         addons += [proxyserver.Proxyserver(), next_layer.NextLayer(), tls]
         # the intercept door's connections count against the query door's caps;

@@ -285,6 +285,11 @@ class App:
         for observer in self.observers:
             observer(request, response, seconds)
 
+    def log_answer(self, request: Request, response: Response, seconds: float) -> None:
+        """Another door's answer (the intercept door's) to the query log, when it is on."""
+        if self.logs is not None and self.cfg.query_log:
+            self.logs.observe(request, response, seconds)
+
     def ports(self) -> dict[str, int]:
         return {d.scheme: d.port for d in self.doors}
 

@@ -137,6 +137,22 @@ async def test_engine_paths_on_intercept_hosts_are_answered_with_the_decision() 
     assert meta["sources"] == ["pattern"] and meta["matched"] == ["T"] and meta["latency_ms"] >= 0
 
 
+async def test_every_answer_goes_to_the_query_log_as_the_query_doors_do() -> None:
+    logged: list[tuple[Request, Response, float]] = []
+    local = Intercept(Config(intercept_hosts=["cloud.rampart.test"]), lambda: fake_routes,
+                      log=lambda *answer: logged.append(answer))
+    relayed = Intercept(Config(intercept_hosts=["cloud.rampart.test"]), lambda: relaying_routes,
+                        log=lambda *answer: logged.append(answer))
+    first, second = cloud_flow(f"/v1/file/{EICAR_SHA256}"), cloud_flow("/v1/file", method="POST")
+    with taddons.context(local):
+        await hook(local.request(first))
+    with taddons.context(relayed):
+        await hook(relayed.request(second))
+    assert [(r.target, a.status) for r, a, _ in logged] == [
+        (f"/v1/file/{EICAR_SHA256}".encode(), 200), (b"/v1/file", 200)]
+    assert all(seconds >= 0 and r.client for r, _, seconds in logged)
+
+
 def test_local_answers_need_no_await() -> None:
     a = addon()
     f = cloud_flow(f"/v1/file/{EICAR_SHA256}")
@@ -397,6 +413,26 @@ def test_curl_unknown_hash_is_relayed_to_the_cloud(world) -> None:
              f"{world['cloud_url']}/v1/file/{unknown_hash()}")
     assert r.returncode == 0, r.stderr
     assert '"source":"cloud"' in r.stdout and '"verdict":"unknown"' in r.stdout
+
+
+@needs_curl
+def test_intercepted_answers_are_in_the_query_log(world) -> None:
+    from proxy.logs.search import Search, search
+    from proxy.logs.store import LogStore
+
+    item = unknown_hash()
+    r = curl("-x", world["proxy"], "--cacert", world["ca"], f"{world['cloud_url']}/v1/file/{item}")
+    assert r.returncode == 0, r.stderr
+    store = LogStore.open(world["appliance"].data_dir)
+    try:
+        deadline = time.monotonic() + 10
+        rows: list = []
+        while not rows and time.monotonic() < deadline:
+            rows = search(store, Search(text=item)).rows
+            time.sleep(0.1)
+    finally:
+        store.close()
+    assert rows and rows[0]["source"] == "cloud" and rows[0]["client"] == "127.0.0.1"
 
 
 @needs_curl
