@@ -323,6 +323,7 @@ def lists_import(run: Run, blocked: bool, approved: bool, fmt: str | None, kind:
     list goes on --blocked or --approved. A plain list holds one value a line (a
     hash, domain or URL prefix; # starts a comment) and needs one of them.
     """
+    from proxy.cli.remote_lists import RemoteLists
     from proxy.decide import list_io
     from proxy.decide.lists import local_actor
     from proxy.files import read_bounded
@@ -345,7 +346,7 @@ def lists_import(run: Run, blocked: bool, approved: bool, fmt: str | None, kind:
                 click.echo(line, err=True)
             more = f" (stopped after {len(e.problems)})" if e.more else ""
             say_error(f"{file}: {len(e.problems)} bad row(s){more}; nothing was imported", e.exit_code)
-        if hasattr(store, "import_text"):  # the appliance's: it reads the file's text itself
+        if isinstance(store, RemoteLists):  # the appliance reads the file's text itself
             result = store.import_text(data.decode("utf-8-sig"), form, name=name, kind=_kind(kind))
         else:
             result = store.import_entries(loaded.entries, source=file.name, complete=loaded.complete,

@@ -85,12 +85,12 @@ def remote_options(fn: F) -> F:
         click.option("--server", envvar="RAMPART_SERVER", metavar="URL", expose_value=False,
                      callback=_keep,
                      help=f"Work on a running appliance through its admin API (its console, "
-                          f"https://HOST:{CONSOLE_PORT}) instead of a data directory; the key "
-                          f"comes from ${KEY_ENV} or --api-key-file."),
+                          f"https://HOST:{CONSOLE_PORT}; or $RAMPART_SERVER) instead of a data "
+                          f"directory; the key comes from ${KEY_ENV} or --api-key-file."),
         click.option("--api-key-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                      expose_value=False, callback=_keep,
-                     help=f"With --server: read the API key from this file instead of ${KEY_ENV} "
-                          "(`rampart admin key create` makes one)."),
+                     help=f"With --server: read the API key from this file (mode 0600) instead of "
+                          f"${KEY_ENV} (`rampart admin key create` makes one)."),
         click.option("--server-ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                      expose_value=False, callback=_keep,
                      help="With --server: trust only this CA (the appliance's ca.pem, from the console "
@@ -150,7 +150,10 @@ def console_url(text: str, source: str = "--server") -> str:
     except ValueError as e:
         raise ConfigError(f"{source} {given!r}: {e}; {hint}") from None
     if parts.scheme != "https":
-        raise ConfigError(f"{source} {given!r}: the console speaks only https (verified TLS); {hint}")
+        shared = (" ($RAMPART_SERVER also names `rampart query`'s server: give --server here)"
+                  if source.startswith("$") else "")
+        raise ConfigError(f"{source} {given!r}: the console speaks only https (verified TLS); {hint}"
+                          + shared)
     if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment \
             or parts.path not in ("", "/"):
         raise ConfigError(f"{source} {given!r} is not a console address; {hint}")
@@ -163,7 +166,7 @@ def api_key(path: Path | None) -> str | None:
     if path is not None:
         where = f"--api-key-file {path}"
         try:
-            raw = read_bounded(path, 4096, error=ConfigError, label=where)
+            raw = read_bounded(path, 4096, private=True, error=ConfigError, label=where)
         except OSError as e:
             raise ConfigError(f"cannot read {where}: {e.strerror or e}") from None
         text = raw.decode("utf-8", "replace").strip().splitlines()

@@ -207,6 +207,10 @@ def test_no_key_or_a_wrong_key_is_refused_naming_the_fix(appliance: Appliance) -
 def test_the_key_may_come_from_a_file(appliance: Appliance) -> None:
     f = appliance.tmp / "key"
     f.write_text(appliance.operator + "\n")
+    f.chmod(0o644)
+    r = appliance.run("lists", "show", "--api-key-file", str(f), key=None)
+    assert r.returncode == 2 and "chmod 600" in r.stderr
+    f.chmod(0o600)
     r = appliance.run("lists", "show", "--api-key-file", str(f), key=None)
     assert r.returncode == 0, r.stderr
 

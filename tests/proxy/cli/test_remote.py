@@ -59,6 +59,11 @@ def test_a_bad_console_address_is_refused_naming_it(given: str, said: str) -> No
     assert e.value.exit_code == 2 and "$RAMPART_SERVER" in e.value.message
 
 
+def test_a_query_door_in_rampart_server_says_that_variable_is_shared() -> None:
+    with pytest.raises(ConfigError, match="also names `rampart query`'s server"):
+        console_url("http://127.0.0.1:8080", "$RAMPART_SERVER")
+
+
 def test_the_key_comes_from_the_file_before_the_environment(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAMPART_API_KEY", raising=False)
@@ -67,13 +72,23 @@ def test_the_key_comes_from_the_file_before_the_environment(tmp_path: Path,
     assert api_key(None) == "rpk_env"
     f = tmp_path / "key"
     f.write_text("rpk_file\n")
+    f.chmod(0o600)
     assert api_key(f) == "rpk_file"
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "key"
+    f.write_text("rpk_file\n")
+    f.chmod(0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        api_key(f)
 
 
 @pytest.mark.parametrize("text", ["", "two words\n", "x" * 300])
 def test_a_file_without_a_key_is_refused(tmp_path: Path, text: str) -> None:
     f = tmp_path / "key"
     f.write_text(text)
+    f.chmod(0o600)
     with pytest.raises(ConfigError, match=r"--api-key-file .* does not hold an API key"):
         api_key(f)
 
