@@ -242,3 +242,29 @@ def test_nothing_listening_is_a_clear_failure() -> None:
     r = subprocess.run([*RAMPART, "lists", "show", "--server", url], capture_output=True, text=True,
                        env={**CLEAN, "RAMPART_API_KEY": "x"}, timeout=60)
     assert r.returncode == 1 and f"cannot reach {url}: connection refused" in r.stderr
+
+
+def test_an_update_the_appliance_could_not_take_exits_1_with_its_reason(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    r = subprocess.run([*RAMPART, "pattern", "keygen", "--out", str(key)], env=CLEAN,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    data = tmp_path / "d"
+    http, port = free_port(), free_port()
+    proc = Proc([*RAMPART, "serve", "--data-dir", str(data), "--listen", "127.0.0.1",
+                 "--query-port", str(http), "--query-tls-port", "0", "--console-port", str(port),
+                 "--update-source", f"http://127.0.0.1:{free_port()}/", "--update-key",
+                 str(key.with_name("key.pub"))],
+                data, tmp_path / "serve.log", {"http": http, "console": port})
+    proc.start(f"http://127.0.0.1:{http}/healthz")
+    try:
+        env = {**CLEAN, "RAMPART_API_KEY": _key(data, "ops", "operator"), "RAMPART_DATA_DIR": str(data)}
+        r = subprocess.run([*RAMPART, "update", "now", "--server", f"https://localhost:{port}"],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith("update failed (fetch_failed)") and r.stdout == ""
+        r = subprocess.run([*RAMPART, "update", "now", "--json", "--server", f"https://localhost:{port}"],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "fetch_failed"
+    finally:
+        proc.stop()
