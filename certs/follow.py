@@ -12,7 +12,8 @@ old key. Each file is also written whole (``proxy.files.write_atomic``). A load 
 fails (a pair changed by hand that does not match) keeps what is served, logs why once,
 and is tried again when the files change again.
 
-``QueryTls`` is the query door's (and the reference cloud's) HTTPS context; the intercept
+``DoorTls`` is an HTTPS door's context: the query door's (and the reference cloud's) and
+the console door's, each with its own served certificate; the intercept
 door's follower lives in ``addons.certstore`` (it builds a mitmproxy certificate store).
 """
 
@@ -128,26 +129,31 @@ class Follower(Generic[T]):
         self.serving.close()
 
 
-class QueryTls(Follower[ssl.SSLContext]):
-    """The query door's HTTPS context: the served certificate ``DATA/tls/tls-server.pem`` for
-    ``names`` from the current CA, reissued from a new CA when the one on disk is not its."""
+class DoorTls(Follower[ssl.SSLContext]):
+    """An HTTPS door's context: the served certificate ``DATA/tls/tls-PURPOSE.pem`` for
+    ``names`` from the current CA, reissued from a new CA when the one on disk is not its
+    (``purpose`` ``server``: the query door; ``console``: the console door)."""
 
     def __init__(self, data_dir: Path, names: Sequence[str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, purpose: str = "server",
+                 door: str = "query", label: str = "query door (HTTPS)") -> None:
         data_dir = Path(data_dir)
         self.names = list(names)
         self.clock = clock
+        self.purpose = purpose
         self._renew_at = dt.datetime.max.replace(tzinfo=dt.UTC)
         self._next_look = 0.0
         self.state_dir = data_dir / SERVED_DIR
-        watched = [data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE, leaf_path(self.state_dir)]
-        super().__init__(data_dir, watched, Serving(data_dir, "query", "query door (HTTPS)"))
+        self.leaf = leaf_path(self.state_dir, purpose)
+        watched = [data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE, self.leaf]
+        super().__init__(data_dir, watched, Serving(data_dir, door, label))
 
     def load(self) -> tuple[ssl.SSLContext, x509.Certificate, x509.Certificate | None]:
         ca = CA.load(self.data_dir)
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
-        context = server_context(ca, self.names, state_dir=self.state_dir, now=now)
-        leaf = x509.load_pem_x509_certificates(read_pem(leaf_path(self.state_dir), private=True))[0]
+        context = server_context(ca, self.names, state_dir=self.state_dir, now=now,
+                                 purpose=self.purpose)
+        leaf = x509.load_pem_x509_certificates(read_pem(self.leaf, private=True))[0]
         self._renew_at = leaf.not_valid_after_utc - RENEW_BEFORE
         self._next_look = self.clock() + RENEW_LOOK_SECONDS
         return context, ca.cert, leaf

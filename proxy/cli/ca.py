@@ -85,7 +85,7 @@ def serving_now(data_dir: Path, current: str) -> list[dict[str, Any]]:
     ]
 
 
-DOOR_NAMES = {"query": "query door (HTTPS)", "intercept": "intercept door"}
+DOOR_NAMES = {"query": "query door (HTTPS)", "intercept": "intercept door", "console": "console door (HTTPS)"}
 
 
 def _serving_lines(info: dict[str, Any]) -> list[str]:

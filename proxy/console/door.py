@@ -11,12 +11,14 @@ nothing from anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import certs
+from certs.follow import DoorTls
 from proxy.config import Config
 from proxy.console.account_routes import AccountOps, account_routes
 from proxy.console.api import Api, Route
@@ -70,6 +72,8 @@ class ConsoleDoor:
                       for path, (name, kind) in PAGES.items()}
         self.app = app
         self.server: Listener | None = None
+        self.tls: DoorTls | None = None
+        self._follow: asyncio.Task[None] | None = None
         self.port = 0
         self.first_password: str | None = None  # the first admin's, made at this start
 
@@ -88,9 +92,12 @@ class ConsoleDoor:
 
     async def start(self) -> None:
         cfg = self.cfg
-        ca = certs.CA.ensure(cfg.data_dir)
-        context = certs.server_context(ca, certs.default_names(cfg.tls_names),
-                                       state_dir=Path(cfg.data_dir) / "tls", purpose="console")
+        certs.CA.ensure(cfg.data_dir)
+        # followed like the query door's: a rotated or imported CA, or a certificate near
+        # its end, is served to new connections without a restart
+        self.tls = DoorTls(cfg.data_dir, certs.default_names(cfg.tls_names), purpose="console",
+                           door="console", label="console door (HTTPS)")
+        context = self.tls.first()
         limits = ServerLimits(max_header=cfg.max_header, max_body=cfg.max_body,
                               idle_timeout=cfg.idle_timeout, head_timeout=cfg.head_timeout,
                               request_timeout=cfg.request_timeout)
@@ -103,9 +110,14 @@ class ConsoleDoor:
                                f" door: {e.strerror}; change --console-port (0 turns it off)"
                                ) from None
         self.port = int(self.server.sockets[0].getsockname()[1])
+        self._follow = asyncio.create_task(self.tls.follow(self.server.use_ssl_context))
         logger.info("console door listening on https://%s:%d", cfg.listen, self.port)
 
     async def stop(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+        if self.tls is not None:
+            self.tls.close()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()

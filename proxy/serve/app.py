@@ -19,7 +19,7 @@ from typing import Any
 
 import certs
 from certs import expiry as cert_expiry
-from certs.follow import QueryTls
+from certs.follow import DoorTls
 from proxy.clock import utcnow
 from proxy.config import Config
 from proxy.decide.cache import AnswerCache
@@ -74,7 +74,7 @@ class App:
     caps: ConnectionCaps | None = None
     """Connections per client and in all, shared with the process's other doors (made on
     ``open`` when not given)."""
-    tls: QueryTls | None = field(default=None, init=False)
+    tls: DoorTls | None = field(default=None, init=False)
     """The HTTPS door's certificate, followed on disk (set by ``tls_context``)."""
     logs: Logs | None = field(default=None, init=False)
     """The query, update and relay logs and the audit (``proxy.logs``), open from ``start``
@@ -166,7 +166,7 @@ class App:
         """The HTTPS door's context now; ``self.tls`` then follows a CA rotation or import
         onto the door while it runs (``certs.follow``)."""
         certs.CA.ensure(self.cfg.data_dir)  # created on first start
-        self.tls = QueryTls(self.cfg.data_dir, certs.default_names(self.cfg.tls_names))
+        self.tls = DoorTls(self.cfg.data_dir, certs.default_names(self.cfg.tls_names))
         return self.tls.first()
 
     async def _listen(

@@ -18,7 +18,7 @@ from cryptography import x509
 from certs import CA
 from certs.ca import CA_LOCK_FILE, fingerprint, key_pem
 from certs.files import lock_file, read_pem, write_pem
-from certs.follow import QueryTls
+from certs.follow import DoorTls
 from certs.rotate import rotate
 from certs.serving import Serving, running
 from certs.tls import leaf_path
@@ -51,7 +51,7 @@ def trusted_by(context: ssl.SSLContext, cafile: Path) -> bool:
     return ok[0]
 
 
-async def follow_until(tls: QueryTls, count: int, timeout: float = 20) -> list[ssl.SSLContext]:
+async def follow_until(tls: DoorTls, count: int, timeout: float = 20) -> list[ssl.SSLContext]:
     got: list[ssl.SSLContext] = []
     task = asyncio.create_task(tls.follow(got.append, interval=0.05))
     try:
@@ -66,7 +66,7 @@ async def follow_until(tls: QueryTls, count: int, timeout: float = 20) -> list[s
 def test_a_rotation_is_followed_and_presents_the_new_ca(tmp_path: Path) -> None:
     data = tmp_path / "data"
     CA.ensure(data)
-    tls = QueryTls(data, NAMES)
+    tls = DoorTls(data, NAMES)
     first = tls.first()
     old = tmp_path / "old.pem"
     old.write_bytes((data / "ca.pem").read_bytes())
@@ -85,7 +85,7 @@ def test_a_half_replaced_pair_is_not_loaded_and_the_old_certificate_stays(
     says why once, and takes the pair when the certificate follows."""
     data = tmp_path / "data"
     CA.ensure(data)
-    tls = QueryTls(data, NAMES)
+    tls = DoorTls(data, NAMES)
     tls.first()
     new = CA.create()
 
@@ -114,7 +114,7 @@ def test_a_load_waits_for_an_install_holding_the_ca_lock(tmp_path: Path) -> None
     meanwhile waits and then sees the whole new set (a new CA, its key, a reissued leaf)."""
     data = tmp_path / "data"
     CA.ensure(data)
-    tls = QueryTls(data, NAMES)
+    tls = DoorTls(data, NAMES)
     tls.first()
     new = CA.create()
     loaded: list[ssl.SSLContext] = []
@@ -135,7 +135,7 @@ def test_the_door_records_what_it_presents_and_a_killed_servers_record_is_ignore
 ) -> None:
     data = tmp_path / "data"
     ca = CA.ensure(data)
-    tls = QueryTls(data, NAMES)
+    tls = DoorTls(data, NAMES)
     tls.first()
     [record] = running(data)
     assert record.door == "query" and record.ca_sha256 == ca.fingerprint_sha256()
@@ -173,7 +173,7 @@ def test_a_certificate_entering_its_last_30_days_is_reissued_while_running(
     data = tmp_path / "data"
     CA.ensure(data)
     clock = [time.time()]
-    tls = QueryTls(data, NAMES, clock=lambda: clock[0])
+    tls = DoorTls(data, NAMES, clock=lambda: clock[0])
     tls.first()
     first = served_leaf(data)
     clock[0] = (first.not_valid_after_utc - dt.timedelta(days=10)).timestamp()  # time passed

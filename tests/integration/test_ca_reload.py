@@ -2,8 +2,8 @@
 
 A real appliance runs with its HTTPS query door and its explicit proxy on 127.0.0.1;
 `rampart ca rotate` and `rampart ca import` run as separate processes. Within a bounded
-wait, new TLS connections to both doors verify against the new ca.pem alone, and
-`rampart ca show` says both doors present it (it said nothing of the kind before).
+wait, new TLS connections to every door (query, intercept, console) verify against the new ca.pem alone, and
+`rampart ca show` says every door presents it (it said nothing of the kind before).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ pytestmark = pytest.mark.integration
 
 HOST = "cloud.rotate.test"  # an intercept host: its TLS is answered with the appliance's certificates
 WAIT = 30.0
+ALL = (True, True, True)
+NONE = (False, False, False)
 
 
 def rampart(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,24 +40,25 @@ def rampart(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     tmp = tmp_path_factory.mktemp("ca-reload")
-    http, https, proxy = free_port(), free_port(), free_port()
+    http, https, proxy, console = free_port(), free_port(), free_port(), free_port()
     data = tmp / "appliance"
     proc = Proc(
         [*RAMPART, "serve", "--data-dir", str(data), "--listen", "127.0.0.1",
          "--query-port", str(http), "--query-tls-port", str(https), "--proxy-port", str(proxy),
          "--transparent-port", "0", "--capture-port", "0", "--intercept-host", HOST,
-         "--log-level", "info"],
-        data, tmp / "appliance.log", {"http": http, "https": https, "proxy": proxy},
+         "--console-port", str(console), "--log-level", "info"],
+        data, tmp / "appliance.log", {"http": http, "https": https, "proxy": proxy, "console": console},
     )
     proc.start(f"http://127.0.0.1:{http}/healthz")
     yield proc
     proc.stop()
 
 
-def query_door_cert(p: Proc, cafile: Path) -> x509.Certificate:
-    """A new TLS connection to the HTTPS query door, verified against ``cafile`` only."""
+def query_door_cert(p: Proc, cafile: Path, door: str = "https") -> x509.Certificate:
+    """A new TLS connection to the HTTPS query door (or ``door``), verified against ``cafile``
+    only."""
     context = ssl.create_default_context(cafile=str(cafile))
-    with (socket.create_connection(("127.0.0.1", p.ports["https"]), timeout=5) as raw,
+    with (socket.create_connection(("127.0.0.1", p.ports[door]), timeout=5) as raw,
           context.wrap_socket(raw, server_hostname="localhost") as tls):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
@@ -79,25 +82,30 @@ def intercept_door_cert(p: Proc, cafile: Path) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
-def presents(p: Proc, cafile: Path) -> tuple[bool, bool]:
-    """Whether each door (query, intercept) presents a certificate ``cafile`` verifies now."""
+def console_door_cert(p: Proc, cafile: Path) -> x509.Certificate:
+    return query_door_cert(p, cafile, "console")
+
+
+def presents(p: Proc, cafile: Path) -> tuple[bool, ...]:
+    """Whether each door (query, intercept, console) presents a certificate ``cafile``
+    verifies now."""
     results = []
-    for door in (query_door_cert, intercept_door_cert):
+    for door in (query_door_cert, intercept_door_cert, console_door_cert):
         try:
             door(p, cafile)
             results.append(True)
         except ssl.SSLCertVerificationError:
             results.append(False)
-    return results[0], results[1]
+    return tuple(results)
 
 
-def wait_until_both_present(p: Proc, cafile: Path) -> None:
+def wait_until_all_present(p: Proc, cafile: Path) -> None:
     deadline = time.monotonic() + WAIT
     seen = presents(p, cafile)
-    while seen != (True, True) and time.monotonic() < deadline:
+    while seen != ALL and time.monotonic() < deadline:
         time.sleep(0.25)
         seen = presents(p, cafile)
-    assert seen == (True, True), f"(query, intercept) verified: {seen}\n{p.output()}"
+    assert seen == ALL, f"(query, intercept, console) verified: {seen}\n{p.output()}"
 
 
 def snapshot(path: Path, into: Path) -> Path:
@@ -132,42 +140,44 @@ def org_ca(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_a_rotation_reaches_both_doors_of_the_running_server(appliance: Proc, tmp_path: Path) -> None:
+def test_a_rotation_reaches_every_door_of_the_running_server(appliance: Proc, tmp_path: Path) -> None:
     old_ca = snapshot(appliance.data_dir / "ca.pem", tmp_path / "old-ca.pem")
-    assert presents(appliance, old_ca) == (True, True)
+    assert presents(appliance, old_ca) == ALL
 
     done = rampart("ca", "rotate", "--data-dir", str(appliance.data_dir))
     assert done.returncode == 0, done.stderr
     new_ca = snapshot(appliance.data_dir / "ca.pem", tmp_path / "new-ca.pem")
     assert new_ca.read_bytes() != old_ca.read_bytes()
 
-    wait_until_both_present(appliance, new_ca)
+    wait_until_all_present(appliance, new_ca)
     assert "restart" not in done.stdout and "within 2 s" in done.stdout
-    assert presents(appliance, old_ca) == (False, False)
+    assert presents(appliance, old_ca) == NONE
     # during the overlap, products trusting the bundle verify the new certificates too
-    assert presents(appliance, appliance.data_dir / "ca-bundle.pem") == (True, True)
+    assert presents(appliance, appliance.data_dir / "ca-bundle.pem") == ALL
 
     info = shown(appliance)
-    assert sorted(s["door"] for s in info["serving"]) == ["intercept", "query"]
+    assert sorted(s["door"] for s in info["serving"]) == ["console", "intercept", "query"]
     assert all(s["current"] and s["ca_sha256"] == info["sha256"] for s in info["serving"])
     assert {s["pid"] for s in info["serving"]} == {appliance.popen.pid}  # type: ignore[union-attr]
 
 
-def test_an_imported_ca_reaches_both_doors_of_the_running_server(appliance: Proc,
+def test_an_imported_ca_reaches_every_door_of_the_running_server(appliance: Proc,
                                                                   tmp_path: Path) -> None:
     cert_path, key_path = org_ca(tmp_path)
-    assert presents(appliance, cert_path) == (False, False)
+    assert presents(appliance, cert_path) == NONE
 
     done = rampart("ca", "import", "--data-dir", str(appliance.data_dir),
                    "--cert", str(cert_path), "--key", str(key_path))
     assert done.returncode == 0, done.stderr
 
-    wait_until_both_present(appliance, cert_path)
+    wait_until_all_present(appliance, cert_path)
     leaf = query_door_cert(appliance, cert_path)
     assert leaf.issuer.rfc4514_string() == "CN=Example Corp Interception CA"
     assert intercept_door_cert(appliance, cert_path).issuer == leaf.issuer
     text = rampart("ca", "show", "--data-dir", str(appliance.data_dir)).stdout
     assert "query door (HTTPS), pid" in text and "intercept door, pid" in text
+    assert "console door (HTTPS), pid" in text
+    assert console_door_cert(appliance, cert_path).issuer == leaf.issuer
     assert "this CA since" in text and "still" not in text
 
 
