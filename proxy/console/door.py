@@ -35,9 +35,11 @@ from proxy.wire.http import Request, Response
 
 logger = logging.getLogger(__name__)
 
+SCRIPTS = ("console", "core", "charts", "dashboard", "lists", "logs", "updates", "certs", "settings",
+           "accounts")  # the console's JavaScript modules; console.js imports the others
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"),
-         "/console.js": ("console.js", "text/javascript; charset=utf-8"),
-         "/console.css": ("console.css", "text/css; charset=utf-8")}
+         "/console.css": ("console.css", "text/css; charset=utf-8"),
+         **{f"/{name}.js": (f"{name}.js", "text/javascript; charset=utf-8") for name in SCRIPTS}}
 SECURITY_HEADERS = (
     ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
     ("X-Content-Type-Options", "nosniff"),
