@@ -1,7 +1,7 @@
 """The admin-API client of the commands that work on an appliance: ``--server``.
 
 ``rampart lists ...`` and ``rampart update now`` work on the data directory, or, with
-``--server https://HOST:4343`` (or $RAMPART_SERVER), on a running appliance through its
+``--server https://HOST:4343`` (or $RAMPART_CONSOLE), on a running appliance through its
 console door's admin API (``proxy.console``). The key comes from $RAMPART_API_KEY or
 ``--api-key-file``, never the command line (it would show in ``ps``). TLS is always
 verified: against ``--server-ca`` when given, else the system trust store plus
@@ -82,10 +82,10 @@ def _keep(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 def remote_options(fn: F) -> F:
     """``--server``, ``--api-key-file`` and ``--server-ca``, kept for :func:`remote_for`."""
     for decorator in reversed([
-        click.option("--server", envvar="RAMPART_SERVER", metavar="URL", expose_value=False,
+        click.option("--server", envvar="RAMPART_CONSOLE", metavar="URL", expose_value=False,
                      callback=_keep,
                      help=f"Work on a running appliance through its admin API (its console, "
-                          f"https://HOST:{CONSOLE_PORT}; or $RAMPART_SERVER) instead of a data "
+                          f"https://HOST:{CONSOLE_PORT}; or $RAMPART_CONSOLE) instead of a data "
                           f"directory; the key comes from ${KEY_ENV} or --api-key-file."),
         click.option("--api-key-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                      expose_value=False, callback=_keep,
@@ -116,7 +116,7 @@ def remote_for(run: Run, *local: str) -> Remote | None:
 
     ``--server`` on the command line with ``--data-dir``, ``--config`` or another of
     ``local`` (parameter names of options that only a local run uses) is a usage error;
-    a --server from $RAMPART_SERVER gives way to them (the command line wins).
+    a --server from $RAMPART_CONSOLE gives way to them (the command line wins).
     """
     ctx = click.get_current_context()
     given: dict[str, Any] = ctx.meta.get(_META, {})
@@ -134,7 +134,7 @@ def remote_for(run: Run, *local: str) -> Remote | None:
         raise ConfigError(f"--server and {_flag(ctx, clashing[0])} conflict: --server works on a "
                           f"running appliance, {_flag(ctx, clashing[0])} on a local data directory; "
                           "give one of them")
-    source = "--server" if _given(ctx, "server") else "$RAMPART_SERVER"
+    source = "--server" if _given(ctx, "server") else "$RAMPART_CONSOLE"
     return Remote(console_url(server, source), api_key(given.get("api_key_file")),
                   given.get("server_ca"), run.data_dir / "ca.pem")
 
@@ -150,10 +150,7 @@ def console_url(text: str, source: str = "--server") -> str:
     except ValueError as e:
         raise ConfigError(f"{source} {given!r}: {e}; {hint}") from None
     if parts.scheme != "https":
-        shared = (" ($RAMPART_SERVER also names `rampart query`'s server: give --server here)"
-                  if source.startswith("$") else "")
-        raise ConfigError(f"{source} {given!r}: the console speaks only https (verified TLS); {hint}"
-                          + shared)
+        raise ConfigError(f"{source} {given!r}: the console speaks only https (verified TLS); {hint}")
     if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment \
             or parts.path not in ("", "/"):
         raise ConfigError(f"{source} {given!r} is not a console address; {hint}")

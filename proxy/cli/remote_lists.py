@@ -26,8 +26,6 @@ from proxy.decide.lists import KEEP, ImportResult
 
 MAX_VALUES = 1000  # values in one API request (proxy.console.routes.MAX_VALUES)
 MAX_IMPORT_BYTES = 1 << 20  # a request's JSON body (proxy.console.api.MAX_JSON_BYTES)
-AUDIT_PAGE = 1000  # rows in one log search page (proxy.logs.search.MAX_LIMIT)
-_HIDDEN = ("list", "kind", "value", "values", "data")
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -118,45 +116,24 @@ class RemoteLists:
         return ImportResult(*counts)
 
     def audit(self, *, limit: int = 100, value: str | None = None) -> list[AuditEntry]:
-        """The newest ``limit`` list changes of the admin audit, paged by its cursor."""
-        found: list[AuditEntry] = []
-        cursor: str | None = None
-        while len(found) < limit:
-            params = {"log": "audit", "regex": "^lists", "text": value,
-                      "limit": min(AUDIT_PAGE, limit - len(found)), "cursor": cursor}
-            page = self.remote.get("/api/logs", params, limit=MAX_ANSWER)
-            rows = field_of(self.remote, "/api/logs", page, "rows", list)
-            found += [a for a in (self._audit_row(r) for r in rows) if a is not None]
-            cursor = page.get("next")
-            if not rows or not isinstance(cursor, str):
-                break
-        return found[:limit]
-
-    def _audit_row(self, row: Any) -> AuditEntry | None:
-        """One admin-audit row as the list trail's entry (None: not a change to the lists)."""
-        from proxy.clock import parse_iso
-
-        path = "/api/logs"
-        action = str(field_of(self.remote, path, row, "action", str))
-        if action != "lists" and not action.startswith("lists."):
-            return None
-        try:
-            at = parse_iso(field_of(self.remote, path, row, "time", str)).timestamp()
-        except ValueError:
-            raise RemoteFailed(f"{self.remote.url}{path} answered a row with a bad time") from None
-        try:
-            doc = json.loads(str(row.get("detail") or "{}"))
-        except ValueError:  # clipped by the server: shown as it is
-            doc = {"request": str(row.get("detail"))[:200]}
-        doc = doc if isinstance(doc, dict) else {}
-        values = doc.get("values")
-        shown = doc.get("value") or (" ".join(map(str, values)) if isinstance(values, list) else "")
-        detail = {k: v for k, v in doc.items() if k not in _HIDDEN}
-        if row.get("ok") is False:
-            detail["refused"] = True
-        return AuditEntry(at, str(row.get("actor") or ""), str(row.get("client") or ""),
-                          action.removeprefix("lists.") if "." in action else "add",
-                          str(doc.get("list") or ""), str(doc.get("kind") or ""), str(shown)[:500], detail)
+        """The newest ``limit`` entries of the lists' own trail (``GET /api/lists/audit``)."""
+        path = "/api/lists/audit"
+        params: dict[str, Any] = {"limit": limit}
+        if value is not None:
+            params["value"] = value
+        answer = self.remote.get(path, params, limit=MAX_ANSWER)
+        out = []
+        for row in field_of(self.remote, path, answer, "entries", list):
+            if not isinstance(row, dict) or not isinstance(row.get("detail"), dict):
+                raise RemoteFailed(f"{self.remote.url}{path} answered a row that is not an audit entry")
+            try:
+                out.append(AuditEntry(float(row["at"]), str(row["who"]), str(row["origin"]),
+                                      str(row["action"]), str(row["list"]), str(row["kind"]),
+                                      str(row["value"]), row["detail"]))
+            except (KeyError, TypeError, ValueError):
+                raise RemoteFailed(f"{self.remote.url}{path} answered a row that is not an audit"
+                                   " entry") from None
+        return out
 
 
 def test_urls(remote: Remote, urls: Sequence[str], client: str | None) -> tuple[list[list[str]], str]:

@@ -24,6 +24,7 @@ from proxy.wire.http import Request, Response
 
 MAX_VALUES = 1000
 MAX_IMPORT_CHARS = 8 << 20
+MAX_AUDIT = 10_000
 
 
 def _entry_json(e: Any, now: float) -> dict[str, Any]:
@@ -231,6 +232,21 @@ class Operations:
                     "rating": e.decision.rating.value, "source": e.decision.source.value,
                     "matched": e.decision.matched}}
 
+    async def lists_audit(self, request: Request, _: Any) -> dict[str, Any]:
+        """The lists' own trail (every change, from the console, the CLI or an import),
+        newest first: ``?limit=`` (1 to 10000, default 100) and ``?value=`` (one rule's)."""
+        params = params_of(request)
+        raw = params.get("limit", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_AUDIT:
+            raise ProtocolError("bad_field", f"parameter 'limit' must be 1 to {MAX_AUDIT}")
+        value = params.get("value") or None
+        if value is not None and len(value) > 4096:
+            raise ProtocolError("bad_field", "parameter 'value' is longer than 4096 characters")
+        rows = await asyncio.to_thread(self.app.lists_store.audit, limit=int(raw), value=value)
+        return {"entries": [{"at": a.at, "who": a.who, "origin": a.origin, "action": a.action,
+                             "list": a.list, "kind": a.kind, "value": a.value, "detail": a.detail}
+                            for a in rows]}
+
     async def _edit(self, change: Any) -> Any:
         """Change the lists, then serve the new ones at once (the poller would within 2 s);
         both off the event loop, since indexing many rules takes a while."""
@@ -301,6 +317,9 @@ def api_routes(ops: Operations, openapi: Any) -> list[Route]:
                                  "kind": "optional: the values' kind"}),
         Route("GET", "/api/lists/export", "read", "Every rule as CSV or JSON (?format=)",
               ops.lists_export),
+        Route("GET", "/api/lists/audit", "read",
+              "The lists' change trail, newest first (?limit=, ?value= for one rule)",
+              ops.lists_audit),
         Route("POST", "/api/updates/now", "updates.run", "Take an update from the source now",
               ops.update_now),
         Route("POST", "/api/updates/rollback", "updates.run",

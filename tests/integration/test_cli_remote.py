@@ -22,7 +22,7 @@ from tests.conftest import RAMPART, Proc, free_port
 pytestmark = pytest.mark.integration
 
 CLEAN = {k: v for k, v in os.environ.items()
-         if k not in ("RAMPART_SERVER", "RAMPART_API_KEY", "RAMPART_DATA_DIR", "RAMPART_CONFIG")}
+         if k not in ("RAMPART_CONSOLE", "RAMPART_API_KEY", "RAMPART_DATA_DIR", "RAMPART_CONFIG")}
 
 
 @dataclass

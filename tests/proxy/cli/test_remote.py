@@ -55,13 +55,8 @@ def test_a_console_address_is_https_with_the_console_port_by_default(given: str,
 ])
 def test_a_bad_console_address_is_refused_naming_it(given: str, said: str) -> None:
     with pytest.raises(ConfigError, match=said) as e:
-        console_url(given, "$RAMPART_SERVER")
-    assert e.value.exit_code == 2 and "$RAMPART_SERVER" in e.value.message
-
-
-def test_a_query_door_in_rampart_server_says_that_variable_is_shared() -> None:
-    with pytest.raises(ConfigError, match="also names `rampart query`'s server"):
-        console_url("http://127.0.0.1:8080", "$RAMPART_SERVER")
+        console_url(given, "$RAMPART_CONSOLE")
+    assert e.value.exit_code == 2 and "$RAMPART_CONSOLE" in e.value.message
 
 
 def test_the_key_comes_from_the_file_before_the_environment(tmp_path: Path,
@@ -187,7 +182,7 @@ def test_a_ca_file_that_is_no_certificate_is_a_usage_error(tmp_path: Path) -> No
 
 
 def _run(*args: str, **env: str | None) -> tuple[int, str]:
-    base: dict[str, str | None] = {"RAMPART_SERVER": None, "RAMPART_API_KEY": None,
+    base: dict[str, str | None] = {"RAMPART_CONSOLE": None, "RAMPART_API_KEY": None,
                                    "RAMPART_DATA_DIR": None, "RAMPART_CONFIG": None}
     r = CliRunner().invoke(cli, list(args), env={**base, **env})
     return r.exit_code, r.output
@@ -206,7 +201,7 @@ def test_server_with_config_or_data_dir_on_the_command_line_is_a_usage_error(tmp
 def test_a_server_from_the_environment_gives_way_to_a_data_dir_given(tmp_path: Path) -> None:
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
-    code, out = _run("lists", "show", "--data-dir", str(data), RAMPART_SERVER="https://localhost:1")
+    code, out = _run("lists", "show", "--data-dir", str(data), RAMPART_CONSOLE="https://localhost:1")
     assert code == 0 and out == "both lists are empty\n"
 
 

@@ -71,27 +71,20 @@ def test_a_rule_the_api_would_not_send_is_a_failure_naming_it(bad: Any) -> None:
     assert e.value.exit_code == 1
 
 
-def _row(action: str, detail: str, ok: bool = True, t: str = "2026-03-01T12:00:00.000Z") -> dict[str, Any]:
-    return {"id": 1, "time": t, "actor": "ops", "action": action, "detail": detail,
-            "client": "10.0.0.9", "ok": ok}
-
-
-def test_the_admin_audit_reads_as_the_list_trail_and_pages_by_cursor() -> None:
-    first = [_row("lists", json.dumps({"list": "blocked", "kind": "domain", "values": ["a.test", "b.test"],
-                                       "note": "n"})),
-             _row("login", "{}"),
-             _row("lists.edit", json.dumps({"value": "a.test", "list": "approved"}), ok=False)]
-    second = [_row("lists.import", '{"data": "x.test\\ny.te', t="2026-03-01T11:00:00.000Z")]
-    stub = Stub({"/api/logs": [{"rows": first, "next": "c1"}, {"rows": second, "next": None}]})
+def test_the_lists_trail_reads_as_the_local_modes_entries() -> None:
+    row = {"at": 1772366400.0, "who": "ops", "origin": "10.0.0.9", "action": "add",
+           "list": "blocked", "kind": "domain", "value": "a.test", "detail": {"note": "n"}}
+    stub = Stub({"/api/lists/audit": [{"entries": [row]}]})
     got = RemoteLists(stub).audit(limit=5, value="a.test")
-    assert [a.action for a in got] == ["add", "edit", "import"]
-    assert got[0].line() == ("2026-03-01T12:00:00Z  ops (10.0.0.9)  add     blocked domain a.test b.test"
-                             "  [note n]")
-    assert got[1].detail == {"refused": True}
-    assert got[2].detail["request"].startswith('{"data"')  # clipped by the server: shown as it is
-    params = [p for _, _, p in stub.sent]
-    assert params[0]["log"] == "audit" and params[0]["text"] == "a.test" and params[0]["regex"] == "^lists"
-    assert params[1]["cursor"] == "c1" and params[1]["limit"] == 5 - 2
+    assert got[0].line() == "2026-03-01T12:00:00Z  ops (10.0.0.9)  add     blocked domain a.test  [note n]"
+    assert stub.sent[0][2] == {"limit": 5, "value": "a.test"}
+
+
+@pytest.mark.parametrize("bad", [{"entries": [{"at": "x"}]}, {"entries": [{"detail": "s"}]},
+                                 {"rows": []}])
+def test_a_trail_row_the_api_would_not_send_is_a_failure(bad: Any) -> None:
+    with pytest.raises(RemoteFailed):
+        RemoteLists(Stub({"/api/lists/audit": [bad]})).audit()
 
 
 def test_an_import_over_the_apis_request_limit_is_refused_before_it_is_sent() -> None:
