@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,9 +45,11 @@ _WEB_BLOCKING = frozenset({"dangerous", "highly_suspicious", "safe"})
 
 _ONE = re.compile(  # one flat result, its subject first: what replies.render_* write for one item
     rb'\{"protocol":\d+,"pattern":"[^"\\]*","results":\[\{"(sha256|sha1|md5|url|domain|ip)":'
-    rb'"([^"\\]*)",([^{}\[\]]*)\}\]\}')  # an item with an escape is read in full
+    rb'"([^"\\\x00-\x1f]*)",([^{}\[\]]*)\}\]\}')  # an item with an escape is read in full
 _decode = json.JSONDecoder().raw_decode  # json.loads less its checks: the body is our own
 _ENGINE_PATHS = tuple((r.path.encode(), r.service.value) for r in paths.ROUTES if r.service is not None)
+_PLAIN = bytes(c for c in range(0x20, 0x7f) if c != 0x5C)  # printable ASCII but "\\"
+_LONGEST = max(len(path) for path, _ in _ENGINE_PATHS)
 
 Template = tuple[str, str, str, str, str, str, str, str, int]
 """service, item, verdict, action, source, origin, matched, threat, blocked"""
@@ -117,58 +120,159 @@ def templates(service: str, body: bytes) -> list[Template]:
     return [t for t in out if t is not None]
 
 
+Entry = tuple[float, str, bytes, bytes, float]
+"""A queued answer: time, client, request target, body, seconds it took."""
+Row = tuple[Any, ...]
+"""A query-log row, ``store.COLUMNS["query"]``."""
+
+
 class Answers:
     """Turns queued answers into query-log rows; one per writer thread (not thread-safe)."""
 
     def __init__(self, clients: str | ClientMask) -> None:
         self.mask = clients if isinstance(clients, ClientMask) else ClientMask(clients)
         self._memo: dict[int, tuple[bytes, tuple[Template, ...]]] = {}
-        self._tails: dict[tuple[str, bytes], tuple[Any, ...]] = {}
+        self._prefix = b"\0"  # the envelope of the last shape learnt
+        self._shapes: dict[tuple[str, bytes, bytes], tuple[bool, tuple[Any, ...]]] = {}
+        self._services: dict[bytes, str | None] = {}
 
     def rows(self, t: float, client: str, target: bytes, body: bytes,
-             seconds: float, count: int = 1) -> list[tuple[Any, ...]]:
+             seconds: float, count: int = 1) -> list[Row]:
         """The rows of one 200 answer's ``body`` (``count`` identical ones, ``seconds`` their
-        mean latency). Keyed by the body object: holding it, its id cannot be reused."""
-        memo = self._memo.get(id(body))
-        if memo is not None and memo[0] is body:
-            found = memo[1]
-        else:
-            service = service_of(target)
-            if service is None:
-                found = ()
-            else:
-                found = self._single(service, body) or tuple(templates(service, body))
-            if len(body) <= 4096:  # single answers repeat; batches seldom do
-                if len(self._memo) >= MEMO:
-                    self._memo.clear()
-                self._memo[id(body)] = (body, found)
+        mean latency): the plain path, one answer at a time (``batch`` is the writer's)."""
+        found = self._templates(target, body)
         if not found:
             return []
-        head = (t, self.mask(client), round(seconds * 1000, 3), count)
+        head = (t, self.mask(client), round(seconds * 1e6) / 1000, count)  # ms, to the µs
         return [head + tmpl for tmpl in found]
 
+    def batch(self, entries: Iterable[Entry]) -> list[Row]:
+        """The rows of a writer batch: identical answers (the same body object, which the
+        routes' memo hands out again, to the same client in the same second) are one row
+        with their ``count`` and mean latency, in the order first seen.
+
+        Equal to ``rows`` per group (tests/proxy/logs/test_entries_batch.py holds it so), but
+        shaped as one loop, because the writer runs it for every answer, in the server's
+        process, taking the GIL from the event loop: a group of one (the usual case with
+        distinct answers) stays the queued tuple (no list), the client mask is looked up
+        once per client and batch (``mask`` is read once: a ``set_clients`` takes effect
+        from the next batch), the head is built inline, and a memoised body (a repeated
+        answer) is one dict lookup.
+        """
+        groups: dict[tuple[int, str, int], Any] = {}
+        get = groups.get
+        for entry in entries:
+            key = (int(entry[0]), entry[1], id(entry[3]))  # ids are distinct: entries hold them
+            group = get(key)
+            if group is None:
+                groups[key] = entry
+            elif type(group) is tuple:  # the second of its kind: now a group that counts
+                groups[key] = [*group[:4], group[4] + entry[4], 2]
+            else:
+                group[4] += entry[4]
+                group[5] += 1
+        out: list[Row] = []
+        mask, masked = self.mask, dict[str, str]()
+        memo, read = self._memo, self._read
+        for group in groups.values():
+            if type(group) is tuple:
+                t, client, target, body, seconds = group
+                count = 1
+            else:
+                t, client, target, body, seconds, count = group
+                seconds /= count
+            found = memo.get(id(body))
+            tmpls = found[1] if found is not None and found[0] is body else read(target, body)
+            if not tmpls:
+                continue
+            shown = masked.get(client)
+            if shown is None:
+                shown = masked[client] = mask(client)
+            head = (t, shown, round(seconds * 1e6) / 1000, count)  # as ``rows``: quicker
+            if len(tmpls) == 1:
+                out.append(head + tmpls[0])
+            else:
+                out += [head + tmpl for tmpl in tmpls]
+        return out
+
+    def _templates(self, target: bytes, body: bytes) -> tuple[Template, ...]:
+        """The fixed part of each of ``body``'s rows, memoised by the body object (holding
+        it, its id cannot be reused) when it is small: single answers repeat, batches
+        seldom do."""
+        memo = self._memo.get(id(body))
+        if memo is not None and memo[0] is body:
+            return memo[1]
+        return self._read(target, body)
+
+    def _read(self, target: bytes, body: bytes) -> tuple[Template, ...]:
+        """``_templates`` for a body not in the memo (then kept there)."""
+        prefix = target[:_LONGEST]  # service_of reads no further
+        service = self._services.get(prefix, "")
+        if service == "":
+            service = service_of(prefix)
+            if len(self._services) >= MEMO:
+                self._services.clear()
+            self._services[prefix] = service
+        if service is None:
+            found: tuple[Template, ...] = ()
+        else:
+            found = self._single(service, body) or tuple(templates(service, body))
+        if len(body) <= 4096:
+            if len(self._memo) >= MEMO:
+                self._memo.clear()
+            self._memo[id(body)] = (body, found)
+        return found
+
     def _single(self, service: str, body: bytes) -> tuple[Template] | None:
-        """A one-result answer, read quickly: items differ, what follows them repeats (the
-        renderer's fragment for one verdict and source), so the rest of the row is kept per
-        fragment and only the item is decoded. None when ``body`` is not that shape (a
-        batch, an inspection, an item with an escape, text with brackets): then it is
-        read in full."""
-        m = _ONE.fullmatch(body)
-        if m is None:
-            return None
-        key, raw, rest = m.groups()
-        tail = self._tails.get((service, rest))
-        if tail is None:
-            whole = templates(service, body)
-            if len(whole) != 1:
+        """A one-result answer, read quickly. Items differ; what is around them repeats (the
+        envelope, the renderer's fragment for one verdict and source). So a body is cut at
+        its first item's quotes (``startswith`` the last envelope seen, else ``find``: C,
+        quick), and when the text before and after is a *shape* seen before and the item
+        is plain (no escape, no control character), the row is the shape's with this
+        item: the same as reading the whole body, since a plain item changes no other
+        token. A shape is learnt only from a body that ``_ONE`` matches (one flat result,
+        cut at the same places) and whose full reading agrees. None when ``body`` is not
+        that shape (a batch, an inspection, an escaped item, text with brackets): then it
+        is read in full."""
+        prefix = self._prefix
+        if body.startswith(prefix):
+            start = len(prefix)
+        else:
+            start = body.find(b'":"', body.find(b'"results":[{"')) + 3
+            if start < 3:
                 return None
-            tail = whole[0][2:]
-            if len(self._tails) >= MEMO:
-                self._tails.clear()
-            self._tails[(service, rest)] = tail
-        value = raw.decode("ascii", "replace")  # the renderer writes ASCII
-        item = url_item(value) if key == b"url" else clip(value, MAX_ITEM)
-        return ((service, item, *tail),)
+            prefix = body[:start]
+        end = body.find(b'"', start)
+        if end < 0:
+            return None
+        raw = body[start:end]
+        shape = (service, prefix, body[end:])
+        known = self._shapes.get(shape)
+        if known is None or (not raw.isalnum() and raw.translate(None, _PLAIN)):
+            known = self._learn(shape, body, start, end)
+            if known is None:
+                return None
+            self._prefix = prefix  # a bytes object keeps its hash: the next key is quicker
+        is_url, tail = known
+        value = raw.decode("utf-8", "replace")
+        return ((service, url_item(value) if is_url else value[:MAX_ITEM], *tail),)
+
+    def _learn(self, shape: tuple[str, bytes, bytes], body: bytes, start: int,
+               end: int) -> tuple[bool, tuple[Any, ...]] | None:
+        """The shape of ``body`` (cut at ``start``, ``end``), read in full and kept; None
+        when it is not one flat result cut there."""
+        m = _ONE.fullmatch(body)
+        if m is None or m.span(2) != (start, end):
+            return None
+        whole = templates(shape[0], body)
+        is_url = m[1] == b"url"
+        value = m[2].decode("utf-8", "replace")
+        if len(whole) != 1 or whole[0][1] != (url_item(value) if is_url else value[:MAX_ITEM]):
+            return None
+        if len(self._shapes) >= MEMO:
+            self._shapes.clear()
+        known = self._shapes[shape] = (is_url, whole[0][2:])
+        return known
 
 
 def service_of(target: bytes) -> str | None:

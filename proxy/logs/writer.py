@@ -185,47 +185,36 @@ class LogWriter:
 
     def _drain(self, conn: sqlite3.Connection) -> None:
         while self._queue:
-            taken = self._take()
-            rows = self._rows(taken)
+            taken, rows = self._take()
             try:
                 self.written += self.store.write(conn, rows)
             except sqlite3.Error as e:
-                self._lost += len(taken)
-                self._complain(f"writing {len(taken)} log entries failed: {e}")
+                self._lost += taken
+                self._complain(f"writing {taken} log entries failed: {e}")
 
-    def _rows(self, taken: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, ...]]]:
-        """Each table's rows from a batch. Identical answers (the same body object: the
-        routes' memo hands it out again) to the same client in the same second are one
-        query-log row with their ``count`` and mean latency: a product asking the same
-        thing in a loop costs one row a second, not one per query."""
+    def _take(self) -> tuple[int, dict[str, list[tuple[Any, ...]]]]:
+        """Up to ``batch`` entries from the queue: how many, and each table's rows. Answers
+        become rows in ``Answers.batch`` (identical ones to a client in a second are one
+        row: a product asking the same thing in a loop costs one row a second, not one per
+        query)."""
+        queue, answers, big = self._queue, [], 0
         rows: dict[str, list[tuple[Any, ...]]] = {}
-        groups: dict[tuple[int, str, int], list[Any]] = {}
-        for entry in taken:
+        n = min(self.batch, len(queue))
+        for _ in range(n):
+            entry = queue.popleft()
             if len(entry) == 2:  # (table, row)
                 rows.setdefault(entry[0], []).append(entry[1])
                 continue
-            t, client, target, body, seconds = entry
-            key = (int(t), client, id(body))  # ids are distinct: ``taken`` holds them all
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [t, client, target, body, seconds, 1]
-            else:
-                group[4] += seconds
-                group[5] += 1
-        if groups:
-            query = rows.setdefault("query", [])
-            for t, client, target, body, seconds, count in groups.values():
-                size = len(body)
-                if size > SMALL:
-                    self._bytes_out += size * count
-                query += self._answers.rows(t, client, target, body, seconds / count, count)
-        return rows
-
-    def _take(self) -> list[tuple[Any, ...]]:
-        queue, out = self._queue, []
-        for _ in range(min(self.batch, len(queue))):
-            out.append(queue.popleft())
-        return out
+            answers.append(entry)
+            size = len(entry[3])
+            if size > SMALL:
+                big += size
+        self._bytes_out += big
+        if answers:
+            query = self._answers.batch(answers)
+            if query:
+                rows.setdefault("query", []).extend(query)
+        return n, rows
 
     def _retain(self, conn: sqlite3.Connection) -> bool:
         """One retention pass; True when more rows are due (run again soon)."""
