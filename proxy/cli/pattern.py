@@ -22,6 +22,7 @@ from proxy.cli.common import (
     json_option,
     pass_run,
 )
+from proxy.cli.remote import field_of, remote_for, remote_options
 from proxy.errors import ConfigError, RampartError
 
 if TYPE_CHECKING:
@@ -298,6 +299,7 @@ def _store_options(fn: Any) -> Any:
 
 @pattern.command("rollback")
 @_store_options
+@remote_options
 @pass_run
 @fail_cleanly
 def pattern_rollback(run: Run) -> None:
@@ -305,9 +307,17 @@ def pattern_rollback(run: Run) -> None:
 
     The version rolled back from is not installed again by scheduled updates;
     the next newer published version is. A running server swaps within seconds.
+    With --server, the appliance there rolls back through its admin API.
     """
     from proxy.updates.store import PatternStore
 
+    remote = remote_for(run)
+    if remote is not None:
+        path = "/api/updates/rollback"
+        done = remote.post(path, {})
+        click.echo(f"rolled back from {field_of(remote, path, done, 'from', str)}"
+                   f" to {field_of(remote, path, done, 'to', str)}")
+        return
     store = PatternStore.open(run.existing_data_dir() / "patterns")
     before = store.current_version()
     after = store.rollback()

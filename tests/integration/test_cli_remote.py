@@ -268,3 +268,9 @@ def test_an_update_the_appliance_could_not_take_exits_1_with_its_reason(tmp_path
         assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "fetch_failed"
     finally:
         proc.stop()
+
+
+def test_rollback_through_the_api_says_why_it_cannot(appliance: Appliance) -> None:
+    r = appliance.run("pattern", "rollback")
+    assert r.returncode == 2, r.stderr
+    assert appliance.url in r.stderr and "version" in r.stderr  # only one version installed
