@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import EICAR_MD5, RAMPART, Proc, free_port
+from tests.conftest import EICAR_MD5, RAMPART, Proc, free_port, start_cloud
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
@@ -41,15 +41,21 @@ def _browser_or_skip() -> None:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Any:
+    """An appliance relaying to a reference cloud (so the dashboard has a cloud endpoint)."""
+    cloud = start_cloud(tmp_path)
     http, port = free_port(), free_port()
     proc = Proc([*RAMPART, "serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1",
-                 "--query-port", str(http), "--query-tls-port", "0", "--console-port", str(port)],
+                 "--query-port", str(http), "--query-tls-port", "0", "--console-port", str(port),
+                 "--proxy-port", "0", "--transparent-port", "0",
+                 "--cloud", f"https://localhost:{cloud.ports['https']}",
+                 "--cloud-ca", str(cloud.data_dir / "ca.pem")],
                 tmp_path / "d", tmp_path / "serve.log")
-    proc.start(f"http://127.0.0.1:{http}/healthz")
     try:
+        proc.start(f"http://127.0.0.1:{http}/healthz")
         yield proc, http, port, _first_password(proc)
     finally:
         proc.stop()
+        cloud.stop()
 
 
 def test_an_administrator_runs_the_console_in_a_browser(served: Any, tmp_path: Path) -> None:
@@ -85,6 +91,11 @@ def test_an_administrator_runs_the_console_in_a_browser(served: Any, tmp_path: P
         expect(page.locator("#d-total")).not_to_have_text(str(before), timeout=10_000)
         expect(page.locator("#d-rate-service-legend")).to_contain_text("file")
         expect(page.locator("#d-local")).to_have_text("100 %")
+        for _ in range(3):  # unknown here: asked of the cloud once, then from the cache
+            httpx.get(f"http://127.0.0.1:{http}/v1/domain/nobody-knows.example.org")
+        expect(page.locator("#d-cache")).to_have_text("67 %", timeout=10_000)
+        expect(page.locator("#d-relay tbody")).to_contain_text("closed")
+        expect(page.locator("#d-local")).to_have_text("50 %")
 
         # lists: add a blocked rule with an expiry, test a URL for a client, edit the rule
         page.click("nav a[data-page=lists]")

@@ -25,9 +25,12 @@ function niceMax(v) {
  * Draw `series` ({name: [values...]}, oldest first, one sample every `step` seconds) into
  * `svg`, and its legend (with each series' latest value) into `legend`.
  */
-export function lineChart(svg, legend, series, { step = 3, slots = 60, unit = "/s" } = {}) {
+export function lineChart(svg, legend, series, { step = 3, slots: most = 60, unit = "/s", cls = null } = {}) {
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const names = Object.keys(series);
+  const colour = (name, k) => (cls ? cls(name) : `series-${k % 8}`);
+  // the window grows with the samples (at least 10) up to `most`, so a new chart is not empty
+  const slots = Math.min(most, Math.max(10, ...names.map((n) => series[n].length)));
   const peak = niceMax(Math.max(0, ...names.flatMap((n) => series[n])));
   const x = (i, len) => PAD_L + ((slots - len + i) * (W - PAD_L - 4)) / (slots - 1);
   const y = (v) => H - PAD_B - (v / peak) * (H - PAD_B - PAD_T);
@@ -38,20 +41,22 @@ export function lineChart(svg, legend, series, { step = 3, slots = 60, unit = "/
     parts.push(svgEl("text", { x: PAD_L - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" },
       v >= 10 ? v.toFixed(0) : v.toFixed(1)));
   }
-  parts.push(svgEl("text", { x: PAD_L, y: H - 4, class: "axis" }, `${Math.round((slots * step) / 60)} min ago`));
+  const span = slots * step;
+  parts.push(svgEl("text", { x: PAD_L, y: H - 4, class: "axis" },
+    span < 120 ? `${span} s ago` : `${Math.round(span / 60)} min ago`));
   parts.push(svgEl("text", { x: W - 4, y: H - 4, class: "axis", "text-anchor": "end" }, "now"));
   names.forEach((name, k) => {
     const vals = series[name];
     if (vals.length < 1) return;
     const pts = vals.map((v, i) => `${x(i, vals.length).toFixed(1)},${y(v).toFixed(1)}`);
     if (vals.length === 1) pts.unshift(`${(x(0, 1) - 4).toFixed(1)},${y(vals[0]).toFixed(1)}`);
-    parts.push(svgEl("polyline", { points: pts.join(" "), class: `line series-${k % 8}` }));
+    parts.push(svgEl("polyline", { points: pts.join(" "), class: `line ${colour(name, k)}` }));
   });
   svg.replaceChildren(...parts);
   legend.replaceChildren(...names.map((name, k) => {
     const vals = series[name];
     const now = vals.length ? vals[vals.length - 1] : 0;
-    return el("li", {}, el("span", { class: `swatch series-${k % 8}` }), `${name} `,
+    return el("li", {}, el("span", { class: `swatch ${colour(name, k)}` }), `${name} `,
       el("b", {}, `${now.toFixed(1)}${unit}`));
   }));
   if (!names.length) legend.appendChild(el("li", { class: "empty" }, "no queries yet"));
@@ -67,9 +72,9 @@ export function shareBar(svg, legend, parts) {
   for (const [label, v, cls] of parts) {
     if (!v) continue;
     const w = (v / total) * 600;
-    rects.push(svgEl("rect", { x: at, y: 0, width: w, height: 16, class: cls },
-    ));
-    rects[rects.length - 1].appendChild(svgEl("title", {}, `${label}: ${v}`));
+    const rect = svgEl("rect", { x: at, y: 0, width: w, height: 16, class: cls });
+    rect.appendChild(svgEl("title", {}, `${label}: ${v}`));
+    rects.push(rect);
     at += w;
   }
   if (!total) rects.push(svgEl("rect", { x: 0, y: 0, width: 600, height: 16, class: "none" }));

@@ -92,9 +92,15 @@ export function actionButton(permission, label, onclick, cls = "secondary") {
 /** Replace a table's body with rows: each row an array of cells (text or elements). */
 export function fill(table, rows, empty = "nothing here yet") {
   const body = $(`${table} tbody`);
-  const cols = $$(`${table} thead th`).length || 1;
-  body.replaceChildren(...rows.map((cells) => el("tr", {}, cells.map((c) =>
-    c instanceof Node && c.tagName === "TD" ? c : el("td", {}, c)))));
+  const heads = $$(`${table} thead th`);
+  const cols = heads.length || 1;
+  // each cell names its column, for tables shown as stacked cards at a narrow width
+  const labels = heads.map((th) => ($(".sr", th) ? "" : th.textContent.trim()));
+  body.replaceChildren(...rows.map((cells) => el("tr", {}, cells.map((c, i) => {
+    const td = c instanceof Node && c.tagName === "TD" ? c : el("td", {}, c);
+    if (labels[i]) td.dataset.label = labels[i];
+    return td;
+  }))));
   if (!rows.length) body.appendChild(el("tr", {}, el("td", { colspan: cols, class: "empty" }, empty)));
 }
 

@@ -80,7 +80,7 @@ function cache(c) {
   $("#d-cache").textContent = c.hit_ratio === null || c.hit_ratio === undefined
     ? "–" : `${Math.round(c.hit_ratio * 100)} %`;
   $("#d-cache-note").textContent = `${c.hits || 0} of ${c.lookups || 0} cloud lookups from the cache;`
-    + ` ${c.entries || 0} answers kept`;
+    + ` ${c.entries || 0} kept`;
 }
 
 function cloud(s) {
@@ -101,7 +101,10 @@ function cloud(s) {
   $("#d-cloud").textContent = s.cloud && s.cloud.length
     ? (open ? `${open} of ${s.cloud.length} endpoints not answering` : "answering")
     : "none";
-  $("#d-cloud").className = `big ${open ? "bad" : ""}`;
+  $("#d-cloud").className = `big ${open ? "bad" : s.cloud && s.cloud.length ? "ok" : ""}`;
+  $("#d-cloud-note").textContent = s.cloud && s.cloud.length
+    ? `${s.cloud.length} endpoint${s.cloud.length > 1 ? "s" : ""}: latency and errors below`
+    : "unknown items are answered unknown here";
 }
 
 const isHash = (v) => /^[0-9a-f]{32,64}$/i.test(v);
@@ -135,7 +138,8 @@ export async function loadDashboard(live = false) {
   const svc = sorted(history.service, ["file", "web", "domain"]);
   const src = sorted(history.source, SOURCES);
   lineChart($("#d-rate-service"), $("#d-rate-service-legend"), svc, { step: REFRESH_SECONDS, slots: SLOTS });
-  lineChart($("#d-rate-source"), $("#d-rate-source-legend"), src, { step: REFRESH_SECONDS, slots: SLOTS });
+  lineChart($("#d-rate-source"), $("#d-rate-source-legend"), src, { step: REFRESH_SECONDS, slots: SLOTS,
+    cls: (name) => `src-${SOURCES.includes(name) ? name : "other"}` });
   const rateNow = Object.values(svc).reduce((n, v) => n + (v.length ? v[v.length - 1] : 0), 0);
   $("#d-rate-now").textContent = history.ticks ? `${rateNow.toFixed(1)}` : "–";
   if (!live || history.ticks % 5 === 0) {
