@@ -1,6 +1,7 @@
 """Configuration: every key declared once, with its default and its help line.
 
-Precedence: built-in defaults < TOML file (``--config``) < command-line flags.
+Precedence: built-in defaults < the console's saved settings (``proxy.settings``) < TOML
+file (``--config``) < command-line flags.
 Nothing needs a file. A bad key or value is refused with a ConfigError that
 names the key. The TOML file is flat: ``query_port = 8080``; sections are
 allowed for readability and are ignored as prefixes (``[relay] read_timeout``
