@@ -3,11 +3,12 @@
 // key is shown on that key's row.
 "use strict";
 
-import { $, api, el, may, say } from "./core.js";
+import { $, api, el, fill, may, say } from "./core.js";
 
 let doc = { settings: [], config_file: null };
 
-const shown = (v) => (v === null || v === undefined ? "(none)" : Array.isArray(v) ? (v.join(", ") || "(none)") : String(v));
+const shown = (v) => (v === null || v === undefined || v === "" ? "(none)"
+  : Array.isArray(v) ? (v.join(", ") || "(none)") : String(v));
 const isList = (t) => /^(list|tuple)\[/.test(t || "");
 
 function input(s) {
@@ -49,20 +50,23 @@ function editableRow(s) {
     el("label", { for: `set-${s.key}`, class: "key" }, s.key),
     el("div", { class: "field" }, input(s), reset),
     el("p", { id: `set-${s.key}-help`, class: "help" }, s.help,
-      el("span", { class: "muted" }, ` Default ${shown(s.default)}; ${origin(s)}.`)),
+      el("span", { class: "muted" }, ` Default ${shown(s.default)}${s.set_by === "console" ? "; changed here" : ""}.`)),
     el("p", { class: "msg" }));
 }
 
 function render() {
   const editable = doc.settings.filter((s) => s.editable);
-  const fixed = doc.settings.filter((s) => !s.editable);
+  const fixed = doc.settings.filter((s) => !s.editable && s.set_by !== "default");
+  const rest = doc.settings.filter((s) => !s.editable && s.set_by === "default");
   $("#s-fields").replaceChildren(...editable.map(editableRow));
   if (!editable.length) $("#s-fields").append(el("p", { class: "muted" }, "no setting can be changed here"));
+  fill("#s-fixed", fixed.map((s) => [el("td", { class: "key" }, s.key), el("td", { class: "value" }, shown(s.value)),
+    origin(s), el("td", { class: "small" }, s.help)]), "none: the config file and the command line set nothing");
   const filter = $("#s-filter").value.trim().toLowerCase();
-  const rows = fixed.filter((s) => !filter || `${s.key} ${s.help}`.toLowerCase().includes(filter));
-  $("#s-fixed tbody").replaceChildren(...rows.map((s) => el("tr", {},
-    el("td", { class: "value" }, s.key), el("td", { class: "value" }, shown(s.value)),
-    el("td", {}, s.set_by === "default" ? "default" : origin(s)), el("td", { class: "small" }, s.help))));
+  const rows = rest.filter((s) => !filter || `${s.key} ${s.help}`.toLowerCase().includes(filter));
+  fill("#s-defaults", rows.map((s) => [el("td", { class: "key" }, s.key), el("td", { class: "value" }, shown(s.value)),
+    el("td", { class: "small" }, s.help)]), "no key matches");
+  $("#s-defaults-count").textContent = String(rest.length);
   $("#s-file").textContent = doc.config_file ? `config file: ${doc.config_file}` : "no config file: built-in defaults and the command line";
 }
 
@@ -79,7 +83,7 @@ async function save(changes) {
     const key = e.field || Object.keys(changes).find((k) => e.message.includes(k));
     const row = key && form.querySelector(`.setting[data-key="${CSS.escape(key)}"]`);
     if (row) { row.classList.add("invalid"); say($(".msg", row), e.message, true); $("[name]", row).focus(); }
-    say(form.querySelector(":scope > .msg"), e.message, true);
+    say(form.querySelector(":scope > .msg"), row ? `not saved: see ${key} above` : e.message, true);
   }
 }
 
