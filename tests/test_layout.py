@@ -28,6 +28,8 @@ MAY_IMPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy.decide", (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.decide")),
     ("proxy.updates", (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.updates", "proxy.relay.http_client")),
     ("proxy.logs", (*BOTTOM, "proxy.wire", "proxy.logs")),
+    ("proxy.client", (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.relay.http_client",
+                      "proxy.relay.http_response", "proxy.client")),
     ("proxy.serve", (*CORE, "proxy.logs", "certs")),
     ("proxy.console", (*BOTTOM, "proxy.wire", "proxy.decide", "proxy.logs", "proxy.serve", "proxy.updates",
                        "proxy.patterns", "certs", "proxy.console")),
