@@ -124,7 +124,14 @@ export function age(seconds) {
 export function when(t) {
   if (t === undefined || t === null || t === "") return "";
   const d = typeof t === "number" ? new Date(t * 1000) : new Date(t);
-  return Number.isNaN(d.getTime()) ? String(t) : d.toLocaleString();
+  if (Number.isNaN(d.getTime())) return String(t);
+  const p = (n) => String(n).padStart(2, "0");  // 2026-03-01 14:05: short, sorts, one reading
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
+/** "1 rule", "3 rules". */
+export function count(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
 /** Show `text` in the message spot of `where` (a form or section); errors in red. */

@@ -141,7 +141,7 @@ export async function loadDashboard(live = false) {
   lineChart($("#d-rate-source"), $("#d-rate-source-legend"), src, { step: REFRESH_SECONDS, slots: SLOTS,
     cls: (name) => `src-${SOURCES.includes(name) ? name : "other"}` });
   const rateNow = Object.values(svc).reduce((n, v) => n + (v.length ? v[v.length - 1] : 0), 0);
-  $("#d-rate-now").textContent = history.ticks ? `${rateNow.toFixed(1)}` : "–";
+  $("#d-rate-now").textContent = history.ticks ? `${rateNow.toFixed(1)}` : "measuring";
   if (!live || history.ticks % 5 === 0) {
     await top().catch((e) => { $("#d-top-note").textContent = e.message; });
   }

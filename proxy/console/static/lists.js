@@ -2,7 +2,7 @@
 // remove, test a URL for a client, import (file or paste) and export.
 "use strict";
 
-import { $, $$, actionButton, api, el, fill, guarded, lines, may, onSubmit, say, when } from "./core.js";
+import { $, $$, actionButton, api, count, el, fill, guarded, lines, may, onSubmit, say, when } from "./core.js";
 
 const MAX_IMPORT_BYTES = 8 << 20;  // the API's limit on an import's text
 let rules = [];
@@ -13,7 +13,7 @@ function scope(e) {
 
 function expiry(e) {
   if (!e.expires) return el("td", { class: "muted" }, "never");
-  return el("td", { class: e.expired ? "bad" : "" }, `${when(e.expires)}${e.expired ? " (expired)" : ""}`);
+  return el("td", { class: e.expired ? "bad nowrap" : "nowrap" }, `${when(e.expires)}${e.expired ? " (expired)" : ""}`);
 }
 
 function matches(e, f) {
@@ -48,12 +48,13 @@ function render() {
   fill("#l-entries", shown.map((e) => [
     el("td", {}, el("span", { class: `tag ${e.list}` }, e.list)), e.kind,
     el("td", { class: "value" }, e.value), scope(e), expiry(e), e.note,
-    el("td", { class: "small" }, e.added_by || "?", el("br"), el("span", { class: "muted" }, when(e.created))),
+    el("td", { class: "small", title: e.origin ? `from ${e.origin}` : null }, e.added_by || "?", el("br"),
+      el("span", { class: "muted nowrap" }, when(e.created))),
     el("td", { class: "actions" },
       actionButton("lists.write", "Edit", () => openEdit(e)), removeButton(e)),
   ]), rules.length ? "no rule matches the filter" : "no rules yet: the patterns decide everything");
   $("#l-count").textContent = rules.length === shown.length
-    ? `${rules.length} rules` : `showing ${shown.length} of ${rules.length} rules`;
+    ? count(rules.length, "rule") : `showing ${shown.length} of ${count(rules.length, "rule")}`;
 }
 
 export async function loadLists() {

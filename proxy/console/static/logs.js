@@ -3,7 +3,7 @@
 // the same search exported as CSV or JSON.
 "use strict";
 
-import { $, $$, api, el, fill, onSubmit, say } from "./core.js";
+import { $, $$, api, count, el, fill, onSubmit, say, when } from "./core.js";
 
 const FIRST = ["time", "actor", "client", "service", "item", "verdict", "action", "source", "matched",
   "threat", "ok", "changed", "version", "reason", "endpoint", "kind", "latency_ms", "message", "detail"];
@@ -33,7 +33,10 @@ function showFields() {
 }
 
 function cellOf(col, v) {
-  if (col === "time") return el("td", { class: "nowrap" }, new Date(v).toLocaleString());
+  if (col === "time") {
+    const d = new Date(v);  // to the second: rows of one minute apart
+    return el("td", { class: "nowrap", title: v }, `${when(v)}:${String(d.getSeconds()).padStart(2, "0")}`);
+  }
   if (typeof v === "boolean") return el("td", { class: v ? "ok" : "bad" }, v ? "yes" : "no");
   if (col === "verdict" && ["malicious", "dangerous", "highly_suspicious"].includes(v)) return el("td", { class: "bad" }, v);
   if (["item", "matched", "detail", "message"].includes(col)) return el("td", { class: "value" }, v);
@@ -53,14 +56,16 @@ export async function loadLogs() {
   const doc = await api("GET", `/api/logs?${p}`);
   const rows = doc.rows || [];
   const keys = rows.length ? Object.keys(rows[0]).filter((c) => !HIDDEN.includes(c)) : [];
-  const cols = [...FIRST.filter((c) => keys.includes(c)), ...keys.filter((c) => !FIRST.includes(c))];
+  const filled = (c) => rows.some((r) => r[c] !== "" && r[c] !== null && r[c] !== undefined);
+  const cols = [...FIRST.filter((c) => keys.includes(c)), ...keys.filter((c) => !FIRST.includes(c))]
+    .filter(filled);  // a column empty on the whole page only takes room
   const head = $("#log-table thead tr");
   head.replaceChildren(...(cols.length ? cols : ["rows"]).map((c) => el("th", { scope: "col" }, c.replace("_", " "))));
   fill("#log-table", rows.map((r) => cols.map((c) => cellOf(c, r[c]))), "nothing logged matches this search");
   page.next = doc.next;
   $("#log-newer").disabled = page.at === 0;
   $("#log-older").disabled = !doc.next;
-  $("#log-page").textContent = `page ${page.at + 1}, ${rows.length} rows`;
+  $("#log-page").textContent = `page ${page.at + 1}, ${count(rows.length, "row")}`;
 }
 
 /** The logs page refreshes on its own only on its first page, with Live on. */
