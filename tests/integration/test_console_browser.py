@@ -100,7 +100,7 @@ def test_an_administrator_runs_the_console_in_a_browser(served: Any, tmp_path: P
         # lists: add a blocked rule with an expiry, test a URL for a client, edit the rule
         page.click("nav a[data-page=lists]")
         add = page.locator("#add-form")
-        add.locator("textarea[name=values]").fill("browser-bad.example.test")
+        add.locator("textarea[name=values]").fill("browser-bad.example.test\nbrowser-temp.example.test")
         add.locator("input[name=expires]").fill("7d")
         add.locator("input[name=note]").fill("added in the browser test")
         add.locator("button[type=submit]").click()
@@ -127,6 +127,11 @@ def test_an_administrator_runs_the_console_in_a_browser(served: Any, tmp_path: P
         expect(edit).to_be_hidden()
         expect(row).to_contain_text("edited in the browser")
         expect(row).to_contain_text("never")
+        temp = page.locator("#l-entries tbody tr", has_text="browser-temp.example.test")
+        temp.locator("button", has_text="Remove").click()
+        temp.locator("button", has_text="Really remove?").click()  # asked once more, in place
+        expect(page.locator("#l-table-msg")).to_contain_text("removed domain browser-temp.example.test")
+        expect(page.locator("#l-entries")).not_to_contain_text("browser-temp.example.test")
 
         page.locator("details summary", has_text="Import").click()
         imp = page.locator("#import-form")
@@ -147,6 +152,12 @@ def test_an_administrator_runs_the_console_in_a_browser(served: Any, tmp_path: P
         expect(page.locator("#log-table tbody")).to_contain_text("browser-bad.example.test")
         assert "browser-bad" in (page.get_attribute("#log-csv", "href") or "")
         page.screenshot(path=str(shots / "logs.png"), full_page=True)
+        page.select_option("#log-form select[name=log]", "audit")
+        page.fill("#log-form input[name=text]", "browser-temp")
+        page.click("#log-form button[type=submit]")
+        expect(page.locator("#log-table tbody")).to_contain_text("admin")  # who removed it
+        expect(page.locator("#log-form input[name=actor]")).to_be_visible()  # the audit log's filters
+        expect(page.locator("#log-form select[name=verdict]")).to_be_hidden()
         page.click("nav a[data-page=dashboard]")
         expect(page.locator("#d-top-urls")).to_contain_text("browser-bad.example.test/download")
         expect(page.locator("#d-top-files")).to_contain_text(EICAR_MD5)

@@ -33,13 +33,16 @@ function showFields() {
 }
 
 function cellOf(col, v) {
-  if (col === "time") {
-    const d = new Date(v);  // to the second: rows of one minute apart
-    return el("td", { class: "nowrap", title: v }, `${when(v)}:${String(d.getSeconds()).padStart(2, "0")}`);
+  if (col === "time") {  // to the second; today's rows without the date
+    const d = new Date(v);
+    const full = `${when(v)}:${String(d.getSeconds()).padStart(2, "0")}`;
+    const today = d.toDateString() === new Date().toDateString();
+    return el("td", { class: "nowrap", title: full }, today ? full.slice(11) : full);
   }
+  if (col === "latency_ms" && typeof v === "number") return el("td", { class: "nowrap" }, `${v.toFixed(2)} ms`);
   if (typeof v === "boolean") return el("td", { class: v ? "ok" : "bad" }, v ? "yes" : "no");
   if (col === "verdict" && ["malicious", "dangerous", "highly_suspicious"].includes(v)) return el("td", { class: "bad" }, v);
-  if (["item", "matched", "detail", "message"].includes(col)) return el("td", { class: "value" }, v);
+  if (["item", "matched", "detail", "message", "threat"].includes(col)) return el("td", { class: "value" }, v);
   return el("td", {}, v === null || v === undefined ? "" : String(v));
 }
 
@@ -60,7 +63,7 @@ export async function loadLogs() {
   const cols = [...FIRST.filter((c) => keys.includes(c)), ...keys.filter((c) => !FIRST.includes(c))]
     .filter(filled);  // a column empty on the whole page only takes room
   const head = $("#log-table thead tr");
-  head.replaceChildren(...(cols.length ? cols : ["rows"]).map((c) => el("th", { scope: "col" }, c.replace("_", " "))));
+  head.replaceChildren(...(cols.length ? cols : ["rows"]).map((c) => el("th", { scope: "col" }, c === "latency_ms" ? "latency" : c.replace("_", " "))));
   fill("#log-table", rows.map((r) => cols.map((c) => cellOf(c, r[c]))), "nothing logged matches this search");
   page.next = doc.next;
   $("#log-newer").disabled = page.at === 0;
