@@ -189,6 +189,11 @@ def test_an_administrator_runs_the_console_in_a_browser(served: Any, tmp_path: P
         expect(page.locator("#a-new-key-value")).to_contain_text("rpk_")
         expect(page.locator("#a-keys tbody")).to_contain_text("monitoring")
         page.screenshot(path=str(shots / "accounts.png"), full_page=True)
+        key = page.locator("#a-keys tbody tr", has_text="monitoring")
+        key.locator("button", has_text="Revoke").click()
+        key.locator("button", has_text="Really revoke?").click()
+        expect(page.locator("#a-keys-msg")).to_contain_text("revoked the key monitoring")
+        expect(key).to_have_count(0)
 
         _narrow(context, console, shots, expect)
         page.click("#logout")

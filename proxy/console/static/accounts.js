@@ -2,7 +2,7 @@
 // (a new key's secret shown once) and browser sessions (admins).
 "use strict";
 
-import { $, actionButton, api, el, fill, guarded, may, onSubmit, session, when } from "./core.js";
+import { $, api, confirmButton, el, fill, guarded, may, onSubmit, session, when } from "./core.js";
 
 const ROLES = ["viewer", "operator", "admin"];
 
@@ -23,32 +23,32 @@ function roleSelect(u) {
 function users(list) {
   fill("#a-users", list.map((u) => [el("td", { class: "value" }, u.name, u.name === session.user ? " (you)" : ""),
     roleSelect(u), when(u.created), when(u.password_changed),
-    el("td", { class: "actions" }, u.name === session.user ? null : actionButton("accounts.manage", "Remove",
+    el("td", { class: "actions" }, u.name === session.user ? null : confirmButton("accounts.manage", "Remove",
       () => guarded($("#a-users-msg"), async () => {
         await api("POST", "/api/accounts/users/remove", { name: u.name });
         await loadAccounts();
         return `removed ${u.name}`;
-      })))]));
+      }), u.name))]));
 }
 
 function keys(list) {
   fill("#a-keys", list.map((k) => [el("td", { class: "value" }, k.name), k.role, k.created_by, when(k.created),
     el("td", { class: k.expired ? "bad" : "" }, k.expires ? `${when(k.expires)}${k.expired ? " (expired)" : ""}` : "never"),
     k.last_used ? when(k.last_used) : "never",
-    el("td", { class: "actions" }, actionButton("accounts.manage", "Revoke", () => guarded($("#a-keys-msg"), async () => {
+    el("td", { class: "actions" }, confirmButton("accounts.manage", "Revoke", () => guarded($("#a-keys-msg"), async () => {
       await api("POST", "/api/accounts/keys/revoke", { key: k.id });
       await loadAccounts();
       return `revoked the key ${k.name}`;
-    })))]), "no API keys: create one for scripts and monitoring");
+    }), k.name))]), "no API keys: create one for scripts and monitoring");
 }
 
 function sessions(list) {
   fill("#a-sessions", list.map((s) => [s.user, s.client, when(s.created), when(s.last_seen),
-    el("td", { class: "actions" }, actionButton("accounts.manage", "End", () => guarded($("#a-sessions-msg"), async () => {
+    el("td", { class: "actions" }, confirmButton("accounts.manage", "End", () => guarded($("#a-sessions-msg"), async () => {
       await api("POST", "/api/accounts/sessions/end", { id: s.id });
       await loadAccounts();
       return `ended a session of ${s.user}`;
-    })))]), "no browser sessions");
+    }), `the session of ${s.user}`))]), "no browser sessions");
 }
 
 export async function loadAccounts() {

@@ -89,6 +89,21 @@ export function actionButton(permission, label, onclick, cls = "secondary") {
   return el("button", { type: "button", class: cls, onclick }, label);
 }
 
+/** A button for an action that cannot be undone: the first press asks once more on the
+ *  button itself (no pop-up, keyboard and screen reader alike), the second does it. */
+export function confirmButton(permission, label, work, name) {
+  const b = actionButton(permission, label, () => {
+    if (b.dataset.armed !== "1") {
+      b.dataset.armed = "1"; b.textContent = `Really ${label.toLowerCase()}?`; b.classList.add("danger");
+      setTimeout(() => { b.dataset.armed = ""; b.textContent = label; b.classList.remove("danger"); }, 4000);
+      return;
+    }
+    work();
+  });
+  if (b && name) b.setAttribute("aria-label", `${label} ${name}`);
+  return b;
+}
+
 /** Replace a table's body with rows: each row an array of cells (text or elements). */
 export function fill(table, rows, empty = "nothing here yet") {
   const body = $(`${table} tbody`);

@@ -2,7 +2,7 @@
 // remove, test a URL for a client, import (file or paste) and export.
 "use strict";
 
-import { $, $$, actionButton, api, count, el, fill, guarded, lines, may, onSubmit, say, when } from "./core.js";
+import { $, $$, actionButton, api, confirmButton, count, el, fill, guarded, lines, may, onSubmit, say, when } from "./core.js";
 
 const MAX_IMPORT_BYTES = 8 << 20;  // the API's limit on an import's text
 let rules = [];
@@ -23,22 +23,12 @@ function matches(e, f) {
   return [e.value, e.note, e.added_by, scope(e)].some((v) => String(v || "").toLowerCase().includes(f.text));
 }
 
-/** Remove asks once more on the same button (no pop-up), then removes. */
 function removeButton(e) {
-  const b = actionButton("lists.write", "Remove", async () => {
-    if (b.dataset.armed !== "1") {
-      b.dataset.armed = "1"; b.textContent = "Really remove?"; b.classList.add("danger");
-      setTimeout(() => { b.dataset.armed = ""; b.textContent = "Remove"; b.classList.remove("danger"); }, 4000);
-      return;
-    }
-    await guarded($("#l-table-msg"), async () => {
-      await api("POST", "/api/lists/remove", { values: [e.value], list: e.list, kind: e.kind });
-      await loadLists();
-      return `removed ${e.kind} ${e.value} from the ${e.list} list`;
-    });
-  });
-  if (b) b.setAttribute("aria-label", `Remove ${e.value}`);
-  return b;
+  return confirmButton("lists.write", "Remove", () => guarded($("#l-table-msg"), async () => {
+    await api("POST", "/api/lists/remove", { values: [e.value], list: e.list, kind: e.kind });
+    await loadLists();
+    return `removed ${e.kind} ${e.value} from the ${e.list} list`;
+  }), e.value);
 }
 
 function render() {
