@@ -61,29 +61,38 @@ class Unusable(Exception):
 
 def open_checked(path: Path) -> sqlite3.Connection:
     """A connection on ``path`` with the current schema; Unusable when the file is not this
-    client's state, ClientError when it is a newer client's or cannot be opened at all."""
+    client's state, ClientError when it is a newer client's or cannot be opened at all.
+
+    The file is first read through a read-only connection: switching it to WAL (which
+    rewrites its header) waits until it is known to be this client's, so a foreign or a
+    newer client's file is moved aside or refused exactly as it was.
+    """
     try:
         create_private_sqlite(path)
     except OSError as e:
         raise ClientError(f"cannot open the client state {path}: {e.strerror or e}") from None
     try:
+        probe = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+        try:
+            version = check_schema(probe, path)
+        finally:
+            probe.close()
         conn = open_sqlite(path)
     except sqlite3.DatabaseError as e:
         raise Unusable(str(e)) from None
     try:
-        check_schema(conn, path)
+        if version == 0:
+            create_schema(conn)
         create_private_sqlite(path)  # WAL mode has just made its files, with the database's mode
-    except sqlite3.DatabaseError as e:
-        conn.close()
-        raise Unusable(str(e)) from None
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def check_schema(conn: sqlite3.Connection, path: Path) -> None:
-    """Make the schema in a new file; check it in an existing one (Unusable when wrong)."""
+def check_schema(conn: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version: 0 for an empty file, SCHEMA_VERSION for one with exactly
+    this client's tables; ClientError for a newer client's, Unusable for anything else."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise ClientError(f"{path} was made by a newer rampart client (schema {version}; this one "
@@ -92,22 +101,32 @@ def check_schema(conn: sqlite3.Connection, path: Path) -> None:
     if check != "ok":
         raise Unusable(f"integrity check: {check}")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if version == 0 and tables:
-        raise Unusable(f"holds other tables: {', '.join(sorted(tables))}")
     if version == 0:
-        conn.execute("BEGIN IMMEDIATE")
-        for name, columns in _TABLES.items():
-            conn.execute(f"CREATE TABLE {name} ({columns}) WITHOUT ROWID")
-        for index in _INDEXES:
-            conn.execute(index)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-        return
+        if tables:
+            raise Unusable(f"holds other tables: {', '.join(sorted(tables))}")
+        return 0
     for name, columns in _TABLES.items():
         have = [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]
-        want = [c.split()[0] for c in columns.split(", ") if not c.startswith("PRIMARY")]
+        want = [c.split()[0] for c in re.sub(r", PRIMARY KEY \(.*\)", "", columns).split(", ")]
         if have != want:
             raise Unusable(f"table {name} has columns {have or 'none'}, not {want}")
+    return version
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Make the tables in a new file, unless another process did meanwhile."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
+            for name, columns in _TABLES.items():
+                conn.execute(f"CREATE TABLE {name} ({columns}) WITHOUT ROWID")
+            for index in _INDEXES:
+                conn.execute(index)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def move_aside(path: Path) -> Path:
