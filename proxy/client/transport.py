@@ -85,9 +85,12 @@ class Answer(NamedTuple):
 
 
 async def ask(transport: Transport, pool: ServerPool, location: Location | None, method: str,
-              path: str, body: bytes = b"", headers: Mapping[str, str] | None = None, *,
-              deadline: float, check: Callable[[bytes], object] | None = None) -> Answer:
-    """The first usable answer from the servers for ``location`` (None: ``pool.locate``).
+              path: str, body: bytes, headers: Mapping[str, str] | None, deadline: float, *,
+              check: Callable[[bytes], object] | None = None) -> Answer:
+    """The first usable answer from the servers for ``location`` by ``deadline`` (pool.clock).
+
+    With ``location`` None, ask decides it (``pool.locate``, kept ``location_ttl``) and,
+    when every server failed, probes again at once in case the client moved.
 
     ``check`` may refuse a 2xx body by raising ValueError (e.g. BadAnswer): next server.
     Raises ClientError for a request a server refused, NoServer when none answered.
