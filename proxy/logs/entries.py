@@ -153,36 +153,28 @@ class Answers:
 
         Equal to ``rows`` per group (tests/proxy/logs/test_entries_batch.py holds it so), but
         shaped as one loop, because the writer runs it for every answer, in the server's
-        process, taking the GIL from the event loop: a group of one (the usual case with
-        distinct answers) stays the queued tuple (no list), the client mask is looked up
-        once per client and batch (``mask`` is read once: a ``set_clients`` takes effect
-        from the next batch), the head is built inline, and a memoised body (a repeated
-        answer) is one dict lookup.
+        process, taking the CPU and the GIL from the event loop. A body's first entry is
+        keyed by its id alone (``_grouped``), so distinct answers (unknown hashes, say)
+        cost one dict entry each; only a body seen again is memoised (a repeated answer
+        is then one dict lookup, this batch and the next). The client
+        mask is looked up once per client and batch (``mask`` is read once: a
+        ``set_clients`` takes effect from the next batch) and the head is built inline.
         """
-        groups: dict[tuple[int, str, int], Any] = {}
-        get = groups.get
-        for entry in entries:
-            key = (int(entry[0]), entry[1], id(entry[3]))  # ids are distinct: entries hold them
-            group = get(key)
-            if group is None:
-                groups[key] = entry
-            elif type(group) is tuple:  # the second of its kind: now a group that counts
-                groups[key] = [*group[:4], group[4] + entry[4], 2]
-            else:
-                group[4] += entry[4]
-                group[5] += 1
         out: list[Row] = []
         mask, masked = self.mask, dict[str, str]()
         memo, read = self._memo, self._read
-        for group in groups.values():
-            if type(group) is tuple:
+        for key, group in _grouped(entries).items():
+            if len(group) == 5:
                 t, client, target, body, seconds = group
                 count = 1
             else:
                 t, client, target, body, seconds, count = group
                 seconds /= count
             found = memo.get(id(body))
-            tmpls = found[1] if found is not None and found[0] is body else read(target, body)
+            if found is not None and found[0] is body:
+                tmpls = found[1]
+            else:  # kept when seen again: a repeated answer
+                tmpls = read(target, body, count > 1 or type(key) is tuple)
             if not tmpls:
                 continue
             shown = masked.get(client)
@@ -202,10 +194,10 @@ class Answers:
         memo = self._memo.get(id(body))
         if memo is not None and memo[0] is body:
             return memo[1]
-        return self._read(target, body)
+        return self._read(target, body, len(body) <= 4096)
 
-    def _read(self, target: bytes, body: bytes) -> tuple[Template, ...]:
-        """``_templates`` for a body not in the memo (then kept there)."""
+    def _read(self, target: bytes, body: bytes, keep: bool) -> tuple[Template, ...]:
+        """``_templates`` for a body not in the memo; kept there when ``keep``."""
         prefix = target[:_LONGEST]  # service_of reads no further
         service = self._services.get(prefix, "")
         if service == "":
@@ -217,7 +209,7 @@ class Answers:
             found: tuple[Template, ...] = ()
         else:
             found = self._single(service, body) or tuple(templates(service, body))
-        if len(body) <= 4096:
+        if keep:
             if len(self._memo) >= MEMO:
                 self._memo.clear()
             self._memo[id(body)] = (body, found)
@@ -273,6 +265,34 @@ class Answers:
             self._shapes.clear()
         known = self._shapes[shape] = (is_url, whole[0][2:])
         return known
+
+
+def _grouped(entries: Iterable[Entry]) -> dict[Any, Any]:
+    """``entries`` by group, in the order first seen. The first entry of a body is keyed
+    by the body's id (cheap: with distinct answers that is every entry); a later one
+    joins it when in the same second from the same client, else the group keyed by
+    (second, client, body id). A group of two or more is a list ``[t, client, target,
+    body, seconds summed, count]``; a tuple key means the body was seen before."""
+    groups: dict[Any, Any] = {}
+    get = groups.get
+    for entry in entries:
+        slot: Any = id(entry[3])  # ids are distinct: entries hold the bodies
+        group = get(slot)
+        if group is None:
+            groups[slot] = entry
+            continue
+        if int(group[0]) != int(entry[0]) or group[1] != entry[1]:
+            slot = (int(entry[0]), entry[1], slot)
+            group = get(slot)
+            if group is None:
+                groups[slot] = entry
+                continue
+        if len(group) == 5:  # the second of its kind: now a group that counts
+            groups[slot] = [*group[:4], group[4] + entry[4], 2]
+        else:
+            group[4] += entry[4]
+            group[5] += 1
+    return groups
 
 
 def service_of(target: bytes) -> str | None:
