@@ -39,7 +39,7 @@ function keys(list) {
       await api("POST", "/api/accounts/keys/revoke", { key: k.id });
       await loadAccounts();
       return `revoked the key ${k.name}`;
-    }), k.name))]), "no API keys: create one for scripts and monitoring");
+    }), k.name))]), "no API keys yet: a script or a monitor calls the API with one");
 }
 
 function sessions(list) {
