@@ -248,12 +248,16 @@ class ServerPool:
             self.decide("outside", "no internal server is configured")
             return "outside"
         limit = self.clock() + self.probe_timeout
-        winner, reasons = await probe(transport, internal, min(limit, deadline or limit), self.probe_timeout)
+        until = limit if deadline is None else min(limit, deadline)
+        cut = until < limit  # the caller's deadline is shorter than a probe
+        winner, reasons = await probe(transport, internal, until, self.probe_timeout)
         if winner is not None:
             self.decide("inside", f"{winner.url} answered {HEALTH_PATH}")
             return "inside"
         self.decide("outside", f"no internal server answered {HEALTH_PATH} within "
                                f"{self.probe_timeout:g}s ({'; '.join(reasons)})")
+        if cut:
+            self.forget_location()  # a probe cut short decides this ask only, it is not kept
         return "outside"
 
     # -------------------------------------------------------- kept between processes

@@ -7,7 +7,7 @@ pooled per server, bounded responses, and TLS that always verifies (against
 
 ``ask`` tries ``ServerPool.plan(location)`` in order; every attempt gets the time left
 before the one deadline. A server that cannot be reached, breaks TLS, times out, answers
-5xx, 408 or 429 (its ``Retry-After`` is its cool-down), or gives a body ``check``
+5xx, 408 or 429 (its ``Retry-After`` is its cool-down), redirects (3xx), or gives a body ``check``
 refuses, is marked failed and the next one is tried. Any other 4xx raises ClientError
 with the server's message: the request is bad, and another server would say the same.
 When none answered, NoServer lists every server and why, and the location decision is
@@ -35,8 +35,9 @@ MAX_MESSAGE = 300
 
 
 class Transport(Protocol):
-    """One exchange with one server by ``deadline`` (on the pool's clock); raises
-    RelayError (proxy.errors) or OSError when there is no HTTP answer."""
+    """One exchange with one server by ``deadline`` (on the pool's clock): status, headers
+    (names lower-cased), body. Raises RelayError (proxy.errors) or OSError when there is
+    no HTTP answer, ValueError for a request that cannot be sent."""
 
     async def request(self, server_url: str, method: str, path: str, body: bytes,
                       headers: Mapping[str, str], deadline: float,
@@ -65,8 +66,9 @@ class HttpTransport:
 
     async def request(self, server_url: str, method: str, path: str, body: bytes,
                       headers: Mapping[str, str], deadline: float) -> tuple[int, Mapping[str, str], bytes]:
-        response = await self.client.request(server_url, method, path, body, {**HEADERS, **headers},
-                                             deadline=deadline)
+        given = {name.lower() for name in headers}
+        sent = {**{k: v for k, v in HEADERS.items() if k.lower() not in given}, **headers}
+        response = await self.client.request(server_url, method, path, body, sent, deadline=deadline)
         return response.status, response.headers, response.body
 
     @property

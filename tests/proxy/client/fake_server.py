@@ -24,6 +24,7 @@ class FakeServer:
     tls: ssl.SSLContext | None = None
     connections: int = 0
     requests: list[str] = field(default_factory=list)  # "METHOD PATH", in order
+    heads: list[str] = field(default_factory=list)  # each request's head as sent
     port: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -74,6 +75,7 @@ class FakeServer:
                 length = int(value)
         body = await reader.readexactly(length)
         self.requests.append(f"{method} {path}")
+        self.heads.append(head)
         mode = self.health if path == "/healthz" else self.mode
         if mode == "close":
             return False

@@ -256,3 +256,16 @@ async def test_decision_is_kept_then_probed_again(serve) -> None:
         assert up.requests.count("GET /healthz") == 3
     finally:
         await t.close()
+
+
+async def test_a_probe_cut_short_by_the_callers_deadline_is_not_kept(serve) -> None:
+    clock = Clock()
+    slow = await serve("slow", health="hang")
+    t = HttpTransport(timeout=30, clock=clock)
+    try:
+        pool = ServerPool([Server(slow.url)], probe_timeout=1.0, clock=clock)
+        assert await pool.locate(t, deadline=clock() + 0.1) == "outside"
+        assert pool.location is None  # the next ask probes again, with its full probe_timeout
+        assert "deadline passed" in pool.location_reason
+    finally:
+        await t.close()

@@ -294,3 +294,13 @@ def test_server_message_is_bounded_and_printable() -> None:
     assert text.startswith(" bad_url: x?[31my") and len(text) <= 301
     assert server_message(b"<html>") == "" and server_message(b'{"error": 3}') == ""
     assert server_message(b"{not json") == ""
+
+
+async def test_caller_headers_replace_the_defaults(serve: Serve, clock: Clock,
+                                                   transport: HttpTransport) -> None:
+    up = await serve("up")
+    await ask(transport, pool_of(up, clock=clock), "inside", "GET", "/v1/agent-pattern", b"",
+              {"accept": "application/octet-stream"}, clock() + 5)
+    head = up.heads[-1].lower()
+    assert "accept: application/octet-stream" in head and "application/json" not in head
+    assert "user-agent: rampart-client/1" in head
