@@ -25,7 +25,8 @@ function niceMax(v) {
  * Draw `series` ({name: [values...]}, oldest first, one sample every `step` seconds) into
  * `svg`, and its legend (with each series' latest value) into `legend`.
  */
-export function lineChart(svg, legend, series, { step = 3, slots: most = 60, unit = "/s", cls = null } = {}) {
+export function lineChart(svg, legend, series,
+  { step = 3, slots: most = 60, unit = "/s", cls = null, empty = "no queries yet" } = {}) {
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const names = Object.keys(series);
   const colour = (name, k) => (cls ? cls(name) : `series-${k % 8}`);
@@ -59,7 +60,7 @@ export function lineChart(svg, legend, series, { step = 3, slots: most = 60, uni
     return el("li", {}, el("span", { class: `swatch ${colour(name, k)}` }), `${name} `,
       el("b", {}, `${now.toFixed(1)}${unit}`));
   }));
-  if (!names.length) legend.appendChild(el("li", { class: "empty" }, "no queries yet"));
+  if (!names.length) legend.appendChild(el("li", { class: "empty" }, empty));
 }
 
 /** A horizontal bar split into `parts` ([label, count, cls]), with a legend of shares. */

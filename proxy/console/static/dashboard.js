@@ -137,8 +137,9 @@ export async function loadDashboard(live = false) {
   patterns(s.pattern || {});
   const svc = sorted(history.service, ["file", "web", "domain"]);
   const src = sorted(history.source, SOURCES);
-  lineChart($("#d-rate-service"), $("#d-rate-service-legend"), svc, { step: REFRESH_SECONDS, slots: SLOTS });
-  lineChart($("#d-rate-source"), $("#d-rate-source-legend"), src, { step: REFRESH_SECONDS, slots: SLOTS,
+  const empty = Object.keys(items).length ? "measuring: rates from the next refresh on" : "no queries yet";
+  lineChart($("#d-rate-service"), $("#d-rate-service-legend"), svc, { step: REFRESH_SECONDS, slots: SLOTS, empty });
+  lineChart($("#d-rate-source"), $("#d-rate-source-legend"), src, { step: REFRESH_SECONDS, slots: SLOTS, empty,
     cls: (name) => `src-${SOURCES.includes(name) ? name : "other"}` });
   const rateNow = Object.values(svc).reduce((n, v) => n + (v.length ? v[v.length - 1] : 0), 0);
   $("#d-rate-now").textContent = history.ticks ? `${rateNow.toFixed(1)}` : "measuring";
