@@ -19,7 +19,6 @@ cooling; when all are cooling they are tried anyway, in order: a late answer bea
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.client.errors import ClientError
-from proxy.errors import RelayError
 from proxy.relay.http_client import parse_origin
 
 if TYPE_CHECKING:
@@ -250,6 +248,8 @@ class ServerPool:
         limit = self.clock() + self.probe_timeout
         until = limit if deadline is None else min(limit, deadline)
         cut = until < limit  # the caller's deadline is shorter than a probe
+        from proxy.client.transport import probe  # transport.py imports this module
+
         winner, reasons = await probe(transport, internal, until, self.probe_timeout)
         if winner is not None:
             self.decide("inside", f"{winner.url} answered {HEALTH_PATH}")
@@ -336,39 +336,3 @@ def _checked(servers: Iterable[Server]) -> tuple[Server, ...]:
     if not out:
         raise ClientError("no server configured: give at least one (--server URL)")
     return tuple(out)
-
-
-async def probe(transport: Transport, servers: list[Server], deadline: float,
-                timeout: float) -> tuple[Server | None, list[str]]:
-    """Ask every server's /healthz at once: the first to answer 200, and why the others did not."""
-    tasks = {asyncio.ensure_future(_probe_one(transport, s, deadline)): s for s in servers}
-    reasons: dict[Server, str] = {s: "no answer in time" for s in servers}
-    winner: Server | None = None
-    pending = set(tasks)
-    try:
-        async with asyncio.timeout(timeout):
-            while pending and winner is None:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    error = task.result()
-                    if error is None:
-                        winner = winner or tasks[task]
-                    else:
-                        reasons[tasks[task]] = error
-    except TimeoutError:
-        pass
-    finally:
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-    return winner, [f"{s.url}: {reasons[s]}" for s in servers if s is not winner]
-
-
-async def _probe_one(transport: Transport, server: Server, deadline: float) -> str | None:
-    try:
-        status, _, _ = await transport.request(server.url, "GET", HEALTH_PATH, b"", {}, deadline)
-    except RelayError as err:
-        return f"{err.kind}: {getattr(err, 'cause', err.message)}"
-    except (OSError, TimeoutError) as err:
-        return f"connect: {err}"
-    return None if status == 200 else f"HTTP {status}"

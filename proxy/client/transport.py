@@ -16,6 +16,7 @@ forgotten so the next ask probes again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
 
 from proxy.client.errors import ClientError, NoServer
-from proxy.client.servers import Location, Server, ServerPool
+from proxy.client.servers import HEALTH_PATH, Location, Server, ServerPool
 from proxy.errors import HttpClientError, RelayError
 from proxy.relay.http_client import DEFAULT_MAX_RESPONSE_BYTES, HttpClient, make_ssl_context
 
@@ -179,6 +180,43 @@ def _no_server_message(pool: ServerPool, location: Location, tried: dict[Server,
         return f"no server to ask for {what}: the client is {where} and no {zones} server is configured"
     lines = "; ".join(f"{s.url}: {reason}" for s, reason in tried.items())
     return f"no server answered {what} (the client is {where}): {lines}"
+
+
+async def probe(transport: Transport, servers: list[Server], deadline: float,
+                timeout: float) -> tuple[Server | None, list[str]]:
+    """ServerPool.locate's probe: every server's /healthz asked at once, the first to answer
+    200, and why each of the others did not."""
+    tasks = {asyncio.ensure_future(_probe_one(transport, s, deadline)): s for s in servers}
+    reasons: dict[Server, str] = {s: "no answer in time" for s in servers}
+    winner: Server | None = None
+    pending = set(tasks)
+    try:
+        async with asyncio.timeout(timeout):
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.result()
+                    if error is None:
+                        winner = winner or tasks[task]
+                    else:
+                        reasons[tasks[task]] = error
+    except TimeoutError:
+        pass
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    return winner, [f"{s.url}: {reasons[s]}" for s in servers if s is not winner]
+
+
+async def _probe_one(transport: Transport, server: Server, deadline: float) -> str | None:
+    try:
+        status, _, _ = await transport.request(server.url, "GET", HEALTH_PATH, b"", {}, deadline)
+    except RelayError as err:
+        return f"{err.kind}: {getattr(err, 'cause', err.message)}"
+    except (OSError, TimeoutError) as err:
+        return f"connect: {err}"
+    return None if status == 200 else f"HTTP {status}"
 
 
 def server_message(body: bytes) -> str:
