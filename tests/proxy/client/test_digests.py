@@ -140,3 +140,18 @@ def test_file_growing_while_read_is_hashed_as_read(tmp_path: Path, monkeypatch: 
     assert info.st_size == CHUNK
     assert digests.sha256 == hashlib.sha256(first + more).hexdigest()
     assert path.stat().st_size == CHUNK + CHUNK // 2
+
+
+def test_threads_hashing_at_once_get_their_own_digests(tmp_path: Path) -> None:
+    """The reused buffer is per thread: concurrent hashing (a product's worker pool) is safe."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = []
+    for i in range(8):
+        data = os.urandom(CHUNK * (i + 1) + i)
+        path = tmp_path / f"f{i}"
+        path.write_bytes(data)
+        files.append((path, expected(data)))
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda pe: hash_file(pe[0], ALL, chunk=CHUNK)[0], files * 4))
+    assert got == [want for _, want in files * 4]
