@@ -55,6 +55,12 @@ from proxy.files import check_private_dir
 logger = logging.getLogger(__name__)
 
 _CHUNK = 250  # keys per SELECT (two parameters each)
+_SAME = "size = excluded.size AND mtime_ns = excluded.mtime_ns"
+_REMEMBER = ("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET "
+             + "".join(f"{k} = CASE WHEN {_SAME} THEN coalesce(excluded.{k}, {k}) ELSE excluded.{k} END, "
+                       for k in ("sha1", "md5"))
+             + "size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
+             "seen = excluded.seen")
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,8 @@ class ClientState:
     def known_file(self, path: str, size: int, mtime_ns: int, kinds: Iterable[str]) -> Digests | None:
         """The digests remembered for ``path`` if its size and mtime are those given and every
         kind in ``kinds`` is stored; None otherwise (the file is to be hashed again)."""
+        if not _in_range(size, mtime_ns):
+            return None
         with self._tx("read the file index", write=False) as conn:
             row = conn.execute("SELECT sha256, sha1, md5 FROM files WHERE path = ? AND size = ? "
                                "AND mtime_ns = ?", (fs_path(path), size, mtime_ns)).fetchone()
@@ -198,19 +206,18 @@ class ClientState:
         return digests
 
     def remember_file(self, path: str, size: int, mtime_ns: int, digests: Digests) -> None:
-        """Remember ``path``'s digests at this size and mtime; kinds already stored for the
-        same size and mtime are kept; beyond ``limits.files`` the oldest-remembered go."""
-        if not (0 <= size < INT64 and -INT64 <= mtime_ns < INT64):
-            raise ClientError(f"{path}: size {size} or mtime {mtime_ns} out of range")
-        same = "size = excluded.size AND mtime_ns = excluded.mtime_ns"
-        keep = ", ".join(f"{k} = CASE WHEN {same} THEN coalesce(excluded.{k}, {k}) ELSE excluded.{k} END"
-                         for k in ("sha1", "md5"))
+        """Remember ``path``'s digests at this size and mtime (``remember_files`` for one)."""
+        self.remember_files([(path, size, mtime_ns, digests)])
+
+    def remember_files(self, rows: Iterable[tuple[str, int, int, Digests]]) -> None:
+        """Remember each (path, size, mtime_ns, digests) in one transaction (a scan of many
+        small files commits once per batch, not per file). Kinds already stored for the same
+        size and mtime are kept; beyond ``limits.files`` the oldest-remembered paths go."""
+        checked = [(fs_path(path), *_stat_values(path, size, mtime_ns), *digest_values(digests))
+                   for path, size, mtime_ns, digests in rows]
         with self._tx("update the file index") as conn:
-            seen = conn.execute("SELECT coalesce(max(seen), 0) + 1 FROM files").fetchone()[0]
-            conn.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET "
-                         f"{keep}, size = excluded.size, mtime_ns = excluded.mtime_ns, "
-                         "sha256 = excluded.sha256, seen = excluded.seen",
-                         (fs_path(path), size, mtime_ns, *digest_values(digests), seen))
+            seen = int(conn.execute("SELECT coalesce(max(seen), 0) FROM files").fetchone()[0])
+            conn.executemany(_REMEMBER, [(*row, seen + n) for n, row in enumerate(checked, 1)])
             _trim(conn, "files", "seen", self.limits.files)
 
     def file_count(self) -> int:
@@ -293,6 +300,17 @@ class ClientState:
     def _count(self, table: str) -> int:
         with self._tx(f"count {table}", write=False) as conn:
             return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _in_range(size: int, mtime_ns: int) -> bool:
+    """Whether a size and an mtime fit SQLite's 64-bit integers."""
+    return 0 <= size < INT64 and -INT64 <= mtime_ns < INT64
+
+
+def _stat_values(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
+    if not _in_range(size, mtime_ns):
+        raise ClientError(f"{path}: size {size} or mtime {mtime_ns} out of range")
+    return size, mtime_ns
 
 
 def _trim(conn: sqlite3.Connection, table: str, order: str, limit: int) -> None:

@@ -137,6 +137,16 @@ def test_the_file_index_drops_the_oldest_remembered_beyond_its_bound(tmp_path: P
         assert [n for n in ("/1", "/2", "/3", "/4") if s.known_file(n, 1, 1, ["sha256"])] == ["/2", "/4"]
 
 
+def test_a_batch_is_remembered_together(state: ClientState) -> None:
+    state.remember_files([(f"/d/{i}", i, i * 7, Digests(f"{i:064x}")) for i in range(500)])
+    assert state.file_count() == 500
+    assert state.known_file("/d/499", 499, 3493, ["sha256"]) == Digests(f"{499:064x}")
+    assert state.known_file("/d/499", 1 << 64, 3493, ["sha256"]) is None
+    with pytest.raises(ClientError, match="out of range"):
+        state.remember_files([("/ok", 1, 1, Digests(SHA256)), ("/big", 1 << 64, 1, Digests(SHA256))])
+    assert state.known_file("/ok", 1, 1, ["sha256"]) is None  # nothing of a refused batch is kept
+
+
 @pytest.mark.parametrize("digests, message", [
     (Digests(SHA256.upper()), "sha256 digest"), (Digests(SHA256[:-1]), "64 lower-case hex"),
     (Digests(SHA256, sha1="xyz"), "sha1 digest 'xyz'")])
