@@ -181,8 +181,9 @@ Every key can be set in the TOML file given with `--config FILE` (or `$RAMPART_C
 a flag overrides the file, and the file overrides the built-in default. Nothing needs a
 file. The console's Settings page may change a few keys while the server runs
 (`proxy/settings.py` lists them); it saves them in `DATA_DIR/settings.json`, below the
-file and the flags, so a key either of those sets stays as set there. `rampart config` prints a config file with every key commented out, its default
-shown (`rampart config --appliance`: the appliance's, `appliance/rampart.toml`).
+file and the flags, so a key either of those sets stays as set there. `rampart config`
+prints a config file with every key commented out, its default shown (`rampart config
+--appliance`: the appliance's, `appliance/rampart.toml`).
 
 The file is flat (`query_port = 8080`); sections are allowed for readability and ignored
 (`[relay]` then `read_timeout = 5.0` is the key `read_timeout`). Ranges are inclusive. An
