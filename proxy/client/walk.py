@@ -91,6 +91,9 @@ class _Walk:
         except OSError as e:
             yield Found(given, None, _link_error(e) if os.path.islink(given) else f"cannot read: {_why(e)}")
             return
+        except ValueError as e:  # a NUL in a path typed by hand
+            yield Found(given, None, f"cannot read: {e}")
+            return
         if stat.S_ISDIR(info.st_mode):
             yield from self.folder(text, info)
         elif text not in self.reported and not self.covered(os.path.realpath(text)):
@@ -182,7 +185,7 @@ def walk(paths: Sequence[Path]) -> Iterator[Found]:
     for given in paths:
         try:
             real = os.path.realpath(given, strict=True)
-        except OSError:
+        except (OSError, ValueError):
             continue  # reported by root() below
         folder = os.path.isdir(real)
         state.roots.append((real, str(given) if folder or not os.path.islink(given) else real, folder))

@@ -161,3 +161,16 @@ def test_deep_tree_needs_no_recursion(tmp_path: Path) -> None:
     path.mkdir(parents=True)
     (path / "leaf.txt").write_text("leaf")
     assert entries(list(walk([tmp_path]))) == [(str(path / "leaf.txt"), None)]
+
+
+def test_a_path_with_a_nul_is_reported_not_raised(tmp_path: Path) -> None:
+    (tmp_path / "ok.txt").write_text("ok")
+    found = entries(list(walk([Path("bad\0name"), tmp_path])))
+    assert found == [("bad\0name", "cannot read: embedded null byte"), (f"{tmp_path}/ok.txt", None)]
+
+
+def test_relative_roots_keep_the_name_given(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree.parent)
+    found = [(str(f.path), f.error) for f in walk([Path("tree/z"), Path("./tree/a.txt")])]
+    assert found == [("tree/z/deep/x.txt", None), ("tree/z/inner/y.txt", None), ("tree/z/w.txt", None),
+                     ("tree/a.txt", None)]
