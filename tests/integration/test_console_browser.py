@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import EICAR_MD5, RAMPART, Proc, free_port, start_cloud
+from tests.conftest import EICAR_MD5, EICAR_SHA256, RAMPART, Proc, free_port, start_cloud
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
@@ -209,6 +211,66 @@ def test_an_administrator_runs_the_console_in_a_browser(served: Any, tmp_path: P
     assert {"login.png", "dashboard.png", "lists.png", "lists-edit.png", "logs.png", "updates.png",
             "certificates.png", "accounts.png", "narrow-dashboard.png", "narrow-lists.png",
             "viewer-lists.png", "settings.png"} <= names
+
+
+def test_updates_run_and_roll_back_from_the_console(tmp_path: Path) -> None:
+    """An update source with two versions: update now installs each, the history shows the
+    runs, roll back returns to the first."""
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    now = datetime.now(UTC)
+    v1, v2 = (f"{now - timedelta(minutes=m):%Y%m%d%H%M}" for m in (2, 1))
+    _rampart("pattern", "keygen", "--out", str(tmp_path / "key"))
+    for n, (version, base) in enumerate(((v1, None), (v2, v1))):
+        hashes = tmp_path / f"hashes-{version}.txt"
+        hashes.write_text(f"{EICAR_SHA256},Console-Test\n{n:064x},Console-Test-{n}\n")
+        _rampart("pattern", "build", "--out", str(tmp_path / version), "--hashes", str(hashes),
+                 "--version", version, *(["--base", str(tmp_path / base)] if base else []))
+    publish = ("pattern", "publish", "--repo", str(tmp_path / "repo"), "--key", str(tmp_path / "key"))
+    _rampart(*publish, "--from", str(tmp_path / v1))
+    repo_port, http, port = free_port(), free_port(), free_port()
+    source = Proc([*RAMPART, "pattern", "serve", str(tmp_path / "repo"), "--port", str(repo_port)],
+                  tmp_path, tmp_path / "source.log", {"http": repo_port})
+    source.start(f"http://127.0.0.1:{repo_port}/manifest.json")
+    cfg = tmp_path / "rampart.toml"
+    cfg.write_text(f'update_source = "http://127.0.0.1:{repo_port}/"\n'
+                   f'update_key = "{tmp_path / "key.pub"}"\n')
+    proc = Proc([*RAMPART, "serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"),
+                 "--listen", "127.0.0.1", "--query-port", str(http), "--query-tls-port", "0",
+                 "--console-port", str(port), "--proxy-port", "0", "--transparent-port", "0"],
+                tmp_path / "d", tmp_path / "serve.log")
+    try:
+        proc.start(f"http://127.0.0.1:{http}/healthz")
+        password = _first_password(proc)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_context(ignore_https_errors=True,
+                                       viewport={"width": 1280, "height": 800}).new_page()
+            page.goto(f"https://127.0.0.1:{port}/#updates")
+            page.fill("input[name=password]", password)
+            page.click("#login-form button")
+            expect(page.locator("#u-facts")).to_contain_text(f"127.0.0.1:{repo_port}")
+            page.click("#update-now")  # v1, unless the start took it already
+            expect(page.locator("#u-facts")).to_contain_text(v1, timeout=15_000)
+            _rampart(*publish, "--from", str(tmp_path / v2))
+            page.click("#update-now")
+            expect(page.locator("#u-msg")).to_contain_text(f"installed {v2}", timeout=15_000)
+            expect(page.locator("#u-versions tbody tr").first).to_contain_text("(current)")
+            expect(page.locator("#u-history tbody")).to_contain_text("installed")
+            page.screenshot(path=str(tmp_path / "updates-source.png"), full_page=True)
+            page.click("#rollback")
+            expect(page.locator("#u-msg")).to_contain_text("rolled back from")
+            expect(page.locator("#u-facts")).to_contain_text(v1)
+            browser.close()
+    finally:
+        proc.stop()
+        source.stop()
+
+
+def _rampart(*args: str) -> None:
+    done = subprocess.run([*RAMPART, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def _change_a_setting(page: Any, expect: Any) -> None:

@@ -16,7 +16,7 @@ const PAGES = {
   dashboard: { title: "Dashboard", load: loadDashboard, live: () => true },
   lists: { title: "Lists", load: loadLists },
   logs: { title: "Logs", load: loadLogs, live: logsLive },
-  updates: { title: "Updates", load: loadUpdates },
+  updates: { title: "Updates", load: loadUpdates, live: () => true },  // a swap shows within 2 s
   certificates: { title: "Certificates", load: loadCertificates },
   settings: { title: "Settings", load: loadSettings },
   accounts: { title: "Accounts", load: loadAccounts },

@@ -12,7 +12,7 @@ function facts(dl, pairs) {
 function lastResult(last) {
   if (!last) return "none yet";
   const what = last.ok ? (last.changed ? `installed ${last.version}` : "already up to date") : `failed: ${last.reason}`;
-  return el("span", { class: last.ok ? "ok" : "bad" }, `${what} (${when(last.at)})${last.message ? ` — ${last.message}` : ""}`);
+  return el("span", { class: last.ok ? "ok" : "bad" }, `${what} (${when(last.at)})${!last.ok && last.message ? `: ${last.message}` : ""}`);
 }
 
 async function history() {
