@@ -24,10 +24,11 @@ Precedence, in this order:
 
 Fast with many rules: hashes and domains are dict lookups (a domain's suffixes walked
 from the longest), URL prefixes a dict per host probed once per distinct rule length,
-and every keyword and regular expression is compiled into one RE2 set, searched once
-per URL. A snapshot with no scoped and no expiring rule (``plain``) skips the
-per-rule checks; ``tests/proxy/decide/test_list_precedence.py`` holds it equal to
-checking every rule by hand.
+and keywords and regular expressions are found by ``list_regex.PatternSet``: one
+literal set of the text each expression requires, searched once per URL, confirming
+only the expressions whose text is there. A snapshot with no scoped and no expiring
+rule (``plain``) skips the per-rule checks; ``tests/proxy/decide/test_list_precedence.py``
+holds it equal to checking every rule by hand.
 """
 
 from __future__ import annotations
@@ -36,15 +37,10 @@ import functools
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-import re2  # type: ignore[import-untyped,unused-ignore]
-
-from proxy.decide.list_rules import PATTERN_KINDS, Entry, EntryKind, ListName, regex_options
-from proxy.errors import ListError
+from proxy.decide.list_regex import PatternSet
+from proxy.decide.list_rules import PATTERN_KINDS, Entry, EntryKind, ListName
 from proxy.wire import urls
-
-SET_MEMORY = 256 << 20  # RE2 set budget: 1,000 typical expressions take a few MB of it
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -104,25 +100,15 @@ def _specificity(e: Entry) -> tuple[int, int, str]:
     return (PATTERN_KINDS.index(e.kind), -len(e.value), e.value)
 
 
-def compile_set(entries: Iterable[Entry]) -> tuple[Any, tuple[Entry, ...]]:
-    """Keyword and regex rules as one RE2 set, most specific first; (None, ()) when there are none.
+def compile_set(entries: Iterable[Entry]) -> tuple[PatternSet | None, tuple[Entry, ...]]:
+    """Keyword and regex rules, most specific first, compiled together (``list_regex``);
+    (None, ()) when there are none.
 
     Raises ListError when RE2 cannot compile them together (the store checks this
     before it commits a new expression, so a server never meets it).
     """
     ordered = tuple(sorted(entries, key=_specificity))
-    if not ordered:
-        return None, ()
-    options: Any = regex_options()
-    options.max_mem = SET_MEMORY
-    compiled = re2.Set.SearchSet(options)
-    try:
-        for e in ordered:
-            compiled.Add(f"(?i){re2.escape(e.value)}" if e.kind is EntryKind.KEYWORD else e.value)
-        compiled.Compile()
-    except re2.error as err:
-        raise ListError(f"the keyword and regex rules cannot be compiled together: {err}") from None
-    return getattr(compiled, "_set", compiled), ordered  # the bare set: no per-call wrapper
+    return (PatternSet(ordered) if ordered else None), ordered
 
 
 class ListSnapshot:
@@ -247,7 +233,7 @@ class ListSnapshot:
                     found.append(own[0])
                 self._parents(host, found)
         if self._set is not None:
-            hits = self._set.Match(canonical_url.encode("utf-8"))
+            hits = self._set.match(canonical_url.encode("utf-8"))
             if hits:
                 found += [self._set_entries[i] for i in sorted(hits)]
         return found
