@@ -2,7 +2,9 @@
 // went, the versions kept for rollback, update now / roll back, and the update history.
 "use strict";
 
-import { $, age, api, el, fill, guarded, may, when } from "./core.js";
+import { $, age, api, el, fill, guarded, may, say, when } from "./core.js";
+
+let busy = false;  // an update or rollback is running: its buttons stay off meanwhile
 
 function facts(dl, pairs) {
   $(dl).replaceChildren(...pairs.filter(([, v]) => v !== undefined)
@@ -46,10 +48,10 @@ export async function loadUpdates() {
   const versions = p.versions || [];
   fill("#u-versions", versions.slice().reverse().map((v) => [el("td", { class: "value" }, v),
     v === p.stored ? el("td", { class: "ok" }, "(current)") : ""]), "no versions kept (a fixed pattern directory)");
-  $("#update-now").disabled = !up;
+  $("#update-now").disabled = busy || !up;
   $("#update-now").title = up ? "" : "no update source configured";
   const current = versions.indexOf(p.stored);
-  $("#rollback").disabled = current <= 0;
+  $("#rollback").disabled = busy || current <= 0;
   $("#rollback").title = current <= 0 ? "no older version kept" : "";
   $("#u-controls").hidden = !may("updates.run");
   await history();
@@ -57,18 +59,19 @@ export async function loadUpdates() {
 
 export function setupUpdates() {
   const where = $("#u-msg");
-  $("#update-now").addEventListener("click", () => guarded(where, async () => {
-    $("#update-now").disabled = true;
-    try {
-      const r = await api("POST", "/api/updates/now", {});
-      await loadUpdates();
-      if (!r.ok) throw new Error(`the update failed: ${r.reason}${r.message ? `: ${r.message}` : ""}`);
-      return r.changed ? `installed ${r.version}` : "already up to date";
-    } finally { await loadUpdates().catch(() => {}); }
+  const run = (work) => guarded(where, async () => {
+    busy = true;
+    $("#update-now").disabled = true; $("#rollback").disabled = true;
+    try { return await work(); } finally { busy = false; await loadUpdates().catch(() => {}); }
+  });
+  $("#update-now").addEventListener("click", () => run(async () => {
+    say(where, "asking the update source…");
+    const r = await api("POST", "/api/updates/now", {});
+    if (!r.ok) throw new Error(`the update failed: ${r.reason}${r.message ? `: ${r.message}` : ""}`);
+    return r.changed ? `installed ${r.version}` : "already up to date";
   }));
-  $("#rollback").addEventListener("click", () => guarded(where, async () => {
+  $("#rollback").addEventListener("click", () => run(async () => {
     const r = await api("POST", "/api/updates/rollback", {});
-    await loadUpdates();
     return `rolled back from ${r.from} to ${r.to}`;
   }));
 }
