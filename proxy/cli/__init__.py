@@ -18,6 +18,7 @@ import click
 from proxy.cli.admin import admin_group
 from proxy.cli.appliance import appliance_group
 from proxy.cli.ca import ca_group
+from proxy.cli.client import client_group
 from proxy.cli.cloud import cloud
 from proxy.cli.common import Run
 from proxy.cli.config import config_cmd
@@ -44,5 +45,5 @@ def cli(ctx: click.Context) -> None:
 
 
 for command in (config_cmd, cloud, pattern, lists_group, query, update_group, ca_group,
-                appliance_group, admin_group):
+                appliance_group, admin_group, client_group):
     cli.add_command(command)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -89,32 +89,35 @@ class Answer(NamedTuple):
 
 async def ask(transport: Transport, pool: ServerPool, location: Location | None, method: str,
               path: str, body: bytes, headers: Mapping[str, str] | None, deadline: float, *,
-              check: Callable[[bytes], object] | None = None) -> Answer:
+              check: Callable[[bytes], object] | None = None,
+              accept: Collection[int] = ()) -> Answer:
     """The first usable answer from the servers for ``location`` by ``deadline`` (pool.clock).
 
     With ``location`` None, ask decides it (``pool.locate``, kept ``location_ttl``) and,
     when every server failed, probes again at once in case the client moved.
 
     ``check`` may refuse a 2xx body by raising ValueError (e.g. BadAnswer): next server.
+    ``accept``: other statuses that are answers too (304 to a conditional GET, 404 where
+    "none here" is an answer), returned like a 2xx.
     Raises ClientError for a request a server refused, NoServer when none answered.
     """
     loc = location or await pool.locate(transport, deadline=deadline)
     tried: dict[Server, str] = {}
-    answer = await _try_each(transport, pool, pool.plan(loc), tried, (method, path, body, headers or {}),
-                             deadline, check)
+    request = (method, path, body, headers or {}, frozenset(accept))
+    answer = await _try_each(transport, pool, pool.plan(loc), tried, request, deadline, check)
     if answer is None and location is None and pool.clock() < deadline:
         again = await pool.locate(transport, force=True, deadline=deadline)  # moved?
         if again != loc:
             loc = again
             answer = await _try_each(transport, pool, [s for s in pool.plan(loc) if s not in tried],
-                                     tried, (method, path, body, headers or {}), deadline, check)
+                                     tried, request, deadline, check)
     if answer is not None:
         return answer
     pool.forget_location()
     raise NoServer(_no_server_message(pool, loc, tried, f"{method} {path[:100]}"))
 
 
-_Request = tuple[str, str, bytes, Mapping[str, str]]
+_Request = tuple[str, str, bytes, Mapping[str, str], frozenset[int]]
 
 
 async def _try_each(transport: Transport, pool: ServerPool, servers: list[Server], tried: dict[Server, str],
@@ -134,7 +137,7 @@ async def _try_each(transport: Transport, pool: ServerPool, servers: list[Server
 async def _attempt(transport: Transport, pool: ServerPool, server: Server, request: _Request,
                    deadline: float, check: Callable[[bytes], object] | None) -> Answer | str:
     """One server: its Answer, or why it failed (already marked); ClientError for a refusal."""
-    method, path, body, headers = request
+    method, path, body, headers, accept = request
     if server.zone == "external" and not server.tls:
         reason = "refused: an external server must be https; nothing was sent"
         pool.failed(server, reason)
@@ -149,7 +152,7 @@ async def _attempt(transport: Transport, pool: ServerPool, server: Server, reque
         raise ClientError(f"cannot send {method} {path[:100]!r}: {err}") from None
     except (OSError, TimeoutError) as err:
         return _failed(pool, server, f"connect: {err or type(err).__name__}")
-    if 200 <= status < 300:
+    if 200 <= status < 300 or status in accept:
         return _accepted(pool, Answer(server, status, got_headers, got), check)
     reason = f"HTTP {status}{server_message(got)}"
     if status >= 500 or status in FAILOVER_STATUSES or status < 400:
