@@ -36,7 +36,7 @@ BROKEN = "broken symlink"
 LOOP = "symlink loop"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Found:
     """One file to hash (``stat`` set) or one entry the scan skipped (``error`` says why)."""
 
@@ -98,7 +98,7 @@ class _Walk:
             yield from self.folder(text, info)
         elif text not in self.reported and not self.covered(os.path.realpath(text)):
             self.reported.add(text)
-            yield _file(text, info)
+            yield _file(Path(text), info)
 
     def folder(self, top: str, info: os.stat_result) -> Iterator[Found]:
         """Depth first from the folder ``top``, an explicit stack (no recursion limit)."""
@@ -127,6 +127,7 @@ class _Walk:
             yield Found(Path(top), None, f"cannot read folder: {_why(e)}")
             return
         self.folders.add(key)
+        base = Path(top)  # a child of it is made ~2x faster than a Path parsed whole
         for entry in entries:
             try:
                 if entry.is_symlink():
@@ -134,7 +135,7 @@ class _Walk:
                 elif entry.is_dir(follow_symlinks=False):
                     yield entry.path, entry.stat(follow_symlinks=False)
                 elif entry.path not in self.reported:
-                    yield _file(entry.path, entry.stat(follow_symlinks=False))
+                    yield _file(base / entry.name, entry.stat(follow_symlinks=False))
             except OSError as e:  # vanished or unreadable between listing and stat
                 yield Found(Path(entry.path), None, f"cannot read: {_why(e)}")
 
@@ -153,7 +154,7 @@ class _Walk:
             yield shown, info
         elif shown not in self.reported and not self._listed_parent(real):
             self.reported.add(shown)
-            yield _file(shown, info)
+            yield _file(Path(shown), info)
 
     def _listed_parent(self, real: str) -> bool:
         """True when the folder holding ``real`` was listed: that listing reports it."""
@@ -164,10 +165,10 @@ class _Walk:
         return (parent.st_dev, parent.st_ino) in self.folders
 
 
-def _file(path: str, info: os.stat_result) -> Found:
+def _file(path: Path, info: os.stat_result) -> Found:
     if stat.S_ISREG(info.st_mode):
-        return Found(Path(path), info)
-    return Found(Path(path), None, special(info.st_mode))
+        return Found(path, info)
+    return Found(path, None, special(info.st_mode))
 
 
 def _link_error(e: OSError) -> str:
