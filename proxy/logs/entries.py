@@ -5,7 +5,12 @@ The request path only queues ``(time, client, target, body, seconds)`` of a 200 
 work to its collections); here the rendered answer is read back (``json``) into one row
 per item. The rows' fixed part (service, item, verdict, action, source, origin, matched,
 threat, blocked) is kept per body object: the routes hand out the same answer for a
-repeated local GET, so a busy single-item load is parsed once, not per request.
+repeated local GET, so a busy single-item load is parsed once, not per request. A new
+one-item answer (an unknown hash, say: a new body every request) is not parsed either:
+it is cut at its item's quotes and the rest looked up as a *shape* learnt from an
+earlier body (``Answers._single``). The writer calls ``Answers.batch`` once per batch;
+``Answers.rows`` is the same reading one answer at a time, and the tests hold the two
+equal to a full ``json`` reading of each body (tests/proxy/logs/test_entries_batch.py).
 
 ``origin`` says which list or pattern decided, for the Blocked Access log: the lists
 (``blocked-list``, ``approved-list``), the Smart Scan Pattern (``smart-scan``), the Web
