@@ -51,9 +51,12 @@ class Script:
         return [doc for _, _, p, doc in self.sent if p == path]
 
 
+Reply = tuple[int, dict[str, str], bytes]
+
+
 def files_answer(malicious: set[str], *, source: str = "pattern", ttl: int | None = 3600
-                 ) -> Callable[..., tuple[int, dict[str, str], bytes]]:
-    def answer(method: str, path: str, doc: Any, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+                 ) -> Callable[..., Reply]:
+    def answer(method: str, path: str, doc: Any, headers: Mapping[str, str]) -> Reply:
         results = []
         for item in doc["items"]:
             (kind, value), = item.items()
@@ -89,7 +92,8 @@ def make(tmp_path: Path, state: ClientState, script: Script, *, agent_digests: l
     return Client(pool, state, script, agent, **options)
 
 
-async def test_the_agent_pattern_spares_queries_for_files_it_clears(tmp_path: Path, state: ClientState) -> None:
+async def test_the_agent_pattern_spares_queries_for_files_it_clears(
+        tmp_path: Path, state: ClientState) -> None:
     script = Script(files_answer({BAD}))
     client = make(tmp_path, state, script, agent_digests=[BAD])
     files = [Digests(BAD), sha("clean 1"), sha("clean 2")]
@@ -122,8 +126,8 @@ async def test_no_agent_pattern_means_every_file_is_asked(tmp_path: Path, state:
 async def test_many_files_go_in_batches_the_server_accepts(tmp_path: Path, state: ClientState) -> None:
     script = Script(files_answer(set()))
     client = make(tmp_path, state, script, batch=1000)
-    files = [Digests(hashlib.sha256(str(i).encode()).hexdigest(), md5=hashlib.md5(str(i).encode()).hexdigest())
-             for i in range(700)]
+    files = [Digests(hashlib.sha256(str(i).encode()).hexdigest(),
+                     md5=hashlib.md5(str(i).encode()).hexdigest()) for i in range(700)]
     got = await client.check_files(files)
     sizes = [len(doc["items"]) for doc in script.asked()]
     assert len(got) == 700 and sum(sizes) == 1400 and max(sizes) <= 1000
@@ -150,12 +154,11 @@ async def test_a_failed_server_is_passed_over_for_the_next(tmp_path: Path, state
 
 
 async def test_agent_refresh_full_then_current_then_a_diff(tmp_path: Path, state: ClientState) -> None:
-    v1 = build_agent([bytes.fromhex(BAD)])
     v2 = build_agent([bytes.fromhex(BAD), bytes.fromhex(BAD2)], prefix_bits=32)
     v1 = build_agent([bytes.fromhex(BAD)], prefix_bits=32)
     served = {"file": v1, "version": "2026120100"}
 
-    def answer(method: str, path: str, doc: Any, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def answer(method: str, path: str, doc: Any, headers: Mapping[str, str]) -> Reply:
         etag = hashlib.sha256(served["file"]).hexdigest()  # type: ignore[arg-type]
         head = {"content-type": "application/x-rampart-agent", "x-pattern-version": str(served["version"])}
         if headers.get("If-None-Match") == f'"{etag}"':
