@@ -11,7 +11,6 @@ pattern, flags, quarantine records) lives in ``--state-dir``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from proxy.cli.common import fail_cleanly
+from proxy.client.session import Session
 from proxy.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,40 +53,12 @@ def _options(fn: F) -> F:
     return fn
 
 
-class Session:
-    """The parts one command uses, opened from its settings; ``close`` ends them."""
-
-    def __init__(self, opts: Any) -> None:
-        from proxy.client.agent import AgentPattern
-        from proxy.client.client import Client
-        from proxy.client.servers import ServerPool, parse_server
-        from proxy.client.state import ClientState
-        from proxy.client.transport import HttpTransport
-
-        self.opts = opts
-        self.state = ClientState.open(opts.state_dir)
-        self.pool = ServerPool([parse_server(s) for s in opts.servers], order=opts.order,
-                               cooldown=opts.cooldown, probe_timeout=opts.probe_timeout)
-        self.transport = HttpTransport(ca_file=str(opts.ca) if opts.ca else None)
-        self.agent = AgentPattern(opts.state_dir, self.state, interval=opts.agent_interval)
-        self.client = Client(self.pool, self.state, self.transport, self.agent, query=opts.query,
-                             fail_closed=opts.fail_closed, deadline=opts.deadline)
-        with contextlib.suppress(ValueError):  # the last run's location and cool-downs
-            self.pool.import_state(json.loads(self.state.get_meta("servers") or "{}"))
-
-    async def close(self) -> None:
-        try:
-            self.state.set_meta("servers", json.dumps(self.pool.export_state()))
-        finally:
-            await self.transport.close()
-            self.state.close()
-
-
 def _session(given: dict[str, Any]) -> Session:
     """The command's parts; a bad setting or server is a usage error (exit 2)."""
     from proxy.client import options
     from proxy.client.errors import ClientError
     from proxy.client.servers import parse_server
+    from proxy.client.session import open_session
 
     config_file = given.pop("config_file", None)
     try:
@@ -95,7 +67,7 @@ def _session(given: dict[str, Any]) -> Session:
             parse_server(server)
     except ClientError as e:
         raise ConfigError(e.message) from None
-    return Session(opts)
+    return open_session(opts)
 
 
 def _run(given: dict[str, Any], work: Callable[[Session], Awaitable[T]]) -> T:
