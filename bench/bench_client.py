@@ -20,8 +20,11 @@ the disk):
 Runs alternate (sha256sum, hash_file, ... , sha256sum, hash_file, ...) and each side's
 median of wall times is kept, so a busy neighbour hurts both alike.
 
-Part 2 (queries sent per 1,000 files with and without the agent pattern) is the lead's,
-once the Client exists: ``--queries`` says so and measures nothing yet.
+Part 2, ``--queries``: a real ``rampart serve`` on loopback with a pattern of
+``--entries`` SHA-256s (default 100,000) and one in 100 of ``--files`` small files; a
+fresh client scans them under the default ``filtered`` policy (agent pattern first) and
+under ``all``; printed: items and requests sent per 1,000 files, as the client counted
+them (the batches hold up to 1,000 items).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -166,8 +170,86 @@ def small(tmp: Path, n: int, runs: int) -> None:
 
 
 # ---- part 2: queries sent per 1,000 files, with and without the agent pattern --------
-# The lead fills this in once proxy.client's Client exists (a real appliance on loopback,
-# the queries counted at the server). Until then --queries only says so.
+
+
+def _appliance(tmp: Path, entries: int, bad: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``rampart serve`` on loopback with a pattern of ``entries`` random SHA-256s plus
+    ``bad`` (so its agent pattern is the size a real one has)."""
+    import hashlib
+    import socket
+
+    import httpx
+
+    rng = random.Random(SEED)
+    hashes = tmp / "hashes.txt"
+    with hashes.open("w") as out:
+        for h in bad:
+            out.write(f"{h},Bench-Threat\n")
+        for _ in range(entries):
+            out.write(f"{hashlib.sha256(rng.randbytes(16)).hexdigest()},Bench-Other\n")
+    rampart = [sys.executable, "-m", "addons.cli"]
+    subprocess.run([*rampart, "pattern", "build", "--out", str(tmp / "build"), "--hashes", str(hashes)],
+                   check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [*rampart, "serve", "--data-dir", str(tmp / "data"), "--pattern", str(tmp / "build"),
+         "--listen", "127.0.0.1", "--query-port", str(port), "--query-tls-port", "0",
+         "--console-port", "0", "--proxy-port", "0", "--transparent-port", "0", "--capture-port", "0",
+         "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    sys.exit("bench_client: the appliance did not come up")
+
+
+def queries(tmp: Path, n: int, entries: int) -> None:
+    """Scan ``n`` small files (1 in 100 malicious) with a fresh client state twice: the
+    default ``filtered`` policy (agent pattern first) and ``all``; print the items and
+    requests each sent, per 1,000 files."""
+    import asyncio
+    import hashlib
+
+    from proxy.client.options import ClientOptions
+    from proxy.client.scan import Scanner
+    from proxy.client.session import open_session
+
+    top = tmp / "q-files"
+    top.mkdir()
+    paths = make_small(top, n)
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    once = [d for d in digests if digests.count(d) == 1]  # content no other file shares
+    bad = once[::100]
+    proc, url = _appliance(tmp, entries, bad)
+    try:
+        print(f"\nqueries: {n} files ({len(bad)} malicious), a pattern of {entries + len(bad)} SHA-256s")
+        for policy in ("filtered", "all"):
+            session = open_session(ClientOptions(servers=(url,), query=policy,
+                                                 state_dir=tmp / f"state-{policy}"))
+
+            async def run(session: Any) -> tuple[int, int, int]:
+                try:
+                    await session.client.refresh_agent()
+                    scanner = Scanner(session.client, session.state)
+                    found = sum([1 async for r in scanner.scan([top]) if r.action == "found"])
+                    c = session.client.counters
+                    return c.asked, c.requests, found
+                finally:
+                    await session.close()
+
+            asked, requests, found = asyncio.run(run(session))
+            print(f"  {policy:<9} {asked * 1000 / n:8.1f} items and {requests * 1000 / n:6.2f} requests"
+                  f" per 1,000 files; {found} found")
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def main() -> None:
@@ -177,7 +259,10 @@ def main() -> None:
     ap.add_argument("--chunks", default="1M", help="hash_file chunk sizes on the large file, comma-separated")
     ap.add_argument("--runs", type=int, default=5, help="alternating runs per side (default 5)")
     ap.add_argument("--dir", type=Path, default=None, help="where the scratch files go (default $TMPDIR)")
-    ap.add_argument("--queries", action="store_true", help="part 2: queries per 1,000 files (not built yet)")
+    ap.add_argument("--queries", action="store_true",
+                    help="part 2: queries per 1,000 files with and without the agent pattern")
+    ap.add_argument("--entries", type=int, default=100_000,
+                    help="part 2: SHA-256s in the appliance's pattern (default 100,000)")
     args = ap.parse_args()
     if not shutil.which("sha256sum"):
         sys.exit("bench_client: sha256sum (coreutils) is needed as the baseline")
@@ -187,8 +272,8 @@ def main() -> None:
             large(Path(tmp), args.size, chunks, args.runs)
         if args.files > 0:
             small(Path(tmp), args.files, args.runs)
-    if args.queries:
-        print("part 2: see --queries (not built yet)")
+        if args.queries:
+            queries(Path(tmp), max(args.files, 1000), args.entries)
 
 
 if __name__ == "__main__":
