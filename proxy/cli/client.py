@@ -191,6 +191,8 @@ def client_scan(paths: tuple[Path, ...], quarantine_dir: Path | None, as_json: b
 
 @client_group.command("rescan")
 @_options
+@click.option("--query", type=click.Choice(["filtered", "all"]),
+              help="filtered (default): the agent pattern may clear a flagged file; all: ask.")
 @click.option("--fail-closed", is_flag=True, default=None,
               help="Block files still unanswered instead of allowing them.")
 @click.option("--quarantine", "quarantine_dir", type=click.Path(path_type=Path, file_okay=False),
