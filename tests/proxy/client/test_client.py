@@ -217,3 +217,26 @@ async def test_scanner_flags_then_rescan_acts_and_unchanged_files_are_not_read_a
     assert again == {"bad.bin": "found", "ok.txt": "ok"}
     assert state.flag_count() == 0 and rescanner.summary.exit_code == 1
     assert rescanner.summary.bytes_read == 0  # size and mtime unchanged: digests from the index
+
+
+async def test_the_first_server_stopping_mid_scan_hands_over_to_the_second(
+        tmp_path: Path, state: ClientState) -> None:
+    root = tmp_path / "files"
+    root.mkdir()
+    for i in range(40):
+        (root / f"f{i:02}").write_bytes(f"file {i}".encode())
+    answer = files_answer(set())
+    script = Script(answer)
+
+    def first_then_down(method: str, path: str, doc: Any, headers: Mapping[str, str]) -> Reply:
+        script.down.add("http://a.test:8080")  # a answers this one, then is gone
+        return answer(method, path, doc, headers)
+
+    script.answer = first_then_down
+    client = make(tmp_path, state, script, servers=("http://a.test:8080", "http://b.test:8080@1"),
+                  query="all")
+    scanner = Scanner(client, state, chunk=10)
+    reports = [r async for r in scanner.scan([root])]
+    assert [r.action for r in reports] == ["ok"] * 40
+    by = [url for url, _, p, _ in script.sent if p == "/v1/file"]
+    assert by[0] == "http://a.test:8080" and set(by[1:]) == {"http://b.test:8080"} and len(by) == 4
