@@ -57,6 +57,8 @@ def _port_help(what: str, key: str) -> str:
                   "endpoints excepted).")
 @config_flag("--console-port", type=PORT, envvar="RAMPART_CONSOLE_PORT",
              help=_port_help("Console door: admin API and web console over HTTPS", "console_port"))
+@config_flag("--dns-port", type=PORT, envvar="RAMPART_DNS_PORT",
+             help=_port_help("DNS door: DNSBL zones over UDP and TCP", "dns_port"))
 @config_flag("--capture", type=click.Path(path_type=Path, dir_okay=False),
              help="Append reputation flows to this mitmproxy flow file (mitmdump -nr FILE).")
 @config_flag("--capture-filter", help="mitmproxy filter expression for --capture, e.g. '~u /v1/file'.")

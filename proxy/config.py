@@ -168,6 +168,38 @@ class Config:
     stale_after: int = _opt(
         6 * 3600, "seconds after which a pattern counts as stale in /readyz", lo=60
     )
+    # the DNS door
+    dns_port: int = _opt(
+        5353, "DNS door: domain/IP reputation as DNSBL zones over UDP and TCP; 0 turns it off",
+        lo=0, hi=65535,
+    )
+    dns_ip_zone: str = _opt("ip.rampart.local", "DNSBL zone of IP addresses (7.2.0.192.ZONE)")
+    dns_domain_zone: str = _opt("dn.rampart.local", "DNSBL zone of domains (bad.example.ZONE)")
+    dns_clients: list[str] = _opt(
+        list(LOCAL_NETWORKS), "client networks (CIDR) the DNS door answers; others get REFUSED"
+    )
+    dns_rate_limit: float = _opt(
+        2000.0, "DNS queries per second per client address, REFUSED above (0: no limit)",
+        lo=0, hi=1e9,
+    )
+    dns_rate_burst: int = _opt(4000, "DNS queries a client may make at once before"
+                               " dns_rate_limit applies", lo=1, hi=10_000_000)
+    dns_codes: list[str] = _opt(
+        [], "DNSBL answer codes, NAME=127.0.0.X, over the defaults (dangerous=127.0.0.2,"
+        " highly_suspicious=127.0.0.3, suspicious=127.0.0.4, blocked=127.0.0.10); NAME is a"
+        " rating, blocked, or category:NAME",
+    )
+    dns_upstream_zone: str = _opt(
+        "", "DNSBL zone asked about names nothing here knows (e.g. another appliance's);"
+        " empty: the cloud's domain/IP reputation, or not listed",
+    )
+    dns_upstream_server: str = _opt(
+        "", "resolver (IP[:PORT]) asked for dns_upstream_zone; empty: the system's resolvers"
+    )
+    dns_timeout: float = _opt(
+        2.0, "seconds a DNS answer may wait for the cloud or the upstream zone (then SERVFAIL)",
+        lo=0.05, hi=30,
+    )
     # console and admin API
     console_port: int = _opt(
         4343, "console door: the admin API and web console over HTTPS; 0 turns it off",
@@ -365,7 +397,7 @@ def validate(cfg: Config) -> Config:
         # an empty list would leave the door unrestricted: say every client on purpose
         raise ConfigError("config key 'query_clients' is empty: name the networks the query door"
                           " answers (0.0.0.0/0 and ::/0 for every client)")
-    for key in ("allow_clients", "query_clients"):
+    for key in ("allow_clients", "query_clients", "dns_clients"):
         for cidr in getattr(cfg, key):
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -441,7 +473,7 @@ def _source_ok(url: str) -> bool:
 
 # every port the appliance listens on: no two may be the same, none is a destination
 PORT_KEYS = ("query_port", "query_tls_port", "proxy_port", "transparent_port", "capture_port",
-             "console_port")
+             "console_port", "dns_port")
 
 
 def _check_ports(cfg: Config) -> None:

@@ -135,11 +135,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc
 
 @pytest.fixture(autouse=True, scope="session")
 def _doors_off_unless_asked() -> Iterator[None]:
-    """Appliances started by tests keep the intercept doors, the capture port and the console off
-    unless a test passes the flags: their default ports (3128, 8081, 4344, 4343) would collide between tests
-    and with anything else on the machine."""
+    """Appliances started by tests keep the intercept doors, the capture port, the console and
+    the DNS door off unless a test passes the flags: their default ports (3128, 8081, 4344,
+    4343, 5353) would collide between tests and with anything else on the machine."""
     with pytest.MonkeyPatch.context() as mp:
         for name in ("RAMPART_PROXY_PORT", "RAMPART_TRANSPARENT_PORT", "RAMPART_CAPTURE_PORT",
-                     "RAMPART_CONSOLE_PORT"):
+                     "RAMPART_CONSOLE_PORT", "RAMPART_DNS_PORT"):
             mp.setenv(name, "0")
         yield

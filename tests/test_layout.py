@@ -31,6 +31,7 @@ MAY_IMPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy.client", (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.relay.http_client",
                       "proxy.relay.http_response", "proxy.client")),
     ("proxy.serve", (*CORE, "proxy.logs", "certs")),
+    ("proxy.dns", (*CORE, "proxy.logs", "proxy.dns")),
     ("proxy.console", (*BOTTOM, "proxy.wire", "proxy.decide", "proxy.logs", "proxy.serve", "proxy.updates",
                        "proxy.patterns", "certs", "proxy.console")),
     ("proxy.cli", ("proxy", "certs", "appliance")),

@@ -49,7 +49,7 @@ def cloud(run: Run, port: int) -> None:
     # What makes it the cloud, set ahead of the door flags.
     run.flags = {"query_port": 0, "query_tls_port": port, "authoritative": True,
                  "proxy_port": 0, "transparent_port": 0, "capture_port": 0, "console_port": 0,
-                 **run.flags}
+                 "dns_port": 0, **run.flags}
     cfg = run.config
     if run.flags.get("data_dir") is None and cfg.data_dir == default_data_dir():
         cfg = cfg.replace(data_dir=default_data_dir("cloud"))  # no folder given: the cloud's own

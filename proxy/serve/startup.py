@@ -36,13 +36,14 @@ DOORS = {
     "transparent_port": ("--transparent-port", "intercept door (transparent)"),
     "capture_port": ("--capture-port", "capture stream"),
     "console_port": ("--console-port", "console door (https)"),
+    "dns_port": ("--dns-port", "DNS door (udp and tcp)"),
 }
 """Each port key: the flag that sets it and what listens there."""
 
 CLOUD_FLAGS = {"query_tls_port": "--port"}
 """`rampart cloud` sets its one door with --port."""
 
-ANSWERING = ("query_port", "query_tls_port", "proxy_port", "transparent_port")
+ANSWERING = ("query_port", "query_tls_port", "proxy_port", "transparent_port", "dns_port")
 """The ports that answer products: at least one must be on."""
 
 
