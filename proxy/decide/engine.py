@@ -75,7 +75,8 @@ class Lists(Protocol):
     scoped: bool
 
     def match_hexes(self, hexes: Sequence[str], client: str | None = None) -> dict[str, tuple[Any, str]]: ...
-    def match_url(self, canonical_url: str, client: str | None = None) -> tuple[Any, str] | None: ...
+    def match_url(self, canonical_url: str, client: str | None = None,
+                  host: str | None = None) -> tuple[Any, str] | None: ...
     def match_domain(self, name: str, client: str | None = None) -> tuple[Any, str] | None: ...
 
 
@@ -225,7 +226,7 @@ class Engine:
         return self.patterns.lookup_domain(host)
 
     def web_local_one(self, q: WebQuery, client: str | None = None) -> WebAnswer | None:
-        match = self.lists.match_url(q.canonical, client)
+        match = self.lists.match_url(q.canonical, client, q.host)  # its host: parsed once
         if match is not None:
             return self._web_list_answer(match)
         found = self.patterns.lookup_url(urls.expressions(q.canonical))
