@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import operator
 import sqlite3
 import threading
 import time
@@ -40,6 +41,7 @@ BATCH = 5000  # entries per transaction
 INTERVAL = 0.2  # seconds between drains
 RETENTION_EVERY = 60.0  # seconds between retention passes
 CLIENTS: str = default("log_clients")
+_BODY = operator.itemgetter(3)  # of a queued answer
 
 
 class LogWriter:
@@ -196,24 +198,26 @@ class LogWriter:
         """Up to ``batch`` entries from the queue: how many, and each table's rows. Answers
         become rows in ``Answers.batch`` (identical ones to a client in a second are one
         row: a product asking the same thing in a loop costs one row a second, not one per
-        query)."""
-        queue, answers, big = self._queue, [], 0
+        query).
+
+        Per entry only the ``popleft``: answers are told from ready rows by their length
+        summed in C (all answers, the usual case, need no loop), and large bodies are
+        weighed only when some are queued (``_bytes_in`` is added before the append, so a
+        large body taken is always seen)."""
+        popleft = self._queue.popleft
+        n = min(self.batch, len(self._queue))
+        answers: list[tuple[Any, ...]] = [popleft() for _ in range(n)]
         rows: dict[str, list[tuple[Any, ...]]] = {}
-        n = min(self.batch, len(queue))
-        for _ in range(n):
-            entry = queue.popleft()
-            if len(entry) == 2:  # (table, row)
-                rows.setdefault(entry[0], []).append(entry[1])
-                continue
-            answers.append(entry)
-            size = len(entry[3])
-            if size > SMALL:
-                big += size
-        self._bytes_out += big
+        if sum(map(len, answers)) != 5 * n:  # some (table, row) among the answers
+            for table, row in (e for e in answers if len(e) == 2):
+                rows.setdefault(table, []).append(row)
+            answers = [e for e in answers if len(e) != 2]
+        if self._bytes_in != self._bytes_out:
+            self._bytes_out += sum(size for size in map(len, map(_BODY, answers)) if size > SMALL)
         if answers:
             query = self._answers.batch(answers)
             if query:
-                rows.setdefault("query", []).extend(query)
+                rows["query"] = query
         return n, rows
 
     def _retain(self, conn: sqlite3.Connection) -> bool:
