@@ -36,9 +36,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import dns.message
-
 from proxy.config import Config
+from proxy.dns import wire
 from proxy.errors import RampartError
 from proxy.logs import entries
 from proxy.logs.clients import ClientMask
@@ -52,10 +51,9 @@ from proxy.serve.listener import Listener, listening_socket
 logger = logging.getLogger(__name__)
 
 DOOR = "dns"
-SERVFAIL, REFUSED = 2, 5
-HEADER = 12
-UDP_PLAIN = 512  # the most a UDP answer may be without EDNS(0) (RFC 1035 §4.2.1)
-MAX_TCP = 65535  # the most a TCP message may be (its 2-byte length)
+SERVFAIL, REFUSED = wire.SERVFAIL, wire.REFUSED
+UDP_PLAIN = wire.UDP_PLAIN  # the most a UDP answer may be without EDNS(0) (RFC 1035 §4.2.1)
+MAX_TCP = wire.TCP_MAX  # the most a TCP message may be (its 2-byte length)
 GRACE = 1.0  # seconds past dns_timeout before the door gives up on an answer itself
 MAX_PENDING = 4096  # answers waiting for the cloud or an upstream zone at once
 MAX_INFLIGHT = 128  # answers in progress on one TCP connection before its reading pauses
@@ -77,40 +75,19 @@ class Answering(Protocol):
 
 
 def reply(packet: bytes, rcode: int, *, truncated: bool = False) -> bytes | None:
-    """A response to ``packet`` with only its header and question: REFUSED or SERVFAIL
-    from the door itself, or an empty TC answer. None for what is not a query (too short
-    for a header, or a response: answering those would let two servers loop)."""
-    if len(packet) < HEADER or packet[2] & 0x80:
-        return None
-    question = _question(packet) if packet[4:6] == b"\x00\x01" else None
-    flags = bytes((0x80 | (packet[2] & 0x79) | (0x02 if truncated else 0),  # QR, opcode, RD, TC
-                   (packet[3] & 0x10) | rcode))  # CD kept; RA never set
-    if question is None:
-        return packet[:2] + flags + bytes(8)
-    return packet[:2] + flags + b"\x00\x01" + bytes(6) + question
-
-
-def _question(packet: bytes) -> bytes | None:
-    """The first question's bytes when it is plain labels (no compression), else None."""
-    pos, end = HEADER, min(len(packet), HEADER + 255)
-    while pos < end:
-        n = packet[pos]
-        if n == 0:
-            return packet[HEADER:pos + 5] if pos + 5 <= len(packet) else None
-        if n & 0xC0:
-            return None
-        pos += 1 + n
-    return None
+    """The door's own response to ``packet`` (``proxy.dns.wire``): REFUSED or SERVFAIL with
+    its question echoed, or an empty answer with TC set; the error response a malformed
+    one gets; None for what deserves none (no header, or itself a response)."""
+    parsed = wire.parse(packet)
+    if not isinstance(parsed, wire.Query):
+        return parsed
+    return wire.response(parsed, rcode, aa=False, limit=0 if truncated else wire.TCP_MAX)
 
 
 def udp_limit(packet: bytes) -> int:
-    """The largest UDP answer ``packet`` allows: its EDNS(0) size (512 at least), else 512.
-    Read with dnspython: only an answer over 512 bytes is checked, which is rare."""
-    try:
-        query = dns.message.from_wire(packet)
-    except Exception:
-        return UDP_PLAIN
-    return max(UDP_PLAIN, query.payload) if query.edns >= 0 else UDP_PLAIN
+    """The largest UDP answer ``packet`` allows (its EDNS(0) size within bounds, else 512)."""
+    parsed = wire.parse(packet)
+    return parsed.limit("udp") if isinstance(parsed, wire.Query) else UDP_PLAIN
 
 
 def _client(address: str) -> str:
@@ -240,7 +217,7 @@ class DnsDoor:
 
     def _refuse(self, packet: bytes, reason: str) -> bytes | None:
         self.refused[reason] += 1
-        return reply(packet, REFUSED)
+        return wire.refused(packet)
 
     def _later(self, pending: Awaitable[bytes | None], packet: bytes,
                deliver: Callable[[bytes | None], None]) -> None:
