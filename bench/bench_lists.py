@@ -11,17 +11,22 @@ rules loaded:
 - query door single-item rate: ``POST /v1/web`` with one URL through the query door's
   routes in process (an ``App`` opened on a scratch data directory with the shipped
   sample pattern: canonicalisation, lists, pattern, rendering; no sockets, so the
-  lists' share is larger here than behind HTTP, where wrk measures, ``bench/run.py``);
+  lists' share is larger here than behind HTTP, where wrk measures, ``bench/run.py``),
+  once cycling the same URLs and once on fresh URLs, each asked once (as traffic
+  mostly is: a matcher whose automaton grows with the text it meets looks good on
+  the first and pays on the second);
 
 - the query door over HTTP (when wrk and taskset are installed; ``--no-http`` skips it):
   two ``rampart serve`` processes on core 0, one with empty lists and one with the
-  rules, each answering ``POST /v1/web`` with one URL, the URLs cycling, from wrk
-  (one thread, 64 connections) on core 1: the single-item rate as products see it;
+  rules, each answering ``POST /v1/web`` with one URL, the URLs cycling (then made up
+  fresh for every request), from wrk (one thread, 64 connections) on core 1: the
+  single-item rate as products see it;
 
 and prints each ratio (goal for the door: with rules >= 0.9 of without), plus the time
 to import the rules into a real store and to build a snapshot from it (what a running
-server does when the lists change). Runs alternate (none, rules, none, rules, ...) and
-each side's median is kept, so a busy neighbour hurts both alike.
+server does when the lists change). Runs alternate (none, rules, none, rules, ...); each
+figure is the median of the rounds' ratios, with their spread (lowest-highest), so a
+busy neighbour hurts both sides of a round alike.
 """
 
 from __future__ import annotations
@@ -46,8 +51,22 @@ from proxy.decide.list_rules import Entry, EntryKind, ListName
 from proxy.decide.lists import Actor, ListSnapshot, ListStore
 from proxy.serve.app import App
 from proxy.wire.http import Request, Response
-from proxy.wire.urls import canonicalize
+from proxy.wire.urls import canonicalize, host_of
 
+POST_FRESH = r"""
+local n, letters = 0, "abcdefghijklmnopqrstuvwxyz"
+local function word(k)
+  local t = {}
+  for j = 1, k do local c = math.random(26); t[j] = letters:sub(c, c) end
+  return table.concat(t)
+end
+request = function()
+  n = n + 1
+  local url = "http://" .. word(6) .. n .. "." .. word(4) .. ".com/" .. word(5) .. "/" .. word(7) ..
+    ".html?q=" .. word(5)
+  return wrk.format("POST", "/v1/web", {["Content-Type"] = "application/json"}, '{"urls":["' .. url .. '"]}')
+end
+"""
 POST_CYCLE = r"""
 local bodies, n, i = {}, 0, 0
 init = function(args)
@@ -113,11 +132,13 @@ def rate(work: Callable[[], int]) -> float:
 
 
 def lookups(snapshot: ListSnapshot, urls: list[str]) -> Callable[[], int]:
+    pairs = [(u, host_of(u)) for u in urls]  # as the engine asks: with the host it parsed
+
     def work() -> int:
         match = snapshot.match_url
-        for u in urls:
-            match(u, "192.0.2.1")
-        return len(urls)
+        for u, host in pairs:
+            match(u, "192.0.2.1", host)
+        return len(pairs)
     return work
 
 
@@ -131,27 +152,49 @@ def door(app: App, bodies: list[bytes]) -> Callable[[], int]:
     return work
 
 
+def door_fresh(app: App, bodies: list[bytes], per_run: int) -> Callable[[], int]:
+    """The door on the next ``per_run`` URLs of ``bodies`` each call: none asked twice, by
+    either side when both sides share it (the answer cache must not help one of them)."""
+    at = [0]
+
+    def work() -> int:
+        start = at[0]
+        if start + per_run > len(bodies):
+            raise RuntimeError("out of fresh URLs: raise --fresh-urls")
+        at[0] = start + per_run
+        return door(app, bodies[start:start + per_run])()
+    return work
+
+
+def report(label: str, rates: dict[bool, list[float]]) -> None:
+    """Each side's median rate, and the median (lowest-highest) of the rounds' ratios."""
+    ratios = [r / n for n, r in zip(rates[False], rates[True], strict=True)]
+    without, with_rules = statistics.median(rates[False]), statistics.median(rates[True])
+    print(f"{label:<34} {without:>12,.0f}/s {with_rules:>12,.0f}/s   ratio {statistics.median(ratios):.3f}"
+          f" ({min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} rounds)")
+
+
 def compare(label: str, none: Callable[[], int], full: Callable[[], int], seconds: float,
-            swap: Callable[[bool], None]) -> None:
-    """Alternate short runs without and with the rules for ``seconds`` in all; the median of
-    each side's runs, so a burst of load on the machine moves both alike. One unmeasured
-    run each first: RE2 builds its automaton's states lazily, as it meets text."""
-    for loaded in (False, True):
-        swap(loaded)
-        (full if loaded else none)()
+            swap: Callable[[bool], None], *, rounds: int = 5, warm: bool = True) -> None:
+    """Alternate short runs without and with the rules for ``seconds`` in all (and at least
+    ``rounds`` rounds), so a burst of load on the machine moves both sides of a round alike.
+    ``warm``: one unmeasured run each first (RE2 builds automaton states as it meets text)."""
+    if warm:
+        for loaded in (False, True):
+            swap(loaded)
+            (full if loaded else none)()
     rates: dict[bool, list[float]] = {False: [], True: []}
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(rates[True]) < 5:
+    while time.perf_counter() < deadline or len(rates[True]) < rounds:
         for loaded in (False, True):
             swap(loaded)
             rates[loaded].append(rate(full if loaded else none))
-    without, with_rules = statistics.median(rates[False]), statistics.median(rates[True])
-    print(f"{label:<34} {without:>12,.0f}/s {with_rules:>12,.0f}/s   ratio {with_rules / without:.3f}"
-          f"   ({len(rates[True])} runs each)")
+    report(label, rates)
 
 
 def over_http(tmp: Path, data: Path, bodies: list[bytes], seconds: float) -> None:
-    """The door as products meet it: two servers (empty lists, the rules) under wrk in turn."""
+    """The door as products meet it: two servers (empty lists, the rules) under wrk in turn,
+    on the cycling URLs and then on URLs made up fresh for every request."""
     import load
     import run
 
@@ -160,6 +203,8 @@ def over_http(tmp: Path, data: Path, bodies: list[bytes], seconds: float) -> Non
     (tmp / "serve.toml").write_text("query_log = false\n")
     script = tmp / "post_cycle.lua"
     script.write_text(POST_CYCLE + load.DONE)
+    fresh = tmp / "post_fresh.lua"
+    fresh.write_text(POST_FRESH + load.DONE)
     lines = tmp / "bodies.txt"
     lines.write_bytes(b"\n".join(bodies) + b"\n")
     servers: dict[bool, tuple[run.Server, int]] = {}
@@ -174,17 +219,17 @@ def over_http(tmp: Path, data: Path, bodies: list[bytes], seconds: float) -> Non
         for loaded in (False, True):  # warm up: RE2 builds its automaton's states as it meets text
             load.run_wrk(f"http://127.0.0.1:{servers[loaded][1]}", script, str(lines), seconds=2,
                          core=run.LOAD_CORE)
-        rates: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(3):
-            for loaded in (False, True):
-                result = load.run_wrk(f"http://127.0.0.1:{servers[loaded][1]}", script, str(lines),
-                                      seconds=max(2, round(seconds / 6)), core=run.LOAD_CORE)
-                if result.failed:
-                    raise RuntimeError(f"{result.failed} failed requests")
-                rates[loaded].append(result.rps)
-        without, with_rules = statistics.median(rates[False]), statistics.median(rates[True])
-        print(f"{'query door over HTTP (wrk)':<34} {without:>12,.0f}/s {with_rules:>12,.0f}/s   "
-              f"ratio {with_rules / without:.3f}   (3 runs each)")
+        for label, lua, extra in (("query door over HTTP (wrk)", script, (str(lines),)),
+                                  ("  fresh URLs over HTTP (wrk)", fresh, ())):
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(5):
+                for loaded in (False, True):
+                    result = load.run_wrk(f"http://127.0.0.1:{servers[loaded][1]}", lua, *extra,
+                                          seconds=max(2, round(seconds / 10)), core=run.LOAD_CORE)
+                    if result.failed:
+                        raise RuntimeError(f"{result.failed} failed requests")
+                    rates[loaded].append(result.rps)
+            report(label, rates)
     finally:
         for server, _ in servers.values():
             server.stop()
@@ -196,11 +241,14 @@ def main() -> None:
     ap.add_argument("--regexes", type=int, default=1_000)
     ap.add_argument("--urls", type=int, default=5_000)
     ap.add_argument("--seconds", type=float, default=10.0, help="per figure, both rule sets together")
+    ap.add_argument("--fresh-urls", type=int, default=60_000, help="URLs for the fresh-URL figure")
     ap.add_argument("--no-http", dest="http", action="store_false", help="skip the wrk figure")
     args = ap.parse_args()
     rng = random.Random(SEED)
     rules = make_rules(rng, args.rules, args.regexes)
     urls = make_urls(rng, rules, args.urls)
+    fresh = [json.dumps({"urls": [u]}).encode()
+             for u in make_urls(random.Random(SEED + 1), rules, args.fresh_urls)]
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -230,6 +278,10 @@ def main() -> None:
             bodies = [json.dumps({"urls": [u]}).encode() for u in urls]
             compare("query door, POST /v1/web, 1 URL", door(app, bodies), door(app, bodies),
                     args.seconds, swap)
+            per_run = max(500, len(fresh) // 24)
+            once = door_fresh(app, fresh, per_run)  # one cursor for both sides
+            compare("  fresh URLs, each asked once", once, once, 0, swap,
+                    rounds=len(fresh) // per_run // 2, warm=False)
         finally:
             app.lists_store.close()
             app.engine.patterns.close()
