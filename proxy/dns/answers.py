@@ -1,0 +1,310 @@
+"""The DNS door's answers: one raw query in, one response out, from the same engine as the
+query door (docs/architecture.md, "The decision chain").
+
+:meth:`Answerer.answer` returns bytes synchronously when the lists, the pattern or the cache
+answer (no coroutine, no task: the common case stays cheap), and an awaitable only when the
+cloud (or the upstream DNSBL zone, ``dns_upstream_zone``) must be asked, within
+``dns_timeout``.
+
+What a query gets:
+
+- listed (blocked list, or a dangerous, highly suspicious or suspicious rating): ``A`` with
+  its code (:class:`~proxy.dns.zones.Codes`), ``TXT`` with the reason and a lookup URL,
+  ``ANY`` the A alone (minimal, RFC 8482); other types NOERROR with no records;
+- not listed, approved, safe, untested, or a name in a zone that names nothing: NXDOMAIN;
+- a configured cloud or upstream that did not answer in time: SERVFAIL (the client retries);
+- the apex: SOA and NS; outside the zones, other classes, zone transfers: REFUSED.
+
+Every answer in a zone is authoritative (AA), none offers recursion (RA clear). Positive
+TTLs are the answer's TTL; negative answers carry the zone's SOA with that TTL as its
+minimum (RFC 2308). Nothing here raises on any input: an internal error is logged and
+answered SERVFAIL, so the door keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+from proxy.config import Config
+from proxy.decide.engine import Ask, Engine
+from proxy.dns import wire
+from proxy.dns.wire import Query, Record
+from proxy.dns.zones import TEST_CODE, TEST_REASON, Asked, Codes, Kind, Zones, lookup_base, reason
+from proxy.errors import ConfigError
+from proxy.model import Service, Source, WebAnswer
+
+logger = logging.getLogger(__name__)
+
+StatsHook = Callable[[str, str, str], None]  # (zone "ip"/"domain"/"none", rcode name, source)
+LogHook = Callable[[str, str, WebAnswer | None, str, float], None]  # (client, item, answer, rcode, s)
+Reply = bytes | None | Awaitable[bytes | None]
+Outcome = tuple[int, list[Record], list[Record]]  # rcode, answer, authority
+
+MAX_TTL = (1 << 31) - 1
+REFUSED_TYPES = frozenset({251, 252, 253, 254})  # IXFR, AXFR, MAILB, MAILA: no transfers here
+FORMERR_TYPES = frozenset({wire.OPT, 249, 250})  # OPT, TKEY, TSIG are never questions
+SOA_TIMERS = (3600, 600, 86400)  # refresh, retry, expire: no secondaries are expected
+
+
+def _ignore(*_: Any) -> None:
+    return None
+
+
+def _ttl(ttl: int | None, fallback: int) -> int:
+    return min(max(fallback if ttl is None else ttl, 0), MAX_TTL)
+
+
+def _serial(version: str) -> int:
+    """The SOA serial: the pattern version (YYYYMMDDHH fits 32 bits), so it moves on swaps."""
+    return int(version) if version.isdigit() and int(version) < 1 << 32 else 1
+
+
+class Answerer:
+    """Answers the DNS door's queries from ``engine_of()``, read per query (pattern swaps
+    replace the App's engine)."""
+
+    def __init__(
+        self, engine_of: Callable[[], Engine], cfg: Config, *,
+        stats: StatsHook | None = None, log: LogHook | None = None,
+    ) -> None:
+        self._engine_of = engine_of
+        self.zones = Zones(cfg.dns_ip_zone, cfg.dns_domain_zone)
+        self.codes = Codes(cfg.dns_codes)
+        self.base = lookup_base(cfg)
+        self.timeout = cfg.dns_timeout
+        self.upstream = (
+            Upstream(cfg.dns_upstream_zone, cfg.dns_upstream_server, cfg.dns_timeout)
+            if cfg.dns_upstream_zone else None
+        )
+        self._stats: StatsHook = stats or _ignore
+        self._log: LogHook = log or _ignore
+
+    def answer(self, packet: bytes, client: str, transport: str) -> Reply:
+        """The response to ``packet`` (sized for ``transport``), None for none, or an awaitable."""
+        try:
+            parsed = wire.parse(packet)
+        except Exception:  # a bug, not the packet: still no exception out of the door
+            logger.exception("DNS query unreadable")
+            return None
+        if not isinstance(parsed, Query):
+            if parsed is not None:
+                self._stats("none", wire.RCODE_NAMES.get(wire.rcode_of(parsed), "other"), "none")
+            return parsed
+        try:
+            return self._answer(parsed, client, transport, time.perf_counter())
+        except Exception:
+            logger.exception("DNS answer failed")
+            return wire.response(parsed, wire.SERVFAIL, aa=False, limit=parsed.limit(transport))
+
+    def _answer(self, q: Query, client: str, transport: str, started: float) -> Reply:
+        asked = self.zones.classify(q.labels)
+        if q.qtype in FORMERR_TYPES:
+            return self._send(q, asked, transport, (wire.FORMERR, [], []), "none")
+        if asked.kind is Kind.OUTSIDE or q.qclass not in (wire.IN, wire.ANY) or q.qtype in REFUSED_TYPES:
+            return self._send(q, asked, transport, (wire.REFUSED, [], []), "none")
+        engine = self._engine_of()
+        if asked.kind is not Kind.ITEM:
+            return self._send(q, asked, transport, self._zone_answer(q, asked, engine), "zone")
+        return self._item(q, asked, engine, client, transport, started)
+
+    # ------------------------------------------------------------ sending and counting
+
+    def _send(self, q: Query, asked: Asked, transport: str, outcome: Outcome, source: str) -> bytes:
+        rcode, answer, authority = outcome
+        aa = rcode in (wire.NOERROR, wire.NXDOMAIN) and asked.zone is not None
+        self._stats(asked.zone.kind if asked.zone else "none", wire.RCODE_NAMES[rcode], source)
+        return wire.response(q, rcode, answer, authority, aa=aa, limit=q.limit(transport))
+
+    def _logged(
+        self, q: Query, asked: Asked, transport: str, outcome: Outcome, source: str,
+        client: str, answer: WebAnswer | None, started: float,
+    ) -> bytes:
+        out = self._send(q, asked, transport, outcome, source)
+        item = asked.query.item if asked.query is not None else ""
+        self._log(client, item, answer, wire.RCODE_NAMES[outcome[0]], time.perf_counter() - started)
+        return out
+
+    # ------------------------------------------------------------ the zone's own names
+
+    def _soa(self, q: Query, skip: int, engine: Engine, minimum: int) -> Record:
+        apex = wire.pointer(q, skip)  # the apex names itself as its primary server
+        rdata = apex + b"\x0ahostmaster" + apex + struct.pack(
+            "!5I", _serial(engine.version), *SOA_TIMERS, minimum)
+        return Record(skip, wire.SOA, minimum, rdata)
+
+    def _negative(self, q: Query, asked: Asked, engine: Engine, rcode: int, ttl: int) -> Outcome:
+        return rcode, [], [self._soa(q, asked.skip, engine, ttl)]
+
+    def _zone_answer(self, q: Query, asked: Asked, engine: Engine) -> Outcome:
+        ttl = _ttl(engine.local_ttl, 0)
+        if asked.kind is Kind.APEX:
+            if q.qtype in (wire.SOA, wire.ANY):
+                return wire.NOERROR, [self._soa(q, 0, engine, ttl)], []
+            if q.qtype == wire.NS:
+                return wire.NOERROR, [Record(0, wire.NS, ttl, wire.pointer(q, 0))], []
+            return self._negative(q, asked, engine, wire.NOERROR, ttl)
+        if asked.kind is Kind.TEST_LISTED:
+            return self._listed(q, asked, engine, TEST_CODE, TEST_REASON, ttl)
+        return self._negative(q, asked, engine, wire.NXDOMAIN, ttl)  # test unlisted, malformed
+
+    def _listed(self, q: Query, asked: Asked, engine: Engine, code: bytes, text: str, ttl: int) -> Outcome:
+        if q.qtype in (wire.A, wire.ANY):
+            return wire.NOERROR, [Record(0, wire.A, ttl, code)], []
+        if q.qtype == wire.TXT:
+            return wire.NOERROR, [Record(0, wire.TXT, ttl, wire.txt_rdata(text))], []
+        return self._negative(q, asked, engine, wire.NOERROR, ttl)
+
+    # ------------------------------------------------------------ items: the engine
+
+    def _verdict(self, q: Query, asked: Asked, engine: Engine, answer: WebAnswer) -> Outcome:
+        if answer.source is Source.DEGRADED:
+            return wire.SERVFAIL, [], []
+        ttl = _ttl(answer.ttl, engine.local_ttl)
+        code = self.codes.code(answer)
+        if code is None:
+            return self._negative(q, asked, engine, wire.NXDOMAIN, ttl)
+        assert asked.query is not None
+        return self._listed(q, asked, engine, code, reason(answer, asked.query.item, self.base), ttl)
+
+    def _item(
+        self, q: Query, asked: Asked, engine: Engine, client: str, transport: str, started: float
+    ) -> Reply:
+        assert asked.query is not None
+        if self.upstream is not None:
+            local = engine.domain_local_one(asked.query, client)
+            if local is None:
+                return self._upstream(q, asked, engine, client, transport, started)
+            answers: list[Any] = [local]
+        else:
+            answers, ask = engine.begin_domains([asked.query], client)
+            if ask:
+                return self._relayed(q, asked, engine, answers, ask, client, transport, started)
+        engine.count(Service.DOMAIN, answers)
+        return self._engine_reply(q, asked, engine, answers[0], client, transport, started)
+
+    def _engine_reply(
+        self, q: Query, asked: Asked, engine: Engine, answer: WebAnswer, client: str,
+        transport: str, started: float,
+    ) -> bytes:
+        outcome = self._verdict(q, asked, engine, answer)
+        return self._logged(q, asked, transport, outcome, answer.source.value, client, answer, started)
+
+    async def _relayed(
+        self, q: Query, asked: Asked, engine: Engine, answers: list[Any], ask: Ask, client: str,
+        transport: str, started: float,
+    ) -> bytes:
+        """The cloud asked, within ``dns_timeout``; then SERVFAIL (degraded)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                done = await engine.finish(Service.DOMAIN, answers, ask)
+            return self._engine_reply(q, asked, engine, done[0], client, transport, started)
+        except TimeoutError:
+            pass
+        except Exception:
+            logger.exception("DNS answer failed while asking the cloud")
+        return self._logged(q, asked, transport, (wire.SERVFAIL, [], []), Source.DEGRADED.value,
+                            client, None, started)
+
+    async def _upstream(
+        self, q: Query, asked: Asked, engine: Engine, client: str, transport: str, started: float
+    ) -> bytes:
+        """Nothing here knew the name: the upstream DNSBL zone's answer, as it gave it."""
+        assert self.upstream is not None
+        try:
+            rcode, records = await self.upstream.ask(q.labels[:asked.skip], q.qtype)
+        except Exception:
+            logger.exception("DNS answer failed while asking the upstream zone")
+            rcode, records = wire.SERVFAIL, []
+        ttl = _ttl(engine.local_ttl, 0)
+        outcome: Outcome = (rcode, [Record(0, t, min(r_ttl, MAX_TTL), rd) for t, r_ttl, rd in records], [])
+        if rcode == wire.NXDOMAIN or (rcode == wire.NOERROR and not records):
+            outcome = self._negative(q, asked, engine, rcode, ttl)
+        return self._logged(q, asked, transport, outcome, "upstream", client, None, started)
+
+
+
+# ---------------------------------------------------------------- the upstream zone
+
+
+class Upstream:
+    """An upstream DNSBL zone (``dns_upstream_zone``) asked with dnspython about names nothing
+    here knows: the same labels in front of its zone, through ``dns_upstream_server`` or the
+    system's resolvers. Only A records in 127.0.0.0/8 count as listed: a resolver that
+    answers NXDOMAIN with an address of its own must not list everyone."""
+
+    def __init__(self, zone: str, server: str, timeout: float) -> None:
+        try:
+            self.zone = dns.name.from_text(zone)
+        except dns.exception.DNSException as e:
+            raise ConfigError(f"config key 'dns_upstream_zone': {zone!r}: {e}") from None
+        self.server = _server(server) if server else None
+        self.timeout = timeout
+        self._resolver: dns.asyncresolver.Resolver | None = None
+
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:  # made at first use: the system's may lack a resolv.conf
+            resolver = dns.asyncresolver.Resolver(configure=self.server is None)
+            if self.server is not None:
+                resolver.nameservers, resolver.port = [self.server[0]], self.server[1]
+            resolver.cache = None
+            self._resolver = resolver
+        return self._resolver
+
+    async def ask(self, front: Sequence[bytes], qtype: int) -> tuple[int, list[tuple[int, int, bytes]]]:
+        """(rcode, [(type, ttl, rdata)]) for ``front`` in the upstream zone; A for any type but
+        TXT (other types answer NOERROR with no records when listed)."""
+        name = dns.name.Name([*front, *self.zone.labels])
+        rdtype = wire.TXT if qtype == wire.TXT else wire.A
+        try:
+            got = await self.resolver().resolve(
+                name, dns.rdatatype.RdataType.make(rdtype), raise_on_no_answer=False,
+                lifetime=self.timeout, search=False)
+        except dns.resolver.NXDOMAIN:
+            return wire.NXDOMAIN, []
+        except dns.exception.DNSException:  # timeouts, no servers, SERVFAIL upstream
+            return wire.SERVFAIL, []
+        rrset = got.rrset
+        if rrset is None:
+            return (wire.NXDOMAIN if rdtype == wire.A else wire.NOERROR), []
+        if rdtype == wire.TXT:
+            return wire.NOERROR, [(wire.TXT, rrset.ttl, b"".join(
+                bytes([len(s)]) + s for s in rd.strings)) for rd in rrset]
+        codes = [ipaddress.IPv4Address(rd.address) for rd in rrset]
+        listed = [ip.packed for ip in codes if ip in _LOOPBACK_8]
+        if not listed:
+            return wire.NXDOMAIN, []
+        if qtype not in (wire.A, wire.ANY):
+            return wire.NOERROR, []
+        return wire.NOERROR, [(wire.A, rrset.ttl, code) for code in listed]
+
+
+_LOOPBACK_8 = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+def _server(text: str) -> tuple[str, int]:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "53"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError(port)
+        return str(ipaddress.ip_address(host)), number
+    except ValueError:
+        raise ConfigError(f"config key 'dns_upstream_server': {text!r} is not IP[:PORT]") from None

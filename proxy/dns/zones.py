@@ -1,0 +1,219 @@
+"""What a DNSBL query name asks, what code a listed answer gets, and the reason it says.
+
+Two zones (``dns_ip_zone``, ``dns_domain_zone``): ``7.2.0.192.<ip zone>`` asks about
+192.0.2.7, an IPv6 address is its 32 nibbles reversed (RFC 5782 §2.4), and
+``bad.example.<domain zone>`` asks about bad.example (a listed domain covers its
+subdomains, as everywhere in Rampart). The RFC 5782 §5 test entries answer without the
+engine: 127.0.0.2 (and ::ffff:127.0.0.2, and ``TEST`` in the domain zone) listed,
+127.0.0.1 (::ffff:127.0.0.1, ``INVALID``) not.
+
+A name in a zone that names nothing (``x.7.2.0.192.<ip zone>``, ``300.2.0.192…``, a
+label with bytes no host name has) is NXDOMAIN, never an error A record: mail servers
+read any A in 127.0.0.0/8 as "listed". Names outside both zones are REFUSED.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.config import Config
+from proxy.errors import ConfigError, ProtocolError, UrlError
+from proxy.model import DomainQuery, Rating, Source, WebAnswer
+from proxy.wire import protocol, urls
+
+DEFAULT_CODES = {
+    "dangerous": "127.0.0.2",
+    "highly_suspicious": "127.0.0.3",
+    "suspicious": "127.0.0.4",
+    "blocked": "127.0.0.10",
+}
+LISTED = frozenset({Rating.DANGEROUS, Rating.HIGHLY_SUSPICIOUS, Rating.SUSPICIOUS})
+TEST_CODE = ipaddress.IPv4Address("127.0.0.2").packed
+_LABEL = re.compile(rb"[a-z0-9_-]{1,63}")
+_OCTET = re.compile(rb"0|[1-9][0-9]{0,2}")
+_NIBBLE = re.compile(rb"[0-9a-f]")
+
+
+class Kind(enum.Enum):
+    APEX = "apex"  # the zone itself: SOA and NS
+    ITEM = "item"  # an address or domain for the engine
+    TEST_LISTED = "test_listed"
+    TEST_UNLISTED = "test_unlisted"
+    MALFORMED = "malformed"  # in a zone, naming nothing: NXDOMAIN
+    OUTSIDE = "outside"  # in neither zone: REFUSED
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    name: str  # normalised, no trailing dot
+    labels: tuple[bytes, ...]
+    kind: str  # "ip" or "domain": the metrics' zone label
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    kind: Kind
+    zone: Zone | None = None
+    skip: int = 0  # labels before the zone's apex
+    query: DomainQuery | None = None
+
+
+OUTSIDE = Asked(Kind.OUTSIDE)
+
+
+def _zone(key: str, text: str, kind: str) -> Zone:
+    try:
+        name = urls.normalize_domain(text)
+    except UrlError as e:
+        raise ConfigError(f"config key {key!r}: {e}") from None
+    if urls.parse_ip(name) is not None:
+        raise ConfigError(f"config key {key!r}: {text!r} is an address, not a zone name")
+    return Zone(name, tuple(label.encode() for label in name.split(".")), kind)
+
+
+class Zones:
+    """The two zones, and what a query name's labels (lower case, root left out) ask."""
+
+    def __init__(self, ip_zone: str, domain_zone: str) -> None:
+        ip = _zone("dns_ip_zone", ip_zone, "ip")
+        domain = _zone("dns_domain_zone", domain_zone, "domain")
+        if ip.name == domain.name:
+            raise ConfigError(f"config keys 'dns_ip_zone' and 'dns_domain_zone' must differ (both {ip.name})")
+        # The longer first: one zone may lie inside the other (ip.example and example).
+        self.zones = sorted((ip, domain), key=lambda z: -len(z.labels))
+
+    def classify(self, labels: Sequence[bytes]) -> Asked:
+        for zone in self.zones:
+            n = len(zone.labels)
+            if len(labels) >= n and tuple(labels[len(labels) - n:]) == zone.labels:
+                front = labels[:len(labels) - n]
+                if not front:
+                    return Asked(Kind.APEX, zone)
+                read = _ip_item if zone.kind == "ip" else _domain_item
+                kind, query = read(front)
+                return Asked(kind, zone, len(front), query)
+        return OUTSIDE
+
+
+def _ip_item(front: Sequence[bytes]) -> tuple[Kind, DomainQuery | None]:
+    """Reversed octets (no leading zeros) or 32 reversed nibbles."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if len(front) == 4 and all(_OCTET.fullmatch(o) and int(o) < 256 for o in front):
+        ip = ipaddress.IPv4Address(".".join(o.decode() for o in reversed(front)))
+    elif len(front) == 32 and all(_NIBBLE.fullmatch(x) for x in front):
+        ip = ipaddress.IPv6Address(int(b"".join(reversed(front)), 16))
+    else:
+        return Kind.MALFORMED, None
+    test = _test_entry(ip)
+    if test is not None:
+        return test, None
+    return _item(str(ip))
+
+
+def _test_entry(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Kind | None:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip == ipaddress.IPv4Address("127.0.0.2"):
+        return Kind.TEST_LISTED
+    if ip == ipaddress.IPv4Address("127.0.0.1"):
+        return Kind.TEST_UNLISTED
+    return None
+
+
+def _domain_item(front: Sequence[bytes]) -> tuple[Kind, DomainQuery | None]:
+    if len(front) == 1 and front[0] in (b"test", b"invalid"):
+        return (Kind.TEST_LISTED if front[0] == b"test" else Kind.TEST_UNLISTED), None
+    if not all(map(_LABEL.fullmatch, front)):
+        return Kind.MALFORMED, None
+    name = b".".join(front).decode("ascii")
+    if urls.parse_ip(name) is not None:  # addresses are asked in the IP zone
+        return Kind.MALFORMED, None
+    return _item(name)
+
+
+def _item(text: str) -> tuple[Kind, DomainQuery | None]:
+    try:
+        return Kind.ITEM, protocol.parse_domain(text)
+    except ProtocolError:
+        return Kind.MALFORMED, None
+
+
+# ---------------------------------------------------------------- codes
+
+
+class Codes:
+    """The A record a listed answer gets: blocked list first, then its category, then its
+    rating (``dns_codes`` entries NAME=127.0.0.X over :data:`DEFAULT_CODES`)."""
+
+    def __init__(self, entries: Sequence[str] = ()) -> None:
+        table = {name: ipaddress.IPv4Address(value).packed for name, value in DEFAULT_CODES.items()}
+        for entry in entries:
+            name, value = _code_entry(entry)
+            table[name] = value
+        self.blocked = table.pop("blocked")
+        self.ratings = {Rating(name): code for name, code in table.items() if ":" not in name}
+        self.categories = {name[9:]: code for name, code in table.items() if ":" in name}
+
+    def code(self, answer: WebAnswer) -> bytes | None:
+        """The 4 bytes of the A record for ``answer``; None: not listed (NXDOMAIN)."""
+        if answer.source is Source.BLOCKED_LIST:
+            return self.blocked
+        if answer.source is Source.APPROVED_LIST or answer.rating not in LISTED:
+            return None
+        found = self.categories.get(answer.category or "")
+        return found if found is not None else self.ratings.get(answer.rating)
+
+
+def _code_entry(entry: str) -> tuple[str, bytes]:
+    name, eq, value = entry.partition("=")
+    name = name.strip().lower()
+    where = f"config key 'dns_codes': {entry!r}"
+    if not eq:
+        raise ConfigError(f"{where} is not NAME=127.0.0.X")
+    ratings = {r.value for r in LISTED}
+    if name not in ratings and name != "blocked" and not (name.startswith("category:") and name[9:]):
+        raise ConfigError(f"{where}: NAME must be one of {', '.join(sorted(ratings))}, blocked"
+                          " or category:NAME (safe and untested are never listed)")
+    try:
+        ip = ipaddress.IPv4Address(value.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {value.strip()!r} is not an IPv4 address") from None
+    if ip not in ipaddress.IPv4Network("127.0.0.0/8") or int(ip) & 0xFFFFFF in (0, 1, 0xFFFFFF):
+        raise ConfigError(f"{where}: a code must be in 127.0.0.0/8, other than 127.0.0.0,"
+                          " 127.0.0.1 (RFC 5782 §2.3) and 127.255.255.255")
+    return name, ip.packed
+
+
+# ---------------------------------------------------------------- reasons
+
+
+def lookup_base(cfg: Config) -> str | None:
+    """Where the query door answers on this appliance (for the TXT reason's URL), or None
+    with the query door off: the first TLS name, else the listen address, else the host name."""
+    if cfg.query_port:
+        scheme, port = "http", cfg.query_port
+    elif cfg.query_tls_port:
+        scheme, port = "https", cfg.query_tls_port
+    else:
+        return None
+    host = cfg.tls_names[0] if cfg.tls_names else (
+        cfg.listen if cfg.listen not in ("", "0.0.0.0", "::") else socket.gethostname())
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}/v1/domain/"
+
+
+def reason(answer: WebAnswer, item: str, base: str | None) -> str:
+    """The TXT text of a listed answer: rating, category, source, and where to look it up."""
+    what = "blocked by the administrator" if answer.source is Source.BLOCKED_LIST else answer.rating.value
+    category = f" ({answer.category})" if answer.category and answer.source is not Source.BLOCKED_LIST else ""
+    text = f"Rampart: {item} is {what}{category}, from {answer.source.value}"
+    return f"{text}; see {base}{item}" if base else text
+
+
+TEST_REASON = "Rampart: RFC 5782 test entry"
