@@ -185,6 +185,20 @@ async def test_udp_and_tcp_answers(tmp_path: Path) -> None:
     assert {c for _, c, _ in stub.asked} == {HOST}
 
 
+async def test_an_ipv6_listen_address_answers_both_transports(tmp_path: Path) -> None:
+    stub = Stub()
+    door = DnsDoor(config(tmp_path).replace(listen="::1"), stub, port=0)
+    await door.start()
+    try:
+        q = query(f"six.{ZONE}")
+        got = [await dns.asyncquery.udp(q, "::1", port=door.port, timeout=5),
+               await dns.asyncquery.tcp(q, "::1", port=door.port, timeout=5)]
+    finally:
+        await door.stop()
+    assert [a_record(m) for m in got] == ["127.0.0.2"] * 2
+    assert [(c, t) for _, c, t in stub.asked] == [("::1", "udp"), ("::1", "tcp")]
+
+
 async def test_several_tcp_messages_on_one_connection_answered_in_any_order(tmp_path: Path) -> None:
     async with running(tmp_path) as (door, stub):
         stub.late.clear()  # the late answer waits: the ones after it are not held behind it
