@@ -16,6 +16,7 @@ from proxy.dns.door import start_dns
 from proxy.logs.search import Search, search
 from proxy.serve import metrics
 from proxy.serve.app import App
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("dig") is None, reason="dig (bind9-dnsutils) is needed")
 
@@ -70,3 +71,24 @@ async def test_dig_reads_the_zones_of_a_real_app(tmp_path: Path) -> None:
     assert ("malware.example.test", "dangerous", "pattern", "domain-ip", 1, "127.0.0.1") in seen
     assert seen[0][:4] == ("sub.evil.example.test", "dangerous", "blocked-list", "blocked-list")
     assert all(r["latency_ms"] >= 0 for r in rows)
+
+
+async def test_a_name_the_cloud_must_answer_is_servfail_when_it_does_not(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    closed = free_port()  # nothing listens there: the relay cannot connect
+    app = App(Config(data_dir=data, listen="127.0.0.1", query_port=0, query_tls_port=0,
+                     cloud=[f"http://127.0.0.1:{closed}"], total_timeout=2.0, dns_timeout=1.0))
+    await app.start()
+    try:
+        door = await start_dns(app.cfg, app, port=0)
+        try:
+            for tcp in ((), ("+tcp",)):
+                assert (await dig(door.port, f"unknown.example.org.{DN}", "A", *tcp))[0] == "SERVFAIL"
+            assert await dig(door.port, f"2.0.0.127.{IP}") == ("NOERROR", ["A 127.0.0.2"])  # still local
+            assert door.pending == 0
+            assert door.queries[("domain", "SERVFAIL", "degraded")] == 2  # the Answerer's, not the door's
+        finally:
+            await door.stop()
+    finally:
+        await app.stop()
