@@ -297,8 +297,8 @@ def _server(text: str) -> tuple[str, int]:
     """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``."""
     host, port = text, "53"
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else "53"
+        host, closed, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("53" if closed and not rest else "")
     elif text.count(":") == 1:
         host, port = text.split(":")
     try:
