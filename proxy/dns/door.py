@@ -1,6 +1,7 @@
-"""The DNS door's sockets: UDP and TCP on ``listen:dns_port``, in the App's event loop.
+"""The DNS door: UDP and TCP on ``listen:dns_port``, in the App's event loop (its sockets
+are ``proxy.dns.transports``).
 
-Every message, over either transport, goes through one path (``DnsDoor._answer``):
+Every message, over either transport, goes through one path (``DnsDoor.respond``):
 the client's network (``dns_clients``) and its rate (``dns_rate_limit`` and
 ``dns_rate_burst``, a ``proxy.serve.gate.Gate``) are checked first, then the
 ``Answerer`` (``proxy.dns.answers``) is asked. It answers a local name at once with
@@ -28,9 +29,7 @@ as the log reads a ``/v1/domain`` answer.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -38,22 +37,29 @@ from typing import Any, Protocol
 
 from proxy.config import Config
 from proxy.dns import wire
+from proxy.dns.transports import (
+    DOOR,
+    SERVFAIL,
+    UDP_PLAIN,
+    Datagrams,
+    Stream,
+    bind,
+    reply,
+    udp_limit,
+    udp_socket,
+)
 from proxy.errors import RampartError
 from proxy.logs import entries
 from proxy.logs.clients import ClientMask
 from proxy.logs.hub import Logs, client_mask
 from proxy.model import DomainQuery, WebAnswer
 from proxy.serve import metrics
-from proxy.serve.conns import ConnectionCaps, Slot
+from proxy.serve.conns import ConnectionCaps
 from proxy.serve.gate import Gate
 from proxy.serve.listener import Listener, listening_socket
 
 logger = logging.getLogger(__name__)
 
-DOOR = "dns"
-SERVFAIL, REFUSED = wire.SERVFAIL, wire.REFUSED
-UDP_PLAIN = wire.UDP_PLAIN  # the most a UDP answer may be without EDNS(0) (RFC 1035 §4.2.1)
-MAX_TCP = wire.TCP_MAX  # the most a TCP message may be (its 2-byte length)
 GRACE = 1.0  # seconds past dns_timeout before the door gives up on an answer itself
 MAX_PENDING = 4096  # answers waiting for the cloud or an upstream zone at once
 MAX_INFLIGHT = 128  # answers in progress on one TCP connection before its reading pauses
@@ -69,30 +75,6 @@ class Answering(Protocol):
     """What the door asks (``proxy.dns.answers.Answerer``)."""
 
     def answer(self, packet: bytes, client: str, transport: str) -> Result: ...
-
-
-# ---------------------------------------------------------------- answers made here
-
-
-def reply(packet: bytes, rcode: int, *, truncated: bool = False) -> bytes | None:
-    """The door's own response to ``packet`` (``proxy.dns.wire``): REFUSED or SERVFAIL with
-    its question echoed, or an empty answer with TC set; the error response a malformed
-    one gets; None for what deserves none (no header, or itself a response)."""
-    parsed = wire.parse(packet)
-    if not isinstance(parsed, wire.Query):
-        return parsed
-    return wire.response(parsed, rcode, aa=False, limit=0 if truncated else wire.TCP_MAX)
-
-
-def udp_limit(packet: bytes) -> int:
-    """The largest UDP answer ``packet`` allows (its EDNS(0) size within bounds, else 512)."""
-    parsed = wire.parse(packet)
-    return parsed.limit("udp") if isinstance(parsed, wire.Query) else UDP_PLAIN
-
-
-def _client(address: str) -> str:
-    """An IPv4-mapped IPv6 peer (a dual-stack socket) as the IPv4 address it is."""
-    return address[7:] if address.startswith("::ffff:") and "." in address else address
 
 
 def _discard(pending: Awaitable[Any]) -> None:
@@ -143,7 +125,7 @@ class DnsDoor:
         self.refused: Counter[str] = Counter(dict.fromkeys(REFUSALS, 0))
         self.pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._streams: set[_Stream] = set()
+        self.streams: set[Stream] = set()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: Listener | None = None
         self._mask: tuple[Config | None, ClientMask | None] = (None, None)
@@ -159,10 +141,10 @@ class DnsDoor:
         loop = asyncio.get_running_loop()
         host = self.cfg.listen
         for attempt in range(20 if self.port == 0 else 1):
-            udp = _bind(_udp_socket, host, self.port, "udp")
+            udp = bind(udp_socket, host, self.port, "udp")
             port = udp.getsockname()[1]
             try:
-                tcp = _bind(listening_socket, host, port, "tcp")
+                tcp = bind(listening_socket, host, port, "tcp")
             except RampartError:
                 udp.close()
                 if self.port == 0 and attempt < 19:
@@ -170,9 +152,9 @@ class DnsDoor:
                 raise
             break
         self.port = port
-        self._udp, datagrams = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=udp)
+        self._udp, datagrams = await loop.create_datagram_endpoint(lambda: Datagrams(self), sock=udp)
         self._udp_closed = datagrams.closed
-        self._tcp = Listener(tcp, lambda slot: _Stream(self, slot), door=DOOR, caps=self.caps,
+        self._tcp = Listener(tcp, lambda slot: Stream(self, slot), door=DOOR, caps=self.caps,
                              ssl_context=None, handshake_timeout=self.read_timeout)
         logger.info("DNS door listening on %s:%d (udp, tcp)", host, port)
 
@@ -187,14 +169,14 @@ class DnsDoor:
             await self._tcp.wait_closed()
         for task in list(self._tasks):
             task.cancel()
-        closed += [s.closed for s in self._streams]
-        for stream in list(self._streams):
+        closed += [s.closed for s in self.streams]
+        for stream in list(self.streams):
             stream.abort()
         await asyncio.gather(*self._tasks, *closed, return_exceptions=True)
 
     # ------------------------------------------------------------ one message
 
-    def _answer(self, packet: bytes, client: str, transport: str) -> Result:
+    def respond(self, packet: bytes, client: str, transport: str) -> Result:
         """The answer to one message: refused by the gate, at once, or awaitable.
 
         The fast path: a local answer comes back as bytes and is sent by the caller in the
@@ -210,7 +192,7 @@ class DnsDoor:
         try:
             got = self.answerer.answer(packet, client, transport)
         except Exception:
-            self._error("answering a DNS query failed")
+            self.error("answering a DNS query failed")
             self.queries[("none", "SERVFAIL", "error")] += 1
             return reply(packet, SERVFAIL)
         if got is None or isinstance(got, bytes):
@@ -224,7 +206,7 @@ class DnsDoor:
         self.refused[reason] += 1
         return wire.refused(packet)
 
-    def _later(self, pending: Awaitable[bytes | None], packet: bytes,
+    def later(self, pending: Awaitable[bytes | None], packet: bytes,
                deliver: Callable[[bytes | None], None]) -> None:
         """Wait for an answer the cloud or an upstream zone must give, in a task of its own."""
         self.pending += 1
@@ -243,23 +225,23 @@ class DnsDoor:
                 self.queries[("none", "SERVFAIL", "timeout")] += 1
                 got = reply(packet, SERVFAIL)
             except Exception:
-                self._error("answering a DNS query failed")
+                self.error("answering a DNS query failed")
                 self.queries[("none", "SERVFAIL", "error")] += 1
                 got = reply(packet, SERVFAIL)
             deliver(got)
         finally:
             self.pending -= 1
 
-    def _sized(self, got: bytes, packet: bytes) -> bytes | None:
+    def sized(self, got: bytes, packet: bytes) -> bytes | None:
         """``got`` if a UDP client may be sent it; else an empty TC answer (a bug upstream,
         logged: the client retries over TCP instead of being amplified at)."""
         if len(got) <= UDP_PLAIN or len(got) <= udp_limit(packet):
             return got
-        self._error(f"a DNS answer of {len(got)} bytes was larger than its UDP query allows",
+        self.error(f"a DNS answer of {len(got)} bytes was larger than its UDP query allows",
                     trace=False)
         return reply(packet, 0, truncated=True)
 
-    def _error(self, message: str, *, trace: bool = True) -> None:
+    def error(self, message: str, *, trace: bool = True) -> None:
         """Log a failure at most once a minute (a flood of one bad shape must not flood the log)."""
         now = time.monotonic()
         if now - self._last_error >= 60.0:
@@ -346,217 +328,3 @@ async def start_dns(cfg: Config, app: Any, *, answerer: Answering | None = None,
 class _NoAnswerer:
     def answer(self, packet: bytes, client: str, transport: str) -> Result:
         return None
-
-
-# ---------------------------------------------------------------- sockets
-
-
-def _bind(make: Callable[[str, int], socket.socket], host: str, port: int, kind: str) -> socket.socket:
-    try:
-        return make(host, port)
-    except OSError as e:
-        why = e.strerror or str(e)
-        hint = "; choose another --dns-port (0 turns the DNS door off)" if e.errno in (
-            errno.EADDRINUSE, errno.EACCES) else ""
-        raise RampartError(
-            f"cannot listen on {host}:{port} for the DNS door ({kind}): {why}{hint}") from None
-
-
-def _udp_socket(host: str, port: int) -> socket.socket:
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if family == socket.AF_INET6 and not host:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(address)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, door: DnsDoor) -> None:
-        self.door = door
-        self.transport: asyncio.DatagramTransport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        door = self.door
-        try:
-            got = door._answer(data, _client(str(addr[0])), "udp")
-            if got is None:
-                return
-            if isinstance(got, bytes):
-                self._send(got, data, addr)
-            else:
-                door._later(got, data, lambda late: self._send(late, data, addr))
-        except Exception:  # our own bug: never out of the loop's callback
-            door._error("the DNS door failed on a datagram")
-
-    def _send(self, got: bytes | None, packet: bytes, addr: tuple[Any, ...]) -> None:
-        transport = self.transport
-        if got is None or transport is None or transport.is_closing():
-            return
-        sized = self.door._sized(got, packet)
-        if sized is not None:
-            transport.sendto(sized, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("DNS door (udp): %s", exc)  # e.g. an ICMP port unreachable from a client
-
-
-class _Stream(asyncio.Protocol):
-    """One TCP connection: length-prefixed messages, answered as they come (in any order)."""
-
-    def __init__(self, door: DnsDoor, slot: Slot | None) -> None:
-        self.door = door
-        self.slot = slot
-        self.transport: asyncio.Transport | None = None
-        self.client = "?"
-        self.buffer = bytearray()
-        self.begun = 0.0  # when the first byte of the message in the buffer came
-        self.messages = 0
-        self.inflight = 0
-        self.paused = False  # reading, for back-pressure
-        self.last = False  # no more messages will be read: close once answered
-        self.timer: asyncio.TimerHandle | None = None
-        self.loop = asyncio.get_running_loop()
-        self.closed: asyncio.Future[None] = self.loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.client = _client(str(peer[0])) if peer else "?"
-        self.door._streams.add(self)
-        self._rearm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.door._streams.discard(self)
-        if self.slot is not None:
-            self.slot.release()
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._received(data)
-        except Exception:  # our own bug: close this connection, keep the door
-            self.door._error("the DNS door failed on a TCP connection")
-            self.abort()
-
-    def _received(self, data: bytes) -> None:
-        buffer = self.buffer
-        if not buffer:
-            self.begun = self.loop.time()
-        buffer += data
-        while len(buffer) >= 2 and not self.last:
-            size = int.from_bytes(buffer[:2])
-            if len(buffer) < 2 + size:
-                break
-            message = bytes(buffer[2:2 + size])
-            del buffer[:2 + size]
-            if buffer:
-                self.begun = self.loop.time()
-            self.messages += 1
-            self._one(message)
-            if self.messages >= self.door.max_messages and not self.last:
-                self._finish()
-        self._rearm()
-
-    def _one(self, message: bytes) -> None:
-        got = self.door._answer(message, self.client, "tcp")
-        if isinstance(got, bytes):
-            self._write(got, message)
-        elif got is None:  # not a DNS message: this stream cannot be trusted to be in step
-            self._finish()
-        else:
-            self.inflight += 1
-            if self.inflight >= self.door.max_inflight:
-                self._pause()
-            self.door._later(got, message, lambda late: self._late(late, message))
-
-    def _late(self, got: bytes | None, message: bytes) -> None:
-        self.inflight -= 1
-        if got is not None:
-            self._write(got, message)
-        if self.inflight < self.door.max_inflight and not self.last:
-            self._resume()
-        if self.last and not self.inflight and self.transport is not None:
-            self.transport.close()
-        else:
-            self._rearm()
-
-    def _write(self, got: bytes, message: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if len(got) > MAX_TCP:  # cannot be framed: a bug upstream
-            self.door._error(f"a DNS answer of {len(got)} bytes cannot go over TCP", trace=False)
-            got = reply(message, SERVFAIL) or b""
-        if got:
-            transport.write(len(got).to_bytes(2) + got)
-
-    def _finish(self) -> None:
-        """Read no more; close once what was asked is answered."""
-        self.last = True
-        self._pause()
-        self.buffer.clear()
-        if not self.inflight and self.transport is not None:
-            self.transport.close()
-
-    def _pause(self) -> None:
-        if not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def _resume(self) -> None:
-        if self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = False
-            self.transport.resume_reading()
-
-    def pause_writing(self) -> None:  # the client does not read its answers: stop reading its questions
-        self._pause()
-
-    def resume_writing(self) -> None:
-        if self.inflight < self.door.max_inflight and not self.last:
-            self._resume()
-
-    def _rearm(self) -> None:
-        """The read timeout from a message's first byte while one is begun (more bytes do
-        not extend it: a client sending one byte at a time is cut too); the idle timeout
-        while nothing is asked or answered; no timer while answers are awaited."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.last or self.transport is None or self.transport.is_closing():
-            return
-        if self.buffer:
-            self.timer = self.loop.call_at(self.begun + self.door.read_timeout, self._cut)
-        elif not self.inflight:
-            self.timer = self.loop.call_later(self.door.idle_timeout, self._idle)
-
-    def _cut(self) -> None:
-        if self.door.caps is not None:
-            self.door.caps.count(self.client, DOOR, "read_timeout",
-                                 f"a DNS message not complete after {self.door.read_timeout:g} s")
-        self.abort()
-
-    def _idle(self) -> None:
-        if self.transport is not None:
-            self.transport.close()

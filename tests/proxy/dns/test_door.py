@@ -23,7 +23,8 @@ import dns.rrset
 import pytest
 
 from proxy.config import Config
-from proxy.dns.door import DnsDoor, reply
+from proxy.dns.door import DnsDoor
+from proxy.dns.transports import reply
 from proxy.errors import RampartError
 from proxy.logs.hub import Logs
 from proxy.logs.search import Search, search
