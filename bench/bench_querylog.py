@@ -11,7 +11,9 @@ cloud), one with ``query_log = false`` in its TOML, each pinned to core 0 with
 of each is compared, and the median of each round's on/off ratio (a round's two runs are
 back to back, so a neighbour's burst of CPU more likely hits both alike); the rate per
 CPU-second the server used (all its threads, the writer's included) is printed too, the
-fairer figure when other processes share core 0. Scenarios:
+fairer figure when other processes share core 0, and the CPU microseconds per request
+spent off the event loop's thread (the log writer's thread: what the log costs beyond
+``observe``). Scenarios:
 
 - the EICAR SHA-256 by GET (a pattern hit; the same rendered answer every time);
 - unique unknown SHA-256s by GET (answered ``local``: a new answer each request, so
@@ -64,10 +66,25 @@ def start(tmp: Path, name: str, config: str) -> tuple[run.Server, str]:
     return server.start(f"http://127.0.0.1:{port}/healthz"), f"http://127.0.0.1:{port}"
 
 
+def side_threads(server: run.Server) -> float:
+    """CPU seconds of the server's threads but its main one (the event loop's): the log
+    writer's, and any worker's."""
+    total = 0
+    for task in Path(f"/proc/{server.pid}/task").iterdir():
+        if task.name != str(server.pid):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total / run.CLK_TCK
+
+
 def rate(server: run.Server, base: str, scripts: dict[str, Path], scenario: str,
-         seconds: float) -> tuple[float, float]:
-    """Requests a second, and requests per CPU-second of the server (its threads together)."""
-    cpu = server.cpu_seconds()
+         seconds: float) -> tuple[float, float, float]:
+    """Requests a second, requests per CPU-second of the server (its threads together), and
+    the microseconds of CPU per request of its threads but the event loop's."""
+    cpu, side = server.cpu_seconds(), side_threads(server)
     if scenario == "pattern":
         result = load.run_wrk(base + EICAR, scripts["get"], seconds=seconds, core=run.LOAD_CORE)
     else:
@@ -75,8 +92,9 @@ def rate(server: run.Server, base: str, scripts: dict[str, Path], scenario: str,
                               seconds=seconds, core=run.LOAD_CORE)
     if result.failed:
         print(f"    ({result.failed} failed requests)", flush=True)
-    used = server.cpu_seconds() - cpu
-    return result.rps, result.requests / used if used > 0 else 0.0
+    used, side = server.cpu_seconds() - cpu, side_threads(server) - side
+    requests = max(result.requests, 1)
+    return result.rps, result.requests / used if used > 0 else 0.0, side / requests * 1e6
 
 
 def dropped(base: str) -> str:
@@ -157,13 +175,13 @@ def main() -> None:
               f"{run.LOAD_CORE}; {args.seconds:g} s a run, {args.rounds} rounds; work dir {tmp}", flush=True)
         for scenario, label in (("pattern", "single item, pattern (GET EICAR)"),
                                 ("unique", "single item, unique unknown hashes (GET, local)")):
-            got: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+            got: dict[str, list[tuple[float, float, float]]] = {"off": [], "on": []}
             for _ in range(args.rounds):
                 for side, server, base in (("off", off, off_base), ("on", on, on_base)):
                     got[side].append(rate(server, base, scripts, scenario, args.seconds))
-                    rps, per_cpu = got[side][-1]
-                    print(f"  {label:<50} log {side:<3} {rps:>10,.0f} req/s {per_cpu:>10,.0f} req/CPU-s",
-                          flush=True)
+                    rps, per_cpu, others = got[side][-1]
+                    print(f"  {label:<50} log {side:<3} {rps:>10,.0f} req/s {per_cpu:>10,.0f} req/CPU-s"
+                          f" {others:>6.1f} µs/req off the loop", flush=True)
             for i, unit in ((0, "req/s"), (1, "req/CPU-s")):
                 m_off = statistics.median(r[i] for r in got["off"])
                 m_on = statistics.median(r[i] for r in got["on"])
@@ -171,6 +189,8 @@ def main() -> None:
                 print(f"{label}: median off {m_off:,.0f} {unit}, on {m_on:,.0f} {unit}, "
                       f"ratio {m_on / m_off:.3f}; median of each round's on/off {pairs:.3f}"
                       " (goal >= 0.85)", flush=True)
+            print(f"{label}: CPU off the event loop (the log writer's thread), median "
+                  f"{statistics.median(r[2] for r in got['on']):.1f} µs a request", flush=True)
         print(f"logged appliance: {dropped(on_base)}")
         on.stop()  # writes what is queued
         servers.remove(on)
