@@ -101,28 +101,40 @@ class Zones:
 
 
 def _ip_item(front: Sequence[bytes]) -> tuple[Kind, DomainQuery | None]:
-    """Reversed octets (no leading zeros) or 32 reversed nibbles."""
+    """Reversed octets (no leading zeros) or 32 reversed nibbles.
+
+    The address is made from integers and its DomainQuery directly, not by parsing its text
+    again through ``protocol.parse_domain`` (three address parses, the larger part of a local
+    answer's cost); tests/proxy/dns/test_zones.py holds the two equal.
+    """
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    if len(front) == 4 and all(_OCTET.fullmatch(o) and int(o) < 256 for o in front):
-        ip = ipaddress.IPv4Address(".".join(o.decode() for o in reversed(front)))
-    elif len(front) == 32 and all(_NIBBLE.fullmatch(x) for x in front):
+    if len(front) == 4 and all(map(_OCTET.fullmatch, front)):
+        octets = [int(o) for o in front]
+        if max(octets) > 255:
+            return Kind.MALFORMED, None
+        ip = ipaddress.IPv4Address(octets[3] << 24 | octets[2] << 16 | octets[1] << 8 | octets[0])
+    elif len(front) == 32 and all(map(_NIBBLE.fullmatch, front)):
         ip = ipaddress.IPv6Address(int(b"".join(reversed(front)), 16))
     else:
         return Kind.MALFORMED, None
     test = _test_entry(ip)
     if test is not None:
         return test, None
-    return _item(str(ip))
+    text = ip.compressed
+    return Kind.ITEM, DomainQuery(text, text, ip)
 
 
 def _test_entry(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Kind | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip == ipaddress.IPv4Address("127.0.0.2"):
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.2 is the IPv6 test entry (RFC 5782 §5)
+    if ip == _TEST_LISTED:
         return Kind.TEST_LISTED
-    if ip == ipaddress.IPv4Address("127.0.0.1"):
+    if ip == _TEST_UNLISTED:
         return Kind.TEST_UNLISTED
     return None
+
+
+_TEST_LISTED, _TEST_UNLISTED = ipaddress.IPv4Address("127.0.0.2"), ipaddress.IPv4Address("127.0.0.1")
 
 
 def _domain_item(front: Sequence[bytes]) -> tuple[Kind, DomainQuery | None]:

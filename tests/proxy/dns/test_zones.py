@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import pytest
 
@@ -10,6 +11,7 @@ from proxy.config import Config
 from proxy.dns.zones import Codes, Kind, Zones, lookup_base, reason
 from proxy.errors import ConfigError
 from proxy.model import Rating, Source, WebAnswer
+from proxy.wire import protocol
 
 
 def labels(name: str) -> list[bytes]:
@@ -98,3 +100,24 @@ def test_reason() -> None:
     answer = web(Rating.DANGEROUS, category="c2")
     assert reason(answer, "198.51.100.7", "http://a:8080/v1/domain/") == (
         "Rampart: 198.51.100.7 is dangerous (c2), from pattern; see http://a:8080/v1/domain/198.51.100.7")
+
+
+def test_an_address_is_read_as_the_query_door_reads_its_text() -> None:
+    """The zone makes a DomainQuery from integers; protocol.parse_domain from the address's text."""
+    rng = random.Random(7)
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [
+        ipaddress.IPv4Address(rng.getrandbits(32)) for _ in range(300)]
+    addresses += [ipaddress.IPv6Address(rng.getrandbits(128) >> rng.choice([0, 64, 100])) for _ in range(300)]
+    addresses += [ipaddress.IPv6Address("::ffff:192.0.2.7"), ipaddress.IPv4Address("0.0.0.0"),
+                  ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1")]
+    for ip in addresses:
+        if ip.version == 4:
+            front = str(ip).split(".")[::-1]
+        else:
+            front = list(ip.exploded.replace(":", ""))[::-1]
+        asked = ZONES.classify([*(x.encode() for x in front), b"ip", b"rampart", b"local"])
+        if asked.kind is not Kind.ITEM:
+            continue  # the test entries
+        plain = protocol.parse_domain(str(ip))
+        assert asked.query is not None
+        assert (asked.query.name, asked.query.ip) == (plain.name, plain.ip), ip
