@@ -137,6 +137,7 @@ class Stream(asyncio.Protocol):
         self.messages = 0
         self.inflight = 0
         self.paused = False  # reading, for back-pressure
+        self.stalled = False  # writing: the client does not read what it is sent
         self.last = False  # no more messages will be read: close once answered
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
@@ -204,12 +205,10 @@ class Stream(asyncio.Protocol):
         self.inflight -= 1
         if got is not None:
             self._write(got, message)
-        if self.inflight < self.door.max_inflight and not self.last:
-            self._resume()
+        self._resume()
         if self.last and not self.inflight and self.transport is not None:
             self.transport.close()
-        else:
-            self._rearm()
+        self._rearm()
 
     def _write(self, got: bytes, message: bytes) -> None:
         transport = self.transport
@@ -235,27 +234,33 @@ class Stream(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume(self) -> None:
-        if self.paused and self.transport is not None and not self.transport.is_closing():
+        """Read again unless something still holds it: answers in progress at the bound,
+        a client not reading its answers, or the connection's last message read."""
+        if (self.paused and not self.stalled and not self.last and self.inflight < self.door.max_inflight
+                and self.transport is not None and not self.transport.is_closing()):
             self.paused = False
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:  # the client does not read its answers: stop reading its questions
+        self.stalled = True
         self._pause()
 
     def resume_writing(self) -> None:
-        if self.inflight < self.door.max_inflight and not self.last:
-            self._resume()
+        self.stalled = False
+        self._resume()
 
     def _rearm(self) -> None:
         """The read timeout from a message's first byte while one is begun (more bytes do
         not extend it: a client sending one byte at a time is cut too); the idle timeout
-        while nothing is asked or answered; no timer while answers are awaited."""
+        while nothing is asked or answered, closing or not (a close waits for the client
+        to read its answers: one that never does is aborted then); no timer while answers
+        are awaited (``DnsDoor.deadline`` bounds them)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.last or self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.closed.done():
             return
-        if self.buffer:
+        if self.buffer and not self.last:
             self.timer = self.loop.call_at(self.begun + self.door.read_timeout, self._cut)
         elif not self.inflight:
             self.timer = self.loop.call_later(self.door.idle_timeout, self._idle)
@@ -267,5 +272,9 @@ class Stream(asyncio.Protocol):
         self.abort()
 
     def _idle(self) -> None:
+        """Close; abort if answers are still unread (a close would wait for the client)."""
         if self.transport is not None:
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+            else:
+                self.transport.close()

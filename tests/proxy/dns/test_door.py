@@ -281,6 +281,22 @@ async def test_an_idle_tcp_connection_is_closed(tmp_path: Path) -> None:
         writer.close()
 
 
+async def test_a_client_that_never_reads_its_answers_is_dropped(tmp_path: Path) -> None:
+    caps = ConnectionCaps(100, 10)
+    async with running(tmp_path, caps=caps, idle_timeout=0.3, read_timeout=0.3) as (door, stub):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((HOST, door.port))
+        sock.setblocking(False)
+        _, writer = await asyncio.open_connection(sock=sock)
+        one = framed(query(f"{'x' * 60}.{ZONE}"))
+        writer.write(one * 40_000)  # ~4 MB of questions, answers never read
+        await eventually(lambda: caps.open == 0)
+        assert len(stub.asked) < 40_000  # it was cut before it had asked them all
+        writer.transport.abort()
+        assert (await tcp(door, query(f"next.{ZONE}"))).rcode() == dns.rcode.NOERROR
+
+
 async def test_too_many_tcp_connections_are_refused_by_the_caps(tmp_path: Path) -> None:
     caps = ConnectionCaps(100, 2)
     async with running(tmp_path, caps=caps) as (door, _):
