@@ -126,6 +126,11 @@ def _started(cfg: config_mod.Config, doors: Doors) -> str:
     if doors.intercept is not None:
         shown = sorted(doors.intercept.hosts.exact) + [f"*{s}" for s in doors.intercept.hosts.suffixes]
         lines.append("  intercepts  " + (", ".join(shown) or "nothing (every host passes through)"))
+    dns = doors.door.dns
+    if dns is not None:
+        lines.append(f"  DNS door    {cfg.listen or '0.0.0.0'}:{dns.port} udp and tcp, zones"
+                     f" {cfg.dns_ip_zone} and {cfg.dns_domain_zone}")
+        lines.append(f"              answers {_networks(cfg.dns_clients)} (dns_clients)")
     console = doors.door.console
     if console is not None:
         lines.append(f"  console     {door_url('https', cfg.listen, console.port)}")

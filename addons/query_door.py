@@ -1,8 +1,9 @@
 """Starts the query door (the lean HTTP server of proxy.serve.server) in mitmproxy's loop.
 
 The door is a ``proxy.serve.app.App``, with the console door (``proxy.console.door``)
-beside it when ``console_port`` is on; this addon only ties their life to mitmproxy's:
-``running`` starts them, ``done`` stops them. A start failure (a port in use, a bad
+and the DNS door (``proxy.dns.door``) beside it when ``console_port`` and ``dns_port``
+are on; this addon only ties their life to mitmproxy's: ``running`` starts them,
+``done`` stops them. A start failure (a port in use, a bad
 pattern) is reported and shuts the master down with the reason.
 """
 
@@ -14,6 +15,7 @@ from mitmproxy import ctx
 
 from proxy.config import Config
 from proxy.console.door import ConsoleDoor, start_console
+from proxy.dns.door import DnsDoor, start_dns
 from proxy.errors import RampartError
 from proxy.serve.app import App
 from proxy.serve.conns import ConnectionCaps
@@ -36,12 +38,15 @@ class QueryDoor:
         self.start_error: str | None = None  # not `error`: that name is a mitmproxy hook
         self.started = False
         self.console: ConsoleDoor | None = None  # the admin API and web console, when on
+        self.dns: DnsDoor | None = None  # the DNSBL zones, when on
 
     async def running(self) -> None:
         try:
             await self.app.start()
             if self.app.cfg.console_port:
                 self.console = await start_console(self.app.cfg, self.app)
+            if self.app.cfg.dns_port:
+                self.dns = await start_dns(self.app.cfg, self.app)
             self.started = True
         except (RampartError, OSError) as e:
             self.start_error = _reason(e)
@@ -49,6 +54,8 @@ class QueryDoor:
             ctx.master.shutdown()
 
     async def done(self) -> None:
+        if self.dns is not None:
+            await self.dns.stop()
         if self.console is not None:
             await self.console.stop()
         if self.started:
