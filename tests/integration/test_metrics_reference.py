@@ -66,7 +66,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     cfg.write_text(f'max_client_connections = 1\nupdate_source = "http://127.0.0.1:{free_port()}"\n'
                    f'update_key = "{pub}"\n')
     proc = start_appliance(tmp, None, "--config", str(cfg), "--proxy-port", str(free_port()),
-                           "--cloud", f"http://127.0.0.1:{free_port()}")
+                           "--cloud", f"http://127.0.0.1:{free_port()}", "--dns-port", str(free_port()))
     yield proc
     proc.stop()
 
