@@ -18,7 +18,7 @@ from proxy.serve.gate import Gate
 from tests.conftest import free_port
 
 OFF = {"query_port": 0, "query_tls_port": 0, "proxy_port": 0, "transparent_port": 0,
-       "capture_port": 0}
+       "capture_port": 0, "console_port": 0, "dns_port": 0}
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ def test_every_door_off_is_refused_naming_the_flags(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"every door is off.*--query-port"):
         startup.check_doors(cfg)
     startup.check_doors(Config(data_dir=tmp_path, **{**OFF, "proxy_port": 3128}))
+    startup.check_doors(Config(data_dir=tmp_path, **{**OFF, "dns_port": 5353}))  # a DNSBL alone
 
 
 @pytest.mark.parametrize(("key", "flag"), [("query_port", "--query-port"),
