@@ -42,6 +42,7 @@ from proxy.errors import ListError
 
 SET_MEMORY = 256 << 20  # RE2 budget of the full set: 1,000 typical expressions take a few MB
 ATOM_MEMORY = 64 << 20  # the atoms' literal set: a trie, a few MB for 10,000 expressions
+CONFIRM_MEMORY = 8 << 20  # one expression confirmed on its own (RE2's default budget)
 CONFIRM_AT_MOST = 8  # candidates confirmed one by one; more and the full set decides
 MIN_ATOM = 3  # a shorter atom is in too many URLs to filter anything
 MAX_EXACT = 16  # strings an exact part may stand for (``(exe|zip|scr)``: 3)
@@ -222,8 +223,9 @@ class PatternSet:
             self._all = _search_set(patterns, SET_MEMORY)
             self._atoms = _search_set(list(atoms), ATOM_MEMORY, literal=True) if atoms else None
             self._rest = _search_set([patterns[i] for i in rest], SET_MEMORY) if rest else None
-            self._confirm = tuple(None if e.kind is EntryKind.KEYWORD or i in rest else
-                                  _search_set([patterns[i]], 8 << 20)
+            unfiltered = set(rest)
+            self._confirm = tuple(None if e.kind is EntryKind.KEYWORD or i in unfiltered else
+                                  _search_set([patterns[i]], CONFIRM_MEMORY)
                                   for i, e in enumerate(self.entries))
         except re2.error as err:
             raise ListError(f"the keyword and regex rules cannot be compiled together: {err}") from None
