@@ -40,6 +40,7 @@ import dns.resolver
 from proxy.config import Config
 from proxy.decide.engine import Ask, Engine
 from proxy.dns import wire
+from proxy.dns.memo import AnswerMemo, Kept
 from proxy.dns.wire import Query, Record
 from proxy.dns.zones import TEST_CODE, TEST_REASON, Asked, Codes, Kind, Zones, lookup_base, reason
 from proxy.errors import ConfigError
@@ -90,9 +91,35 @@ class Answerer:
         )
         self._stats: StatsHook = stats or _ignore
         self._log: LogHook = log or _ignore
+        self.memo = AnswerMemo()
+        # what the last synchronous answer was (zone, rcode, source, item, answer): set by
+        # _send and _logged while answer() runs, read by it to keep the answer in the memo
+        self._sent: tuple[str, str, str, str, WebAnswer | None] | None = None
 
     def answer(self, packet: bytes, client: str, transport: str) -> Reply:
-        """The response to ``packet`` (sized for ``transport``), None for none, or an awaitable."""
+        """The response to ``packet`` (sized for ``transport``), None for none, or an awaitable;
+        a question asked before is answered from the memo (``proxy.dns.memo``)."""
+        engine = self._engine_of()
+        kept = self.memo.get(packet, transport, client, engine)
+        if kept is not None:
+            return self._replay(packet, kept, client, engine)
+        self._sent = None
+        reply = self._plain(packet, client, transport)
+        if isinstance(reply, bytes) and self._sent is not None:
+            self.memo.put(packet, transport, client, engine, reply, Kept(reply[2:], *self._sent))
+        return reply
+
+    def _replay(self, packet: bytes, kept: Kept, client: str, engine: Engine) -> bytes:
+        """A memo hit, counted and logged as the plain path counts and logs it."""
+        started = time.perf_counter()
+        self._stats(kept.zone, kept.rcode, kept.source)
+        if kept.answer is not None:
+            engine.count(Service.DOMAIN, [kept.answer])
+        if kept.item:
+            self._log(client, kept.item, kept.answer, kept.rcode, time.perf_counter() - started)
+        return packet[:2] + kept.tail
+
+    def _plain(self, packet: bytes, client: str, transport: str) -> Reply:
         try:
             parsed = wire.parse(packet)
         except Exception:  # a bug, not the packet: still no exception out of the door
@@ -124,7 +151,9 @@ class Answerer:
     def _send(self, q: Query, asked: Asked, transport: str, outcome: Outcome, source: str) -> bytes:
         rcode, answer, authority = outcome
         aa = rcode in (wire.NOERROR, wire.NXDOMAIN) and asked.zone is not None
-        self._stats(asked.zone.kind if asked.zone else "none", wire.RCODE_NAMES[rcode], source)
+        zone = asked.zone.kind if asked.zone else "none"
+        self._stats(zone, wire.RCODE_NAMES[rcode], source)
+        self._sent = (zone, wire.RCODE_NAMES[rcode], source, "", None)  # for the memo
         return wire.response(q, rcode, answer, authority, aa=aa, limit=q.limit(transport))
 
     def _logged(
@@ -134,6 +163,8 @@ class Answerer:
         out = self._send(q, asked, transport, outcome, source)
         item = asked.query.item if asked.query is not None else ""
         self._log(client, item, answer, wire.RCODE_NAMES[outcome[0]], time.perf_counter() - started)
+        if self._sent is not None:
+            self._sent = (*self._sent[:3], item, answer)
         return out
 
     # ------------------------------------------------------------ the zone's own names
