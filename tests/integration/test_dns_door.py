@@ -173,3 +173,47 @@ def test_a_pattern_swap_is_answered_without_a_restart(door: Proc, tmp_path: Path
         time.sleep(0.2)
     assert short(door, name) == ["127.0.0.2"]
     assert short(door, f"malware.example.test.{DN}") == ["127.0.0.2"]  # the rest as before
+
+
+def test_ten_thousand_hostile_packets_leave_the_door_answering(door: Proc) -> None:
+    """Random bytes, truncated and mutated real queries, label loops and pointers out of
+    range, sent to the running door: every answer fits what its query allowed (512 bytes
+    without EDNS), and dig is answered afterwards."""
+    import random
+    import socket
+
+    import dns.message
+
+    rng = random.Random(12)
+    seeds = [dns.message.make_query(n, t).to_wire() for n in
+             (f"malware.example.test.{DN}", f"7.2.0.192.{IP}", "example.com") for t in ("A", "TXT", "ANY")]
+    loop = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"  # points at itself
+    far = b"\x12\x35\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc3\xff\x00\x01\x00\x01"  # out of range
+    answered = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.0)
+        for i in range(10_000):
+            kind = i % 4
+            if kind == 0:
+                packet = rng.randbytes(rng.randrange(1, 600))
+            elif kind == 1:
+                base = rng.choice(seeds)
+                packet = base[:rng.randrange(len(base))]
+            elif kind == 2:
+                packet = bytearray(rng.choice(seeds))
+                for _ in range(rng.randrange(1, 6)):
+                    packet[rng.randrange(len(packet))] = rng.randrange(256)
+                packet = bytes(packet)
+            else:
+                packet = rng.choice((loop, far, b"\x00" * 12 + b"\x3f" * 300))
+            s.sendto(packet, ("127.0.0.1", door.ports["dns"]))
+            while True:  # drain what came back so far, checking each answer's size
+                try:
+                    got = s.recv(65536)
+                except BlockingIOError:
+                    break
+                answered += 1
+                assert len(got) <= 1232
+    assert status(ask("dig", door, f"malware.example.test.{DN}")) == "NOERROR"
+    assert status(ask("kdig", door, f"7.2.0.192.{IP}", "A", "+tcp")) == "NOERROR"
+    assert answered > 1000  # many were answered (FORMERR, REFUSED, NXDOMAIN, ...), none crashed it
