@@ -26,7 +26,8 @@ Fast with many rules: hashes and domains are dict lookups (a domain's suffixes w
 from the longest), URL prefixes a dict per host probed once per distinct rule length,
 and keywords and regular expressions are found by ``list_regex.PatternSet``: one
 literal set of the text each expression requires, searched once per URL, confirming
-only the expressions whose text is there. A snapshot with no scoped and no expiring
+only the expressions whose text is there. A URL asked again finds its rules in a bounded
+memo (``ListSnapshot._memo``). A snapshot with no scoped and no expiring
 rule (``plain``) skips the per-rule checks; ``tests/proxy/decide/test_list_precedence.py``
 holds it equal to checking every rule by hand.
 """
@@ -36,13 +37,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from proxy.decide.list_regex import PatternSet
 from proxy.decide.list_rules import PATTERN_KINDS, Entry, EntryKind, ListName
 from proxy.wire import urls
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+MEMO_URLS = 16_384  # URLs a snapshot remembers the matching rules of (then it starts again)
+MEMO_URL_LENGTH = 512  # longer URLs are not remembered: at most 8 MB of URLs in all
 
 
 @functools.lru_cache(maxsize=4096)
@@ -114,7 +117,7 @@ def compile_set(entries: Iterable[Entry]) -> tuple[PatternSet | None, tuple[Entr
 class ListSnapshot:
     """An immutable in-memory view of both lists, as of one moment (expired rules left out)."""
 
-    __slots__ = ("_clock", "_counts", "_hashes", "_hosts", "_plain", "_set", "_set_entries",
+    __slots__ = ("_clock", "_counts", "_hashes", "_hosts", "_memo", "_plain", "_set", "_set_entries",
                  "expires_next", "scoped")
 
     def __init__(self, entries: Iterable[Entry] = (), *, now: float | None = None,
@@ -135,6 +138,10 @@ class ListSnapshot:
         self.expires_next = min((e.expires for e in live if e.expires is not None), default=None)
         """When the first rule in this snapshot expires (epoch seconds), or None."""
         self._plain = not self.scoped and self.expires_next is None
+        self._memo: dict[str, tuple[Entry, ...]] = {}
+        """Canonical URL -> the rules matching its text (``_url_candidates``), for URLs asked
+        again: those rules depend on the text alone (who asks and when is ``_decide``'s), and
+        this snapshot never changes. Bounded: MEMO_URLS URLs of MEMO_URL_LENGTH at most."""
 
     def __len__(self) -> int:
         return sum(self._counts.values())
@@ -167,7 +174,14 @@ class ListSnapshot:
                   host: str | None = None) -> tuple[ListName, str] | None:
         """The deciding rule for a canonical URL (module docstring: precedence). ``host``:
         its ``urls.host_of``, when the caller has it already (the engine's ``WebQuery``)."""
-        found = self._url_candidates(canonical_url, host)
+        memo = self._memo
+        found = memo.get(canonical_url)
+        if found is None:
+            found = tuple(self._url_candidates(canonical_url, host))
+            if len(canonical_url) <= MEMO_URL_LENGTH:
+                if len(memo) >= MEMO_URLS:
+                    memo.clear()
+                memo[canonical_url] = found
         return self._decide(found, client) if found else None
 
     def match_domain(self, name: str, client: str | None = None) -> tuple[ListName, str] | None:
@@ -203,7 +217,7 @@ class ListSnapshot:
 
     # -- internals
 
-    def _decide(self, found: list[Entry], client: str | None) -> tuple[ListName, str] | None:
+    def _decide(self, found: Sequence[Entry], client: str | None) -> tuple[ListName, str] | None:
         if not found:
             return None
         first = None

@@ -52,3 +52,24 @@ def test_parents_with_two_labels_or_more_match_and_ip_addresses_have_none() -> N
     assert snap.match_url(canonicalize("http://192.0.2.7/"), host="192.0.2.7") is None
     assert snap.match_url(canonicalize("http://other.test/"), host="other.test") is None  # one label
     assert snap.match_url(canonicalize("http://test/"), host="test") == (B, "test")
+
+
+def test_urls_asked_again_are_remembered_per_snapshot_but_decided_per_client_and_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.decide import list_match
+    monkeypatch.setattr(list_match, "MEMO_URLS", 4)
+    clock = [1_800_000_000.0]
+    entries = [rule(B, K, "casino", ("10.0.0.0/8",)), rule(A, D, "shop.test"),
+               Entry(A, U, "shop.test/sale", expires=clock[0] + 10)]
+    snap = ListSnapshot(entries, clock=lambda: clock[0])
+    url = canonicalize("http://shop.test/sale/casino")
+    assert snap.match_url(url, "10.1.1.1") == (B, "casino")
+    assert snap.match_url(url, "198.51.100.1") == (A, "shop.test/sale")  # the memo holds rules, not answers
+    clock[0] += 60  # the URL prefix rule expires
+    assert snap.match_url(url, "198.51.100.1") == (A, "shop.test")
+    assert snap.match_url(url, "10.1.1.1") == (B, "casino")
+    for i in range(10):
+        assert snap.match_url(canonicalize(f"http://{i}.shop.test/"), None) == (A, "shop.test")
+        assert len(snap._memo) <= 4
+    long = canonicalize("http://shop.test/" + "a" * list_match.MEMO_URL_LENGTH)
+    assert snap.match_url(long) == (A, "shop.test") and long not in snap._memo
