@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RAMPART, Proc, free_port
+from tests.conftest import RAMPART, Proc, free_port, start_cloud
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +61,14 @@ class Appliance:
         self.proc.stop()
 
 
-def _appliance(tmp: Path, name: str, build: Path, port: int | None = None) -> Appliance:
-    http, https = port or free_port(), free_port()
+def _appliance(tmp: Path, name: str, build: Path, cloud: Proc | None = None) -> Appliance:
+    http, https = free_port(), free_port()
     data = tmp / name
+    relay = [] if cloud is None else ["--cloud", f"https://localhost:{cloud.ports['https']}",
+                                      "--cloud-ca", str(cloud.data_dir / "ca.pem")]
     proc = Proc([*RAMPART, "serve", "--data-dir", str(data), "--pattern", str(build),
                  "--listen", "127.0.0.1", "--query-port", str(http), "--query-tls-port", str(https),
-                 "--proxy-port", "0", "--transparent-port", "0", "--log-level", "warning"],
+                 "--proxy-port", "0", "--transparent-port", "0", "--log-level", "warning", *relay],
                 data, tmp / f"{name}.log", {"http": http, "https": https})
     a = Appliance(proc, build)
     a.start()
@@ -82,15 +84,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Applia
     (tmp / "hashes.txt").write_text(f"{EICAR_SHA256},EICAR-Test-File\n")
     built = rampart("pattern", "build", "--out", str(tmp / "build"), "--hashes", str(tmp / "hashes.txt"))
     assert built.returncode == 0, built.stderr
-    a = _appliance(tmp, "a", tmp / "build")
+    cloud = start_cloud(tmp)  # a relays what its pattern does not know to the reference cloud
     try:
+        a = _appliance(tmp, "a", tmp / "build", cloud)
         b = _appliance(tmp, "b", tmp / "build")
     except Exception:
-        a.stop()
+        cloud.stop()
         raise
     yield {"a": a, "b": b}
     a.stop()
     b.stop()
+    cloud.stop()
 
 
 @pytest.fixture
@@ -168,7 +172,9 @@ def test_query_all_asks_every_file_and_the_approved_list_decides(
     assert a.items_asked() - before == 8  # every file once
     assert rows[str(root / "tool.bin")]["verdict"] == "clean"
     assert rows[str(root / "tool.bin")]["source"] == "approved-list"
-    assert rows[str(root / "sub" / "unknown-1.dat")]["source"] == "local"  # asked, not cleared
+    # asked, not cleared: the appliance relayed it, and the cloud does not know it either
+    assert rows[str(root / "sub" / "unknown-1.dat")]["source"] == "cloud"
+    assert rows[str(root / "sub" / "unknown-1.dat")]["verdict"] == "unknown"
 
 
 def test_failover_offline_flags_and_rescan(world_up: dict[str, Appliance], tmp_path: Path) -> None:
@@ -207,6 +213,47 @@ def test_failover_offline_flags_and_rescan(world_up: dict[str, Appliance], tmp_p
     assert record["present"] and record["sha256"] == EICAR_SHA256
     back = client(state, "quarantine", "restore", record["id"], servers=())
     assert back.returncode == 0 and Path(copies[0]).read_bytes() == EICAR
+
+
+def test_the_first_server_stopped_mid_scan_hands_over_to_the_second(
+        world_up: dict[str, Appliance], tmp_path: Path) -> None:
+    """The library's Scanner against the two real appliances: the first is stopped after
+    the scan's first chunk, and the second answers the rest of the same scan."""
+    import asyncio
+
+    from proxy.client.options import ClientOptions
+    from proxy.client.scan import Scanner
+    from proxy.client.session import open_session
+
+    a, b = world_up["a"], world_up["b"]
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(60):
+        (root / f"f{i:02}.dat").write_bytes(EICAR if i == 59 else f"file {i}\n".encode())
+    before_a, before_b = a.items_asked(), b.items_asked()
+    session = open_session(ClientOptions(servers=(a.url, f"{b.url}@1"), query="all",
+                                         state_dir=tmp_path / "state"))
+    chunks = []
+
+    asked_a: list[int] = []
+
+    def after_chunk(n: int) -> None:
+        chunks.append(n)
+        if len(chunks) == 1:
+            asked_a.append(a.items_asked() - before_a)
+            a.stop()  # between two chunks of one scan
+
+    async def scan() -> list[str]:
+        try:
+            scanner = Scanner(session.client, session.state, chunk=10, progress=after_chunk)
+            return [r.action async for r in scanner.scan([root])]
+        finally:
+            await session.close()
+
+    actions = asyncio.run(scan())
+    assert actions.count("found") == 1 and actions.count("ok") == 59 and len(chunks) == 6
+    assert asked_a == [10]  # the first chunk, from the first server
+    assert b.items_asked() - before_b == 50  # the five chunks after it, from the second
 
 
 def test_outside_the_intranet_the_external_server_is_used_over_https(
