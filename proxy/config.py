@@ -22,7 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError
-from proxy.model import HOST_LABEL, Allowed
+from proxy.forms import endpoint_ok, host_pattern_ok, loopback, source_ok, syslog_address
+from proxy.model import Allowed
 
 MAX_CONFIG_BYTES = 1 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -367,12 +368,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'degraded_action': {cfg.degraded_action!r} is not"
                           " 'allow' or 'block'")
     for url in cfg.cloud:
-        if not _endpoint_ok(url):
+        if not endpoint_ok(url):
             raise ConfigError(
                 f"config key 'cloud': {url!r} must be http(s)://host[:port]"
                 " with no path, query or credentials"
             )
-        if url.startswith("http:") and not _loopback(urlsplit(url).hostname or ""):
+        if url.startswith("http:") and not loopback(urlsplit(url).hostname or ""):
             # upstream (docs/architecture.md, “The relay”):
             # traffic is verified TLS; plain HTTP only on this machine.
             raise ConfigError(f"config key 'cloud': {url!r} must use https (http only on loopback)")
@@ -380,7 +381,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("config keys 'query_port' and 'query_tls_port' must differ")
     _check_ports(cfg)
     for pattern in cfg.intercept_hosts:
-        if not _host_pattern_ok(pattern):
+        if not host_pattern_ok(pattern):
             raise ConfigError(
                 f"config key 'intercept_hosts': {pattern!r} must be a host name, an IP address"
                 " or *.domain"
@@ -428,25 +429,8 @@ def network_modes(entries: list[str] | tuple[str, ...] | Any) -> list[tuple[Any,
     return out
 
 
-def syslog_address(value: str) -> tuple[str, Any] | None:
-    """``syslog``'s target as (``udp``/``tcp``, (host, port)) or (``unix``, path); None when
-    it is neither."""
-    if value.startswith("/"):
-        return ("unix", value) if len(value) < 108 else None  # sun_path holds 108 bytes
-    try:
-        parts = urlsplit(value)
-        port = parts.port or 514
-    except ValueError:
-        return None
-    if parts.scheme not in ("udp", "tcp") or not parts.hostname or parts.path not in ("", "/"):
-        return None
-    if parts.query or parts.fragment or parts.username or parts.password:
-        return None
-    return parts.scheme, (parts.hostname, port)
-
-
 def _check_updates(cfg: Config) -> None:
-    if cfg.update_source and not _source_ok(cfg.update_source):
+    if cfg.update_source and not source_ok(cfg.update_source):
         raise ConfigError(
             f"config key 'update_source': {cfg.update_source[:200]!r} must be"
             " http(s)://host[:port][/path] with no query or credentials"
@@ -456,19 +440,6 @@ def _check_updates(cfg: Config) -> None:
                           " (updates are only taken signed)")
     if cfg.update_key is not None and not cfg.update_key.is_file():
         raise ConfigError(f"config key 'update_key': no such file {cfg.update_key.name!r}")
-
-
-def _source_ok(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        return False
-    return (
-        parts.scheme in ("http", "https") and bool(parts.hostname) and len(url) <= 2048
-        and not (parts.query or parts.fragment or parts.username or parts.password)
-        and not url.endswith(("?", "#"))
-    )
 
 
 # every port the appliance listens on: no two may be the same, none is a destination
@@ -483,42 +454,6 @@ def _check_ports(cfg: Config) -> None:
         if port and port in seen:
             raise ConfigError(f"config keys {seen[port]!r} and {key!r} must differ (both {port})")
         seen[port] = key
-
-
-def _host_pattern_ok(pattern: str) -> bool:
-    """An exact host name, an IP address, or ``*.`` followed by a host name."""
-    name = pattern.lower().removeprefix("*.")
-    try:
-        ipaddress.ip_address(name)
-        return name == pattern.lower()  # no wildcard before an address
-    except ValueError:
-        pass
-    labels = name.rstrip(".").split(".")
-    return len(name) <= 253 and all(HOST_LABEL.fullmatch(label) for label in labels)
-
-
-def _endpoint_ok(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-    except ValueError:  # also a broken [IPv6] literal
-        return False
-    return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
-        and parts.path in ("", "/")
-        and not (parts.query or parts.fragment or parts.username or parts.password)
-        and not url.endswith(("?", "#"))
-    )
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BOTTOM = ("proxy.errors", "proxy.model", "proxy.config", "proxy.settings", "proxy.files", "proxy.clock")
+BOTTOM = ("proxy.errors", "proxy.model", "proxy.forms", "proxy.config", "proxy.settings", "proxy.files",
+          "proxy.clock")
 CORE = (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.updates", "proxy.decide", "proxy.relay",
         "proxy.serve")
 
@@ -20,7 +21,8 @@ MAY_IMPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy.model", ("proxy.errors",)),
     ("proxy.files", ("proxy.errors",)),
     ("proxy.clock", ("proxy.errors",)),
-    ("proxy.config", ("proxy.errors", "proxy.model")),
+    ("proxy.config", ("proxy.errors", "proxy.model", "proxy.forms")),
+    ("proxy.forms", ("proxy.model",)),
     ("proxy.settings", ("proxy.errors", "proxy.config", "proxy.files")),
     ("proxy.wire", (*BOTTOM, "proxy.wire")),
     ("proxy.patterns", (*BOTTOM, "proxy.wire", "proxy.patterns")),

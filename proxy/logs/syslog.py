@@ -21,7 +21,8 @@ import sys
 import time
 from typing import Any
 
-from proxy.config import Config, syslog_address
+from proxy.config import Config
+from proxy.forms import syslog_address
 
 QUEUED = 10_000
 WARN_EVERY = 60.0  # seconds between two complaints about an unreachable target
