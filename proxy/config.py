@@ -14,7 +14,6 @@ import dataclasses
 import ipaddress
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError
+from proxy.files import read_toml
 from proxy.forms import endpoint_ok, host_pattern_ok, loopback, source_ok, syslog_address
 from proxy.model import Allowed
 
@@ -473,16 +473,7 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def read_file(path: Path) -> dict[str, Any]:
     """The keys the TOML file at ``path`` sets, each value checked; raises ConfigError."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes")
-    try:
-        doc = tomllib.loads(raw.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path}: {e}") from None
+    doc = read_toml(path, MAX_CONFIG_BYTES, error=ConfigError, label=f"config file {path}")
     values: dict[str, Any] = {}
     for name, (shown, value) in _flatten(doc).items():
         if name not in FIELDS:

@@ -32,6 +32,7 @@ import sqlite3
 import stat
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -248,6 +249,19 @@ def read_json(path: Path, limit: int, *, error: ErrorType = RampartError,
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise error(f"{str(path) if label is None else label}: not JSON: {e}") from None
+
+
+def read_toml(path: Path, limit: int, *, error: ErrorType = RampartError, label: str) -> dict[str, Any]:
+    """The TOML document in ``path`` (``read_bounded``); ``error`` naming ``label`` (e.g.
+    "config file X") for a file that cannot be read, is too large or is not TOML."""
+    try:
+        data = read_bounded(path, limit, error=error, label=label)
+    except OSError as e:
+        raise error(f"cannot read {label}: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(data.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{label}: {e}") from None
 
 
 @contextlib.contextmanager

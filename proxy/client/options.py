@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from proxy.client.errors import ClientError
+from proxy.files import read_toml
 
 MAX_FILE = 64 << 10
 ORDERS = ("in-order", "random")
@@ -99,16 +99,7 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> ClientOptions:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()[: MAX_FILE + 1]
-    except OSError as e:
-        raise ClientError(f"cannot read client config {path}: {e.strerror}") from None
-    if len(raw) > MAX_FILE:
-        raise ClientError(f"client config {path} is over {MAX_FILE} bytes")
-    try:
-        doc = tomllib.loads(raw.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ClientError(f"client config {path}: {e}") from None
+    doc = read_toml(path, MAX_FILE, error=ClientError, label=f"client config {path}")
     known = {f.name for f in dataclasses.fields(ClientOptions)}
     for key in doc:
         if key.replace("-", "_") not in known:

@@ -119,8 +119,9 @@ def test_key_set_twice_through_sections_refused(tmp_path: Path) -> None:
         (b"[relay\n", "rampart.toml"),
         (b"query_port = 80\nquery_port = 81\n", "rampart.toml"),
         (b'listen = "\xff"\n', "rampart.toml"),
-        (b"x" * (config.MAX_CONFIG_BYTES + 1), "over"),
+        (b"x" * (config.MAX_CONFIG_BYTES + 1), "at most 1048576"),
     ],
+    ids=["no value", "bad table", "key twice", "not UTF-8", "too large"],
 )
 def test_unreadable_file_refused(tmp_path: Path, raw: bytes, fragment: str) -> None:
     path = tmp_path / "rampart.toml"
