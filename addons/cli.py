@@ -127,6 +127,9 @@ def _started(cfg: config_mod.Config, doors: Doors) -> str:
         shown = sorted(doors.intercept.hosts.exact) + [f"*{s}" for s in doors.intercept.hosts.suffixes]
         lines.append("  intercepts  " + (", ".join(shown) or "nothing (every host passes through)"))
     dns = doors.door.dns
+    if dns is None and cfg.dns_port:
+        lines.append(f"  DNS door    off: port {cfg.dns_port} is in use (mDNS uses it too);"
+                     " choose another with --dns-port")
     if dns is not None:
         lines.append(f"  DNS door    {cfg.listen or '0.0.0.0'}:{dns.port} udp and tcp, zones"
                      f" {cfg.dns_ip_zone} and {cfg.dns_domain_zone}")

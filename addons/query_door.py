@@ -46,12 +46,24 @@ class QueryDoor:
             if self.app.cfg.console_port:
                 self.console = await start_console(self.app.cfg, self.app)
             if self.app.cfg.dns_port:
-                self.dns = await start_dns(self.app.cfg, self.app)
+                self.dns = await self._start_dns()
             self.started = True
         except (RampartError, OSError) as e:
             self.start_error = _reason(e)
             logger.error("cannot start: %s", self.start_error)
             ctx.master.shutdown()
+
+    async def _start_dns(self) -> DnsDoor | None:
+        """The DNS door; on its default port (5353, also mDNS's: avahi holds it on many
+        machines) a port in use turns the door off with a warning instead of stopping the
+        appliance. A port the administrator chose must be free."""
+        try:
+            return await start_dns(self.app.cfg, self.app)
+        except RampartError as e:
+            if self.app.layers.set_by("dns_port") != "default":
+                raise
+            logger.warning("the DNS door is off: %s", e.message)
+            return None
 
     async def done(self) -> None:
         if self.dns is not None:

@@ -217,3 +217,43 @@ def test_ten_thousand_hostile_packets_leave_the_door_answering(door: Proc) -> No
     assert status(ask("dig", door, f"malware.example.test.{DN}")) == "NOERROR"
     assert status(ask("kdig", door, f"7.2.0.192.{IP}", "A", "+tcp")) == "NOERROR"
     assert answered > 1000  # many were answered (FORMERR, REFUSED, NXDOMAIN, ...), none crashed it
+
+
+def test_the_default_port_in_use_turns_the_door_off_not_the_appliance(tmp_path: Path) -> None:
+    """5353 is also mDNS's (avahi holds it on many machines): on the default port, a port in
+    use is a warning and the rest of the appliance runs; a port given with --dns-port must
+    be free."""
+    import contextlib
+    import os
+    import socket
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):  # something holds it already: the same situation
+        holder.bind(("0.0.0.0", 5353))
+    http = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAMPART_DNS_PORT"}
+    try:
+        proc = subprocess.Popen([*RAMPART, "serve", "--data-dir", str(tmp_path / "d"), "--listen", "0.0.0.0",
+                                 "--query-port", str(http), "--query-tls-port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 30
+            up = False
+            while not up and time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", http), timeout=1):
+                        up = True
+                except OSError:
+                    time.sleep(0.2)
+            assert up, "the appliance did not come up"
+            time.sleep(1)
+        finally:
+            proc.terminate()
+            out = proc.communicate(timeout=20)[0].decode()
+        assert "the DNS door is off" in out and "DNS door    off: port 5353 is in use" in out, out
+        busy = subprocess.run([*RAMPART, "serve", "--data-dir", str(tmp_path / "e"), "--listen", "0.0.0.0",
+                               "--query-port", str(free_port()), "--query-tls-port", "0",
+                               "--dns-port", "5353"], capture_output=True, text=True, timeout=60, env=env)
+        assert busy.returncode != 0 and "--dns-port" in busy.stderr
+    finally:
+        holder.close()
