@@ -17,9 +17,15 @@ here; rbldnsd has no such thing, so that line has no ratio):
 - queries per second from dnsperf (``-c 8 -q 256``) and the ratio rampart / rbldnsd
   (goal for local answers: >= 0.5 on one core);
 - p50 and p99 latency of 2,000 queries sent one at a time from this process;
+- the response codes dnsperf saw (a rate of REFUSED answers is not a rate of answers:
+  rampart's ``dns_rate_limit`` is off here, through a config file, as rbldnsd has none);
 - resident memory of each server after loading, and per million entries (the RSS with
   the entries less the RSS with a 10-entry data set, scaled), the goal being below
-  rbldnsd's.
+  rbldnsd's; and the RSS of the measured servers after every dnsperf run (the pattern's
+  tables are memory-mapped: the pages the queries touched count then, not at loading).
+
+A fourth query set, ``repeated``, asks a few hundred names (listed and not) over and over,
+as a mail server asks about its regular senders: the case the answer memo serves.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 RAMPART = [sys.executable, "-m", "addons.cli"]
 IP_ZONE, DN_ZONE = "ip.rampart.local", "dn.rampart.local"
 SEED = 20261201
+REPEATED = 300  # distinct names in the repeated set
 
 
 def free_port() -> int:
@@ -84,8 +91,11 @@ def query_files(tmp: Path, domains: list[str], ips: list[str], n: int = 100_000)
                 f"{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}.172.{IP_ZONE} A"
                 for i in range(n)]
     relayed = [f"cloud{i}-{rng.randrange(1 << 40):x}.example.org.{DN_ZONE} A" for i in range(n)]
+    few = listed[:REPEATED // 2] + unlisted[:REPEATED // 2]
+    repeated = [rng.choice(few) for _ in range(n)]
     out = {}
-    for name, lines in (("listed", listed), ("not listed", unlisted), ("relayed", relayed)):
+    for name, lines in (("listed", listed), ("not listed", unlisted), ("repeated", repeated),
+                        ("relayed", relayed)):
         path = tmp / f"q-{name.replace(' ', '-')}.txt"
         path.write_text("\n".join(lines) + "\n")
         out[name] = path
@@ -136,21 +146,27 @@ def rbldnsd(rbl: Path, port: int) -> Server:
 
 def rampart(tmp: Path, build: Path, port: int, name: str, cloud: list[str]) -> Server:
     data = tmp / f"data-{name}"
+    config = tmp / "bench.toml"  # no per-client rate limit: dnsperf is one client, as rbldnsd sees it
+    config.write_text("dns_rate_limit = 0\n")
     return Server("rampart", [
-        *RAMPART, "serve", "--data-dir", str(data), "--pattern", str(build), "--listen", "127.0.0.1",
+        *RAMPART, "serve", "--config", str(config), "--data-dir", str(data), "--pattern", str(build),
+        "--listen", "127.0.0.1",
         "--dns-port", str(port), "--query-port", str(free_port()), "--query-tls-port", "0",
         "--console-port", "0", "--proxy-port", "0", "--transparent-port", "0", "--capture-port", "0",
         "--log-level", "warning", *cloud], port)
 
 
-def dnsperf(port: int, queries: Path, seconds: float) -> float:
+def dnsperf(port: int, queries: Path, seconds: float) -> tuple[float, str]:
+    """Queries per second, and the response codes seen (e.g. "NOERROR 100.00%")."""
     r = subprocess.run(["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port),
                         "-d", str(queries), "-l", str(seconds), "-c", "8", "-q", "256", "-t", "2"],
                        capture_output=True, text=True)
     m = re.search(r"Queries per second:\s+([\d.]+)", r.stdout)
     if not m:
         sys.exit(f"bench_dns: dnsperf said:\n{r.stdout}{r.stderr}")
-    return float(m.group(1))
+    codes = re.search(r"Response codes:\s+(.*)", r.stdout)
+    shares = re.findall(r"([A-Z]+) \d+ \(([\d.]+%)\)", codes.group(1)) if codes else []
+    return float(m.group(1)), ", ".join(f"{c} {p}" for c, p in shares)
 
 
 def latencies(port: int, queries: Path, n: int = 2000) -> tuple[float, float]:
@@ -210,7 +226,7 @@ def main() -> None:
             cloud = ["--cloud", f"https://localhost:{cport}", "--cloud-ca", str(tmp / "cloud" / "ca.pem")]
         memory: dict[str, tuple[int, int]] = {}
         for name, (data_big, data_small) in (("rbldnsd", (rbl, small_rbl)), ("rampart", (big, small))):
-            sizes = []
+            sizes: list[int] = []
             for data in (data_small, data_big):
                 port = free_port()
                 s = (rbldnsd(data, port) if name == "rbldnsd"
@@ -221,20 +237,25 @@ def main() -> None:
                 s.stop()
             memory[name] = (sizes[1], sizes[0])
         rates: dict[tuple[str, str], list[float]] = {}
+        codes: dict[tuple[str, str], set[str]] = {}
+        after: dict[str, int] = {}  # RSS after the dnsperf runs: mapped pages touched count
         lat: dict[tuple[str, str], tuple[float, float]] = {}
         rp, bp = free_port(), free_port()
         servers = [rbldnsd(rbl, bp), rampart(tmp, big, rp, "run", cloud)]
         try:
             for s in servers:
                 wait_answering(s.port, probe)
-            kinds = ["listed", "not listed"] + (["relayed"] if args.relayed else [])
+            kinds = ["listed", "not listed", "repeated"] + (["relayed"] if args.relayed else [])
             for _ in range(args.rounds):
                 for kind in kinds:
                     for s in servers:
                         if kind == "relayed" and s.name == "rbldnsd":
                             continue
-                        rate = dnsperf(s.port, files[kind], args.seconds)
+                        rate, seen = dnsperf(s.port, files[kind], args.seconds)
                         rates.setdefault((s.name, kind), []).append(rate)
+                        codes.setdefault((s.name, kind), set()).add(seen)
+            for s in servers:
+                after[s.name] = rss_kib(s.pid)
             for kind in kinds:
                 for s in servers:
                     if kind == "relayed" and s.name == "rbldnsd":
@@ -245,24 +266,39 @@ def main() -> None:
                 s.stop()
             if cloud_proc is not None:
                 cloud_proc.terminate()
-        print(f"\n{args.entries} domains + {len(ips)} IPv4 entries; {args.rounds} alternating rounds of"
-              f" {args.seconds:g} s; medians")
-        for kind in ("listed", "not listed", "relayed"):
-            if ("rampart", kind) not in rates:
-                continue
-            r = statistics.median(rates[("rampart", kind)])
-            b = statistics.median(rates[("rbldnsd", kind)]) if ("rbldnsd", kind) in rates else None
-            p50, p99 = lat[("rampart", kind)]
-            line = f"  {kind:<11} rampart {r:>9,.0f} q/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
-            if b:
-                bp50, bp99 = lat[("rbldnsd", kind)]
-                line += f" | rbldnsd {b:>9,.0f} q/s  p50 {bp50:.2f} ms  p99 {bp99:.2f} ms | ratio {r / b:.2f}"
-            print(line)
-        n = len(domains) + len(ips)
-        for name, (big_kib, small_kib) in memory.items():
-            per_million = (big_kib - small_kib) * 1_000_000 / n / 1024
-            print(f"  memory {name:<8} {big_kib / 1024:8.1f} MiB loaded,"
-                  f" {per_million:8.1f} MiB per million entries")
+        report(args, len(domains) + len(ips), len(ips), rates, codes, lat, memory, after)
+
+
+def spread(values: list[float]) -> str:
+    """The median and the range of the rounds (other work on the cores moves them)."""
+    return f"{statistics.median(values):>9,.0f} q/s ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def report(args: argparse.Namespace, n: int, n_ips: int, rates: dict[tuple[str, str], list[float]],
+           codes: dict[tuple[str, str], set[str]], lat: dict[tuple[str, str], tuple[float, float]],
+           memory: dict[str, tuple[int, int]], after: dict[str, int]) -> None:
+    print(f"\n{n - n_ips} domains + {n_ips} IPv4 entries; {args.rounds} alternating rounds of"
+          f" {args.seconds:g} s; medians (range of the rounds)")
+    for kind in ("listed", "not listed", "repeated", "relayed"):
+        if ("rampart", kind) not in rates:
+            continue
+        r = rates[("rampart", kind)]
+        p50, p99 = lat[("rampart", kind)]
+        print(f"  {kind:<11} rampart {spread(r)}  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
+              f"  [{' / '.join(sorted(codes[('rampart', kind)]))}]")
+        b = rates.get(("rbldnsd", kind))
+        if b:
+            bp50, bp99 = lat[("rbldnsd", kind)]
+            ratios = [x / y for x, y in zip(r, b)]  # round by round: the same load on the cores
+            print(f"  {'':<11} rbldnsd {spread(b)}  p50 {bp50:.2f} ms  p99 {bp99:.2f} ms"
+                  f"  [{' / '.join(sorted(codes[('rbldnsd', kind)]))}]")
+            print(f"  {'':<11} ratio {statistics.median(r) / statistics.median(b):.2f}"
+                  f" (rounds {', '.join(f'{x:.2f}' for x in ratios)})")
+    for name, (big_kib, small_kib) in memory.items():
+        per_million = (big_kib - small_kib) * 1_000_000 / n / 1024
+        print(f"  memory {name:<8} {big_kib / 1024:8.1f} MiB loaded,"
+              f" {per_million:8.1f} MiB per million entries;"
+              f" {after.get(name, 0) / 1024:8.1f} MiB after the dnsperf runs")
 
 
 if __name__ == "__main__":
