@@ -21,7 +21,7 @@ MAY_IMPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy.model", ("proxy.errors",)),
     ("proxy.files", ("proxy.errors",)),
     ("proxy.clock", ("proxy.errors",)),
-    ("proxy.config", ("proxy.errors", "proxy.model", "proxy.forms")),
+    ("proxy.config", ("proxy.errors", "proxy.model", "proxy.forms", "proxy.files")),
     ("proxy.forms", ("proxy.model",)),
     ("proxy.settings", ("proxy.errors", "proxy.config", "proxy.files")),
     ("proxy.wire", (*BOTTOM, "proxy.wire")),
