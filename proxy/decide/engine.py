@@ -28,7 +28,7 @@ import json
 import logging
 import operator
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from itertools import compress, repeat
 from typing import Any, Protocol
@@ -87,7 +87,7 @@ class RelayLike(Protocol):
 
 
 class StatsLike(Protocol):
-    def count_items(self, service: Service, sources: Counter[Any]) -> None: ...
+    def count_items(self, service: Service, sources: Mapping[Any, int]) -> None: ...
 
 
 _source = operator.attrgetter("source")
@@ -260,6 +260,16 @@ class Engine:
         pending = [(i, f"domain:{q.name}") for i, (q, a) in enumerate(zip(qs, answers)) if a is None]
         return answers, [(i, key, key[7:]) for i, key in self.settle(Service.DOMAIN, answers, pending)]
 
+    def begin_domain_one(self, q: DomainQuery, client: str | None = None) -> tuple[WebAnswer | None, Ask]:
+        """``begin_domains`` for one item without its lists (the DNS door asks one name per
+        query): the answer, or None and what to ask the relay; tests hold the two equal."""
+        found = self.domain_local_one(q, client)
+        if found is not None:
+            return found, []
+        answers: list[Any] = [None]
+        left = self.settle(Service.DOMAIN, answers, [(0, f"domain:{q.name}")])
+        return answers[0], [(i, key, key[7:]) for i, key in left]
+
     # ------------------------------------------------------------ web inspection
 
     def _inspect_here(self, q: InspectQuery, client: str | None) -> InspectAnswer:
@@ -358,3 +368,7 @@ class Engine:
     def count(self, service: Service, answers: list[Any]) -> list[Any]:
         self.stats.count_items(service, Counter(map(_source, answers)))
         return answers
+
+    def count_one(self, service: Service, answer: Answer) -> None:
+        """``count`` for one answer, with a dict for its Counter (the DNS door's per-query path)."""
+        self.stats.count_items(service, {answer.source: 1})

@@ -57,6 +57,8 @@ MAX_TTL = (1 << 31) - 1
 REFUSED_TYPES = frozenset({251, 252, 253, 254})  # IXFR, AXFR, MAILB, MAILA: no transfers here
 FORMERR_TYPES = frozenset({wire.OPT, 249, 250})  # OPT, TKEY, TSIG are never questions
 SOA_TIMERS = (3600, 600, 86400)  # refresh, retry, expire: no secondaries are expected
+_A_OWNER = b"\xc0\x0c\x00\x01"  # the query name (a pointer to offset 12), type A
+_HOSTMASTER = b"\x0ahostmaster"
 
 
 def _ignore(*_: Any) -> None:
@@ -95,6 +97,8 @@ class Answerer:
         # what the last synchronous answer was (zone, rcode, source, item, answer): set by
         # _send and _logged while answer() runs, read by it to keep the answer in the memo
         self._sent: tuple[str, str, str, str, WebAnswer | None] | None = None
+        self.fast = True  # the fast lane (_fast) on; tests turn it off to compare
+        self._soa_parts: dict[tuple[str, int], tuple[bytes, bytes]] = {}
 
     def answer(self, packet: bytes, client: str, transport: str) -> Reply:
         """The response to ``packet`` (sized for ``transport``), None for none, or an awaitable;
@@ -104,7 +108,9 @@ class Answerer:
         if kept is not None:
             return self._replay(packet, kept, client, engine)
         self._sent = None
-        reply = self._plain(packet, client, transport)
+        reply = self._fast(packet, client, transport, engine) if self.fast else None
+        if reply is None:
+            reply = self._plain(packet, client, transport)
         if isinstance(reply, bytes) and self._sent is not None:
             self.memo.put(packet, transport, client, engine, reply, Kept(reply[2:], *self._sent))
         return reply
@@ -118,6 +124,97 @@ class Answerer:
         if kept.item:
             self._log(client, kept.item, kept.answer, kept.rcode, time.perf_counter() - started)
         return packet[:2] + kept.tail
+
+    def _fast(self, packet: bytes, client: str, transport: str, engine: Engine) -> Reply | None:
+        """An A (or ANY) question about an item, in the common shape, answered in one pass;
+        None for any other query, which :meth:`_plain` then reads completely.
+
+        Why it is shaped so: a busy mail server asks distinct names, so the memo rarely
+        helps, and the plain path's layers (a Query, an Asked, lists of Records, the reason
+        text an A does not carry) cost more than the lookup itself. Here the name is walked
+        once (lower-cased with the packet: length octets are below "A"), the zone and item
+        read by ``Zones.fast_item``, the engine asked for one item (``begin_domain_one``,
+        ``count_one``) and the response joined from the question as sent and fixed pieces
+        (the A record; the SOA's parts per version and TTL). No size check is needed: an A
+        answer or an NXDOMAIN with its SOA is at most 329 bytes, under 512. Counting,
+        logging and the memo see what the plain path gives them; a name the cloud or the
+        upstream zone must answer goes on to the plain path's awaitables.
+        tests/proxy/dns/test_fast.py holds the two paths' bytes, counts and logs equal.
+        """
+        n = len(packet)
+        if n < 17 or packet[2] & 0xF8 or packet[4:10] != wire.ONE_QUESTION or packet[10] or n > 512:
+            return None  # a response, another opcode, other counts; over 512: not the common shape
+        low = packet.lower()
+        labels = []
+        pos = 12
+        while True:
+            if pos >= n:
+                return None
+            length = low[pos]
+            if not length:
+                break
+            end = pos + 1 + length
+            if length > 63 or end > n or end - 12 >= wire.MAX_NAME:  # pointer, extended, cut, long
+                return None
+            labels.append(low[pos + 1:end])
+            pos = end
+        qend = pos + 5
+        if packet[pos + 1:qend] not in (wire.A_IN, wire.ANY_IN):
+            return None
+        tail = wire.opt_echo(packet, qend)
+        if tail is None:
+            return None
+        found = self.zones.fast_item(labels)
+        if found is None:
+            return None
+        zone, zone_len, item = found
+        started = time.perf_counter()
+        if self.upstream is not None:
+            answer = engine.domain_local_one(item, client)
+            if answer is None:
+                return self._plain(packet, client, transport)  # its upstream path, read again
+        else:
+            answer, ask = engine.begin_domain_one(item, client)
+            if answer is None:
+                return self._ask(packet, engine, ask, client, transport, started)
+        engine.count_one(Service.DOMAIN, answer)
+        source = answer.source
+        if source is Source.DEGRADED:
+            rcode, flags, counts, body = "SERVFAIL", wire.QR | wire.SERVFAIL, (0, 0), b""
+        else:
+            ttl = _ttl(answer.ttl, engine.local_ttl)
+            code = self.codes.code(answer)
+            if code is not None:
+                rcode, flags, counts = "NOERROR", wire.QR | wire.AA, (1, 0)
+                body = _A_OWNER + wire.RR_FIXED.pack(wire.IN, ttl, 4) + code
+            else:
+                rcode, flags, counts = "NXDOMAIN", wire.QR | wire.AA | wire.NXDOMAIN, (0, 1)
+                body = self._soa_bytes(engine.version, ttl, (0xC000 | (qend - 4 - zone_len)).to_bytes(2))
+        flags |= (packet[2] & 1) << 8 | (packet[3] & 0x10)  # the query's RD and CD, echoed
+        head = wire.COUNTS.pack(flags, 1, *counts, 1 if tail else 0)
+        self._stats(zone.kind, rcode, source.value)
+        self._log(client, item.item, answer, rcode, time.perf_counter() - started)
+        self._sent = (zone.kind, rcode, source.value, item.item, answer)
+        return packet[:2] + head + packet[12:qend] + body + tail
+
+    def _soa_bytes(self, version: str, ttl: int, apex: bytes) -> bytes:
+        """The negative answer's SOA record (``_soa``) from parts kept per version and TTL."""
+        parts = self._soa_parts.get((version, ttl))
+        if parts is None:
+            if len(self._soa_parts) >= 64:
+                self._soa_parts.clear()
+            fixed = struct.pack("!HHIH", wire.SOA, wire.IN, ttl, 35)  # 2 + 11 + 2 + 20 octets of rdata
+            timers = struct.pack("!5I", _serial(version), *SOA_TIMERS, ttl)
+            parts = self._soa_parts[(version, ttl)] = (fixed, timers)
+        return apex + parts[0] + apex + _HOSTMASTER + apex + parts[1]
+
+    def _ask(self, packet: bytes, engine: Engine, ask: Ask, client: str, transport: str,
+             started: float) -> Reply:
+        """The fast lane's name the cloud must answer: the plain path's relayed answer."""
+        q = wire.parse(packet)
+        assert isinstance(q, Query)
+        return self._relayed(q, self.zones.classify(q.labels), engine, [None], ask, client,
+                             transport, started)
 
     def _plain(self, packet: bytes, client: str, transport: str) -> Reply:
         try:

@@ -139,6 +139,28 @@ def parse_fast(packet: bytes) -> Query | None:
     return Query(qid, flags & (RD | CD), packet[12:qend], tuple(labels), qtype, qclass, edns, do)
 
 
+A_IN, ANY_IN = struct.pack("!HH", A, IN), struct.pack("!HH", ANY, IN)
+ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT and NSCOUNT 0
+COUNTS = struct.Struct("!5H")  # the header after its ID: flags, the four counts
+RR_FIXED = struct.Struct("!HIH")  # class, ttl, rdlength (after an owner pointer and a type)
+
+
+def opt_echo(packet: bytes, at: int) -> bytes | None:
+    """The OPT record a response carries for the query's own at ``at`` (the end of its
+    question, which ends the packet when there is none): b"" without EDNS, None when
+    ``parse_fast`` would refuse it. Its extended rcode is 0: what the fast path answers
+    (NOERROR, NXDOMAIN, SERVFAIL) fits the header."""
+    n = len(packet)
+    if not packet[11]:
+        return b"" if at == n else None
+    if at + 11 > n or packet[at] != 0:
+        return None
+    rtype, _, ext, version, eflags, rdlen = _OPT_FIXED.unpack_from(packet, at + 1)
+    if rtype != OPT or version or ext or at + 11 + rdlen != n or not _options_fill(packet, at + 11, n):
+        return None
+    return _OPT_DO if eflags & DO else _OPT_PLAIN
+
+
 def _options_fill(packet: bytes, pos: int, end: int) -> bool:
     """EDNS options (code, length, data) exactly fill ``packet[pos:end]``."""
     while pos < end:
@@ -181,6 +203,9 @@ def _header_only(qid: int, flags: int, rcode: int, *, edns: bool = False) -> byt
 
 def _opt(flags: int, rcode: int) -> bytes:
     return b"\x00" + _OPT_FIXED.pack(OPT, UDP_MAX, rcode >> 4, 0, flags, 0)
+
+
+_OPT_PLAIN, _OPT_DO = _opt(0, NOERROR), _opt(DO, NOERROR)
 
 
 def name_offset(q: Query, skip: int) -> int:

@@ -328,8 +328,11 @@ class PatternSet:
         if row is None:
             return None
         prefix = table.value("prefix", row)
-        net = ipaddress.ip_network((ip, prefix), strict=False)
-        matched = str(net.network_address) if prefix == net.max_prefixlen else str(net)
+        if prefix == ip.max_prefixlen:  # a single address: no network object to make (half the cost)
+            matched = str(ip)
+        else:
+            net = ipaddress.ip_network((ip, prefix), strict=False)
+            matched = str(net)
         return matched, self._web_hit(table, row, DOMAIN_IP)
 
     # ------------------------------------------------------------ info

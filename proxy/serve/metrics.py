@@ -10,7 +10,7 @@ import bisect
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -83,7 +83,7 @@ class Stats:
         self.counters: dict[str, tuple[str, Callable[[], list[tuple[dict[str, str], float]]]]] = {}
         self.started = time.time()
 
-    def count_items(self, service: Service, sources: Counter[Any]) -> None:
+    def count_items(self, service: Service, sources: Mapping[Any, int]) -> None:
         """Add one request's items, counted by source (a Source or its string value)."""
         items = self.items
         s = service.value

@@ -1,0 +1,158 @@
+"""The DNS door's fast lane (``Answerer._fast``, ``Zones.fast_item``, ``Engine.begin_domain_one``)
+answers, counts and logs exactly as the plain path does, for every shape it takes and every
+shape it passes on."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+
+from proxy.config import Config
+from proxy.decide.lists import ListName
+from proxy.dns.answers import Answerer
+from proxy.dns.memo import AnswerMemo
+from proxy.dns.zones import Zones
+from proxy.model import Service
+from proxy.serve.app import App
+
+IP, DN = "ip.rampart.local", "dn.rampart.local"
+NAMES = [
+    f"7.2.0.192.{IP}", f"7.100.51.198.{IP}", f"9.9.9.9.{IP}", f"1.2.0.10.{IP}", f"0.0.0.0.{IP}",
+    f"255.255.255.255.{IP}", f"07.2.0.192.{IP}", f"300.2.0.192.{IP}", f"2.0.0.127.{IP}",
+    f"1.0.0.127.{IP}", f"2.0.192.{IP}", f"x.7.2.0.192.{IP}", f"malware.example.test.{DN}",
+    f"WWW.Malware.Example.Test.{DN}", f"example.org.{DN}", f"sub.blocked.example.{DN}",
+    f"approved.example.{DN}", f"good.example.test.{DN}", f"1password.example.{DN}",
+    f"192.0.2.7.{DN}", f"test.{DN}", f"invalid.{DN}", f"under_score.example.{DN}", IP, DN,
+    f"bad!.example.{DN}", "example.com", f"{'a' * 63}.{'b' * 63}.{'c' * 63}.{'d' * 40}.{DN}",
+    "1.1.1.1." + ".".join("0" * 28) + f".{IP}",
+]
+TYPES = ["A", "A", "A", "ANY", "TXT", "AAAA", "SOA"]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[App]:
+    app = App(Config(data_dir=tmp_path, query_port=0, query_tls_port=0))
+    app.open()
+    app.lists_store.add(ListName.BLOCKED, [(None, "blocked.example"), (None, "10.0.2.1")])
+    app.lists_store.add(ListName.APPROVED, [(None, "approved.example")])
+    app.engine.lists = app.lists_store.snapshot()
+    yield app
+    app.lists_store.close()
+    app.engine.patterns.close()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+
+    def stat(self, zone: str, rcode: str, source: str) -> None:
+        self.rows.append(("stat", zone, rcode, source))
+
+    def log(self, client: str, item: str, answer: Any, rcode: str, seconds: float) -> None:
+        self.rows.append(("log", client, item, answer, rcode))
+
+
+def answerers(app: App) -> tuple[Answerer, Recorder, Answerer, Recorder]:
+    fast, plain = Recorder(), Recorder()
+    a = Answerer(lambda: app.engine, app.cfg, stats=fast.stat, log=fast.log)
+    b = Answerer(lambda: app.engine, app.cfg, stats=plain.stat, log=plain.log)
+    a.memo, b.memo, b.fast = AnswerMemo(size=0), AnswerMemo(size=0), False
+    return a, fast, b, plain
+
+
+def query(rng: random.Random, name: str) -> bytes:
+    q = dns.message.make_query(name, rng.choice(TYPES), use_edns=rng.choice([-1, 0]),
+                               want_dnssec=rng.random() < 0.3, payload=rng.choice([512, 1232, 4096]))
+    if rng.random() < 0.3:
+        q.flags &= ~dns.flags.RD
+    if rng.random() < 0.2:
+        q.flags |= dns.flags.CD
+    q.id = rng.randrange(1 << 16)
+    return q.to_wire()
+
+
+def test_the_fast_lane_answers_counts_and_logs_as_the_plain_path(app: App) -> None:
+    a, fast, b, plain = answerers(app)
+    probe = Answerer(lambda: app.engine, app.cfg)  # asks _fast alone, hooks unrecorded
+    rng = random.Random(12)
+    taken = 0
+    for _ in range(1500):
+        packet = query(rng, rng.choice(NAMES))
+        transport = rng.choice(["udp", "tcp"])
+        before = dict(app.stats.items)
+        got = a.answer(packet, "10.0.0.1", transport)
+        counted = {k: v - before.get(k, 0) for k, v in app.stats.items.items() if v != before.get(k, 0)}
+        before = dict(app.stats.items)
+        want = b.answer(packet, "10.0.0.1", transport)
+        assert got == want, dns.message.from_wire(packet).question
+        assert counted == {k: v - before.get(k, 0) for k, v in app.stats.items.items()
+                           if v != before.get(k, 0)}
+        taken += probe._fast(packet, "10.0.0.1", transport, app.engine) is not None
+    assert fast.rows == plain.rows
+    assert taken > 300  # the common shapes did go through the fast lane
+
+
+def test_what_the_fast_lane_answers_is_what_a_mail_server_reads(app: App) -> None:
+    a, _, _, _ = answerers(app)
+    for name, rcode, address in ((f"7.100.51.198.{IP}", "NOERROR", "127.0.0.2"),
+                                 (f"1.2.0.10.{IP}", "NOERROR", "127.0.0.10"),
+                                 (f"Malware.Example.Test.{DN}", "NOERROR", "127.0.0.2"),
+                                 (f"sub.blocked.example.{DN}", "NOERROR", "127.0.0.10"),
+                                 (f"approved.example.{DN}", "NXDOMAIN", None),
+                                 (f"example.org.{DN}", "NXDOMAIN", None)):
+        packet = dns.message.make_query(name, "A", use_edns=0).to_wire()
+        assert a._fast(packet, "10.0.0.1", "udp", app.engine) is not None
+        got = dns.message.from_wire(a.answer(packet, "10.0.0.1", "udp"))  # type: ignore[arg-type]
+        assert dns.rcode.to_text(got.rcode()) == rcode
+        assert got.flags & dns.flags.AA and not got.flags & dns.flags.RA
+        assert str(got.question[0].name).rstrip(".") == name  # its case echoed (0x20)
+        if address:
+            assert [r.to_text() for r in got.answer[0]] == [address]
+        else:
+            assert got.authority[0].rdtype == 6 and got.authority[0].ttl == app.cfg.local_ttl
+
+
+def test_fast_item_reads_what_classify_reads() -> None:
+    zones = Zones(IP, DN)
+    rng = random.Random(5)
+    parts = ["7", "2", "0", "192", "255", "256", "07", "00", "a", "x-y", "_dmarc", "Z", "1e",
+             "ip", "dn", "rampart", "local", "test", "invalid", "", "b" * 63, "f"]
+    names = [name.lower().split(".") for name in NAMES] + [
+        [rng.choice(parts) for _ in range(rng.randrange(1, 7))] + rng.choice([IP, DN, "x"]).split(".")
+        for _ in range(3000)]
+    read = 0
+    for name in names:
+        labels = [label.encode() for label in name if label]
+        fast = zones.fast_item(labels)
+        if fast is None:
+            continue
+        read += 1
+        zone, wire_len, item = fast
+        asked = zones.classify(labels)
+        assert (asked.zone, asked.query) == (zone, item)
+        assert wire_len == len(zone.name) + 2  # its labels, their lengths and the root
+    assert read > 300
+
+
+def test_begin_domain_one_is_begin_domains_for_one_item(app: App) -> None:
+    engine = app.engine
+    zones = Zones(IP, DN)
+    cached = zones.classify([b"cached", b"example", b"dn", b"rampart", b"local"]).query
+    assert cached is not None
+    engine.cache.put(f"domain:{cached.name}", engine.begin_domains([cached])[0][0], 60)
+    for name in [*NAMES, f"cached.example.{DN}"]:
+        asked = zones.classify([label.encode() for label in name.lower().split(".")])
+        if asked.query is None:
+            continue
+        for client in ("10.0.0.1", None):
+            answers, ask = engine.begin_domains([asked.query], client)
+            assert engine.begin_domain_one(asked.query, client) == (answers[0], ask)
+    engine.count_one(Service.DOMAIN, answers[0])  # counted as count() counts it
+    assert app.stats.items[("domain", answers[0].source.value)] >= 1
