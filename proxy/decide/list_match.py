@@ -34,7 +34,6 @@ holds it equal to checking every rule by hand.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,24 +41,15 @@ from collections.abc import Callable, Iterable, Sequence
 from proxy.decide.list_regex import PatternSet
 from proxy.decide.list_rules import PATTERN_KINDS, Entry, EntryKind, ListName
 from proxy.wire import urls
+from proxy.wire.ip_hosts import peer_address
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 MEMO_URLS = 16_384  # URLs a snapshot remembers the matching rules of (then it starts again)
 MEMO_URL_LENGTH = 512  # longer URLs are not remembered: at most 8 MB of URLs in all
 
 
-@functools.lru_cache(maxsize=4096)
-def client_ip(client: str | None) -> Address | None:
-    """A peer address as rules compare it (an IPv4-mapped IPv6 address is its IPv4), or None."""
-    if not client:
-        return None
-    try:
-        ip = ipaddress.ip_address(client.split("%", 1)[0].strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+client_ip = peer_address
+"""A peer address as rules compare it (``proxy.wire.ip_hosts.peer_address``)."""
 
 
 class _Prefixes:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 from proxy.config import LOG_CLIENTS, network_modes
 from proxy.logs.store import clip
+from proxy.wire.ip_hosts import peer_address
 
 MEMO = 4096  # clients remembered; a larger set starts again (a memo, not a cache to tune)
 
@@ -36,7 +37,7 @@ class ClientMask:
     def mode_for(self, client: str) -> str:
         """The mode ``client``'s address is stored under."""
         if self.networks:
-            ip = _address(client)
+            ip = peer_address(client)
             if ip is not None:
                 for network, mode in self.networks:
                     if ip.version == network.version and ip in network:
@@ -59,19 +60,9 @@ class ClientMask:
         return found
 
 
-def _address(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(client.split("%", 1)[0].strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 def truncate(client: str) -> str:
     """``client``'s IPv4 /24 or IPv6 /48 network ("" for an address that does not parse)."""
-    ip = _address(client)
+    ip = peer_address(client)
     if ip is None:
         return ""
     prefix = 24 if ip.version == 4 else 48

@@ -6,6 +6,7 @@ address inside), and ``parse_ip`` for a name that is an address. Pure functions,
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from proxy.errors import UrlError
@@ -102,3 +103,19 @@ def parse_ip(text: str) -> Address | None:
         return ipaddress.ip_address(s)
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_address(client: str | None) -> Address | None:
+    """A connection's peer address as rules and logs compare it: a scope id and brackets
+    dropped, an IPv4-mapped IPv6 address read as its IPv4; None when it is not one.
+    Remembered: the same few clients ask again and again."""
+    if not client:
+        return None
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
