@@ -192,9 +192,10 @@ class Answerer:
                 body = self._soa_bytes(engine.version, ttl, (0xC000 | (qend - 4 - zone_len)).to_bytes(2))
         flags |= (packet[2] & 1) << 8 | (packet[3] & 0x10)  # the query's RD and CD, echoed
         head = wire.COUNTS.pack(flags, 1, *counts, 1 if tail else 0)
-        self._stats(zone.kind, rcode, source.value)
+        value = source._value_  # the member's own attribute: .value is a Python-level property
+        self._stats(zone.kind, rcode, value)
         self._log(client, item.item, answer, rcode, time.perf_counter() - started)
-        self._sent = (zone.kind, rcode, source.value, item.item, answer)
+        self._sent = (zone.kind, rcode, value, item.item, answer)
         return packet[:2] + head + packet[12:qend] + body + tail
 
     def _soa_bytes(self, version: str, ttl: int, apex: bytes) -> bytes:

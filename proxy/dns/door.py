@@ -52,6 +52,7 @@ from proxy.errors import RampartError
 from proxy.logs import entries
 from proxy.logs.clients import ClientMask
 from proxy.logs.hub import Logs, client_mask
+from proxy.logs.store import clip
 from proxy.model import DomainQuery, WebAnswer
 from proxy.serve import metrics
 from proxy.serve.conns import ConnectionCaps
@@ -129,7 +130,7 @@ class DnsDoor:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: Listener | None = None
         self._mask: tuple[Config | None, ClientMask | None] = (None, None)
-        self._rows: dict[tuple[str, WebAnswer], entries.Template | None] = {}
+        self._shapes: dict[tuple[Any, Any, str | None], entries.Template] = {}
         self._last_error = float("-inf")
         if stats is not None:
             self._register(stats)
@@ -259,30 +260,37 @@ class DnsDoor:
         """The Answerer's ``log`` hook: an answer about a domain or address becomes a
         query-log row like a ``/v1/domain`` answer's (service ``domain``), while
         ``query_log`` is on; answers without one (REFUSED, FORMERR, the apex) are only counted."""
+        if answer is None:
+            return
         logs, cfg = self._logs_of(), self._cfg_of()
-        if logs is None or answer is None or not cfg.query_log:
+        if logs is None or not cfg.query_log:
             return
         name = item.name if isinstance(item, DomainQuery) else item
-        fixed = self._template(name, answer)
-        if fixed is not None:
-            head = (time.time(), self._mask_of(cfg)(client), round(seconds * 1e6) / 1000, 1)
-            logs.writer.submit("query", head + fixed)
+        s = self._shape(answer)
+        logs.writer.submit("query", (
+            time.time(), self._mask_of(cfg)(client), round(seconds * 1e6) / 1000, 1,
+            s[0], clip(name, entries.MAX_ITEM), s[2], s[3], s[4], s[5],
+            clip(answer.matched, entries.MAX_TEXT), s[7], s[8]))
 
-    def _template(self, name: str, answer: WebAnswer) -> entries.Template | None:
+    def _shape(self, answer: WebAnswer) -> entries.Template:
         """The row's fixed part, read by ``entries.template`` (the log's own reading of a
-        ``/v1/domain`` result), remembered: the same names are asked again and again."""
-        key = (name, answer)
-        if key not in self._rows:
-            result: dict[str, Any] = {"domain": name, "rating": answer.rating.value,
-                                      "source": answer.source.value}
-            if answer.matched is not None:
-                result["matched"] = answer.matched
+        ``/v1/domain`` result) once per rating, source and category: for a domain result only
+        its item and matched entry (positions 1 and 6, clipped in ``log``) differ between
+        names, and every query names another (tests/proxy/dns/test_fast.py holds the rows
+        equal to ``entries.template``'s)."""
+        key = (answer.rating, answer.source, answer.category)
+        shape = self._shapes.get(key)
+        if shape is None:
+            result: dict[str, Any] = {"domain": "", "rating": answer.rating.value,
+                                      "source": answer.source.value, "matched": ""}
             if answer.category is not None:
                 result["category"] = answer.category
-            if len(self._rows) >= MEMO:
-                self._rows.clear()
-            self._rows[key] = entries.template("domain", result)
-        return self._rows[key]
+            made = entries.template("domain", result)
+            assert made is not None  # a dict always makes one
+            if len(self._shapes) >= MEMO:
+                self._shapes.clear()
+            shape = self._shapes[key] = made
+        return shape
 
     def _mask_of(self, cfg: Config) -> ClientMask:
         """How clients are stored under ``cfg`` (made again when the settings change it)."""

@@ -156,3 +156,41 @@ def test_begin_domain_one_is_begin_domains_for_one_item(app: App) -> None:
             assert engine.begin_domain_one(asked.query, client) == (answers[0], ask)
     engine.count_one(Service.DOMAIN, answers[0])  # counted as count() counts it
     assert app.stats.items[("domain", answers[0].source.value)] >= 1
+
+
+class Writer:
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+
+    def submit(self, table: str, row: tuple[Any, ...]) -> bool:
+        self.rows.append(row)
+        return True
+
+
+def test_the_door_logs_each_answer_as_entries_template_reads_it(tmp_path: Path) -> None:
+    """The door's row shapes (one per rating, source, category) give the rows the log's own
+    reading of a /v1/domain result gives, for any name and matched entry."""
+    from proxy.dns.door import DnsDoor
+    from proxy.logs import entries
+    from proxy.model import Rating, Source, WebAnswer
+
+    cfg = Config(data_dir=tmp_path, query_port=0, query_tls_port=0, dns_port=0)
+    writer = Writer()
+    logs = type("Logs", (), {"writer": writer})()
+    door = DnsDoor(cfg, Answerer(lambda: None, cfg), logs_of=lambda: logs)  # type: ignore[arg-type,return-value]
+    rng = random.Random(3)
+    names = ["bad.example", "x" * 300, "tab\there.example", "192.0.2.7", "2001:db8::1", ""]
+    for _ in range(400):
+        answer = WebAnswer(rng.choice(list(Rating)), rng.choice(list(Source)), category=rng.choice(
+            [None, "malware", "spam\nline", "c" * 250]), matched=rng.choice([None, "bad.example", "m" * 260,
+                                                                       "10.0.0.0/8", "a\x00b"]))
+        name = rng.choice(names)
+        door.log("10.0.0.1", name, answer, "NOERROR", 0.0015)
+        result: dict[str, Any] = {"domain": name, "rating": answer.rating.value,
+                                  "source": answer.source.value}
+        if answer.matched is not None:
+            result["matched"] = answer.matched
+        if answer.category is not None:
+            result["category"] = answer.category
+        assert writer.rows[-1][4:] == entries.template("domain", result)
+        assert writer.rows[-1][1:4] == ("10.0.0.1", 1.5, 1)
