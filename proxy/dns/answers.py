@@ -59,6 +59,8 @@ FORMERR_TYPES = frozenset({wire.OPT, 249, 250})  # OPT, TKEY, TSIG are never que
 SOA_TIMERS = (3600, 600, 86400)  # refresh, retry, expire: no secondaries are expected
 _A_OWNER = b"\xc0\x0c\x00\x01"  # the query name (a pointer to offset 12), type A
 _HOSTMASTER = b"\x0ahostmaster"
+_A_OR_ANY = (wire.A_IN, wire.ANY_IN)
+_MAX_NAME = wire.MAX_NAME
 
 
 def _ignore(*_: Any) -> None:
@@ -120,7 +122,7 @@ class Answerer:
         started = time.perf_counter()
         self._stats(kept.zone, kept.rcode, kept.source)
         if kept.answer is not None:
-            engine.count(Service.DOMAIN, [kept.answer])
+            engine.count_one(Service.DOMAIN, kept.answer)
         if kept.item:
             self._log(client, kept.item, kept.answer, kept.rcode, time.perf_counter() - started)
         return packet[:2] + kept.tail
@@ -147,19 +149,17 @@ class Answerer:
         low = packet.lower()
         labels = []
         pos = 12
-        while True:
-            if pos >= n:
-                return None
-            length = low[pos]
-            if not length:
-                break
-            end = pos + 1 + length
-            if length > 63 or end > n or end - 12 >= wire.MAX_NAME:  # pointer, extended, cut, long
-                return None
-            labels.append(low[pos + 1:end])
-            pos = end
+        try:  # a length past the packet's end is an IndexError: one handler, no test per label
+            while length := low[pos]:
+                if length > 63:  # a pointer or an extended label
+                    return None
+                end = pos + 1 + length
+                labels.append(low[pos + 1:end])
+                pos = end
+        except IndexError:
+            return None
         qend = pos + 5
-        if packet[pos + 1:qend] not in (wire.A_IN, wire.ANY_IN):
+        if pos - 12 >= _MAX_NAME or packet[pos + 1:qend] not in _A_OR_ANY:
             return None
         tail = wire.opt_echo(packet, qend)
         if tail is None:

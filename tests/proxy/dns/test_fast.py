@@ -147,13 +147,16 @@ def test_begin_domain_one_is_begin_domains_for_one_item(app: App) -> None:
     cached = zones.classify([b"cached", b"example", b"dn", b"rampart", b"local"]).query
     assert cached is not None
     engine.cache.put(f"domain:{cached.name}", engine.begin_domains([cached])[0][0], 60)
-    for name in [*NAMES, f"cached.example.{DN}"]:
-        asked = zones.classify([label.encode() for label in name.lower().split(".")])
-        if asked.query is None:
-            continue
-        for client in ("10.0.0.1", None):
-            answers, ask = engine.begin_domains([asked.query], client)
-            assert engine.begin_domain_one(asked.query, client) == (answers[0], ask)
+    for relay in (None, object()):  # no cloud: the final fallback; a cloud: what to ask it
+        engine.relay = relay  # type: ignore[assignment]
+        for name in [*NAMES, f"cached.example.{DN}"]:
+            asked = zones.classify([label.encode() for label in name.lower().split(".")])
+            if asked.query is None:
+                continue
+            for client in ("10.0.0.1", None):
+                answers, ask = engine.begin_domains([asked.query], client)
+                assert engine.begin_domain_one(asked.query, client) == (answers[0], ask)
+    engine.relay = None
     engine.count_one(Service.DOMAIN, answers[0])  # counted as count() counts it
     assert app.stats.items[("domain", answers[0].source.value)] >= 1
 
