@@ -237,7 +237,7 @@ def main() -> None:
                 s.stop()
             memory[name] = (sizes[1], sizes[0])
         rates: dict[tuple[str, str], list[float]] = {}
-        codes: dict[tuple[str, str], set[str]] = {}
+        codes: dict[tuple[str, str], str] = {}  # the last round's response codes
         after: dict[str, int] = {}  # RSS after the dnsperf runs: mapped pages touched count
         lat: dict[tuple[str, str], tuple[float, float]] = {}
         rp, bp = free_port(), free_port()
@@ -253,7 +253,7 @@ def main() -> None:
                             continue
                         rate, seen = dnsperf(s.port, files[kind], args.seconds)
                         rates.setdefault((s.name, kind), []).append(rate)
-                        codes.setdefault((s.name, kind), set()).add(seen)
+                        codes[(s.name, kind)] = seen
             for s in servers:
                 after[s.name] = rss_kib(s.pid)
             for kind in kinds:
@@ -275,7 +275,7 @@ def spread(values: list[float]) -> str:
 
 
 def report(args: argparse.Namespace, n: int, n_ips: int, rates: dict[tuple[str, str], list[float]],
-           codes: dict[tuple[str, str], set[str]], lat: dict[tuple[str, str], tuple[float, float]],
+           codes: dict[tuple[str, str], str], lat: dict[tuple[str, str], tuple[float, float]],
            memory: dict[str, tuple[int, int]], after: dict[str, int]) -> None:
     print(f"\n{n - n_ips} domains + {n_ips} IPv4 entries; {args.rounds} alternating rounds of"
           f" {args.seconds:g} s; medians (range of the rounds)")
@@ -285,13 +285,13 @@ def report(args: argparse.Namespace, n: int, n_ips: int, rates: dict[tuple[str, 
         r = rates[("rampart", kind)]
         p50, p99 = lat[("rampart", kind)]
         print(f"  {kind:<11} rampart {spread(r)}  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
-              f"  [{' / '.join(sorted(codes[('rampart', kind)]))}]")
+              f"  [{codes[('rampart', kind)]}]")
         b = rates.get(("rbldnsd", kind))
         if b:
             bp50, bp99 = lat[("rbldnsd", kind)]
             ratios = [x / y for x, y in zip(r, b)]  # round by round: the same load on the cores
             print(f"  {'':<11} rbldnsd {spread(b)}  p50 {bp50:.2f} ms  p99 {bp99:.2f} ms"
-                  f"  [{' / '.join(sorted(codes[('rbldnsd', kind)]))}]")
+                  f"  [{codes[('rbldnsd', kind)]}]")
             print(f"  {'':<11} ratio {statistics.median(r) / statistics.median(b):.2f}"
                   f" (rounds {', '.join(f'{x:.2f}' for x in ratios)})")
     for name, (big_kib, small_kib) in memory.items():
