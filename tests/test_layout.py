@@ -34,6 +34,7 @@ MAY_IMPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
                       "proxy.relay.http_response", "proxy.client")),
     ("proxy.serve", (*CORE, "proxy.logs", "certs")),
     ("proxy.dns", (*CORE, "proxy.logs", "proxy.dns")),
+    ("proxy.sb", (*CORE, "proxy.sb")),
     ("proxy.console", (*BOTTOM, "proxy.wire", "proxy.decide", "proxy.logs", "proxy.serve", "proxy.updates",
                        "proxy.patterns", "certs", "proxy.console")),
     ("proxy.cli", ("proxy", "certs", "appliance")),
