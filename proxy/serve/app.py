@@ -35,7 +35,7 @@ from proxy.serve.conns import ConnectionCaps, raise_fd_limit, total_for
 from proxy.serve.gate import Gate
 from proxy.serve.keeper import PatternKeeper
 from proxy.serve.listener import Listener
-from proxy.serve.routes import Routes
+from proxy.serve.routes import Routes, SafeBrowsingHandler
 from proxy.serve.server import ServerLimits, start_server
 from proxy.settings import Layers
 from proxy.wire import paths, protocol
@@ -83,6 +83,10 @@ class App:
     layers: Layers = field(default_factory=Layers)
     """Which config keys the file and the flags set, and the console's saved settings
     (``proxy.settings``): what the settings page may change (``proxy.serve.live``)."""
+    safe_browsing: SafeBrowsingHandler | None = field(default=None, init=False)
+    """The Safe Browsing v4 routes' handler (``proxy.sb.api.SafeBrowsing(...).handle``, set
+    by ``addons.query_door`` once open: this package does not import ``proxy.sb``); the
+    ``/v4/`` routes are a 404 while it is None."""
 
     # ------------------------------------------------------------ start / stop
 
@@ -137,7 +141,8 @@ class App:
             self.caps = connection_caps(cfg)
         self.keeper.attach(self.engine)
         self.routes = Routes(self.engine, self.limits, ready=self.readiness, metrics=self._metrics,
-                             patterns=self.keeper.source.handle)
+                             patterns=self.keeper.source.handle,
+                             safe_browsing=lambda: self.safe_browsing)
         self.registry.register(self.keeper)  # update counters
         self._gauges()
 

@@ -8,11 +8,18 @@ A request target is read as UTF-8 once percent-decoded: a path item
 to bytes that are not UTF-8 is a 400 naming it, never text with replacement
 characters; a query string has at most ``MAX_QUERY_FIELDS`` parameters (more is
 a 400), unknown ones are ignored and a repeated one counts once, first value.
+
+The Safe Browsing v4 routes (``/v4/...``) are answered by a handler given as
+``safe_browsing`` (``proxy.sb.api.SafeBrowsing.handle``, set by the door: this
+package does not import ``proxy.sb``); while there is none they are a 404. Every
+error on a ``/v4/`` path, the door's own included, is in the v4 form
+(``{"error": {"code", "message", "status"}}``), the one its clients read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import time
 from collections import Counter
@@ -26,26 +33,35 @@ from proxy.model import InspectQuery, Policy, Service, Source
 from proxy.wire import paths, protocol, replies
 from proxy.wire.http import Handler, Request, Response
 
+logger = logging.getLogger(__name__)
+
 Render = Callable[[list[Any]], bytes]
+SafeBrowsingHandler = Callable[[str, str, dict[str, str], bytes, str], tuple[int, bytes, str]]
+"""(method, path, query, body, content type) -> (status, body, content type); never raises."""
 Serve = Callable[[Request, str, bytes], "Response | Awaitable[Response]"]
 _source = operator.attrgetter("source")
 _CHANGING = {Source.CACHE, Source.DEGRADED}  # answers whose TTL or content change over time
 MAX_QUERY_FIELDS = 4
+MAX_SB_QUERY_FIELDS = 8  # key, alt, $prettyPrint, fields, ...: what v4 clients send
+_V4 = "/v4/"
+_V4_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
+              500: "INTERNAL"}
 
 
-def parse_query(query: bytes, what: str, item: str = "", code: str = "bad_request") -> dict[str, str]:
+def parse_query(query: bytes, what: str, item: str = "", code: str = "bad_request",
+                limit: int = MAX_QUERY_FIELDS) -> dict[str, str]:
     """A request target's query string: each parameter's first value, percent-decoded.
 
-    At most ``MAX_QUERY_FIELDS`` parameters; names and values must be UTF-8 once
+    At most ``limit`` parameters; names and values must be UTF-8 once
     decoded (raw bytes and escapes alike). ``what`` names the request in the errors;
     the parameter named ``item`` is the request's item: its error is ``code``, item 0.
     """
     try:
-        pairs = parse_qsl(query.decode("latin-1"), max_num_fields=MAX_QUERY_FIELDS,
+        pairs = parse_qsl(query.decode("latin-1"), max_num_fields=limit,
                           encoding="latin-1")  # one character per byte, decoded below
     except ValueError:
         raise ProtocolError(
-            "bad_request", f"{what} takes at most {MAX_QUERY_FIELDS} query parameters; "
+            "bad_request", f"{what} takes at most {limit} query parameters; "
             f"this one has {query.count(b'&') + 1}") from None
     out: dict[str, str] = {}
     for name, value in pairs:
@@ -92,12 +108,14 @@ class Routes:
         ready: Callable[[], dict[str, Any]],
         metrics: Callable[[], bytes],
         patterns: Handler | None = None,
+        safe_browsing: Callable[[], SafeBrowsingHandler | None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.limits = limits
         self.ready = ready
         self.metrics = metrics
         self.patterns = patterns  # /v1/patterns/... and /v1/agent-pattern (proxy.serve.keeper)
+        self.safe_browsing = safe_browsing  # the /v4/ routes' handler, read per request
         self.started = time.time()
         # GET target -> (service, sources, response) for answers that only the pattern and
         # the lists decided: valid while both are the very objects in _memo_of.
@@ -132,6 +150,14 @@ class Routes:
     def _route(self, request: Request) -> Response | Awaitable[Response]:
         path, _, query = request.target.partition(b"?")
         p = path.decode("latin-1")
+        if p.startswith(_V4):
+            try:
+                return self._route_path(request, p, query)
+            except ProtocolError as e:  # the door's own errors, as v4 clients read them
+                return v4_error(e.status, e.message, e.headers)
+        return self._route_path(request, p, query)
+
+    def _route_path(self, request: Request, p: str, query: bytes) -> Response | Awaitable[Response]:
         route = paths.route_of(p)
         serve = self._serves.get(route.path) if route is not None else None
         if route is None or serve is None:
@@ -167,11 +193,30 @@ class Routes:
             paths.METRICS.path: lambda _, __, ___: Response(
                 200, self.metrics(), content_type="text/plain; version=0.0.4"),
         }
+        for route in paths.SAFE_BROWSING:
+            serves[route.path] = self._safe_browsing
         patterns = self.patterns
         if patterns is not None:
             serves[paths.AGENT_PATTERN.path] = serves[paths.PATTERNS.path] = (
                 lambda r, _, __: patterns(r))
         return serves
+
+    def _safe_browsing(self, request: Request, _: str, query: bytes) -> Response:
+        """A v4 request to the handler: the path, the query (``key=`` is the handler's to
+        ignore), the body and its Content-Type; its answer as it gives it."""
+        handler = self.safe_browsing()
+        path = request.target.partition(b"?")[0].decode("latin-1")
+        if handler is None:
+            return v4_error(404, f"the Safe Browsing API is not served here ({path[:100]!r})")
+        params = parse_query(query, f"{request.method} {path[:100]}", limit=MAX_SB_QUERY_FIELDS)
+        content_type = (request.header(b"content-type") or b"").decode("latin-1")
+        method = "GET" if request.method == "HEAD" else request.method
+        try:
+            status, body, kind = handler(method, path, params, request.body, content_type)
+        except Exception:  # the handler's contract is to answer; a failure is logged, not raised
+            logger.exception("the Safe Browsing handler failed on %s %s", method, path[:100])
+            return v4_error(500, "internal error")
+        return Response(status, body, content_type=kind)
 
     # ---------------------------------------------------------------- services
 
@@ -231,3 +276,9 @@ class Routes:
         return self._answer(
             Service.INSPECT, answers, ask, lambda a: replies.render_inspect(version, q, a[0])
         )
+
+
+def v4_error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    """A Safe Browsing v4 error: ``{"error": {"code", "message", "status"}}``."""
+    body = {"error": {"code": status, "message": message, "status": _V4_STATUS.get(status, "UNKNOWN")}}
+    return Response(status, json.dumps(body).encode(), headers=headers)

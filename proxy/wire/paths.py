@@ -5,6 +5,10 @@ A ``Route`` is an exact path, or a prefix (``/v1/file/``: the item follows) when
 appliance's own: health, metrics, patterns); ``items`` names the request field
 holding a batch's items (``""``: the whole body is the one item), for the
 routes the relay asks the cloud on. ``label`` is the route as /metrics counts it.
+
+The ``/v4/`` routes are the Safe Browsing v4 API (issue 14), served on the query door
+only: they ask no engine service (the intercept door forwards them to the real host),
+and ``key=`` on them is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -44,8 +48,14 @@ METRICS = Route("/metrics", GET)
 AGENT_PATTERN = Route("/v1/agent-pattern", GET)
 PATTERNS = Route("/v1/patterns/", GET, prefix=True)
 
+SB_THREAT_LISTS = Route("/v4/threatLists", GET)
+SB_FETCH = Route("/v4/threatListUpdates:fetch", ("POST",))
+SB_FULL_HASHES = Route("/v4/fullHashes:find", ("POST",))
+SB_THREAT_MATCHES = Route("/v4/threatMatches:find", ("POST",))
+SAFE_BROWSING = (SB_THREAT_LISTS, SB_FETCH, SB_FULL_HASHES, SB_THREAT_MATCHES)
+
 ROUTES = (FILE, FILE_ONE, WEB, DOMAIN, DOMAIN_ONE, INSPECT, HEALTHZ, READYZ, METRICS,
-          AGENT_PATTERN, PATTERNS)
+          AGENT_PATTERN, PATTERNS, *SAFE_BROWSING)
 
 _EXACT = {r.path: r for r in ROUTES if not r.prefix}
 _PREFIXES = tuple(r for r in ROUTES if r.prefix)

@@ -174,6 +174,7 @@ ROUTES = [
     "/v1/file", "/v1/file/", "/v1/web", "/v1/domain", "/v1/domain/", "/v1/inspect", "/healthz",
     "/readyz", "/metrics", "/v1/agent-pattern", "/v1/patterns/", f"/v1/patterns/{repo.MANIFEST}",
     f"/v1/patterns/{repo.SIGNATURE}", "/v1/patterns/full/", "/v1/patterns/diffs/", "/", "/v1/",
+    "/v4/threatLists", "/v4/threatListUpdates:fetch", "/v4/fullHashes:find", "/v4/threatMatches:find", "/v4/",
 ]
 METHODS = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "get"]
 
