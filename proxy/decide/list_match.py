@@ -146,6 +146,17 @@ class ListSnapshot:
         return {ln.value: {k.value: self._counts.get((ln.value, k.value), 0) for k in EntryKind}
                 for ln in ListName}
 
+    def web_rules(self) -> list[tuple[str, str]]:
+        """(kind, value) of every blocked domain and URL prefix rule for every client (not
+        scoped): the Safe Browsing lists' share of the lists (``proxy.sb.prefixes``)."""
+        out = []
+        for domain, prefixes in self._hosts.values():
+            rules = ([domain] if domain is not None else []) + (
+                list(prefixes.rules.values()) if prefixes is not None else [])
+            out += [(e.kind.value, e.value) for e in rules
+                    if e.list is ListName.BLOCKED and not e.clients]
+        return out
+
     # -- the engine's lookups
 
     def match_hexes(self, hexes: Iterable[str], client: str | None = None) -> dict[str, tuple[ListName, str]]:
