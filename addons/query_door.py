@@ -3,7 +3,8 @@
 The door is a ``proxy.serve.app.App``, with the console door (``proxy.console.door``)
 and the DNS door (``proxy.dns.door``) beside it when ``console_port`` and ``dns_port``
 are on; this addon only ties their life to mitmproxy's: ``running`` starts them,
-``done`` stops them. A start failure (a port in use, a bad
+``done`` stops them, and gives the door its Safe Browsing v4 handler (``proxy.sb.api``:
+``proxy.serve`` does not import ``proxy.sb``, so the App gets it here). A start failure (a port in use, a bad
 pattern) is reported and shuts the master down with the reason.
 """
 
@@ -19,6 +20,7 @@ from proxy.dns.door import DnsDoor, start_dns
 from proxy.errors import RampartError
 from proxy.serve.app import App
 from proxy.serve.conns import ConnectionCaps
+from proxy.serve.routes import SafeBrowsingHandler
 from proxy.settings import Layers
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,14 @@ def _reason(e: Exception) -> str:
         where = f" {e.filename}" if e.filename else ""
         return f"cannot use{where}: {e.strerror or e}"
     return str(getattr(e, "message", e))
+
+
+def safe_browsing(app: App) -> SafeBrowsingHandler:
+    """The /v4/ routes' handler for an open ``app``: its engine read per request, so a new
+    pattern or list snapshot is what the next client update sees."""
+    from proxy.sb.api import SafeBrowsing
+
+    return SafeBrowsing(lambda: app.engine, app.cfg).handle
 
 
 class QueryDoor:
@@ -43,6 +53,7 @@ class QueryDoor:
     async def running(self) -> None:
         try:
             await self.app.start()
+            self.app.safe_browsing = safe_browsing(self.app)
             if self.app.cfg.console_port:
                 self.console = await start_console(self.app.cfg, self.app)
             if self.app.cfg.dns_port:
