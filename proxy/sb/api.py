@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +52,7 @@ MAX_STATE = 256  # bytes of one client state
 MAX_CLIENT_STATES = 32
 MAX_PREFIXES = 1000  # hash prefixes in one fullHashes:find
 MAX_URLS = 500  # URLs in one threatMatches:find (the v4 Lookup API's own limit)
+ENCODED_KEPT = 2 * px.KEEP_SETS * len(px.THREAT_TYPES) * 2  # (old, new, list, rice)
 UPDATE_WAIT = 300  # seconds: minimumWaitDuration of an update
 JSON = "application/json"
 PROTO = "application/x-protobuf"
@@ -91,6 +94,9 @@ class SafeBrowsing:
         self.cache = cache or px.PrefixCache()
         self.ttl = int(cfg.local_ttl)
         self.limits = protocol.Limits(max_url=cfg.max_url)
+        self._lock = threading.Lock()
+        self._encoded: OrderedDict[tuple[bytes, bytes, str, bool], tuple[list[Any], list[Any]]] = (
+            OrderedDict())
 
     # ------------------------------------------------------------ the four methods
 
@@ -119,15 +125,10 @@ class SafeBrowsing:
                 threat_type=lu.threat_type, platform_type=lu.platform_type, threat_entry_type=_URL)
             new = current.lists[threat]
             old = self.cache.find(lu.state) if lu.state else None
-            if old is None:
-                answer.response_type = m.ResponseType["FULL_UPDATE"]
-                self._additions(answer, new.prefixes, rice)
-            else:
-                answer.response_type = m.ResponseType["PARTIAL_UPDATE"]
-                if old.id != current.id:
-                    d = self.cache.diff(old, current, threat)
-                    self._removals(answer, d.removals, rice)
-                    self._additions(answer, d.additions, rice)
+            answer.response_type = m.ResponseType["FULL_UPDATE" if old is None else "PARTIAL_UPDATE"]
+            additions, removals = self._entry_sets(old, current, threat, rice)
+            answer.additions.extend(additions)
+            answer.removals.extend(removals)
             answer.new_client_state = current.state
             answer.checksum.sha256 = new.checksum
         return out
@@ -278,6 +279,29 @@ class SafeBrowsing:
         threats = sorted({t for t in info.threat_types if t in _SERVED})
         platforms = sorted({p for p in info.platform_types if p != 0}) or [_ANY]
         return threats, platforms
+
+    def _entry_sets(self, old: px.PrefixSet | None, new: px.PrefixSet, threat: str,
+                    rice: bool) -> tuple[list[Any], list[Any]]:
+        """The additions and removals taking ``old`` (None: nothing) to ``new``, encoded once
+        per pair and compression and shared (Rice-encoding a big list takes seconds)."""
+        key = (old.id if old is not None else b"", new.id, threat, rice)
+        with self._lock:
+            found = self._encoded.get(key)
+        if found is not None:
+            return found
+        answer = m.ListUpdateResponse()
+        if old is None:
+            self._additions(answer, new.lists[threat].prefixes, rice)
+        elif old.id != new.id:
+            d = self.cache.diff(old, new, threat)
+            self._removals(answer, d.removals, rice)
+            self._additions(answer, d.additions, rice)
+        found = (list(answer.additions), list(answer.removals))
+        with self._lock:
+            self._encoded[key] = found
+            while len(self._encoded) > ENCODED_KEPT:
+                self._encoded.popitem(last=False)
+        return found
 
     @staticmethod
     def _additions(answer: Any, prefixes: list[bytes], rice: bool) -> None:

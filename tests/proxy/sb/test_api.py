@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,43 @@ def test_unknown_paths_and_methods_are_v4_errors(sb: SafeBrowsing) -> None:
     assert status == 404 and json.loads(body)["error"]["code"] == 404
     status, body, _ = sb.handle("GET", "/v4/fullHashes:find", {}, b"", "")
     assert status == 405 and json.loads(body)["error"]["status"] == "METHOD_NOT_ALLOWED"
+
+
+FETCH, HASHES, MATCHES = "/v4/threatListUpdates:fetch", "/v4/fullHashes:find", "/v4/threatMatches:find"
+
+
+def lu(**fields: Any) -> dict[str, Any]:
+    return {"listUpdateRequests": [dict({"threatType": "MALWARE", "platformType": "LINUX"}, **fields)]}
+
+
+@pytest.mark.parametrize(("path", "doc"), [
+    (HASHES, {"threatInfo": "x"}),
+    (FETCH, {"listUpdateRequests": [{"threatType": 1.5}]}),
+    (FETCH, lu(threatType=99999)),
+    (FETCH, lu(platformType=4242)),
+    (FETCH, lu(constraints={"supportedCompressions": [77]})),
+    (FETCH, lu(constraints={"maxUpdateEntries": -1})),
+    (FETCH, lu(state=base64.b64encode(b"s" * 1000).decode())),
+    (FETCH, lu(threatEntryType="EXECUTABLE")),
+    (FETCH, {"listUpdateRequests": lu()["listUpdateRequests"] * 33}),
+    (HASHES, {"threatInfo": {"threatTypes": [99999], "threatEntries": [{"hash": "AAAAAA=="}]}}),
+    (HASHES, {"clientStates": ["AAAA"] * 100, "threatInfo": {"threatTypes": ["MALWARE"]}}),
+    (MATCHES, {"threatInfo": {"threatTypes": ["MALWARE"], "threatEntries": [{"url": "x" * 100_000}]}}),
+    (MATCHES, {"threatInfo": {"threatTypes": ["MALWARE"],
+                              "threatEntries": [{"url": "http://a.test/"}] * 501}}),
+    (MATCHES, {"threatInfo": {"threatTypes": ["MALWARE"], "threatEntries": [{"hash": "AAAAAA=="}]}}),
+])
+def test_odd_requests_are_a_400_naming_the_problem(sb: SafeBrowsing, path: str, doc: Any) -> None:
+    assert bad(sb, path, json.dumps(doc).encode())
+    for other in (FETCH, HASHES, MATCHES):  # the same body on another method: never a 5xx
+        assert sb.handle("POST", other, {}, json.dumps(doc).encode(), "application/json")[0] in (200, 400)
+
+
+def test_random_bytes_never_get_more_than_a_400(sb: SafeBrowsing) -> None:
+    rng = random.Random(14)
+    for i in range(300):
+        body = rng.randbytes(rng.randrange(0, 200))
+        for path in ("/v4/threatListUpdates:fetch", "/v4/fullHashes:find", "/v4/threatMatches:find"):
+            for ctype in ("application/x-protobuf", "application/json"):
+                status, out, _ = sb.handle("POST", path, {"alt": "proto"}, body, ctype)
+                assert status in (200, 400), (i, path, ctype, out)
