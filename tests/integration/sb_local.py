@@ -151,3 +151,69 @@ class LocalDatabase:
             if base64.b64decode(m["threat"]["hash"]) in hits:
                 found.add(m["threatType"])
         return found
+
+
+# ---------------------------------------------------------------- the protobuf wire form, by hand
+# Field numbers from the published safebrowsing.proto (v4), encoded and read here without
+# any generated code, so a mistake in proxy.sb.messages cannot hide behind a shared one.
+
+ENUM = {"MALWARE": 1, "SOCIAL_ENGINEERING": 2, "UNWANTED_SOFTWARE": 3, "ANY_PLATFORM": 8,
+        "URL": 1, "RAW": 1, "RICE": 2, "FULL_UPDATE": 2, "PARTIAL_UPDATE": 1}
+
+
+def varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pb(field_number: int, value: int | bytes | str) -> bytes:
+    """One field: an int as a varint, bytes or text as length-delimited."""
+    if isinstance(value, int):
+        return varint(field_number << 3) + varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return varint(field_number << 3 | 2) + varint(len(data)) + data
+
+
+def fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """A message's fields in order: (number, varint value or length-delimited bytes)."""
+    out: list[tuple[int, int | bytes]] = []
+    i = 0
+
+    def read_varint() -> int:
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = data[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+
+    while i < len(data):
+        key = read_varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((number, read_varint()))
+        elif wire == 2:
+            size = read_varint()
+            out.append((number, data[i:i + size]))
+            i += size
+        else:
+            raise AssertionError(f"wire type {wire} in field {number}")
+    return out
+
+
+def field_values(data: bytes, number: int) -> list[Any]:
+    return [v for n, v in fields(data) if n == number]
+
+
+def one(data: bytes, number: int, default: Any = None) -> Any:
+    found = field_values(data, number)
+    return found[-1] if found else default

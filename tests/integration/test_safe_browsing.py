@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,16 @@ import httpx
 import pytest
 
 from tests.conftest import RAMPART, Proc, free_port, start_appliance
-from tests.integration.sb_local import LISTS, ChecksumMismatch, LocalDatabase
+from tests.integration.sb_local import (
+    ENUM,
+    LISTS,
+    ChecksumMismatch,
+    LocalDatabase,
+    field_values,
+    one,
+    pb,
+    rice_decode,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +181,67 @@ def test_a_wrong_local_database_fails_the_checksum(appliance: Proc) -> None:
     db.lists["MALWARE"].prefixes.append(b"\xff\xff\xff\xfe")  # a prefix the server never sent
     with pytest.raises(ChecksumMismatch):
         db.update()
+
+
+# ---------------------------------------------------------------- protobuf (alt=proto)
+
+PROTO = {"Content-Type": "application/x-protobuf"}
+
+
+def post_proto(p: Proc, path: str, body: bytes) -> bytes:
+    r = httpx.post(f"{base(p)}{path}?alt=proto&key=k", content=body, headers=PROTO)
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-type"].startswith("application/x-protobuf")
+    return r.content
+
+
+def test_protobuf_update_then_full_hashes_by_the_wire_form_alone(appliance: Proc) -> None:
+    client = pb(1, pb(1, "proto-test"))
+    request = client + pb(3, pb(1, ENUM["MALWARE"]) + pb(2, ENUM["ANY_PLATFORM"]) + pb(5, ENUM["URL"])
+                          + pb(4, pb(4, ENUM["RICE"])))
+    (answer,) = field_values(post_proto(appliance, "/v4/threatListUpdates:fetch", request), 1)
+    assert one(answer, 1) == ENUM["MALWARE"] and one(answer, 4) == ENUM["FULL_UPDATE"]
+    prefixes: list[bytes] = []
+    for entry_set in field_values(answer, 5):
+        raw, rice = one(entry_set, 2), one(entry_set, 4)
+        if rice is not None:
+            assert one(entry_set, 1) == ENUM["RICE"]
+            values = rice_decode(one(rice, 1, 0), one(rice, 2, 0), one(rice, 3, 0), one(rice, 4, b""))
+            prefixes += [v.to_bytes(4, "little") for v in values]
+        if raw is not None:
+            size, blob = one(raw, 1), one(raw, 2, b"")
+            prefixes += [blob[i:i + size] for i in range(0, len(blob), size)]
+    prefixes.sort()
+    assert hashlib.sha256(b"".join(prefixes)).digest() == one(one(answer, 8), 1)
+    state = one(answer, 7)
+    assert state
+
+    want = full_hash("testsafebrowsing.appspot.com/s/malware.html")
+    prefix = next(p for p in prefixes if want.startswith(p))
+    info = (pb(1, ENUM["MALWARE"]) + pb(2, ENUM["ANY_PLATFORM"]) + pb(4, ENUM["URL"])
+            + pb(3, pb(1, prefix)))
+    found = post_proto(appliance, "/v4/fullHashes:find", client + pb(2, state) + pb(3, info))
+    matches = field_values(found, 1)
+    assert want in {one(one(m, 3), 1) for m in matches}
+    assert all(one(one(m, 5), 1, 0) > 0 for m in matches)  # cacheDuration in seconds
+    assert one(one(found, 3), 1, 0) > 0  # negativeCacheDuration
+
+
+def test_protobuf_threat_matches_finds_a_listed_url_and_not_a_clean_one(appliance: Proc) -> None:
+    info = (pb(1, ENUM["MALWARE"]) + pb(1, ENUM["SOCIAL_ENGINEERING"]) + pb(2, ENUM["ANY_PLATFORM"])
+            + pb(4, ENUM["URL"]) + pb(3, pb(2, MALWARE)) + pb(3, pb(2, CLEAN)))
+    out = post_proto(appliance, "/v4/threatMatches:find", pb(1, pb(1, "proto-test")) + pb(2, info))
+    matches = field_values(out, 1)
+    assert [(one(m, 1), one(one(m, 3), 2).decode()) for m in matches] == [(ENUM["MALWARE"], MALWARE)]
+
+
+def test_the_https_door_serves_v4_too(appliance: Proc) -> None:
+    r = httpx.post(f"https://127.0.0.1:{appliance.ports['https']}/v4/threatMatches:find?key=k",
+                   verify=ssl.create_default_context(cafile=str(appliance.data_dir / "ca.pem")),
+                   json={"client": {"clientId": "t"}, "threatInfo": {
+                       "threatTypes": ["MALWARE"], "platformTypes": ["ANY_PLATFORM"],
+                       "threatEntryTypes": ["URL"], "threatEntries": [{"url": MALWARE}]}})
+    assert r.status_code == 200 and r.json()["matches"][0]["threat"]["url"] == MALWARE
 
 
 # ---------------------------------------------------------------- bad input
