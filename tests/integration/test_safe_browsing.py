@@ -149,18 +149,20 @@ def test_a_local_database_client_converges_across_a_list_change(appliance: Proc,
 
     listed = f"http://blocked-{compression.lower()}.example.test/bad/"
     data = ["--data-dir", str(appliance.data_dir)]
-    r = rampart("lists", "add", "--blocked", *data, listed)
+    domain = f"whole-{compression.lower()}.example.test"  # a blocked domain covers its subdomains
+    r = rampart("lists", "add", "--blocked", *data, listed, domain)
     assert r.returncode == 0, r.stderr
 
     def sees(present: bool) -> bool:
         db.update()
-        return (db.lookup(listed + "page.html") == {"MALWARE"}) == present
+        found = [db.lookup(listed + "page.html"), db.lookup(f"http://www.{domain}/any/page")]
+        return all((f == {"MALWARE"}) == present for f in found)
 
     assert eventually(lambda: sees(True)), "the blocked URL never reached the local database"
     assert "PARTIAL_UPDATE" in db.responses
     assert db.forms == ({"rawHashes"} if compression == "RAW" else {"riceHashes"}), db.forms
     assert db.lookup(MALWARE) == {"MALWARE"}  # the rest kept across the partial update
-    r = rampart("lists", "remove", *data, listed)
+    r = rampart("lists", "remove", *data, listed, domain)
     assert r.returncode == 0, r.stderr
     assert eventually(lambda: sees(False)), "the removed URL stayed in the local database"
 
