@@ -98,6 +98,15 @@ class SafeBrowsing:
         self._encoded: OrderedDict[tuple[bytes, bytes, str, bool], tuple[list[Any], list[Any]]] = (
             OrderedDict())
 
+    def prepare(self) -> None:
+        """Build the current prefix set and its full updates (raw and Rice) now, so no request
+        waits for them: seconds for a million entries, so call it from a thread after a
+        pattern swap or a list change (requests build it themselves otherwise)."""
+        current = self.cache.current(self.engine_of())
+        for threat in px.THREAT_TYPES:
+            for rice in (False, True):
+                self._entry_sets(None, current, threat, rice)
+
     # ------------------------------------------------------------ the four methods
 
     def threat_lists(self) -> Any:

@@ -300,8 +300,7 @@ class PrefixCache:
             key = self._key
             if key is not None and key[0] is patterns and key[1] is lists and self._current:
                 return self._current
-            made = build(patterns, lists)
-            made = self._sets.get(made.id, made)
+            made = build(patterns, lists)  # the same content keeps its id, with the new version
             self._sets[made.id] = made
             self._sets.move_to_end(made.id)
             while len(self._sets) > self._keep:

@@ -252,3 +252,12 @@ def test_random_bytes_never_get_more_than_a_400(sb: SafeBrowsing) -> None:
             for ctype in ("application/x-protobuf", "application/json"):
                 status, out, _ = sb.handle("POST", path, {"alt": "proto"}, body, ctype)
                 assert status in (200, 400), (i, path, ctype, out)
+
+
+def test_prepare_builds_what_the_next_update_serves(app: App) -> None:
+    sb = SafeBrowsing(lambda: app.engine, app.cfg)
+    sb.prepare()
+    made = sb.cache.current(app.engine)
+    updates = fetch(sb, rice=True)
+    assert base64.b64decode(updates["MALWARE"]["newClientState"]) == made.state
+    apply([], updates["MALWARE"])
