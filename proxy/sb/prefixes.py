@@ -31,7 +31,6 @@ a partial update (``diff``), computed once per pair too.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import itertools
 import threading
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from proxy.model import Rating
 from proxy.patterns.layout import STRINGS_FILE, SUSPICIOUS_URLS_TABLE, WEB_BLOCKING_TABLE
@@ -74,22 +74,29 @@ def rule_expression(kind: str, value: str) -> str:
     return value
 
 
-def prefixes_of(hashes: Sequence[bytes]) -> list[bytes]:
-    """Prefixes of sorted, distinct full hashes: 4 bytes, longer until unique among them."""
-    n = len(hashes)
-    if not n:
-        return []
-    h = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, HASH_SIZE)
+def prefix_sizes(blob: bytes) -> npt.NDArray[np.uint8]:
+    """Prefix sizes of sorted, distinct full hashes laid end to end: 4, more until each is
+    unique among them (the first byte after the longest prefix it shares with a neighbour)."""
+    n = len(blob) // HASH_SIZE
     size = np.full(n, PREFIX_SIZE, dtype=np.int64)
     if n > 1:
-        # common prefix length of each neighbour pair: the first differing byte
-        lcp = np.argmax(h[1:] != h[:-1], axis=1) + 1
+        h = np.frombuffer(blob, dtype=np.uint8).reshape(n, HASH_SIZE)
+        lcp = np.argmax(h[1:] != h[:-1], axis=1) + 1  # 1 + common prefix of each neighbour pair
         np.maximum(size[1:], lcp, out=size[1:])
         np.maximum(size[:-1], lcp, out=size[:-1])
-    np.minimum(size, HASH_SIZE, out=size)
-    if not (size > PREFIX_SIZE).any():
-        return [bytes(x[:PREFIX_SIZE]) for x in hashes]
-    return [x[:s] for x, s in zip(hashes, size.tolist(), strict=True)]
+    return np.minimum(size, HASH_SIZE).astype(np.uint8)
+
+
+def prefixes_of(hashes: Sequence[bytes]) -> list[bytes]:
+    """Prefixes of sorted, distinct full hashes: 4 bytes, longer until unique among them."""
+    blob = b"".join(hashes)
+    return _cut(blob, prefix_sizes(blob))
+
+
+def _cut(blob: bytes, sizes: npt.NDArray[np.uint8]) -> list[bytes]:
+    if not (sizes > PREFIX_SIZE).any():
+        return [blob[i:i + PREFIX_SIZE] for i in range(0, len(blob), HASH_SIZE)]
+    return [blob[i * HASH_SIZE:i * HASH_SIZE + s] for i, s in enumerate(sizes.tolist())]
 
 
 def checksum(prefixes: Iterable[bytes]) -> bytes:
@@ -97,25 +104,51 @@ def checksum(prefixes: Iterable[bytes]) -> bytes:
     return hashlib.sha256(b"".join(sorted(prefixes))).digest()
 
 
-@dataclass(frozen=True, slots=True)
 class ThreatList:
-    threat_type: str
-    hashes: list[bytes]  # sorted, distinct full hashes
-    prefixes: list[bytes]  # sorted, one per full hash
-    checksum: bytes
+    """One list: its sorted, distinct full hashes kept end to end (32 bytes each, and one
+    byte for each one's prefix size: about 33 MB a million), its prefixes made on demand."""
+
+    __slots__ = ("_keys", "blob", "checksum", "sizes", "threat_type")
+
+    def __init__(self, threat_type: str, blob: bytes, sizes: npt.NDArray[np.uint8],
+                 checksum: bytes) -> None:
+        self.threat_type = threat_type
+        self.blob = blob
+        self.sizes = sizes
+        self.checksum = checksum
+        self._keys = np.frombuffer(blob, dtype=f"S{HASH_SIZE}")
 
     @classmethod
     def of(cls, threat: str, hashes: Iterable[bytes]) -> ThreatList:
-        ordered = sorted(set(hashes))
-        prefixes = prefixes_of(ordered)
-        return cls(threat, ordered, prefixes, hashlib.sha256(b"".join(prefixes)).digest())
+        blob = b"".join(sorted(set(hashes)))
+        sizes = prefix_sizes(blob)
+        return cls(threat, blob, sizes, hashlib.sha256(b"".join(_cut(blob, sizes))).digest())
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def hashes(self) -> list[bytes]:
+        """The full hashes, sorted (a new list each time)."""
+        blob = self.blob
+        return [blob[i:i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
+
+    @property
+    def prefixes(self) -> list[bytes]:
+        """The prefixes, sorted, one per full hash (a new list each time)."""
+        return _cut(self.blob, self.sizes)
 
     def full_hashes(self, prefix: bytes) -> list[bytes]:
         """Every full hash starting with ``prefix``."""
-        at = bisect.bisect_left(self.hashes, prefix)
+        # numpy pads the prefix with NULs: the first full hash >= the prefix, as bytes order it
+        at = int(np.searchsorted(self._keys, prefix))
         out = []
-        while at < len(self.hashes) and self.hashes[at].startswith(prefix):
-            out.append(self.hashes[at])
+        blob = self.blob
+        while at < len(self.sizes):
+            full = blob[at * HASH_SIZE:(at + 1) * HASH_SIZE]
+            if not full.startswith(prefix):
+                break
+            out.append(full)
             at += 1
         return out
 
@@ -200,10 +233,10 @@ class Diff:
 
 def diff(old: ThreatList, new: ThreatList) -> Diff:
     """What turns ``old``'s prefixes into ``new``'s."""
-    keep = set(new.prefixes)
-    had = set(old.prefixes)
-    return Diff([i for i, p in enumerate(old.prefixes) if p not in keep],
-                [p for p in new.prefixes if p not in had])
+    old_prefixes, new_prefixes = old.prefixes, new.prefixes
+    keep, had = set(new_prefixes), set(old_prefixes)
+    return Diff([i for i, p in enumerate(old_prefixes) if p not in keep],
+                [p for p in new_prefixes if p not in had])
 
 
 # ---------------------------------------------------------------- Rice-Golomb

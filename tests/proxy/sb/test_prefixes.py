@@ -127,3 +127,19 @@ def test_a_client_applying_the_diff_reaches_the_new_list_and_its_checksum() -> N
     assert sorted(kept + d.additions) == new.prefixes
     assert px.checksum(kept + d.additions) == new.checksum
     assert old_hashes[0][:4] in [old.prefixes[i] for i in d.removals]
+
+
+def test_full_hashes_are_found_by_any_prefix_even_ending_in_zero_bytes() -> None:
+    x = bytes.fromhex("aabbccdd") + b"\x00" * 28
+    y = bytes.fromhex("aabbccdd") + b"\x00" * 27 + b"\x01"
+    z = bytes.fromhex("aabbccde") + b"\x00" * 28
+    lst = px.ThreatList.of("MALWARE", [z, y, x])
+    assert lst.hashes == [x, y, z] and len(lst) == 3
+    assert lst.full_hashes(x[:4]) == [x, y]
+    assert lst.full_hashes(x) == [x] and lst.full_hashes(y) == [y]
+    assert lst.full_hashes(x[:31]) == [x, y]
+    assert lst.full_hashes(bytes.fromhex("aabbccdc")) == []
+    assert lst.full_hashes(b"\xff" * 4) == []
+    empty = px.ThreatList.of("MALWARE", [])
+    assert empty.full_hashes(b"\x00" * 4) == [] and empty.prefixes == []
+    assert empty.checksum == hashlib.sha256(b"").digest()
