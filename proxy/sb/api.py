@@ -102,7 +102,7 @@ class SafeBrowsing:
         """Build the current prefix set and its full updates (raw and Rice) now, so no request
         waits for them: seconds for a million entries, so call it from a thread after a
         pattern swap or a list change (requests build it themselves otherwise)."""
-        current = self.cache.current(self.engine_of())
+        current = self.cache.current(self.engine_of(), wait=True)
         for threat in px.THREAT_TYPES:
             for rice in (False, True):
                 self._entry_sets(None, current, threat, rice)

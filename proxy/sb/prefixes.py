@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +54,8 @@ LISTED_RATINGS = (Rating.DANGEROUS, Rating.HIGHLY_SUSPICIOUS)
 PREFIX_SIZE = 4
 HASH_SIZE = 32
 KEEP_SETS = 4  # prefix sets remembered for partial updates
+
+logger = logging.getLogger(__name__)
 MIN_RICE, MAX_RICE = 2, 28
 
 
@@ -317,27 +320,57 @@ def prefix_values(prefixes: Iterable[bytes]) -> list[int]:
 
 
 class PrefixCache:
-    """The current prefix set per (pattern, list snapshot), built once; the last few kept."""
+    """The current prefix set per (pattern, list snapshot), built once; the last few kept.
+
+    Building a set takes seconds at a million entries, so it never happens on a request
+    once a set exists: after a pattern swap or a list change, ``current`` starts the new
+    build in a thread and goes on answering from the set it has. The new lists reach
+    clients at their next update, as with the vendor's own servers. Only the very first
+    set (or ``wait=True``) is built in the caller."""
 
     def __init__(self, keep: int = KEEP_SETS) -> None:
         self._keep = keep
         self._lock = threading.Lock()
         self._key: tuple[Any, Any] | None = None  # the objects themselves: ids never reused
         self._current: PrefixSet | None = None
+        self._building: tuple[Any, Any] | None = None
         self._sets: OrderedDict[bytes, PrefixSet] = OrderedDict()
         self._diffs: OrderedDict[tuple[bytes, bytes, str], Diff] = OrderedDict()
 
-    def current(self, engine: Any) -> PrefixSet:
+    def current(self, engine: Any, *, wait: bool = False) -> PrefixSet:
         patterns, lists = engine.patterns, engine.lists
         with self._lock:
             key = self._key
             if key is not None and key[0] is patterns and key[1] is lists and self._current:
                 return self._current
-            made = build(patterns, lists)  # the same content keeps its id, with the new version
-            self._sets[made.id] = made
+            if self._current is not None and not wait:
+                if self._building is None or self._building[0] is not patterns \
+                        or self._building[1] is not lists:
+                    self._building = (patterns, lists)
+                    threading.Thread(target=self._build_later, args=(patterns, lists),
+                                     name="sb-prefixes", daemon=True).start()
+                return self._current
+        return self._install(patterns, lists, build(patterns, lists))
+
+    def _build_later(self, patterns: Any, lists: Any) -> None:
+        try:
+            made = build(patterns, lists)
+        except Exception:  # a pattern closed meanwhile, say: the next request tries again
+            logger.exception("Safe Browsing prefix set not built")
+            with self._lock:
+                self._building = None
+            return
+        self._install(patterns, lists, made)
+
+    def _install(self, patterns: Any, lists: Any, made: PrefixSet) -> PrefixSet:
+        with self._lock:
+            self._sets[made.id] = made  # the same content keeps its id, with the new version
             self._sets.move_to_end(made.id)
             while len(self._sets) > self._keep:
                 self._sets.popitem(last=False)
+            if self._building is not None and self._building[0] is patterns \
+                    and self._building[1] is lists:
+                self._building = None
             self._key, self._current = (patterns, lists), made
             return made
 

@@ -359,8 +359,13 @@ def test_a_local_database_client_converges_across_a_pattern_update(tmp_path: Pat
         assert r.returncode == 0, r.stdout + r.stderr
         assert eventually(lambda: version() == V2), version()
         before = set(db.lists["MALWARE"].prefixes)
-        db.update()
-        assert db.responses[LISTS.index("MALWARE")] == "PARTIAL_UPDATE"
+
+        def changed() -> bool:  # a client asks again after minimumWaitDuration; the new
+            db.update()         # prefix set is built in a thread after the swap
+            assert db.responses[LISTS.index("MALWARE")] == "PARTIAL_UPDATE"
+            return set(db.lists["MALWARE"].prefixes) != before
+
+        assert eventually(changed), "the pattern update never reached the local database"
         after = set(db.lists["MALWARE"].prefixes)
         assert before - after and after - before  # one removed, one added, checksum checked
         assert {"riceHashes", "riceIndices"} <= db.forms

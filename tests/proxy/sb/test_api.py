@@ -133,12 +133,14 @@ def test_a_list_change_is_a_partial_update_the_client_can_verify(app: App, sb: S
         names = [f"rule{i}-{int(rice)}.example.test" for i in range(30)]
         app.lists_store.add(ListName.BLOCKED, [(EntryKind.DOMAIN, n) for n in names])
         app.engine.lists = app.lists_store.snapshot()
+        sb.prepare()  # what the first request after the change starts in a thread
         second = fetch(sb, {t: u["newClientState"] for t, u in first.items()}, rice=rice)
         assert second["MALWARE"]["responseType"] == "PARTIAL_UPDATE"
         malware = apply(held["MALWARE"], second["MALWARE"])
         assert urls.digest(names[0] + "/")[:4] in malware
         app.lists_store.remove([(EntryKind.DOMAIN, n) for n in names[:10]], name=ListName.BLOCKED)
         app.engine.lists = app.lists_store.snapshot()
+        sb.prepare()
         third = fetch(sb, {t: u["newClientState"] for t, u in second.items()}, rice=rice)
         assert "removals" in third["MALWARE"]
         malware = apply(malware, third["MALWARE"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,8 +65,13 @@ def test_blocked_domain_and_url_rules_join_malware_and_a_new_set_is_made_once(ap
     app.lists_store.add(ListName.BLOCKED, [(EntryKind.DOMAIN, "lab.example.test")],
                         clients=["10.0.0.0/8"])
     app.engine.lists = app.lists_store.snapshot()
+    assert cache.current(app.engine) is before  # the new set is built in a thread meanwhile
+    deadline = time.monotonic() + 30
+    while cache.current(app.engine) is before and time.monotonic() < deadline:
+        time.sleep(0.01)
     after = cache.current(app.engine)
     assert after.state != before.state
+    assert cache.current(app.engine, wait=True) is after
     malware = after.lists["MALWARE"].hashes
     assert h("bad.example.test/") in malware and h("shop.example.test/cart/") in malware
     assert h("good.example.test/") not in malware  # approved
