@@ -11,6 +11,7 @@ pattern) is reported and shuts the master down with the reason.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from mitmproxy import ctx
 
@@ -36,9 +37,23 @@ def _reason(e: Exception) -> str:
 def safe_browsing(app: App) -> SafeBrowsingHandler:
     """The /v4/ routes' handler for an open ``app``: its engine read per request, so a new
     pattern or list snapshot is what the next client update sees."""
+    import threading
+
     from proxy.sb.api import SafeBrowsing
 
-    return SafeBrowsing(lambda: app.engine, app.cfg).handle
+    sb = SafeBrowsing(lambda: app.engine, app.cfg)
+    # the first prefix set takes seconds at a million entries: built now, off the loop,
+    # so the first client's update does not wait for it (later ones are built in a thread
+    # by the cache itself)
+    threading.Thread(target=_prepare, args=(sb,), name="sb-prepare", daemon=True).start()
+    return sb.handle
+
+
+def _prepare(sb: Any) -> None:
+    try:
+        sb.prepare()
+    except Exception:  # the first request builds it then
+        logger.exception("Safe Browsing prefix set not prepared")
 
 
 class QueryDoor:

@@ -350,8 +350,12 @@ def test_a_local_database_client_converges_across_a_pattern_update(tmp_path: Pat
 
         assert eventually(lambda: version() == V1), version()
         db = LocalDatabase(base(appliance), "RICE")
-        db.update()
-        assert db.lookup("http://gone.example.test/b.html") == {"MALWARE"}
+
+        def has_v1() -> bool:  # the set for V1 is built in a thread once V1 is served
+            db.update()
+            return db.lookup("http://gone.example.test/b.html") == {"MALWARE"}
+
+        assert eventually(has_v1), "V1 never reached the local database"
         assert db.lookup("http://new.example.test/c.html") == set()
 
         publish(V2)
