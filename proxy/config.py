@@ -351,19 +351,7 @@ def validate(cfg: Config) -> Config:
     except ValueError:
         if cfg.listen not in ("localhost", ""):
             raise ConfigError(f"config key 'listen': {cfg.listen!r} is not an IP address") from None
-    for key, allowed in (("log_clients", LOG_CLIENTS), ("log_format", LOG_FORMATS)):
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of"
-                              f" {', '.join(allowed)}")
-    network_modes(cfg.log_client_networks)
-    if cfg.syslog and syslog_address(cfg.syslog) is None:
-        raise ConfigError(f"config key 'syslog': {cfg.syslog[:200]!r} must be udp://HOST[:PORT],"
-                          " tcp://HOST[:PORT] or an absolute socket path")
-    if cfg.syslog_facility not in SYSLOG_FACILITIES:
-        raise ConfigError(f"config key 'syslog_facility': {cfg.syslog_facility!r} is not one of"
-                          f" {', '.join(SYSLOG_FACILITIES)}")
-    if cfg.log_level not in LOG_LEVELS:
-        raise ConfigError(f"config key 'log_level': {cfg.log_level!r} is not debug/info/warning/error")
+    _check_logs(cfg)
     if cfg.degraded_action not in DEGRADED_ACTIONS:
         raise ConfigError(f"config key 'degraded_action': {cfg.degraded_action!r} is not"
                           " 'allow' or 'block'")
@@ -394,10 +382,35 @@ def validate(cfg: Config) -> Config:
                 f"config key 'intercept_allow_destinations': {entry!r} must be HOST[:PORT],"
                 " [V6]:PORT, an address or a network (CIDR)"
             ) from None
-    if not cfg.query_clients:
-        # an empty list would leave the door unrestricted: say every client on purpose
-        raise ConfigError("config key 'query_clients' is empty: name the networks the query door"
-                          " answers (0.0.0.0/0 and ::/0 for every client)")
+    _check_clients(cfg)
+    if cfg.cloud_ca is not None and not cfg.cloud_ca.is_file():
+        raise ConfigError(f"config key 'cloud_ca': no such file {cfg.cloud_ca.name!r}")
+    _check_updates(cfg)
+    return cfg
+
+
+def _check_logs(cfg: Config) -> None:
+    for key, allowed in (("log_clients", LOG_CLIENTS), ("log_format", LOG_FORMATS)):
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of"
+                              f" {', '.join(allowed)}")
+    network_modes(cfg.log_client_networks)
+    if cfg.syslog and syslog_address(cfg.syslog) is None:
+        raise ConfigError(f"config key 'syslog': {cfg.syslog[:200]!r} must be udp://HOST[:PORT],"
+                          " tcp://HOST[:PORT] or an absolute socket path")
+    if cfg.syslog_facility not in SYSLOG_FACILITIES:
+        raise ConfigError(f"config key 'syslog_facility': {cfg.syslog_facility!r} is not one of"
+                          f" {', '.join(SYSLOG_FACILITIES)}")
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"config key 'log_level': {cfg.log_level!r} is not debug/info/warning/error")
+
+
+def _check_clients(cfg: Config) -> None:
+    for key, door in (("query_clients", "query door"), ("dns_clients", "DNS door")):
+        if not getattr(cfg, key):
+            # an empty list would leave the door unrestricted: say every client on purpose
+            raise ConfigError(f"config key {key!r} is empty: name the networks the {door}"
+                              " answers (0.0.0.0/0 and ::/0 for every client)")
     for key in ("allow_clients", "query_clients", "dns_clients"):
         for cidr in getattr(cfg, key):
             try:
@@ -406,10 +419,6 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(
                     f"config key '{key}': {cidr!r} is not a network (CIDR) or address"
                 ) from None
-    if cfg.cloud_ca is not None and not cfg.cloud_ca.is_file():
-        raise ConfigError(f"config key 'cloud_ca': no such file {cfg.cloud_ca.name!r}")
-    _check_updates(cfg)
-    return cfg
 
 
 def network_modes(entries: list[str] | tuple[str, ...] | Any) -> list[tuple[Any, str]]:

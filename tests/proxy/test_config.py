@@ -501,10 +501,11 @@ def test_plain_http_cloud_only_on_loopback(url: str, ok: bool) -> None:
             config.load(overrides={"cloud": [url]})
 
 
-def test_an_empty_query_clients_list_is_refused_not_read_as_every_client(tmp_path):
+@pytest.mark.parametrize("key", ["query_clients", "dns_clients"])
+def test_an_empty_clients_list_is_refused_not_read_as_every_client(tmp_path, key):
     path = tmp_path / "rampart.toml"
-    path.write_text("query_clients = []\n")
-    with pytest.raises(ConfigError, match=r"'query_clients' is empty.*0\.0\.0\.0/0"):
+    path.write_text(f"{key} = []\n")
+    with pytest.raises(ConfigError, match=rf"'{key}' is empty.*0\.0\.0\.0/0"):
         config.load(path)
     assert config.load(None, {"query_clients": ["0.0.0.0/0", "::/0"]}).query_clients == [
         "0.0.0.0/0", "::/0"]
