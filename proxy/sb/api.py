@@ -42,6 +42,7 @@ from proxy.config import Config
 from proxy.errors import ProtocolError
 from proxy.sb import messages as m
 from proxy.sb import prefixes as px
+from proxy.sb.fast_json import full_hashes_json, full_hashes_request
 from proxy.wire import protocol
 
 logger = logging.getLogger(__name__)
@@ -235,6 +236,10 @@ class SafeBrowsing:
             answer = getattr(self, name)(self._decode(request_type, body, content_type))
         if alt == "proto":
             return 200, answer.SerializeToString(), PROTO
+        if request_type is m.FindFullHashesRequest:
+            fast = full_hashes_json(answer)  # json_format's walk is most of the method's time
+            if fast is not None:
+                return 200, fast, JSON
         return 200, json.dumps(json_format.MessageToDict(answer), separators=(",", ":")).encode(), JSON
 
     def _decode(self, request_type: Any, body: bytes, content_type: str) -> Any:
@@ -248,6 +253,10 @@ class SafeBrowsing:
             except Exception as e:  # DecodeError, or a nesting too deep
                 raise BadRequest(f"request body is not a valid protobuf message: {e}") from None
             return message
+        if request_type is m.FindFullHashesRequest:
+            fast = full_hashes_request(body)  # the common shape, without json_format's walk
+            if fast is not None:
+                return fast
         try:
             text = body.decode("utf-8") if body.strip() else "{}"
             json_format.Parse(text, message)
