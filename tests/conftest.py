@@ -1,7 +1,8 @@
-"""Shared fixtures: free loopback ports and real `rampart` processes."""
+"""Shared fixtures: free loopback ports, real `rampart` processes, and an opened App."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -11,10 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from proxy.serve.app import App
 
 T = TypeVar("T")
 
@@ -143,3 +147,26 @@ def _doors_off_unless_asked() -> Iterator[None]:
                      "RAMPART_CONSOLE_PORT", "RAMPART_DNS_PORT"):
             mp.setenv(name, "0")
         yield
+
+
+@contextlib.contextmanager
+def opened_app(data_dir: Path) -> Iterator[App]:
+    """An App opened (no door listening, no task) on ``data_dir`` with the bundled sample
+    pattern; its list store and pattern closed afterwards."""
+    from proxy.config import Config
+    from proxy.serve.app import App
+
+    app = App(Config(data_dir=data_dir, query_port=0, query_tls_port=0))
+    app.open()
+    try:
+        yield app
+    finally:
+        app.lists_store.close()
+        app.engine.patterns.close()
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[App]:
+    """``opened_app`` on the test's own folder."""
+    with opened_app(tmp_path) as opened:
+        yield opened

@@ -9,26 +9,14 @@ two doors answered the same request differently.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from mitmproxy.test import tflow
 
 from addons.intercept import engine_request
-from proxy.config import Config
 from proxy.errors import ProtocolError
 from proxy.serve.app import App
 from proxy.wire.http import Request, Response, error_response
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path, query_port=0, query_tls_port=0))
-    app.open()
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
 
 
 def answer(app: App, request: Request) -> tuple[int, dict[str, object]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +31,6 @@ def v4(ip: str) -> str:
 def v6(ip: str) -> str:
     """32 reversed nibbles (by hand: dnspython writes an IPv4-mapped address as in-addr.arpa)."""
     return ".".join(reversed(ipaddress.IPv6Address(ip).exploded.replace(":", ""))) + "." + IP
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path, query_port=0, query_tls_port=0))
-    app.open()
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
 
 
 def answerer(app: App, **cfg: Any) -> Answerer:

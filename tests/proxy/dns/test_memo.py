@@ -4,14 +4,10 @@ logged alike, and lets go of them when the lists, the pattern or an expiry chang
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dns.message
-import pytest
 
-from proxy.config import Config
 from proxy.decide.lists import ListName
 from proxy.dns.answers import Answerer
 from proxy.dns.memo import AnswerMemo
@@ -22,15 +18,6 @@ NAMES = [f"7.2.0.192.{IP}", f"7.100.51.198.{IP}", f"9.9.9.9.{IP}", f"malware.exa
          f"WWW.Malware.Example.Test.{DN}", f"example.org.{DN}", f"good.example.test.{DN}", IP, DN,
          f"2.0.0.127.{IP}", f"test.{DN}", "example.com", f"300.2.0.192.{IP}"]
 TYPES = ["A", "TXT", "ANY", "AAAA", "SOA", "NS"]
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path, query_port=0, query_tls_port=0))
-    app.open()
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
 
 
 class Recorder:

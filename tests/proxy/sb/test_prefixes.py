@@ -8,26 +8,14 @@ import hashlib
 import itertools
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from proxy.config import Config
 from proxy.decide.list_rules import EntryKind, ListName
 from proxy.model import Rating
 from proxy.sb import prefixes as px
 from proxy.serve.app import App
 from proxy.wire import urls
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path, query_port=0, query_tls_port=0))
-    app.open()
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
 
 
 def h(expression: str) -> bytes:

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import Config
 from proxy.errors import ProtocolError
 from proxy.sb.api import SafeBrowsing
 from proxy.serve.app import App
 from proxy.wire.http import Request, Response, error_response
+from tests.conftest import opened_app
 
 PATHS = ["/v4/threatLists", "/v4/threatListUpdates:fetch", "/v4/fullHashes:find",
          "/v4/threatMatches:find", "/v4/", "/v4/threatLists/x", "/v4/encodedUpdates/abc"]
@@ -26,12 +26,9 @@ LISTS = ["MALWARE", "SOCIAL_ENGINEERING", "UNWANTED_SOFTWARE", "THREAT_TYPE_UNSP
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path_factory.mktemp("sbfuzz"), query_port=0, query_tls_port=0))
-    app.open()
-    app.safe_browsing = SafeBrowsing(lambda: app.engine, app.cfg).handle
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
+    with opened_app(tmp_path_factory.mktemp("sbfuzz")) as app:
+        app.safe_browsing = SafeBrowsing(lambda: app.engine, app.cfg).handle
+        yield app
 
 
 def answer(app: App, method: str, target: bytes, body: bytes, content_type: bytes | None) -> Response:

@@ -5,13 +5,10 @@ hands back, the v4-style errors of the door's own refusals, and the metrics' rou
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.config import Config
 from proxy.errors import ProtocolError
 from proxy.serve.app import App
 from proxy.serve.intercept import engine_service
@@ -30,15 +27,6 @@ class Recorder:
                  content_type: str) -> tuple[int, bytes, str]:
         self.calls.append((method, path, query, body, content_type))
         return self.answer
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path, query_port=0, query_tls_port=0))
-    app.open()
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
 
 
 def call(app: App, method: str, target: str, body: bytes = b"",

@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import Config
 from proxy.errors import ProtocolError, UrlError
 from proxy.serve.app import App
 from proxy.updates import repo
 from proxy.wire import paths, protocol, replies, urls
 from proxy.wire.http import Request, Response, error_response
+from tests.conftest import opened_app
 
 LIMITS = protocol.Limits(max_batch=50, max_url=512)
 _EXAMPLES = int(os.environ.get("RAMPART_FUZZ_EXAMPLES", "0"))
@@ -220,11 +220,8 @@ shaped_bodies = st.tuples(
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path_factory.mktemp("fuzz"), query_port=0, query_tls_port=0))
-    app.open()
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
+    with opened_app(tmp_path_factory.mktemp("fuzz")) as opened:
+        yield opened
 
 
 async def _settle(result: Awaitable[Response]) -> Response:

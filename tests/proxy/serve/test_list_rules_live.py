@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from proxy.config import Config
 from proxy.decide.list_rules import parse_clients
@@ -22,15 +21,6 @@ from proxy.wire.http import Request, Response
 from tests.conftest import free_port
 
 B = ListName.BLOCKED
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path, query_port=0, query_tls_port=0))
-    app.open()
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
 
 
 def source(app: App, target: str, client: str) -> str:
