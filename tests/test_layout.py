@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BOTTOM = ("proxy.errors", "proxy.model", "proxy.forms", "proxy.config", "proxy.settings", "proxy.files",
-          "proxy.clock")
+BOTTOM = ("proxy.errors", "proxy.model", "proxy.forms", "proxy.config", "proxy.config_checks",
+          "proxy.settings", "proxy.files", "proxy.clock")
 CORE = (*BOTTOM, "proxy.wire", "proxy.patterns", "proxy.updates", "proxy.decide", "proxy.relay",
         "proxy.serve")
 
@@ -21,7 +21,8 @@ MAY_IMPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy.model", ("proxy.errors",)),
     ("proxy.files", ("proxy.errors",)),
     ("proxy.clock", ("proxy.errors",)),
-    ("proxy.config", ("proxy.errors", "proxy.model", "proxy.forms", "proxy.files")),
+    ("proxy.config_checks", ("proxy.errors", "proxy.model", "proxy.forms", "proxy.config")),
+    ("proxy.config", ("proxy.errors", "proxy.model", "proxy.forms", "proxy.files", "proxy.config_checks")),
     ("proxy.forms", ("proxy.model",)),
     ("proxy.settings", ("proxy.errors", "proxy.config", "proxy.files")),
     ("proxy.wire", (*BOTTOM, "proxy.wire")),
