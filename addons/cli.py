@@ -27,6 +27,25 @@ if TYPE_CHECKING:
 PORT = click.IntRange(0, 65535)
 
 
+class _Workers(click.ParamType):
+    """``--workers``: a count from 1 to 256, or ``auto`` (config value 0: one per core)."""
+
+    name = "N|auto"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return 0
+        if text.isdigit() and 1 <= int(text) <= 256:
+            return int(text)
+        self.fail(f"{value!r} is not a number from 1 to 256 or auto", param, ctx)
+
+
+WORKERS = _Workers()
+
+
 def _port_help(what: str, key: str) -> str:
     """A port flag's help, its default taken from the config key it sets."""
     return f"{what} (default {config_mod.default(key)}; 0 turns it off)."
@@ -75,6 +94,14 @@ def _port_help(what: str, key: str) -> str:
              help="Web action for an item a configured cloud did not answer in time, under the "
                   f"low and medium policies (default {config_mod.default('degraded_action')}; "
                   "high blocks it). It keeps retry_after: products flag it and ask again.")
+@config_flag("--workers", type=WORKERS,
+             help="Processes answering the query door on the same ports: a number, or auto for "
+                  f"one per core (default {config_mod.default('workers')}). Above 1 this process "
+                  "keeps the updater and the other doors, and restarts a worker that dies.")
+@config_flag("--redis", envvar="RAMPART_REDIS",
+             help="Redis server appliances share the cloud-answer cache, the lists and the rate "
+                  "limits through: redis://HOST[:PORT][/DB], rediss://… or unix:///PATH. Put a "
+                  "password in $RAMPART_REDIS or the config file, not on the command line.")
 @config_flag("--update-source", envvar="RAMPART_UPDATE_SOURCE",
              help="Update source (a `rampart pattern publish` repository served over HTTP(S)).")
 @config_flag("--update-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),

@@ -200,6 +200,24 @@ class Config:
         2.0, "seconds a DNS answer may wait for the cloud or the upstream zone (then SERVFAIL)",
         lo=0.05, hi=30,
     )
+    # scale-out (docs/architecture.md, "Workers and shared state")
+    workers: int = _opt(
+        1, "processes answering the query door on the same ports (SO_REUSEPORT); 0: one per"
+        " core (`--workers auto`); above 1 the main process keeps the updater and the other doors",
+        lo=0, hi=256,
+    )
+    redis: str = _opt(
+        "", "Redis server the appliances share (redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://"
+        " or unix:///PATH): the cloud-answer cache, the lists and the rate limits; empty: none"
+        " ($RAMPART_REDIS)",
+    )
+    redis_prefix: str = _opt(
+        "rampart:", "prefix of every Redis key and channel (appliances sharing state use the same)"
+    )
+    redis_timeout: float = _opt(
+        0.25, "seconds a Redis command may take before the appliance answers from its own state",
+        lo=0.01, hi=10,
+    )
     # console and admin API
     console_port: int = _opt(
         4343, "console door: the admin API and web console over HTTPS; 0 turns it off",

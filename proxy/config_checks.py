@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError
-from proxy.forms import endpoint_ok, host_pattern_ok, loopback, source_ok, syslog_address
+from proxy.forms import (
+    endpoint_ok,
+    host_pattern_ok,
+    loopback,
+    redis_url_ok,
+    source_ok,
+    syslog_address,
+)
 from proxy.model import Allowed
 
 if TYPE_CHECKING:
@@ -67,7 +74,19 @@ def validate(cfg: Config) -> Config:
     if cfg.cloud_ca is not None and not cfg.cloud_ca.is_file():
         raise ConfigError(f"config key 'cloud_ca': no such file {cfg.cloud_ca.name!r}")
     _check_updates(cfg)
+    _check_redis(cfg)
     return cfg
+
+
+def _check_redis(cfg: Config) -> None:
+    if cfg.redis and not redis_url_ok(cfg.redis):
+        # never echo the value: it may hold the password
+        raise ConfigError("config key 'redis': must be redis://[:PASSWORD@]HOST[:PORT][/DB],"
+                          " rediss://… or unix:///PATH")
+    if not cfg.redis_prefix or len(cfg.redis_prefix) > 64 or any(
+            c.isspace() or not c.isprintable() for c in cfg.redis_prefix):
+        raise ConfigError("config key 'redis_prefix': must be 1 to 64 printable characters"
+                          " without spaces")
 
 
 def _check_logs(cfg: Config) -> None:

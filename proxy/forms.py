@@ -75,3 +75,23 @@ def loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def redis_url_ok(url: str) -> bool:
+    """``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://`` the same over TLS, or
+    ``unix:///PATH[?db=N]``; the database a number."""
+    if len(url) > 2048 or any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    if parts.fragment:
+        return False
+    if parts.scheme == "unix":
+        return parts.path.startswith("/") and len(parts.path) < 108 and not parts.netloc
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname or parts.query:
+        return False
+    db = parts.path.strip("/")
+    return db == "" or (db.isdigit() and int(db) < 1 << 16)

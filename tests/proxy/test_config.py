@@ -509,3 +509,27 @@ def test_an_empty_clients_list_is_refused_not_read_as_every_client(tmp_path, key
         config.load(path)
     assert config.load(None, {"query_clients": ["0.0.0.0/0", "::/0"]}).query_clients == [
         "0.0.0.0/0", "::/0"]
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1", "redis://127.0.0.1:6380/2", "redis://:secret@db.example:6379/0",
+    "rediss://user:pw@db.example", "unix:///run/redis/redis.sock", "redis://[::1]:6379",
+])
+def test_redis_urls_of_every_form_are_taken(url: str) -> None:
+    assert config.load(overrides={"redis": url}).redis == url
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1", "redis://", "redis://host:99999", "redis://host/db1", "unix://host/x",
+    "redis://h?x=1", "redis://h o", "redis://:s3cret@host/db1",
+])
+def test_a_bad_redis_url_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.load(overrides={"redis": url})
+    assert "config key 'redis'" in e.value.message and "s3cret" not in e.value.message
+
+
+def test_workers_auto_is_zero_and_the_count_is_bounded() -> None:
+    assert config.load(overrides={"workers": 0}).workers == 0
+    with pytest.raises(ConfigError, match="'workers'"):
+        config.load(overrides={"workers": 257})
