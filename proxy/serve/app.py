@@ -39,7 +39,7 @@ from proxy.serve.routes import Routes, SafeBrowsingHandler
 from proxy.serve.server import ServerLimits, start_server
 from proxy.settings import Layers
 from proxy.wire import paths, protocol
-from proxy.wire.http import Request, Response
+from proxy.wire.http import Handler, Request, Response
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,13 @@ class App:
     """The Safe Browsing v4 routes' handler (``proxy.sb.api.SafeBrowsing(...).handle``, set
     by ``addons.query_door`` once open: this package does not import ``proxy.sb``); the
     ``/v4/`` routes are a 404 while it is None."""
+    serve_queries: bool = True
+    """False in the main process of ``workers`` above 1: the query door is the workers'."""
+    worker: int | None = None
+    """This App is query-door worker N (``proxy.serve.worker``): its keeper follows the main
+    process's store, its query door binds with SO_REUSEPORT beside the other workers'."""
+    front: Callable[[Handler], Handler] | None = None
+    """Wraps the query door's handler (a worker's ``proxy.serve.fleet.Fleet.front``)."""
 
     # ------------------------------------------------------------ start / stop
 
@@ -96,7 +103,8 @@ class App:
         check_private_dir(cfg.data_dir)  # before anything is read from it or written to it
         self.stats = metrics.Stats()
         self.registry = metrics.registry_for(self.stats)
-        self.keeper = PatternKeeper(cfg, sample_sources(self.sample))  # store, swaps, updates
+        self.keeper = PatternKeeper(cfg, sample_sources(self.sample),  # store, swaps, updates
+                                    follow=self.worker is not None)
         patterns = self.keeper.open()
         self.pattern_path = patterns.directory
         self.lists_store = ListStore.open(cfg.data_dir)
@@ -157,9 +165,9 @@ class App:
             max_header=cfg.max_header, max_body=cfg.max_body, idle_timeout=cfg.idle_timeout,
             head_timeout=cfg.head_timeout, request_timeout=cfg.request_timeout,
         )
-        if cfg.query_port:
+        if cfg.query_port and self.serve_queries:
             await self._listen("query", "http", cfg.query_port, limits, None)
-        if cfg.query_tls_port:
+        if cfg.query_tls_port and self.serve_queries:
             await self._listen("query", "https", cfg.query_tls_port, limits, self.tls_context())
             assert self.tls is not None
             follow = self.tls.follow(self.doors[-1].server.use_ssl_context)
@@ -179,8 +187,10 @@ class App:
     ) -> None:
         try:
             server = await start_server(
-                self.routes, self.cfg.listen, port, limits=limits, ssl_context=ssl_context,
+                self.front(self.routes) if self.front is not None else self.routes,
+                self.cfg.listen, port, limits=limits, ssl_context=ssl_context,
                 observe=self._observe, gate=self.gate, caps=self.caps, door=f"query-{scheme}",
+                reuse_port=self.worker is not None,
             )
         except OSError as e:
             raise RampartError(

@@ -14,6 +14,9 @@
   ``grace`` seconds later by ``loop.call_later``, off the request path.
 - **update**: with ``update_source`` and ``update_key`` configured, the
   ``Updater`` runs on its schedule in the same loop.
+- **follow** (a query-door worker, ``proxy.serve.workers``): the store is only read,
+  never built into or updated; the main process's updater installs, and every worker
+  swaps to the new ``current`` on its own within ``FOLLOW_POLL`` seconds.
 - **report**: each pattern's version and age (``age_of``: since its version was
   built), staleness past ``stale_after``
   or once the source's newest signed manifest has expired (its ``expires``: a
@@ -61,6 +64,8 @@ from proxy.updates.updater import HttpFetcher, Updater
 logger = logging.getLogger(__name__)
 
 GRACE_SECONDS = 5.0
+FOLLOW_POLL = 1.0
+"""A following keeper's longest poll: a worker serves a new version within 2 s of its install."""
 SourceTimes = tuple[datetime, datetime | None]  # a source manifest's published and expires
 
 
@@ -121,14 +126,16 @@ def sample_store(cfg: Config, sources: dict[str, list[Path]]) -> PatternStore:
 
 class PatternKeeper:
     def __init__(self, cfg: Config, sources: dict[str, list[Path]], *, grace: float = GRACE_SECONDS,
-                 updates: bool = True) -> None:
+                 updates: bool = True, follow: bool = False) -> None:
+        """``follow``: read the store another process keeps (no sample built, no updater)."""
         self.cfg = cfg
+        self.follow = follow
         self.grace = grace
         self.store: PatternStore | None = None
         self.updater: Updater | None = None
         self._fetcher: HttpFetcher | None = None
         self._sources = sources
-        self._updates = updates
+        self._updates = updates and not follow
         self.engine: Any = None
         self.served: str | None = None  # the store version being served
         self.local: LocalManifest = EMPTY  # its local manifest
@@ -147,9 +154,13 @@ class PatternKeeper:
             patterns = PatternSet.open(cfg.pattern_dir)
             self.local = LocalManifest.load(cfg.pattern_dir)
             return patterns
-        self.store = sample_store(cfg, self._sources)
+        if self.follow:
+            self.store = PatternStore.open(cfg.data_dir / "patterns", keep=cfg.keep_versions)
+        else:
+            self.store = sample_store(cfg, self._sources)
         path = self.store.current_path()
-        assert path is not None
+        if path is None:  # following: the main process installs the first version
+            raise PatternError(f"no pattern installed in {cfg.data_dir / 'patterns'} yet")
         patterns = PatternSet.open(path)
         self.served = path.name
         self.local = LocalManifest.load(path)
@@ -188,8 +199,9 @@ class PatternKeeper:
         await self.reload()
 
     async def _watch(self) -> None:
+        poll = min(self.cfg.pattern_poll, FOLLOW_POLL) if self.follow else self.cfg.pattern_poll
         while True:
-            await asyncio.sleep(self.cfg.pattern_poll)
+            await asyncio.sleep(poll)
             try:
                 await self.reload()
             except Exception:

@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from proxy.serve.conns import ConnectionCaps, Slot
 
@@ -51,6 +52,8 @@ class Listener:
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.connections: set[Any] = set()
+        """The open connections (``start_server`` fills it): what a drain closes."""
         self._loop.add_reader(sock.fileno(), self._accept)
 
     def use_ssl_context(self, context: ssl.SSLContext) -> None:
@@ -126,6 +129,13 @@ class Listener:
         self._sock.close()
         for task in self._pending:
             task.cancel()
+
+    def drain(self) -> None:
+        """Stop accepting, and close each open connection once it has answered what it was
+        asked (``HttpConnection.drain``): a stopping worker finishes its requests in flight."""
+        self.close()
+        for conn in list(self.connections):
+            conn.drain()
 
     async def wait_closed(self) -> None:
         if self._pending:

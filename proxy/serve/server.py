@@ -54,6 +54,7 @@ class HttpConnection(asyncio.Protocol):
         "_busy",
         "_closing",
         "_deferred",
+        "_draining",
         "_eof",
         "_error",
         "_gate",
@@ -64,6 +65,7 @@ class HttpConnection(asyncio.Protocol):
         "_in_head",
         "_in_message",
         "_last",
+        "_live",
         "_observe",
         "_progress",
         "_queue",
@@ -86,13 +88,17 @@ class HttpConnection(asyncio.Protocol):
         observe: Callable[[Request, Response, float], None] | None = None,
         gate: Gate | None = None,
         slot: Slot | None = None,
+        live: set[HttpConnection] | None = None,
     ) -> None:
+        """``live``: the door's open connections, which this one joins while open (for a drain)."""
         self.handler = handler
         self.limits = limits
         self._observe = observe
         self._gate = gate  # client networks and per-client rate; None when both are off
         self._slot = slot  # this connection's place in the process's ConnectionCaps
         self._refused = False
+        self._live = live
+        self._draining = False
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -115,6 +121,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self._live is not None:
+            self._live.add(self)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "?"
         self._last = self.loop.time()
@@ -137,6 +145,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.transport = None
+        if self._live is not None:
+            self._live.discard(self)
         if self._idle is not None:
             self._idle.cancel()
         if self._slot is not None:
@@ -348,7 +358,17 @@ class HttpConnection(asyncio.Protocol):
     def _open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
 
+    def drain(self) -> None:
+        """The server is stopping: keep this connection alive no longer. Closed now when it
+        is between requests, after the answers in progress (and those queued) otherwise."""
+        self._draining = True
+        if self.transport is not None and not (self._busy or self._in_message or self._queue):
+            self._closing = True
+            self.transport.close()
+
     def _send(self, request: Request, response: Response, keep_alive: bool, started: float) -> None:
+        if self._draining and not self._queue:
+            keep_alive = False  # answered with Connection: close, then closed
         if self._observe is not None:
             self._observe(request, response, time.perf_counter() - started)
         transport = self.transport
@@ -450,14 +470,19 @@ async def start_server(
     caps: ConnectionCaps | None = None,
     door: str | None = None,
 ) -> Listener:
-    """Serve ``handler`` on ``host:port``; ``caps`` bounds connections per client and in all."""
+    """Serve ``handler`` on ``host:port``; ``caps`` bounds connections per client and in all;
+    ``reuse_port``: beside other processes' sockets on the same port (SO_REUSEPORT, the
+    query-door workers), the kernel spreading connections among them."""
     sock = listening_socket(host, port, reuse_port=reuse_port)
-    return Listener(
-        sock, lambda slot: HttpConnection(handler, limits, observe, gate, slot),
+    live: set[HttpConnection] = set()
+    listener = Listener(
+        sock, lambda slot: HttpConnection(handler, limits, observe, gate, slot, live),
         door=door or ("https" if ssl_context is not None else "http"), caps=caps,
         ssl_context=ssl_context, handshake_timeout=limits.head_timeout,
         refusal=_REFUSALS if ssl_context is None else None,
     )
+    listener.connections = live
+    return listener
 
 
 # made once: a flood of refused connections costs a send and a close each
