@@ -100,5 +100,9 @@ class AnswerCache(Generic[V]):
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
 
+    def drop(self, key: str) -> None:
+        """Forget ``key`` (another appliance stored a newer answer for it in the shared cache)."""
+        self._data.pop(key, None)
+
     def clear(self) -> None:
         self._data.clear()

@@ -86,6 +86,18 @@ class RelayLike(Protocol):
     ) -> list[dict[str, Any] | RelayError]: ...
 
 
+class SharedCache(Protocol):
+    """The cloud-answer cache the appliances share (proxy.shared.answers.SharedAnswers), asked
+    for what the local cache missed before the relay is. ``get_many`` answers within its own
+    bound and never raises (None: a miss); ``put_many`` stores the cloud's results (the JSON
+    the relay returned) with their TTLs without making the caller wait."""
+
+    async def get_many(
+        self, service: Service, keys: Sequence[str]
+    ) -> list[tuple[dict[str, Any], int] | None]: ...
+    def put_many(self, service: Service, items: Sequence[tuple[str, dict[str, Any], float]]) -> None: ...
+
+
 class StatsLike(Protocol):
     def count_items(self, service: Service, sources: Mapping[Any, int]) -> None: ...
 
@@ -121,6 +133,7 @@ class Engine:
         retry_after: int = default("degraded_retry_after"),
         authoritative: bool = False,
         degraded_action: str = default("degraded_action"),
+        shared: SharedCache | None = None,
     ) -> None:
         if degraded_action not in DEGRADED_ACTIONS:
             raise ValueError(f"degraded_action {degraded_action!r} is not one of {DEGRADED_ACTIONS}")
@@ -128,6 +141,7 @@ class Engine:
         self.lists = lists  # swapped whole when the list store changes
         self.cache = cache
         self.relay = relay
+        self.shared = shared  # the appliances' shared cache (None: this one's alone)
         self.stats = stats
         self.local_ttl = local_ttl
         self.retry_after = retry_after
@@ -346,9 +360,15 @@ class Engine:
     async def relay_fill(
         self, service: Service, answers: list[Any], ask: Ask
     ) -> None:
-        """Ask the relay for what ``settle`` left; failures become degraded answers."""
+        """Ask the shared cache, then the relay, for what ``settle`` left; failures become
+        degraded answers. What the cloud answered with a TTL goes to both caches."""
         assert self.relay is not None
+        if self.shared is not None:
+            ask = await self._shared_fill(service, answers, ask)
+            if not ask:
+                return
         results = await self.relay.ask_many(service, [(key, item) for _, key, item in ask])
+        stored: list[tuple[str, dict[str, Any], float]] = []
         for (i, key, _), result in zip(ask, results):
             if isinstance(result, RelayError):
                 answers[i] = self._degraded(service)
@@ -361,7 +381,29 @@ class Engine:
                 continue
             if answer.ttl:
                 self.cache.put(key, answer, answer.ttl)
+                stored.append((key, result, answer.ttl))
             answers[i] = answer
+        if stored and self.shared is not None:
+            self.shared.put_many(service, stored)
+
+    async def _shared_fill(self, service: Service, answers: list[Any], ask: Ask) -> Ask:
+        """Answer what the shared cache holds (source ``cache``, the TTL left, kept locally
+        for it too); returns what is still to ask the relay."""
+        assert self.shared is not None
+        found = await self.shared.get_many(service, [key for _, key, _ in ask])
+        left: Ask = []
+        for (i, key, item), hit in zip(ask, found):
+            if hit is None:
+                left.append((i, key, item))
+                continue
+            try:
+                answer = self._convert(service, hit[0])
+            except (ValueError, TypeError, KeyError, AttributeError):
+                left.append((i, key, item))  # unreadable: the cloud is asked instead
+                continue
+            self.cache.put(key, answer, hit[1])
+            answers[i] = _served_from_cache(answer, hit[1])
+        return left
 
     async def finish(self, service: Service, answers: list[Any], ask: Ask) -> list[Any]:
         """The answers a ``begin_*`` call left ``ask`` for, relayed; all of them counted."""

@@ -1,0 +1,123 @@
+"""The cloud-answer cache the appliances share (docs/architecture.md, "Workers and shared state").
+
+The engine's own ``AnswerCache`` stays in front; this is asked only for what it missed, just
+before the relay would be (``Engine.relay_fill`` through ``proxy.decide.engine.SharedCache``).
+A cloud result (the JSON ``Relay.ask_many`` returned) is kept under
+``PREFIX answer:SERVICE:KEY`` for the TTL the cloud gave (SET PX), and each batch of new
+answers is published on ``PREFIX answers`` so the other appliances drop those keys from
+their local caches (a newer answer then comes from Redis). Reads are one pipeline of
+GET and PTTL per key within ``redis_timeout``; writes are not awaited by the request.
+Redis down, slow or holding something unreadable is a miss, never a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from proxy.model import Service
+from proxy.shared.link import Link, LinkDown, run_later
+
+logger = logging.getLogger(__name__)
+
+MAX_VALUE = 64 * 1024  # bytes of one stored result; a larger value is not one of ours
+MAX_TTL = 86_400  # seconds, as the local cache
+
+
+class SharedAnswers:
+    """``SharedCache`` over a Link; ``drop`` is the local cache's, called on others' news."""
+
+    def __init__(self, link: Link, node: str, drop: Callable[[str], None]) -> None:
+        self.link = link
+        self.node = node  # this process's id, so it ignores its own invalidations
+        self.channel = link.key("answers")
+        self._drop = drop
+        self.hits = 0
+        self.misses = 0
+        self.skipped = 0  # keys not asked because Redis was down
+        self._tasks: set[Any] = set()
+
+    def _key(self, service: Service, key: str) -> str:
+        return f"{self.link.prefix}answer:{service.value}:{key}"
+
+    async def get_many(
+        self, service: Service, keys: Sequence[str]
+    ) -> list[tuple[dict[str, Any], int] | None]:
+        """Each key's stored cloud result and its whole seconds left, or None (a miss)."""
+        if not keys:
+            return []
+        if not self.link.usable():
+            self.skipped += len(keys)
+            return [None] * len(keys)
+        names = [self._key(service, k) for k in keys]
+
+        async def call(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for name in names:
+                pipe.get(name)
+                pipe.pttl(name)
+            return list(await pipe.execute())
+
+        try:
+            raw = await self.link.run("answers_get", call)
+        except LinkDown:
+            self.skipped += len(keys)
+            return [None] * len(keys)
+        out = [_read(raw[2 * i], raw[2 * i + 1]) for i in range(len(keys))]
+        found = sum(1 for o in out if o is not None)
+        self.hits += found
+        self.misses += len(keys) - found
+        return out
+
+    def put_many(self, service: Service, items: Sequence[tuple[str, dict[str, Any], float]]) -> None:
+        """Store cloud results with their TTLs and tell the others; not awaited by the caller."""
+        if items and self.link.usable():
+            run_later(self._put(service, list(items)), self._tasks)
+
+    async def _put(self, service: Service, items: list[tuple[str, dict[str, Any], float]]) -> None:
+        kept = []
+        for key, result, ttl in items:
+            value = json.dumps(result, separators=(",", ":")).encode()
+            if len(value) <= MAX_VALUE and ttl > 0:
+                kept.append((self._key(service, key), value, int(min(ttl, MAX_TTL) * 1000), key))
+        if not kept:
+            return
+        news = "\n".join([self.node, *(k for *_, k in kept)]).encode()
+
+        async def call(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for name, value, px, _ in kept:
+                pipe.set(name, value, px=px)
+            pipe.publish(self.channel, news)
+            await pipe.execute()
+
+        with contextlib.suppress(LinkDown):  # the answer was served; others ask the cloud
+            await self.link.run("answers_put", call)
+
+    def on_message(self, data: bytes) -> None:
+        """Another appliance stored these keys: drop them here, the next ask reads Redis."""
+        node, _, rest = data.decode("utf-8", "replace").partition("\n")
+        if node == self.node or not rest:
+            return
+        for key in rest.split("\n"):
+            self._drop(key)
+
+    def samples(self) -> list[tuple[dict[str, str], float]]:
+        return [({"result": "hit"}, float(self.hits)), ({"result": "miss"}, float(self.misses)),
+                ({"result": "skipped"}, float(self.skipped))]
+
+
+def _read(value: Any, pttl: Any) -> tuple[dict[str, Any], int] | None:
+    """A stored result and its seconds left, or None for a miss or anything not ours."""
+    if not isinstance(value, bytes) or len(value) > MAX_VALUE or not isinstance(pttl, int) or pttl <= 0:
+        return None
+    try:
+        result = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(result, dict):
+        return None
+    return result, max(1, pttl // 1000)
