@@ -131,22 +131,32 @@ def make_table_diff(base: Path, result: Path) -> bytes:
         if (a.key_width, a.is_range, _layout_of(a)) != (b.key_width, b.is_range, _layout_of(b)):
             raise PatternError(f"{Path(base).name}: cannot diff tables of different layouts")
         removed_mask, added_rows = _changes(a, b)
-        a_keys = a.sorted_keys()
-        names = b.column_names
-        parts: list[bytes | memoryview] = [
-            _DIFF_HEADER.pack(DIFF_MAGIC, DIFF_FORMAT, FLAG_RANGES if a.is_range else 0,
-                              a.key_width, b.index_bits, int(removed_mask.sum()),
-                              len(added_rows), len(names), 0, b.count,
-                              bytes.fromhex(a.content_sha256), bytes.fromhex(b.content_sha256)),
-            b"".join(_DESCRIPTOR.pack(n.encode("ascii"), d.encode("ascii"))
-                     for n, d in _layout_of(b)),
-            _raw(a_keys[removed_mask]),
-            _raw(b.sorted_keys()[added_rows]),
-        ]
-        if b.is_range:
-            parts.append(_raw(b.ends()[added_rows]))
-        parts.extend(_raw(b.column(n)[added_rows]) for n in names)
-        body = b"".join(parts)
+        ends = b.ends()[added_rows] if b.is_range else None
+        return encode_diff(
+            _layout_of(b), a.key_width, b.index_bits, b.count, a.content_sha256,
+            b.content_sha256, a.sorted_keys()[removed_mask], b.sorted_keys()[added_rows], ends,
+            {n: b.column(n)[added_rows] for n in b.column_names})
+
+
+def encode_diff(columns: tuple[tuple[str, str], ...], width: int, result_bits: int,
+                result_count: int, base_sha256: str, result_sha256: str,
+                removed: npt.NDArray[np.uint8], added: npt.NDArray[np.uint8],
+                added_ends: npt.NDArray[np.uint8] | None,
+                added_columns: dict[str, npt.NDArray[Any]]) -> bytes:
+    """The bytes of a diff (format in ``make_table_diff``) from its parts: sorted removed keys,
+    sorted added rows (with range ends for a range table) and their column values."""
+    parts: list[bytes | memoryview] = [
+        _DIFF_HEADER.pack(DIFF_MAGIC, DIFF_FORMAT, FLAG_RANGES if added_ends is not None else 0,
+                          width, result_bits, len(removed), len(added), len(columns), 0,
+                          result_count, bytes.fromhex(base_sha256), bytes.fromhex(result_sha256)),
+        b"".join(_DESCRIPTOR.pack(n.encode("ascii"), d.encode("ascii")) for n, d in columns),
+        _raw(removed),
+        _raw(added),
+    ]
+    if added_ends is not None:
+        parts.append(_raw(added_ends))
+    parts.extend(_raw(added_columns[n].astype(d, copy=False)) for n, d in columns)
+    body = b"".join(parts)
     return body + hashlib.sha256(body).digest()
 
 
@@ -254,34 +264,49 @@ def apply_table_diff(base_path: Path, diff: bytes | memoryview | Path, out_path:
     return _apply(base_path, parse_table_diff(diff, what), out_path, what)
 
 
+def check_applies(base: Table, d: TableDiff, what: str
+                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Refuse a diff that was not made for ``base``; else (the base rows it removes, the insert
+    positions of its added keys in the base).
+
+    PatternError (reason ``wrong_base``) for another base's content SHA-256, a removed key
+    the base does not hold, or an added key it holds and does not remove; a plain one for
+    another layout, unsorted keys or a row count other than the diff says.
+    """
+    if base.content_sha256 != d.base_sha256:
+        raise PatternError(f"{what}: made for base {d.base_sha256[:16]}…, not for "
+                           f"{base.path.name} ({base.content_sha256[:16]}…)", reason="wrong_base")
+    if (base.key_width, base.is_range, _layout_of(base)) != (d.width, d.ranges, d.columns):
+        raise PatternError(f"{what}: layout differs from {base.path.name}")
+    n = base.count
+    if not (_strictly_sorted(d.removed) and _strictly_sorted(d.added)):
+        raise PatternError(f"{what}: keys not sorted (corrupt diff)")
+    del_rows = base.lookup_many(d.removed) if len(d.removed) else np.zeros(0, np.int64)
+    if (del_rows < 0).any():
+        raise PatternError(f"{what}: removes a key the base does not hold", reason="wrong_base")
+    ins = _insert_positions(base, d.added)
+    # an added key equal to a base key must replace a removed row
+    hit = np.flatnonzero(ins < n)
+    if hit.size:
+        same = (base.sorted_keys()[ins[hit]] == d.added[hit]).all(axis=1)
+        clash = ins[hit][same]
+        if clash.size and not np.isin(clash, del_rows).all():
+            raise PatternError(f"{what}: adds a key the base already holds", reason="wrong_base")
+    count = n - len(del_rows) + len(d.added)
+    if count != d.result_count:
+        raise PatternError(f"{what}: result would hold {count} rows, diff says "
+                           f"{d.result_count}")
+    if d.result_bits > 8 * d.width:
+        raise PatternError(f"{what}: bad index bits {d.result_bits}")
+    return del_rows, ins
+
+
 def _apply(base_path: Path, d: TableDiff, out_path: Path, what: str) -> int:
     with Table.open(base_path) as base:
-        if base.content_sha256 != d.base_sha256:
-            raise PatternError(f"{what}: made for base {d.base_sha256[:16]}…, not for "
-                               f"{base.path.name} ({base.content_sha256[:16]}…)", reason="wrong_base")
-        if (base.key_width, base.is_range, _layout_of(base)) != (d.width, d.ranges, d.columns):
-            raise PatternError(f"{what}: layout differs from {base.path.name}")
+        del_rows, ins = check_applies(base, d, what)
         n = base.count
-        if not (_strictly_sorted(d.removed) and _strictly_sorted(d.added)):
-            raise PatternError(f"{what}: keys not sorted (corrupt diff)")
-        del_rows = base.lookup_many(d.removed) if len(d.removed) else np.zeros(0, np.int64)
-        if (del_rows < 0).any():
-            raise PatternError(f"{what}: removes a key the base does not hold", reason="wrong_base")
-        ins = _insert_positions(base, d.added)
-        # an added key equal to a base key must replace a removed row
-        hit = np.flatnonzero(ins < n)
-        if hit.size:
-            same = (base.sorted_keys()[ins[hit]] == d.added[hit]).all(axis=1)
-            clash = ins[hit][same]
-            if clash.size and not np.isin(clash, del_rows).all():
-                raise PatternError(f"{what}: adds a key the base already holds", reason="wrong_base")
-        count = n - len(del_rows) + len(d.added)
-        if count != d.result_count:
-            raise PatternError(f"{what}: result would hold {count} rows, diff says "
-                               f"{d.result_count}")
+        count = d.result_count
         bits = d.result_bits
-        if bits > 8 * d.width:
-            raise PatternError(f"{what}: bad index bits {bits}")
         size = 1 << bits
         if base.index_bits == bits:
             counts = np.diff(base._index).astype(np.int64)
