@@ -29,9 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from proxy.decide import list_audit
+from proxy.decide import list_audit, list_mirror
 from proxy.decide.list_audit import AuditEntry
 from proxy.decide.list_match import ListSnapshot, compile_set
+from proxy.decide.list_mirror import ListMirror
 from proxy.decide.list_rules import (
     MAX_NOTE_LENGTH,
     MAX_VALUE_LENGTH,
@@ -106,6 +107,14 @@ class ListStore:
         self._seen_version: int | None = None  # data_version when the last snapshot was read
         self._dirty = True  # this connection committed since the last snapshot
         self._expires_next: float | None = None  # the last snapshot's first expiry
+        self._mirror: ListMirror | None = None  # the shared copy every write goes to first
+
+    def share(self, mirror: ListMirror) -> None:
+        """Send every write to ``mirror`` (the lists the appliances share) before it commits
+        here; a write the mirror refuses is not made (``proxy.decide.list_mirror``)."""
+        with self._lock:
+            list_mirror.watch_touched(self._conn)
+            self._mirror = mirror
 
     @classmethod
     def open(cls, data_dir: Path, *, now: Callable[[], float] = time.time) -> ListStore:
@@ -268,6 +277,8 @@ class ListStore:
                     yield cur
                     if patterns:
                         _check_patterns(cur)
+                    if self._mirror is not None:
+                        self._tell_mirror(cur, self._mirror)
                 except BaseException:
                     cur.execute("ROLLBACK")
                     raise
@@ -277,6 +288,42 @@ class ListStore:
             finally:
                 cur.close()
             self._dirty = True
+
+    def _tell_mirror(self, cur: sqlite3.Cursor, mirror: ListMirror) -> None:
+        changes = list_mirror.take_touched(cur)
+        if changes:
+            mirror.push(changes, lambda: [e for e in map(entry_of, cur.execute(
+                f"SELECT {COLUMNS} FROM entries").fetchall()) if e is not None])
+
+    def follow(self, shared: dict[tuple[EntryKind, str], Entry],
+               current: Callable[[], bool] = lambda: True) -> int:
+        """Make the local rules equal the shared ones in one transaction (not sent back to
+        the mirror); ``current()`` is asked under the store's lock, and a copy a write made
+        since has outdated is not applied. Returns how many rules changed."""
+        with self._lock:
+            if not current():
+                return 0
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    put, gone = list_mirror.differences(self._read_entries(None), shared)
+                    for e in put:
+                        _put(cur, e)
+                    cur.executemany("DELETE FROM entries WHERE kind = ? AND value = ?",
+                                    [(k.value, v) for k, v in gone])
+                    if self._mirror is not None:
+                        list_mirror.forget_touched(cur)
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise ListError(f"the list store refused the shared lists: {e}") from e
+            finally:
+                cur.close()
+            self._dirty = self._dirty or bool(put or gone)
+            return len(put) + len(gone)
 
     # -- reads
 
