@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 PORT = click.IntRange(0, 65535)
 
 
-class _Workers(click.ParamType):
+class _Workers(click.ParamType[int]):
     """``--workers``: a count from 1 to 256, or ``auto`` (config value 0: one per core)."""
 
     name = "N|auto"
@@ -133,8 +133,13 @@ def _started(cfg: config_mod.Config, doors: Doors) -> str:
     """What `serve` prints once every door is up: the pattern, where each door listens and whom
     it answers, the cloud."""
     app = doors.door.app
-    ports = app.ports()
+    ports = doors.door.ports()
     lines = [f"rampart serve: pattern {app.engine.version}, data {cfg.data_dir}"]
+    workers = doors.door.workers
+    if workers is not None:
+        pids = ", ".join(str(s.pid) for s in workers.slots)
+        lines.append(f"  workers     {workers.count} processes answer the query door (pids {pids};"
+                     " --workers)")
     if "http" in ports:
         lines.append(f"  query door  {door_url('http', cfg.listen, ports['http'])}")
     if "https" in ports:

@@ -6,11 +6,18 @@ are on; this addon only ties their life to mitmproxy's: ``running`` starts them,
 ``done`` stops them, and gives the door its Safe Browsing v4 handler (``proxy.sb.api``:
 ``proxy.serve`` does not import ``proxy.sb``, so the App gets it here). A start failure (a port in use, a bad
 pattern) is reported and shuts the master down with the reason.
+
+With ``workers`` above 1 this process does not listen on the query ports: it starts the
+query-door workers (``proxy.serve.workers.Supervisor``) once its App is open, and answers
+its own metrics and readiness to them (``proxy.serve.fleet.Member``), so a worker's
+/metrics and /readyz speak for the whole appliance. ``started`` waits for every worker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 from mitmproxy import ctx
@@ -19,9 +26,11 @@ from proxy.config import Config
 from proxy.console.door import ConsoleDoor, start_console
 from proxy.dns.door import DnsDoor, start_dns
 from proxy.errors import RampartError
+from proxy.serve import fleet
 from proxy.serve.app import App
 from proxy.serve.conns import ConnectionCaps
 from proxy.serve.routes import SafeBrowsingHandler
+from proxy.serve.workers import Supervisor, worker_count
 from proxy.settings import Layers
 
 logger = logging.getLogger(__name__)
@@ -64,6 +73,9 @@ class QueryDoor:
         self.started = False
         self.console: ConsoleDoor | None = None  # the admin API and web console, when on
         self.dns: DnsDoor | None = None  # the DNSBL zones, when on
+        self.workers: Supervisor | None = None  # the query-door workers, above 1
+        self.member: fleet.Member | None = None  # this process's readings, for the workers
+        self.app.serve_queries = worker_count(cfg) == 1
 
     async def running(self) -> None:
         try:
@@ -73,6 +85,8 @@ class QueryDoor:
                 self.console = await start_console(self.app.cfg, self.app)
             if self.app.cfg.dns_port:
                 self.dns = await self._start_dns()
+            if not self.app.serve_queries:
+                await self._start_workers()
             self.started = True
         except (RampartError, OSError) as e:
             self.start_error = _reason(e)
@@ -91,7 +105,31 @@ class QueryDoor:
             logger.warning("the DNS door is off: %s", e.message)
             return None
 
+    async def _start_workers(self) -> None:
+        """The query-door workers, each ready, and this process's fleet member beside them."""
+        app = self.app
+        self.workers = Supervisor(app.cfg, [sys.executable, "-m", "proxy.cli.worker"])
+        app.registry.register(self.workers)  # restarts, in every worker's merged scrape
+        self.member = fleet.Member(fleet.socket_path(self.workers.run, fleet.MAIN),
+                                   lambda: app._metrics(), self._readiness)
+        await self.member.start()
+        await self.workers.start()
+
+    def _readiness(self) -> dict[str, Any]:
+        body = {**self.app.readiness(), "pid": os.getpid()}
+        if self.workers is not None:
+            body["workers"] = self.workers.status()
+        return body
+
+    def ports(self) -> dict[str, int]:
+        """Where the query door answers: this process's doors, or the workers'."""
+        return self.workers.ports() if self.workers is not None else self.app.ports()
+
     async def done(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()  # drained first: the workers answer until they end
+        if self.member is not None:
+            await self.member.close()
         if self.dns is not None:
             await self.dns.stop()
         if self.console is not None:
