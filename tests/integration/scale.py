@@ -35,7 +35,7 @@ import httpx
 
 from tests.conftest import EICAR_MD5, EICAR_SHA256, RAMPART, Proc, start_cloud
 
-__all__ = ["BLOCKED_SHA256", "HAPROXY_CFG", "UNKNOWN_SHA256", "Appliance", "Haproxy", "Load",
+__all__ = ["BLOCKED_SHA256", "HAPROXY", "HAPROXY_CFG", "UNKNOWN_SHA256", "Appliance", "Haproxy", "Load",
            "LoadResult", "Probe", "add_to_list", "appliance_pair", "expect", "free_ports",
            "metric", "standard_probes", "start_appliance", "start_cloud", "start_haproxy",
            "two_behind_haproxy"]
@@ -44,6 +44,8 @@ ROOT = Path(__file__).parents[2]
 HAPROXY_CFG = ROOT / "appliance" / "haproxy.cfg"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 LB_HOST = "127.0.0.1"
+SERVERS = ("a", "b")
+"""The appliances appliance/haproxy.cfg names (RAMPART_LB_A, RAMPART_LB_B)."""
 DOORS = ("http", "https", "proxy")
 """The doors HAProxy fronts: query HTTP, query HTTPS, intercept."""
 
@@ -281,7 +283,7 @@ class Haproxy:
                              f"{self.output()}")
 
     def wait_all(self, state: str, timeout: float = 20.0) -> None:
-        for name in self.env["RAMPART_SERVERS"].split():
+        for name in SERVERS:
             self.wait_state(name, state, timeout)
 
     def stop(self) -> None:
@@ -307,10 +309,10 @@ def start_haproxy(tmp: Path, appliances: Sequence[Appliance], start: bool = True
     # A Unix socket path must stay under 108 bytes; pytest's tmp paths can be longer.
     sock = Path(tempfile.mkdtemp(prefix="rampart-lb-")) / "haproxy.sock"
     env = {
-        "RAMPART_A": appliances[0].host, "RAMPART_B": appliances[1].host,
-        "RAMPART_QUERY_PORT": str(ports["http"]), "RAMPART_QUERY_TLS_PORT": str(ports["https"]),
-        "RAMPART_PROXY_PORT": str(ports["proxy"]), "RAMPART_LB_ADDR": LB_HOST,
-        "RAMPART_HAPROXY_SOCKET": str(sock), "RAMPART_SERVERS": "a b",
+        "RAMPART_LB_A": appliances[0].host, "RAMPART_LB_B": appliances[1].host,
+        "RAMPART_LB_QUERY_PORT": str(ports["http"]), "RAMPART_LB_QUERY_TLS_PORT": str(ports["https"]),
+        "RAMPART_LB_PROXY_PORT": str(ports["proxy"]), "RAMPART_LB_LISTEN": LB_HOST,
+        "RAMPART_LB_SOCKET": str(sock),
     }
     lb = Haproxy(env, ports, sock, tmp / "haproxy.log")
     return lb.start() if start else lb
