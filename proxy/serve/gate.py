@@ -7,6 +7,10 @@ are configured); ``Gate.take`` is a token bucket per client address: ``rate``
 requests a second, bursts of up to ``burst``. It answers 0 when the request may go
 ahead, else the seconds until it may (the door answers 429 with that as
 ``Retry-After``). Pure and clock-injected, so tests never sleep.
+
+Shared by several appliances (``proxy.shared.rates``), a gate also counts what it let
+through per client (``share``, then ``take_counts``) and is told what the others let
+through (``deduct``); ``take`` stays local and synchronous either way.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Gate:
         self._max_clients = max_clients
         self._admitted: dict[str, bool] = {}
         self._buckets: dict[str, list[float]] = {}  # client -> [tokens, at]
+        self._taken: dict[str, int] | None = None  # client -> requests let through (sharing)
 
     @property
     def limits_rate(self) -> bool:
@@ -84,14 +89,53 @@ class Gate:
             if len(self._buckets) >= self._max_clients:
                 self._forget_idle(now)
             self._buckets[client] = [self.burst - 1.0, now]
+            if self._taken is not None:
+                self._taken[client] = self._taken.get(client, 0) + 1
             return 0.0
         tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
         bucket[1] = now
         if tokens >= 1.0:
             bucket[0] = tokens - 1.0
+            if self._taken is not None:
+                self._taken[client] = self._taken.get(client, 0) + 1
             return 0.0
         bucket[0] = tokens
         return (1.0 - tokens) / self.rate
+
+    # ------------------------------------------------------------ shared with other appliances
+
+    def share(self) -> None:
+        """Count what ``take`` lets through, for ``take_counts``."""
+        if self._taken is None:
+            self._taken = {}
+
+    def take_counts(self) -> dict[str, int]:
+        """Requests let through per client since the last call."""
+        if self._taken is None:
+            return {}
+        taken, self._taken = self._taken, {}
+        return taken
+
+    def busy(self, limit: int) -> list[str]:
+        """Up to ``limit`` clients whose bucket has not refilled: the ones others may be using too."""
+        if self.rate <= 0:
+            return []
+        now, full = self._clock(), self.burst / self.rate
+        return [c for c, (_, at) in self._buckets.items() if now - at < full][:limit]
+
+    def deduct(self, client: str, n: float) -> None:
+        """Take ``n`` requests the other appliances let ``client`` make from its bucket here."""
+        if self.rate <= 0 or n <= 0:
+            return
+        now = self._clock()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) >= self._max_clients:
+                self._forget_idle(now)
+            self._buckets[client] = [max(0.0, self.burst - n), now]
+            return
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[0], bucket[1] = max(0.0, tokens - n), now
 
     def _forget_idle(self, now: float) -> None:
         """Drop clients whose bucket has refilled: they are where a new client would start."""
