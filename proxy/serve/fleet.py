@@ -248,8 +248,8 @@ class Fleet:
         main = _json(answers.get(MAIN))
         if main is not None and isinstance(body.get("pattern"), dict):
             body["pattern"]["update"] = main.get("pattern", {}).get("update")
-        body["main"] = ({"pid": main.get("pid"), "status": main.get("status")} if main is not None
-                        else {"status": "missing"})
+        body["main"] = _worker_entry(-1, main)
+        del body["main"]["worker"]
         body["workers"] = workers
         missing = [w["worker"] for w in workers if w["status"] not in ("ready", "stale")]
         if missing:
