@@ -38,6 +38,7 @@ from proxy.serve.listener import Listener
 from proxy.serve.routes import Routes, SafeBrowsingHandler
 from proxy.serve.server import ServerLimits, start_server
 from proxy.settings import Layers
+from proxy.shared.state import SharedState
 from proxy.wire import paths, protocol
 from proxy.wire.http import Handler, Request, Response
 
@@ -152,6 +153,7 @@ class App:
                              patterns=self.keeper.source.handle,
                              safe_browsing=lambda: self.safe_browsing)
         self.registry.register(self.keeper)  # update counters
+        self._share()
         self._gauges()
 
     async def start(self) -> None:
@@ -173,6 +175,8 @@ class App:
             follow = self.tls.follow(self.doors[-1].server.use_ssl_context)
             self._tasks.append(asyncio.create_task(follow))
         self._tasks.append(asyncio.create_task(self._watch_lists()))
+        if self.shared is not None:
+            self._tasks += [asyncio.create_task(t) for t in self.shared.tasks(self._lists_changed)]
         await self.keeper.start()
 
     def tls_context(self) -> Any:
@@ -211,6 +215,8 @@ class App:
             await door.server.wait_closed()
         if self.relay is not None:
             await self.relay.close()
+        if self.shared is not None:
+            await self.shared.close()
         self.lists_store.close()
         await self.keeper.stop()
         self.engine.patterns.close()
@@ -218,6 +224,24 @@ class App:
             if self.logs.observe in self.observers:
                 self.observers.remove(self.logs.observe)
             await asyncio.to_thread(self.logs.close)  # writes what is queued
+
+    # ------------------------------------------------------------ shared state (--redis)
+
+    def _share(self) -> None:
+        """With ``redis``: the lists, the cloud-answer cache and the rate limits shared
+        (``proxy.shared``); the lists followed by the process that owns them, not a worker."""
+        self.shared = SharedState.open(self.cfg, self.lists_store, self.cache,
+                                       follow_lists=self.worker is None)
+        if self.shared is None:
+            return
+        self.shared.attach(self.engine, self.gate)
+        for name, (kind, help_text, read) in self.shared.samples().items():
+            (metrics.gauge if kind == "gauge" else metrics.counter)(self.stats, name, help_text, read)
+
+    async def _lists_changed(self) -> None:
+        """The shared lists changed lists.sqlite here: serve them now, not at the next poll."""
+        self.engine.lists = await asyncio.to_thread(self.lists_store.snapshot)
+        logger.info("approved/blocked lists reloaded (shared)")
 
     # ------------------------------------------------------------ background
 
@@ -246,6 +270,8 @@ class App:
         }
         if self.relay is not None:
             body["cloud"] = self.relay.status()
+        if self.shared is not None:  # down still answers: from the local copies
+            body["redis"] = self.shared.status()
         body["certificates"] = _certificates(self.cfg.data_dir)
         return body
 

@@ -144,6 +144,10 @@ class SharedLists:
         if data.decode("utf-8", "replace") != self.node:
             self._wake.set()
 
+    def wake(self) -> None:
+        """Catch up now (the loop's), not at the next poll."""
+        self._wake.set()
+
     async def follow(self) -> None:
         """Catch up now, then whenever woken or every POLL seconds, until cancelled."""
         while True:
