@@ -96,6 +96,30 @@ class Run:
         return where
 
 
+def open_list_store(run: Run) -> Any:
+    """The data directory's list store; with a Redis in the config (or $RAMPART_REDIS), its
+    writes go through the shared lists as a running appliance's do (``proxy.shared.lists``):
+    refused, and nothing changed, while Redis cannot be reached."""
+    import os
+
+    from proxy.decide.lists import ListStore
+
+    store = ListStore.open(run.existing_data_dir())
+    cfg = run.config
+    url = cfg.redis or os.environ.get("RAMPART_REDIS", "")
+    if url:
+        from proxy.shared.link import Link
+        from proxy.shared.lists import SharedLists
+
+        try:
+            link = Link(url, prefix=cfg.redis_prefix, timeout=cfg.redis_timeout)
+        except ValueError as e:
+            store.close()
+            raise ConfigError(f"the Redis URL is not usable: {e}") from None
+        store.share(SharedLists(link, store, "cli", run.existing_data_dir()))
+    return store
+
+
 pass_run = click.make_pass_decorator(Run, ensure=True)
 """Hand the run's :class:`Run` to a command as its first argument."""
 

@@ -29,6 +29,7 @@ from proxy.cli.common import (
     data_dir_option,
     fail_cleanly,
     json_option,
+    open_list_store,
     pass_run,
     say_error,
 )
@@ -50,9 +51,7 @@ def _store(run: Run, *local: str) -> Any:
         from proxy.cli.remote_lists import RemoteLists
 
         return RemoteLists(remote)
-    from proxy.decide.lists import ListStore
-
-    return ListStore.open(run.existing_data_dir())
+    return open_list_store(run)
 
 
 def _kind(kind: str | None) -> Any:

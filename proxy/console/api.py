@@ -187,8 +187,10 @@ class Api:
 
 
 def _as_protocol(e: RampartError) -> ProtocolError:
-    """An error from the work behind a route as the client's answer (its own status, or 400)."""
-    status = e.status if 400 <= getattr(e, "status", 500) < 500 else 400
+    """An error from the work behind a route as the client's answer (its own status, or 400;
+    503 stays: a list write the shared Redis could not take, ``redis_unavailable``)."""
+    given = getattr(e, "status", 500)
+    status = given if 400 <= given < 500 or given == 503 else 400
     headers = tuple(getattr(e, "headers", ()))  # e.g. Retry-After on 429
     code = e.code if e.code != "internal" else "bad_request"
     return ProtocolError(code, e.message, status=status, headers=headers)
