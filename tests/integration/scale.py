@@ -354,14 +354,17 @@ class LoadResult:
 class Load:
     """``clients`` threads, each on its own kept-alive httpx connection, sending ``probes``
     in turn to ``base`` until stopped or ``max_requests`` in all were sent; every failure
-    and wrong answer is counted (the first 20 described). A context manager: the load runs
-    inside the block and ``result`` is final after it."""
+    and wrong answer is counted (the first 20 described). ``pause`` seconds between a
+    client's requests bound the rate; ``backoff`` seconds after a failed one stop a client
+    from spinning on a refused connection (as a product waits before asking again). A
+    context manager: the load runs inside the block and ``result`` is final after it."""
 
     def __init__(self, base: str, probes: Sequence[Probe], clients: int = 4,
                  max_requests: int = 200_000, verify: Any = False, timeout: float = 20.0,
-                 pause: float = 0.0) -> None:
+                 pause: float = 0.0, backoff: float = 0.0) -> None:
         self.base, self.probes, self.clients = base, list(probes), clients
         self.max_requests, self.verify, self.timeout, self.pause = max_requests, verify, timeout, pause
+        self.backoff = backoff
         self.result = LoadResult()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -418,25 +421,24 @@ class Load:
             while self._take():
                 probe = self.probes[turn % len(self.probes)]
                 turn += 1
-                self._one(client, probe)
-                if self.pause:
-                    time.sleep(self.pause)
+                right = self._one(client, probe)
+                if self.pause or (self.backoff and not right):
+                    time.sleep(self.pause if right else max(self.pause, self.backoff))
 
-    def _one(self, client: httpx.Client, probe: Probe) -> None:
+    def _one(self, client: httpx.Client, probe: Probe) -> bool:
+        """Send ``probe`` once and count the outcome; True when it was answered right."""
         what = f"{probe.method} {probe.path}"
         try:
             r = client.request(probe.method, probe.path, json=probe.body)
         except httpx.HTTPError as e:
             self._count("failed", f"{what}: {type(e).__name__}: {e}")
-            return
+            return False
         if r.status_code != 200:
             self._count("failed", f"{what}: {r.status_code} {r.text[:200]}")
-            return
+            return False
         problem = probe.check(r)
-        if problem:
-            self._count("wrong", f"{what}: {problem}")
-        else:
-            self._count("ok")
+        self._count("wrong" if problem else "ok", f"{what}: {problem}" if problem else None)
+        return not problem
 
 
 def _results(r: httpx.Response) -> list[dict[str, Any]]:
