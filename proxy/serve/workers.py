@@ -140,6 +140,7 @@ class Supervisor:
                 slot.proc.kill()
             code = await slot.proc.wait()
             slot.last_exit = code
+            _close_pipe(slot.proc)
             raise RampartError(f"query-door worker {slot.index} did not start (exit {code});"
                                " its error is logged above")
         slot.ready = True
@@ -152,6 +153,7 @@ class Supervisor:
             code = await slot.proc.wait()
             slot.ready = False
             slot.last_exit = code
+            _close_pipe(slot.proc)
             if self._stopping:
                 return
             ran = time.monotonic() - slot.started
@@ -187,8 +189,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-            if proc.stdin is not None:
-                proc.stdin.close()
+            _close_pipe(proc)
         for slot in self.slots:
             slot.ready = False
 
@@ -220,3 +221,9 @@ class Supervisor:
 
     def run_path(self) -> Path:
         return self.run
+
+
+def _close_pipe(proc: asyncio.subprocess.Process) -> None:
+    """Close the pipe to an ended worker, so its transport is done with it (no ResourceWarning)."""
+    if proc.stdin is not None:
+        proc.stdin.close()
