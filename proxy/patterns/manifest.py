@@ -1,11 +1,12 @@
 """A pattern directory's manifest: reading and bounding it, and checking the files it
-lists against it (the layout is ``proxy.patterns.pattern``'s docstring).
+lists against it (the layout is ``proxy.patterns.pattern``'s docstring; a file may be
+held overlaid, as its base and an overlay: ``proxy.patterns.overlays``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from proxy.patterns.layout import (
     manifest_error,
     read_file_specs,
 )
+from proxy.patterns.overlays import Overlay, held_as, read_overlays
 
 MANIFEST_FORMAT = 1
 MAX_MANIFEST_BYTES = 1 << 20
@@ -42,6 +44,7 @@ class PatternManifest:
     created: datetime
     raw: dict[str, Any]
     files: tuple[FileSpec, ...]  # every file the manifest lists
+    overlays: dict[str, Overlay] = field(default_factory=dict)  # files held overlaid
 
 
 def read_manifest(directory: Path) -> PatternManifest:
@@ -77,7 +80,13 @@ def read_manifest(directory: Path) -> PatternManifest:
         if missing:
             raise manifest_error(f"{pname}: {', '.join(sorted(missing))} not listed")
         specs.extend(pspecs)
-    return PatternManifest(version, created, raw, tuple(specs))
+    return PatternManifest(version, created, raw, tuple(specs), read_overlays(raw))
+
+
+def check_listed(directory: Path, spec: FileSpec, m: PatternManifest, *, verify: bool) -> None:
+    """``check_file`` for a listed file, or for its base and overlay when it is held overlaid."""
+    for held in held_as(directory, spec, m.overlays):
+        check_file(directory, held, verify=verify)
 
 
 def check_file(directory: Path, spec: FileSpec, *, verify: bool) -> None:
@@ -104,7 +113,7 @@ def pattern_info(directory: Path) -> dict[str, Any]:
     problems = []
     for spec in m.files:
         try:
-            check_file(directory, spec, verify=False)
+            check_listed(directory, spec, m, verify=False)
         except PatternError as e:
             problems.append(e.message)
     return manifest_info(m, problems)

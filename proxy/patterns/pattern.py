@@ -69,9 +69,11 @@ from proxy.patterns.layout import (
     WEB_BLOCKING_TABLE,
 )
 from proxy.patterns.manifest import MANIFEST_FORMAT as MANIFEST_FORMAT
-from proxy.patterns.manifest import PatternManifest, check_file, manifest_info
+from proxy.patterns.manifest import PatternManifest, check_listed, manifest_info
 from proxy.patterns.manifest import pattern_info as pattern_info
 from proxy.patterns.manifest import read_manifest as read_manifest
+from proxy.patterns.overlays import open_table
+from proxy.patterns.table_overlay import OverlaidTable
 from proxy.patterns.tables import RangeTable, Table
 from proxy.wire import urls as _urls
 
@@ -96,6 +98,7 @@ _RATED_COLUMNS = {"rating": "<u1", "score": "<u1", "category": "<u2"}
 _IP_COLUMNS = {**_RATED_COLUMNS, "prefix": "<u1"}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AnyTable = Table | OverlaidTable  # a table file, or one held as base + overlay (hourly diffs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +143,7 @@ def load_strings(path: Path) -> tuple[list[str], list[str]]:
 class PatternSet:
     """Every table of one pattern directory, opened read-only; lookups are thread-safe."""
 
-    def __init__(self, directory: Path, manifest: PatternManifest, tables: dict[str, Table],
+    def __init__(self, directory: Path, manifest: PatternManifest, tables: dict[str, AnyTable],
                  threats: list[str], categories: list[str]) -> None:
         self.directory = directory
         self._manifest = manifest
@@ -168,14 +171,15 @@ class PatternSet:
         directory = Path(directory)
         manifest = read_manifest(directory)
         for spec in manifest.files:
-            check_file(directory, spec, verify=verify)
+            check_listed(directory, spec, manifest, verify=verify)
         threats, categories = load_strings(directory / STRINGS_FILE)
-        tables: dict[str, Table] = {}
+        tables: dict[str, AnyTable] = {}
+        ov = manifest.overlays
         try:
             for kind, name in FILE_TABLES.items():
-                tables[name] = _open_checked(directory / name, kind.size, _FILE_COLUMNS)
+                tables[name] = _open_checked(directory / name, kind.size, _FILE_COLUMNS, ov)
             for name in (WEB_BLOCKING_TABLE, SUSPICIOUS_URLS_TABLE, DOMAINS_TABLE):
-                tables[name] = _open_checked(directory / name, 32, _RATED_COLUMNS)
+                tables[name] = _open_checked(directory / name, 32, _RATED_COLUMNS, ov)
             tables[IP4_TABLE] = _open_checked(directory / IP4_TABLE, 4, _IP_COLUMNS, ranges=True)
             tables[IP6_TABLE] = _open_checked(directory / IP6_TABLE, 16, _IP_COLUMNS, ranges=True)
         except BaseException:
@@ -195,13 +199,18 @@ class PatternSet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def table(self, name: str) -> Table:
-        """One table by file name (e.g. ``file-sha256.tbl``), for the agent pattern and diffs."""
+    def table(self, name: str) -> AnyTable:
+        """One table by file name (e.g. ``file-sha256.tbl``), for the agent pattern and diffs.
+
+        An overlaid one (``OverlaidTable``) answers ``column`` and ``sorted_keys`` as the
+        merged table, built in memory; row numbers from its lookups are handles for
+        ``value`` and ``values``, not indexes into those arrays.
+        """
         return self._tables[name]
 
     # ------------------------------------------------------------ decoding
 
-    def _file_hit(self, table: Table, verdict_code: int, threat_id: int) -> FileHit:
+    def _file_hit(self, table: AnyTable, verdict_code: int, threat_id: int) -> FileHit:
         hit = self._file_hits.get((verdict_code, threat_id))
         if hit is None:
             verdict = _VERDICT_BY_CODE.get(verdict_code)
@@ -211,7 +220,7 @@ class PatternSet:
             self._file_hits[(verdict_code, threat_id)] = hit
         return hit
 
-    def _web_hit(self, table: Table, row: int, pattern: str) -> WebHit:
+    def _web_hit(self, table: AnyTable, row: int, pattern: str) -> WebHit:
         rating = _RATING_BY_CODE.get(table.value("rating", row))
         cat_id = table.value("category", row)
         if rating is None or cat_id >= len(self._categories):
@@ -240,8 +249,8 @@ class PatternSet:
             if not hit_at.size:
                 continue
             hit_rows = rows[hit_at]
-            verdicts = table.column("verdict")[hit_rows].tolist()
-            threats = table.column("threat")[hit_rows].tolist()
+            verdicts = table.values("verdict", hit_rows).tolist()
+            threats = table.values("threat", hit_rows).tolist()
             for j, v, t in zip(hit_at.tolist(), verdicts, threats, strict=True):
                 out[idx[j]] = self._file_hit(table, v, t)
         return out
@@ -270,8 +279,8 @@ class PatternSet:
         if not hit_at.size:
             return []
         hit_rows = rows[hit_at]
-        codes = (table.column("verdict")[hit_rows].astype(np.uint64) << np.uint64(32)) | table.column(
-            "threat")[hit_rows].astype(np.uint64)
+        codes = (table.values("verdict", hit_rows).astype(np.uint64) << np.uint64(32)) | table.values(
+            "threat", hit_rows).astype(np.uint64)
         uniq, inverse = np.unique(codes, return_inverse=True)
         if len(uniq) == 1:
             groups = [hit_at.tolist()]
@@ -340,19 +349,28 @@ class PatternSet:
     def info(self) -> dict[str, Any]:
         out = manifest_info(self._manifest, [])
         del out["problems"]
-        out["tables"] = {name: {"entries": len(t), "size": os.path.getsize(t.path)}
+        out["tables"] = {name: {"entries": len(t), "size": _size(t)}
                          for name, t in self._tables.items()}
         return out
 
 
-def _open_checked(path: Path, width: int, columns: dict[str, str], *,
-                  ranges: bool = False) -> Table:
-    table: Table = RangeTable.open(path) if ranges else Table.open(path)
+def _size(t: AnyTable) -> int:
+    """Bytes on disk: the file's, or an overlaid table's base and overlay."""
+    if isinstance(t, OverlaidTable):
+        return os.path.getsize(t.base.path) + t.diff_bytes
+    return os.path.getsize(t.path)
+
+
+def _open_checked(path: Path, width: int, columns: dict[str, str], overlays: Any = None, *,
+                  ranges: bool = False) -> AnyTable:
+    table: AnyTable = (RangeTable.open(path) if ranges else
+                       open_table(path.parent, path.name, overlays or {}))
     try:
         if table.key_width != width or table.is_range != ranges:
             raise PatternError(f"{path.name}: key width {table.key_width}, expected {width}")
+        base = table.base if isinstance(table, OverlaidTable) else table
         for cname, dtype in columns.items():
-            if cname not in table.column_names or table.column(cname).dtype.str.replace(
+            if cname not in base.column_names or base.column(cname).dtype.str.replace(
                     "|", "<") != dtype:
                 raise PatternError(f"{path.name}: column {cname!r} missing or of the wrong type")
     except BaseException:

@@ -205,6 +205,11 @@ class Table:
         except KeyError:
             raise PatternError(f"{self.path.name}: no column {name!r}") from None
 
+    def values(self, name: str, rows: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """Column ``name`` at many rows (the batched ``value``)."""
+        out: npt.NDArray[Any] = self.column(name)[rows]
+        return out
+
     def value(self, name: str, row: int) -> int:
         """One column value as a Python int (fast path for single lookups)."""
         self._check_open()
