@@ -21,6 +21,7 @@ from tests.integration.scale import (
     Appliance,
     Haproxy,
     Load,
+    Probe,
     add_to_list,
     standard_probes,
     two_behind_haproxy,
@@ -103,22 +104,36 @@ def test_the_https_door_passes_through_with_the_appliance_ca(behind) -> None:
 def test_an_appliance_killed_under_load_and_restarted_costs_no_request(behind) -> None:
     (a, _), lb = behind
     retried = _retries(lb)
-    with Load(lb.url(), standard_probes(), clients=4) as load:
-        load.wait_for(200)
+    with Load(lb.url(), [*standard_probes(), big_batch()], clients=4) as load:
+        load.wait_for(100)
         a.kill()
         lb.wait_state("a", "DOWN")  # the health checks see it gone
         assert lb.states("query_tls")["a"] == "DOWN"  # and the tcp doors follow
-        load.wait_for(200)  # b alone answers everything
+        load.wait_for(100)  # b alone answers everything
         a.restart()  # same ports, same data
         lb.wait_state("a", "UP")
         answered = a.counter(ITEMS, service="file")
-        load.wait_for(200)
+        load.wait_for(100)
         spread_again = a.counter(ITEMS, service="file") > answered  # a takes its share again
     result = load.result
     assert result.failed == 0 and result.wrong == 0, result.problems
     assert result.ok == result.sent
     assert spread_again, "no query reached the restarted appliance"
     assert _retries(lb) > retried, "nothing was retried: the kill found no query under way"
+
+
+def big_batch() -> Probe:
+    """1,000 SHA-256 items (about 78 KB): the largest batch, which still fits the buffer a
+    retried request must fit in (tune.bufsize in the shipped file)."""
+    items = [{"sha256": EICAR_SHA256}] + [{"sha256": f"{i:064x}"} for i in range(1, 1000)]
+
+    def check(r: httpx.Response) -> str | None:
+        got = r.json()["results"]
+        if len(got) != 1000 or got[0]["source"] != "pattern" or got[-1]["sha256"] != items[-1]["sha256"]:
+            return f"{len(got)} results, first {got[:1]}"
+        return None
+
+    return Probe("POST", "/v1/file", {"items": items}, check=check)
 
 
 def _retries(lb: Haproxy) -> int:
