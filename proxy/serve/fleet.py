@@ -267,8 +267,9 @@ class Fleet:
             return Response(status, json.dumps(body, sort_keys=True).encode())
 
         def serve(request: Request) -> Response | Awaitable[Response]:
-            if request.method == "GET":
-                path = request.target.split(b"?", 1)[0]
+            target = request.target
+            if target.startswith(_FLEET_PATHS) and request.method == "GET":  # one test per query
+                path = target.split(b"?", 1)[0]
                 if path == b"/metrics":
                     return metrics()
                 if path == b"/readyz":
@@ -276,6 +277,9 @@ class Fleet:
             return handler(request)
 
         return serve
+
+
+_FLEET_PATHS = (b"/metrics", b"/readyz")
 
 
 def _json(data: bytes | None) -> dict[str, Any] | None:
