@@ -2,23 +2,47 @@
 diff chains fetched and checked, unchanged files linked from the current version, the
 local manifest (``proxy.updates.manifest``) and the signed source manifest written
 beside them. ``proxy.updates.updater`` makes one ``Assembly`` per update.
+
+A table's diff chain is not merged into a new full file: its diffs are folded into one
+overlay over the current version's table (``proxy.patterns.overlays``: ``FILE.base``, a
+hard link, and ``FILE.overlay``), so an hourly update writes a few MB, not the whole
+table; the updater compacts the full file afterwards, off the request path. An overlay
+that would pass ``MAX_OVERLAY_ROWS`` is merged into the full file here instead, checked
+against the manifest's SHA-256 as before.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from proxy.errors import FetchError, PatternError
 from proxy.files import copy_atomic, make_dirs
-from proxy.patterns.layout import DIFFS_DIR, MANIFEST, SOURCE_DIR, STRINGS_FILE, FileSpec
+from proxy.patterns.layout import (
+    DIFFS_DIR,
+    FULL_ONLY,
+    MANIFEST,
+    PATTERN_TABLES,
+    SOURCE_DIR,
+    STRINGS_FILE,
+    FileSpec,
+)
+from proxy.patterns.overlays import (
+    MAX_OVERLAY_ROWS,
+    Overlay,
+    overlay_rows,
+)
 from proxy.patterns.pattern import PatternSet
+from proxy.patterns.table_diff import apply_table_diff
+from proxy.patterns.table_overlay import fold_diff
+from proxy.patterns.tables import Table
 from proxy.updates import repo
 from proxy.updates.manifest import HeldPattern, LocalManifest
 
@@ -32,7 +56,8 @@ class Assembly:
     ``get(path, max_bytes)`` downloads (the update's deadline and byte count are the
     updater's), ``writer`` writes a file, ``offload`` runs blocking work off the event
     loop; ``got`` records whether diffs and full files were fetched; ``full_next``
-    collects the patterns whose diffs failed.
+    collects the patterns whose diffs failed; ``overlays`` the tables this version holds
+    as base + overlay.
     """
 
     staging: Path
@@ -43,6 +68,7 @@ class Assembly:
     offload: Callable[..., Awaitable[Any]]
     got: dict[str, Any]
     full_next: set[str]
+    overlays: dict[str, Overlay] = field(default_factory=dict)
 
     async def build(self, signature: bytes, local: LocalManifest, fetches: list[repo.Fetch],
                     held: Mapping[str, HeldPattern]) -> None:
@@ -58,7 +84,11 @@ class Assembly:
                 await self._fetch_full(steps[0], target)
                 continue
             try:
-                await self._fetch_chain(steps, target)
+                if file in local.overlays or (
+                        file in _OVERLAID and local.spec(pattern, file) is not None):
+                    await self._fold_chain(steps, target, local)
+                else:
+                    await self._fetch_chain(steps, target)
             except FetchError as e:
                 if not e.missing:
                     raise
@@ -74,9 +104,17 @@ class Assembly:
         # files that did not change come from the current version (hard links, no copy)
         for held_entry in held.values():
             for spec in held_entry.files:
-                if not (staging / spec.name).exists():
-                    await self.offload(_link_or_copy, _require(current) / spec.name,
-                                        staging / spec.name)
+                if (staging / spec.name).exists() or spec.name in self.overlays:
+                    continue
+                was = local.overlays.get(spec.name)
+                if was is not None and not (_require(current) / spec.name).is_file():
+                    self.overlays[spec.name] = was  # held as it was: base + overlay
+                    for part in (was.base, was.overlay):
+                        await self.offload(_link_or_copy, _require(current) / part.name,
+                                           staging / part.name)
+                    continue
+                await self.offload(_link_or_copy, _require(current) / spec.name,
+                                   staging / spec.name)
         if repo.STRINGS not in {f.pattern for f in fetches}:
             await self.offload(_link_or_copy, _require(current) / STRINGS_FILE, staging / STRINGS_FILE)
             strings_version = local.strings_version
@@ -85,7 +123,7 @@ class Assembly:
         doc = LocalManifest(
             held, self._strings_spec(local, strings_version), strings_version,
             published=manifest.published, version=max(p.version for p in held.values()),
-            created=manifest.published)
+            created=manifest.published, overlays=dict(self.overlays))
         complete = all(held[p.name].version == p.version for p in manifest.patterns) and (
             strings_version == manifest.strings_version)
         await self.offload(self._finish, doc, signature, complete)
@@ -154,6 +192,82 @@ class Assembly:
             raise PatternError(f"{steps[-1].file} after its diffs: {e.message}",
                                reason="wrong_base") from None
         os.replace(base, target)
+
+
+    async def _fold_chain(self, steps: list[repo.Fetch], target: Path, local: LocalManifest
+                          ) -> None:
+        """Fetch a table's diff chain and fold it into one overlay over the current version's
+        table (whole, or its base when it is overlaid already): ``FILE.base`` is linked and
+        ``FILE.overlay`` written into the staging directory. A diff that does not fold
+        sends its pattern to full files next time, as in ``_fetch_chain``."""
+        staging, current, file = self.staging, _require(self.current), steps[0].file
+        was = local.overlays.get(file)
+        if (current / file).is_file() or was is None:
+            base, base_spec, overlay = current / file, local.spec(steps[0].pattern, file), None
+        else:
+            base, base_spec = current / was.base.name, was.base
+            overlay = await self.offload(_read_spec, current, was.overlay)
+        assert base_spec is not None
+        for step in steps:
+            data = await self.get(step.path, step.size)
+            self.got["diff"] = True
+            repo.verify_file(data, step.size, step.sha256, step.path)
+            keep = staging / DIFFS_DIR / step.path.removeprefix("diffs/")
+            await self.offload(_mkdir_write, self.writer, keep, data)
+            try:
+                overlay = await self.offload(_fold, base, overlay, data, step.path)
+            except PatternError as e:
+                self.full_next.add(step.pattern)
+                reason = "wrong_base" if e.reason == "wrong_base" else "corrupt_diff"
+                raise PatternError(f"{step.path}: {e.message}", reason=reason) from None
+        assert overlay is not None
+        spec = self._spec(steps[-1])
+        if overlay_rows(overlay) > MAX_OVERLAY_ROWS:
+            await self.offload(self._merge_full, steps[-1].pattern, base, overlay, target, spec)
+            return
+        part = staging / (file + ".overlay")
+        await self.offload(self.writer, part, overlay)
+        await self.offload(_link_or_copy, base, staging / (file + ".base"))
+        self.overlays[file] = Overlay.of(
+            file, base_spec, FileSpec(part.name, len(overlay), hashlib.sha256(overlay).hexdigest()))
+
+    def _spec(self, step: repo.Fetch) -> FileSpec:
+        entry = self.manifest.pattern(step.pattern)
+        spec = entry.file(step.file) if entry is not None else None
+        if spec is None:
+            raise PatternError(f"{step.file}: not listed in the manifest", reason="bad_manifest")
+        return spec
+
+    def _merge_full(self, pattern: str, base: Path, overlay: bytes, target: Path,
+                    spec: FileSpec) -> None:
+        """Merge ``base`` + ``overlay`` into the full ``target``, checked against ``spec``."""
+        apply_table_diff(base, overlay, target)
+        try:
+            repo.verify_file(target, spec.size, spec.sha256, target.name)
+        except PatternError as e:
+            target.unlink(missing_ok=True)
+            self.full_next.add(pattern)
+            raise PatternError(f"{target.name} after its diffs: {e.message}",
+                               reason="wrong_base") from None
+
+
+_OVERLAID = frozenset(f for fs in PATTERN_TABLES.values() for f in fs) - FULL_ONLY
+
+
+def _fold(base: Path, overlay: bytes | None, diff: bytes, what: str) -> bytes:
+    with Table.open(base) as table:
+        return fold_diff(table, overlay, diff, what)
+
+
+def _read_spec(directory: Path, spec: FileSpec) -> bytes:
+    """A small file of ``directory`` as its spec lists it (size bounded; the SHA-256 is the
+    overlay's own trailer, checked when it is folded)."""
+    with open(directory / spec.name, "rb") as f:
+        data = f.read(spec.size + 1)
+    if len(data) != spec.size:
+        raise PatternError(f"{spec.name}: {len(data)} bytes, the manifest says {spec.size}",
+                           reason="bad_pattern")
+    return data
 
 
 def _require(current: Path | None) -> Path:

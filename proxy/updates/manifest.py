@@ -7,7 +7,9 @@ A version directory's ``manifest.json`` is a pattern directory's manifest
      "files": {"strings.json": {"size", "sha256"}},
      "patterns": {NAME: {"version", "entries", "files": {FILE: {"size", "sha256", "entries"}}}},
      "strings_version": V | null,                 the update source's strings version held
-     "source": {"published": ISO-8601 UTC}}       the source manifest installed from
+     "source": {"published": ISO-8601 UTC},       the source manifest installed from
+     "overlays": {FILE: {"base", "overlay"}}}     files held as base + overlay, only when
+                                                  some are (``proxy.patterns.overlays``)
 
 A sample build has neither of the last two; the bundled sample a server builds on first
 start also says ``"sample": true`` (``mark_sample``). A version not from an update source
@@ -50,6 +52,7 @@ from proxy.patterns.layout import (
     file_specs_json,
     read_file_specs,
 )
+from proxy.patterns.overlays import OVERLAYS, Overlay, held_as, overlays_json, read_overlays
 
 LOCAL_FORMAT = 1
 MAX_LOCAL_BYTES = 4 << 20
@@ -93,6 +96,7 @@ class LocalManifest:
     version: str | None = None
     created: datetime | None = None
     sample: bool = False  # the bundled sample (``mark_sample``)
+    overlays: Mapping[str, Overlay] = field(default_factory=dict)  # files held overlaid
 
     @property
     def from_source(self) -> bool:
@@ -115,13 +119,17 @@ class LocalManifest:
                             if s.name == STRINGS_FILE), None)
         except PatternError:
             strings = None
+        try:
+            overlays = read_overlays(raw)
+        except PatternError:
+            overlays = {}
         sv = raw.get(STRINGS_VERSION)
         source = raw.get(SOURCE)
         version = raw.get(VERSION)
         return cls(patterns, strings, sv if isinstance(sv, str) else None,
                    _time(source.get(PUBLISHED)) if isinstance(source, dict) else None,
                    version if isinstance(version, str) else None, _time(raw.get(CREATED)),
-                   raw.get(SAMPLE) is True)
+                   raw.get(SAMPLE) is True, overlays)
 
     @classmethod
     def load(cls, directory: Path | None) -> LocalManifest:
@@ -145,11 +153,16 @@ class LocalManifest:
         for name, files in PATTERN_FILES.items():
             entry = self.patterns.get(name)
             listed = {f.name for f in entry.files} if entry is not None else set()
-            if entry is not None and all(f in listed and (directory / f).is_file() for f in files):
+            if entry is not None and all(f in listed and self.present(directory, f) for f in files):
                 have[name] = entry.version
         if self.strings_version is not None and (directory / STRINGS_FILE).is_file():
             have[STRINGS] = self.strings_version
         return have
+
+    def present(self, directory: Path, file: str) -> bool:
+        """``file`` is in ``directory``, whole or as its overlay's parts."""
+        return all((directory / s.name).is_file()
+                   for s in held_as(directory, FileSpec(file, 0, ""), self.overlays))
 
     def spec(self, pattern: str, file: str) -> FileSpec | None:
         """How this manifest lists ``file`` of ``pattern`` (None if it does not)."""
@@ -170,7 +183,7 @@ class LocalManifest:
     def to_json(self) -> dict[str, Any]:
         """The updater's form of a local manifest (see the module docstring)."""
         assert self.strings is not None and self.published is not None
-        return {
+        out = {
             FORMAT: LOCAL_FORMAT,
             VERSION: self.version,
             CREATED: iso(self.created or self.published),
@@ -179,6 +192,9 @@ class LocalManifest:
             STRINGS_VERSION: self.strings_version,
             SOURCE: {PUBLISHED: iso(self.published)},
         }
+        if self.overlays:
+            out[OVERLAYS] = overlays_json(self.overlays)
+        return out
 
 
 EMPTY = LocalManifest()

@@ -22,7 +22,12 @@ the same code):
    ``strings_version``) and keep the signed source
    manifest beside it (``source/``) so the appliance can serve its patterns as
    an update source itself; open the result once to check it; install it in
-   the store (the ``current`` pointer swaps atomically) and tell the app.
+   the store (the ``current`` pointer swaps atomically) and tell the app;
+5. a table updated by diffs is installed as its previous file plus one overlay, not
+   merged (``proxy.patterns.overlays``: the swap takes a fraction of a second at 10M
+   entries); once the app serves it, its full file is compacted in a thread and checked
+   against the signed manifest's SHA-256 (``proxy.updates.compaction``); a mismatch
+   takes that pattern's full files from the source at once.
 
 Anything wrong (unsigned, badly signed, truncated, corrupt, a digest
 mismatch, a diff against another base, a full disk, a timeout) removes the
@@ -70,6 +75,7 @@ from proxy.errors import (
 from proxy.files import write_atomic
 from proxy.updates import repo, signing
 from proxy.updates.assemble import Assembly
+from proxy.updates.compaction import compact_version
 from proxy.updates.manifest import HeldPattern, LocalManifest
 from proxy.updates.store import PatternStore
 
@@ -167,6 +173,18 @@ class UpdateResult:
                 "message": self.message, "at": int(self.at)}
 
 
+async def _announce(on_installed: Callable[[str], Any] | None, version: str | None) -> None:
+    """Tell the app a version was installed (the live swap); its failure is only logged."""
+    if on_installed is None:
+        return
+    try:
+        outcome = on_installed(version or "")
+        if asyncio.iscoroutine(outcome):
+            await outcome
+    except Exception:
+        logger.exception("swapping to the new pattern failed")
+
+
 def _os_reason(e: OSError) -> str:
     return "disk_full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "io_error"
 
@@ -215,6 +233,7 @@ class Updater:
         writer: Callable[[Path, bytes], None] = write_file,
         offload: Callable[..., Awaitable[Any]] | None = None,
         max_clock_skew: float = default("update_max_clock_skew"),
+        compact: bool = True,
     ) -> None:
         self.source_url = source_url
         self.public_key = signing.load_public_key(public_key)
@@ -232,6 +251,7 @@ class Updater:
         self.writer = writer
         self._offload = offload or asyncio.to_thread
         self.max_clock_skew = max_clock_skew
+        self.compact = compact  # False: leave installed versions overlaid (tests)
         # state, for /readyz and /metrics
         self.failures: Counter[str] = Counter()
         self.successes = 0
@@ -272,19 +292,49 @@ class Updater:
             self.next_attempt = self.clock() + delay
             await sleep(delay)
             due = self.due() | (self._retry_due if self.consecutive_failures else set())
-            result = await self.update_once(patterns=due or None)
-            if result.changed and on_installed is not None:
-                try:
-                    outcome = on_installed(result.version or "")
-                    if asyncio.iscoroutine(outcome):
-                        await outcome
-                except Exception:
-                    logger.exception("swapping to the new pattern failed")
+            due |= await self.settle()  # a compaction left over, or one that failed
+            await self.update_once(patterns=due or None, on_installed=on_installed)
 
     # ------------------------------------------------------------ one update
 
-    async def update_once(self, *, patterns: Iterable[str] | None = None) -> UpdateResult:
-        """One update of ``patterns`` (default: all); never raises for a bad update."""
+    async def update_once(self, *, patterns: Iterable[str] | None = None,
+                          on_installed: Callable[[str], Any] | None = None) -> UpdateResult:
+        """One update of ``patterns`` (default: all); never raises for a bad update.
+
+        After an install, ``on_installed(version)`` (the live swap), then ``settle``: the
+        compaction of the tables the version holds overlaid. A compacted table that does
+        not match the signed manifest makes a second update at once, of the full files of
+        its pattern; its result is returned.
+        """
+        result = await self._update_once(patterns)
+        if not result.changed:
+            return result
+        await _announce(on_installed, result.version)
+        bad = await self.settle() if self.compact else set()
+        if not bad:
+            return result
+        retry = await self._update_once(bad)
+        if retry.changed:
+            await _announce(on_installed, retry.version)
+            await self.settle()
+        return retry
+
+    async def settle(self) -> set[str]:
+        """Compact the current version's overlaid tables in a thread; the patterns whose full
+        file did not match (marked to take full files next). Never raises."""
+        current = self.store.current_path()
+        if current is None or not self.compact:
+            return set()
+        try:
+            bad: set[str] = await self._offload(compact_version, current)
+        except (PatternError, OSError) as e:
+            logger.warning("compacting pattern version %s failed (%s); it stays overlaid and "
+                           "is retried before the next update", current.name, e)
+            return set()
+        self._full_next |= bad
+        return bad
+
+    async def _update_once(self, patterns: Iterable[str] | None) -> UpdateResult:
         started = self.monotonic()
         deadline = started + self.timeout
         due = set(patterns) if patterns is not None else set(repo.PATTERN_FILES)
