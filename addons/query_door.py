@@ -114,6 +114,7 @@ class QueryDoor:
                                    lambda: app._metrics(), self._readiness)
         await self.member.start()
         await self.workers.start()
+        self.workers.follow_config(lambda: app.cfg)  # the console's live settings reach them
 
     def _readiness(self) -> dict[str, Any]:
         body = {**self.app.readiness(), "pid": os.getpid()}

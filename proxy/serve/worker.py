@@ -34,7 +34,7 @@ from typing import Any
 from proxy.config import FIELDS, Config
 from proxy.errors import ConfigError, RampartError
 from proxy.files import read_bounded, write_atomic
-from proxy.serve import fleet, metrics
+from proxy.serve import fleet, live, metrics
 from proxy.serve.app import App
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 MAX_CONFIG = 1 << 20
 READY = b"ready\n"
+CONFIG_POLL = 1.0
+"""How often a worker looks for a Config the main process wrote again (a console setting)."""
 DRAIN_SECONDS = 5.0
 """How long a stopping worker waits for its connections to finish what they were asked."""
 PR_SET_PDEATHSIG = 1
@@ -126,9 +128,10 @@ class Worker:
             stats, "rampart_worker_requests", "Query-door requests answered, by worker",
             lambda: [({"worker": str(self.index)}, float(sum(stats.requests.values())))])
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Answer until ``stop`` is set, then drain and stop."""
+    async def serve(self, stop: asyncio.Event, announce: Callable[[], None] = lambda: None) -> None:
+        """Answer until ``stop`` is set, then drain and stop; ``announce`` once answering."""
         await self.app.start()
+        follow = asyncio.create_task(self.follow_config())
         try:
             self._count_requests()
             if self.prepare is not None:
@@ -136,16 +139,36 @@ class Worker:
             self.member = fleet.Member(fleet.socket_path(self.run, fleet.worker_name(self.index)),
                                        self.own_metrics, self.own_ready)
             await self.member.start()
-            sys.stdout.buffer.write(READY)
-            sys.stdout.buffer.flush()
-            os.dup2(2, 1)  # the main process reads no more: anything printed goes to the log
+            announce()
             await stop.wait()
             logger.info("worker %d (pid %d) draining", self.index, os.getpid())
             await self.drain()
         finally:
+            follow.cancel()
             if self.member is not None:
                 await self.member.close()
             await self.app.stop()
+
+    async def follow_config(self) -> None:
+        """Take the settings the console changes in the main process: it writes its Config
+        again (``Supervisor.follow_config``), and the live keys are applied here as there
+        (``proxy.serve.live.take``)."""
+        path = self.run / CONFIG_FILE
+        seen = _stamp(path)
+        while True:
+            await asyncio.sleep(CONFIG_POLL)
+            now = _stamp(path)
+            if now == seen:
+                continue
+            seen = now
+            try:
+                new = await asyncio.to_thread(read_config, path)
+            except RampartError as e:
+                logger.warning("worker %d keeps its settings: %s", self.index, e.message)
+                continue
+            if new != self.app.cfg:
+                live.take(self.app, new)
+                logger.info("worker %d took the main process's new settings", self.index)
 
     async def drain(self, seconds: float = DRAIN_SECONDS) -> None:
         """Stop accepting; wait (at most ``seconds``) until every connection has answered what
@@ -156,6 +179,21 @@ class Worker:
         deadline = loop.time() + seconds
         while any(door.server.connections for door in self.app.doors) and loop.time() < deadline:
             await asyncio.sleep(0.02)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def say_ready() -> None:
+    """Tell the main process this worker answers: one line on the pipe it reads."""
+    sys.stdout.buffer.write(READY)
+    sys.stdout.buffer.flush()
+    os.dup2(2, 1)  # the main process reads no more: anything printed goes to the log
 
 
 def run(cfg: Config, run_dir: Path, index: int, count: int, parent: int,
@@ -172,7 +210,7 @@ def run(cfg: Config, run_dir: Path, index: int, count: int, parent: int,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         watch_stdin(loop, stop)
-        await worker.serve(stop)
+        await worker.serve(stop, say_ready)
 
     try:
         uvloop.run(main())

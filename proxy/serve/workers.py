@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 START_SECONDS = 60.0
 """How long a worker has to say it is ready (opening a large pattern takes a while)."""
+CONFIG_POLL = 1.0
+"""How often the main process looks whether its Config changed (the console's settings)."""
 STOP_SECONDS = 10.0
 """How long a stopping worker has to drain before it is killed."""
 
@@ -103,6 +105,7 @@ class Supervisor:
     slots: list[Slot] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
+    _written: Config | None = None
 
     def __post_init__(self) -> None:
         self.count = self.count or worker_count(self.cfg)
@@ -116,12 +119,30 @@ class Supervisor:
         if self.cfg.query_tls_port:
             certs.CA.ensure(self.cfg.data_dir)  # once here, not raced by N workers
         write_config(self.run, self.cfg)
+        self._written = self.cfg
         try:
             await asyncio.gather(*(self._start(slot) for slot in self.slots))
         except BaseException:
             await self.stop()
             raise
-        self._tasks = [asyncio.create_task(self._keep(slot)) for slot in self.slots]
+        self._tasks += [asyncio.create_task(self._keep(slot)) for slot in self.slots]
+
+    def follow_config(self, current: Callable[[], Config]) -> None:
+        """Write ``current()`` for the workers whenever it is another Config (a setting the
+        console changed, ``proxy.serve.live``); each worker takes it within two polls."""
+        async def follow() -> None:
+            while True:
+                await asyncio.sleep(CONFIG_POLL)
+                cfg = current()
+                if cfg is not self._written:
+                    try:
+                        await asyncio.to_thread(write_config, self.run, cfg)
+                    except OSError as e:
+                        logger.error("cannot hand the new settings to the workers: %s", e)
+                        continue
+                    self._written = cfg
+
+        self._tasks.append(asyncio.create_task(follow()))
 
     async def _start(self, slot: Slot) -> None:
         """Start ``slot``'s process and wait for its ready line; RampartError if it ends first."""
