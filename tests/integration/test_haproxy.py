@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import EICAR_MD5, EICAR_SHA256
+from tests.conftest import EICAR_MD5, EICAR_SHA256, Proc, start_cloud
 from tests.integration.scale import (
     BLOCKED_SHA256,
     HAPROXY,
@@ -36,13 +36,26 @@ ITEMS = "rampart_items_total"
 
 
 @pytest.fixture(scope="module")
-def behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[Appliance], Haproxy]]:
-    """Appliances a and b (one CA, BLOCKED_SHA256 on both blocked lists) behind haproxy."""
-    with two_behind_haproxy(tmp_path_factory.mktemp("lb")) as (pair, lb):
-        add_to_list(pair, "--blocked", BLOCKED_SHA256)
-        for a in pair:
-            wait_blocked(a.url())
-        yield pair, lb
+def world(tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[Proc, list[Appliance], Haproxy]]:
+    """A cloud, and appliances a and b relaying to it (one CA, their intercept doors on,
+    BLOCKED_SHA256 on both blocked lists) behind haproxy."""
+    tmp = tmp_path_factory.mktemp("lb")
+    cloud = start_cloud(tmp)
+    try:
+        with two_behind_haproxy(tmp, cloud=cloud, intercept=True) as (pair, lb):
+            add_to_list(pair, "--blocked", BLOCKED_SHA256)
+            for a in pair:
+                wait_blocked(a.url())
+            yield cloud, pair, lb
+    finally:
+        cloud.stop()
+
+
+@pytest.fixture
+def behind(world) -> tuple[list[Appliance], Haproxy]:
+    _, pair, lb = world
+    return pair, lb
 
 
 def file_results(base: str, *items: dict[str, str], verify: object = False) -> list[dict[str, str]]:
@@ -99,6 +112,22 @@ def test_the_https_door_passes_through_with_the_appliance_ca(behind) -> None:
     assert all(b > a for a, b in zip(before, after)), (before, after)
     with pytest.raises(httpx.ConnectError):  # TLS is the appliance's: no CA, no trust
         httpx.get(lb.tls_url("/healthz"), timeout=15)
+
+
+def test_the_intercept_door_passes_through_to_both_appliances(world) -> None:
+    cloud, pair, lb = world
+    tls = ssl.create_default_context(cafile=str(pair[0].ca))
+    proxy = f"http://127.0.0.1:{lb.ports['proxy']}"
+    url = f"https://localhost:{cloud.ports['https']}/v1/file/{EICAR_SHA256}"
+    before = [a.counter(ITEMS, service="file") for a in pair]
+    for _ in range(6):  # a product with the appliance as its proxy, a new tunnel each time
+        with httpx.Client(proxy=proxy, verify=tls, timeout=15) as client:
+            r = client.get(url)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-rampart-source"] == "pattern"  # answered by an appliance, not the cloud
+        assert r.json()["results"][0]["threat"] == "EICAR-Test-File"
+    after = [a.counter(ITEMS, service="file") for a in pair]
+    assert all(b > a for a, b in zip(before, after)), (before, after)
 
 
 def test_an_appliance_killed_under_load_and_restarted_costs_no_request(behind) -> None:
