@@ -155,17 +155,23 @@ class Supervisor:
         try:
             line = await asyncio.wait_for(slot.proc.stdout.readline(), self.start_seconds)
         except TimeoutError:
-            line = b""
+            line = None
         if line != READY:
-            with contextlib.suppress(ProcessLookupError):
-                slot.proc.kill()
-            code = await slot.proc.wait()
+            code = await self._end(slot.proc, 0.0 if line is None else 5.0)
             slot.last_exit = code
             _close_pipe(slot.proc)
             raise RampartError(f"query-door worker {slot.index} did not start (exit {code});"
                                " its error is logged above")
         slot.ready = True
         logger.info("query-door worker %d ready (pid %d)", slot.index, slot.proc.pid)
+
+    @staticmethod
+    async def _end(proc: asyncio.subprocess.Process, grace: float) -> int:
+        """``proc``'s exit code: it is ending (its pipe closed), or is killed after ``grace`` s."""
+        try:
+            return await asyncio.wait_for(proc.wait(), grace) if grace else await _kill(proc)
+        except TimeoutError:
+            return await _kill(proc)
 
     async def _keep(self, slot: Slot) -> None:
         """Restart ``slot``'s worker whenever it ends, until the supervisor stops."""
@@ -248,3 +254,9 @@ def _close_pipe(proc: asyncio.subprocess.Process) -> None:
     """Close the pipe to an ended worker, so its transport is done with it (no ResourceWarning)."""
     if proc.stdin is not None:
         proc.stdin.close()
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> int:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    return await proc.wait()
