@@ -40,6 +40,30 @@ init = function(args)
 end
 """ + DONE
 
+# POST the items of the file named by args[1] (a JSON body ending in "]}") with args[2]
+# more {"sha256": new digest} items appended each request: misses nobody has seen.
+POST_MISSES = r"""
+local counter = 0
+init = function(args)
+  local f = assert(io.open(args[1], "rb"))
+  head = string.sub(f:read("*a"), 1, -3)
+  f:close()
+  extra = tonumber(args[2])
+  stem = string.format("%08x", math.random(0, 0x7fffffff)) .. string.rep("0", 40)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+request = function()
+  local parts = {head}
+  for i = 1, extra do
+    counter = counter + 1
+    parts[#parts + 1] = string.format(', {"sha256": "%s%016x"}', stem, counter)
+  end
+  parts[#parts + 1] = "]}"
+  return wrk.format(nil, nil, nil, table.concat(parts))
+end
+""" + DONE
+
 # GET PREFIX .. line for each line of the file named by args[2], cycling (args[1] = PREFIX).
 GET_CYCLE = r"""
 local lines, n, i = {}, 0, 0
@@ -91,7 +115,8 @@ class WrkResult:
 def write_scripts(directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, text in (("get", GET), ("post_file", POST_FILE), ("get_cycle", GET_CYCLE),
+    for name, text in (("get", GET), ("post_file", POST_FILE), ("post_misses", POST_MISSES),
+                       ("get_cycle", GET_CYCLE),
                        ("get_unique", GET_UNIQUE)):
         path = directory / f"{name}.lua"
         path.write_text(text)

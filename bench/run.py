@@ -366,6 +366,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also profile each appliance scenario (py-spy)")
     ap.add_argument("--mitm-full", action="store_true", help="also run mitmproxy with its default addons")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--batches", action="store_true",
+                    help="only the 1,000-item batch scenarios and nginx (with --profile: their profiles)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is needed (apt-get install -y wrk nginx)")
@@ -383,7 +385,6 @@ def main() -> None:
         app, app_port = start_appliance(tmp, "appliance", cloud_port)
         servers.append(app)
         base = f"http://127.0.0.1:{app_port}"
-        cloud_base = f"https://127.0.0.1:{cloud_port}"
 
         # -- correctness and cache warming (not measured)
         single_path = f"/v1/file/{EICAR_SHA256}"
@@ -396,84 +397,25 @@ def main() -> None:
         print(f"  warmed the cache with {len(warm_hashes):,} hashes: first {dict(first)}, "
               f"again {dict(again)}", flush=True)
         (tmp / "warm.txt").write_text("\n".join(warm_hashes) + "\n")
-        rng = random.Random(7)
-        items = [PATTERN_HITS[i % len(PATTERN_HITS)] for i in range(100)]
-        items += [{"sha256": h} for h in rng.sample(warm_hashes, 900)]
-        rng.shuffle(items)
-        (tmp / "batch.json").write_text(json.dumps({"items": items}))
-        mix = check_sources(base + "/v1/file", {"items": items}, {"pattern", "cache"})
-        pattern_only = [PATTERN_HITS[i % len(PATTERN_HITS)] for i in range(1000)]
-        (tmp / "batch-pattern.json").write_text(json.dumps({"items": pattern_only}))
-        print(f"  batch body: 1,000 items {dict(mix)}, {len((tmp / 'batch.json').read_bytes()):,} bytes; "
+        bodies = batch_bodies(tmp, warm_hashes)
+        mix = check_sources(base + "/v1/file", json.loads(bodies["batch"].read_text()), {"pattern", "cache"})
+        print(f"  batch body: 1,000 items {dict(mix)}, {bodies['batch'].stat().st_size:,} bytes; "
               f"single answer {len(body)} bytes", flush=True)
 
         # -- appliance, local answers
         print("appliance (query door, HTTP, pinned to core 0):", flush=True)
-        bench.measure("single", "single item, pattern (GET EICAR)", [app], base + single_path, "get",
-                      metrics=base, probe=base + single_path)
-        bench.measure("batch", "1,000-item batch, pattern+cache (POST)", [app], base + "/v1/file",
-                      "post_file", str(tmp / "batch.json"), items=1000, metrics=base)
-        bench.measure("batch_pattern", "1,000-item batch, pattern only (POST)", [app], base + "/v1/file",
-                      "post_file", str(tmp / "batch-pattern.json"), items=1000, metrics=base)
-        bench.measure("cache", "single item, cache hit (GET, 20k hashes)", [app], base,
-                      "get_cycle", "/v1/file/", str(tmp / "warm.txt"), metrics=base)
-
-        # -- relay: unique unknown hashes every request
-        stem_app, stem_cloud = os.urandom(24).hex(), os.urandom(24).hex()
-        bench.measure("relay", "single item, relayed to the cloud (GET)", [app, cloud], base,
-                      "get_unique", "/v1/file/", stem_app, metrics=base, probe=probe(base))
-        cloud.pin(SERVER_CORE)
-        bench.measure("cloud", "cloud directly, unique unknowns (GET, HTTPS)", [cloud], cloud_base,
-                      "get_unique", "/v1/file/", stem_cloud)
-        stem_app1, stem_cloud1 = os.urandom(24).hex(), os.urandom(24).hex()
-        bench.measure("cloud_1", "  cloud directly, 1 connection", [cloud], cloud_base,
-                      "get_unique", "/v1/file/", stem_cloud1, connections=1)
-        cloud.pin(LOAD_CORE)
-        bench.measure("relay_1", "  relayed, 1 connection", [app, cloud], base,
-                      "get_unique", "/v1/file/", stem_app1, connections=1, metrics=base)
-        bench.rss = app.rss_mb()
-        print(f"  appliance RSS after its runs: {bench.rss[0]:.1f} MiB (peak {bench.rss[1]:.1f} MiB)",
-              flush=True)
-        app.stop()
-        servers.remove(app)
-        # the same with batch_window = 0: no gathering delay before asking the cloud
-        app0, app0_port = start_appliance(tmp, "appliance-w0", cloud_port, "batch_window = 0\n")
-        servers.append(app0)
-        base0 = f"http://127.0.0.1:{app0_port}"
-        bench.measure("relay_w0", "single item, relayed, batch_window=0", [app0, cloud], base0,
-                      "get_unique", "/v1/file/", os.urandom(24).hex(), metrics=base0, probe=probe(base0))
-        bench.measure("relay_w0_1", "  relayed, batch_window=0, 1 connection", [app0, cloud], base0,
-                      "get_unique", "/v1/file/", os.urandom(24).hex(), connections=1,
-                      metrics=base0)
-        app0.stop()
-        servers.remove(app0)
-
-        # -- baselines on the same core
-        print("baselines (pinned to core 0):", flush=True)
-        started = start_nginx(tmp, body)
-        if started is None:
-            print("  nginx: not installed (apt-get install -y nginx)")
+        if not args.batches:
+            bench.measure("single", "single item, pattern (GET EICAR)", [app], base + single_path, "get",
+                          metrics=base, probe=base + single_path)
+        measure_batches(bench, app, base, bodies)
+        if args.batches:
+            app.stop()
+            servers.remove(app)
+            print("baselines (pinned to core 0):", flush=True)
+            baseline_nginx(bench, servers, tmp, body, single_path)
         else:
-            nginx, nginx_port = started
-            servers.append(nginx)
-            bench.measure("nginx", "nginx static body (1 worker)", [nginx],
-                          f"http://127.0.0.1:{nginx_port}{single_path}", "get")
-            nginx.stop()
-            servers.remove(nginx)
-        mitm, mitm_port = start_mitm(tmp, body, single_path)
-        servers.append(mitm)
-        bench.measure("mitm", "bare mitmproxy addon from a dict", [mitm],
-                      f"http://127.0.0.1:{mitm_port}{single_path}", "get")
-        mitm.stop()
-        servers.remove(mitm)
-        if args.mitm_full:
-            full, full_port = start_mitm(tmp, body, single_path, full=True)
-            servers.append(full)
-            bench.measure("mitm_full", "mitmproxy, default addons, from a dict", [full],
-                          f"http://127.0.0.1:{full_port}{single_path}", "get")
-            full.stop()
-            servers.remove(full)
-
+            singles_and_relays(bench, servers, app, base, cloud, cloud_port, body, single_path,
+                               args.mitm_full)
         summary(bench)
 
         if args.profile:
@@ -482,12 +424,17 @@ def main() -> None:
             base = f"http://127.0.0.1:{app_port}"
             warm(base + "/v1/file", warm_hashes)
             print("\nprofiles (py-spy, appliance under the same load):", flush=True)
-            for title, url, script, sargs in (
-                ("single item, pattern", base + single_path, "get", ()),
+            batch_profiles = [
                 ("batch 1,000 pattern+cache", base + "/v1/file", "post_file", (str(tmp / "batch.json"),)),
+                ("batch 1,000 pattern only", base + "/v1/file", "post_file",
+                 (str(tmp / "batch-pattern.json"),)),
+            ]
+            others = [
+                ("single item, pattern", base + single_path, "get", ()),
                 ("cache hit, single", base, "get_cycle", ("/v1/file/", str(tmp / "warm.txt"))),
                 ("relayed, single", base, "get_unique", ("/v1/file/", os.urandom(24).hex())),
-            ):
+            ]
+            for title, url, script, sargs in batch_profiles + ([] if args.batches else others):
                 text = profile_run(bench, app, title, url, script, *sargs)
                 profiles.append(text)
                 print(text, flush=True)
@@ -498,6 +445,116 @@ def main() -> None:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def batch_bodies(tmp: Path, warm_hashes: list[str]) -> dict[str, Path]:
+    """The 1,000-item batch bodies, written as JSON files (json.dumps' spacing, as clients send).
+
+    ``batch``: 100 pattern hits of all three kinds + 900 cached; ``batch_pattern``: 1,000
+    pattern hits; ``batch_cache``: 1,000 cached; ``batch_mixed``: 333 pattern hits and 333
+    cached, to which ``post_misses`` adds 334 digests nobody has seen, new every request.
+    """
+    rng = random.Random(7)
+    hits = [PATTERN_HITS[i % len(PATTERN_HITS)] for i in range(1000)]
+    cached = [{"sha256": h} for h in rng.sample(warm_hashes, 1000)]
+    items = {
+        "batch": hits[:100] + cached[:900],
+        "batch_pattern": hits,
+        "batch_cache": cached,
+        "batch_mixed": hits[:333] + cached[:333],
+    }
+    out = {}
+    for name, chosen in items.items():
+        chosen = list(chosen)
+        rng.shuffle(chosen)
+        out[name] = tmp / f"{name.replace('_', '-')}.json"
+        out[name].write_text(json.dumps({"items": chosen}))
+    return out
+
+
+BATCHES = (  # key, title, script, items of the body file sent
+    ("batch", "1,000-item batch, pattern+cache (POST)", "post_file", 1000),
+    ("batch_pattern", "1,000-item batch, pattern only (POST)", "post_file", 1000),
+    ("batch_cache", "1,000-item batch, cache only (POST)", "post_file", 1000),
+    ("batch_mixed", "1,000-item batch, 1/3 pattern, cache, misses", "post_misses", 666),
+)
+MISSES = 334  # new digests post_misses adds to each batch_mixed request (relayed to the cloud)
+
+
+def measure_batches(bench: Bench, app: Server, base: str, bodies: dict[str, Path]) -> None:
+    for key, title, script, count in BATCHES:
+        extra = (str(MISSES),) if script == "post_misses" else ()
+        bench.measure(key, title, [app], base + "/v1/file", script, str(bodies[key]), *extra,
+                      items=count + (MISSES if extra else 0), metrics=base)
+
+
+def baseline_nginx(bench: Bench, servers: list[Server], tmp: Path, body: bytes, single_path: str) -> None:
+    started = start_nginx(tmp, body)
+    if started is None:
+        print("  nginx: not installed (apt-get install -y nginx)")
+        return
+    nginx, nginx_port = started
+    servers.append(nginx)
+    bench.measure("nginx", "nginx static body (1 worker)", [nginx],
+                  f"http://127.0.0.1:{nginx_port}{single_path}", "get")
+    nginx.stop()
+    servers.remove(nginx)
+
+
+def singles_and_relays(bench: Bench, servers: list[Server], app: Server, base: str, cloud: Server,
+                       cloud_port: int, body: bytes, single_path: str, mitm_full: bool) -> None:
+    """The single-item, relayed and baseline scenarios: everything but the batches."""
+    tmp = bench.tmp
+    cloud_base = f"https://127.0.0.1:{cloud_port}"
+    bench.measure("cache", "single item, cache hit (GET, 20k hashes)", [app], base,
+                  "get_cycle", "/v1/file/", str(tmp / "warm.txt"), metrics=base)
+
+    # -- relay: unique unknown hashes every request
+    stem_app, stem_cloud = os.urandom(24).hex(), os.urandom(24).hex()
+    bench.measure("relay", "single item, relayed to the cloud (GET)", [app, cloud], base,
+                  "get_unique", "/v1/file/", stem_app, metrics=base, probe=probe(base))
+    cloud.pin(SERVER_CORE)
+    bench.measure("cloud", "cloud directly, unique unknowns (GET, HTTPS)", [cloud], cloud_base,
+                  "get_unique", "/v1/file/", stem_cloud)
+    stem_app1, stem_cloud1 = os.urandom(24).hex(), os.urandom(24).hex()
+    bench.measure("cloud_1", "  cloud directly, 1 connection", [cloud], cloud_base,
+                  "get_unique", "/v1/file/", stem_cloud1, connections=1)
+    cloud.pin(LOAD_CORE)
+    bench.measure("relay_1", "  relayed, 1 connection", [app, cloud], base,
+                  "get_unique", "/v1/file/", stem_app1, connections=1, metrics=base)
+    bench.rss = app.rss_mb()
+    print(f"  appliance RSS after its runs: {bench.rss[0]:.1f} MiB (peak {bench.rss[1]:.1f} MiB)",
+          flush=True)
+    app.stop()
+    servers.remove(app)
+    # the same with batch_window = 0: no gathering delay before asking the cloud
+    app0, app0_port = start_appliance(tmp, "appliance-w0", cloud_port, "batch_window = 0\n")
+    servers.append(app0)
+    base0 = f"http://127.0.0.1:{app0_port}"
+    bench.measure("relay_w0", "single item, relayed, batch_window=0", [app0, cloud], base0,
+                  "get_unique", "/v1/file/", os.urandom(24).hex(), metrics=base0, probe=probe(base0))
+    bench.measure("relay_w0_1", "  relayed, batch_window=0, 1 connection", [app0, cloud], base0,
+                  "get_unique", "/v1/file/", os.urandom(24).hex(), connections=1,
+                  metrics=base0)
+    app0.stop()
+    servers.remove(app0)
+
+    # -- baselines on the same core
+    print("baselines (pinned to core 0):", flush=True)
+    baseline_nginx(bench, servers, tmp, body, single_path)
+    mitm, mitm_port = start_mitm(tmp, body, single_path)
+    servers.append(mitm)
+    bench.measure("mitm", "bare mitmproxy addon from a dict", [mitm],
+                  f"http://127.0.0.1:{mitm_port}{single_path}", "get")
+    mitm.stop()
+    servers.remove(mitm)
+    if mitm_full:
+        full, full_port = start_mitm(tmp, body, single_path, full=True)
+        servers.append(full)
+        bench.measure("mitm_full", "mitmproxy, default addons, from a dict", [full],
+                      f"http://127.0.0.1:{full_port}{single_path}", "get")
+        full.stop()
+        servers.remove(full)
 
 
 def summary(bench: Bench) -> None:
@@ -514,10 +571,12 @@ def summary(bench: Bench) -> None:
     print("ratios")
     print(f"  appliance single-item / nginx static       {ratio(single, nginx)}   (goal >= 0.4)")
     print(f"  appliance single-item / bare mitmproxy     {ratio(single, mitm)}")
-    batch = rows.get("batch")
-    if batch:
-        per_core = batch.items_per_s / max(batch.cpu, 0.01)
-        print(f"  batched items/s per core (by server CPU)   {per_core:,.0f}   (goal >= 1,000,000)")
+    for key, *_ in BATCHES:
+        batch = rows.get(key)
+        if batch:
+            per_core = batch.items_per_s / max(batch.cpu, 0.01)
+            vs = f"; {batch.result.rps / nginx.items_per_s:.3f} of nginx's requests/s" if nginx else ""
+            print(f"  {key + ' items/s per core':<42} {per_core:>11,.0f}   (goal >= 1,000,000{vs})")
     for relay_key, cloud_key, label in (("relay", "cloud", "64 conns"), ("relay_1", "cloud_1", "1 conn"),
                                         ("relay_w0", "cloud", "64 conns, window 0"),
                                         ("relay_w0_1", "cloud_1", "1 conn, window 0")):

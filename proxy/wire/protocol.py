@@ -21,7 +21,6 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +35,11 @@ from proxy.model import (
     WebQuery,
 )
 from proxy.wire import urls
+from proxy.wire.batch import KINDS as _KINDS
+from proxy.wire.batch import FileBatch as FileBatch
+from proxy.wire.batch import columns, read_common
 
 _HEX = frozenset("0123456789abcdefABCDEF")
-_KINDS = {k.value: k for k in HashKind}
 _POLICIES = {p.value: p for p in Policy}
 MAX_NAME = 253
 SURROGATE = re.compile("[\ud800-\udfff]")
@@ -109,85 +110,24 @@ def parse_hash(text: object, kind: HashKind | None = None, item: int | None = No
     return FileQuery(kind, bytes.fromhex(text))
 
 
-@dataclass(frozen=True, slots=True)
-class FileBatch:
-    """A file request, by column: what the engine and the renderer need, no object per item.
-
-    ``names`` and ``hexes`` hold each item's hash type and lowercase hex digest in
-    request order; ``groups`` holds, per hash kind, the items' positions (None when
-    every item is of that kind) and their raw digests laid end to end.
-    """
-
-    names: list[str]
-    hexes: list[str]
-    groups: dict[HashKind, tuple[list[int] | None, bytes]]
-
-    def __len__(self) -> int:
-        return len(self.hexes)
-
-    @classmethod
-    def of(cls, queries: Sequence[FileQuery]) -> FileBatch:
-        names = [q.kind.value for q in queries]
-        groups: dict[HashKind, tuple[list[int] | None, bytes]] = {}
-        for kind in {q.kind for q in queries}:
-            at = [i for i, q in enumerate(queries) if q.kind is kind]
-            raw = b"".join(queries[i].digest for i in at)
-            groups[kind] = (None if len(at) == len(queries) else at, raw)
-        return cls(names, [q.digest.hex() for q in queries], groups)
-
-    def queries(self) -> list[FileQuery]:
-        return [FileQuery(_KINDS[n], bytes.fromhex(h)) for n, h in zip(self.names, self.hexes)]
-
-
-def _bulk_batch(items: list[Any]) -> FileBatch | None:
-    """The common case, checked in bulk: every item is {"<kind>": "<hex>"}. None otherwise.
-
-    One ``fromhex`` per hash kind over the joined digests validates them all at once;
-    anything odd returns None and the item-by-item parser names the bad item.
-    """
-    # map/compress over builtins: the per-item work stays in C.
-    try:
-        if set(map(len, items)) != {1}:
-            return None
-        names = list(map(next, map(iter, items)))
-        present = set(names)
-        if not present <= _KINDS.keys():
-            return None
-        values = list(map(dict.__getitem__, items, names))  # TypeError unless every item is a dict
-        everything = "".join(values)
-    except (TypeError, KeyError, AttributeError):
-        return None
-    positions: dict[str, list[int]] = {name: [] for name in present}
-    if len(present) > 1:  # one pass: cheaper than a filter per kind
-        add = {name: at.append for name, at in positions.items()}
-        for i, name in enumerate(names):
-            add[name](i)
-    groups: dict[HashKind, tuple[list[int] | None, bytes]] = {}
-    for name in present:
-        kind = _KINDS[name]
-        if len(present) == 1:
-            at, group = None, values
-        else:
-            at = positions[name]
-            group = list(map(values.__getitem__, at))
-        if set(map(len, group)) != {kind.size * 2}:
-            return None
-        try:
-            raw = bytes.fromhex(everything if at is None else "".join(group))
-        except ValueError:
-            return None
-        if len(raw) != kind.size * len(group):  # fromhex skips whitespace
-            return None
-        groups[kind] = (at, raw)
-    hexes = values if everything.lower() == everything else list(map(str.lower, values))
-    return FileBatch(names, hexes, groups)
-
-
 def parse_file_request(body: bytes, limits: Limits) -> FileBatch:
-    items = _array(_object(body), "items", limits)
-    batch = _bulk_batch(items)
+    """A file batch: the common shape read fast (``proxy.wire.batch``), anything else read
+    item by item (``parse_file_request_plain``), which words every error."""
+    batch = read_common(body, limits.max_batch)
     if batch is not None:
         return batch
+    items = _array(_object(body), "items", limits)
+    batch = columns(items)  # the common items among other members
+    return batch if batch is not None else _file_items(items)
+
+
+def parse_file_request_plain(body: bytes, limits: Limits) -> FileBatch:
+    """The plain reading: ``json.loads``, then one query per item. ``parse_file_request``
+    gives the same batch or the same error (tests/proxy/wire/test_batch.py)."""
+    return _file_items(_array(_object(body), "items", limits))
+
+
+def _file_items(items: list[Any]) -> FileBatch:
     out: list[FileQuery] = []
     for i, it in enumerate(items):
         if type(it) is not dict or len(it) != 1:
