@@ -6,12 +6,15 @@ A cloud result (the JSON ``Relay.ask_many`` returned) is kept under
 ``PREFIX answer:SERVICE:KEY`` for the TTL the cloud gave (SET PX), and each batch of new
 answers is published on ``PREFIX answers`` so the other appliances drop those keys from
 their local caches (a newer answer then comes from Redis). Reads are one pipeline of
-GET and PTTL per key within ``redis_timeout``; writes are not awaited by the request.
+GET and PTTL per key within ``redis_timeout``, and the asks of every request that
+arrive in the same turn of the loop go out as one pipeline (a door with many connections
+pays one round trip for all of them); writes are not awaited by the request.
 Redis down, slow or holding something unreadable is a miss, never a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -39,6 +42,7 @@ class SharedAnswers:
         self.misses = 0
         self.skipped = 0  # keys not asked because Redis was down
         self._tasks: set[Any] = set()
+        self._waiting: list[tuple[list[str], asyncio.Future[list[Any] | None]]] = []
 
     def _key(self, service: Service, key: str) -> str:
         return f"{self.link.prefix}answer:{service.value}:{key}"
@@ -53,6 +57,28 @@ class SharedAnswers:
             self.skipped += len(keys)
             return [None] * len(keys)
         names = [self._key(service, k) for k in keys]
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[list[Any] | None] = loop.create_future()
+        self._waiting.append((names, reply))
+        if len(self._waiting) == 1:  # the first ask of this turn sends them all, next turn
+            loop.call_soon(self._send)
+        raw = await reply
+        if raw is None:
+            self.skipped += len(keys)
+            return [None] * len(keys)
+        out = [_read(raw[2 * i], raw[2 * i + 1]) for i in range(len(keys))]
+        found = sum(1 for o in out if o is not None)
+        self.hits += found
+        self.misses += len(keys) - found
+        return out
+
+    def _send(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        run_later(self._fetch(waiting), self._tasks)
+
+    async def _fetch(self, waiting: list[tuple[list[str], asyncio.Future[list[Any] | None]]]) -> None:
+        """One pipeline for every ask waiting; each gets its slice (None: Redis failed)."""
+        names = [n for ns, _ in waiting for n in ns]
 
         async def call(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
@@ -61,16 +87,17 @@ class SharedAnswers:
                 pipe.pttl(name)
             return list(await pipe.execute())
 
+        raw: list[Any] | None = None
         try:
             raw = await self.link.run("answers_get", call)
         except LinkDown:
-            self.skipped += len(keys)
-            return [None] * len(keys)
-        out = [_read(raw[2 * i], raw[2 * i + 1]) for i in range(len(keys))]
-        found = sum(1 for o in out if o is not None)
-        self.hits += found
-        self.misses += len(keys) - found
-        return out
+            pass
+        finally:
+            at = 0
+            for ns, reply in waiting:
+                if not reply.done():
+                    reply.set_result(None if raw is None else raw[2 * at:2 * (at + len(ns))])
+                at += len(ns)
 
     def put_many(self, service: Service, items: Sequence[tuple[str, dict[str, Any], float]]) -> None:
         """Store cloud results with their TTLs and tell the others; not awaited by the caller."""
