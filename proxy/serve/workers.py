@@ -32,7 +32,7 @@ import certs
 from proxy.config import Config
 from proxy.errors import RampartError
 from proxy.serve import fleet
-from proxy.serve.worker import READY, write_config
+from proxy.serve.worker import CONFIG_FILE, READY, write_config
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,8 @@ class Supervisor:
             _close_pipe(proc)
         for slot in self.slots:
             slot.ready = False
+        with contextlib.suppress(OSError):
+            (self.run / CONFIG_FILE).unlink()  # the settings stay only while they are in use
 
     # ------------------------------------------------------------ reporting
 
