@@ -4,7 +4,10 @@
 manifest and signature are the publisher's bytes, re-served unchanged, so a chained
 appliance verifies them with the publisher's public key; files are found among the
 versions the store keeps (full files, and the diffs this appliance downloaded; a diff
-it does not have is a 404, on which a follower takes the full file).
+it does not have is a 404, on which a follower takes the full file). A version that
+still holds a table as base + overlay (``proxy.patterns.overlays``: compaction has not
+run yet) has its full file compacted on demand, checked against the signed manifest,
+before it is served.
 ``/v1/agent-pattern`` serves the agent pattern with an ``ETag`` (its SHA-256),
 ``If-None-Match`` (304) and ``?from=ETAG`` diffs made from a kept version.
 """
@@ -12,13 +15,15 @@ it does not have is a 404, on which a follower takes the full file).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proxy.errors import ProtocolError
+from proxy.errors import PatternError, ProtocolError
 from proxy.patterns.layout import (
     AGENT,
     AGENT_FILE,
@@ -30,12 +35,15 @@ from proxy.patterns.layout import (
     STRINGS_FILE,
 )
 from proxy.serve.routes import parse_query
+from proxy.updates.compaction import compact_version
 from proxy.updates.manifest import LocalManifest
 from proxy.wire import paths
 from proxy.wire.http import Request, Response
 
 if TYPE_CHECKING:
     from proxy.serve.keeper import PatternKeeper
+
+logger = logging.getLogger(__name__)
 
 AGENT_DIFF_CACHE = 8
 _REPO_PATH = re.compile(
@@ -51,6 +59,7 @@ class PatternSource:
     def __init__(self, keeper: PatternKeeper) -> None:
         self.keeper = keeper
         self._agent_diffs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._compacting = threading.Lock()
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """``/v1/patterns/<repo path>`` and ``/v1/agent-pattern`` (their methods checked by the
@@ -117,6 +126,12 @@ class PatternSource:
         limit = self.keeper.cfg.update_max_bytes
 
         def read() -> bytes:
+            if not path.is_file() and path.name in LocalManifest.load(path.parent).overlays:
+                with self._compacting:  # one at a time; a second finds the file made
+                    try:
+                        compact_version(path.parent)
+                    except (OSError, PatternError) as e:  # not made: a 404 below
+                        logger.warning("cannot compact %s to serve it: %s", path.name, e)
             with open(path, "rb") as f:
                 data = f.read(limit + 1)
             if len(data) > limit:
