@@ -2,6 +2,7 @@
 
     python3 bench/bench_haproxy.py                 # 3 rounds of 5 s each, then the kill runs
     python3 bench/bench_haproxy.py --rounds 5 --seconds 8 --clients 8
+    python3 bench/bench_haproxy.py --workers 2    # each appliance with two workers
 
 Two real `rampart serve` appliances (127.0.0.2 and 127.0.0.3, one CA, the same door
 ports) and a real haproxy on appliance/haproxy.cfg as shipped (127.0.0.1), started with
@@ -45,6 +46,7 @@ from tests.integration.scale import (
     Load,
     LoadResult,
     add_to_list,
+    descendants,
     standard_probes,
     two_behind_haproxy,
 )
@@ -62,11 +64,7 @@ def pids(a: Appliance) -> list[int]:
     popen = a.proc.popen
     if popen is None:
         return []
-    found = [popen.pid]
-    kids = subprocess.run(["pgrep", "-P", str(popen.pid)], capture_output=True, text=True,
-                          check=False)
-    found += [int(x) for x in kids.stdout.split()]
-    return found
+    return [popen.pid, *descendants(popen.pid)]
 
 
 def pin_all(pair: list[Appliance], lb: Haproxy) -> None:
@@ -162,11 +160,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--clients", type=int, default=4, help="threads of the checked load")
+    ap.add_argument("--workers", default=None, help="--workers for both appliances (N or auto)")
     ap.add_argument("--no-wrk", action="store_true", help="only the kill runs")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-haproxy-"))
     try:
-        with two_behind_haproxy(tmp) as (pair, lb):
+        with two_behind_haproxy(tmp, workers=args.workers) as (pair, lb):
             add_to_list(pair, "--blocked", BLOCKED_SHA256)
             for a in pair:
                 wait_blocked(a)

@@ -36,7 +36,7 @@ import httpx
 from tests.conftest import EICAR_MD5, EICAR_SHA256, RAMPART, Proc, start_cloud
 
 __all__ = ["BLOCKED_SHA256", "HAPROXY", "HAPROXY_CFG", "UNKNOWN_SHA256", "Appliance", "Haproxy", "Load",
-           "LoadResult", "Probe", "add_to_list", "appliance_pair", "expect", "free_ports",
+           "LoadResult", "Probe", "add_to_list", "appliance_pair", "descendants", "expect", "free_ports",
            "metric", "standard_probes", "start_appliance", "start_cloud", "start_haproxy",
            "two_behind_haproxy"]
 
@@ -122,11 +122,15 @@ class Appliance:
     restart = start
 
     def kill(self) -> None:
-        """SIGKILL: no draining, no goodbye, as a crash or a pulled plug."""
+        """SIGKILL to the appliance and every process under it (its --workers): no draining,
+        no goodbye, as when its machine dies."""
         popen = self.proc.popen
-        if popen is not None and popen.poll() is None:
-            popen.send_signal(signal.SIGKILL)
-            popen.wait(10)
+        if popen is None or popen.poll() is not None:
+            return
+        for pid in [popen.pid, *descendants(popen.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        popen.wait(10)
 
     def stop(self) -> None:
         self.proc.stop()
@@ -140,6 +144,27 @@ class Appliance:
 
     def counter(self, name: str, **labels: str) -> float:
         return metric(self.metrics(), name, **labels)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children, theirs, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def start_appliance(tmp: Path, name: str, host: str, ports: dict[str, int], *,
