@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proxy.model import FileQuery, HashKind
 from proxy.patterns.pattern import PatternSet
+from proxy.sb.prefixes import pattern_hashes
 from proxy.serve.pattern_source import PatternSource
 from proxy.updates import repo
 from proxy.updates.manifest import LocalManifest
@@ -40,7 +41,8 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     h3 = h2[3:] + digests_of(7, "v3")
     return {V1: build_version(root, V1, EICARLIKE, ["bad.example.test/"]),
             V2: build_version(root, V2, h2, ["bad.example.test/"]),
-            V3: build_version(root, V3, h3, ["bad.example.test/", "worse.example.test/"])}
+            V3: build_version(root, V3, h3, ["bad.example.test/", "worse.example.test/"]),
+            V4: build_version(root, V4, h2, ["bad.example.test/", "new.example.test/"])}
 
 
 @pytest.fixture
@@ -50,6 +52,7 @@ def world(tmp_path: Path, builds: dict[str, Path]) -> World:
                  FakeFetcher(tmp_path / "repo"), Clock())
 
 F = "file-sha256.tbl"
+V4 = "2026010103"  # V2's hashes (smart-scan unchanged), another URL (web-blocking changes)
 EVERY = EICARLIKE + digests_of(10, "v2") + digests_of(7, "v3") + digests_of(5, "never")
 
 
@@ -178,3 +181,20 @@ async def test_re_serving_an_overlaid_version_builds_its_full_file(world: World)
     assert (current / F).read_bytes() == resp.body and not LocalManifest.load(current).overlays
     again = await asyncio.create_task(source._repo_file(repo.full_path(repo.SMART_SCAN, V2, F)))
     assert again.body == resp.body
+
+
+async def test_an_unchanged_overlaid_pattern_is_held_as_it_was(world: World) -> None:
+    v2 = await _to_v2(world)
+    world.publish(V1, V2, V4)
+    result = await world.updater(compact=False).update_once()
+    assert result.ok and result.patterns[repo.SMART_SCAN] == V2, result
+    v4 = world.store.current_path()
+    assert v4 is not None and overlaid(v4) and (v4 / "web-blocking.tbl.overlay").is_file()
+    assert (v4 / f"{F}.overlay").stat().st_ino == (v2 / f"{F}.overlay").stat().st_ino
+    assert answers(v4) == answers(world.builds[V4])
+    with PatternSet.open(v4) as ps, PatternSet.open(world.builds[V4]) as full:
+        for url in ("bad.example.test/", "new.example.test/", "worse.example.test/"):
+            assert ps.lookup_url([url]) == full.lookup_url([url])
+        assert pattern_hashes(ps) == pattern_hashes(full)  # Safe Browsing reads whole tables
+    assert await world.updater().settle() == set()
+    same_files(v4, world.builds[V4])
