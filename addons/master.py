@@ -118,6 +118,7 @@ def assemble(cfg: Config, layers: Layers | None = None) -> Doors:
     door = QueryDoor(cfg, caps, layers)
     capture = Capture(cfg, caps)
     door.app.observers.append(capture.observe)
+    door.capture = capture  # the query-door workers' flows reach it too (proxy.serve.feed)
     addons: list[Any] = [core.Core(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True)]
     ours: list[Any] = [door]
     intercept: Intercept | None = None

@@ -29,6 +29,7 @@ from proxy.errors import RampartError
 from proxy.serve import fleet
 from proxy.serve.app import App
 from proxy.serve.conns import ConnectionCaps
+from proxy.serve.feed import FEED, FeedServer
 from proxy.serve.routes import SafeBrowsingHandler
 from proxy.serve.workers import Supervisor, worker_count
 from proxy.settings import Layers
@@ -75,6 +76,8 @@ class QueryDoor:
         self.dns: DnsDoor | None = None  # the DNSBL zones, when on
         self.workers: Supervisor | None = None  # the query-door workers, above 1
         self.member: fleet.Member | None = None  # this process's readings, for the workers
+        self.capture: Any = None  # addons.capture.Capture, given by addons.master
+        self.feed: FeedServer | None = None  # the workers' flows, to the capture
         self.app.serve_queries = worker_count(cfg) == 1
 
     async def running(self) -> None:
@@ -113,6 +116,11 @@ class QueryDoor:
         self.member = fleet.Member(fleet.socket_path(self.workers.run, fleet.MAIN),
                                    lambda: app._metrics(), self._readiness)
         await self.member.start()
+        capture = self.capture
+        if capture is not None:
+            self.feed = FeedServer(fleet.socket_path(self.workers.run, FEED), capture.observe,
+                                   lambda: capture.active)
+            await self.feed.start()
         await self.workers.start()
         self.workers.follow_config(lambda: app.cfg)  # the console's live settings reach them
 
@@ -131,6 +139,8 @@ class QueryDoor:
             await self.workers.stop()  # drained first: the workers answer until they end
         if self.member is not None:
             await self.member.close()
+        if self.feed is not None:
+            await self.feed.close()
         if self.dns is not None:
             await self.dns.stop()
         if self.console is not None:

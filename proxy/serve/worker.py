@@ -34,7 +34,7 @@ from typing import Any
 from proxy.config import FIELDS, Config
 from proxy.errors import ConfigError, RampartError
 from proxy.files import read_bounded, write_atomic
-from proxy.serve import fleet, live, metrics
+from proxy.serve import feed, fleet, live, metrics
 from proxy.serve.app import App
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ class Worker:
         self.fleet = fleet.Fleet(run, index, count, metrics=self.own_metrics, ready=self.own_ready)
         self.app = App(cfg, worker=index, front=self.fleet.front)
         self.member: fleet.Member | None = None
+        self.feed = feed.FeedClient(fleet.socket_path(run, feed.FEED), self.app.observers)
 
     def own_metrics(self) -> bytes:
         return metrics.render(self.app.registry)
@@ -127,6 +128,11 @@ class Worker:
         metrics.counter(
             stats, "rampart_worker_requests", "Query-door requests answered, by worker",
             lambda: [({"worker": str(self.index)}, float(sum(stats.requests.values())))])
+        metrics.counter(
+            stats, "rampart_capture_feed_dropped",
+            "Query-door flows a worker did not forward to the capture (the main process fell"
+            " behind), by worker",
+            lambda: [({"worker": str(self.index)}, float(self.feed.dropped))])
 
     async def serve(self, stop: asyncio.Event, announce: Callable[[], None] = lambda: None) -> None:
         """Answer until ``stop`` is set, then drain and stop; ``announce`` once answering."""
@@ -139,12 +145,14 @@ class Worker:
             self.member = fleet.Member(fleet.socket_path(self.run, fleet.worker_name(self.index)),
                                        self.own_metrics, self.own_ready)
             await self.member.start()
+            self.feed.start()  # its answers to the main process's capture, while one is on
             announce()
             await stop.wait()
             logger.info("worker %d (pid %d) draining", self.index, os.getpid())
             await self.drain()
         finally:
             follow.cancel()
+            await self.feed.close()
             if self.member is not None:
                 await self.member.close()
             await self.app.stop()

@@ -9,6 +9,7 @@ query log, and SIGTERM drains everything and exits 0.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mitmproxy.io import FlowReader
 
 from tests.conftest import RAMPART, Proc, free_port, start_appliance
 
@@ -100,7 +102,9 @@ def test_two_workers_answer_follow_updates_restart_and_drain(
     url, key, tmp = source
     cfg = tmp_path / "rampart.toml"
     cfg.write_text(f'update_source = "{url}"\nupdate_key = "{key}"\nupdate_interval = 1\n')
-    appliance = start_appliance(tmp_path, None, "--workers", "2", "--config", str(cfg))
+    capture_port = free_port()
+    appliance = start_appliance(tmp_path, None, "--workers", "2", "--config", str(cfg),
+                                "--capture-port", str(capture_port))
     base = f"http://127.0.0.1:{appliance.ports['http']}"
     try:
         assert eventually(lambda: ready(base)[0] == 200, 30), appliance.output()
@@ -127,6 +131,28 @@ def test_two_workers_answer_follow_updates_restart_and_drain(
             assert eventually(lambda v=version: all(w["pattern"] == v
                                                     for w in ready(base)[1]["workers"]), 2.0)
         assert ask(base, TWO[0])["results"][0]["threat"] == f"Threat-{V2}"
+
+        # `rampart capture` sees the workers' answers (forwarded to the main process).
+        out, log = tmp_path / "live.mitm", tmp_path / "capture.log"
+        with log.open("wb") as sink:
+            client = subprocess.Popen(
+                [*RAMPART, "capture", "-w", str(out), "--service", "file", "--count", "6",
+                 "--server", f"http://127.0.0.1:{capture_port}"], stdout=sink, stderr=sink)
+        try:
+            assert eventually(lambda: "capturing to" in log.read_text(), 20), log.read_text()
+            captured = hashes("captured", 100)
+            for item in captured:  # until six were captured: the feed turns on within a poll
+                ask(base, item)
+                if client.poll() is not None:
+                    break
+            assert client.wait(20) == 0, log.read_text()
+        finally:
+            if client.poll() is None:
+                client.kill()
+        flows = list(FlowReader(io.BytesIO(out.read_bytes())).stream())
+        assert len(flows) == 6
+        assert all(f.request.path.split("/")[-1] in captured for f in flows)
+        assert all(f.metadata["rampart"]["door"] == "query" for f in flows)
 
         # A killed worker is started again; the other answers meanwhile.
         victim = ready(base)[1]["workers"][1]["pid"]
