@@ -312,6 +312,8 @@ class ListStore:
                         _put(cur, e)
                     cur.executemany("DELETE FROM entries WHERE kind = ? AND value = ?",
                                     [(k.value, v) for k, v in gone])
+                    if any(e.kind in PATTERN_KINDS for e in put):
+                        _check_patterns(cur)  # what a snapshot must compile, as a write checks
                     if self._mirror is not None:
                         list_mirror.forget_touched(cur)
                 except BaseException:

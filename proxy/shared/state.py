@@ -10,6 +10,7 @@ the lists: not in a query-door worker) and the rate flushes.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -34,6 +35,8 @@ class SharedState:
         self.follow_lists = follow_lists
         self.rates: list[SharedRates] = []
         self._cache: AnswerCache[Any] | None = None
+        self._running = False
+        self._late: list[asyncio.Future[None]] = []
         self.bus = Bus(link)
         self.bus.subscribe(answers.channel, answers.on_message)
         if follow_lists:
@@ -63,11 +66,14 @@ class SharedState:
             return None
         rates = SharedRates(self.link, gate, scope)
         self.rates.append(rates)
+        if self._running:  # shared after start (a door opened later): its loop starts here
+            self._late.append(asyncio.ensure_future(rates.run()))
         return rates
 
     def tasks(self, lists_changed: Callable[[], Awaitable[None]]) -> list[Coroutine[Any, Any, None]]:
         """The loops to run until stop: call once, after ``attach`` and any ``share_gate``."""
         self.lists.on_change = lists_changed
+        self._running = True
         out = [self.bus.run(), *(r.run() for r in self.rates)]
         if self.follow_lists:
             out.append(self.lists.follow())
@@ -104,4 +110,6 @@ class SharedState:
         }
 
     async def close(self) -> None:
+        for task in self._late:
+            task.cancel()
         await self.link.close()
