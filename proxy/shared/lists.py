@@ -50,6 +50,10 @@ Shared = dict[tuple[EntryKind, str], Entry]
 
 
 class ListsUnreachable(ListError):
+    """A list write the shared Redis could not take: refused whole (exit 1: nothing was wrong
+    with the values; try again once Redis answers)."""
+
+    exit_code = 1
     status = 503
     code = "redis_unavailable"
 
