@@ -329,6 +329,9 @@ async def start_dns(cfg: Config, app: Any, *, answerer: Answering | None = None,
 
         answerer = Answerer(lambda: app.engine, cfg, stats=door.count, log=door.log)
     door.answerer = answerer
+    shared = getattr(app, "shared", None)  # --redis: its rate limit counted across appliances
+    if shared is not None and door.gate is not None:
+        shared.share_gate(door.gate, "dns")
     await door.start()
     return door
 

@@ -53,3 +53,19 @@ def test_without_redis_nothing_is_shared(tmp_path):
     finally:
         app.lists_store.close()
         app.engine.patterns.close()
+
+
+async def test_the_dns_doors_rate_limit_is_shared_under_its_own_scope(tmp_path):
+    from proxy.dns.door import start_dns
+
+    with RedisServer(tmp_path) as redis:
+        app = opened(tmp_path, redis.url, listen="127.0.0.1", dns_rate_limit=5.0)
+        door = await start_dns(app.cfg, app, port=0)
+        try:
+            assert [r.scope for r in app.shared.rates] == ["dns"]
+            assert app.shared.rates[0].gate is door.gate
+        finally:
+            await door.stop()
+            await app.shared.close()
+            app.lists_store.close()
+            app.engine.patterns.close()
