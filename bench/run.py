@@ -70,11 +70,12 @@ class Server:
     cmd: list[str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    root: Path = ROOT  # the checkout it runs from (--before: an earlier one)
 
     def start(self, ready_url: str, timeout: float = 40) -> Server:
         out = self.log.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-        self.popen = subprocess.Popen(self.cmd, stdout=out, stderr=out, env=env, cwd=ROOT)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(self.root)}
+        self.popen = subprocess.Popen(self.cmd, stdout=out, stderr=out, env=env, cwd=self.root)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -160,7 +161,8 @@ def doors_off() -> list[str]:
     return out
 
 
-def start_appliance(tmp: Path, name: str, cloud_port: int, config: str = "") -> tuple[Server, int]:
+def start_appliance(tmp: Path, name: str, cloud_port: int, config: str = "",
+                    root: Path = ROOT) -> tuple[Server, int]:
     port = free_port()
     extra: list[str] = list(DOORS_OFF)
     if config:
@@ -170,7 +172,7 @@ def start_appliance(tmp: Path, name: str, cloud_port: int, config: str = "") -> 
         "serve", "--data-dir", str(tmp / name), "--listen", "127.0.0.1", "--query-port", str(port),
         "--log-level", "warning",
         "--cloud", f"https://localhost:{cloud_port}", "--cloud-ca", str(tmp / "cloud" / "ca.pem"),
-        *extra)), tmp / f"{name}.log")
+        *extra)), tmp / f"{name}.log", root=root)
     return s.start(f"http://127.0.0.1:{port}/healthz"), port
 
 
@@ -368,6 +370,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--batches", action="store_true",
                     help="only the 1,000-item batch scenarios and nginx (with --profile: their profiles)")
+    ap.add_argument("--before", type=Path, metavar="DIR",
+                    help="with --batches: also run the batches without the query log from the checkout in "
+                         "DIR (e.g. git archive of an earlier commit), in the same run")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is needed (apt-get install -y wrk nginx)")
@@ -411,6 +416,9 @@ def main() -> None:
         if args.batches:
             app.stop()
             servers.remove(app)
+            if args.before:
+                batches_without_log(bench, servers, cloud_port, bodies, warm_hashes, args.before, "_before")
+            batches_without_log(bench, servers, cloud_port, bodies, warm_hashes)
             print("baselines (pinned to core 0):", flush=True)
             baseline_nginx(bench, servers, tmp, body, single_path)
         else:
@@ -481,11 +489,29 @@ BATCHES = (  # key, title, script, items of the body file sent
 MISSES = 334  # new digests post_misses adds to each batch_mixed request (relayed to the cloud)
 
 
-def measure_batches(bench: Bench, app: Server, base: str, bodies: dict[str, Path]) -> None:
+def measure_batches(bench: Bench, app: Server, base: str, bodies: dict[str, Path], suffix: str = "",
+                    label: str = "") -> None:
     for key, title, script, count in BATCHES:
         extra = (str(MISSES),) if script == "post_misses" else ()
-        bench.measure(key, title, [app], base + "/v1/file", script, str(bodies[key]), *extra,
-                      items=count + (MISSES if extra else 0), metrics=base)
+        bench.measure(key + suffix, title + label, [app], base + "/v1/file", script, str(bodies[key]),
+                      *extra, items=count + (MISSES if extra else 0), metrics=base)
+
+
+def batches_without_log(bench: Bench, servers: list[Server], cloud_port: int, bodies: dict[str, Path],
+                        warm_hashes: list[str], root: Path = ROOT, suffix: str = "") -> None:
+    """The batches again on an appliance with ``query_log = false``: the query log's writer
+    (a row per item, in a thread on the same core) is most of a batch's cost when it is on.
+    ``root``: the checkout to run (``--before``), its rows' keys ending in ``suffix``."""
+    app, port = start_appliance(bench.tmp, f"appliance-nolog{suffix}", cloud_port, "query_log = false\n",
+                                root=root)
+    servers.append(app)
+    base = f"http://127.0.0.1:{port}"
+    warm(base + "/v1/file", warm_hashes)
+    label = " [no log" + (", before]" if suffix else "]")
+    print(f"appliance, query_log = false{', from ' + str(root) if suffix else ''}:", flush=True)
+    measure_batches(bench, app, base, bodies, "_nolog" + suffix, label)
+    app.stop()
+    servers.remove(app)
 
 
 def baseline_nginx(bench: Bench, servers: list[Server], tmp: Path, body: bytes, single_path: str) -> None:
@@ -571,7 +597,7 @@ def summary(bench: Bench) -> None:
     print("ratios")
     print(f"  appliance single-item / nginx static       {ratio(single, nginx)}   (goal >= 0.4)")
     print(f"  appliance single-item / bare mitmproxy     {ratio(single, mitm)}")
-    for key, *_ in BATCHES:
+    for key in [k + suffix for suffix in ("", "_nolog_before", "_nolog") for k, *_ in BATCHES]:
         batch = rows.get(key)
         if batch:
             per_core = batch.items_per_s / max(batch.cpu, 0.01)

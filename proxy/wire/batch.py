@@ -104,17 +104,18 @@ def columns(items: list[Any]) -> FileBatch | None:
 
 def _groups(names: list[str], want: list[int], raw: bytes) -> dict[HashKind, tuple[list[int] | None, bytes]]:
     """Per hash kind, its items' positions and digests, gathered with numpy from ``raw``
-    (every digest in request order; ``want`` holds each one's hex length)."""
+    (every digest in request order; ``want`` holds each one's hex length). Digests are
+    16, 20 or 32 bytes, so they are gathered as 4-byte words: a quarter of the indexes."""
     first = KINDS[names[0]]
     if want.count(want[0]) == len(want):  # one length is one kind: the whole batch is one group
         return {first: (None, raw)}
-    sizes = np.array(want, dtype=np.int64) >> 1
-    starts = np.cumsum(sizes) - sizes
-    digests = np.frombuffer(raw, dtype=np.uint8)
+    words = np.array(want, dtype=np.int64) >> 3  # 8 hex digits a word
+    starts = np.cumsum(words) - words
+    digests = np.frombuffer(raw, dtype="<u4")
     groups: dict[HashKind, tuple[list[int] | None, bytes]] = {}
     for kind in HashKind:
-        at = np.flatnonzero(sizes == kind.size)
+        at = np.flatnonzero(words == kind.size // 4)
         if at.size:
-            taken = digests[starts[at, None] + np.arange(kind.size)]
+            taken = digests[starts[at, None] + np.arange(kind.size // 4)]
             groups[kind] = (at.tolist(), taken.tobytes())
     return groups
