@@ -116,13 +116,6 @@ class Gate:
         taken, self._taken = self._taken, {}
         return taken
 
-    def busy(self, limit: int) -> list[str]:
-        """Up to ``limit`` clients whose bucket has not refilled: the ones others may be using too."""
-        if self.rate <= 0:
-            return []
-        now, full = self._clock(), self.burst / self.rate
-        return [c for c, (_, at) in self._buckets.items() if now - at < full][:limit]
-
     def deduct(self, client: str, n: float) -> None:
         """Take ``n`` requests the other appliances let ``client`` make from its bucket here."""
         if self.rate <= 0 or n <= 0:

@@ -3,8 +3,9 @@
 ``Gate.take`` stays local and synchronous. Every ``INTERVAL`` (0.1 s) each appliance
 flushes what its gate let through per client: one pipeline of ``INCRBY`` on
 ``PREFIX rate:SCOPE:CLIENT`` (with an expiry of twice the time a bucket takes to refill),
-for those clients and for the ones whose bucket here has not refilled (``INCRBY 0``, to
-hear about them). The totals say what the others let through since this appliance's last
+for those clients and for the ones that made a request here within that refill time
+(``INCRBY 0``, to hear about them; kept here, so a flush costs what the active clients
+do, not what every bucket does). The totals say what the others let through since this appliance's last
 flush, and that is taken from its buckets (``Gate.deduct``). A client this appliance has
 not counted before is charged what the counter holds beyond its own requests, at most a
 burst. So across the fleet a client gets about ``rate`` requests a second, plus what the
@@ -25,6 +26,7 @@ from proxy.shared.link import Link, LinkDown
 
 INTERVAL = 0.1  # seconds between flushes
 MAX_CLIENTS = 10_000  # per flush
+MAX_ACTIVE = 65_536  # clients remembered as active here (a gate keeps as many buckets)
 
 
 class GateLike(Protocol):
@@ -35,7 +37,6 @@ class GateLike(Protocol):
 
     def share(self) -> None: ...
     def take_counts(self) -> dict[str, int]: ...
-    def busy(self, limit: int) -> list[str]: ...
     def deduct(self, client: str, n: float) -> None: ...
 
 
@@ -47,7 +48,9 @@ class SharedRates:
         self.scope = scope
         self._clock = clock
         self._last: dict[str, tuple[int, float]] = {}  # client -> (total seen, when)
-        self.ttl = max(1, math.ceil(2 * gate.burst / gate.rate)) if gate.rate > 0 else 1
+        self._active: dict[str, float] = {}  # client -> when it last made a request here
+        self.refill = gate.burst / gate.rate if gate.rate > 0 else 1.0
+        self.ttl = max(1, math.ceil(2 * self.refill))
         self.deducted = 0.0  # requests the others made, taken from the buckets here
         gate.share()
 
@@ -61,8 +64,7 @@ class SharedRates:
 
     async def flush(self) -> None:
         counts = self.gate.take_counts()
-        clients = list(counts)[:MAX_CLIENTS]
-        clients += [c for c in self.gate.busy(MAX_CLIENTS) if c not in counts][:MAX_CLIENTS - len(clients)]
+        clients = self._clients(counts)
         if not clients or not self.link.usable():
             return
         ttl = self.ttl
@@ -79,6 +81,20 @@ class SharedRates:
         except LinkDown:
             return  # these counts stay local: each gate limits alone meanwhile
         self._learn(clients, counts, results[::2])
+
+    def _clients(self, counts: dict[str, int]) -> list[str]:
+        """Who to flush: those counted now, then those active here within the refill time."""
+        now, active = self._clock(), self._active
+        if len(active) + len(counts) > MAX_ACTIVE:  # a flood of sources (UDP): start over
+            active.clear()
+        for client in counts:
+            active[client] = now
+        for client in [c for c, at in active.items() if now - at > self.refill]:
+            del active[client]
+        clients = list(counts)[:MAX_CLIENTS]
+        if len(clients) < MAX_CLIENTS:
+            clients += [c for c in active if c not in counts][:MAX_CLIENTS - len(clients)]
+        return clients
 
     def _learn(self, clients: list[str], counts: dict[str, int], totals: list[Any]) -> None:
         now, forget = self._clock(), self.ttl

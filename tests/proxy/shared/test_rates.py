@@ -71,4 +71,3 @@ def test_take_counts_and_deduct_on_the_gate():
     assert gate.take("a") > 0 and gate.take_counts() == {}
     gate.deduct("new", 4)
     assert gate.take("new") == 0 and gate.take("new") > 0
-    assert gate.busy(10) == ["a", "new"]
