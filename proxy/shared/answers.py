@@ -107,7 +107,10 @@ class SharedAnswers:
     async def _put(self, service: Service, items: list[tuple[str, dict[str, Any], float]]) -> None:
         kept = []
         for key, result, ttl in items:
-            value = json.dumps(result, separators=(",", ":")).encode()
+            try:
+                value = json.dumps(result, separators=(",", ":")).encode()
+            except (TypeError, ValueError):  # not JSON: kept locally only
+                continue
             if len(value) <= MAX_VALUE and ttl > 0:
                 kept.append((self._key(service, key), value, int(min(ttl, MAX_TTL) * 1000), key))
         if not kept:
