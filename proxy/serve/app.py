@@ -183,7 +183,12 @@ class App:
         """The HTTPS door's context now; ``self.tls`` then follows a CA rotation or import
         onto the door while it runs (``certs.follow``)."""
         certs.CA.ensure(self.cfg.data_dir)  # created on first start
-        self.tls = DoorTls(self.cfg.data_dir, certs.default_names(self.cfg.tls_names))
+        names = certs.default_names(self.cfg.tls_names)
+        if self.worker:  # each worker records what it presents, for `rampart ca show`
+            self.tls = DoorTls(self.cfg.data_dir, names, door=f"query-worker-{self.worker}",
+                               label=f"query door (HTTPS, worker {self.worker})")
+        else:
+            self.tls = DoorTls(self.cfg.data_dir, names)
         return self.tls.first()
 
     async def _listen(
