@@ -34,11 +34,19 @@ from proxy.patterns.table_diff import (
     _ChunkPlan,
     _layout_of,
     _merged,
+    _strictly_sorted,
     check_applies,
     encode_diff,
     parse_table_diff,
 )
-from proxy.patterns.tables.format import KeysLike, _as_key_matrix, _top_bits, _word_dtype
+from proxy.patterns.tables.format import (
+    KeysLike,
+    _as_key_matrix,
+    _cast_unsigned,
+    _raw,
+    _top_bits,
+    _word_dtype,
+)
 from proxy.patterns.tables.read import Table
 
 
@@ -73,6 +81,7 @@ def _sort_rows(k: npt.NDArray[np.uint8], tie: npt.NDArray[Any] | None = None) ->
     if len(k) < 2:
         return np.arange(len(k))
     words = np.ascontiguousarray(k).view(_word_dtype(k.shape[1]))
+    words = words.astype(words.dtype.newbyteorder("="))  # same values; lexsort is faster native
     cols = [*words.T[::-1]]
     order: npt.NDArray[np.intp] = np.lexsort(cols if tie is None else [tie, *cols])
     return order
@@ -114,14 +123,17 @@ class OverlaidTable:
         self._mm = base._mm
         self._shift, self._keys_off, self._index_mv = base._shift, base._keys_off, base._index_mv
         self._base_mvs = base._column_mvs
-        self._added_values = {name: col.tolist() for name, col in diff.added_columns.items()}
+        self._added_values = {name: _cast_unsigned(_raw(col), col.dtype.itemsize)
+                              for name, col in diff.added_columns.items()}
         keys = np.concatenate([added, diff.removed])
         handles = np.concatenate([np.arange(n, n + len(added), dtype=np.int64),
                                   np.full(len(diff.removed), -1, np.int64)])
-        # an added key sorts before the same key removed: the first of equal keys is the live row
-        order = _sort_rows(keys, (handles < 0).astype(np.int8))
+        # Sorted by the first 8 bytes only (stable: an added key before the same key removed);
+        # a query equal to the first of its group is settled here, any other by the dict.
+        prefix = _prefix64(keys)
+        order = np.argsort(prefix, kind="stable")
         self._t_keys = np.ascontiguousarray(keys[order])
-        self._t_first = _prefix64(self._t_keys)
+        self._t_first = prefix[order]
         self._t_handles = handles[order]
         self._fbits = _filter_bits(len(keys))
         self._filter = np.zeros(1 << self._fbits, dtype=bool)
@@ -295,6 +307,29 @@ class OverlaidTable:
         return np.concatenate([np.frombuffer(p, dtype=np.uint8) for p in parts]).reshape(-1, w)
 
 
+def _check_first(base: Table, d: TableDiff, what: str) -> None:
+    """``check_applies`` for a diff that becomes an overlay as it is: the same refusals, by
+    batched lookups (no insert positions, which search the whole key block)."""
+    if base.content_sha256 != d.base_sha256:
+        raise PatternError(f"{what}: made for base {d.base_sha256[:16]}…, not for "
+                           f"{base.path.name} ({base.content_sha256[:16]}…)", reason="wrong_base")
+    if d.ranges or base.is_range or (base.key_width, _layout_of(base)) != (d.width, d.columns):
+        raise PatternError(f"{what}: layout differs from {base.path.name}")
+    if not (_strictly_sorted(d.removed) and _strictly_sorted(d.added)):
+        raise PatternError(f"{what}: keys not sorted (corrupt diff)")
+    gone = base.lookup_many(d.removed) if len(d.removed) else np.zeros(0, np.int64)
+    if (gone < 0).any():
+        raise PatternError(f"{what}: removes a key the base does not hold", reason="wrong_base")
+    held = base.lookup_many(d.added) if len(d.added) else np.zeros(0, np.int64)
+    if not np.isin(held[held >= 0], gone).all():
+        raise PatternError(f"{what}: adds a key the base already holds", reason="wrong_base")
+    if base.count - len(gone) + len(d.added) != d.result_count:
+        raise PatternError(f"{what}: result would hold {base.count - len(gone) + len(d.added)} "
+                           f"rows, diff says {d.result_count}")
+    if d.result_bits > 8 * d.width:
+        raise PatternError(f"{what}: bad index bits {d.result_bits}")
+
+
 def fold_diff(base: Table, overlay: bytes | memoryview | None, diff: bytes | memoryview,
               what: str) -> bytes:
     """The one overlay (a diff from ``base``) that makes what ``diff`` makes of ``base`` +
@@ -306,7 +341,7 @@ def fold_diff(base: Table, overlay: bytes | memoryview | None, diff: bytes | mem
     """
     d = parse_table_diff(diff, what)
     if overlay is None:
-        check_applies(base, d, what)
+        _check_first(base, d, what)
         return bytes(diff)
     ov = parse_table_diff(overlay, f"overlay of {base.path.name}")
     if ov.result_sha256 != d.base_sha256:
