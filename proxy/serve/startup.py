@@ -20,6 +20,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from proxy.config import Config
 from proxy.errors import ConfigError, RampartError
@@ -73,6 +74,17 @@ def claim(cfg: Config) -> Claim:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return Claim(fd, None)
+
+
+def lock_holder(data_dir: Path) -> int | None:
+    """The pid written in DATA_DIR/serve.lock by the server that took it (None: none yet). The
+    query-door workers' supervisor checks it is its own: a second server on the same data
+    directory (on other ports) must not share the workers' run folder."""
+    try:
+        text = read_bounded(data_dir / LOCK_FILE, 32).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _holder(fd: int) -> int:

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 import certs
 from proxy.config import Config
 from proxy.errors import RampartError
-from proxy.serve import fleet
+from proxy.serve import fleet, startup
 from proxy.serve.worker import CONFIG_FILE, READY, write_config
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,10 @@ class Supervisor:
         """Start every worker and wait until each is ready; RampartError naming the first that
         is not (the others are stopped)."""
         fleet.socket_path(self.run, fleet.worker_name(self.count - 1))  # too long: said now
+        holder = startup.lock_holder(self.cfg.data_dir)
+        if holder is not None and holder != os.getpid():
+            raise RampartError(f"another rampart server (pid {holder}) runs on data directory"
+                               f" {self.cfg.data_dir}; --workers needs a data directory of its own")
         if self.cfg.query_tls_port:
             certs.CA.ensure(self.cfg.data_dir)  # once here, not raced by N workers
         write_config(self.run, self.cfg)

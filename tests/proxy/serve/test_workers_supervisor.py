@@ -136,3 +136,15 @@ def test_a_bad_worker_config_is_refused_naming_it(tmp_path: Path) -> None:
     path.write_text("[1]")
     with pytest.raises(RampartError, match="not a JSON object"):
         worker_mod.read_config(path)
+
+
+def test_workers_refuse_a_data_directory_another_server_holds(tmp_path: Path) -> None:
+    sup = _supervisor(tmp_path, "ok", count=1)
+    (sup.cfg.data_dir / "serve.lock").write_text("4242\n")
+
+    async def scenario() -> None:
+        with pytest.raises(RampartError, match=r"another rampart server \(pid 4242\)"):
+            await sup.start()
+        assert _starts(sup, 0) == []  # no worker was started
+
+    asyncio.run(scenario())
