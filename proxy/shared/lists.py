@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 POLL = 1.0  # seconds between version checks when no message came
 MAX_RULE = 16 * 1024  # bytes of one stored rule
+CHUNK = 10_000  # fields per HSET/HDEL inside one MULTI
 Shared = dict[tuple[EntryKind, str], Entry]
 
 
@@ -122,12 +123,12 @@ class SharedLists:
                     if fresh:
                         self._seed_into(pipe, everything())
                     else:
-                        put = {_field(k, v): encode(e) for k, v, e in changes if e is not None}
+                        put = [(_field(k, v), encode(e)) for k, v, e in changes if e is not None]
                         gone = [_field(k, v) for k, v, e in changes if e is None]
-                        if put:
-                            pipe.hset(self.rules, mapping=put)  # type: ignore[arg-type]
-                        if gone:
-                            pipe.hdel(self.rules, *gone)
+                        for at in range(0, len(put), CHUNK):
+                            pipe.hset(self.rules, mapping=dict(put[at:at + CHUNK]))
+                        for at in range(0, len(gone), CHUNK):
+                            pipe.hdel(self.rules, *gone[at:at + CHUNK])
                         pipe.incr(self.version)
                     pipe.publish(self.channel, self.node)
                     return int(pipe.execute()[-2])
@@ -137,8 +138,8 @@ class SharedLists:
 
     def _seed_into(self, pipe: Any, entries: list[Entry]) -> None:
         pipe.delete(self.rules)
-        for start in range(0, len(entries), 10_000):
-            chunk = entries[start:start + 10_000]
+        for start in range(0, len(entries), CHUNK):
+            chunk = entries[start:start + CHUNK]
             pipe.hset(self.rules, mapping={_field(e.kind, e.value): encode(e) for e in chunk})
         pipe.set(self.version, 1)
 
