@@ -149,6 +149,20 @@ def test_an_appliance_killed_under_load_and_restarted_costs_no_request(behind) -
     assert result.ok == result.sent
     assert spread_again, "no query reached the restarted appliance"
     assert _retries(lb) > retried, "nothing was retried: the kill found no query under way"
+    # both methods were resent and answered: POST batches are retried like GETs
+    assert {"GET", "POST"} <= resent_methods(lb), resent_methods(lb)
+
+
+def resent_methods(lb: Haproxy) -> set[str]:
+    """The methods of requests haproxy's log shows answered 200 after a retry (its httplog
+    lines: the fifth of the connection counts is the retries, "+N" when redispatched)."""
+    found = set()
+    for line in lb.log.read_text(errors="replace").splitlines():
+        fields = line.split()
+        if (len(fields) > 11 and fields[2] == "query" and fields[5] == "200" and '"' in line
+                and fields[10].split("/")[-1] not in ("0", "")):
+            found.add(line.split('"')[1].split()[0])
+    return found
 
 
 def big_batch() -> Probe:
