@@ -52,12 +52,14 @@ def cores() -> tuple[str, str]:
     return str(have[0]), str(have[0])
 
 
-def start(tmp: Path, workers: int, server_cores: str) -> tuple[run.Server, str]:
+def start(tmp: Path, workers: int, server_cores: str, config: str) -> tuple[run.Server, str]:
     port = run.free_port()
     name = f"workers-{workers}"
+    (tmp / f"{name}.toml").write_text(config)
     cmd = ["taskset", "-c", server_cores, *run.rampart(
         "serve", "--data-dir", str(tmp / name), "--listen", "127.0.0.1", "--query-port", str(port),
-        "--log-level", "warning", "--workers", str(workers), *run.doors_off())]
+        "--log-level", "warning", "--workers", str(workers), "--config", str(tmp / f"{name}.toml"),
+        *run.doors_off())]
     server = run.Server(name, cmd, tmp / f"{name}.log")
     server.start(f"http://127.0.0.1:{port}/healthz", timeout=90)
     base = f"http://127.0.0.1:{port}"
@@ -133,6 +135,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6, help="length of each measured run")
     ap.add_argument("--rounds", type=int, default=3, help="1/2 pairs")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--no-query-log", action="store_true",
+                    help="query_log = false in both (shows what the log writers cost)")
     args = ap.parse_args()
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         sys.exit("bench: wrk and taskset are needed (apt-get install -y wrk util-linux)")
@@ -141,12 +145,14 @@ def main() -> None:
     server_cores, load_cores = cores()
     servers: list[run.Server] = []
     try:
-        one, one_base = start(tmp, 1, server_cores)
+        config = "query_log = false\n" if args.no_query_log else ""
+        one, one_base = start(tmp, 1, server_cores, config)
         servers.append(one)
-        two, two_base = start(tmp, 2, server_cores)
+        two, two_base = start(tmp, 2, server_cores, config)
         servers.append(two)
         print(f"workers bench: {os.cpu_count()} cores; appliances on {server_cores}, wrk on "
-              f"{load_cores}; {args.seconds:g} s a run, {args.rounds} rounds; work dir {tmp}",
+              f"{load_cores}; {args.seconds:g} s a run, {args.rounds} rounds; query log"
+              f" {'off' if args.no_query_log else 'on'}; work dir {tmp}",
               flush=True)
         got: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
         for _ in range(args.rounds):
