@@ -78,7 +78,8 @@ class QueryDoor:
         self.member: fleet.Member | None = None  # this process's readings, for the workers
         self.capture: Any = None  # addons.capture.Capture, given by addons.master
         self.feed: FeedServer | None = None  # the workers' flows, to the capture
-        self.app.serve_queries = worker_count(cfg) == 1
+        # workers only where there is a query door for them to answer
+        self.app.serve_queries = worker_count(cfg) == 1 or not (cfg.query_port or cfg.query_tls_port)
 
     async def running(self) -> None:
         try:

@@ -215,8 +215,10 @@ def run(cfg: Config, run_dir: Path, index: int, count: int, parent: int,
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        # Ctrl-C reaches the whole process group: the main process stops the workers itself
+        # (SIGTERM, in order), so a worker does not end under it and get restarted.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
         watch_stdin(loop, stop)
         await worker.serve(stop, say_ready)
 

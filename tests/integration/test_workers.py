@@ -170,7 +170,7 @@ def test_two_workers_answer_follow_updates_restart_and_drain(
         appliance.popen.send_signal(signal.SIGTERM)
         assert appliance.popen.wait(30) == 0, appliance.output()
         for pid in pids:
-            assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+            assert _gone(pid)
     finally:
         appliance.stop()
 
@@ -185,3 +185,21 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_workers_end_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    appliance = start_appliance(tmp_path, None, "--workers", "2")
+    base = f"http://127.0.0.1:{appliance.ports['http']}"
+    try:
+        assert eventually(lambda: ready(base)[0] == 200, 30), appliance.output()
+        pids = [w["pid"] for w in ready(base)[1]["workers"]]
+        assert appliance.popen is not None
+        appliance.popen.kill()  # no drain, no goodbye: the workers notice on their own
+        appliance.popen.wait(10)
+        assert eventually(lambda: all(_gone(pid) for pid in pids), 15), pids
+    finally:
+        appliance.stop()
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _zombie(pid)
