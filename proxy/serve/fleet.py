@@ -49,7 +49,8 @@ SUMMED_GAUGES = frozenset({
 })
 """Gauges of something each process holds its own share of: the appliance holds the sum."""
 LEAST_GAUGES = frozenset({"rampart_cert_expiry_seconds", "rampart_pattern_version"})
-"""Gauges where the lowest process speaks for all (the version every worker serves at least)."""
+"""Gauges where the lowest process speaks for all (the version every worker serves at least),
+as does every ``..._up`` gauge (``rampart_redis_up``: up only while every process reaches it)."""
 # any other gauge is a state or a time (ages, staleness, timestamps, uptime): the highest wins
 
 
@@ -177,7 +178,7 @@ def _combine(family: Metric, old: float | None, new: float) -> float:
         return new
     if family.type != "gauge" or family.name in SUMMED_GAUGES:
         return old + new
-    if family.name in LEAST_GAUGES:
+    if family.name in LEAST_GAUGES or family.name.endswith("_up"):
         return min(old, new)
     return max(old, new)
 

@@ -34,6 +34,9 @@ rampart_uptime_seconds 10.0
 # HELP rampart_pattern_version v
 # TYPE rampart_pattern_version gauge
 rampart_pattern_version{pattern="smart-scan"} 20260101010000.0
+# HELP rampart_redis_up up
+# TYPE rampart_redis_up gauge
+rampart_redis_up 1.0
 # HELP rampart_worker_requests_total by worker
 # TYPE rampart_worker_requests_total counter
 rampart_worker_requests_total{worker="0"} 7.0
@@ -42,7 +45,8 @@ W1 = (W0.replace(b'source="pattern"} 3.0', b'source="pattern"} 4.0')
       .replace(b'door="query-http"} 2.0', b'door="query-http"} 5.0')
       .replace(b"rampart_uptime_seconds 10.0", b"rampart_uptime_seconds 30.0")
       .replace(b"20260101010000.0", b"20260101000000.0")
-      .replace(b'worker="0"} 7.0', b'worker="1"} 9.0'))
+      .replace(b'worker="0"} 7.0', b'worker="1"} 9.0')
+      .replace(b"rampart_redis_up 1.0", b"rampart_redis_up 0.0"))
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -58,6 +62,7 @@ def test_merge_sums_counters_and_histograms_and_combines_gauges_by_meaning() -> 
     assert got[("rampart_request_latency_seconds_sum", ())] == 1.0
     assert got[("rampart_connections_open", (("door", "query-http"),))] == 7.0  # each its share
     assert got[("rampart_uptime_seconds", ())] == 30.0  # the oldest process
+    assert got[("rampart_redis_up", ())] == 0.0  # up only while every process reaches it
     # the version every worker serves at least, while one still swaps
     assert got[("rampart_pattern_version", (("pattern", "smart-scan"),))] == 20260101000000.0
     # the per-worker series stay apart
