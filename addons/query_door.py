@@ -78,6 +78,7 @@ class QueryDoor:
         self.member: fleet.Member | None = None  # this process's readings, for the workers
         self.capture: Any = None  # addons.capture.Capture, given by addons.master
         self.feed: FeedServer | None = None  # the workers' flows, to the capture
+        self.fleet: fleet.Fleet | None = None  # every worker's readings, asked from here
         # workers only where there is a query door for them to answer
         self.app.serve_queries = worker_count(cfg) == 1 or not (cfg.query_port or cfg.query_tls_port)
 
@@ -123,6 +124,8 @@ class QueryDoor:
                                    lambda: capture.active)
             await self.feed.start()
         await self.workers.start()
+        self.fleet = fleet.Fleet(self.workers.run, -1, self.workers.count,
+                                 metrics=lambda: app._metrics(), ready=self._readiness)
         self.workers.follow_config(lambda: app.cfg)  # the console's live settings reach them
 
     def _readiness(self) -> dict[str, Any]:

@@ -221,7 +221,10 @@ class Fleet:
         self.deadline = deadline
 
     def others(self) -> list[str]:
-        return [MAIN, *(worker_name(i) for i in range(self.count) if i != self.index)]
+        """The members asked: the main process and the other workers (``index`` -1: this is
+        the main process, asking every worker, e.g. for the console's dashboard)."""
+        main = [MAIN] if self.index >= 0 else []
+        return [*main, *(worker_name(i) for i in range(self.count) if i != self.index)]
 
     async def _gather(self, what: str) -> dict[str, bytes | None]:
         names = self.others()
@@ -230,7 +233,8 @@ class Fleet:
         return dict(zip(names, answers))
 
     async def metrics(self) -> bytes:
-        texts: dict[str, bytes] = {worker_name(self.index): self.own_metrics()}
+        texts: dict[str, bytes] = {worker_name(self.index) if self.index >= 0 else MAIN:
+                                   self.own_metrics()}
         for name, text in (await self._gather("metrics")).items():
             if text is not None:
                 texts[name] = text
@@ -246,7 +250,7 @@ class Fleet:
         for i in range(self.count):
             doc = body if i == self.index else _json(answers.get(worker_name(i)))
             workers.append(_worker_entry(i, doc))
-        main = _json(answers.get(MAIN))
+        main = _json(answers.get(MAIN)) if self.index >= 0 else body
         if main is not None and isinstance(body.get("pattern"), dict):
             body["pattern"]["update"] = main.get("pattern", {}).get("update")
         body["main"] = _worker_entry(-1, main)

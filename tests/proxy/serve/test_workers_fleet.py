@@ -174,3 +174,28 @@ def test_a_member_bounds_what_it_reads(tmp_path: Path) -> None:
             await m.close()
 
     asyncio.run(scenario())
+
+
+def test_the_main_process_can_ask_every_worker(tmp_path: Path) -> None:
+    run = fleet.run_dir(tmp_path)
+
+    async def scenario() -> None:
+        members = []
+        for i in (0, 1):
+            m = fleet.Member(fleet.socket_path(run, fleet.worker_name(i)), lambda i=i: (W0, W1)[i],
+                             lambda i=i: _ready(i))
+            await m.start()
+            members.append(m)
+        main = fleet.Fleet(run, -1, 2, metrics=lambda: b"", ready=lambda: {"status": "ready",
+                                                                          "pid": 9, "pattern": {}})
+        try:
+            assert main.others() == ["worker-0", "worker-1"]
+            status, body = await main.readiness()
+            assert status == 200 and [w["pid"] for w in body["workers"]] == [1000, 1001]
+            got = samples(await main.metrics())
+            assert got[("rampart_items_total", (("service", "file"), ("source", "pattern")))] == 7.0
+        finally:
+            for m in members:
+                await m.close()
+
+    asyncio.run(scenario())
