@@ -296,10 +296,13 @@ class ListStore:
                 f"SELECT {COLUMNS} FROM entries").fetchall()) if e is not None])
 
     def follow(self, shared: dict[tuple[EntryKind, str], Entry],
-               current: Callable[[], bool] = lambda: True) -> int:
+               current: Callable[[], bool] = lambda: True, *,
+               only: Sequence[tuple[EntryKind, str]] | None = None) -> int:
         """Make the local rules equal the shared ones in one transaction (not sent back to
         the mirror); ``current()`` is asked under the store's lock, and a copy a write made
-        since has outdated is not applied. Returns how many rules changed."""
+        since has outdated is not applied. ``only``: just these rules changed (the others
+        are left as they are; ``shared`` holds those of them still present). Returns how
+        many rules changed."""
         with self._lock:
             if not current():
                 return 0
@@ -307,7 +310,9 @@ class ListStore:
             try:
                 cur.execute("BEGIN IMMEDIATE")
                 try:
-                    put, gone = list_mirror.differences(self._read_entries(None), shared)
+                    local = self._read_entries(None) if only is None else [
+                        e for e in (_get(cur, k, v) for k, v in only) if e is not None]
+                    put, gone = list_mirror.differences(local, shared)
                     for e in put:
                         _put(cur, e)
                     cur.executemany("DELETE FROM entries WHERE kind = ? AND value = ?",

@@ -87,6 +87,7 @@ class Link:
             retry=AsyncRetry(NoBackoff(), 0), max_connections=MAX_CONNECTIONS,
         )
         self._sync: redis.Redis | None = None
+        self._bulk: aredis.Redis | None = None
         self.up: bool | None = None  # None: not tried yet
         self.last_error = ""
         self.since = utcnow()  # when ``up`` last changed
@@ -104,6 +105,17 @@ class Link:
                 retry=Retry(NoBackoff(), 0),
             )
         return self._sync
+
+    @property
+    def bulk(self) -> aredis.Redis:
+        """An asyncio client for large reads (the whole shared lists): its socket may wait
+        the write bound, where the request path's gives up after ``redis_timeout``."""
+        if self._bulk is None:
+            self._bulk = aredis.Redis.from_url(
+                self.url, socket_timeout=self.write_timeout, socket_connect_timeout=self.timeout * 4,
+                retry=AsyncRetry(NoBackoff(), 0), max_connections=4,
+            )
+        return self._bulk
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -154,11 +166,13 @@ class Link:
 
     async def run(self, op: str, call: Callable[[aredis.Redis], Awaitable[T]],
                   timeout: float | None = None) -> T:
-        """``call(client)`` within ``redis_timeout``; LinkDown on any failure or while down."""
+        """``call(client)`` within ``redis_timeout``; LinkDown on any failure or while down.
+        A longer ``timeout`` (a bulk read) runs on the ``bulk`` client."""
         if not self.usable():
             raise self.down_error()
+        client = self.aio if timeout is None or timeout <= self.timeout else self.bulk
         try:
-            result = await asyncio.wait_for(call(self.aio), timeout or self.timeout)
+            result = await asyncio.wait_for(call(client), timeout or self.timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -206,6 +220,8 @@ class Link:
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a dead connection: nothing to tell
             await self.aio.aclose()
+            if self._bulk is not None:
+                await self._bulk.aclose()
         self.close_sync()
 
     def close_sync(self) -> None:

@@ -128,3 +128,36 @@ async def test_malformed_shared_rules_are_skipped(tmp_path, redis_server, prefix
     await sa.catch_up()
     assert values(a) == {("blocked", "good.example")}
     await la.close()
+
+
+async def test_a_follower_reads_only_what_changed_within_its_epoch(tmp_path, redis_server, prefix,
+                                                                   monkeypatch):
+    import proxy.shared.lists as shared_lists
+
+    a, _, la = side(tmp_path, "a", redis_server.url, prefix)
+    b, sb, lb = side(tmp_path, "b", redis_server.url, prefix)
+    a.add(BLOCKED, [(None, f"d{i}.example") for i in range(50)])
+    await sb.catch_up()
+    assert sb.reads == {"whole": 1, "changes": 0} and len(b.entries()) == 50
+    a.add(APPROVED, [(None, "d3.example")])
+    a.remove([(None, "d4.example")])
+    await sb.catch_up()
+    assert sb.reads == {"whole": 1, "changes": 1}
+    assert ("approved", "d3.example") in values(b) and ("blocked", "d4.example") not in values(b)
+    assert len(b.entries()) == 49
+    await sb.catch_up()  # nothing new: nothing read
+    assert sb.reads == {"whole": 1, "changes": 1}
+
+    monkeypatch.setattr(shared_lists, "MAX_CHANGED", 10)  # the change log trimmed past b's version
+    for i in range(12):
+        a.add(BLOCKED, [(None, f"more{i}.example")])
+    await sb.catch_up()
+    assert sb.reads == {"whole": 2, "changes": 1} and values(b) == values(a)
+
+    redis_server.command("DEL", f"{prefix}lists:rules", f"{prefix}lists:version",
+                         f"{prefix}lists:epoch", f"{prefix}lists:changed")  # Redis lost its data
+    a.add(BLOCKED, [(None, "after-loss.example")])  # seeds a new epoch from a
+    await sb.catch_up()
+    assert sb.reads["whole"] == 3 and values(b) == values(a)
+    await la.close()
+    await lb.close()
