@@ -199,6 +199,12 @@ class PatternSet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def compacted(self) -> bool:
+        """A table is served as base + overlay while its full file is in the directory now
+        (``proxy.updates.compaction`` wrote it): opening the directory again serves the
+        plain table, whose lookups skip the overlay's dict probe."""
+        return any(isinstance(t, OverlaidTable) and t.path.is_file() for t in self._tables.values())
+
     def table(self, name: str) -> AnyTable:
         """One table by file name (e.g. ``file-sha256.tbl``), for the agent pattern and diffs.
 

@@ -212,7 +212,7 @@ class PatternKeeper:
         """Serve the store's current version if it is not the one served; True if swapped."""
         assert self.store is not None
         name = self.store.current_version()
-        if name is None or name == self.served:
+        if name is None or (name == self.served and not self.engine.patterns.compacted()):
             return False
         path = self.store.path_of(name)
         try:

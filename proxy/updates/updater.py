@@ -302,9 +302,10 @@ class Updater:
         """One update of ``patterns`` (default: all); never raises for a bad update.
 
         After an install, ``on_installed(version)`` (the live swap), then ``settle``: the
-        compaction of the tables the version holds overlaid. A compacted table that does
-        not match the signed manifest makes a second update at once, of the full files of
-        its pattern; its result is returned.
+        compaction of the tables the version holds overlaid, and ``on_installed`` again (the
+        app reopens the compacted version: ``PatternSet.compacted``). A compacted table that
+        does not match the signed manifest makes a second update at once, of the full files
+        of its pattern; its result is returned.
         """
         result = await self._update_once(patterns)
         if not result.changed:
@@ -312,6 +313,7 @@ class Updater:
         await _announce(on_installed, result.version)
         bad = await self.settle() if self.compact else set()
         if not bad:
+            await _announce(on_installed, result.version)  # compacted: the app reopens it
             return result
         retry = await self._update_once(bad)
         if retry.changed:
