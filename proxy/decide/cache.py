@@ -12,15 +12,29 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from itertools import compress, repeat
-from operator import is_not, itemgetter, ne, sub
+from operator import is_not, itemgetter, le
 from typing import Any, Generic, TypeVar
 
 from proxy.config import default
 
 V = TypeVar("V")
-# An entry is [expires, value, view, view_left]; _ABSENT stands for a key not held (never changed).
-_ABSENT: list[Any] = [math.inf, None, None, 0]
-_expires, _view, _view_left = itemgetter(0), itemgetter(2), itemgetter(3)
+# An entry is [expires, value, view, view_left, fresh_until]: the view ``get_views`` last made,
+# the whole seconds left it shows, and the clock time before which it still shows them (the
+# clock only goes forward). _ABSENT stands for a key not held; it is never changed.
+_ABSENT: list[Any] = [math.inf, None, None, 0, math.inf]
+_view, _fresh_until = itemgetter(2), itemgetter(4)
+FRESH_MARGIN = 0.001  # seconds
+
+
+def _refresh(entry: list[Any], left: float, make_view: Callable[[Any, int], Any]) -> None:
+    """Remake an entry's view if the whole seconds it has ``left`` (at least 1) changed."""
+    whole = int(left) or 1
+    if entry[3] != whole:
+        entry[2] = make_view(entry[1], whole)
+        entry[3] = whole
+        # the same whole second is left until ``whole`` is (one is left until it expires);
+        # a millisecond's margin keeps the float comparisons on the safe side
+        entry[4] = entry[0] - (whole if whole > 1 else 0) - FRESH_MARGIN
 
 
 class AnswerCache(Generic[V]):
@@ -36,7 +50,7 @@ class AnswerCache(Generic[V]):
         self.max_entries = max_entries
         self.max_ttl = max_ttl
         self._clock = clock
-        # key -> [expires, value, view, view_left]: the view is what ``get_views`` last made
+        # key -> [expires, value, view, view_left, fresh_until] (see _ABSENT)
         self._data: OrderedDict[str, list[Any]] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -66,23 +80,26 @@ class AnswerCache(Generic[V]):
         The engine serves cached answers as ``source: cache`` with the TTL left; this
         keeps that view with the entry instead of rebuilding it for every request.
         A batch asks for up to 1,000 keys at once, so each step is one builtin mapped
-        over them all (no Python code per key but for a view to remake); a batch that
-        meets an expired entry takes ``_views_one_by_one``, which tests hold equal.
+        over them all; Python code runs only for the few entries whose view is no longer
+        current (``fresh_until`` passed: another whole second left, or new). A batch
+        meeting an expired entry takes ``_views_one_by_one``; tests hold the two equal.
         """
         now = self._clock()
         data = self._data
         entries = list(map(data.get, keys, repeat(_ABSENT)))
+        fresh = list(map(_fresh_until, entries))
+        if fresh and min(fresh) <= now:
+            for entry in compress(entries, map(le, fresh, repeat(now))):
+                left = entry[0] - now
+                if left <= 0:
+                    return self._views_one_by_one(keys, make_view, now)
+                _refresh(entry, left, make_view)
         found = list(map(is_not, entries, repeat(_ABSENT)))
-        live = list(compress(entries, found))
-        if live and min(map(_expires, live)) <= now:
-            return self._views_one_by_one(keys, make_view, now)
-        deque(map(data.move_to_end, compress(keys, found)), maxlen=0)  # most recently used, in order
-        wholes = list(map(max, map(int, map(sub, map(_expires, live), repeat(now))), repeat(1)))
-        for entry, whole in compress(zip(live, wholes), map(ne, map(_view_left, live), wholes)):
-            entry[2] = make_view(entry[1], whole)
-            entry[3] = whole
-        self.hits += len(live)
-        self.misses += len(keys) - len(live)
+        hits = sum(found)
+        # most recently used, in the order asked
+        deque(map(data.move_to_end, keys if hits == len(keys) else compress(keys, found)), maxlen=0)
+        self.hits += hits
+        self.misses += len(keys) - hits
         return list(map(_view, entries))
 
     def _views_one_by_one(self, keys: Sequence[str], make_view: Callable[[V, int], V],
@@ -103,10 +120,7 @@ class AnswerCache(Generic[V]):
                 append(None)
                 continue
             data.move_to_end(key)
-            whole = int(left) or 1
-            if entry[3] != whole:
-                entry[2] = make_view(entry[1], whole)
-                entry[3] = whole
+            _refresh(entry, left, make_view)
             append(entry[2])
             hits += 1
         self.hits += hits
@@ -122,7 +136,7 @@ class AnswerCache(Generic[V]):
         if not ttl > 0 or self.max_entries == 0:  # also refuses NaN
             self._data.pop(key, None)
             return
-        self._data[key] = [self._clock() + min(ttl, self.max_ttl), value, None, -1]
+        self._data[key] = [self._clock() + min(ttl, self.max_ttl), value, None, -1, -math.inf]
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)

@@ -25,8 +25,9 @@ def view(value: str, left: int) -> tuple[str, int]:
 
 keys = st.sampled_from([f"k{i}" for i in range(12)])
 steps = st.lists(st.one_of(
-    st.tuples(st.just("put"), keys, st.floats(-1, 30, allow_nan=False)),
-    st.tuples(st.just("tick"), st.floats(0, 8, allow_nan=False)),
+    st.tuples(st.just("put"), keys, st.one_of(st.floats(-1, 30, allow_nan=False), st.integers(1, 5))),
+    st.tuples(st.just("tick"), st.one_of(st.floats(0, 8, allow_nan=False),
+                                         st.sampled_from([1.0, 0.5, 0.9995, 0.0005, 0.001]))),
     st.tuples(st.just("get"), st.lists(keys, max_size=15)),
 ), max_size=40)
 
