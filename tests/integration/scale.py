@@ -97,6 +97,8 @@ class Appliance:
     name: str
     host: str
     proc: Proc
+    redis: str | None = None
+    """The Redis URL it shares state through (--redis), if any."""
     timeout: float = 60.0
 
     @property
@@ -190,7 +192,7 @@ def start_appliance(tmp: Path, name: str, host: str, ports: dict[str, int], *,
     if cloud is not None:
         args += ["--cloud", f"https://localhost:{cloud.ports['https']}",
                  "--cloud-ca", str(cloud.data_dir / "ca.pem")]
-    appliance = Appliance(name, host, Proc(args, data, tmp / f"{name}.log", dict(ports)))
+    appliance = Appliance(name, host, Proc(args, data, tmp / f"{name}.log", dict(ports)), redis)
     return appliance.start() if start else appliance
 
 
@@ -229,11 +231,15 @@ def _import_ca(source: Appliance, data_dir: Path) -> None:
 
 
 def add_to_list(appliances: Iterable[Appliance], *args: str) -> None:
-    """`rampart lists add ARGS` on each appliance's data directory (appliances without a
-    shared Redis keep their own lists)."""
+    """`rampart lists add ARGS` on each appliance's data directory, through its Redis when it
+    shares one ($RAMPART_REDIS: then one appliance is enough, the others follow within 2 s;
+    appliances without Redis keep their own lists)."""
     for a in appliances:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_REDIS")}
+        if a.redis:
+            env["RAMPART_REDIS"] = a.redis
         run = subprocess.run([*RAMPART, "lists", "add", "--data-dir", str(a.data_dir), *args],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, env=env)
         if run.returncode != 0:
             raise RuntimeError(f"lists add on {a.name} failed: {run.stdout}{run.stderr}")
 

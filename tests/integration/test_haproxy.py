@@ -4,11 +4,13 @@ and an appliance killed under load and restarted without a single failed query (
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -23,9 +25,11 @@ from tests.integration.scale import (
     Load,
     Probe,
     add_to_list,
+    metric,
     standard_probes,
     two_behind_haproxy,
 )
+from tests.redis_server import RedisServer
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,30 +37,53 @@ pytestmark = [
 ]
 
 ITEMS = "rampart_items_total"
-World = tuple[Proc, list[Appliance], Haproxy]
 Behind = tuple[list[Appliance], Haproxy]
+
+
+@dataclass
+class World:
+    cloud: Proc
+    redis: RedisServer
+    pair: list[Appliance]
+    lb: Haproxy
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """A cloud, and appliances a and b relaying to it (one CA, their intercept doors on,
-    BLOCKED_SHA256 on both blocked lists) behind haproxy."""
+    """The README's setup: a cloud, one Redis, and appliances a and b relaying to the cloud
+    and sharing their state through Redis (one CA, their intercept doors on), behind
+    haproxy; BLOCKED_SHA256 added once, on a."""
     tmp = tmp_path_factory.mktemp("lb")
-    cloud = start_cloud(tmp)
-    try:
-        with two_behind_haproxy(tmp, cloud=cloud, intercept=True) as (pair, lb):
-            add_to_list(pair, "--blocked", BLOCKED_SHA256)
-            for a in pair:
-                wait_blocked(a.url())
-            yield cloud, pair, lb
-    finally:
-        cloud.stop()
+    with RedisServer(tmp) as redis:
+        cloud = start_cloud(tmp)
+        try:
+            with two_behind_haproxy(tmp, cloud=cloud, redis=redis.url, intercept=True) as (pair, lb):
+                add_to_list(pair[:1], "--blocked", BLOCKED_SHA256)
+                for a in pair:
+                    wait_source(a.url(f"/v1/file/{BLOCKED_SHA256}"), "blocked-list")
+                yield World(cloud, redis, pair, lb)
+        finally:
+            cloud.stop()
 
 
 @pytest.fixture
 def behind(world: World) -> Behind:
-    _, pair, lb = world
-    return pair, lb
+    return world.pair, world.lb
+
+
+def source(url: str) -> str:
+    r = httpx.get(url, timeout=15)
+    assert r.status_code == 200, r.text
+    return str(r.json()["results"][0]["source"])
+
+
+def wait_source(url: str, wanted: str, timeout: float = 3.0) -> None:
+    """``url`` answers from ``wanted`` within ``timeout`` (a shared list change: 2 s)."""
+    deadline = time.monotonic() + timeout
+    while (got := source(url)) != wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} answers from {got}, not {wanted}")
+        time.sleep(0.05)
 
 
 def file_results(base: str, *items: dict[str, str]) -> list[dict[str, str]]:
@@ -64,15 +91,6 @@ def file_results(base: str, *items: dict[str, str]) -> list[dict[str, str]]:
     assert r.status_code == 200, r.text
     results: list[dict[str, str]] = r.json()["results"]
     return results
-
-
-def wait_blocked(base: str) -> None:
-    """The blocked list reaches a running appliance within its poll (lists_poll, 1 s)."""
-    for _ in range(100):
-        if file_results(base, {"sha256": BLOCKED_SHA256})[0]["source"] == "blocked-list":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{base} does not answer the blocked list")
 
 
 def test_the_shipped_config_checks_and_refuses_to_run_without_the_appliances() -> None:
@@ -116,7 +134,7 @@ def test_the_https_door_passes_through_with_the_appliance_ca(behind: Behind) -> 
 
 
 def test_the_intercept_door_passes_through_to_both_appliances(world: World) -> None:
-    cloud, pair, lb = world
+    cloud, pair, lb = world.cloud, world.pair, world.lb
     tls = ssl.create_default_context(cafile=str(pair[0].ca))
     proxy = f"http://127.0.0.1:{lb.ports['proxy']}"
     url = f"https://localhost:{cloud.ports['https']}/v1/file/{EICAR_SHA256}"
@@ -131,8 +149,34 @@ def test_the_intercept_door_passes_through_to_both_appliances(world: World) -> N
     assert all(b > a for a, b in zip(before, after)), (before, after)
 
 
+def test_a_cloud_answer_is_asked_once_whichever_appliance_haproxy_picks(world: World) -> None:
+    cloud, lb = world.cloud, world.lb
+    tls = ssl.create_default_context(cafile=str(cloud.data_dir / "ca.pem"))
+    cloud_metrics = f"https://localhost:{cloud.ports['https']}/metrics"
+    asked = metric(httpx.get(cloud_metrics, verify=tls, timeout=15).text, ITEMS, service="file")
+    fresh = hashlib.sha256(f"lb-shared-{time.time_ns()}".encode()).hexdigest()
+    assert source(lb.url(f"/v1/file/{fresh}")) == "cloud"
+    stored = f"rampart:answer:file:{fresh}"  # stored by a task after the reply
+    deadline = time.monotonic() + 3
+    while world.redis.command("EXISTS", stored) != b":1\r\n":
+        assert time.monotonic() < deadline, "the cloud answer never reached Redis"
+        time.sleep(0.05)
+    sources = [source(lb.url(f"/v1/file/{fresh}")) for _ in range(6)]  # round robin: both
+    assert sources == ["cache"] * 6
+    after = metric(httpx.get(cloud_metrics, verify=tls, timeout=15).text, ITEMS, service="file")
+    assert after - asked == 1, "the other appliance asked the cloud again"
+
+
+def test_a_blocked_rule_added_on_a_is_answered_through_haproxy_by_both(behind: Behind) -> None:
+    pair, lb = behind
+    add_to_list(pair[:1], "--blocked", "lb-shared.example.test")
+    for a in pair:  # each appliance directly, within 2 s
+        wait_source(a.url("/v1/domain/lb-shared.example.test"), "blocked-list")
+    assert {source(lb.url("/v1/domain/x.lb-shared.example.test")) for _ in range(6)} == {"blocked-list"}
+
+
 def test_an_appliance_killed_under_load_and_restarted_costs_no_request(behind: Behind) -> None:
-    (a, _), lb = behind
+    (a, b), lb = behind
     retried = _retries(lb)
     with Load(lb.url(), [*standard_probes(), big_batch()], clients=4) as load:
         load.wait_for(100)
@@ -140,8 +184,10 @@ def test_an_appliance_killed_under_load_and_restarted_costs_no_request(behind: B
         lb.wait_state("a", "DOWN")  # the health checks see it gone
         assert lb.states("query_tls")["a"] == "DOWN"  # and the tcp doors follow
         load.wait_for(100)  # b alone answers everything
+        add_to_list([b], "--blocked", "while-a-was-away.example.test")  # shared through Redis
         a.restart()  # same ports, same data
         lb.wait_state("a", "UP")
+        wait_source(a.url("/v1/domain/while-a-was-away.example.test"), "blocked-list")
         answered = a.counter(ITEMS, service="file")
         load.wait_for(100)
         spread_again = a.counter(ITEMS, service="file") > answered  # a takes its share again
