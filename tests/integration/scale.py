@@ -200,34 +200,44 @@ def appliance_pair(tmp: Path, *, cloud: Proc | None = None, redis: str | None = 
                    workers: int | str | None = None, extra: Sequence[str] = (),
                    intercept: bool = False, count: int = 2) -> list[Appliance]:
     """``count`` appliances ``a``, ``b``, ... on 127.0.0.2, 127.0.0.3, ... with the same door
-    ports (free on each and on HAProxy's 127.0.0.1) and one CA: ``a`` makes it, the others
-    import it, so a client trusting a.ca trusts every appliance behind HAProxy."""
+    ports (free on each and on HAProxy's 127.0.0.1) and one CA (`rampart ca init` in a's data
+    directory, `rampart ca import` of it in the others': a client trusting a.ca trusts every
+    appliance behind HAProxy), started together and ready."""
     hosts = [f"127.0.0.{2 + i}" for i in range(count)]
     doors = DOORS if intercept else DOORS[:2]
     ports = dict(zip(doors, free_ports([LB_HOST, *hosts], len(doors))))
-    started: list[Appliance] = []
-    try:
-        for i, host in enumerate(hosts):
-            name = chr(ord("a") + i)
-            if started:
-                _import_ca(started[0], tmp / name)
-            started.append(start_appliance(tmp, name, host, ports, cloud=cloud, redis=redis,
-                                           workers=workers, extra=extra))
-    except BaseException:
-        for a in started:
+    made = [start_appliance(tmp, chr(ord("a") + i), host, ports, cloud=cloud, redis=redis,
+                            workers=workers, extra=extra, start=False)
+            for i, host in enumerate(hosts)]
+    _rampart("ca", "init", "--data-dir", str(made[0].data_dir))
+    for other in made[1:]:
+        _rampart("ca", "import", "--data-dir", str(other.data_dir), "--cert", str(made[0].ca),
+                 "--key", str(made[0].data_dir / "ca-key.pem"), "--overlap-days", "0")
+    errors: list[BaseException] = []
+
+    def start(a: Appliance) -> None:
+        try:
+            a.start()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(a,)) for a in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for a in made:
             a.stop()
-        raise
-    return started
+        raise errors[0]
+    return made
 
 
-def _import_ca(source: Appliance, data_dir: Path) -> None:
-    """Install ``source``'s CA into ``data_dir`` before its first start (`rampart ca import`)."""
-    run = subprocess.run(
-        [*RAMPART, "ca", "import", "--data-dir", str(data_dir), "--cert", str(source.ca),
-         "--key", str(source.data_dir / "ca-key.pem"), "--overlap-days", "0"],
-        capture_output=True, text=True, timeout=60)
+def _rampart(*args: str) -> None:
+    """One `rampart` command that must succeed."""
+    run = subprocess.run([*RAMPART, *args], capture_output=True, text=True, timeout=60)
     if run.returncode != 0:
-        raise RuntimeError(f"ca import failed: {run.stdout}{run.stderr}")
+        raise RuntimeError(f"rampart {' '.join(args[:2])} failed: {run.stdout}{run.stderr}")
 
 
 def add_to_list(appliances: Iterable[Appliance], *args: str) -> None:
