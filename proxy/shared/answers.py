@@ -3,11 +3,14 @@
 The engine's own ``AnswerCache`` stays in front; this is asked only for what it missed, just
 before the relay would be (``Engine.relay_fill`` through ``proxy.decide.engine.SharedCache``).
 A cloud result (the JSON ``Relay.ask_many`` returned) is kept under
-``PREFIX answer:SERVICE:KEY`` for the TTL the cloud gave (SET PX), and each batch of new
+``PREFIX answer:SERVICE:KEY`` for the TTL the cloud gave (SET PX), as ``EXPIRES\nJSON``
+(EXPIRES: epoch milliseconds, so one MGET tells the TTL left without a PTTL per key;
+appliances' clocks are assumed NTP-close, and the TTL left never exceeds what Redis
+holds it for), and each batch of new
 answers is published on ``PREFIX answers`` so the other appliances drop those keys from
-their local caches (a newer answer then comes from Redis). Reads are one pipeline of
-GET and PTTL per key within ``redis_timeout``, and the asks of every request that
-arrive in the same turn of the loop go out as one pipeline (a door with many connections
+their local caches (a newer answer then comes from Redis). Reads are one MGET within
+``redis_timeout``, and the asks of every request that arrive in the same turn of the
+loop go out as one MGET (a door with many connections
 pays one round trip for all of them); writes are not awaited by the request.
 Redis down, slow or holding something unreadable is a miss, never a failure.
 """
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,7 +70,8 @@ class SharedAnswers:
         if raw is None:
             self.skipped += len(keys)
             return [None] * len(keys)
-        out = [_read(raw[2 * i], raw[2 * i + 1]) for i in range(len(keys))]
+        now = time.time()
+        out = [_read(value, now) for value in raw]
         found = sum(1 for o in out if o is not None)
         self.hits += found
         self.misses += len(keys) - found
@@ -77,15 +82,11 @@ class SharedAnswers:
         run_later(self._fetch(waiting), self._tasks)
 
     async def _fetch(self, waiting: list[tuple[list[str], asyncio.Future[list[Any] | None]]]) -> None:
-        """One pipeline for every ask waiting; each gets its slice (None: Redis failed)."""
+        """One MGET for every ask waiting; each gets its slice (None: Redis failed)."""
         names = [n for ns, _ in waiting for n in ns]
 
         async def call(r: Any) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            for name in names:
-                pipe.get(name)
-                pipe.pttl(name)
-            return list(await pipe.execute())
+            return list(await r.mget(names))
 
         raw: list[Any] | None = None
         try:
@@ -96,7 +97,7 @@ class SharedAnswers:
             at = 0
             for ns, reply in waiting:
                 if not reply.done():
-                    reply.set_result(None if raw is None else raw[2 * at:2 * (at + len(ns))])
+                    reply.set_result(None if raw is None else raw[at:at + len(ns)])
                 at += len(ns)
 
     def put_many(self, service: Service, items: Sequence[tuple[str, dict[str, Any], float]]) -> None:
@@ -106,13 +107,15 @@ class SharedAnswers:
 
     async def _put(self, service: Service, items: list[tuple[str, dict[str, Any], float]]) -> None:
         kept = []
+        now = int(time.time() * 1000)
         for key, result, ttl in items:
             try:
-                value = json.dumps(result, separators=(",", ":")).encode()
+                body = json.dumps(result, separators=(",", ":")).encode()
             except (TypeError, ValueError):  # not JSON: kept locally only
                 continue
-            if len(value) <= MAX_VALUE and ttl > 0:
-                kept.append((self._key(service, key), value, int(min(ttl, MAX_TTL) * 1000), key))
+            px = int(min(ttl, MAX_TTL) * 1000)
+            if len(body) <= MAX_VALUE and px > 0:
+                kept.append((self._key(service, key), b"%d\n%s" % (now + px, body), px, key))
         if not kept:
             return
         news = "\n".join([self.node, *(k for *_, k in kept)]).encode()
@@ -140,14 +143,16 @@ class SharedAnswers:
                 ({"result": "skipped"}, float(self.skipped))]
 
 
-def _read(value: Any, pttl: Any) -> tuple[dict[str, Any], int] | None:
-    """A stored result and its seconds left, or None for a miss or anything not ours."""
-    if not isinstance(value, bytes) or len(value) > MAX_VALUE or not isinstance(pttl, int) or pttl <= 0:
+def _read(value: Any, now: float) -> tuple[dict[str, Any], int] | None:
+    """A stored result and its whole seconds left, or None for a miss or anything not ours."""
+    if not isinstance(value, bytes) or len(value) > MAX_VALUE + 24:
         return None
+    expires, _, body = value.partition(b"\n")
     try:
-        result = json.loads(value)
+        left = int(expires) / 1000 - now
+        result = json.loads(body)
     except ValueError:
         return None
-    if not isinstance(result, dict):
+    if not isinstance(result, dict) or left <= 0:
         return None
-    return result, max(1, pttl // 1000)
+    return result, max(1, int(min(left, MAX_TTL)))

@@ -101,9 +101,13 @@ async def test_garbage_in_redis_is_a_miss(redis_server, prefix):
     redis_server.command("SET", f"{prefix}answer:file:{UNKNOWN}", "not json", "PX", "100000")
     got = await ask(a, UNKNOWN)
     assert got[0].source is Source.CLOUD and len(relay.calls) == 1
-    redis_server.command("SET", f"{prefix}answer:file:{'dd' * 32}", '{"verdict": 7}', "PX", "100000")
-    got = await ask(a, "dd" * 32)
-    assert got[0].source is Source.CLOUD
+    later = "99999999999999\n"
+    for i, stored in enumerate([later + '{"verdict": 7}', later + "[1]", "1\n" + '{"verdict": "clean"}',
+                                "soon\n{}"]):
+        digest = f"{i:02d}" * 32
+        redis_server.command("SET", f"{prefix}answer:file:{digest}", stored, "PX", "100000")
+        got = await ask(a, digest)
+        assert got[0].source is Source.CLOUD, stored  # unusable or expired: the cloud is asked
     await link.close()
 
 
