@@ -5,6 +5,7 @@ with ``stop()`` and ``start()`` on the same port to simulate an outage.
         url = redis.url          # redis://127.0.0.1:PORT/0
         redis.stop()             # the outage
         redis.start()            # back, empty (it persists nothing; see restart)
+        redis.pause()            # hung: connected, answering nothing (resume() ends it)
 
 No persistence (``--save ""``, no AOF): a restarted server is empty, as after losing its
 data; ``restart(keep=True)`` saves first (SAVE) and loads the dump again.
@@ -13,6 +14,7 @@ data; ``restart(keep=True)`` saves first (SAVE) and loads the dump again.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -76,9 +78,19 @@ class RedisServer:
     def stop(self) -> None:
         """Kill it (no goodbye to its clients, as in a crash or a cut network)."""
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server dies on SIGKILL too; be tidy
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung or overloaded Redis)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def restart(self, keep: bool = False) -> None:
         """Stop and start again; ``keep``: save first so the data comes back."""

@@ -115,3 +115,19 @@ def test_the_password_is_never_shown():
     link = Link("redis://:s3cret@127.0.0.1:6390/2")
     assert link.where == "127.0.0.1:6390/2"
     assert "s3cret" not in str(link.status()) and "s3cret" not in str(link.down_error())
+
+
+async def test_a_hung_redis_costs_at_most_its_timeout_and_fails_nothing(prefix, tmp_path):
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path) as own:
+        a, _, _, link = appliance(own.url, prefix, "a", timeout=0.2)
+        assert (await ask(a, UNKNOWN))[0].source is Source.CLOUD  # connected, stored
+        own.pause()
+        try:
+            got = await asyncio.wait_for(ask(a, "dd" * 32), 5)  # bounded by redis_timeout, not hung
+            assert got[0].source is Source.CLOUD and link.status()["last_error"] == "timed out"
+            assert link.up is False
+        finally:
+            own.resume()
+        await link.close()
