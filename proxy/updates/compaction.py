@@ -26,14 +26,15 @@ from proxy.updates.manifest import LocalManifest, read_local
 logger = logging.getLogger(__name__)
 
 
-def compact_version(directory: Path) -> set[str]:
-    """Compact every overlaid table of the version in ``directory``; returns the patterns
-    whose compacted file did not match the signed manifest (their overlay stays, unused
-    once a version from full files replaces it). Other errors (a full disk) propagate;
-    the version then stays overlaid, which serves correctly, and is retried later."""
+def compact_version(directory: Path) -> tuple[list[str], set[str]]:
+    """Compact every overlaid table of the version in ``directory``; returns the files
+    compacted and the patterns whose compacted file did not match the signed manifest
+    (their overlay stays, unused once a version from full files replaces it). Other errors
+    (a full disk) propagate; the version then stays overlaid, which serves correctly, and
+    is retried later."""
     local = LocalManifest.load(directory)
     if not local.overlays:
-        return set()
+        return [], set()
     bad: set[str] = set()
     done: list[str] = []
     for file in local.overlays:
@@ -54,7 +55,7 @@ def compact_version(directory: Path) -> set[str]:
         done.append(file)
     if done:
         _forget(directory, done)
-    return bad
+    return done, bad
 
 
 def _forget(directory: Path, files: list[str]) -> None:

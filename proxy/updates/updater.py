@@ -292,7 +292,7 @@ class Updater:
             self.next_attempt = self.clock() + delay
             await sleep(delay)
             due = self.due() | (self._retry_due if self.consecutive_failures else set())
-            due |= await self.settle()  # a compaction left over, or one that failed
+            due |= await self.settle(on_installed)  # a compaction left over, or one that failed
             await self.update_once(patterns=due or None, on_installed=on_installed)
 
     # ------------------------------------------------------------ one update
@@ -311,30 +311,33 @@ class Updater:
         if not result.changed:
             return result
         await _announce(on_installed, result.version)
-        bad = await self.settle() if self.compact else set()
+        bad = await self.settle(on_installed)
         if not bad:
-            await _announce(on_installed, result.version)  # compacted: the app reopens it
             return result
         retry = await self._update_once(bad)
         if retry.changed:
             await _announce(on_installed, retry.version)
-            await self.settle()
+            await self.settle(on_installed)
         return retry
 
-    async def settle(self) -> set[str]:
-        """Compact the current version's overlaid tables in a thread; the patterns whose full
-        file did not match (marked to take full files next). Never raises."""
+    async def settle(self, on_installed: Callable[[str], Any] | None = None) -> set[str]:
+        """Compact the current version's overlaid tables in a thread, then, if any was,
+        ``on_installed(version)`` again (the app reopens it on its full files); returns the
+        patterns whose full file did not match (marked to take full files next). Never
+        raises."""
         current = self.store.current_path()
         if current is None or not self.compact:
             return set()
         try:
-            bad: set[str] = await self._offload(compact_version, current)
+            done, bad = await self._offload(compact_version, current)
         except (PatternError, OSError) as e:
             logger.warning("compacting pattern version %s failed (%s); it stays overlaid and "
                            "is retried before the next update", current.name, e)
             return set()
         self._full_next |= bad
-        return bad
+        if done:
+            await _announce(on_installed, current.name)
+        return set(bad)
 
     async def _update_once(self, patterns: Iterable[str] | None) -> UpdateResult:
         started = self.monotonic()
