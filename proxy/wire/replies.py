@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from proxy.errors import BadAnswer, ProtocolError
 from proxy.model import (
@@ -91,18 +91,20 @@ MAX_TAILS = 50_000
 
 def _file_tails(answers: Sequence[FileAnswer], ids: list[int]) -> list[str]:
     """Each answer's result end, in order: looked up by id in C, made once per new answer."""
+    tails = list(map(_tails.get, ids))
+    if None not in tails:
+        return cast(list[str], tails)
     new = set(ids).difference(_tails)
-    if new:
-        if len(_tails) + len(new) > MAX_TAILS:
-            _tails.clear()
-            _alive.clear()
-            new = set(ids)
-        for answer in answers:
-            key = id(answer)
-            if key in new:
-                new.discard(key)
-                _alive[key] = answer
-                _tails[key] = f'",{_frag(answer)}}}'
+    if len(_tails) + len(new) > MAX_TAILS:
+        _tails.clear()
+        _alive.clear()
+        new = set(ids)
+    for answer in answers:
+        key = id(answer)
+        if key in new:
+            new.discard(key)
+            _alive[key] = answer
+            _tails[key] = f'",{_frag(answer)}}}'
     return list(map(_tails.__getitem__, ids))
 
 
