@@ -597,11 +597,15 @@ def summary(bench: Bench) -> None:
     print("ratios")
     print(f"  appliance single-item / nginx static       {ratio(single, nginx)}   (goal >= 0.4)")
     print(f"  appliance single-item / bare mitmproxy     {ratio(single, mitm)}")
+    # nginx's requests/s per core is the yardstick of how fast the machine is in this run
+    nginx_per_core = nginx.items_per_s / max(nginx.cpu, 0.01) if nginx else 0.0
+    if nginx_per_core:
+        print(f"  nginx requests/s per core (the yardstick)  {nginx_per_core:>11,.0f}")
     for key in [k + suffix for suffix in ("", "_nolog_before", "_nolog") for k, *_ in BATCHES]:
         batch = rows.get(key)
         if batch:
             per_core = batch.items_per_s / max(batch.cpu, 0.01)
-            vs = f"; {batch.result.rps / nginx.items_per_s:.3f} of nginx's requests/s" if nginx else ""
+            vs = f"; {per_core / nginx_per_core:.2f} x nginx's requests/s per core" if nginx_per_core else ""
             print(f"  {key + ' items/s per core':<42} {per_core:>11,.0f}   (goal >= 1,000,000{vs})")
     for relay_key, cloud_key, label in (("relay", "cloud", "64 conns"), ("relay_1", "cloud_1", "1 conn"),
                                         ("relay_w0", "cloud", "64 conns, window 0"),
