@@ -25,7 +25,9 @@ Layout of a pattern directory::
                                           every malicious and suspicious MD5, SHA-1 and
                                           SHA-256 digest (clean ones need no query)
 
-Tables are ``proxy.patterns.tables`` files. Codes: verdict 1 malicious, 2 suspicious,
+Tables are ``proxy.patterns.tables`` files; an installed version may hold one updated by
+hourly diffs as ``FILE.base`` + ``FILE.overlay`` instead, listed under ``"overlays"``
+(``proxy.patterns.overlays``), opened as an ``OverlaidTable`` that answers the same. Codes: verdict 1 malicious, 2 suspicious,
 3 clean; rating 1 dangerous, 2 highly_suspicious, 3 suspicious, 4 safe,
 5 untested. Readers ignore patterns and top-level keys they do not know, so
 later issues can add signatures, diffs and an agent pattern to the manifest.
@@ -45,7 +47,7 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -72,7 +74,7 @@ from proxy.patterns.manifest import MANIFEST_FORMAT as MANIFEST_FORMAT
 from proxy.patterns.manifest import PatternManifest, check_listed, manifest_info
 from proxy.patterns.manifest import pattern_info as pattern_info
 from proxy.patterns.manifest import read_manifest as read_manifest
-from proxy.patterns.overlays import open_table
+from proxy.patterns.overlays import Overlay, open_table
 from proxy.patterns.table_overlay import OverlaidTable
 from proxy.patterns.tables import RangeTable, Table
 from proxy.wire import urls as _urls
@@ -367,7 +369,8 @@ def _size(t: AnyTable) -> int:
     return os.path.getsize(t.path)
 
 
-def _open_checked(path: Path, width: int, columns: dict[str, str], overlays: Any = None, *,
+def _open_checked(path: Path, width: int, columns: dict[str, str],
+                  overlays: Mapping[str, Overlay] | None = None, *,
                   ranges: bool = False) -> AnyTable:
     table: AnyTable = (RangeTable.open(path) if ranges else
                        open_table(path.parent, path.name, overlays or {}))
