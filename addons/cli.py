@@ -87,6 +87,10 @@ def _port_help(what: str, key: str) -> str:
              help="Client network (CIDR) the query door answers (repeatable; default loopback and "
                   "private ranges; 0.0.0.0/0 and ::/0 for every client). /healthz answers loopback "
                   "always.")
+@config_flag("--trusted-proxy", "trusted_proxies", multiple=True,
+             help="Proxy (CIDR) in front of the query door, such as HAProxy: its requests count "
+                  "as from the last X-Forwarded-For address, for --query-client, --rate-limit "
+                  "and the logs (repeatable; default none).")
 @config_flag("--rate-limit", type=click.FloatRange(0),
              help="Query-door requests per second per client, 429 above "
                   f"(default {config_mod.default('rate_limit'):g}: no limit).")

@@ -131,6 +131,11 @@ class Config:
         " it relays to the cloud, so not every network by default (0.0.0.0/0 and ::/0 open"
         " it); /healthz answers loopback always",
     )
+    trusted_proxies: list[str] = _opt(
+        [], "proxies (CIDR) in front of the query door, e.g. HAProxy: a request they pass is"
+        " taken as from the last address in its X-Forwarded-For, for query_clients, rate_limit"
+        " and the logs; empty: the connection's address always",
+    )
     rate_limit: float = _opt(
         0.0, "query-door requests per second per client address, 429 above (0: no limit)",
         lo=0, hi=1e9,

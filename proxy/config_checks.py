@@ -111,7 +111,7 @@ def _check_clients(cfg: Config) -> None:
             # an empty list would leave the door unrestricted: say every client on purpose
             raise ConfigError(f"config key {key!r} is empty: name the networks the {door}"
                               " answers (0.0.0.0/0 and ::/0 for every client)")
-    for key in ("allow_clients", "query_clients", "dns_clients"):
+    for key in ("allow_clients", "query_clients", "dns_clients", "trusted_proxies"):
         for cidr in getattr(cfg, key):
             try:
                 ipaddress.ip_network(cidr, strict=False)

@@ -139,7 +139,8 @@ class App:
             degraded_action=cfg.degraded_action,
         )
         self.gate = (
-            Gate(cfg.query_clients, rate=cfg.rate_limit, burst=cfg.rate_burst)
+            Gate(cfg.query_clients, rate=cfg.rate_limit, burst=cfg.rate_burst,
+                 proxies=cfg.trusted_proxies)
             if cfg.query_clients or cfg.rate_limit
             else None
         )

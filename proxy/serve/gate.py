@@ -54,8 +54,11 @@ class Gate:
         burst: int = default("rate_burst"),
         clock: Callable[[], float] = time.monotonic,
         max_clients: int = 65536,
+        proxies: Sequence[str] = (),
     ) -> None:
+        """``proxies``: ``trusted_proxies``, whose requests name their client (``forwarded``)."""
         self.clients = ClientNetworks.parse(networks)
+        self.proxies = ClientNetworks.parse(proxies)
         self.rate = rate
         self.burst = max(1, burst)
         self._clock = clock
@@ -78,6 +81,10 @@ class Gate:
                 self._admitted.clear()
             self._admitted[client] = known
         return known
+
+    def trusts(self, peer: str) -> bool:
+        """``peer`` is a trusted proxy: its requests are judged by the client they name."""
+        return bool(self.proxies.networks) and self.proxies.allows(peer)
 
     def take(self, client: str) -> float:
         """0 when ``client`` may make a request now (and it is counted), else seconds to wait."""
@@ -137,3 +144,25 @@ class Gate:
             del self._buckets[client]
         if len(self._buckets) >= self._max_clients:  # every client busy: start over
             self._buckets.clear()
+
+
+def forwarded_client(headers: Sequence[tuple[bytes, bytes]], peer: str) -> str:
+    """The client a trusted proxy names: the last address of the last X-Forwarded-For line.
+
+    Only the last one is the proxy's own: anything before it came from the client and may
+    be made up. A request without one, or with something that is not an address there,
+    stays the proxy's (``peer``), so it is judged no better than the proxy itself.
+    """
+    value = None
+    for name, v in headers:
+        if len(name) == 15 and name.lower() == b"x-forwarded-for":
+            value = v
+    if value is None:
+        return peer
+    last = value.rsplit(b",", 1)[-1].strip()
+    if len(last) > 45:  # the longest IPv6 text
+        return peer
+    try:
+        return str(ipaddress.ip_address(last.decode("ascii")))
+    except (UnicodeDecodeError, ValueError):
+        return peer

@@ -30,7 +30,7 @@ import httptools
 from proxy.config import default
 from proxy.errors import ProtocolError
 from proxy.serve.conns import ConnectionCaps, Slot
-from proxy.serve.gate import Gate
+from proxy.serve.gate import Gate, forwarded_client
 from proxy.serve.listener import Listener, listening_socket
 from proxy.wire.http import Handler, Request, Response, coded, error_response, respond, settle
 
@@ -58,6 +58,7 @@ class HttpConnection(asyncio.Protocol):
         "_eof",
         "_error",
         "_gate",
+        "_behind",
         "_head_raw",
         "_head_size",
         "_headers",
@@ -97,6 +98,7 @@ class HttpConnection(asyncio.Protocol):
         self._gate = gate  # client networks and per-client rate; None when both are off
         self._slot = slot  # this connection's place in the process's ConnectionCaps
         self._refused = False
+        self._behind = False
         self._live = live
         self._draining = False
         self.loop = asyncio.get_running_loop()
@@ -129,7 +131,10 @@ class HttpConnection(asyncio.Protocol):
         self._schedule(self._last + self.limits.idle_timeout)
         # A refused client still gets its first request read and answered 403, then the close:
         # a clear answer rather than a reset.
-        self._refused = self._gate is not None and not self._gate.admits(self.client)
+        gate = self._gate
+        # behind a trusted proxy (trusted_proxies) each request is judged by its own client
+        self._behind = gate is not None and gate.trusts(self.client)
+        self._refused = gate is not None and not self._behind and not gate.admits(self.client)
 
     def eof_received(self) -> bool:
         """The client shut its sending side (it may, once its requests are out): keep the
@@ -306,7 +311,7 @@ class HttpConnection(asyncio.Protocol):
             b"".join(self._url),
             self._headers,
             b"".join(self._body),
-            self.client,
+            forwarded_client(self._headers, self.client) if self._behind else self.client,
         )
         keep_alive = parser.should_keep_alive()
         self._reset()
@@ -321,15 +326,17 @@ class HttpConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- answering
 
     def _dispatch(self, request: Request, keep_alive: bool, started: float) -> None:
-        if self._refused and not _loopback_health(request):
-            refusal = ProtocolError(
-                "forbidden", f"client {self.client} is not in this door's client networks", status=403
-            )
-            self._send(request, error_response(refusal), False, started)
-            return
         gate = self._gate
+        if (self._refused or (self._behind and gate is not None and not gate.admits(request.client))
+                ) and not _loopback_health(request):
+            refusal = ProtocolError(
+                "forbidden", f"client {request.client} is not in this door's client networks",
+                status=403,
+            )
+            self._send(request, error_response(refusal), self._behind and keep_alive, started)
+            return
         if gate is not None and gate.limits_rate:
-            wait = gate.take(self.client)
+            wait = gate.take(request.client)
             if wait > 0:
                 self._send(request, _rate_limited(gate.rate, wait), keep_alive, started)
                 return

@@ -181,7 +181,7 @@ def start_appliance(tmp: Path, name: str, host: str, ports: dict[str, int], *,
     args = [*RAMPART, "serve", "--data-dir", str(data), "--listen", host,
             "--query-port", str(ports.get("http", 0)), "--query-tls-port", str(ports.get("https", 0)),
             "--proxy-port", str(ports.get("proxy", 0)), "--transparent-port", "0",
-            "--log-level", "warning", *extra]
+            "--log-level", "warning", "--trusted-proxy", "127.0.0.0/8", *extra]  # haproxy's
     for door in ("--capture-port", "--console-port", "--dns-port"):  # off unless asked for
         if door not in extra:
             args += [door, "0"]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from proxy.errors import ProtocolError
-from proxy.serve.gate import Gate
+from proxy.serve.gate import Gate, forwarded_client
 from proxy.serve.server import ServerLimits, start_server
 from proxy.wire.http import Request, Response
 
@@ -522,6 +522,47 @@ async def test_over_its_rate_a_client_gets_429_with_retry_after_and_stays_connec
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_behind_a_trusted_proxy_each_request_is_judged_by_the_client_it_names(
+    handler: Handler,
+) -> None:
+    """HAProxy in front (trusted_proxies): one kept-alive connection carries many clients;
+    each is let in, refused or rate-limited as itself, and a refusal keeps the connection."""
+    gate = Gate(["10.0.0.0/8"], rate=0.001, burst=1, proxies=["127.0.0.1/32"])
+    server = await start_server(handler, "127.0.0.1", 0, limits=ServerLimits(), gate=gate)
+    try:
+        reader, writer = await connect(int(server.sockets[0].getsockname()[1]))
+
+        async def ask(*xff: str) -> tuple[int, str | None]:
+            head = "".join(f"X-Forwarded-For: {v}\r\n" for v in xff)
+            writer.write(f"GET /ping HTTP/1.1\r\nHost: t\r\n{head}\r\n".encode())
+            reply = await read_reply(reader)
+            return reply.status, (reply.error_code if reply.status != 200 else None)
+
+        assert await ask("10.1.1.1") == (200, None)
+        assert await ask("10.1.1.1") == (429, "rate_limited")  # its own bucket...
+        assert await ask("10.2.2.2") == (200, None)  # ...not the next client's
+        assert await ask("192.0.2.1") == (403, "forbidden")  # outside query_clients
+        # only the proxy's own (last) entry counts: a client cannot name another one
+        assert await ask("10.3.3.3, 192.0.2.9") == (403, "forbidden")
+        assert await ask("10.9.9.9", "192.0.2.9") == (403, "forbidden")
+        assert await ask("10.4.4.4", "192.0.2.9, 10.5.5.5") == (200, None)
+        assert await ask() == (403, "forbidden")  # no name: the proxy's own address
+        assert await ask("not-an-address") == (403, "forbidden")
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_forwarded_client_takes_the_last_entry_of_the_last_header_only() -> None:
+    h = [(b"X-Forwarded-For", b"1.1.1.1, 2.2.2.2"), (b"x-forwarded-for", b" 2001:db8::1 ")]
+    assert forwarded_client(h, "127.0.0.1") == "2001:db8::1"
+    assert forwarded_client(h[:1], "127.0.0.1") == "2.2.2.2"
+    assert forwarded_client([], "127.0.0.1") == "127.0.0.1"
+    assert forwarded_client([(b"X-Forwarded-For", b"x" * 100)], "127.0.0.1") == "127.0.0.1"
+    assert forwarded_client([(b"X-Forwarded-For", b"\xff")], "127.0.0.1") == "127.0.0.1"
 
 
 # ---------------------------------------------------------------- half-closed clients
