@@ -49,6 +49,7 @@ class ServerLimits:
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_began",
+        "_behind",
         "_body",
         "_body_size",
         "_busy",
@@ -58,7 +59,6 @@ class HttpConnection(asyncio.Protocol):
         "_eof",
         "_error",
         "_gate",
-        "_behind",
         "_head_raw",
         "_head_size",
         "_headers",
