@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from itertools import compress, repeat
+from operator import is_
 from typing import Any, cast
 
 from proxy.errors import BadAnswer, ProtocolError
@@ -90,19 +92,18 @@ MAX_TAILS = 50_000
 
 
 def _file_tails(answers: Sequence[FileAnswer], ids: list[int]) -> list[str]:
-    """Each answer's result end, in order: looked up by id in C, made once per new answer."""
+    """Each answer's result end, in order: looked up by id in C, made once per new answer
+    (Python code runs only for the answers not seen before: cached views are new each second)."""
     tails = list(map(_tails.get, ids))
     if None not in tails:
         return cast(list[str], tails)
-    new = set(ids).difference(_tails)
-    if len(_tails) + len(new) > MAX_TAILS:
+    if len(_tails) >= MAX_TAILS:
         _tails.clear()
         _alive.clear()
-        new = set(ids)
-    for answer in answers:
+        tails = [None] * len(ids)
+    for answer in compress(answers, map(is_, tails, repeat(None))):
         key = id(answer)
-        if key in new:
-            new.discard(key)
+        if key not in _tails:
             _alive[key] = answer
             _tails[key] = f'",{_frag(answer)}}}'
     return list(map(_tails.__getitem__, ids))
