@@ -341,7 +341,7 @@ def warm(url: str, hashes: list[str]) -> Counter[str]:
 
 
 def profile_run(bench: Bench, server: Server, title: str, url: str, script: str, *args: str) -> str:
-    out = bench.tmp / f"profile-{title.split()[0]}.txt"
+    out = bench.tmp / f"profile-{'-'.join(title.replace(',', '').split())}.txt"
     secs = max(3, int(bench.seconds))
     rec = spy.record(server.pid, secs, out, core=LOAD_CORE)
     time.sleep(0.3)
@@ -427,15 +427,18 @@ def main() -> None:
         summary(bench)
 
         if args.profile:
-            app, app_port = start_appliance(tmp, "appliance-prof", cloud_port)
+            # --batches: the request path itself, without the query log's writer thread
+            app, app_port = start_appliance(tmp, "appliance-prof", cloud_port,
+                                            "query_log = false\n" if args.batches else "")
             servers.append(app)
             base = f"http://127.0.0.1:{app_port}"
             warm(base + "/v1/file", warm_hashes)
-            print("\nprofiles (py-spy, appliance under the same load):", flush=True)
+            print("\nprofiles (py-spy, appliance under the same load"
+                  + (", query_log = false" if args.batches else "") + "):", flush=True)
             batch_profiles = [
-                ("batch 1,000 pattern+cache", base + "/v1/file", "post_file", (str(tmp / "batch.json"),)),
-                ("batch 1,000 pattern only", base + "/v1/file", "post_file",
-                 (str(tmp / "batch-pattern.json"),)),
+                ("batch 1,000 pattern+cache", base + "/v1/file", "post_file", (str(bodies["batch"]),)),
+                ("batch 1,000 pattern only", base + "/v1/file", "post_file", (str(bodies["batch_pattern"]),)),
+                ("batch 1,000 cache only", base + "/v1/file", "post_file", (str(bodies["batch_cache"]),)),
             ]
             others = [
                 ("single item, pattern", base + single_path, "get", ()),
