@@ -126,6 +126,7 @@ class QueryDoor:
         await self.workers.start()
         self.fleet = fleet.Fleet(self.workers.run, -1, self.workers.count,
                                  metrics=lambda: app._metrics(), ready=self._readiness)
+        app.fleet = self.fleet  # the console's status page reads every process
         self.workers.follow_config(lambda: app.cfg)  # the console's live settings reach them
 
     def _readiness(self) -> dict[str, Any]:

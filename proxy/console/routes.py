@@ -75,13 +75,12 @@ def _values(doc: dict[str, Any]) -> list[str]:
     return values
 
 
-def cache_status(app: Any) -> dict[str, Any]:
+def cache_status(items: Any, entries: int) -> dict[str, Any]:
     """The answer cache: its size, and the share of cloud-worthy items it answered (items
     answered from the cache against those from the cache, the cloud or degraded)."""
-    items = app.stats.items
     hits = sum(n for (_, src), n in items.items() if src == "cache")
     asked = hits + sum(n for (_, src), n in items.items() if src in ("cloud", "degraded"))
-    return {"entries": len(app.cache), "hits": hits, "lookups": asked,
+    return {"entries": entries, "hits": hits, "lookups": asked,
             "hit_ratio": round(hits / asked, 4) if asked else None}
 
 
@@ -138,11 +137,19 @@ class Operations:
 
     # ------------------------------------------------------------ status
 
-    def status(self, request: Request, _: Any) -> dict[str, Any]:
-        body = self.app.readiness()
-        body["items"] = {f"{s}/{src}": n for (s, src), n in sorted(self.app.stats.items.items())}
-        body["cache"] = cache_status(self.app)
-        body["relay"] = relay_status(self.app.stats)
+    async def status(self, request: Request, _: Any) -> dict[str, Any]:
+        """The appliance's readiness and counters; with query-door workers (``app.fleet``),
+        every process's together, as its /readyz and /metrics give them."""
+        fleet = self.app.fleet
+        if fleet is None:
+            body, stats, entries = self.app.readiness(), self.app.stats, len(self.app.cache)
+        else:
+            ready, counted = await asyncio.gather(fleet.readiness(), fleet.stats())
+            body, (stats, gauges) = ready[1], counted
+            entries = int(gauges.get("rampart_cache_entries", 0))
+        body["items"] = {f"{s}/{src}": n for (s, src), n in sorted(stats.items.items())}
+        body["cache"] = cache_status(stats.items, entries)
+        body["relay"] = relay_status(stats)
         body["uptime_seconds"] = round(time.time() - self.started, 1)
         return dict(body)
 

@@ -95,6 +95,9 @@ class App:
     process's store, its query door binds with SO_REUSEPORT beside the other workers'."""
     front: Callable[[Handler], Handler] | None = None
     """Wraps the query door's handler (a worker's ``proxy.serve.fleet.Fleet.front``)."""
+    fleet: Any = None
+    """In the main process of ``workers`` above 1: every process's readings
+    (``proxy.serve.fleet.Fleet``), for the console's status page."""
 
     # ------------------------------------------------------------ start / stop
 

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.errors import RampartError
 from proxy.files import make_dirs
+from proxy.serve.metrics import Stats, stats_of
 from proxy.wire.http import Handler, Request, Response
 
 logger = logging.getLogger(__name__)
@@ -233,13 +234,22 @@ class Fleet:
         return dict(zip(names, answers))
 
     async def metrics(self) -> bytes:
+        merged, up = await self._merged()
+        return render(merged + up_families(self.count, up))
+
+    async def stats(self) -> tuple[Stats, dict[str, float]]:
+        """Every process's counters together as one ``Stats``, with the unlabelled gauges
+        (the console's status page: items, cache, relay across the workers)."""
+        merged, _ = await self._merged()
+        return stats_of(merged)
+
+    async def _merged(self) -> tuple[list[Metric], dict[int, bool]]:
         texts: dict[str, bytes] = {worker_name(self.index) if self.index >= 0 else MAIN:
                                    self.own_metrics()}
         for name, text in (await self._gather("metrics")).items():
             if text is not None:
                 texts[name] = text
-        up = {i: worker_name(i) in texts for i in range(self.count)}
-        return render(merge(texts) + up_families(self.count, up))
+        return merge(texts), {i: worker_name(i) in texts for i in range(self.count)}
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         """/readyz for the appliance: this worker's body, the main process's update status, and

@@ -10,7 +10,7 @@ import bisect
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -177,3 +177,45 @@ def gauge(stats: Stats, metric: str, help_text: str, read: Callable[[], Any]) ->
 def counter(stats: Stats, metric: str, help_text: str, read: Callable[[], Any]) -> None:
     """Register a counter kept elsewhere (``metric`` without ``_total``); ``read`` as for gauge."""
     stats.counters[metric] = (help_text, _samples(read))
+
+
+def stats_of(families: Iterable[Metric]) -> tuple[Stats, dict[str, float]]:
+    """Counters read back from (merged) scrapes as a ``Stats``: the items, the relay's requests
+    and latency; with every unlabelled gauge's value. What the console's status page shows for
+    an appliance whose query door is several processes (``proxy.serve.fleet``)."""
+    st, gauges = Stats(), {}
+    for family in families:
+        if family.name == "rampart_items":
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    st.items[(s.labels["service"], s.labels["source"])] += int(s.value)
+        elif family.name == "rampart_relay_requests":
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    st.relay_requests[(s.labels["endpoint"], s.labels["outcome"])] += int(s.value)
+        elif family.name == "rampart_relay_latency_seconds":
+            _histograms_into(st.relay_latency, family)
+        elif family.type == "gauge":
+            for s in family.samples:
+                if not s.labels:
+                    gauges[family.name] = s.value
+    return st, gauges
+
+
+def _histograms_into(into: dict[str, Histogram], family: Metric) -> None:
+    """Cumulative ``_bucket`` samples back into per-bucket counts (bounds as LATENCY_BUCKETS)."""
+    rows: dict[str, dict[float, float]] = {}
+    for s in family.samples:
+        endpoint = s.labels.get("endpoint", "")
+        if s.name.endswith("_bucket"):
+            rows.setdefault(endpoint, {})[float(s.labels["le"])] = s.value
+        elif s.name.endswith("_sum"):
+            into.setdefault(endpoint, Histogram()).total = s.value
+    for endpoint, cumulative in rows.items():
+        hist = into.setdefault(endpoint, Histogram())
+        below = 0.0
+        for i, bound in enumerate((*LATENCY_BUCKETS, float("inf"))):
+            at = cumulative.get(bound, below)
+            hist.counts[i] = int(at - below)
+            below = at
+        hist.count = int(below)

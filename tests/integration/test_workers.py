@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -102,9 +103,10 @@ def test_two_workers_answer_follow_updates_restart_and_drain(
     url, key, tmp = source
     cfg = tmp_path / "rampart.toml"
     cfg.write_text(f'update_source = "{url}"\nupdate_key = "{key}"\nupdate_interval = 1\n')
-    capture_port = free_port()
+    capture_port, console_port = free_port(), free_port()
     appliance = start_appliance(tmp_path, None, "--workers", "2", "--config", str(cfg),
-                                "--capture-port", str(capture_port))
+                                "--capture-port", str(capture_port),
+                                "--console-port", str(console_port))
     base = f"http://127.0.0.1:{appliance.ports['http']}"
     try:
         assert eventually(lambda: ready(base)[0] == 200, 30), appliance.output()
@@ -122,6 +124,19 @@ def test_two_workers_answer_follow_updates_restart_and_drain(
                 if len(answered) == 2 and min(answered.values()) > 0:
                     break
         assert len(answered) == 2 and min(answered.values()) > 0, answered
+
+        # The console's status page counts what every worker answered, not the main process's.
+        r = subprocess.run([*RAMPART, "admin", "key", "create", "--name", "v", "--role", "viewer",
+                            "--data-dir", str(appliance.data_dir)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        status = httpx.get(f"https://127.0.0.1:{console_port}/api/status", timeout=10,
+                           verify=ssl.create_default_context(
+                               cafile=str(appliance.data_dir / "ca.pem")),
+                           headers={"Authorization": f"Bearer {r.stdout.split()[-1]}"})
+        assert status.status_code == 200, status.text
+        assert status.json()["items"]["file/local"] >= len(sent)
+        assert [w["worker"] for w in status.json()["workers"]] == [0, 1]
 
         # The main process's updater installs V1, then V2; both workers serve each within 2 s.
         for version in (V1, V2):
