@@ -20,16 +20,24 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.updates.signing import keygen
 from tests.conftest import EICAR_SHA256, Proc, free_port, start_appliance
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
 REFERENCE = Path(__file__).parents[2] / "docs" / "metrics.md"
 
 
-def documented() -> dict[str, tuple[str, set[str]]]:
-    """The reference table: metric -> (type, label names)."""
+SCALE_OUT = "## With `workers` above 1, or `redis`"
+
+
+def documented(scale_out: bool = False) -> dict[str, tuple[str, set[str]]]:
+    """The reference tables: metric -> (type, label names); with ``scale_out``, the workers'
+    and Redis metrics too (the section that appliances with both expose)."""
     out = {}
-    for line in REFERENCE.read_text().splitlines():
+    text = REFERENCE.read_text()
+    if not scale_out:
+        text = text.split(SCALE_OUT, 1)[0]
+    for line in text.splitlines():
         m = re.match(r"\| `(rampart_[a-z0-9_]+)` \| (counter|gauge|histogram) \| ([^|]*) \|", line)
         if m:
             labels = set(re.findall(r"`([a-z_]+)`", m.group(3)))
@@ -121,3 +129,29 @@ def test_every_exposed_metric_is_documented_and_every_documented_one_exists(appl
         if labels is not None:
             assert labels == docs[name][1], (
                 f"{name} has labels {sorted(labels)}, docs/metrics.md says {sorted(docs[name][1])}")
+
+
+def test_an_appliance_with_workers_and_redis_exposes_the_scale_out_metrics_too(
+        tmp_path: Path) -> None:
+    """Any worker's scrape speaks for the whole appliance: the reference's every metric, the
+    workers' and Redis's included, and nothing else."""
+    with RedisServer(tmp_path) as redis:
+        proc = start_appliance(tmp_path, None, "--workers", "2", "--redis", redis.url,
+                               "--dns-port", str(free_port()), "--console-port", "0",
+                               "--proxy-port", str(free_port()),
+                               "--cloud", f"http://127.0.0.1:{free_port()}")
+        try:
+            base = f"http://127.0.0.1:{proc.ports['http']}"
+            assert eventually(lambda: httpx.get(f"{base}/readyz", timeout=10).status_code == 200)
+            httpx.get(f"{base}/v1/file/{'cd' * 32}", timeout=20)  # a shared-cache miss
+            metrics = exposed(httpx.get(f"{base}/metrics", timeout=20).text)
+        finally:
+            proc.stop()
+    docs = documented(scale_out=True)
+    extra = set(docs) - set(documented())
+    assert extra and extra <= set(metrics), sorted(extra - set(metrics))
+    assert not sorted(set(metrics) - set(docs)), sorted(set(metrics) - set(docs))
+    for name, (kind, labels) in metrics.items():
+        assert kind == docs[name][0], f"{name} is a {kind}, docs/metrics.md says {docs[name][0]}"
+        if labels is not None:
+            assert labels == docs[name][1], f"{name} has labels {labels}, docs say {docs[name][1]}"
