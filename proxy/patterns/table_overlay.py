@@ -258,7 +258,7 @@ class OverlaidTable:
         if not len(first):
             return out
         maybe = np.flatnonzero(self._filter[_top_words(q) >> (32 - self._fbits)])
-        if len(maybe) <= 32:  # the usual: a few filter hits, settled by the dict
+        if len(maybe) <= 128:  # the usual: a few filter hits, settled by the dict
             w = self.key_width
             raw = q[maybe].tobytes()
             get = self._touched.get
