@@ -27,9 +27,9 @@ Layout of a pattern directory::
 
 Tables are ``proxy.patterns.tables`` files; an installed version may hold one updated by
 hourly diffs as ``FILE.base`` + ``FILE.overlay`` instead, listed under ``"overlays"``
-(``proxy.patterns.overlays``), opened as an ``OverlaidTable`` that answers the same. Codes: verdict 1 malicious, 2 suspicious,
-3 clean; rating 1 dangerous, 2 highly_suspicious, 3 suspicious, 4 safe,
-5 untested. Readers ignore patterns and top-level keys they do not know, so
+(``proxy.patterns.overlays``), opened as an ``OverlaidTable`` that answers the same.
+Codes: verdict 1 malicious, 2 suspicious, 3 clean; rating 1 dangerous, 2 highly_suspicious,
+3 suspicious, 4 safe, 5 untested. Readers ignore patterns and top-level keys they do not know, so
 later issues can add signatures, diffs and an agent pattern to the manifest.
 
 A build given a ``base`` (the previous build) keeps the base's strings at

@@ -49,6 +49,10 @@ from proxy.patterns.tables.format import (
 )
 from proxy.patterns.tables.read import Table
 
+DICT_SETTLED = 128
+"""A batch's filter hits up to this many are settled one by one in the dict (below it, that
+beats the vectorised search's fixed cost)."""
+
 
 def _prefix64(k: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
     """The first 8 bytes of every key row as a big-endian number (zero-padded below 8)."""
@@ -258,7 +262,7 @@ class OverlaidTable:
         if not len(first):
             return out
         maybe = np.flatnonzero(self._filter[_top_words(q) >> (32 - self._fbits)])
-        if len(maybe) <= 128:  # the usual: a few filter hits, settled by the dict
+        if len(maybe) <= DICT_SETTLED:  # the usual: a few filter hits, settled by the dict
             w = self.key_width
             raw = q[maybe].tobytes()
             get = self._touched.get

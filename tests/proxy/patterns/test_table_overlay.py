@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import PatternError
+from proxy.patterns import table_overlay
 from proxy.patterns.table_diff import apply_table_diff, make_table_diff
 from proxy.patterns.table_overlay import OverlaidTable, fold_diff
 from proxy.patterns.tables import Table, write_table
@@ -70,8 +71,10 @@ def histories(draw: st.DrawFn) -> list[dict[bytes, tuple[int, int]]]:
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(histories(), st.lists(keys_st, max_size=30))
-def test_overlay_answers_like_the_full_rebuild(states, extra) -> None:
+@given(histories(), st.lists(keys_st, max_size=30), st.sampled_from([0, 128]))
+def test_overlay_answers_like_the_full_rebuild(states, extra, settled) -> None:
+    """Single and batched, both ways a batch is settled (vectorised, or by the dict)."""
+    table_overlay.DICT_SETTLED = settled
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         paths = [_write(d / f"{i}.tbl", s) for i, s in enumerate(states)]
@@ -87,6 +90,7 @@ def test_overlay_answers_like_the_full_rebuild(states, extra) -> None:
                 # compaction: base + overlay is the full file, byte for byte
                 apply_table_diff(paths[0], overlay, d / "c.tbl")
                 assert (d / "c.tbl").read_bytes() == paths[i].read_bytes()
+    table_overlay.DICT_SETTLED = 128
 
 
 def _pair(tmp_path: Path) -> tuple[Path, Path, Path]:
