@@ -80,14 +80,14 @@ def _key_list(k: npt.NDArray[np.uint8]) -> list[bytes]:
     return [raw[i:i + w] for i in range(0, len(raw), w)]
 
 
-def _sort_rows(k: npt.NDArray[np.uint8], tie: npt.NDArray[Any] | None = None) -> npt.NDArray[np.intp]:
-    """Row order of ``k`` by memcmp (then by ``tie``, ascending, for equal keys)."""
+def _sort_rows(k: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
+    """Row order of ``k`` by memcmp."""
     if len(k) < 2:
         return np.arange(len(k))
     words = np.ascontiguousarray(k).view(_word_dtype(k.shape[1]))
     words = words.astype(words.dtype.newbyteorder("="))  # same values; lexsort is faster native
     cols = [*words.T[::-1]]
-    order: npt.NDArray[np.intp] = np.lexsort(cols if tie is None else [tie, *cols])
+    order: npt.NDArray[np.intp] = np.lexsort(cols)
     return order
 
 
