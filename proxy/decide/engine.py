@@ -111,8 +111,17 @@ def _complete(answers: list[Any]) -> bool:
     return not any(map(_is_none, answers))
 
 
+_views: dict[Any, Any] = {}  # each distinct cache view, once (see _served_from_cache)
+
+
 def _served_from_cache(answer: Any, left: int) -> Any:
-    return dataclasses.replace(answer, source=Source.CACHE, ttl=left)
+    """``answer`` as the cache serves it with ``left`` seconds: one object per distinct view,
+    so a batch of cache hits holds a few answers the renderer memoises, not one per item.
+    Made once per cache entry and second (``AnswerCache.get_views``): the hash is paid then."""
+    view = dataclasses.replace(answer, source=Source.CACHE, ttl=left)
+    if len(_views) >= 65536:
+        _views.clear()
+    return _views.setdefault(view, view)
 
 
 def _is_blocked(match: tuple[Any, str]) -> bool:
