@@ -19,7 +19,8 @@ from typing import Any
 from proxy.decide.list_rules import Actor, Entry, clients_text, iso_time
 
 MAX_ROWS = 1_000_000
-ACTIONS = ("add", "move", "edit", "remove", "import", "migrate")
+ACTIONS = ("add", "move", "edit", "remove", "import", "migrate", "follow")
+"""``follow``: a rule changed here to follow a change another appliance made (``proxy.shared``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,12 @@ async def test_a_write_on_one_appliance_reaches_the_other(tmp_path, redis_server
         await asyncio.sleep(0.05)
     assert values(b) == {("approved", "evil.example"), ("blocked", "bad.example/x")}
     assert b.get(*classify("evil.example")).note == "fine after all"
+    # b's own trail says what it followed, and who made the change on a
+    trail = [(x.action, x.value, x.origin) for x in b.audit(limit=20)]
+    assert ("follow", "evil.example", "redis") in trail
+    assert ("follow", "before.example", "redis") in trail  # the removal
+    followed = [x for x in b.audit(limit=20) if x.action == "follow" and x.value == "bad.example/x"]
+    assert followed and followed[0].detail["by"] == a.get(*classify("http://bad.example/x")).added_by
     for t in tasks:
         t.cancel()
     await la.close()
@@ -161,3 +167,17 @@ async def test_a_follower_reads_only_what_changed_within_its_epoch(tmp_path, red
     assert sb.reads["whole"] == 3 and values(b) == values(a)
     await la.close()
     await lb.close()
+
+
+def test_a_large_catch_up_is_one_summary_row_in_the_trail(tmp_path) -> None:
+    """Following thousands of rules at once (a first join) must not flood the trail."""
+    donor = ListStore.open(tmp_path / "donor")
+    donor.add(BLOCKED, [(None, f"d{i}.example") for i in range(150)])
+    shared = {(e.kind, e.value): e for e in donor.entries()}
+    (tmp_path / "here").mkdir(mode=0o700)
+    here = ListStore.open(tmp_path / "here")
+    assert here.follow(shared) == 150
+    rows = [x for x in here.audit(limit=10) if x.action == "follow"]
+    assert len(rows) == 1 and rows[0].detail == {"changed": 150, "removed": 0}
+    donor.close()
+    here.close()
