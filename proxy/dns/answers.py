@@ -126,9 +126,9 @@ class Answerer:
 
         Why it is shaped so: a busy mail server asks distinct names, so the memo rarely
         helps, and the plain path's layers (a Query, an Asked, lists of Records, the reason
-        text an A does not carry) cost more than the lookup itself. Here the name is walked
-        once (lower-cased with the packet: length octets are below "A"), the zone and item
-        read by ``Zones.fast_item``, the engine asked for one item (``begin_domain_one``,
+        text an A does not carry) cost more than the lookup itself. Here the zone is
+        found in the lower-cased packet (length octets are below "A") by ``Zones.fast_wire``
+        with the item it names, the engine asked for one item (``begin_domain_one``,
         ``count_one``) and the response joined from the question as sent and fixed pieces
         (the A record; the SOA's parts per version and TTL). No size check is needed: an A
         answer or an NXDOMAIN with its SOA is at most 329 bytes, under 512. Counting,
@@ -139,28 +139,15 @@ class Answerer:
         n = len(packet)
         if n < 17 or packet[2] & 0xF8 or packet[4:10] != wire.ONE_QUESTION or packet[10] or n > 512:
             return None  # a response, another opcode, other counts; over 512: not the common shape
-        low = packet.lower()
-        labels = []
-        pos = 12
-        try:  # a length past the packet's end is an IndexError: one handler, no test per label
-            while length := low[pos]:
-                if length > 63:  # a pointer or an extended label
-                    return None
-                end = pos + 1 + length
-                labels.append(low[pos + 1:end])
-                pos = end
-        except IndexError:
+        found = self.zones.fast_wire(packet.lower())
+        if found is None:
             return None
-        qend = pos + 5
-        if pos - 12 >= _MAX_NAME or packet[pos + 1:qend] not in _A_OR_ANY:
-            return None
+        zone, apex, qend, item = found
+        if qend - 17 >= _MAX_NAME or packet[qend - 4:qend] not in _A_OR_ANY:
+            return None  # the name's octets, root included, past 255; another type or class
         tail = wire.opt_echo(packet, qend)
         if tail is None:
             return None
-        found = self.zones.fast_item(labels)
-        if found is None:
-            return None
-        zone, zone_len, item = found
         started = time.perf_counter()
         if self.upstream is not None:
             answer = engine.domain_local_one(item, client)
@@ -182,7 +169,7 @@ class Answerer:
                 body = _A_OWNER + wire.RR_FIXED.pack(wire.IN, ttl, 4) + code
             else:
                 rcode, flags, counts = "NXDOMAIN", wire.QR | wire.AA | wire.NXDOMAIN, (0, 1)
-                body = self._soa_bytes(engine.version, ttl, (0xC000 | (qend - 4 - zone_len)).to_bytes(2))
+                body = self._soa_bytes(engine.version, ttl, (0xC000 | apex).to_bytes(2))
         flags |= (packet[2] & 1) << 8 | (packet[3] & 0x10)  # the query's RD and CD, echoed
         head = wire.COUNTS.pack(flags, 1, *counts, 1 if tail else 0)
         value = source._value_  # the member's own attribute: .value is a Python-level property

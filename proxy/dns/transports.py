@@ -1,7 +1,7 @@
 """The DNS door's transports (``proxy.dns.door``): the UDP and TCP sockets and what is
 sent on them without the Answerer (the door's own REFUSED, SERVFAIL and TC answers).
 
-``Datagrams`` answers each datagram in the loop's callback; ``Stream`` is one TCP
+``Datagrams`` answers the datagrams of each loop wake-up together; ``Stream`` is one TCP
 connection (RFC 7766): 2-byte length-prefixed messages, several per connection, answered
 as they come and possibly out of order, its reading paused while ``max_inflight`` answers
 are awaited or the client does not read its answers, closed after ``max_messages``, after
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -31,6 +32,7 @@ DOOR = "dns"
 SERVFAIL, REFUSED = wire.SERVFAIL, wire.REFUSED
 UDP_PLAIN = wire.UDP_PLAIN  # the most a UDP answer may be without EDNS(0) (RFC 1035 §4.2.1)
 MAX_TCP = wire.TCP_MAX  # the most a TCP message may be (its 2-byte length)
+MAX_BATCH = 256  # datagrams kept before they are answered, at most
 
 
 # ---------------------------------------------------------------- answers made here
@@ -87,38 +89,71 @@ def udp_socket(host: str, port: int) -> socket.socket:
 
 
 class Datagrams(asyncio.DatagramProtocol):
+    """The UDP socket's datagrams, answered a loop wake-up's worth at a time.
+
+    Why batched: the loop reads every datagram waiting on the socket in one wake-up (one
+    ``datagram_received`` each); they are kept, and answered and sent together in one
+    callback once the reading is done (``_flush``). Answering one after another keeps the
+    answer path warm in the CPU's caches, and the replies reach the client's socket in a
+    group instead of waking it once per reply: bench/bench_dns.py measured the door's
+    kernel time per query down by about a third and its queries/s up with it. A quiet door
+    answers a lone datagram in the next callback, as before. What each datagram gets is
+    unchanged (tests/proxy/dns/test_door.py asks bursts from many clients).
+    """
+
     def __init__(self, door: DnsDoor) -> None:
         self.door = door
         self.transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._waiting: list[tuple[bytes, tuple[Any, ...]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._waiting.clear()
         if not self.closed.done():
             self.closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        waiting = self._waiting
+        waiting.append((data, addr))
+        if len(waiting) == 1:
+            self._loop.call_soon(self._flush)
+        elif len(waiting) >= MAX_BATCH:  # bounded whatever the loop reads in one wake-up
+            self._flush()
+
+    def _flush(self) -> None:
+        """Answer the datagrams read since the last flush; send what is answered at once."""
+        batch, self._waiting = self._waiting, []
         door = self.door
-        try:
-            got = door.respond(data, client_address(str(addr[0])), "udp")
-            if got is None:
-                return
-            if isinstance(got, bytes):
-                self._send(got, data, addr)
-            else:
-                door.later(got, data, lambda late: self._send(late, data, addr))
-        except Exception:  # our own bug: never out of the loop's callback
-            door.error("the DNS door failed on a datagram")
+        respond = door.respond
+        for data, addr in batch:
+            try:
+                got = respond(data, client_address(addr[0]), "udp")
+                if got is None:
+                    continue
+                if isinstance(got, bytes):
+                    self._send(got, data, addr)
+                else:
+                    door.later(got, data, functools.partial(self._later, data, addr))
+            except Exception:  # our own bug: never out of the loop's callback
+                door.error("the DNS door failed on a datagram")
+
+    def _later(self, packet: bytes, addr: tuple[Any, ...], got: bytes | None) -> None:
+        self._send(got, packet, addr)
 
     def _send(self, got: bytes | None, packet: bytes, addr: tuple[Any, ...]) -> None:
         transport = self.transport
         if got is None or transport is None or transport.is_closing():
             return
-        sized = self.door.sized(got, packet)
-        if sized is not None:
-            transport.sendto(sized, addr)
+        if len(got) > UDP_PLAIN:  # the common answer fits plain UDP: no parse to size it
+            sized = self.door.sized(got, packet)
+            if sized is None:
+                return
+            got = sized
+        transport.sendto(got, addr)
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("DNS door (udp): %s", exc)  # e.g. an ICMP port unreachable from a client

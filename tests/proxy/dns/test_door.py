@@ -187,6 +187,37 @@ async def test_udp_and_tcp_answers(tmp_path: Path) -> None:
     assert {c for _, c, _ in stub.asked} == {HOST}
 
 
+async def test_a_burst_from_many_clients_gets_every_answer_to_its_own_socket(tmp_path: Path) -> None:
+    """Datagrams read in one wake-up are answered together (``Datagrams._flush``): each of
+    many sockets, sending at once with some answers awaited, gets its own answers, IDs
+    and names matching, and nothing else."""
+    loop = asyncio.get_running_loop()
+    async with running(tmp_path) as (door, stub):
+        clients = []
+        for _ in range(8):
+            got: list[bytes] = []
+
+            class Catch(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: Any, got: list[bytes] = got) -> None:
+                    got.append(data)
+
+            transport, _ = await loop.create_datagram_endpoint(Catch, remote_addr=(HOST, door.port))
+            clients.append((transport, got, {}))
+        for i in range(20):  # 160 datagrams: within even a default receive buffer
+            for c, (transport, _, sent) in enumerate(clients):
+                name = f"{'late.' if i % 7 == 0 else ''}n{i}.c{c}.{ZONE}"
+                q = query(name)
+                q.id = (c * 1000 + i) & 0xFFFF
+                sent[q.id] = name + "."
+                transport.sendto(q.to_wire())
+        await eventually(lambda: all(len(got) == 20 for _, got, _ in clients))
+        for transport, got, sent in clients:
+            answers = {m.id: str(m.question[0].name) for m in map(dns.message.from_wire, got)}
+            assert answers == sent
+            transport.close()
+    assert len(stub.asked) == 160
+
+
 async def test_an_ipv6_listen_address_answers_both_transports(tmp_path: Path) -> None:
     stub = Stub()
     door = DnsDoor(config(tmp_path).replace(listen="::1"), stub, port=0)

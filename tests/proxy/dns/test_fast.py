@@ -197,3 +197,49 @@ def test_the_door_logs_each_answer_as_entries_template_reads_it(tmp_path: Path) 
             result["category"] = answer.category
         assert writer.rows[-1][4:] == entries.template("domain", result)
         assert writer.rows[-1][1:4] == ("10.0.0.1", 1.5, 1)
+
+
+TAILS = [  # A IN without and with OPT, ANY IN, A IN with an OPT holding an option
+    b"\x00\x01\x00\x01", b"\x00\x01\x00\x01\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00", b"\x00\xff\x00\x01",
+    b"\x00\x01\x00\x01\x00\x00\x29\x02\x00\x00\x00\x80\x00\x00\x08\x00\x0a\x00\x04\x02dn\x00"]
+
+
+def _wire(labels: list[bytes], tail: bytes) -> bytes:
+    ar = b"\x00\x01" if len(tail) > 4 else b"\x00\x00"  # an OPT record after the question
+    return b"\x12\x34\x01\x00" + b"\x00\x01\x00\x00\x00\x00" + ar + b"".join(
+        bytes([len(label)]) + label for label in labels) + b"\x00" + tail
+
+
+def test_fast_wire_reads_what_fast_item_and_classify_read() -> None:
+    """``Zones.fast_wire`` (the zone found in the packet's bytes) gives what ``fast_item``
+    gives for the same labels, for many generated names, with or without an OPT record;
+    and None for any name it cannot read exactly (the plain path reads those)."""
+    zones = Zones(IP, DN)
+    nested = Zones("ip.rampart.local", "rampart.local")  # one zone inside the other
+    rng = random.Random(7)
+    parts = ["7", "2", "0", "192", "255", "256", "07", "00", "a", "x-y", "_dmarc", "z", "1e",
+             "ip", "dn", "rampart", "local", "test", "invalid", "", "b" * 63, "f", "1", "10",
+             "a.b", "x\x00", "\x02dn", "-", "0x1"]
+    read = 0
+    for i in range(6000):
+        z = zones if i % 3 else nested
+        zone = rng.choice([IP, DN, "rampart.local", "x", "local"])
+        name = [rng.choice(parts) for _ in range(rng.randrange(0, 6))] + zone.split(".")
+        if rng.random() < 0.5:  # plain random octets as a whole IPv4 address
+            name = [str(rng.randrange(300)) for _ in range(4)] + zone.split(".")
+        labels = [label.encode() for label in name if label]
+        tail = rng.choice(TAILS)
+        packet = _wire(labels, tail)
+        fast = z.fast_wire(packet.lower())
+        want = z.fast_item(labels) if all(0 < len(x) < 64 for x in labels) else None
+        if want is None:
+            assert fast is None, name
+            continue
+        read += 1
+        assert fast is not None, name
+        zone_of, apex, qend, item = fast
+        assert (zone_of, item) == (want[0], want[2])
+        assert z.classify(labels).query == item
+        assert packet[apex:qend - 4] == b"".join(bytes([len(x)]) + x for x in zone_of.labels) + b"\x00"
+        assert qend == 12 + sum(len(x) + 1 for x in labels) + 5
+    assert read > 1000
