@@ -85,9 +85,10 @@ def columns(items: list[Any]) -> FileBatch | None:
     on the first odd one); one ``fromhex`` over the joined digests checks them all.
     """
     try:
-        if set(map(len, items)) != {1}:
+        names = list(chain.from_iterable(items))  # every item's keys (a str's chars if no dict)
+        if len(names) != len(items):
             return None
-        names = list(chain.from_iterable(items))  # each item's only key (a str's char if no dict)
+        # As many keys as items: either each item has one, or one has none (a KeyError here).
         values = list(map(dict.__getitem__, items, names))  # TypeError unless every item is a dict
         want = list(map(_HEX_LENGTH.__getitem__, names))  # KeyError for an unknown hash type
         if list(map(len, values)) != want:  # TypeError for a value without a length
@@ -98,7 +99,8 @@ def columns(items: list[Any]) -> FileBatch | None:
         return None
     if len(raw) * 2 != len(everything):  # fromhex skips whitespace
         return None
-    hexes = values if everything.lower() == everything else list(map(str.lower, values))
+    upper = any(map(everything.__contains__, "ABCDEF"))
+    hexes = list(map(str.lower, values)) if upper else values
     return FileBatch(names, hexes, _groups(names, want, raw))
 
 
