@@ -180,6 +180,12 @@ def _started(cfg: config_mod.Config, doors: Doors) -> str:
         lines.append(f"  capture     http://127.0.0.1:{doors.capture.bound_port}/v1/capture")
     lines.append("  cloud       " + (", ".join(cfg.cloud) or "none (unknown items are answered"
                                      " unknown; --cloud to relay them)"))
+    if app.shared is not None:
+        redis = app.shared.status()
+        state = {"up": "", "down": f": unreachable, answering from local state"
+                 f" ({redis.get('last_error', '?')})"}.get(redis["state"], ": connecting")
+        lines.append(f"  shared      cloud answers, lists and rate limits through Redis at"
+                     f" {redis['url']}{state}")
     return "\n".join(lines)
 
 

@@ -112,7 +112,7 @@ def open_list_store(run: Run) -> Any:
         from proxy.shared.lists import SharedLists
 
         try:
-            link = Link(url, prefix=cfg.redis_prefix, timeout=cfg.redis_timeout)
+            link = Link(url, prefix=cfg.redis_prefix, timeout=cfg.redis_timeout, serving=False)
         except ValueError as e:
             store.close()
             raise ConfigError(f"the Redis URL is not usable: {e}") from None

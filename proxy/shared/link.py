@@ -75,8 +75,11 @@ class Link:
     """The process's Redis: an asyncio client, a sync one for list writes, and their state."""
 
     def __init__(self, url: str, *, prefix: str = "rampart:", timeout: float = 0.25,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, serving: bool = True) -> None:
+        """``serving``: a server, which says in its log when Redis goes away and comes back (a
+        command such as ``rampart lists add`` says so in its own error instead)."""
         self.url = url
+        self.serving = serving
         self.where = where_of(url)
         self.prefix = prefix
         self.timeout = timeout
@@ -148,8 +151,9 @@ class Link:
         self.last_error = _describe(e)
         if self.up is not False:
             self.up, self.since = False, utcnow()
-            logger.warning("Redis at %s is unreachable (%s); answering from local state",
-                           self.where, self.last_error)
+            if self.serving:
+                logger.warning("Redis at %s is unreachable (%s); answering from local state",
+                               self.where, self.last_error)
             self._tell(False)
 
     def _tell(self, up: bool) -> None:

@@ -103,6 +103,10 @@ def test_a_cloud_answer_fetched_through_a_is_served_by_b_from_the_shared_cache(f
     assert after - before == 1  # one ask, through a; b never asked the cloud
     assert metric(httpx.get(f"{url(fleet.b)}/metrics").text, "rampart_redis_cache_total",
                   result="hit") >= 1
+    # the banner says what is shared and where, never the URL's secrets
+    where = fleet.redis.url.removeprefix("redis://")
+    assert f"shared      cloud answers, lists and rate limits through Redis at {where}" in (
+        fleet.b.log.read_text())
 
 
 def test_a_blocked_rule_added_on_a_is_answered_by_b_within_2_s(fleet: Fleet) -> None:
