@@ -262,13 +262,17 @@ class DnsDoor:
         ``query_log`` is on; answers without one (REFUSED, FORMERR, the apex) are only counted."""
         if answer is None:
             return
-        logs, cfg = self._logs_of(), self._cfg_of()
-        if logs is None or not cfg.query_log:
+        logs = self._logs_of()
+        if logs is None:
+            return
+        cfg = self._cfg_of()
+        if not cfg.query_log:
             return
         name = item.name if isinstance(item, DomainQuery) else item
-        s = self._shape(answer)
+        s = self._shapes.get((answer.rating, answer.source, answer.category)) or self._shape(answer)
+        mask = self._mask[1] if self._mask[0] is cfg else None
         logs.writer.submit("query", (
-            time.time(), self._mask_of(cfg)(client), round(seconds * 1e6) / 1000, 1,
+            time.time(), (mask or self._mask_of(cfg))(client), round(seconds * 1e6) / 1000, 1,
             s[0], clip(name, entries.MAX_ITEM), s[2], s[3], s[4], s[5],
             clip(answer.matched, entries.MAX_TEXT), s[7], s[8]))
 

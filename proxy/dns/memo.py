@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.model import WebAnswer
 
 SIZE = 65_536  # answers kept; beyond, the memo starts again (most traffic is a few names); 0: off
+_INF = float("inf")
 STEADY = frozenset({"pattern", "blocked-list", "approved-list", "local", "zone", "none"})
 
 
-@dataclass(frozen=True, slots=True)
-class Kept:
+class Kept(NamedTuple):
+    """One answer kept (a tuple: made for every answer the memo may replay, where a frozen
+    dataclass's ``__init__`` costs several times as much)."""
+
     tail: bytes  # the response without its ID
     zone: str
     rcode: str
@@ -44,7 +46,7 @@ class AnswerMemo:
         self._kept: dict[tuple[bytes, str, str | None], Kept] = {}
         self._patterns: Any = None
         self._lists: Any = None
-        self._until = float("inf")
+        self._until = _INF
         self.hits = 0
 
     def _key(self, packet: bytes, transport: str, client: str, lists: Any) -> tuple[bytes, str, str | None]:
@@ -52,11 +54,11 @@ class AnswerMemo:
 
     def get(self, packet: bytes, transport: str, client: str, engine: Any) -> Kept | None:
         if engine.patterns is not self._patterns or engine.lists is not self._lists or (
-                self._until != float("inf") and self.clock() >= self._until):
+                self._until != _INF and self.clock() >= self._until):
             self._kept.clear()
             self._patterns, self._lists = engine.patterns, engine.lists
             expires = getattr(engine.lists, "expires_next", None)
-            self._until = float("inf") if expires is None else float(expires)
+            self._until = _INF if expires is None else float(expires)
             return None
         kept = self._kept.get(self._key(packet, transport, client, engine.lists))
         if kept is not None:
