@@ -116,9 +116,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def settle(pid: int, timeout: float = 60) -> None:
-    """Wait until the server is idle (under 5% of a core for half a second): a server still
-    opening its pattern (checking its tables' digests in a thread) must not be measured
-    against one that has nothing left to do."""
+    """Wait until the server is idle (under 5% of a core for half a second): whatever a
+    server still does after its first answer (opening, warming) is not measured."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         before = cpu_seconds(pid)
