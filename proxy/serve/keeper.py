@@ -223,7 +223,10 @@ class PatternKeeper:
             self.served_error = f"version {name} does not open: {e.message}"
             return False
         local = await asyncio.to_thread(LocalManifest.load, path)
+        same = name == self.served  # the served version, its overlays compacted: no new swap
         self.swap(new, name, local, await asyncio.to_thread(source_times, path))
+        if same:
+            self.swaps -= 1
         return True
 
     def swap(self, new: PatternSet, name: str, local: LocalManifest,

@@ -57,9 +57,10 @@ def test_an_overlaid_version_is_served_then_reopened_compacted(tmp_path: Path) -
         async def reload() -> bool:
             return await app.keeper.reload()
 
-        old = app.engine.patterns
+        old, swaps = app.engine.patterns, app.keeper.swaps
         assert asyncio.run(reload())  # the same version, reopened on its full file
         assert not isinstance(app.engine.patterns.table(F), OverlaidTable)
+        assert app.keeper.swaps == swaps  # not a new version: rampart_pattern_swaps stays
         assert app.keeper.served == current.name and verdicts(app) == want
         old.close()
     finally:
