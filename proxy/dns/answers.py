@@ -94,6 +94,7 @@ class Answerer:
         self._sent: tuple[str, str, str, str, WebAnswer | None] | None = None
         self.fast = True  # the fast lane (_fast) on; tests turn it off to compare
         self._soa_parts: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._a_bodies: dict[tuple[int, bytes], bytes] = {}
 
     def answer(self, packet: bytes, client: str, transport: str) -> Reply:
         """The response to ``packet`` (sized for ``transport``), None for none, or an awaitable;
@@ -162,11 +163,12 @@ class Answerer:
         if source is Source.DEGRADED:
             rcode, flags, counts, body = "SERVFAIL", wire.QR | wire.SERVFAIL, (0, 0), b""
         else:
-            ttl = _ttl(answer.ttl, engine.local_ttl)
+            ttl = answer.ttl
+            ttl = min(max(engine.local_ttl if ttl is None else ttl, 0), MAX_TTL)  # _ttl, inline
             code = self.codes.code(answer)
             if code is not None:
                 rcode, flags, counts = "NOERROR", wire.QR | wire.AA, (1, 0)
-                body = _A_OWNER + wire.RR_FIXED.pack(wire.IN, ttl, 4) + code
+                body = self._a_bodies.get((ttl, code)) or self._a_body(ttl, code)
             else:
                 rcode, flags, counts = "NXDOMAIN", wire.QR | wire.AA | wire.NXDOMAIN, (0, 1)
                 body = self._soa_bytes(engine.version, ttl, (0xC000 | apex).to_bytes(2))
@@ -177,6 +179,13 @@ class Answerer:
         self._log(client, item.item, answer, rcode, time.perf_counter() - started)
         self._sent = (zone.kind, rcode, value, item.item, answer)
         return packet[:2] + head + packet[12:qend] + body + tail
+
+    def _a_body(self, ttl: int, code: bytes) -> bytes:
+        """The listed answer's A record (owner: the query name), kept per TTL and code."""
+        if len(self._a_bodies) >= 64:
+            self._a_bodies.clear()
+        body = self._a_bodies[(ttl, code)] = _A_OWNER + wire.RR_FIXED.pack(wire.IN, ttl, 4) + code
+        return body
 
     def _soa_bytes(self, version: str, ttl: int, apex: bytes) -> bytes:
         """The negative answer's SOA record (``_soa``) from parts kept per version and TTL."""
