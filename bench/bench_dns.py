@@ -19,10 +19,16 @@ here; rbldnsd has no such thing, so that line has no ratio):
 - p50 and p99 latency of 2,000 queries sent one at a time from this process;
 - the response codes dnsperf saw (a rate of REFUSED answers is not a rate of answers:
   rampart's ``dns_rate_limit`` is off here, through a config file, as rbldnsd has none);
+- the server's CPU time (user and system, all its threads) per answered query, median of
+  the rounds: what the server itself spends, which the load of other processes on the
+  cores moves much less than queries/s (rbldnsd's rate is often dnsperf's own limit);
 - resident memory of each server after loading, and per million entries (the RSS with
   the entries less the RSS with a 10-entry data set, scaled), the goal being below
   rbldnsd's; and the RSS of the measured servers after every dnsperf run (the pattern's
   tables are memory-mapped: the pages the queries touched count then, not at loading).
+
+``--no-query-log`` measures rampart without its query log (a SQLite row per answer,
+written by a thread on the same core; rbldnsd keeps no log).
 
 A fourth query set, ``repeated``, asks a few hundred names (listed and not) over and over,
 as a mail server asks about its regular senders: the case the answer memo serves.
@@ -161,10 +167,13 @@ def rbldnsd(rbl: Path, port: int) -> Server:
                               "-t", "3600", f"{DN_ZONE}:dnset:dn.zone", f"{IP_ZONE}:ip4set:ip.zone"], port)
 
 
+QUERY_LOG = True  # --no-query-log: without the query log's row per answer (rbldnsd keeps none)
+
+
 def rampart(tmp: Path, build: Path, port: int, name: str, cloud: list[str]) -> Server:
     data = tmp / f"data-{name}"
     config = tmp / "bench.toml"  # no per-client rate limit: dnsperf is one client, as rbldnsd sees it
-    config.write_text("dns_rate_limit = 0\n")
+    config.write_text("dns_rate_limit = 0\n" + ("" if QUERY_LOG else "query_log = false\n"))
     return Server("rampart", [
         *RAMPART, "serve", "--config", str(config), "--data-dir", str(data), "--pattern", str(build),
         "--listen", "127.0.0.1",
@@ -173,8 +182,9 @@ def rampart(tmp: Path, build: Path, port: int, name: str, cloud: list[str]) -> S
         "--log-level", "warning", *cloud], port)
 
 
-def dnsperf(port: int, queries: Path, seconds: float) -> tuple[float, str]:
-    """Queries per second, and the response codes seen (e.g. "NOERROR 100.00%")."""
+def dnsperf(port: int, queries: Path, seconds: float) -> tuple[float, str, int]:
+    """Queries per second, the response codes seen (e.g. "NOERROR 100.00%") and how many
+    queries were answered."""
     r = subprocess.run(["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port),
                         "-d", str(queries), "-l", str(seconds), "-c", "8", "-q", "256", "-t", "2"],
                        capture_output=True, text=True)
@@ -183,7 +193,8 @@ def dnsperf(port: int, queries: Path, seconds: float) -> tuple[float, str]:
         sys.exit(f"bench_dns: dnsperf said:\n{r.stdout}{r.stderr}")
     codes = re.search(r"Response codes:\s+(.*)", r.stdout)
     shares = re.findall(r"([A-Z]+) \d+ \(([\d.]+%)\)", codes.group(1)) if codes else []
-    return float(m.group(1)), ", ".join(f"{c} {p}" for c, p in shares)
+    done = re.search(r"Queries completed:\s+(\d+)", r.stdout)
+    return float(m.group(1)), ", ".join(f"{c} {p}" for c, p in shares), int(done.group(1)) if done else 0
 
 
 def latencies(port: int, queries: Path, n: int = 2000) -> tuple[float, float]:
@@ -215,7 +226,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="each dnsperf run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     ap.add_argument("--relayed", action="store_true", help="also relayed names (a reference cloud)")
+    ap.add_argument("--no-query-log", action="store_true",
+                    help="rampart without its query log (on by default: a row per answer)")
     args = ap.parse_args()
+    global QUERY_LOG
+    QUERY_LOG = not args.no_query_log
     for tool in ("dnsperf", "rbldnsd", "dig", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"bench_dns: {tool} is needed"
@@ -255,6 +270,7 @@ def main() -> None:
             memory[name] = (sizes[1], sizes[0])
         rates: dict[tuple[str, str], list[float]] = {}
         codes: dict[tuple[str, str], str] = {}  # the last round's response codes
+        cpu: dict[tuple[str, str], list[float]] = {}  # the server's CPU µs per answered query
         after: dict[str, int] = {}  # RSS after the dnsperf runs: mapped pages touched count
         lat: dict[tuple[str, str], tuple[float, float]] = {}
         rp, bp = free_port(), free_port()
@@ -270,8 +286,11 @@ def main() -> None:
                     for s in servers:
                         if kind == "relayed" and s.name == "rbldnsd":
                             continue
-                        rate, seen = dnsperf(s.port, files[kind], args.seconds)
+                        before = cpu_seconds(s.pid)
+                        rate, seen, done = dnsperf(s.port, files[kind], args.seconds)
                         rates.setdefault((s.name, kind), []).append(rate)
+                        cpu.setdefault((s.name, kind), []).append(
+                            (cpu_seconds(s.pid) - before) * 1e6 / max(done, 1))
                         codes[(s.name, kind)] = seen
             for s in servers:
                 after[s.name] = rss_kib(s.pid)
@@ -285,7 +304,7 @@ def main() -> None:
                 s.stop()
             if cloud_proc is not None:
                 cloud_proc.terminate()
-        report(args, len(domains) + len(ips), len(ips), rates, codes, lat, memory, after)
+        report(args, len(domains) + len(ips), len(ips), rates, codes, lat, memory, after, cpu)
 
 
 def spread(values: list[float]) -> str:
@@ -295,9 +314,11 @@ def spread(values: list[float]) -> str:
 
 def report(args: argparse.Namespace, n: int, n_ips: int, rates: dict[tuple[str, str], list[float]],
            codes: dict[tuple[str, str], str], lat: dict[tuple[str, str], tuple[float, float]],
-           memory: dict[str, tuple[int, int]], after: dict[str, int]) -> None:
+           memory: dict[str, tuple[int, int]], after: dict[str, int],
+           cpu: dict[tuple[str, str], list[float]]) -> None:
     print(f"\n{n - n_ips} domains + {n_ips} IPv4 entries; {args.rounds} alternating rounds of"
-          f" {args.seconds:g} s; medians (range of the rounds)")
+          f" {args.seconds:g} s; medians (range of the rounds); rampart's query log"
+          f" {'off' if args.no_query_log else 'on'}")
     for kind in ("listed", "not listed", "repeated", "relayed"):
         if ("rampart", kind) not in rates:
             continue
@@ -313,6 +334,9 @@ def report(args: argparse.Namespace, n: int, n_ips: int, rates: dict[tuple[str, 
                   f"  [{codes[('rbldnsd', kind)]}]")
             print(f"  {'':<11} ratio {statistics.median(r) / statistics.median(b):.2f}"
                   f" (rounds {', '.join(f'{x:.2f}' for x in ratios)})")
+            rc, bc = statistics.median(cpu[("rampart", kind)]), statistics.median(cpu[("rbldnsd", kind)])
+            print(f"  {'':<11} CPU per answered query: rampart {rc:.1f} us, rbldnsd {bc:.1f} us"
+                  f" (rbldnsd / rampart {bc / rc:.2f})")
     for name, (big_kib, small_kib) in memory.items():
         per_million = (big_kib - small_kib) * 1_000_000 / n / 1024
         print(f"  memory {name:<8} {big_kib / 1024:8.1f} MiB loaded,"
