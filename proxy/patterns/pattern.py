@@ -289,10 +289,13 @@ class PatternSet:
         hit_rows = rows[hit_at]
         codes = (table.values("verdict", hit_rows).astype(np.uint64) << np.uint64(32)) | table.values(
             "threat", hit_rows).astype(np.uint64)
-        uniq, inverse = np.unique(codes, return_inverse=True)
+        uniq = np.unique(codes)
         if len(uniq) == 1:
             groups = [hit_at.tolist()]
+        elif len(uniq) <= 8:  # a few distinct hits: one mask each costs less than sorting by hit
+            groups = [hit_at[codes == c].tolist() for c in uniq]
         else:
+            inverse = np.searchsorted(uniq, codes)
             order = np.argsort(inverse, kind="stable")
             bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
             groups = [g.tolist() for g in np.split(hit_at[order], bounds)]
