@@ -132,9 +132,8 @@ class Config:
         " it); /healthz answers loopback always",
     )
     trusted_proxies: list[str] = _opt(
-        [], "proxies (CIDR) in front of the query door, e.g. HAProxy: a request they pass is"
-        " taken as from the last address in its X-Forwarded-For, for query_clients, rate_limit"
-        " and the logs; empty: the connection's address always",
+        [], "proxies (CIDR) in front of the query door, e.g. HAProxy: their requests count as"
+        " from the last X-Forwarded-For address (for query_clients, rate_limit, the logs)",
     )
     rate_limit: float = _opt(
         0.0, "query-door requests per second per client address, 429 above (0: no limit)",
