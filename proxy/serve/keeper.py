@@ -56,10 +56,11 @@ from proxy.patterns.layout import (
 from proxy.patterns.pattern import PatternSet
 from proxy.serve.pattern_source import PatternSource
 from proxy.updates import signing
+from proxy.updates.fetch import HttpFetcher
 from proxy.updates.manifest import EMPTY, LocalManifest, mark_sample
 from proxy.updates.source import MAX_MANIFEST_BYTES, parse_manifest
 from proxy.updates.store import PatternStore
-from proxy.updates.updater import HttpFetcher, Updater
+from proxy.updates.updater import Updater
 
 logger = logging.getLogger(__name__)
 
