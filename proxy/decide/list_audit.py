@@ -6,21 +6,22 @@ table of ``lists.sqlite``; the oldest go first past ``MAX_ROWS``. Actions: ``add
 ``move`` (to the other list), ``edit``, ``remove``, ``import`` (one row per rule it
 changed, and one for the file), ``migrate`` (the schema upgraded). ``detail`` is JSON:
 the rule's fields after the change, or for an edit each changed field as
-``[before, after]``.
+``[before, after]``; ``follow`` (a rule changed here to follow another appliance's change,
+through ``proxy.shared``: who made it there, or one summary row for a large catch-up).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.decide.list_rules import Actor, Entry, clients_text, iso_time
+from proxy.decide.list_rules import Actor, Entry, EntryKind, clients_text, iso_time
 
 MAX_ROWS = 1_000_000
 ACTIONS = ("add", "move", "edit", "remove", "import", "migrate", "follow")
-"""``follow``: a rule changed here to follow a change another appliance made (``proxy.shared``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +86,25 @@ def read(conn: sqlite3.Connection, *, limit: int = 100, value: str | None = None
         out.append(AuditEntry(float(at), who, origin, action, ln, kind, val,
                               parsed if isinstance(parsed, dict) else {}))
     return out
+
+
+FOLLOWED_ONE_BY_ONE = 100  # more rules followed at once are audited as one summary row
+FOLLOWER = Actor("shared lists", "redis")
+
+
+def record_followed(cur: sqlite3.Cursor, now: float, put: Sequence[Entry],
+                    gone: Sequence[tuple[EntryKind, str]], local: Sequence[Entry]) -> None:
+    """The rules changed to follow the shared lists, in this appliance's trail too: who made
+    the change elsewhere (a removal's author is not shared), or one row for a large catch-up."""
+    if not put and not gone:
+        return
+    if len(put) + len(gone) > FOLLOWED_ONE_BY_ONE:
+        record(cur, FOLLOWER, now, "follow", detail={"changed": len(put), "removed": len(gone)})
+        return
+    for e in put:
+        record(cur, FOLLOWER, now, "follow", entry=e, detail={"by": e.added_by, "origin": e.origin})
+    before = {(e.kind, e.value): e for e in local}
+    for key in gone:
+        old = before.get(key)
+        if old is not None:
+            record(cur, FOLLOWER, now, "follow", entry=old, detail={"removed": True})

@@ -317,7 +317,7 @@ class ListStore:
                         _put(cur, e)
                     cur.executemany("DELETE FROM entries WHERE kind = ? AND value = ?",
                                     [(k.value, v) for k, v in gone])
-                    _audit_followed(cur, self._now(), put, gone, local)
+                    list_audit.record_followed(cur, self._now(), put, gone, local)
                     if any(e.kind in PATTERN_KINDS for e in put):
                         _check_patterns(cur)  # what a snapshot must compile, as a write checks
                     if self._mirror is not None:
@@ -415,30 +415,6 @@ def _changes(old: Entry, new: Entry) -> dict[str, list[object]]:
     if old.list is not new.list:
         out["list"] = [old.list.value, new.list.value]
     return out
-
-
-FOLLOWED_ONE_BY_ONE = 100  # more rules followed at once are audited as one summary row
-FOLLOWER = Actor("shared lists", "redis")
-
-
-def _audit_followed(cur: sqlite3.Cursor, now: float, put: Sequence[Entry],
-                    gone: Sequence[tuple[EntryKind, str]], local: Sequence[Entry]) -> None:
-    """The rules changed to follow the shared lists, in this appliance's trail too: who made
-    the change elsewhere (a removal's author is not shared), or one row for a large catch-up."""
-    if not put and not gone:
-        return
-    if len(put) + len(gone) > FOLLOWED_ONE_BY_ONE:
-        list_audit.record(cur, FOLLOWER, now, "follow",
-                          detail={"changed": len(put), "removed": len(gone)})
-        return
-    for e in put:
-        list_audit.record(cur, FOLLOWER, now, "follow", entry=e,
-                          detail={"by": e.added_by, "origin": e.origin})
-    before = {(e.kind, e.value): e for e in local}
-    for key in gone:
-        old = before.get(key)
-        if old is not None:
-            list_audit.record(cur, FOLLOWER, now, "follow", entry=old, detail={"removed": True})
 
 
 def _check_patterns(cur: sqlite3.Cursor) -> None:
