@@ -11,17 +11,23 @@ ahead, else the seconds until it may (the door answers 429 with that as
 Shared by several appliances (``proxy.shared.rates``), a gate also counts what it let
 through per client (``share``, then ``take_counts``) and is told what the others let
 through (``deduct``); ``take`` stays local and synchronous either way.
+
+``forwarded_client`` names the client behind a trusted proxy (``trusted_proxies``);
+``loopback_health`` and ``rate_limited`` are the door's exemption and its 429.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from proxy.config import default
+from proxy.errors import ProtocolError
 from proxy.model import Network
+from proxy.wire.http import Request, Response, error_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +172,27 @@ def forwarded_client(headers: Sequence[tuple[bytes, bytes]], peer: str) -> str:
         return str(ipaddress.ip_address(last.decode("ascii")))
     except (UnicodeDecodeError, ValueError):
         return peer
+
+
+def loopback_health(request: Request) -> bool:
+    """``GET /healthz`` from this machine: answered whatever ``query_clients`` says, so a local
+    health check (systemd, a load balancer's agent, the operator's curl) works under any
+    client restriction. It says only that the process is alive."""
+    if request.target.split(b"?", 1)[0] != b"/healthz":
+        return False
+    try:
+        ip = ipaddress.ip_address(request.client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def rate_limited(rate: float, wait: float) -> Response:
+    """The 429 a client over its rate gets, with the whole seconds to wait as Retry-After."""
+    retry = max(1, math.ceil(wait))
+    return error_response(ProtocolError(
+        "rate_limited", f"over this client's rate of {rate:g} requests/s; retry in {retry} s",
+        status=429, headers=(("Retry-After", str(retry)),),
+    ))

@@ -17,8 +17,6 @@ client's EOF regardless, so a TLS client must keep its side open until answered.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import math
 import ssl
 import time
 from collections import deque
@@ -30,7 +28,7 @@ import httptools
 from proxy.config import default
 from proxy.errors import ProtocolError
 from proxy.serve.conns import ConnectionCaps, Slot
-from proxy.serve.gate import Gate, forwarded_client
+from proxy.serve.gate import Gate, forwarded_client, loopback_health, rate_limited
 from proxy.serve.listener import Listener, listening_socket
 from proxy.wire.http import Handler, Request, Response, coded, error_response, respond, settle
 
@@ -328,7 +326,7 @@ class HttpConnection(asyncio.Protocol):
     def _dispatch(self, request: Request, keep_alive: bool, started: float) -> None:
         gate = self._gate
         if (self._refused or (self._behind and gate is not None and not gate.admits(request.client))
-                ) and not _loopback_health(request):
+                ) and not loopback_health(request):
             refusal = ProtocolError(
                 "forbidden", f"client {request.client} is not in this door's client networks",
                 status=403,
@@ -338,7 +336,7 @@ class HttpConnection(asyncio.Protocol):
         if gate is not None and gate.limits_rate:
             wait = gate.take(request.client)
             if wait > 0:
-                self._send(request, _rate_limited(gate.rate, wait), keep_alive, started)
+                self._send(request, rate_limited(gate.rate, wait), keep_alive, started)
                 return
         result = respond(self.handler, request)
         if isinstance(result, Response):
@@ -439,29 +437,6 @@ def over_caps(client_cap: bool) -> bytes:
 
 def _upgrade_refused() -> ProtocolError:
     return ProtocolError("bad_request", "protocol upgrades are not supported")
-
-
-def _loopback_health(request: Request) -> bool:
-    """``GET /healthz`` from this machine: answered whatever ``query_clients`` says, so a local
-    health check (systemd, a load balancer's agent, the operator's curl) works under any
-    client restriction. It says only that the process is alive."""
-    if request.target.split(b"?", 1)[0] != b"/healthz":
-        return False
-    try:
-        ip = ipaddress.ip_address(request.client.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def _rate_limited(rate: float, wait: float) -> Response:
-    retry = max(1, math.ceil(wait))
-    return error_response(ProtocolError(
-        "rate_limited", f"over this client's rate of {rate:g} requests/s; retry in {retry} s",
-        status=429, headers=(("Retry-After", str(retry)),),
-    ))
 
 
 async def start_server(
