@@ -270,24 +270,31 @@ class ListStore:
         """One transaction; ``patterns``: it touches keyword/regex rules, which must still
         compile together (checked before the commit, so a server never loads a set it cannot)."""
         with self._lock:
-            cur = self._conn.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    yield cur
-                    if patterns:
-                        _check_patterns(cur)
-                    if self._mirror is not None:
-                        self._tell_mirror(cur, self._mirror)
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise ListError(f"the list store refused the change: {e}") from e
-            finally:
-                cur.close()
+            with self._transaction("the change") as cur:
+                yield cur
+                if patterns:
+                    _check_patterns(cur)
+                if self._mirror is not None:
+                    self._tell_mirror(cur, self._mirror)
             self._dirty = True
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Cursor]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` on a new cursor, rolled back on any error (the
+        caller holds the lock); a database error is a ListError saying it refused ``what``."""
+        cur = self._conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise ListError(f"the list store refused {what}: {e}") from e
+        finally:
+            cur.close()
 
     def _tell_mirror(self, cur: sqlite3.Cursor, mirror: ListMirror) -> None:
         changes = list_mirror.take_touched(cur)
@@ -306,30 +313,19 @@ class ListStore:
         with self._lock:
             if not current():
                 return 0
-            cur = self._conn.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    local = self._read_entries(None) if only is None else [
-                        e for e in (_get(cur, k, v) for k, v in only) if e is not None]
-                    put, gone = list_mirror.differences(local, shared)
-                    for e in put:
-                        _put(cur, e)
-                    cur.executemany("DELETE FROM entries WHERE kind = ? AND value = ?",
-                                    [(k.value, v) for k, v in gone])
-                    list_audit.record_followed(cur, self._now(), put, gone, local)
-                    if any(e.kind in PATTERN_KINDS for e in put):
-                        _check_patterns(cur)  # what a snapshot must compile, as a write checks
-                    if self._mirror is not None:
-                        list_mirror.forget_touched(cur)
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise ListError(f"the list store refused the shared lists: {e}") from e
-            finally:
-                cur.close()
+            with self._transaction("the shared lists") as cur:
+                local = self._read_entries(None) if only is None else [
+                    e for e in (_get(cur, k, v) for k, v in only) if e is not None]
+                put, gone = list_mirror.differences(local, shared)
+                for e in put:
+                    _put(cur, e)
+                cur.executemany("DELETE FROM entries WHERE kind = ? AND value = ?",
+                                [(k.value, v) for k, v in gone])
+                list_audit.record_followed(cur, self._now(), put, gone, local)
+                if any(e.kind in PATTERN_KINDS for e in put):
+                    _check_patterns(cur)  # what a snapshot must compile, as a write checks
+                if self._mirror is not None:
+                    list_mirror.forget_touched(cur)
             self._dirty = self._dirty or bool(put or gone)
             return len(put) + len(gone)
 
