@@ -85,13 +85,29 @@ class Proc:
         return self.log.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen)
+
+
+def stop_process(popen: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, ten seconds to exit, then SIGKILL (nothing to do when it already ended)."""
+    if popen is not None and popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(10)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s series in a Prometheus text whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and line.split(" ")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def start_cloud(tmp: Path, port: int | None = None) -> Proc:

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import EICAR_MD5, EICAR_SHA256, RAMPART, Proc, start_cloud
+from tests.conftest import EICAR_MD5, EICAR_SHA256, RAMPART, Proc, metric, start_cloud, stop_process
 
 __all__ = ["BLOCKED_SHA256", "HAPROXY", "HAPROXY_CFG", "UNKNOWN_SHA256", "Appliance", "Haproxy", "Load",
            "LoadResult", "Probe", "add_to_list", "appliance_pair", "descendants", "expect", "free_ports",
@@ -76,17 +76,6 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of ``name``'s series in a Prometheus text whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and line.split(" ")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @dataclass
@@ -328,13 +317,7 @@ class Haproxy:
             self.wait_state(name, state, timeout)
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen)
         shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ from tests.conftest import (
     RAMPART,
     Proc,
     free_port,
+    metric,
     start_appliance,
     start_cloud,
 )
@@ -69,16 +70,6 @@ def eventually(check, timeout: float = 2.5):
         if result or time.monotonic() > deadline:
             return result
         time.sleep(0.1)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and line.split(" ")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_eicar_is_answered_from_the_pattern_over_http_and_https(chain):

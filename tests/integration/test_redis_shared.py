@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import EICAR_SHA256, RAMPART, Proc, free_port, start_appliance, start_cloud
-from tests.integration.test_integration import eventually, metric, unknown_hash
+from tests.conftest import EICAR_SHA256, RAMPART, Proc, free_port, metric, start_appliance, start_cloud
+from tests.integration.test_integration import eventually, unknown_hash
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
