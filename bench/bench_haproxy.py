@@ -93,7 +93,7 @@ def kill_run(base: str, a: Appliance, lb: Haproxy | None, clients: int
     result, how many requests HAProxy resent (0 without ``lb``), and the seconds from the
     kill until a was back (in service again, behind HAProxy). A client whose request
     failed waits 0.1 s before its next one, as a product would."""
-    resent = retries(lb) if lb else 0
+    resent = lb.resent() if lb else 0
     with Load(base, standard_probes(), clients=clients, timeout=5, backoff=0.1) as load:
         load.wait_for(300)
         down = time.monotonic()
@@ -106,17 +106,7 @@ def kill_run(base: str, a: Appliance, lb: Haproxy | None, clients: int
             lb.wait_state("a", "UP")
         away = time.monotonic() - down
         load.wait_for(300)
-    return load.result, (retries(lb) - resent if lb else 0), away
-
-
-def retries(lb: Haproxy) -> int:
-    lines = lb.command("show stat").splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(",")))
-        if row.get("pxname") == "query" and row.get("svname") == "BACKEND":
-            return int(row.get("wretr") or 0) + int(row.get("wredis") or 0)
-    return 0
+    return load.result, (lb.resent() - resent if lb else 0), away
 
 
 def show_kill(title: str, result: LoadResult, resent: int, away: float) -> None:

@@ -123,13 +123,8 @@ class Zones:
                     return None
                 get = _OCTETS_WIRE.get
                 d, c, b, a = map(get, m.groups())
-                if a is None or b is None or c is None or d is None:
-                    return None
-                value = a << 24 | b << 16 | c << 8 | d
-                if value in _TEST_VALUES:
-                    return None
-                text = f"{a}.{b}.{c}.{d}"
-                return zone, at, qend, DomainQuery(text, text, ipaddress.IPv4Address(value))
+                q = _ip4_query(a, b, c, d)
+                return None if q is None else (zone, at, qend, q)
             labels = []
             pos = 12
             while pos < at:
@@ -168,14 +163,8 @@ class Zones:
                 if len(front) != 4:
                     return None
                 get = _OCTETS.get
-                a, b, c, d = get(front[3]), get(front[2]), get(front[1]), get(front[0])
-                if a is None or b is None or c is None or d is None:
-                    return None
-                value = a << 24 | b << 16 | c << 8 | d
-                if value in _TEST_VALUES:
-                    return None
-                text = f"{a}.{b}.{c}.{d}"
-                return zone, wire_len, DomainQuery(text, text, ipaddress.IPv4Address(value))
+                q = _ip4_query(get(front[3]), get(front[2]), get(front[1]), get(front[0]))
+                return None if q is None else (zone, wire_len, q)
             if (len(front) == 1 and front[0] in (b"test", b"invalid")) or not all(
                     map(_LABEL.fullmatch, front)):
                 return None
@@ -332,3 +321,15 @@ def reason(answer: WebAnswer, item: str, base: str | None) -> str:
 
 
 TEST_REASON = "Rampart: RFC 5782 test entry"
+
+
+def _ip4_query(a: int | None, b: int | None, c: int | None, d: int | None) -> DomainQuery | None:
+    """The query for the address a.b.c.d read from reversed octets (None: an octet that is
+    not one, or an RFC 5782 test entry, which ``classify`` answers)."""
+    if a is None or b is None or c is None or d is None:
+        return None
+    value = a << 24 | b << 16 | c << 8 | d
+    if value in _TEST_VALUES:
+        return None
+    text = f"{a}.{b}.{c}.{d}"
+    return DomainQuery(text, text, ipaddress.IPv4Address(value))

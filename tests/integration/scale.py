@@ -287,14 +287,24 @@ class Haproxy:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
+    def stats(self) -> list[dict[str, str]]:
+        """``show stat``: a row per frontend, backend and server, by column name."""
+        lines = self.command("show stat").splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        return [dict(zip(header, line.split(","))) for line in lines[1:] if line]
+
     def states(self, backend: str = "query") -> dict[str, str]:
         """Each server of ``backend`` and its status as the health checks see it (UP, DOWN,
         ``UP 1/2`` while rising, ``MAINT``...)."""
-        lines = self.command("show stat").splitlines()
-        header = lines[0].lstrip("# ").split(",")
-        rows = [dict(zip(header, line.split(","))) for line in lines[1:] if line]
-        return {r["svname"]: r["status"] for r in rows
+        return {r["svname"]: r["status"] for r in self.stats()
                 if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")}
+
+    def resent(self) -> int:
+        """How many queries haproxy resent to another appliance (retries and redispatches)."""
+        for row in self.stats():
+            if row.get("pxname") == "query" and row.get("svname") == "BACKEND":
+                return int(row.get("wretr") or 0) + int(row.get("wredis") or 0)
+        raise AssertionError("no query backend in haproxy's stats")
 
     def wait_state(self, server: str, state: str, timeout: float = 20.0,
                    backend: str = "query") -> None:

@@ -177,7 +177,7 @@ def test_a_blocked_rule_added_on_a_is_answered_through_haproxy_by_both(behind: B
 
 def test_an_appliance_killed_under_load_and_restarted_costs_no_request(behind: Behind) -> None:
     (a, b), lb = behind
-    retried = _retries(lb)
+    retried = lb.resent()
     with Load(lb.url(), [*standard_probes(), big_batch()], clients=4) as load:
         load.wait_for(100)
         a.kill()
@@ -195,7 +195,7 @@ def test_an_appliance_killed_under_load_and_restarted_costs_no_request(behind: B
     assert result.failed == 0 and result.wrong == 0, result.problems
     assert result.ok == result.sent
     assert spread_again, "no query reached the restarted appliance"
-    assert _retries(lb) > retried, "nothing was retried: the kill found no query under way"
+    assert lb.resent() > retried, "nothing was retried: the kill found no query under way"
     # both methods were resent and answered: POST batches are retried like GETs
     assert {"GET", "POST"} <= resent_methods(lb), resent_methods(lb)
 
@@ -224,14 +224,3 @@ def big_batch() -> Probe:
         return None
 
     return Probe("POST", "/v1/file", {"items": items}, check=check)
-
-
-def _retries(lb: Haproxy) -> int:
-    """How many requests haproxy resent to another appliance (retries and redispatches)."""
-    lines = lb.command("show stat").splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(",")))
-        if row.get("pxname") == "query" and row.get("svname") == "BACKEND":
-            return int(row.get("wretr") or 0) + int(row.get("wredis") or 0)
-    raise AssertionError("no query backend in haproxy's stats")
