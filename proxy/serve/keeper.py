@@ -224,20 +224,20 @@ class PatternKeeper:
             self.served_error = f"version {name} does not open: {e.message}"
             return False
         local = await asyncio.to_thread(LocalManifest.load, path)
-        same = name == self.served  # the served version, its overlays compacted: no new swap
-        self.swap(new, name, local, await asyncio.to_thread(source_times, path))
-        if same:
-            self.swaps -= 1
+        # the served version reopened once its overlays are compacted is not a new swap
+        self.swap(new, name, local, await asyncio.to_thread(source_times, path),
+                  counted=name != self.served)
         return True
 
     def swap(self, new: PatternSet, name: str, local: LocalManifest,
-             source: SourceTimes | None = None) -> None:
-        """Assign ``new`` to the engine now; close the old map ``grace`` seconds later."""
+             source: SourceTimes | None = None, *, counted: bool = True) -> None:
+        """Assign ``new`` to the engine now; close the old map ``grace`` seconds later;
+        ``counted``: in ``rampart_pattern_swaps``."""
         old = self.engine.patterns
         self.engine.patterns = new
         self.served, self.local, self.served_source = name, local, source
         self.served_error = None
-        self.swaps += 1
+        self.swaps += counted
         loop = asyncio.get_running_loop()
         entry: list[Any] = []
 
