@@ -162,9 +162,12 @@ def doors_off() -> list[str]:
 
 
 def start_appliance(tmp: Path, name: str, cloud_port: int, config: str = "",
-                    root: Path = ROOT) -> tuple[Server, int]:
+                    root: Path = ROOT, tls_port: int = 0) -> tuple[Server, int]:
+    """``tls_port``: the HTTPS query door's too (0: off)."""
     port = free_port()
     extra: list[str] = list(DOORS_OFF)
+    if tls_port:
+        extra[extra.index("--query-tls-port") + 1] = str(tls_port)
     if config:
         (tmp / f"{name}.toml").write_text(config)
         extra += ["--config", str(tmp / f"{name}.toml")]
@@ -193,6 +196,9 @@ http {{
     scgi_temp_path {prefix}/scgi;
     server {{
         listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {prefix}/cert.pem;
+        ssl_certificate_key {prefix}/key.pem;
         location = /healthz {{ return 200 'alive'; }}
         location / {{ default_type application/json; return 200 '{body}'; }}
     }}
@@ -200,18 +206,49 @@ http {{
 """
 
 
-def start_nginx(tmp: Path, body: bytes) -> tuple[Server, int] | None:
+def write_p256_certificate(cert: Path, key: Path) -> None:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1: the key type of the appliance's
+    door certificate (``certs``), so both TLS servers sign and encrypt alike."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    built = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+             .public_key(private.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1))
+             .not_valid_after(now + datetime.timedelta(days=7))
+             .add_extension(x509.SubjectAlternativeName(
+                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+             .sign(private, hashes.SHA256()))
+    cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    key.chmod(0o600)
+
+
+def start_nginx(tmp: Path, body: bytes) -> tuple[Server, int, int] | None:
+    """nginx serving ``body``: (server, HTTP port, HTTPS port); None when not installed."""
     exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if exe is None:
         return None
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     prefix = tmp / "nginx"
     prefix.mkdir(exist_ok=True)
+    write_p256_certificate(prefix / "cert.pem", prefix / "key.pem")
     text = body.decode().replace("\\", "\\\\").replace("'", "\\'")
-    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port, body=text))
+    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port, tls_port=tls_port,
+                                                         body=text))
     s = Server("nginx", pinned(SERVER_CORE, [exe, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                                              "-e", str(prefix / "error.log")]), tmp / "nginx.log")
-    return s.start(f"http://127.0.0.1:{port}/healthz"), port
+    return s.start(f"http://127.0.0.1:{port}/healthz"), port, tls_port
 
 
 def start_mitm(tmp: Path, body: bytes, path: str, full: bool = False) -> tuple[Server, int]:
@@ -275,6 +312,7 @@ class Bench:
     scripts: dict[str, Path]
     rows: dict[str, Row] = field(default_factory=dict)
     rss: tuple[float, float] | None = None  # the appliance's (VmRSS, VmHWM) in MiB after its runs
+    single_ratios: dict[str, float] = field(default_factory=dict)  # median of alternating rounds
 
     def measure(self, key: str, name: str, servers: list[Server], url: str, script: str, *args: str,
                 items: int = 1, connections: int = 64, note: str = "", metrics: str | None = None,
@@ -387,7 +425,8 @@ def main() -> None:
               f"{LOAD_CORE}; {args.seconds:g} s per run; work dir {tmp}", flush=True)
         cloud, cloud_port = start_cloud(tmp)
         servers.append(cloud)
-        app, app_port = start_appliance(tmp, "appliance", cloud_port)
+        tls_port = free_port()
+        app, app_port = start_appliance(tmp, "appliance", cloud_port, tls_port=tls_port)
         servers.append(app)
         base = f"http://127.0.0.1:{app_port}"
 
@@ -410,8 +449,8 @@ def main() -> None:
         # -- appliance, local answers
         print("appliance (query door, HTTP, pinned to core 0):", flush=True)
         if not args.batches:
-            bench.measure("single", "single item, pattern (GET EICAR)", [app], base + single_path, "get",
-                          metrics=base, probe=base + single_path)
+            singles_against_nginx(bench, servers, app, base, f"https://127.0.0.1:{tls_port}", body,
+                                  single_path)
         measure_batches(bench, app, base, bodies)
         if args.batches:
             app.stop()
@@ -556,12 +595,43 @@ def before_and_after(bench: Bench, servers: list[Server], cloud_port: int, bodie
         servers.remove(app)
 
 
+def singles_against_nginx(bench: Bench, servers: list[Server], app: Server, base: str, tls_base: str,
+                          body: bytes, single_path: str, rounds: int = 3) -> None:
+    """The single-item GET on the appliance's HTTP and HTTPS doors and on nginx (HTTP, and
+    HTTPS with a certificate of the same key type), in alternating rounds so that both
+    meet the same machine; each ratio is the median of the rounds'. nginx stays up, idle
+    between its runs, and is measured again as the batches' yardstick later."""
+    started = start_nginx(bench.tmp, body)
+    if started is None:
+        print("  nginx: not installed (apt-get install -y nginx); single items measured alone")
+        bench.measure("single", "single item, pattern (GET EICAR)", [app], base + single_path,
+                      "get", metrics=base, probe=base + single_path)
+        return
+    nginx, port, tls_port = started
+    servers.append(nginx)
+    runs = [("single", "single item, pattern (GET EICAR)", app, base, base),
+            ("nginx", "nginx static body (1 worker)", nginx, f"http://127.0.0.1:{port}", None),
+            ("single_tls", "single item, pattern, HTTPS", app, tls_base, base),
+            ("nginx_tls", "nginx static body, HTTPS", nginx, f"https://127.0.0.1:{tls_port}", None)]
+    ratios: dict[str, list[float]] = {"single": [], "single_tls": []}
+    for n in range(rounds):
+        got: dict[str, Row] = {}
+        for key, name, server, url, metrics in runs if n % 2 == 0 else runs[::-1]:
+            got[key] = bench.measure(key, f"{name} [round {n + 1}]", [server], url + single_path,
+                                     "get", metrics=metrics)
+        ratios["single"].append(got["single"].result.rps / max(1.0, got["nginx"].result.rps))
+        ratios["single_tls"].append(got["single_tls"].result.rps / max(1.0, got["nginx_tls"].result.rps))
+    bench.single_ratios = {k: sorted(v)[len(v) // 2] for k, v in ratios.items()}
+    nginx.stop()
+    servers.remove(nginx)
+
+
 def baseline_nginx(bench: Bench, servers: list[Server], tmp: Path, body: bytes, single_path: str) -> None:
     started = start_nginx(tmp, body)
     if started is None:
         print("  nginx: not installed (apt-get install -y nginx)")
         return
-    nginx, nginx_port = started
+    nginx, nginx_port, _ = started
     servers.append(nginx)
     bench.measure("nginx", "nginx static body (1 worker)", [nginx],
                   f"http://127.0.0.1:{nginx_port}{single_path}", "get")
@@ -637,7 +707,12 @@ def summary(bench: Bench) -> None:
               + (f"  ({r.failed} failed)" if r.failed else ""))
     single, nginx, mitm = rows.get("single"), rows.get("nginx"), rows.get("mitm")
     print("ratios")
-    print(f"  appliance single-item / nginx static       {ratio(single, nginx)}   (goal >= 0.4)")
+    for key, label in (("single", "HTTP "), ("single_tls", "HTTPS")):
+        if key in bench.single_ratios:
+            print(f"  appliance single-item / nginx, {label}      {bench.single_ratios[key]:.3f}   "
+                  "(goal >= 0.8; median of alternating rounds)")
+    if not bench.single_ratios:
+        print(f"  appliance single-item / nginx static       {ratio(single, nginx)}   (goal >= 0.8)")
     print(f"  appliance single-item / bare mitmproxy     {ratio(single, mitm)}")
     # nginx's requests/s per core is the yardstick of how fast the machine is in this run
     nginx_per_core = per_core(nginx) if nginx else 0.0

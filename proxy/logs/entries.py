@@ -1,6 +1,6 @@
 """What a query-door answer becomes in the query log, worked out in the writer thread.
 
-The request path only queues ``(time, client, target, body, seconds)`` of a 200 answer
+The request path only queues ``(time, client, target, body, seconds, count)`` of 200 answers
 (plain values the garbage collector stops tracking at once, so a queue of them adds no
 work to its collections); here the rendered answer is read back (``json``) into one row
 per item. The rows' fixed part (service, item, verdict, action, source, origin, matched,
@@ -125,8 +125,9 @@ def templates(service: str, body: bytes) -> list[Template]:
     return [t for t in out if t is not None]
 
 
-Entry = tuple[float, str, bytes, bytes, float]
-"""A queued answer: time, client, request target, body, seconds it took."""
+Entry = tuple[Any, ...]
+"""A queued answer: time, client, request target, body, seconds it took; or, as the
+writer queues them, the same with ``count`` identical answers after (seconds summed)."""
 Row = tuple[Any, ...]
 """A query-log row, ``store.COLUMNS["query"]``."""
 
@@ -174,7 +175,8 @@ class Answers:
                 count = 1
             else:
                 t, client, target, body, seconds, count = group
-                seconds /= count
+                if count != 1:
+                    seconds /= count
             found = memo.get(id(body))
             if found is not None and found[0] is body:
                 tmpls = found[1]
@@ -276,8 +278,8 @@ def _grouped(entries: Iterable[Entry]) -> dict[Any, Any]:
     """``entries`` by group, in the order first seen. The first entry of a body is keyed
     by the body's id (cheap: with distinct answers that is every entry); a later one
     joins it when in the same second from the same client, else the group keyed by
-    (second, client, body id). A group of two or more is a list ``[t, client, target,
-    body, seconds summed, count]``; a tuple key means the body was seen before."""
+    (second, client, body id). A group of two or more entries is a list ``[t, client,
+    target, body, seconds summed, count]``; a tuple key means the body was seen before."""
     groups: dict[Any, Any] = {}
     get = groups.get
     for entry in entries:
@@ -292,11 +294,12 @@ def _grouped(entries: Iterable[Entry]) -> dict[Any, Any]:
             if group is None:
                 groups[slot] = entry
                 continue
-        if len(group) == 5:  # the second of its kind: now a group that counts
-            groups[slot] = [*group[:4], group[4] + entry[4], 2]
-        else:
+        n = entry[5] if len(entry) == 6 else 1
+        if type(group) is list:
             group[4] += entry[4]
-            group[5] += 1
+            group[5] += n
+        else:  # the second entry of its kind: now a group that counts
+            groups[slot] = [*group[:4], group[4] + entry[4], (group[5] if len(group) == 6 else 1) + n]
     return groups
 
 

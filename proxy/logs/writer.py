@@ -2,10 +2,16 @@
 
 ``observe`` (one call per answered request, on the event loop) and ``submit`` (a ready
 row for any log) never block and never raise: each is a length check and a deque
-append. A full queue (``capacity`` entries, ``log_queue``, or ``MAX_QUEUED_BYTES`` of
-answers held) drops the entry and counts it (``dropped``); the query itself was
-answered already. The thread wakes every ``interval`` seconds (at once when the queue is
-half full, so a busy door never fills it between two wakes), takes up to ``batch``
+append. ``observe`` first holds each answer back as a running group: the same answer
+(body object) to the same client in the same second only adds to its count, so a
+product asking the same thing in a loop costs the request path a comparison and the
+writer one entry, not one per query (the group is queued when a different answer comes,
+or taken by the writer when it wakes; a lock guards that hand-over). A full queue
+(``capacity`` entries, ``log_queue``, or ``MAX_QUEUED_BYTES`` of answers held) drops
+the entry and counts its answers (``dropped``); the query itself was answered already.
+
+The thread wakes every ``interval`` seconds (at once when the queue is half full, so a
+busy door never fills it between two wakes), takes up to ``batch``
 entries at a time, turns answers into rows (``entries.Answers``; the same answer to the
 same client within a second is one row with a ``count``) and writes each batch in one
 transaction, a few multi-row INSERTs (``store.insert_many``). A batch the database
@@ -68,6 +74,10 @@ class LogWriter:
         self._dropped_rows = 0
         self._lost = 0  # entries in batches the database refused
         self._count_lock = threading.Lock()
+        # the running group of identical answers: [t, client, target, body, seconds summed,
+        # count, second]; only observe adds to it, under _held_lock (the writer takes it)
+        self._held: list[Any] | None = None
+        self._held_lock = threading.Lock()
         self.written = 0  # rows
         self.retention_passes = 0
         self._wake = threading.Event()  # set to stop, or when the queue is half full
@@ -79,27 +89,43 @@ class LogWriter:
     # ------------------------------------------------------------ the request side
 
     def observe(self, request: Request, response: Response, seconds: float) -> None:
-        """Queue one answered request (call it from one thread: the event loop). Kept to a
-        length check and an append: it runs for every query."""
+        """Count one answered request (call it from one thread: the event loop). Kept to a
+        comparison when it repeats the answer held (see the module's docstring), and a
+        hand-over (a length check and an append) when not: it runs for every query."""
         try:
-            queue = self._queue
             if response.status != 200:
                 return
-            n = len(queue)
-            if n >= self.capacity:
-                self._dropped_answers += 1
-                return
-            size = len(response.body)
-            if size > SMALL:  # only large answers are weighed: small ones are bounded by count
-                if self._bytes_in - self._bytes_out + size > MAX_QUEUED_BYTES:
-                    self._dropped_answers += 1
+            body, client = response.body, request.client
+            now = self.clock()
+            second = int(now)
+            with self._held_lock:
+                held = self._held
+                if held is not None and held[3] is body and held[6] == second and held[1] == client:
+                    held[4] += seconds
+                    held[5] += 1
                     return
-                self._bytes_in += size
-            queue.append((self.clock(), request.client, request.target, response.body, seconds))
-            if n + 1 == self._half:  # a busy door fills the queue within an interval: wake now
-                self._wake.set()
+                self._held = [now, client, request.target, body, seconds, 1, second]
+                if held is not None:
+                    self._hand_over(held)
         except Exception:  # never into the request
             self._dropped_answers += 1
+
+    def _hand_over(self, group: list[Any]) -> None:
+        """Queue a group of identical answers (under ``_held_lock``), or drop and count it."""
+        queue = self._queue
+        n = len(queue)
+        if n >= self.capacity:
+            self._dropped_answers += group[5]
+            return
+        size = len(group[3])
+        if size > SMALL:  # only large answers are weighed: small ones are bounded by count
+            if self._bytes_in - self._bytes_out + size > MAX_QUEUED_BYTES:
+                self._dropped_answers += group[5]
+                return
+            self._bytes_in += size
+        queue.append(tuple(group[:6]))  # a tuple of plain values: the collector lets it be
+        if n + 1 == self._half:  # a busy door fills the queue within an interval: wake now
+            self._wake.set()
 
     def submit(self, table: str, row: tuple[Any, ...]) -> bool:
         """Queue a ready row for ``table`` (``store.COLUMNS``); False when it was dropped.
@@ -134,7 +160,8 @@ class LogWriter:
         return self._lost
 
     def pending(self) -> int:
-        return len(self._queue)
+        """Entries not yet taken: those queued and the group held."""
+        return len(self._queue) + (self._held is not None)
 
     def dropped_samples(self) -> list[tuple[dict[str, str], float]]:
         """``rampart_log_dropped_total`` by reason: ``queue_full`` and ``write_failed``."""
@@ -186,7 +213,7 @@ class LogWriter:
                 logger.exception("the log writer's follower failed")
 
     def _drain(self, conn: sqlite3.Connection) -> None:
-        while self._queue:
+        while self._queue or self._held is not None:
             taken, rows = self._take()
             try:
                 self.written += self.store.write(conn, rows)
@@ -200,20 +227,27 @@ class LogWriter:
         row: a product asking the same thing in a loop costs one row a second, not one per
         query).
 
-        Per entry only the ``popleft``: answers are told from ready rows by their length
-        summed in C (all answers, the usual case, need no loop), and large bodies are
-        weighed only when some are queued (``_bytes_in`` is added before the append, so a
-        large body taken is always seen)."""
+        Per entry only the ``popleft``: answers (6 values: ``entries.Entry`` with a count)
+        are told from ready rows (2) by their length summed in C (all answers, the usual
+        case, need no loop), and large bodies are weighed only when some are queued
+        (``_bytes_in`` is added before the append, so a large body taken is always seen).
+        Once the queue is empty the group held back by ``observe`` is taken too."""
         popleft = self._queue.popleft
         n = min(self.batch, len(self._queue))
         answers: list[tuple[Any, ...]] = [popleft() for _ in range(n)]
         rows: dict[str, list[tuple[Any, ...]]] = {}
-        if sum(map(len, answers)) != 5 * n:  # some (table, row) among the answers
+        if sum(map(len, answers)) != 6 * n:  # some (table, row) among the answers
             for table, row in (e for e in answers if len(e) == 2):
                 rows.setdefault(table, []).append(row)
             answers = [e for e in answers if len(e) != 2]
         if self._bytes_in != self._bytes_out:
             self._bytes_out += sum(size for size in map(len, map(_BODY, answers)) if size > SMALL)
+        if not self._queue:  # the group held is newer than all queued: the writer's now
+            with self._held_lock:
+                held, self._held = self._held, None
+            if held is not None:  # never queued, so neither weighed nor refused for room
+                answers.append(tuple(held[:6]))
+                n += 1
         if answers:
             query = self._answers.batch(answers)
             if query:

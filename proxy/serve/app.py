@@ -98,6 +98,8 @@ class App:
     fleet: Any = None
     """In the main process of ``workers`` above 1: every process's readings
     (``proxy.serve.fleet.Fleet``), for the console's status page."""
+    _labels: dict[bytes, str] = field(default_factory=dict, init=False, repr=False)
+    """Request target -> its route's metric label (bounded)."""
 
     # ------------------------------------------------------------ start / stop
 
@@ -329,8 +331,15 @@ class App:
             self.logs.on_upstream(endpoint, service, items, seconds, error)
 
     def _observe(self, request: Request, response: Response, seconds: float) -> None:
-        route = paths.route_of(request.target.split(b"?", 1)[0].decode("latin-1"))
-        self.stats.requests[(route.label if route is not None else "other", response.status)] += 1
+        target = request.target
+        label = self._labels.get(target)  # a product asks the same targets again and again
+        if label is None:
+            route = paths.route_of(target.split(b"?", 1)[0].decode("latin-1"))
+            label = route.label if route is not None else "other"
+            if len(self._labels) >= 4096:
+                self._labels.clear()
+            self._labels[target] = label
+        self.stats.requests[(label, response.status)] += 1
         self.stats.request_latency.observe(seconds)
         for observer in self.observers:
             observer(request, response, seconds)

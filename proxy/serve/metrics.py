@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 
 from proxy.errors import RelayError
-from proxy.model import Service
+from proxy.model import Service, Source
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ class Histogram:
         return out
 
 
+_ITEM_KEYS = {(service, source): (service.value, source.value)
+              for service in Service for source in Source}  # enum values without a lookup each
+
+
 class Stats:
     """Everything /metrics reports. Gauges are read through callbacks set by the app."""
 
@@ -86,9 +90,9 @@ class Stats:
     def count_items(self, service: Service, sources: Mapping[Any, int]) -> None:
         """Add one request's items, counted by source (a Source or its string value)."""
         items = self.items
-        s = service.value
+        key = _ITEM_KEYS.get
         for source, n in sources.items():
-            items[(s, getattr(source, "value", source))] += n
+            items[key((service, source)) or (service.value, getattr(source, "value", source))] += n
 
     # RelayObserver
     def on_upstream(

@@ -4,7 +4,11 @@ One ``HttpConnection`` per client: keep-alive, pipelined requests answered in
 order, and every bound enforced while bytes arrive (request head, body size,
 idle time, and the deadlines of a request's head and whole, from its first byte,
 so a client cannot hold a connection by trickling bytes; connections themselves
-are admitted by ``proxy.serve.listener``). A handler returns a ``Response``
+are admitted by ``proxy.serve.listener``).
+
+A request repeated byte for byte on a keep-alive connection (a product asking the same
+thing again, a health check) is answered again without parsing it, when the handler
+says the answer still holds (``Repeatable``; see ``HttpConnection._again``). A handler returns a ``Response``
 directly when it can answer at once
 (the common, fully local case: no task, no await) or an awaitable when it must
 wait for the relay. Handlers never see a malformed request: the server answers
@@ -22,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import httptools
 
@@ -30,9 +35,17 @@ from proxy.errors import ProtocolError
 from proxy.serve.conns import ConnectionCaps, Slot
 from proxy.serve.gate import Gate, forwarded_client, loopback_health, rate_limited
 from proxy.serve.listener import Listener, listening_socket
-from proxy.wire.http import Handler, Request, Response, coded, error_response, respond, settle
+from proxy.wire.http import Again, Handler, Request, Response, coded, error_response, respond, settle
 
 LINGER_SECONDS = 2.0  # how long a refused request's connection still drains the client's bytes
+
+class Repeatable(Protocol):
+    """A handler that can vouch for an answer it gave: ``repeat(request, response)`` is
+    what to call before sending ``response`` again for the same request (``Again``), or
+    None when the answer must be made afresh each time."""
+
+    def repeat(self, request: Request, response: Response) -> Again | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
@@ -46,11 +59,14 @@ class ServerLimits:
 
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
+        "_again",
         "_began",
         "_behind",
         "_body",
         "_body_size",
         "_busy",
+        "_candidate",
+        "_chunk",
         "_closing",
         "_deferred",
         "_draining",
@@ -69,6 +85,7 @@ class HttpConnection(asyncio.Protocol):
         "_progress",
         "_queue",
         "_refused",
+        "_repeat",
         "_slot",
         "_timer_at",
         "_url",
@@ -115,6 +132,10 @@ class HttpConnection(asyncio.Protocol):
         self._head_raw = 0
         self._last = self._began = self._timer_at = self.loop.time()
         self._idle: asyncio.TimerHandle | None = None
+        self._again = getattr(handler, "repeat", None)  # Repeatable's, when the handler is one
+        self._repeat: tuple[bytes, Request, Response, Again] | None = None
+        self._chunk: bytes | None = None  # the bytes being parsed, when they began a request
+        self._candidate: tuple[bytes, Request, Response, Again] | None = None
         self._reset()
 
     # ---------------------------------------------------------------- transport
@@ -197,7 +218,12 @@ class HttpConnection(asyncio.Protocol):
         if self._closing:
             return
         self._last = self.loop.time()
+        repeat = self._repeat
+        if repeat is not None and data == repeat[0] and self._again_answered(repeat):
+            return
         self._progress = False
+        self._chunk = data if self._again is not None and not self._in_message else None
+        self._candidate = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -218,6 +244,35 @@ class HttpConnection(asyncio.Protocol):
             deadline = self._message_deadline()
             if deadline < self._timer_at:
                 self._schedule(deadline)
+        elif self._candidate is not None:  # these bytes were one whole request, answered at once
+            self._repeat = self._candidate
+        self._chunk = None
+
+    def _again_answered(self, repeat: tuple[bytes, Request, Response, Again]) -> bool:
+        """Answer ``repeat``'s request again, unparsed, if nothing stands in the way; True
+        when it was. The fast path of a repeated request, shaped so because parsing,
+        routing and rendering are most of what a memoised answer costs.
+
+        It stands only between requests (nothing received of the next one, nothing being
+        answered or queued, not draining), for bytes that were one whole keep-alive GET
+        answered at once from the handler's memo, whose check (``Repeatable.repeat``) still
+        holds; and it does what ``_dispatch`` and ``_send`` do for such an answer: the rate
+        limit, the observer (metrics, logs, capture) and the write. Anything else goes the
+        plain path, which parses the bytes as any others (tests hold both paths equal).
+        """
+        holds, count = repeat[3]
+        if self._busy or self._queue or self._in_message or self._draining or not holds():
+            return False
+        request, response = repeat[1], repeat[2]
+        gate = self._gate
+        if gate is not None and gate.limits_rate and gate.take(request.client) > 0:
+            return False  # the plain path answers the 429 (a refused take counts nothing)
+        count()
+        if self._observe is not None:
+            self._observe(request, response, 0.0)
+        assert self.transport is not None
+        self.transport.write(response.wire())
+        return True
 
     # ---------------------------------------------------------------- parser callbacks
 
@@ -229,6 +284,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_size = 0
 
     def on_message_begin(self) -> None:
+        self._candidate = None  # a second request in the same bytes: they are not one request
         self._reset()
         self._in_head = self._in_message = True
         self._began = self._last
@@ -340,6 +396,12 @@ class HttpConnection(asyncio.Protocol):
                 return
         result = respond(self.handler, request)
         if isinstance(result, Response):
+            chunk = self._chunk
+            if chunk is not None and keep_alive and request.method == "GET" and not self._queue:
+                self._chunk = None  # only the chunk's first request (and it must be its only)
+                again = self._again(request, result) if self._again is not None else None
+                if again is not None:
+                    self._candidate = (chunk, request, result, again)
             self._send(request, result, keep_alive, started)
             return
         self._busy = True

@@ -13,7 +13,7 @@ and ``key=`` on them is accepted and ignored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.model import Service
 
@@ -27,13 +27,13 @@ class Route:
     service: Service | None = None
     prefix: bool = False
     items: str | None = None  # the batch field the relay fills (None: not a relay route)
+    label: str = field(init=False, compare=False)
+    """The metric label: the path, with ``{item}`` (``{file}`` for patterns) after a prefix
+    (made once: it is read for every request)."""
 
-    @property
-    def label(self) -> str:
-        """The metric label: the path, with ``{item}`` (``{file}`` for patterns) after a prefix."""
-        if not self.prefix:
-            return self.path
-        return self.path + ("{file}" if self.service is None else "{item}")
+    def __post_init__(self) -> None:
+        label = self.path + ("{file}" if self.service is None else "{item}") if self.prefix else self.path
+        object.__setattr__(self, "label", label)
 
 
 FILE = Route("/v1/file", ("POST",), Service.FILE, items="items")

@@ -36,10 +36,10 @@ def plain(entries: list[Entry], mask: ClientMask) -> list[Row]:
     """The rows as the slow, obvious reading gives them: group identical answers (the same
     body object to the same client in the same second), then read each body in full."""
     groups: dict[tuple[int, str, int], list[Any]] = {}
-    for t, client, target, body, seconds in entries:
+    for t, client, target, body, seconds, *count in entries:
         group = groups.setdefault((int(t), client, id(body)), [t, client, target, body, 0.0, 0])
         group[4] += seconds
-        group[5] += 1
+        group[5] += count[0] if count else 1
     rows: list[Row] = []
     for t, client, target, body, seconds, count in groups.values():
         service = service_of(target)

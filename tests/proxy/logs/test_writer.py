@@ -36,17 +36,32 @@ def test_a_blocked_writer_drops_and_counts_entries_while_observe_returns(
     try:
         writer.observe(request, response, 0.001)
         wait_for(lambda: writer.pending() == 0, "the writer to take the first entry and block")
-        for _ in range(150):  # the queue holds 100; 50 must be dropped, none may wait
-            writer.observe(request, response, 0.001)
-        assert writer.pending() == 100
-        assert writer.dropped == 50
-        assert ({"reason": "queue_full"}, 50.0) in writer.dropped_samples()
+        # 150 clients (identical answers to one client would be one entry): the queue holds
+        # 100 and the last is held back as a group, so 49 must be dropped, none may wait
+        for i in range(150):
+            writer.observe(*ask("GET", f"/v1/file/{EICAR_SHA256}", client=f"10.0.{i}.1"), 0.001)
+        assert writer.pending() == 101
+        assert writer.dropped == 49
+        assert ({"reason": "queue_full"}, 49.0) in writer.dropped_samples()
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
     writer.stop()
-    assert store.items_logged() == 101  # the one in flight and the 100 queued
     assert writer.lost == 0
+    assert store.items_logged() == 102  # the one in flight, the 100 queued and the one held
+
+
+def test_a_product_asking_the_same_thing_in_a_loop_is_one_entry(
+        ask: Ask, store: LogStore) -> None:
+    writer = LogWriter(store, interval=3600, clock=lambda: 1.8e9 + 0.5)
+    writer.start()
+    request, response = ask("GET", f"/v1/file/{EICAR_SHA256}")
+    for _ in range(1000):
+        writer.observe(request, response, 0.001)
+    assert writer.pending() == 1  # held back as one group, however many: nothing to drop
+    writer.stop()
+    (row,) = search(store, Search()).rows
+    assert (row["count"], row["latency_ms"]) == (1000, 1.0)
 
 
 def test_a_batch_the_database_refuses_is_counted_lost_not_retried(
