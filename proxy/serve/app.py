@@ -40,7 +40,7 @@ from proxy.serve.server import ServerLimits, start_server
 from proxy.settings import Layers
 from proxy.shared.state import SharedState
 from proxy.wire import paths, protocol
-from proxy.wire.http import Handler, Request, Response
+from proxy.wire.http import Again, Handler, Request, Response
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class App:
                 self.front(self.routes) if self.front is not None else self.routes,
                 self.cfg.listen, port, limits=limits, ssl_context=ssl_context,
                 observe=self._observe, gate=self.gate, caps=self.caps, door=f"query-{scheme}",
-                reuse_port=self.worker is not None,
+                reuse_port=self.worker is not None, repeat=self.repeat,
             )
         except OSError as e:
             raise RampartError(
@@ -331,18 +331,47 @@ class App:
             self.logs.on_upstream(endpoint, service, items, seconds, error)
 
     def _observe(self, request: Request, response: Response, seconds: float) -> None:
-        target = request.target
-        label = self._labels.get(target)  # a product asks the same targets again and again
+        self.stats.requests[(self._label(request.target), response.status)] += 1
+        self.stats.request_latency.observe(seconds)
+        for observer in self.observers:
+            observer(request, response, seconds)
+
+    def _label(self, target: bytes) -> str:
+        """The metric label of ``target``'s route (memoised: products ask the same again)."""
+        label = self._labels.get(target)
         if label is None:
             route = paths.route_of(target.split(b"?", 1)[0].decode("latin-1"))
             label = route.label if route is not None else "other"
             if len(self._labels) >= 4096:
                 self._labels.clear()
             self._labels[target] = label
-        self.stats.requests[(label, response.status)] += 1
-        self.stats.request_latency.observe(seconds)
-        for observer in self.observers:
-            observer(request, response, seconds)
+        return label
+
+    def repeat(self, request: Request, response: Response) -> Again | None:
+        """The query door's ``Repeat`` (``proxy.serve.server``): for an answer from the
+        routes' GET memo, whether it still holds, and ``answered``, which counts and
+        observes it once more exactly as a parsed request is (``Routes.__call__``'s memo
+        hit, then ``_observe``, with a latency of 0: nothing was made), with every key
+        worked out here, once, rather than per request."""
+        found = self.routes.repeat(request, response)
+        if found is None:
+            return None
+        holds, service, sources = found
+        items = self.stats.items
+        counts = [(metrics.item_key(service, source), n) for source, n in sources.items()]
+        requests, key = self.stats.requests, (self._label(request.target), response.status)
+        latency, observers = self.stats.request_latency, self.observers
+
+        def answered() -> None:
+            for item, n in counts:
+                items[item] += n
+            requests[key] += 1
+            latency.counts[0] += 1  # latency.observe(0.0), inline: its bucket is the first
+            latency.count += 1
+            for observer in observers:
+                observer(request, response, 0.0)
+
+        return holds, answered
 
     def log_answer(self, request: Request, response: Response, seconds: float) -> None:
         """Another door's answer (the intercept door's) to the query log, when it is on."""

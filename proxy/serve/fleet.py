@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.errors import RampartError
 from proxy.files import make_dirs
 from proxy.serve.metrics import Stats, stats_of
-from proxy.wire.http import Again, Handler, Request, Response
+from proxy.wire.http import Handler, Request, Response
 
 logger = logging.getLogger(__name__)
 
@@ -274,37 +274,24 @@ class Fleet:
 
     def front(self, handler: Handler) -> Handler:
         """``handler`` with GET /metrics and /readyz answered for the whole appliance."""
-        return _Front(self, handler)
+        async def metrics() -> Response:
+            return Response(200, await self.metrics(), content_type="text/plain; version=0.0.4")
 
+        async def ready() -> Response:
+            status, body = await self.readiness()
+            return Response(status, json.dumps(body, sort_keys=True).encode())
 
-class _Front:
-    """``Fleet.front``'s handler: the fleet's /metrics and /readyz, the rest ``handler``'s
-    (its ``repeat`` too, so a worker's door keeps the repeated-request fast path)."""
+        def serve(request: Request) -> Response | Awaitable[Response]:
+            target = request.target
+            if target.startswith(_FLEET_PATHS) and request.method == "GET":  # one test per query
+                path = target.split(b"?", 1)[0]
+                if path == b"/metrics":
+                    return metrics()
+                if path == b"/readyz":
+                    return ready()
+            return handler(request)
 
-    def __init__(self, fleet: Fleet, handler: Handler) -> None:
-        self.fleet = fleet
-        self.handler = handler
-        self._repeat = getattr(handler, "repeat", None)
-
-    def __call__(self, request: Request) -> Response | Awaitable[Response]:
-        target = request.target
-        if target.startswith(_FLEET_PATHS) and request.method == "GET":  # one test per query
-            path = target.split(b"?", 1)[0]
-            if path == b"/metrics":
-                return self._metrics()
-            if path == b"/readyz":
-                return self._ready()
-        return self.handler(request)
-
-    def repeat(self, request: Request, response: Response) -> Again | None:
-        return self._repeat(request, response) if self._repeat is not None else None
-
-    async def _metrics(self) -> Response:
-        return Response(200, await self.fleet.metrics(), content_type="text/plain; version=0.0.4")
-
-    async def _ready(self) -> Response:
-        status, body = await self.fleet.readiness()
-        return Response(status, json.dumps(body, sort_keys=True).encode())
+        return serve
 
 
 _FLEET_PATHS = (b"/metrics", b"/readyz")

@@ -72,6 +72,11 @@ _ITEM_KEYS = {(service, source): (service.value, source.value)
               for service in Service for source in Source}  # enum values without a lookup each
 
 
+def item_key(service: Service, source: Any) -> tuple[str, str]:
+    """``Stats.items``' key for ``service``'s items from ``source`` (a Source or its value)."""
+    return (service.value, getattr(source, "value", source))
+
+
 class Stats:
     """Everything /metrics reports. Gauges are read through callbacks set by the app."""
 
@@ -90,9 +95,8 @@ class Stats:
     def count_items(self, service: Service, sources: Mapping[Any, int]) -> None:
         """Add one request's items, counted by source (a Source or its string value)."""
         items = self.items
-        key = _ITEM_KEYS.get
         for source, n in sources.items():
-            items[key((service, source)) or (service.value, getattr(source, "value", source))] += n
+            items[_ITEM_KEYS.get((service, source)) or item_key(service, source)] += n
 
     # RelayObserver
     def on_upstream(

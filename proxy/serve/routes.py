@@ -31,7 +31,7 @@ from proxy.decide.engine import Ask, Engine
 from proxy.errors import ProtocolError
 from proxy.model import InspectQuery, Policy, Service, Source
 from proxy.wire import paths, protocol, replies
-from proxy.wire.http import Again, Handler, Request, Response
+from proxy.wire.http import Handler, Request, Response
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +147,11 @@ class Routes:
             return result
         return self._route(request)
 
-    def repeat(self, request: Request, response: Response) -> Again | None:
-        """``proxy.serve.server.Repeatable``: for a GET answered from the memo, whether the
-        answer still holds (the pattern and the lists are the very objects it was made
-        from) and how to count its items as a memo hit does; else None."""
+    def repeat(self, request: Request, response: Response
+               ) -> tuple[Callable[[], bool], Service, Counter[Any]] | None:
+        """For a GET answered from the memo: whether the answer still holds (the pattern
+        and the lists are the very objects it was made from), and the service and item
+        sources a memo hit counts (``App.repeat`` counts them); else None."""
         if request.method != "GET":
             return None
         engine = self.engine
@@ -159,16 +160,11 @@ class Routes:
         if memo is None or memo[2] is not response:
             return None
         patterns, lists = self._memo_of
-        service, sources, _ = memo
-        stats = engine.stats
 
         def holds() -> bool:
             return engine.patterns is patterns and engine.lists is lists
 
-        def count() -> None:
-            stats.count_items(service, sources)
-
-        return holds, count
+        return holds, memo[0], memo[1]
 
     def _route(self, request: Request) -> Response | Awaitable[Response]:
         path, _, query = request.target.partition(b"?")

@@ -4,18 +4,18 @@ One ``HttpConnection`` per client: keep-alive, pipelined requests answered in
 order, and every bound enforced while bytes arrive (request head, body size,
 idle time, and the deadlines of a request's head and whole, from its first byte,
 so a client cannot hold a connection by trickling bytes; connections themselves
-are admitted by ``proxy.serve.listener``).
+are admitted by ``proxy.serve.listener``). A handler returns a ``Response``
+directly when it can answer at once (the common, fully local case: no task, no
+await) or an awaitable when it must wait for the relay. Handlers never see a
+malformed request: the server answers those itself with a JSON error and closes the
+connection. A client that half-closes (shuts its sending side) once its requests are
+out still gets every answer, awaited ones included, then the close; over TLS asyncio
+closes on the client's EOF regardless, so a TLS client must keep its side open until
+answered.
 
 A request repeated byte for byte on a keep-alive connection (a product asking the same
-thing again, a health check) is answered again without parsing it, when the handler
-says the answer still holds (``Repeatable``; see ``HttpConnection._again``). A handler returns a ``Response``
-directly when it can answer at once
-(the common, fully local case: no task, no await) or an awaitable when it must
-wait for the relay. Handlers never see a malformed request: the server answers
-those itself with a JSON error and closes the connection. A client that
-half-closes (shuts its sending side) once its requests are out still gets every
-answer, awaited ones included, then the close; over TLS asyncio closes on the
-client's EOF regardless, so a TLS client must keep its side open until answered.
+thing again, a health check) is answered again without parsing it, when the door's
+``Repeat`` says the answer still holds (see ``HttpConnection._again_answered``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import httptools
 
@@ -39,12 +38,9 @@ from proxy.wire.http import Again, Handler, Request, Response, coded, error_resp
 
 LINGER_SECONDS = 2.0  # how long a refused request's connection still drains the client's bytes
 
-class Repeatable(Protocol):
-    """A handler that can vouch for an answer it gave: ``repeat(request, response)`` is
-    what to call before sending ``response`` again for the same request (``Again``), or
-    None when the answer must be made afresh each time."""
-
-    def repeat(self, request: Request, response: Response) -> Again | None: ...
+Repeat = Callable[[Request, Response], "Again | None"]
+"""Given a request and the answer just sent for it: what to call before sending that
+answer again for the same bytes (``Again``), or None when it must be made afresh."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +101,10 @@ class HttpConnection(asyncio.Protocol):
         gate: Gate | None = None,
         slot: Slot | None = None,
         live: set[HttpConnection] | None = None,
+        repeat: Repeat | None = None,
     ) -> None:
-        """``live``: the door's open connections, which this one joins while open (for a drain)."""
+        """``live``: the door's open connections, which this one joins while open (for a drain);
+        ``repeat``: how to answer a repeated request without parsing it (None: never)."""
         self.handler = handler
         self.limits = limits
         self._observe = observe
@@ -132,7 +130,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_raw = 0
         self._last = self._began = self._timer_at = self.loop.time()
         self._idle: asyncio.TimerHandle | None = None
-        self._again = getattr(handler, "repeat", None)  # Repeatable's, when the handler is one
+        self._again = repeat
         self._repeat: tuple[bytes, Request, Response, Again] | None = None
         self._chunk: bytes | None = None  # the bytes being parsed, when they began a request
         self._candidate: tuple[bytes, Request, Response, Again] | None = None
@@ -251,27 +249,26 @@ class HttpConnection(asyncio.Protocol):
     def _again_answered(self, repeat: tuple[bytes, Request, Response, Again]) -> bool:
         """Answer ``repeat``'s request again, unparsed, if nothing stands in the way; True
         when it was. The fast path of a repeated request, shaped so because parsing,
-        routing and rendering are most of what a memoised answer costs.
+        routing, rendering and the per-request bookkeeping are most of what a memoised
+        answer costs.
 
         It stands only between requests (nothing received of the next one, nothing being
         answered or queued, not draining), for bytes that were one whole keep-alive GET
-        answered at once from the handler's memo, whose check (``Repeatable.repeat``) still
-        holds; and it does what ``_dispatch`` and ``_send`` do for such an answer: the rate
-        limit, the observer (metrics, logs, capture) and the write. Anything else goes the
-        plain path, which parses the bytes as any others (tests hold both paths equal).
+        answered at once, for which ``repeat`` gave an ``Again`` whose check still holds;
+        then the rate limit, ``Again``'s ``answered`` (what the handler and ``observe``
+        count and record for an answer, made once for this one) and the write. Anything
+        else goes the plain path, which parses the bytes as any others (tests hold both
+        paths equal in what a client, the metrics and the logs see).
         """
-        holds, count = repeat[3]
+        holds, answered = repeat[3]
         if self._busy or self._queue or self._in_message or self._draining or not holds():
             return False
-        request, response = repeat[1], repeat[2]
         gate = self._gate
-        if gate is not None and gate.limits_rate and gate.take(request.client) > 0:
+        if gate is not None and gate.limits_rate and gate.take(repeat[1].client) > 0:
             return False  # the plain path answers the 429 (a refused take counts nothing)
-        count()
-        if self._observe is not None:
-            self._observe(request, response, 0.0)
+        answered()
         assert self.transport is not None
-        self.transport.write(response.wire())
+        self.transport.write(repeat[2].wire())
         return True
 
     # ---------------------------------------------------------------- parser callbacks
@@ -396,10 +393,11 @@ class HttpConnection(asyncio.Protocol):
                 return
         result = respond(self.handler, request)
         if isinstance(result, Response):
-            chunk = self._chunk
+            chunk = self._chunk  # None unless there is a self._again
             if chunk is not None and keep_alive and request.method == "GET" and not self._queue:
                 self._chunk = None  # only the chunk's first request (and it must be its only)
-                again = self._again(request, result) if self._again is not None else None
+                assert self._again is not None
+                again = self._again(request, result)
                 if again is not None:
                     self._candidate = (chunk, request, result, again)
             self._send(request, result, keep_alive, started)
@@ -513,14 +511,16 @@ async def start_server(
     gate: Gate | None = None,
     caps: ConnectionCaps | None = None,
     door: str | None = None,
+    repeat: Repeat | None = None,
 ) -> Listener:
     """Serve ``handler`` on ``host:port``; ``caps`` bounds connections per client and in all;
     ``reuse_port``: beside other processes' sockets on the same port (SO_REUSEPORT, the
-    query-door workers), the kernel spreading connections among them."""
+    query-door workers), the kernel spreading connections among them; ``repeat``: see
+    ``HttpConnection``."""
     sock = listening_socket(host, port, reuse_port=reuse_port)
     live: set[HttpConnection] = set()
     listener = Listener(
-        sock, lambda slot: HttpConnection(handler, limits, observe, gate, slot, live),
+        sock, lambda slot: HttpConnection(handler, limits, observe, gate, slot, live, repeat),
         door=door or ("https" if ssl_context is not None else "http"), caps=caps,
         ssl_context=ssl_context, handshake_timeout=limits.head_timeout,
         refusal=_REFUSALS if ssl_context is None else None,

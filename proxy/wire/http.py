@@ -84,8 +84,9 @@ _HEADS: dict[tuple[object, ...], bytes] = {}
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 Again = tuple[Callable[[], bool], Callable[[], None]]
-"""(holds, count): whether an answer given still holds, and what its handler counts per
-answer: what the query door's server needs to send it again (``proxy.serve.server``)."""
+"""(holds, answered): whether an answer given still holds, and what counts and observes
+it as sent once more: what the query door's server needs to send it again without
+parsing the request (``proxy.serve.server``)."""
 
 
 def error_response(error: ProtocolError) -> Response:

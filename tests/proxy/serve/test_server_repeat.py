@@ -1,7 +1,7 @@
 """A request repeated byte for byte is answered again without parsing (the server's fast
-path, ``HttpConnection._again_answered``). Each test drives two real servers on 127.0.0.1
-over one real App each: one with the fast path, one whose handler cannot vouch for an
-answer (the plain path), and holds what a client, /metrics and the query log see equal."""
+path, ``HttpConnection._again_answered``, with ``App.repeat``). Each test drives two real
+servers on 127.0.0.1 over one real App each: one with the fast path, one without (the
+plain path), and holds what a client, /metrics and the query log see equal."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from proxy.decide.lists import Entry, EntryKind, ListName, ListSnapshot
 from proxy.logs.search import Search, search
 from proxy.serve.app import App
 from proxy.serve.server import ServerLimits, start_server
-from proxy.wire.http import Request, Response
 
 EICAR_SHA256 = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
 GET = f"GET /v1/file/{EICAR_SHA256} HTTP/1.1\r\nHost: door\r\n\r\n".encode()
@@ -25,7 +24,7 @@ TIMEOUT = 5.0
 
 
 class Door:
-    """An App and a server in front of its routes; ``fast=False`` hides ``Routes.repeat``."""
+    """An App and a server in front of its routes."""
 
     def __init__(self, app: App, port: int) -> None:
         self.app = app
@@ -50,13 +49,9 @@ async def _door(data: Path, fast: bool) -> tuple[Door, object]:
     data.mkdir(mode=0o700)
     app = App(Config(data_dir=data, query_port=0, query_tls_port=0, cloud=None))
     await app.start()  # no listener of its own (port 0); the logs and the engine
-    routes = app.routes
-
-    def plain(request: Request) -> Response | object:
-        return routes(request)
-
-    server = await start_server(routes if fast else plain, "127.0.0.1", 0, limits=ServerLimits(),
-                                observe=app._observe, gate=app.gate, caps=app.caps)
+    server = await start_server(app.routes, "127.0.0.1", 0, limits=ServerLimits(),
+                                observe=app._observe, gate=app.gate, caps=app.caps,
+                                repeat=app.repeat if fast else None)
     return Door(app, server.sockets[0].getsockname()[1]), server
 
 
@@ -99,7 +94,9 @@ async def test_repeats_get_the_same_answer_counts_and_log_as_parsed_requests(
     assert json.loads(got[0][0].split(b"\r\n\r\n", 1)[1])["results"][0]["source"] == "pattern"
     assert fast.counts() == plain.counts()
     assert fast.app.stats.items[("file", "pattern")] == 50
-    assert fast.app.stats.request_latency.count == plain.app.stats.request_latency.count == 50
+    latency = fast.app.stats.request_latency, plain.app.stats.request_latency
+    assert latency[0].count == latency[1].count == 50
+    assert latency[0].counts == latency[1].counts  # all in the first bucket: made in µs
     rows = await fast.log_rows()
     assert rows == await plain.log_rows()
     assert sum(r[3] for r in rows) == 50  # type: ignore[misc]
@@ -156,7 +153,8 @@ async def test_the_rate_limit_holds_for_repeated_requests(tmp_path: Path) -> Non
                      rate_limit=0.001, rate_burst=3))
     await app.start()
     server = await start_server(app.routes, "127.0.0.1", 0, limits=ServerLimits(),
-                                observe=app._observe, gate=app.gate, caps=app.caps)
+                                observe=app._observe, gate=app.gate, caps=app.caps,
+                                repeat=app.repeat)
     try:
         door = Door(app, server.sockets[0].getsockname()[1])
         statuses = [int(a.split(b" ", 2)[1]) for a in await ask_again(door, GET, 5)]
