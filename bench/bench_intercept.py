@@ -6,7 +6,10 @@ Run by hand; it prints figures and ratios and asserts nothing::
     python3 bench/bench_intercept.py [--seconds 6] [--connections 64]
 
 Three proxies, one at a time, each pinned to core 0 (wrk and the reference
-cloud on core 1), all as explicit HTTP proxies on 127.0.0.1 with keep-alive:
+cloud on core 1), all as explicit HTTP proxies on 127.0.0.1 with keep-alive, in
+``--rounds`` rounds (default 3) of alternating order; each ratio is the median of
+the rounds', by requests/s and by CPU time per request (which other load on a shared
+machine moves much less):
 
 - the appliance: ``rampart serve`` (intercept door on, other doors off but the
   query door's health check), relaying unknown items to ``rampart cloud``;
@@ -180,6 +183,15 @@ class Row:
     failed: int
     cpu: float
 
+    @property
+    def cpu_per_request_us(self) -> float:
+        """The proxy's CPU time per request: moves much less with other load than req/s."""
+        return self.cpu / self.rps * 1e6 if self.rps else float("inf")
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
 
 def wrk(proc: Proc, proxy_port: int, script: Path, prefix: str, host: str, seconds: float,
         connections: int) -> Row:
@@ -211,6 +223,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=6)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the six runs, in alternating orders")
+    ap.add_argument("--profile", action="store_true",
+                    help="also py-spy the appliance during its runs and print its top functions")
     ap.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--body", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -268,23 +283,41 @@ def main() -> None:
             scripts[name].write_text(text)
         servers = [(appliance, proxy), (bare, bare_port), (dump, dump_port)]
         rows: dict[tuple[str, str], Row] = {}
+        profiles = []
+        runs: dict[tuple[str, str], list[Row]] = {}
+        for n in range(args.rounds):  # alternating orders: each proxy meets the same machine
+            for kind in ("answer", "relay"):
+                for proc, port in servers if n % 2 == 0 else servers[::-1]:
+                    check(port, prefix + EICAR_SHA256)  # warm
+                    spying = None
+                    if args.profile and proc is appliance and n == 0:
+                        import spy
+
+                        raw = tmp / f"spy-{kind}.txt"
+                        spying = spy.record(proc.popen.pid, max(1, args.seconds - 1), raw)
+                    row = wrk(proc, port, scripts[kind], prefix, host, args.seconds, args.connections)
+                    runs.setdefault((kind, proc.name), []).append(row)
+                    if spying is not None:
+                        spying.wait()
+                        profiles.append(spy.report(raw, f"appliance, {kind}s (py-spy)", 25))
+        print(f"\n{'scenario':<10} {'proxy':<16} {'round':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'cpu':>5} {'µs cpu/req':>10} {'failed':>7}")
+        for (kind, name), rows in runs.items():
+            for i, r in enumerate(rows):
+                print(f"{kind:<10} {name:<16} {i + 1:>5} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+                      f"{r.cpu:>5.2f} {r.cpu_per_request_us:>10.0f} {r.failed:>7}")
+        print("\nratios, the median of the rounds' (each round measures the three back to back):")
         for kind in ("answer", "relay"):
-            for proc, port in servers:
-                check(port, prefix + EICAR_SHA256)  # warm
-                rows[(kind, proc.name)] = wrk(proc, port, scripts[kind], prefix, host, args.seconds,
-                                              args.connections)
-        print(f"\n{'scenario':<10} {'proxy':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'cpu':>5} {'failed':>7}")
-        for (kind, name), r in rows.items():
-            print(f"{kind:<10} {name:<16} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-                  f"{r.cpu:>5.2f} {r.failed:>7}")
-        print()
-        for kind in ("answer", "relay"):
-            me = rows[(kind, "appliance")].rps
-            print(f"intercepted {kind + 's'}/s: {me:,.0f}   "
-                  f"/ bare mitmproxy (same addons, dict) = {me / rows[(kind, 'bare mitmproxy')].rps:.2f}   "
-                  f"/ mitmdump (default addons, dict) = {me / rows[(kind, 'mitmdump')].rps:.2f}")
-        print("(goals: answers ≥ 0.9 of bare mitmproxy and ≥ 1.8 of mitmdump)")
+            for other, label in (("bare mitmproxy", "bare mitmproxy (same addons, dict)"),
+                                 ("mitmdump", "mitmdump (default addons, dict)")):
+                mine, theirs = runs[(kind, "appliance")], runs[(kind, other)]
+                rate = median([a.rps / b.rps for a, b in zip(mine, theirs)])
+                cpu = median([b.cpu_per_request_us / a.cpu_per_request_us for a, b in zip(mine, theirs)])
+                print(f"  intercepted {kind + 's'}/s / {label:<36} {rate:5.2f}   "
+                      f"(by CPU per request: {cpu:5.2f})")
+        print("(goals: answers ≥ 0.95 of bare mitmproxy and ≥ 1.8 of mitmdump)")
+        for text in profiles:
+            print("\n" + text)
     finally:
         for p in reversed(procs):
             p.stop()
