@@ -152,6 +152,24 @@ class Capture:
         self.bound_port = 0
         self.start_error: str | None = None  # not `error`: that name is a mitmproxy hook
         self.started = False
+        self._observers: list[Callable[[Request, Response, float], None]] | None = None
+
+    def attach(self, observers: list[Callable[[Request, Response, float], None]]) -> None:
+        """Observe the query door's answers (its App's ``observers``) while capturing only:
+        ``observe`` is in the list while a file or a subscriber takes flows, and costs a
+        query nothing otherwise."""
+        self._observers = observers
+        self._follow()
+
+    def _follow(self) -> None:
+        """``observe`` in the observers exactly while ``active``."""
+        observers = self._observers
+        if observers is None:
+            return
+        if self.active and self.observe not in observers:
+            observers.append(self.observe)
+        elif not self.active and self.observe in observers:
+            observers.remove(self.observe)
 
     # ------------------------------------------------------------ life
 
@@ -163,6 +181,7 @@ class Capture:
                 self.file = os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "ab")
             except OSError as e:
                 raise RampartError(f"cannot open capture file {self.path.name!r}: {e.strerror}") from None
+            self._follow()
             logger.info("capturing reputation flows to %s", self.path.name)
         if self.port:
             try:
@@ -193,6 +212,7 @@ class Capture:
         if self.file is not None:
             self.file.close()
             self.file = None
+            self._follow()
 
     # ------------------------------------------------------------ sources
 
@@ -234,6 +254,7 @@ class Capture:
                 logger.error("capture file write failed, capture stopped: %s", e.strerror)
                 self.file.close()
                 self.file = None
+                self._follow()
         for sub in self.subscribers:
             if not sub.selection.wants(flow):
                 continue
@@ -270,6 +291,7 @@ class Capture:
             return await _close(writer)
         sub = Subscriber(selection)
         self.subscribers.add(sub)
+        self._follow()
         logger.info("capture subscriber %s joined (host=%s service=%s)", peer, selection.hosts,
                     selection.service)
         writer.write(
@@ -294,6 +316,7 @@ class Capture:
             pass
         finally:
             self.subscribers.discard(sub)
+            self._follow()
             hangup.cancel()
             logger.info("capture subscriber %s left: %d flows sent, %d dropped", peer, sub.sent,
                         sub.dropped)

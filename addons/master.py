@@ -117,7 +117,7 @@ def assemble(cfg: Config, layers: Layers | None = None) -> Doors:
     caps = connection_caps(cfg)  # every door's connections count against these
     door = QueryDoor(cfg, caps, layers)
     capture = Capture(cfg, caps)
-    door.app.observers.append(capture.observe)
+    capture.attach(door.app.observers)  # while capturing only
     door.capture = capture  # the query-door workers' flows reach it too (proxy.serve.feed)
     addons: list[Any] = [core.Core(), errorcheck.ErrorCheck(repeat_errors_on_stderr=True)]
     ours: list[Any] = [door]

@@ -147,12 +147,20 @@ async def test_file_capture_is_filtered_and_flushed_per_flow(tmp_path: Path) -> 
     assert len(read_flows(path.read_bytes())) == 3
 
 
-async def test_nothing_is_built_while_nobody_listens() -> None:
+async def test_nothing_is_built_while_nobody_listens(tmp_path: Path) -> None:
     cap = Capture(Config(capture_port=0))
+    observers: list[object] = []
+    cap.attach(observers)  # type: ignore[arg-type]
     await cap.start()
-    assert not cap.active
+    assert not cap.active and observers == []  # the query door does not even call it
     cap.observe(door_request("/v1/file/x"), Response(200, ANSWER), 0.001)  # no error, no work
     await cap.done()
+    to_file = Capture(Config(capture=tmp_path / "c.mitm", capture_port=0))
+    to_file.attach(observers)  # type: ignore[arg-type]
+    await to_file.start()
+    assert observers == [to_file.observe]  # while capturing, every answer
+    await to_file.done()
+    assert observers == []
 
 
 async def test_unwritable_capture_file_refused_at_start(tmp_path: Path) -> None:
@@ -171,6 +179,8 @@ async def _get(port: int, target: str) -> tuple[asyncio.StreamReader, asyncio.St
 
 async def test_live_stream_sends_matching_flows_to_each_subscriber() -> None:
     cap = Capture(Config(capture_port=free_port()))
+    observers: list[object] = []
+    cap.attach(observers)  # type: ignore[arg-type]
     await cap.start()
     try:
         _, w0, head = await _get(cap.bound_port, "/v2/nothing")
@@ -183,6 +193,7 @@ async def test_live_stream_sends_matching_flows_to_each_subscriber() -> None:
             if len(cap.subscribers) == 2:
                 break
             await asyncio.sleep(0.01)
+        assert observers == [cap.observe]  # the query door's answers reach it now
         cap.response(intercepted("/v1/file/abc"))
         cap.observe(door_request("/v1/web?url=http://x.test/"), Response(200, b"{}"), 0.001)
         buffer, whole = bytearray(), []
@@ -199,7 +210,7 @@ async def test_live_stream_sends_matching_flows_to_each_subscriber() -> None:
             if not cap.subscribers:
                 break
             await asyncio.sleep(0.01)
-        assert not cap.subscribers
+        assert not cap.subscribers and observers == []
     finally:
         await cap.done()
 
