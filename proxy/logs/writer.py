@@ -89,10 +89,12 @@ class LogWriter:
 
     # ------------------------------------------------------------ the request side
 
-    def observe(self, request: Request, response: Response, seconds: float) -> None:
-        """Count one answered request (call it from one thread: the event loop). Kept to a
-        comparison when it repeats the answer held (see the module's docstring), and a
-        hand-over (a length check and an append) when not: it runs for every query."""
+    def observe(self, request: Request, response: Response, seconds: float,
+                count: int = 1) -> None:
+        """Count one answered request, or ``count`` identical ones taking ``seconds`` each
+        (call it from one thread: the event loop). Kept to a comparison when it repeats the
+        answer held (see the module's docstring), and a hand-over (a length check and an
+        append) when not: it runs for every query."""
         try:
             if response.status != 200:
                 return
@@ -103,17 +105,18 @@ class LogWriter:
             try:
                 held = self._held
                 if held is not None and held[3] is body and now < held[6] and held[1] == client:
-                    held[4] += seconds
-                    held[5] += 1
+                    held[4] += seconds * count
+                    held[5] += count
                     return
                 # [6]: where its second ends (a clock stepping back joins the group held)
-                self._held = [now, client, request.target, body, seconds, 1, float(int(now) + 1)]
+                self._held = [now, client, request.target, body, seconds * count, count,
+                              float(int(now) + 1)]
                 if held is not None:
                     self._hand_over(held)
             finally:
                 lock.release()
         except Exception:  # never into the request
-            self._dropped_answers += 1
+            self._dropped_answers += count
 
     def _hand_over(self, group: list[Any]) -> None:
         """Queue a group of identical answers (under ``_held_lock``), or drop and count it."""

@@ -35,6 +35,7 @@ from proxy.serve.conns import ConnectionCaps, raise_fd_limit, total_for
 from proxy.serve.gate import Gate
 from proxy.serve.keeper import PatternKeeper
 from proxy.serve.listener import Listener
+from proxy.serve.repeats import Repeats
 from proxy.serve.routes import Routes, SafeBrowsingHandler
 from proxy.serve.server import ServerLimits, start_server
 from proxy.settings import Layers
@@ -109,6 +110,8 @@ class App:
         check_private_dir(cfg.data_dir)  # before anything is read from it or written to it
         self.stats = metrics.Stats()
         self.registry = metrics.registry_for(self.stats)
+        self.repeats = Repeats(self.stats, self.observers,
+                               lambda: self.logs.observe if self.logs is not None else None)
         self.keeper = PatternKeeper(cfg, sample_sources(self.sample),  # store, swaps, updates
                                     follow=self.worker is not None)
         patterns = self.keeper.open()
@@ -231,6 +234,7 @@ class App:
         self.lists_store.close()
         await self.keeper.stop()
         self.engine.patterns.close()
+        self.repeats.flush()  # the answers sent again in the doors' last loop turn
         if self.logs is not None:
             if self.logs.observe in self.observers:
                 self.observers.remove(self.logs.observe)
@@ -349,29 +353,14 @@ class App:
 
     def repeat(self, request: Request, response: Response) -> Again | None:
         """The query door's ``Repeat`` (``proxy.serve.server``): for an answer from the
-        routes' GET memo, whether it still holds, and ``answered``, which counts and
-        observes it once more exactly as a parsed request is (``Routes.__call__``'s memo
-        hit, then ``_observe``, with a latency of 0: nothing was made), with every key
-        worked out here, once, rather than per request."""
+        routes' GET memo, whether it still holds and what counts it once more as a parsed
+        request is counted (``proxy.serve.repeats``); None for any other answer."""
         found = self.routes.repeat(request, response)
         if found is None:
             return None
         holds, service, sources = found
-        items = self.stats.items
-        counts = [(metrics.item_key(service, source), n) for source, n in sources.items()]
-        requests, key = self.stats.requests, (self._label(request.target), response.status)
-        latency, observers = self.stats.request_latency, self.observers
-
-        def answered() -> None:
-            for item, n in counts:
-                items[item] += n
-            requests[key] += 1
-            latency.counts[0] += 1  # latency.observe(0.0), inline: its bucket is the first
-            latency.count += 1
-            for observer in observers:
-                observer(request, response, 0.0)
-
-        return holds, answered
+        return self.repeats.again(request, response, holds, service, sources,
+                                  self._label(request.target))
 
     def log_answer(self, request: Request, response: Response, seconds: float) -> None:
         """Another door's answer (the intercept door's) to the query log, when it is on."""
