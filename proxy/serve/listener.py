@@ -16,7 +16,9 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from proxy.errors import ProtocolError
 from proxy.serve.conns import ConnectionCaps, Slot
+from proxy.wire.http import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +175,22 @@ def listening_socket(host: str, port: int, *, reuse_port: bool = False, backlog:
         sock.close()
         raise
     return sock
+
+
+def over_caps(client_cap: bool) -> bytes:
+    """What a plain-HTTP connection over the connection caps is told before its close."""
+    if client_cap:
+        error = ProtocolError("too_many_connections",
+                              "too many connections from this address; close some and retry",
+                              status=429, headers=(("Retry-After", "1"),))
+    else:
+        error = ProtocolError("too_many_connections",
+                              "the server has too many connections; retry shortly",
+                              status=503, headers=(("Retry-After", "1"),))
+    response = error_response(error)
+    return response.head(False) + response.body
+
+
+# made once: a flood of refused connections costs a send and a close each
+PLAIN_REFUSALS = {True: over_caps(True), False: over_caps(False)}
+"""What a plain-HTTP connection over the caps is told (client cap: True), for ``Listener``."""

@@ -33,7 +33,7 @@ from proxy.config import default
 from proxy.errors import ProtocolError
 from proxy.serve.conns import ConnectionCaps, Slot
 from proxy.serve.gate import Gate, forwarded_client, loopback_health, rate_limited
-from proxy.serve.listener import Listener, listening_socket
+from proxy.serve.listener import PLAIN_REFUSALS, Listener, listening_socket
 from proxy.wire.http import Again, Handler, Request, Response, coded, error_response, respond, settle
 
 LINGER_SECONDS = 2.0  # how long a refused request's connection still drains the client's bytes
@@ -481,20 +481,6 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
 
 
-def over_caps(client_cap: bool) -> bytes:
-    """What a plain-HTTP connection over the connection caps is told before its close."""
-    if client_cap:
-        error = ProtocolError("too_many_connections",
-                              "too many connections from this address; close some and retry",
-                              status=429, headers=(("Retry-After", "1"),))
-    else:
-        error = ProtocolError("too_many_connections",
-                              "the server has too many connections; retry shortly",
-                              status=503, headers=(("Retry-After", "1"),))
-    response = error_response(error)
-    return response.head(False) + response.body
-
-
 def _upgrade_refused() -> ProtocolError:
     return ProtocolError("bad_request", "protocol upgrades are not supported")
 
@@ -523,11 +509,7 @@ async def start_server(
         sock, lambda slot: HttpConnection(handler, limits, observe, gate, slot, live, repeat),
         door=door or ("https" if ssl_context is not None else "http"), caps=caps,
         ssl_context=ssl_context, handshake_timeout=limits.head_timeout,
-        refusal=_REFUSALS if ssl_context is None else None,
+        refusal=PLAIN_REFUSALS if ssl_context is None else None,
     )
     listener.connections = live
     return listener
-
-
-# made once: a flood of refused connections costs a send and a close each
-_REFUSALS = {True: over_caps(True), False: over_caps(False)}
