@@ -599,8 +599,8 @@ def singles_against_nginx(bench: Bench, servers: list[Server], app: Server, base
                           body: bytes, single_path: str, rounds: int = 3) -> None:
     """The single-item GET on the appliance's HTTP and HTTPS doors and on nginx (HTTP, and
     HTTPS with a certificate of the same key type), in alternating rounds so that both
-    meet the same machine; each ratio is the median of the rounds'. nginx stays up, idle
-    between its runs, and is measured again as the batches' yardstick later."""
+    meet the same machine; each ratio is the median of the rounds'. nginx is stopped
+    after them; the baselines measure it again later, as the batches' yardstick."""
     started = start_nginx(bench.tmp, body)
     if started is None:
         print("  nginx: not installed (apt-get install -y nginx); single items measured alone")
