@@ -22,6 +22,7 @@ from typing import Any
 from proxy.clock import iso
 from proxy.console.errors import BadInput, StoreError
 from proxy.files import check_private_dir, create_private_sqlite, open_sqlite
+from proxy.transactions import immediate
 
 FILENAME = "console.sqlite"
 SCHEMA_VERSION = 1
@@ -123,19 +124,11 @@ class ConsoleStore:
     def write(self) -> Iterator[sqlite3.Cursor]:
         """One transaction: everything done on the cursor is committed together, or nothing."""
         with self._lock:
-            cur = self._conn.cursor()
             try:
-                cur.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._conn) as cur:
                     yield cur
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
             except sqlite3.Error as e:
                 raise StoreError(f"{FILENAME} refused the change: {e}") from e
-            finally:
-                cur.close()
 
     def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """The rows of one query."""

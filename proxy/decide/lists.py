@@ -50,6 +50,7 @@ from proxy.decide.list_schema import COLUMNS, FILENAME, SCHEMA_VERSION, create_s
 from proxy.errors import ListError
 from proxy.files import check_private_dir, create_private_sqlite, open_sqlite
 from proxy.model import Network
+from proxy.transactions import immediate
 
 __all__ = [
     "FILENAME", "MAX_BATCH", "MAX_IMPORT", "MAX_NOTE_LENGTH", "MAX_PATTERN_RULES", "MAX_VALUE_LENGTH",
@@ -282,19 +283,11 @@ class ListStore:
     def _transaction(self, what: str) -> Iterator[sqlite3.Cursor]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` on a new cursor, rolled back on any error (the
         caller holds the lock); a database error is a ListError saying it refused ``what``."""
-        cur = self._conn.cursor()
         try:
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self._conn) as cur:
                 yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
         except sqlite3.Error as e:
             raise ListError(f"the list store refused {what}: {e}") from e
-        finally:
-            cur.close()
 
     def _tell_mirror(self, cur: sqlite3.Cursor, mirror: ListMirror) -> None:
         changes = list_mirror.take_touched(cur)
