@@ -34,14 +34,10 @@ from proxy.errors import ProtocolError
 from proxy.serve.conns import ConnectionCaps, Slot
 from proxy.serve.gate import Gate, forwarded_client, loopback_health, rate_limited
 from proxy.serve.listener import PLAIN_REFUSALS, Listener, listening_socket
-from proxy.wire.http import Again, Handler, Request, Response, coded, error_response, respond, settle
+from proxy.wire import http as wire
+from proxy.wire.http import Handler, Request, Response, coding_refused, error_response, respond, settle
 
 LINGER_SECONDS = 2.0  # how long a refused request's connection still drains the client's bytes
-
-Repeat = Callable[[Request, Response], "Again | None"]
-"""Given a request and the answer just sent for it: what to call before sending that
-answer again for the same bytes (``Again``), or None when it must be made afresh."""
-
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
@@ -101,7 +97,7 @@ class HttpConnection(asyncio.Protocol):
         gate: Gate | None = None,
         slot: Slot | None = None,
         live: set[HttpConnection] | None = None,
-        repeat: Repeat | None = None,
+        repeat: wire.Repeat | None = None,
     ) -> None:
         """``live``: the door's open connections, which this one joins while open (for a drain);
         ``repeat``: how to answer a repeated request without parsing it (None: never)."""
@@ -131,9 +127,9 @@ class HttpConnection(asyncio.Protocol):
         self._last = self._began = self._timer_at = self.loop.time()
         self._idle: asyncio.TimerHandle | None = None
         self._again = repeat
-        self._repeat: tuple[bytes, Request, Response, Again] | None = None
+        self._repeat: tuple[bytes, Request, Response, wire.Again] | None = None
         self._chunk: bytes | None = None  # the bytes being parsed, when they began a request
-        self._candidate: tuple[bytes, Request, Response, Again] | None = None
+        self._candidate: tuple[bytes, Request, Response, wire.Again] | None = None
         self._reset()
 
     # ---------------------------------------------------------------- transport
@@ -246,7 +242,7 @@ class HttpConnection(asyncio.Protocol):
             self._repeat = self._candidate
         self._chunk = None
 
-    def _again_answered(self, repeat: tuple[bytes, Request, Response, Again]) -> bool:
+    def _again_answered(self, repeat: tuple[bytes, Request, Response, wire.Again]) -> bool:
         """Answer ``repeat``'s request again, unparsed, if nothing stands in the way; True
         when it was. The fast path of a repeated request, shaped so because parsing,
         routing, rendering and the per-request bookkeeping are most of what a memoised
@@ -318,23 +314,10 @@ class HttpConnection(asyncio.Protocol):
                 self._error = self._too_large()
                 raise self._error
         elif len(name) in (16, 17):
-            self._check_coding(name.lower(), value)
-
-    def _check_coding(self, name: bytes, value: bytes) -> None:
-        """Refuse bodies we would otherwise misread as plain bytes: any content coding (415),
-        and any transfer coding but chunked (501), which httptools decodes itself."""
-        if name == b"content-encoding" and coded(value, b"identity"):
-            self._error = ProtocolError(
-                "unsupported_encoding",
-                f"Content-Encoding {value[:40].decode('latin-1')!r} is not accepted: send the body"
-                " uncompressed", status=415)
-            raise self._error
-        if name == b"transfer-encoding" and coded(value, b"chunked"):
-            self._error = ProtocolError(
-                "unsupported_encoding",
-                f"Transfer-Encoding {value[:40].decode('latin-1')!r} is not supported: only chunked",
-                status=501)
-            raise self._error
+            refused = coding_refused(name.lower(), value)
+            if refused is not None:
+                self._error = refused
+                raise refused
 
     def _head_too_large(self) -> ProtocolError:
         return ProtocolError(
@@ -497,7 +480,7 @@ async def start_server(
     gate: Gate | None = None,
     caps: ConnectionCaps | None = None,
     door: str | None = None,
-    repeat: Repeat | None = None,
+    repeat: wire.Repeat | None = None,
 ) -> Listener:
     """Serve ``handler`` on ``host:port``; ``caps`` bounds connections per client and in all;
     ``reuse_port``: beside other processes' sockets on the same port (SO_REUSEPORT, the

@@ -87,6 +87,9 @@ Again = tuple[Callable[[], bool], Callable[[], None]]
 """(holds, answered): whether an answer given still holds, and what counts and observes
 it as sent once more: what the query door's server needs to send it again without
 parsing the request (``proxy.serve.server``)."""
+Repeat = Callable[[Request, Response], "Again | None"]
+"""Given a request and the answer just sent for it: what to call before sending that
+answer again for the same bytes (``Again``), or None when it must be made afresh."""
 
 
 def error_response(error: ProtocolError) -> Response:
@@ -124,3 +127,20 @@ def coded(value: bytes, plain: bytes) -> bool:
     """Whether a Content-Encoding or Transfer-Encoding value names a coding other than
     ``plain`` (``identity``, or ``chunked``, which the servers decode themselves)."""
     return any(c.strip().lower() not in (b"", plain) for c in value.split(b","))
+
+
+def coding_refused(name: bytes, value: bytes) -> ProtocolError | None:
+    """The refusal of a request header (``name`` lower-case) that would have its body
+    misread as plain bytes: any content coding (415), any transfer coding but chunked
+    (501), which the servers decode themselves; None for any other header or value."""
+    if name == b"content-encoding" and coded(value, b"identity"):
+        return ProtocolError(
+            "unsupported_encoding",
+            f"Content-Encoding {value[:40].decode('latin-1')!r} is not accepted: send the body"
+            " uncompressed", status=415)
+    if name == b"transfer-encoding" and coded(value, b"chunked"):
+        return ProtocolError(
+            "unsupported_encoding",
+            f"Transfer-Encoding {value[:40].decode('latin-1')!r} is not supported: only chunked",
+            status=501)
+    return None
