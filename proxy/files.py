@@ -298,3 +298,21 @@ def open_sqlite(path: Path, *, timeout: float = 10.0) -> sqlite3.Connection:
         except BaseException:
             conn.close()
             raise
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
+    """One write transaction, as the stores take it: a new cursor inside ``BEGIN
+    IMMEDIATE``, its work committed together or rolled back on any error (re-raised), the
+    cursor closed either way. A store turns ``sqlite3.Error`` into its own error around it."""
+    cur = conn.cursor()
+    try:
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+    finally:
+        cur.close()

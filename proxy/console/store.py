@@ -21,8 +21,7 @@ from typing import Any
 
 from proxy.clock import iso
 from proxy.console.errors import BadInput, StoreError
-from proxy.files import check_private_dir, create_private_sqlite, open_sqlite
-from proxy.transactions import immediate
+from proxy.files import check_private_dir, create_private_sqlite, immediate, open_sqlite
 
 FILENAME = "console.sqlite"
 SCHEMA_VERSION = 1

@@ -48,9 +48,8 @@ from proxy.decide.list_rules import (
 )
 from proxy.decide.list_schema import COLUMNS, FILENAME, SCHEMA_VERSION, create_schema, entry_of
 from proxy.errors import ListError
-from proxy.files import check_private_dir, create_private_sqlite, open_sqlite
+from proxy.files import check_private_dir, create_private_sqlite, immediate, open_sqlite
 from proxy.model import Network
-from proxy.transactions import immediate
 
 __all__ = [
     "FILENAME", "MAX_BATCH", "MAX_IMPORT", "MAX_NOTE_LENGTH", "MAX_PATTERN_RULES", "MAX_VALUE_LENGTH",
