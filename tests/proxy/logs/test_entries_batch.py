@@ -139,8 +139,33 @@ def odd_bodies() -> list[tuple[bytes, bytes]]:
     ]
 
 
+def odd_batches() -> list[tuple[bytes, bytes]]:
+    """Batches near ``_many``'s shape: each to be read in full where a result is not plain."""
+    answers = [FileAnswer(Verdict.MALICIOUS, Source.PATTERN, "Eicar_test_file", 3600),
+               FileAnswer(Verdict.CLEAN, Source.CLOUD, ttl=600),
+               FileAnswer(Verdict.MALICIOUS, Source.CLOUD, "x},{", 60)]  # a cut in a string
+    queries = [FileQuery(HashKind.MD5, bytes([i]) * 16) for i in range(3)]
+    batch = replies.render_files(V, queries, answers[:2] * 1 + answers[:1])
+    first, cut = batch.index(b'},{"') + 1, batch.rindex(b'},{"') + 1
+    urls = [WebQuery(u, u, "x") for u in ("http://a.example.test/},{", "http://b.example.test/")]
+    web = WebAnswer(Rating.SAFE, Source.CLOUD, 0, "news", 600)
+    return [
+        (b"/v1/file", replies.render_files(V, queries, answers)),
+        (b"/v1/file", batch.replace(b'"md5":"01', b'"md5":"\\u0041', 1)),  # an escaped item
+        (b"/v1/file", batch[:first] + b',{"md5":"aa","detail":{"a":[1]}}' + batch[first:]),  # nested
+        (b"/v1/file", batch[:cut] + b',{"verdict":"clean","md5":"bb"}' + batch[cut:]),  # subject later
+        (b"/v1/file", batch[:cut] + b',{"md5":"cc","source":"x","md5":"dd"}' + batch[cut:]),  # again
+        (b"/v1/file", batch[:cut] + b",{}" + batch[cut:]),  # an empty result
+        (b"/v1/file", batch[:cut] + b",7" + batch[cut:]),  # not an object
+        (b"/v1/file", batch[:cut] + b"x" + batch[cut:]),  # not JSON
+        (b"/v1/file", batch[:-2] + b",]}"),
+        (b"/v1/web", replies.render_web(V, urls, [web, web], None)),  # an item with a cut
+        (b"/v1/web", replies.render_web(V, urls[1:] * 3, [web] * 3, Policy.HIGH)),
+    ]
+
+
 def everything() -> list[tuple[bytes, bytes]]:
-    return file_bodies() + web_bodies() + domain_bodies() + odd_bodies()
+    return file_bodies() + web_bodies() + domain_bodies() + odd_bodies() + odd_batches()
 
 
 def entries_of(bodies: list[tuple[bytes, bytes]]) -> list[Entry]:
@@ -217,3 +242,20 @@ def test_single_answers_with_plain_items_are_read_by_their_shape() -> None:
     assert len(answers._shapes) < len(singles) // 2  # shapes repeat; items do not
     for _target, body in odd_bodies()[:4]:
         assert answers._single("file", body) is None
+
+
+def test_batches_with_plain_results_are_read_by_their_shapes() -> None:
+    """Not vacuous: a batch of plain results is read by ``_many``, whose rows are the full
+    reading's; a batch with any result not plain is left to the full reading."""
+    answers = Answers("full")
+    batches = [(t, b) for t, b in file_bodies() + web_bodies() + domain_bodies()
+               if b.count(b'"source"') > 1 and b"{[]}" not in b and b"\\" not in b]
+    assert len(batches) >= 3
+    for target, body in batches:
+        service = service_of(target) or ""
+        assert answers._many(service, body) == tuple(templates(service, body))
+    odd = odd_batches()
+    assert answers._many("file", odd[0][1]) is None  # a threat with a cut in it
+    assert all(answers._many("file", body) is None for _, body in odd[1:9])
+    assert answers._many("web", odd[9][1]) is None
+    assert answers._many("web", odd[10][1]) == tuple(templates("web", odd[10][1]))
