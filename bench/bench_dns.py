@@ -30,6 +30,11 @@ here; rbldnsd has no such thing, so that line has no ratio):
 ``--no-query-log`` measures rampart without its query log (a SQLite row per answer,
 written by a thread on the same core; rbldnsd keeps no log).
 
+``--floor`` adds two responders that answer every query NXDOMAIN without reading it
+(``bench/dns_floor.py``: an asyncio datagram protocol on uvloop, as the door's transport, and
+a plain recvfrom/sendto loop), run on the same core in the same rounds: their rate against
+rbldnsd's is the most any Python answer path on that transport can reach.
+
 A fourth query set, ``repeated``, asks a few hundred names (listed and not) over and over,
 as a mail server asks about its regular senders: the case the answer memo serves.
 """
@@ -162,6 +167,28 @@ class Server:
         return self.proc.pid
 
 
+def floor(kind: str, port: int) -> Server:
+    return Server(f"{kind} floor", [sys.executable, str(Path(__file__).with_name("dns_floor.py")),
+                                    kind, str(port)], port)
+
+
+def wait_udp(port: int, timeout: float = 30) -> None:
+    """Until something answers a query on ``port`` (any response code)."""
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(dns.message.make_query("probe.example", "A"), "127.0.0.1", port=port,
+                          timeout=0.5)
+            return
+        except (dns.exception.Timeout, OSError):
+            time.sleep(0.2)
+    sys.exit(f"bench_dns: nothing answered on port {port}")
+
+
 def rbldnsd(rbl: Path, port: int) -> Server:
     return Server("rbldnsd", ["rbldnsd", "-n", "-u", "nobody", "-b", f"127.0.0.1/{port}", "-w", str(rbl),
                               "-t", "3600", f"{DN_ZONE}:dnset:dn.zone", f"{IP_ZONE}:ip4set:ip.zone"], port)
@@ -226,6 +253,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="each dnsperf run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     ap.add_argument("--relayed", action="store_true", help="also relayed names (a reference cloud)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also Python responders that answer without reading (bench/dns_floor.py)")
     ap.add_argument("--no-query-log", action="store_true",
                     help="rampart without its query log (on by default: a row per answer)")
     args = ap.parse_args()
@@ -275,17 +304,23 @@ def main() -> None:
         lat: dict[tuple[str, str], tuple[float, float]] = {}
         rp, bp = free_port(), free_port()
         servers = [rbldnsd(rbl, bp), rampart(tmp, big, rp, "run", cloud)]
+        if args.floor:
+            servers += [floor("uvloop", free_port()), floor("blocking", free_port())]
         try:
             for s in servers:
-                wait_answering(s.port, probe)
+                if s.name.endswith("floor"):
+                    wait_udp(s.port)
+                else:
+                    wait_answering(s.port, probe)
             for s in servers:
                 settle(s.pid)
             kinds = ["listed", "not listed", "repeated"] + (["relayed"] if args.relayed else [])
             for _ in range(args.rounds):
                 for kind in kinds:
                     for s in servers:
-                        if kind == "relayed" and s.name == "rbldnsd":
-                            continue
+                        if (kind == "relayed" and s.name == "rbldnsd") or (
+                                s.name.endswith("floor") and kind != "listed"):
+                            continue  # a floor answers every name alike: measured once a round
                         before = cpu_seconds(s.pid)
                         rate, seen, done = dnsperf(s.port, files[kind], args.seconds)
                         rates.setdefault((s.name, kind), []).append(rate)
@@ -296,7 +331,7 @@ def main() -> None:
                 after[s.name] = rss_kib(s.pid)
             for kind in kinds:
                 for s in servers:
-                    if kind == "relayed" and s.name == "rbldnsd":
+                    if (kind == "relayed" and s.name == "rbldnsd") or s.name.endswith("floor"):
                         continue
                     lat[(s.name, kind)] = latencies(s.port, files[kind])
         finally:
@@ -337,6 +372,14 @@ def report(args: argparse.Namespace, n: int, n_ips: int, rates: dict[tuple[str, 
             rc, bc = statistics.median(cpu[("rampart", kind)]), statistics.median(cpu[("rbldnsd", kind)])
             print(f"  {'':<11} CPU per answered query: rampart {rc:.1f} us, rbldnsd {bc:.1f} us"
                   f" (rbldnsd / rampart {bc / rc:.2f})")
+    for name in ("uvloop floor", "blocking floor"):
+        if (name, "listed") not in rates:
+            continue
+        r, b = rates[(name, "listed")], rates[("rbldnsd", "listed")]
+        ratios = [x / y for x, y in zip(r, b)]
+        fc, bc = statistics.median(cpu[(name, "listed")]), statistics.median(cpu[("rbldnsd", "listed")])
+        print(f"  {name:<15} {spread(r)}  answers without reading; ratio to rbldnsd (listed)"
+              f" {statistics.median(ratios):.2f}; CPU per query {fc:.1f} us (rbldnsd {bc:.1f} us)")
     for name, (big_kib, small_kib) in memory.items():
         per_million = (big_kib - small_kib) * 1_000_000 / n / 1024
         print(f"  memory {name:<8} {big_kib / 1024:8.1f} MiB loaded,"
