@@ -68,6 +68,7 @@ MAX_MESSAGES = 65536  # messages on one TCP connection before it is closed
 IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3 suggests seconds, not minutes
 REFUSALS = ("client", "rate", "overload")
 MEMO = 4096
+MAX_GROUPS = 4096  # query-log rows held for the second at most (then written at once)
 
 Result = bytes | None | Awaitable[bytes | None]
 
@@ -131,6 +132,12 @@ class DnsDoor:
         self._tcp: Listener | None = None
         self._mask: tuple[Config | None, ClientMask | None] = (None, None)
         self._shapes: dict[tuple[Any, Any, str | None], entries.Template] = {}
+        # the rows of this second (log), by client, item and answer: [t, client as stored,
+        # count, seconds summed, shape, item, matched]; written by flush_log
+        self._groups: dict[tuple[Any, ...], list[Any]] = {}
+        self._second_ends = float("-inf")
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._wall: Callable[[], float] = time.time
         self._last_error = float("-inf")
         if stats is not None:
             self._register(stats)
@@ -174,6 +181,7 @@ class DnsDoor:
         for stream in list(self.streams):
             stream.abort()
         await asyncio.gather(*self._tasks, *closed, return_exceptions=True)
+        self.flush_log()
 
     # ------------------------------------------------------------ one message
 
@@ -259,7 +267,13 @@ class DnsDoor:
             seconds: float) -> None:
         """The Answerer's ``log`` hook: an answer about a domain or address becomes a
         query-log row like a ``/v1/domain`` answer's (service ``domain``), while
-        ``query_log`` is on; answers without one (REFUSED, FORMERR, the apex) are only counted."""
+        ``query_log`` is on; answers without one (REFUSED, FORMERR, the apex) are only counted.
+
+        Rows are held until their second ends (``flush_log``, by a timer, or when the next
+        second's first answer comes): the same answer to the same client within a second is
+        one row with a count and the mean latency, as the query door's identical answers
+        are (``proxy.logs.entries``). A mail server asks about its regular senders again and
+        again; each such query then costs a dict lookup, not a row written."""
         if answer is None:
             return
         logs = self._logs_of()
@@ -269,12 +283,49 @@ class DnsDoor:
         if not cfg.query_log:
             return
         name = item.name if isinstance(item, DomainQuery) else item
+        now = self._wall()
+        if not self._second_ends - 1.0 <= now < self._second_ends:  # another second (or the clock stepped)
+            self.flush_log()
+            self._second_ends = float(int(now) + 1)
+        key = (client, name, answer.rating, answer.source, answer.category, answer.matched)
+        groups = self._groups
+        group = groups.get(key)
+        if group is not None:  # the same answer to the same client in this second: counted
+            group[2] += 1
+            group[3] += seconds
+            return
+        if not groups:
+            self._flush_at_second_end(now)
+        elif len(groups) >= MAX_GROUPS:
+            self.flush_log()
+            groups = self._groups
+            self._flush_at_second_end(now)
         s = self._shapes.get((answer.rating, answer.source, answer.category)) or self._shape(answer)
         mask = self._mask[1] if self._mask[0] is cfg else None
-        logs.writer.submit("query", (
-            time.time(), (mask or self._mask_of(cfg))(client), round(seconds * 1e6) / 1000, 1,
-            s[0], clip(name, entries.MAX_ITEM), s[2], s[3], s[4], s[5],
-            clip(answer.matched, entries.MAX_TEXT), s[7], s[8]))
+        groups[key] = [now, (mask or self._mask_of(cfg))(client), 1, seconds, s,
+                       clip(name, entries.MAX_ITEM), clip(answer.matched, entries.MAX_TEXT)]
+
+    def flush_log(self) -> None:
+        """Hand the rows held for this second to the log writer: one per client, item and
+        answer, with how many times it was given and their mean latency."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        groups, self._groups = self._groups, {}
+        logs = self._logs_of() if groups else None
+        if logs is None:
+            return
+        submit = logs.writer.submit
+        for t, client, n, seconds, s, name, matched in groups.values():
+            submit("query", (t, client, round(seconds / n * 1e6) / 1000, n, s[0], name, s[2], s[3],
+                             s[4], s[5], matched, s[7], s[8]))
+
+    def _flush_at_second_end(self, now: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside a loop (a test): flush_log is called by hand
+            return
+        self._flush_timer = loop.call_later(max(0.0, self._second_ends - now) + 0.001, self.flush_log)
 
     def _shape(self, answer: WebAnswer) -> entries.Template:
         """The row's fixed part, read by ``entries.template`` (the log's own reading of a

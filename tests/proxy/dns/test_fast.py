@@ -189,6 +189,7 @@ def test_the_door_logs_each_answer_as_entries_template_reads_it(tmp_path: Path) 
                                                                        "10.0.0.0/8", "a\x00b"]))
         name = rng.choice(names)
         door.log("10.0.0.1", name, answer, "NOERROR", 0.0015)
+        door.flush_log()
         result: dict[str, Any] = {"domain": name, "rating": answer.rating.value,
                                   "source": answer.source.value}
         if answer.matched is not None:
@@ -197,6 +198,61 @@ def test_the_door_logs_each_answer_as_entries_template_reads_it(tmp_path: Path) 
             result["category"] = answer.category
         assert writer.rows[-1][4:] == entries.template("domain", result)
         assert writer.rows[-1][1:4] == ("10.0.0.1", 1.5, 1)
+
+
+def _door_with_writer(tmp_path: Path) -> tuple[Any, Writer]:
+    from proxy.dns.door import DnsDoor
+
+    cfg = Config(data_dir=tmp_path, query_port=0, query_tls_port=0, dns_port=0)
+    writer = Writer()
+    logs = type("Logs", (), {"writer": writer})()
+    door = DnsDoor(cfg, Answerer(lambda: None, cfg), logs_of=lambda: logs)  # type: ignore[arg-type,return-value]
+    return door, writer
+
+
+def test_the_same_answer_to_a_client_in_a_second_is_one_row(tmp_path: Path, monkeypatch: Any) -> None:
+    """Held until the second ends: a count and the mean latency per client, item and answer;
+    the next second's first answer writes the last second's rows; bounded per second."""
+    from proxy.dns import door as door_module
+    from proxy.model import Rating, Source, WebAnswer
+
+    door, writer = _door_with_writer(tmp_path)
+    bad = WebAnswer(Rating.DANGEROUS, Source.PATTERN, category="malware", matched="bad.example")
+    other = WebAnswer(Rating.DANGEROUS, Source.PATTERN, category="malware", matched="example")
+    clock = [1000.2]
+    door._wall = lambda: clock[0]
+    for t, client, answer, ms in [(1000.2, "10.0.0.1", bad, 1), (1000.5, "10.0.0.1", bad, 2),
+                                  (1000.6, "10.0.0.2", bad, 4), (1000.7, "10.0.0.1", other, 5),
+                                  (1000.9, "10.0.0.1", bad, 3)]:
+        clock[0] = t
+        door.log(client, "x.bad.example", answer, "NOERROR", ms / 1000)
+    assert writer.rows == []  # held for the second
+    clock[0] = 1001.05
+    door.log("10.0.0.1", "x.bad.example", bad, "NOERROR", 0.001)  # the next second
+    assert [(r[0], r[1], r[2], r[3], r[5], r[10]) for r in writer.rows] == [
+        (1000.2, "10.0.0.1", 2.0, 3, "x.bad.example", "bad.example"),
+        (1000.6, "10.0.0.2", 4.0, 1, "x.bad.example", "bad.example"),
+        (1000.7, "10.0.0.1", 5.0, 1, "x.bad.example", "example")]
+    door.flush_log()
+    assert writer.rows[-1][:4] == (1001.05, "10.0.0.1", 1.0, 1) and len(writer.rows) == 4
+    monkeypatch.setattr(door_module, "MAX_GROUPS", 2)
+    for i in range(5):
+        door.log("10.0.0.1", f"n{i}.example", bad, "NOERROR", 0.001)
+    assert len(writer.rows) == 4 + 4  # two flushes of two rows; the fifth is held
+    door.flush_log()
+    assert [r[5] for r in writer.rows[4:]] == [f"n{i}.example" for i in range(5)]
+
+
+async def test_rows_held_are_written_when_their_second_ends(tmp_path: Path) -> None:
+    import asyncio
+
+    from proxy.model import Rating, Source, WebAnswer
+
+    door, writer = _door_with_writer(tmp_path)
+    door.log("10.0.0.1", "x.bad.example", WebAnswer(Rating.DANGEROUS, Source.PATTERN), "NOERROR", 0.001)
+    assert writer.rows == []
+    await asyncio.sleep(1.1)  # no other answer came: the timer wrote it
+    assert [(r[1], r[3], r[5]) for r in writer.rows] == [("10.0.0.1", 1, "x.bad.example")]
 
 
 TAILS = [  # A IN without and with OPT, ANY IN, A IN with an OPT holding an option
