@@ -257,7 +257,7 @@ class Answers:
             self._prefix = prefix  # a bytes object keeps its hash: the next key is quicker
         is_url, tail = known
         value = raw.decode("utf-8", "replace")
-        return ((service, url_item(value) if is_url else value[:MAX_ITEM], *tail),)
+        return ((service, url_item(value) if is_url else value[:MAX_ITEM]) + tail,)  # noqa: RUF005 (see _many)
 
     def _many(self, service: str, body: bytes) -> tuple[Template, ...] | None:
         """A batch answer read by its results' shapes, as ``_single`` reads one result.
@@ -280,8 +280,7 @@ class Answers:
         pos = head.end()
         if body[pos:pos + 2] != b'{"':
             return None
-        shapes, learn = self._shapes, self._learn
-        out: list[Template] = []
+        shapes, learn, out = self._shapes, self._learn, []
         for piece in body[pos + 2:-3].split(b'},{"'):
             kind, _, rest = piece.partition(b'":"')
             raw, sep, tail = rest.partition(b'",')
@@ -295,7 +294,8 @@ class Answers:
                 if known is None:
                     return None
             value = raw.decode("utf-8", "replace")
-            out.append((service, url_item(value) if known[0] else value[:MAX_ITEM], *known[1]))
+            # (a, b) + tail: one tuple built in C, where (a, b, *tail) goes through a list
+            out.append((service, url_item(value) if known[0] else value[:MAX_ITEM]) + known[1])
         return tuple(out[:MAX_RESULTS])
 
     def _learn(self, shape: tuple[str, bytes, bytes], body: bytes, start: int,
