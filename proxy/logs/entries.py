@@ -127,6 +127,25 @@ def templates(service: str, body: bytes) -> list[Template]:
     return [t for t in out if t is not None]
 
 
+Items = tuple[str, list[str], list[str], list[str]]
+"""A batch answer's items by column (``proxy.wire.http.Response.items``): service, each
+item's subject key, its value and the text after it in the body."""
+
+
+class Logged:
+    """A batch answer as the writer queues it: its body and its items by column, read by
+    ``Answers`` instead of the body. Sized as its body (the queue weighs large answers)."""
+
+    __slots__ = ("body", "items")
+
+    def __init__(self, body: bytes, items: Items) -> None:
+        self.body = body
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.body)
+
+
 Entry = tuple[Any, ...]
 """A queued answer: time, client, request target, body, seconds it took; or, as the
 writer queues them, the same with ``count`` identical answers after (seconds summed)."""
@@ -139,9 +158,11 @@ class Answers:
 
     def __init__(self, clients: str | ClientMask) -> None:
         self.mask = clients if isinstance(clients, ClientMask) else ClientMask(clients)
-        self._memo: dict[int, tuple[bytes, tuple[Template, ...]]] = {}
+        self._memo: dict[int, tuple[bytes | Logged, tuple[Template, ...]]] = {}
         self._prefix = b"\0"  # the envelope of the last shape learnt
-        self._shapes: dict[tuple[str, bytes, bytes], tuple[bool, tuple[Any, ...]]] = {}
+        # (service, envelope or subject, text after the item): bytes read from a body, or
+        # str from a batch's items by column (the two never equal each other)
+        self._shapes: dict[tuple[str, bytes | str, bytes | str], tuple[bool, tuple[Any, ...]]] = {}
         self._services: dict[bytes, str | None] = {}
 
     def rows(self, t: float, client: str, target: bytes, body: bytes,
@@ -196,7 +217,7 @@ class Answers:
                 out += [head + tmpl for tmpl in tmpls]
         return out
 
-    def _templates(self, target: bytes, body: bytes) -> tuple[Template, ...]:
+    def _templates(self, target: bytes, body: bytes | Logged) -> tuple[Template, ...]:
         """The fixed part of each of ``body``'s rows, memoised by the body object (holding
         it, its id cannot be reused) when it is small: single answers repeat, batches
         seldom do."""
@@ -205,7 +226,7 @@ class Answers:
             return memo[1]
         return self._read(target, body, len(body) <= 4096)
 
-    def _read(self, target: bytes, body: bytes, keep: bool) -> tuple[Template, ...]:
+    def _read(self, target: bytes, body: bytes | Logged, keep: bool) -> tuple[Template, ...]:
         """``_templates`` for a body not in the memo; kept there when ``keep``."""
         prefix = target[:_LONGEST]  # service_of reads no further
         service = self._services.get(prefix, "")
@@ -217,8 +238,10 @@ class Answers:
         if service is None:
             found: tuple[Template, ...] = ()
         else:
-            found = (self._single(service, body) or self._many(service, body)
-                     or tuple(templates(service, body)))
+            by_column, raw = (self._by_column(service, body.items), body.body) if isinstance(
+                body, Logged) else (None, body)
+            found = (by_column or self._single(service, raw) or self._many(service, raw)
+                     or tuple(templates(service, raw)))
         if keep:
             if len(self._memo) >= MEMO:
                 self._memo.clear()
@@ -259,6 +282,31 @@ class Answers:
         value = raw.decode("utf-8", "replace")
         return ((service, url_item(value) if is_url else value[:MAX_ITEM]) + tail,)  # noqa: RUF005 (see _many)
 
+    def _by_column(self, service: str, items: Items) -> tuple[Template, ...] | None:
+        """A file batch's rows from its items by column (``Response.items``: the kinds, hex
+        digests and result ends the renderer joined into the body), with nothing read back:
+        each result end is a shape learnt once, as ``_many`` learns it, from a full reading
+        of that one result (``_learn``), so a row is what reading the body would give. The
+        result ends are the renderer's memoised strings (their hashes kept), so an item
+        costs a dict lookup and a tuple. None when any result end is not learnable (then
+        the body is read)."""
+        kind_of, names, hexes, tails = items
+        if kind_of != service:
+            return None
+        shapes, learn, out = self._shapes, self._learn, []
+        for name, digest, tail in zip(names, hexes, tails):
+            shape = (service, name, tail)
+            known = shapes.get(shape)
+            if known is None:
+                head = '{"protocol":1,"pattern":"","results":[{"' + name + '":"'
+                start = len(head.encode())
+                known = learn(shape, (head + digest + tail + "]}").encode(), start,
+                              start + len(digest.encode()))
+                if known is None:
+                    return None
+            out.append((service, url_item(digest) if known[0] else digest[:MAX_ITEM]) + known[1])
+        return tuple(out[:MAX_RESULTS])
+
     def _many(self, service: str, body: bytes) -> tuple[Template, ...] | None:
         """A batch answer read by its results' shapes, as ``_single`` reads one result.
 
@@ -298,7 +346,7 @@ class Answers:
             out.append((service, url_item(value) if known[0] else value[:MAX_ITEM]) + known[1])
         return tuple(out[:MAX_RESULTS])
 
-    def _learn(self, shape: tuple[str, bytes, bytes], body: bytes, start: int,
+    def _learn(self, shape: tuple[str, bytes | str, bytes | str], body: bytes, start: int,
                end: int) -> tuple[bool, tuple[Any, ...]] | None:
         """The shape of ``body`` (cut at ``start``, ``end``), read in full and kept; None
         when it is not one flat result cut there."""

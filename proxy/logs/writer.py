@@ -35,7 +35,7 @@ from typing import Any
 
 from proxy.config import default
 from proxy.logs.clients import ClientMask
-from proxy.logs.entries import Answers
+from proxy.logs.entries import Answers, Logged
 from proxy.logs.store import COLUMNS, LogStore
 from proxy.wire.http import Request, Response
 
@@ -98,7 +98,8 @@ class LogWriter:
         try:
             if response.status != 200:
                 return
-            body, client = response.body, request.client
+            body: Any = response.body if response.items is None else Logged(response.body, response.items)
+            client = request.client
             now = self.clock()
             lock = self._held_lock
             lock.acquire()  # not ``with``: half the cost, and nothing below raises but a bug

@@ -35,7 +35,7 @@ from proxy.wire.http import Handler, Request, Response
 
 logger = logging.getLogger(__name__)
 
-Render = Callable[[list[Any]], bytes]
+Render = Callable[[list[Any]], "bytes | Response"]
 SafeBrowsingHandler = Callable[[str, str, dict[str, str], bytes, str], tuple[int, bytes, str]]
 """(method, path, query, body, content type) -> (status, body, content type); never raises."""
 Serve = Callable[[Request, str, bytes], "Response | Awaitable[Response]"]
@@ -247,18 +247,16 @@ class Routes:
             self.engine.stats.count_items(service, sources)
             if not sources.keys() & _CHANGING:
                 self._local = (service, sources)
-            return Response(200, render(answers))
+            return _ok(render(answers))
         return self._later(service, answers, ask, render)
 
     async def _later(self, service: Service, answers: list[Any], ask: Ask, render: Render) -> Response:
-        return Response(200, render(await self.engine.finish(service, answers, ask)))
+        return _ok(render(await self.engine.finish(service, answers, ask)))
 
     def _file(self, batch: protocol.FileBatch) -> Response | Awaitable[Response]:
         version = self.engine.version
         answers, ask = self.engine.begin_files(batch, self._client)
-        return self._answer(
-            Service.FILE, answers, ask, lambda a: replies.render_files(version, batch, a)
-        )
+        return self._answer(Service.FILE, answers, ask, lambda a: _file_response(version, batch, a))
 
     def _web_request(self, request: Request, _: str, query: bytes) -> Response | Awaitable[Response]:
         if request.method == "GET":
@@ -295,6 +293,20 @@ class Routes:
         return self._answer(
             Service.INSPECT, answers, ask, lambda a: replies.render_inspect(version, q, a[0])
         )
+
+
+def _ok(rendered: bytes | Response) -> Response:
+    return rendered if isinstance(rendered, Response) else Response(200, rendered)
+
+
+def _file_response(version: str, batch: protocol.FileBatch, answers: list[Any]) -> Response:
+    """A file batch's answer, carrying its items by column for the query log (a one-item
+    answer does not: the log reads those by their shape, memoised per body object, which
+    a repeated GET hands out again)."""
+    body, batch, tails = replies.render_file_parts(version, batch, answers)
+    if len(tails) < 2:
+        return Response(200, body)
+    return Response(200, body, items=("file", batch.names, batch.hexes, tails))
 
 
 def v4_error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:

@@ -49,6 +49,10 @@ class Response:
     body: bytes
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+    # what the query log reads instead of the body, when the route has it at hand: for a
+    # file batch ("file", names, hexes, result ends) (proxy.logs.entries.Answers)
+    items: tuple[str, list[str], list[str], list[str]] | None = field(
+        default=None, compare=False, repr=False)
     # head + body for a keep-alive answer, made once: memoised responses are sent many times
     _wire: bytes | None = field(default=None, init=False, compare=False, repr=False)
 

@@ -112,7 +112,16 @@ def _file_tails(answers: Sequence[FileAnswer], ids: list[int]) -> list[str]:
 def render_files(
     version: str, batch: FileBatch | Sequence[FileQuery], answers: Sequence[FileAnswer]
 ) -> bytes:
-    """The answer to a file batch, stitched in one join with no string per item.
+    """The answer to a file batch, stitched in one join with no string per item."""
+    return render_file_parts(version, batch, answers)[0]
+
+
+def render_file_parts(
+    version: str, batch: FileBatch | Sequence[FileQuery], answers: Sequence[FileAnswer]
+) -> tuple[bytes, FileBatch, list[str]]:
+    """``render_files``' body, with the batch by column and each item's result end (what
+    follows its hex digest in the body, ``'",' + fields + '}'``): the query log reads
+    the rows from these instead of the body (``proxy.logs.entries.Answers``).
 
     ``parts`` interleaves, per item, its subject's start (its kind), its hex digest and
     its result's end (one per distinct answer, memoised by identity: answers repeat a
@@ -121,14 +130,15 @@ def render_files(
     if not isinstance(batch, FileBatch):
         batch = FileBatch.of(batch)
     if not answers:
-        return _envelope(version, [])
+        return _envelope(version, []), batch, []
+    tails = _file_tails(answers, list(map(id, answers)))
     parts: list[str] = [""] * (3 * len(answers) + 1)
     parts[0:-1:3] = map(_SUBJECT.__getitem__, batch.names)
     parts[1:-1:3] = batch.hexes
-    parts[2:-1:3] = _file_tails(answers, list(map(id, answers)))
+    parts[2:-1:3] = tails
     parts[0] = f'{{"protocol":{PROTOCOL_VERSION},"pattern":{_dumps(version)},"results":[' + parts[0][1:]
     parts[-1] = "]}"
-    return "".join(parts).encode()
+    return "".join(parts).encode(), batch, tails
 
 
 def action(policy: Policy, answer: WebAnswer, *, block_degraded: bool = False) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from typing import Any
 
 import pytest
 
 from proxy.logs.clients import ClientMask
-from proxy.logs.entries import Answers, Entry, Row, service_of, templates
+from proxy.logs.entries import Answers, Entry, Logged, Row, service_of, templates
 from proxy.model import (
     DomainQuery,
     FileAnswer,
@@ -259,3 +260,44 @@ def test_batches_with_plain_results_are_read_by_their_shapes() -> None:
     assert all(answers._many("file", body) is None for _, body in odd[1:9])
     assert answers._many("web", odd[9][1]) is None
     assert answers._many("web", odd[10][1]) == tuple(templates("web", odd[10][1]))
+
+
+def by_column_bodies() -> list[tuple[bytes, Logged]]:
+    """File batches as the routes queue them: body and items by column (``Response.items``),
+    every kind, verdict and source, and threats the body must be read for (brackets)."""
+    answers = [FileAnswer(Verdict.MALICIOUS, Source.PATTERN, "Eicar_test_file", 3600),
+               FileAnswer(Verdict.CLEAN, Source.CACHE, ttl=120),
+               FileAnswer(Verdict.UNKNOWN, Source.DEGRADED, retry_after=60),
+               FileAnswer(Verdict.MALICIOUS, Source.CLOUD, 'Tro"jan\\x\n', 60),  # escapes: learnt
+               FileAnswer(Verdict.SUSPICIOUS, Source.CLOUD, "caf\u00e9", 60)]
+    odd = FileAnswer(Verdict.MALICIOUS, Source.CLOUD, "x{[]}", 60)  # brackets: the body is read
+    rng = random.Random(5)
+    out = []
+    for n, pool in ((2, answers), (40, answers), (300, answers), (30, [*answers, odd])):
+        queries = [FileQuery(k, os.urandom(k.size)) for k in rng.choices(list(HashKind), k=n)]
+        body, batch, tails = replies.render_file_parts(V, queries, rng.choices(pool, k=n))
+        out.append((b"/v1/file", Logged(body, ("file", batch.names, batch.hexes, tails))))
+    return out
+
+
+def test_a_batch_by_column_gives_the_rows_of_its_body() -> None:
+    answers = Answers("full")
+    logged = by_column_bodies()
+    entries = [(T0 + i, "192.0.2.1", target, body, 0.001) for i, (target, body) in enumerate(logged)]
+    read = [(t, c, target, body.body, s) for t, c, target, body, s in entries]
+    assert answers.batch(entries) == plain(read, ClientMask("full"))
+    assert Answers("full").rows(*entries[1]) == plain(read[1:2], ClientMask("full"))
+    fresh = Answers("full")  # not vacuous: the items are what is read, not the body
+    assert all(fresh._by_column("file", body.items) is not None for _, body in logged[:3])
+    assert fresh._by_column("file", logged[3][1].items) is None
+    assert fresh._by_column("web", logged[0][1].items) is None
+    assert len(Logged(b"abc", ("file", [], [], []))) == 3
+
+
+def test_the_routes_queue_a_batch_by_column(ask: Ask) -> None:
+    request, answer = ask("POST", "/v1/file", {"items": [{"sha256": EICAR_SHA256}, {"md5": "0" * 32}]})
+    assert answer.items is not None and answer.items[0] == "file"
+    assert ask("GET", f"/v1/file/{EICAR_SHA256}")[1].items is None  # one item: read by its shape
+    entry = (T0, request.client, request.target, Logged(answer.body, answer.items), 0.001)
+    assert Answers("full").batch([entry]) == plain(
+        [(T0, request.client, request.target, answer.body, 0.001)], ClientMask("full"))
