@@ -134,7 +134,8 @@ item's subject key, its value and the text after it in the body."""
 
 class Logged:
     """A batch answer as the writer queues it: its body and its items by column, read by
-    ``Answers`` instead of the body. Sized as its body (the queue weighs large answers)."""
+    ``Answers`` instead of the body. Sized as twice its body for the queue's weighing of
+    large answers (``MAX_QUEUED_BYTES``): the digests by column hold about as much again."""
 
     __slots__ = ("body", "items")
 
@@ -143,7 +144,7 @@ class Logged:
         self.items = items
 
     def __len__(self) -> int:
-        return len(self.body)
+        return 2 * len(self.body)
 
 
 Entry = tuple[Any, ...]

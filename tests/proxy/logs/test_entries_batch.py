@@ -291,7 +291,7 @@ def test_a_batch_by_column_gives_the_rows_of_its_body() -> None:
     assert all(fresh._by_column("file", body.items) is not None for _, body in logged[:3])
     assert fresh._by_column("file", logged[3][1].items) is None
     assert fresh._by_column("web", logged[0][1].items) is None
-    assert len(Logged(b"abc", ("file", [], [], []))) == 3
+    assert len(Logged(b"abc", ("file", [], [], []))) == 6  # weighed with its items
 
 
 def test_the_routes_queue_a_batch_by_column(ask: Ask) -> None:
