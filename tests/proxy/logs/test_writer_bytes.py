@@ -7,17 +7,24 @@ from __future__ import annotations
 import pytest
 
 from proxy.logs import writer as writer_module
+from proxy.logs.entries import Logged
 from proxy.logs.store import LogStore, relay_row
 from proxy.logs.writer import SMALL, LogWriter
+from proxy.wire.http import Response
 from tests.proxy.logs.conftest import EICAR_SHA256, Ask
 from tests.proxy.logs.test_writer import wait_for
+
+
+def weight(response: Response) -> int:
+    """What the writer weighs a queued answer as (a batch: with its items by column)."""
+    return len(Logged(response.body, response.items) if response.items else response.body)
 
 
 def test_large_answers_past_the_byte_bound_are_dropped_then_taken_again_once_written(
         ask: Ask, store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
     answers = [ask("POST", "/v1/file", {"items": [{"sha256": EICAR_SHA256}] * (40 + i)})
                for i in range(5)]
-    sizes = [len(response.body) for _, response in answers]
+    sizes = [weight(response) for _, response in answers]
     assert min(sizes) > SMALL
     monkeypatch.setattr(writer_module, "MAX_QUEUED_BYTES", sum(sizes[:3]))
     writer = LogWriter(store, interval=3600)  # not started: nothing is taken yet
@@ -37,7 +44,7 @@ def test_large_answers_past_the_byte_bound_are_dropped_then_taken_again_once_wri
 def test_the_bytes_taken_are_given_back_by_a_running_writer(
         ask: Ask, store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
     request, response = ask("POST", "/v1/file", {"items": [{"sha256": EICAR_SHA256}] * 60})
-    monkeypatch.setattr(writer_module, "MAX_QUEUED_BYTES", 2 * len(response.body))
+    monkeypatch.setattr(writer_module, "MAX_QUEUED_BYTES", 2 * weight(response))
     writer = LogWriter(store, interval=3600)
     writer.start()
     try:
