@@ -53,6 +53,7 @@ _ONE = re.compile(  # one flat result, its subject first: what replies.render_* 
     rb'"([^"\\\x00-\x1f]*)",([^{}\[\]]*)\}\]\}')  # an item with an escape is read in full
 _HEAD = re.compile(rb'\{"protocol":\d+,"pattern":"[^"\\]*","results":\[')  # a batch's envelope
 _BRACKETS = frozenset(b"{}[]")
+_ALONE = b'{"protocol":1,"pattern":"","results":[{"'  # one result alone, as a shape is learnt
 _decode = json.JSONDecoder().raw_decode  # json.loads less its checks: the body is our own
 _ENGINE_PATHS = tuple((r.path.encode(), r.service.value) for r in paths.ROUTES if r.service is not None)
 _PLAIN = bytes(c for c in range(0x20, 0x7f) if c != 0x5C)  # printable ASCII but "\\"
@@ -299,10 +300,10 @@ class Answers:
             shape = (service, name, tail)
             known = shapes.get(shape)
             if known is None:
-                head = '{"protocol":1,"pattern":"","results":[{"' + name + '":"'
-                start = len(head.encode())
-                known = learn(shape, (head + digest + tail + "]}").encode(), start,
-                              start + len(digest.encode()))
+                head = _ALONE + f'{name}":"'.encode()
+                value = digest.encode()
+                known = learn(shape, head + value + tail.encode() + b"]}", len(head),
+                              len(head) + len(value))
                 if known is None:
                     return None
             out.append((service, url_item(digest) if known[0] else digest[:MAX_ITEM]) + known[1])
@@ -336,10 +337,9 @@ class Answers:
             shape = (service, kind, tail)
             known = shapes.get(shape)
             if known is None or not sep or (not raw.isalnum() and raw.translate(None, _PLAIN)):
-                whole = b'{"protocol":1,"pattern":"","results":[{"' + piece + b"}]}"
-                at = 40 + len(kind) + 3
-                known = learn(shape, whole, at, at + len(raw)) if sep and b"\\" not in tail and not (
-                    _BRACKETS.intersection(tail)) else None
+                at = len(_ALONE) + len(kind) + 3
+                learnable = sep and b"\\" not in tail and not _BRACKETS.intersection(tail)
+                known = learn(shape, _ALONE + piece + b"}]}", at, at + len(raw)) if learnable else None
                 if known is None:
                     return None
             value = raw.decode("utf-8", "replace")
