@@ -1,17 +1,24 @@
 """Reading a table: opened through ``mmap``, checked against its header, and looked up
 without copying (``proxy.patterns.tables`` describes the format).
+
+Lookups are compiled when the optional C module ``_finder`` was built at install
+(``_finder.c`` says why): a table's ``lookup``, ``lookup_range`` and ``lookup_many`` are
+then its Finder's, set on the instance so that no Python frame is between the caller and
+the search. Without it (no compiler at install, or ``RAMPART_PLAIN_LOOKUPS=1``) they are
+the class's own methods, which give the same answers (tests/proxy/patterns/test_finder.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +45,24 @@ from proxy.patterns.tables.format import (
     _word_dtype,
 )
 
+if TYPE_CHECKING:
+    from proxy.patterns.tables._finder import Finder
+
 logger = logging.getLogger(__name__)
+
+
+def compiled_finder() -> type[Finder] | None:
+    """The compiled lookups' type, or None: not built, or ``RAMPART_PLAIN_LOOKUPS`` set."""
+    if os.environ.get("RAMPART_PLAIN_LOOKUPS"):
+        return None
+    try:
+        found: type[Finder] = importlib.import_module("proxy.patterns.tables._finder").Finder
+    except ImportError:
+        return None
+    return found
+
+
+FINDER = compiled_finder()
 
 
 def _read_header(mm: mmap.mmap, name: str) -> tuple[int, int, int, int, int, int, bytes]:
@@ -120,6 +144,7 @@ class Table:
             raise PatternError(f"{name}: corrupt bucket index")
         self._keys_off = keys_off
         self._ends_off = ends_off
+        self._index_off = index_off
         self._index_mv = memoryview(mm)[index_off : keys_off].cast("B").cast("Q")
         self._index = np.frombuffer(mm, dtype="<u8", count=(1 << bits) + 1, offset=index_off)
         self._keys = np.frombuffer(mm, dtype=np.uint8, count=count * width, offset=keys_off)
@@ -135,6 +160,16 @@ class Table:
             self._columns[cname] = np.frombuffer(mm, dtype=dt, count=count, offset=off)
             raw = memoryview(mm)[off : off + count * dt.itemsize]
             self._column_mvs[cname] = _cast_unsigned(raw, dt.itemsize)
+        self._finder: Finder | None = None
+        if FINDER is not None:
+            # The compiled search replaces the methods on this instance (a Python frame
+            # around it would cost as much as the search itself).
+            self._finder = FINDER(mm, keys_off, index_off, ends_off if self.is_range else -1,
+                                  count, width, bits, PatternError, name)
+            if self.is_range:
+                self.lookup_range = self._finder.lookup  # type: ignore[method-assign,assignment]
+            else:
+                self.lookup = self._finder.lookup  # type: ignore[method-assign,assignment]
 
     # ------------------------------------------------------------ open / close
 
@@ -161,6 +196,8 @@ class Table:
         if mm is None:
             return
         self._mm = None
+        if self._finder is not None:
+            self._finder.release()
         self._index_mv.release()
         for mv in self._column_mvs.values():
             mv.release()
@@ -272,6 +309,19 @@ class Table:
         return None
 
     def lookup_many(self, keys: KeysLike) -> npt.NDArray[np.int64]:
+        """Rows of many keys (-1 where missing): the compiled search, key by key, or
+        ``_lookup_many_plain``'s vectorised one."""
+        self._check_open()
+        q = _as_key_matrix(keys, self.key_width, self.path.name) if len(keys) else None
+        if q is None or self.count == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        if self._finder is None or self.is_range:
+            return self._lookup_many_plain(q)
+        out = np.empty(len(q), dtype=np.int64)
+        self._finder.lookup_many(np.ascontiguousarray(q), out)
+        return out
+
+    def _lookup_many_plain(self, keys: KeysLike) -> npt.NDArray[np.int64]:
         """Rows of many keys (-1 where missing), by a vectorised binary search per bucket."""
         self._check_open()
         q = _as_key_matrix(keys, self.key_width, self.path.name) if len(keys) else None

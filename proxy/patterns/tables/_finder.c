@@ -1,0 +1,361 @@
+/* proxy.patterns.tables._finder: a table's lookups, compiled.
+ *
+ * Why this exists: a single lookup in Python (Table.lookup, read.py) is about fifteen
+ * bytecodes around one mm.find, and the DNS door, the query door's single items and the
+ * overlay's filter test pay that on every key; a batch (lookup_many) is some twenty numpy
+ * passes with a temporary array each. Here the same search is one C call: the bucket from
+ * the key's first bits, a binary search of the bucket's rows by memcmp, and for an overlaid
+ * table the touched keys' bit filter first (a dict probe only when its bit is set).
+ *
+ * The format is the one proxy/patterns/tables/__init__.py describes; read.py checked the
+ * header and the sizes before a Finder is made. What read.py does not check, the bucket
+ * index's entries between its first and last, is clamped here to the key block, so a
+ * corrupt file finds nothing instead of reading outside its map.
+ *
+ * tests/proxy/patterns/test_finder.py holds every method equal to the Python path
+ * (Table._lookup_plain and the others), which stays the path when this module is not
+ * built (RAMPART_PLAIN_LOOKUPS=1 also chooses it).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK 32          /* keys whose memory reads overlap in lookup_many */
+#define PREFETCH_LINES 8  /* cache lines of a bucket's rows fetched ahead (16 rows of 32 bytes) */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;         /* the table's map, held while the Finder is open */
+    int held;
+    const unsigned char *keys;   /* N * W sorted keys */
+    const unsigned char *ends;   /* range tables: N * W ends; else NULL */
+    const unsigned char *index;  /* 2**B + 1 little-endian uint64 */
+    Py_ssize_t count, width;
+    int shift;                   /* 24 - B */
+    /* an overlaid table: the touched keys' filter (bit i of byte j: slot 8j + i), the
+       slot of a key being its first 3 bytes >> fdrop, and the dict key -> handle */
+    Py_buffer fview;
+    int fheld;
+    int fdrop;
+    PyObject *touched;
+    PyObject *error;             /* PatternError */
+    PyObject *name;              /* the table file's name, in messages */
+} Finder;
+
+static inline uint64_t le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+static inline uint32_t top24(const unsigned char *k) {
+    return (uint32_t)k[0] << 16 | (uint32_t)k[1] << 8 | k[2];
+}
+
+/* The bucket of a key as [lo, hi) rows, clamped to the key block. */
+static inline void bucket(const Finder *f, const unsigned char *key, Py_ssize_t *lo, Py_ssize_t *hi) {
+    uint32_t b = top24(key) >> f->shift;
+    uint64_t a = le64(f->index + 8 * (size_t)b), z = le64(f->index + 8 * ((size_t)b + 1));
+    uint64_t n = (uint64_t)f->count;
+    if (a > n) a = n;
+    if (z > n) z = n;
+    if (z < a) z = a;
+    *lo = (Py_ssize_t)a;
+    *hi = (Py_ssize_t)z;
+}
+
+/* The row of key among rows [lo, hi) (its bucket), or -1. */
+static Py_ssize_t search(const Finder *f, const unsigned char *key, Py_ssize_t lo, Py_ssize_t hi) {
+    size_t w = (size_t)f->width;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        int c = memcmp(f->keys + (size_t)mid * w, key, w);
+        if (c == 0) return mid;
+        if (c < 0) lo = mid + 1; else hi = mid;
+    }
+    return -1;
+}
+
+/* The row whose [start, end] holds key, its bucket being rows [lo, hi), or -1. */
+static Py_ssize_t range_in(const Finder *f, const unsigned char *key, Py_ssize_t lo, Py_ssize_t hi) {
+    size_t w = (size_t)f->width;
+    while (lo < hi) {  /* the last row in the bucket with start <= key; else the one before */
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (memcmp(f->keys + (size_t)mid * w, key, w) <= 0) lo = mid + 1; else hi = mid;
+    }
+    Py_ssize_t row = lo - 1;
+    if (row < 0) return -1;
+    return memcmp(key, f->ends + (size_t)row * w, w) <= 0 ? row : -1;
+}
+
+static Py_ssize_t find_base(const Finder *f, const unsigned char *key) {
+    Py_ssize_t lo, hi;
+    bucket(f, key, &lo, &hi);
+    return search(f, key, lo, hi);
+}
+
+static Py_ssize_t find_range(const Finder *f, const unsigned char *key) {
+    Py_ssize_t lo, hi;
+    bucket(f, key, &lo, &hi);
+    return range_in(f, key, lo, hi);
+}
+
+static int closed(Finder *f) {
+    if (!f->held) {
+        PyErr_Format(f->error, "%U: table is closed", f->name);
+        return 1;
+    }
+    return 0;
+}
+
+static int wrong_width(Finder *f, Py_ssize_t got) {
+    if (got != f->width) {
+        PyErr_Format(f->error, "%U: key is %zd bytes, expected %zd", f->name, got, f->width);
+        return 1;
+    }
+    return 0;
+}
+
+/* An overlaid table's touched keys: 1 and *h set when key is one (h -1: removed), 0 when
+   not, -1 on an error. */
+static int touched(Finder *f, const unsigned char *key, PyObject *key_obj, long long *h) {
+    uint32_t slot = top24(key) >> f->fdrop;
+    const unsigned char *bits = f->fview.buf;
+    if ((Py_ssize_t)(slot >> 3) >= f->fview.len || !(bits[slot >> 3] >> (slot & 7) & 1)) return 0;
+    PyObject *made = NULL;
+    if (key_obj == NULL || !PyBytes_CheckExact(key_obj)) {
+        key_obj = made = PyBytes_FromStringAndSize((const char *)key, f->width);
+        if (made == NULL) return -1;
+    }
+    PyObject *got = PyDict_GetItemWithError(f->touched, key_obj);  /* borrowed */
+    Py_XDECREF(made);
+    if (got == NULL) return PyErr_Occurred() ? -1 : 0;
+    *h = PyLong_AsLongLong(got);
+    if (*h == -1 && PyErr_Occurred()) return -1;
+    return 1;
+}
+
+static PyObject *row_or_none(Py_ssize_t row) {
+    if (row < 0) Py_RETURN_NONE;
+    return PyLong_FromSsize_t(row);
+}
+
+/* ------------------------------------------------------------------ methods */
+
+static PyObject *Finder_lookup(Finder *f, PyObject *key_obj) {
+    if (closed(f)) return NULL;
+    const unsigned char *key;
+    Py_ssize_t len;
+    Py_buffer kb;
+    int got_buffer = 0;
+    if (PyBytes_CheckExact(key_obj)) {
+        key = (const unsigned char *)PyBytes_AS_STRING(key_obj);
+        len = PyBytes_GET_SIZE(key_obj);
+    } else {
+        if (PyObject_GetBuffer(key_obj, &kb, PyBUF_SIMPLE) < 0) return NULL;
+        key = kb.buf;
+        len = kb.len;
+        got_buffer = 1;
+    }
+    PyObject *out = NULL;
+    if (len < 3) {  /* the filter reads three bytes; the width check names the fault */
+        wrong_width(f, len);
+        goto done;
+    }
+    if (f->touched != NULL) {
+        long long h;
+        int t = touched(f, key, key_obj, &h);
+        if (t < 0) goto done;
+        if (t) {
+            out = h >= 0 ? PyLong_FromLongLong(h) : Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    if (wrong_width(f, len)) goto done;
+    out = row_or_none(f->ends != NULL ? find_range(f, key) : find_base(f, key));
+done:
+    if (got_buffer) PyBuffer_Release(&kb);
+    return out;
+}
+
+static PyObject *Finder_lookup_many(Finder *f, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "lookup_many(keys, out): keys laid end to end, out int64s");
+        return NULL;
+    }
+    if (closed(f)) return NULL;
+    Py_buffer kb, ob;
+    if (PyObject_GetBuffer(args[0], &kb, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &ob, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&kb);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    Py_ssize_t w = f->width, n = kb.len / w;
+    if (kb.len % w || ob.len != n * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_Format(PyExc_ValueError, "lookup_many: %zd bytes of keys %zd wide, %zd bytes out",
+                     kb.len, w, ob.len);
+        goto done;
+    }
+    const unsigned char *keys = kb.buf;
+    int64_t *rows = ob.buf;
+    /* A block of keys at a time, in three passes: every key's bucket index entry is
+       fetched, then every bucket's rows, then each is searched. A large table misses the
+       CPU cache on both reads of every key; done key after key, each miss waits for the one
+       before (numpy's passes over the whole batch were faster than that), while a block's
+       misses overlap. */
+    Py_ssize_t lo[BLOCK], hi[BLOCK];
+    for (Py_ssize_t start = 0; start < n; start += BLOCK) {
+        Py_ssize_t m = n - start < BLOCK ? n - start : BLOCK;
+        const unsigned char *block = keys + (size_t)start * (size_t)w;
+        for (Py_ssize_t j = 0; j < m; j++)
+            __builtin_prefetch(f->index + 8 * (size_t)(top24(block + (size_t)j * w) >> f->shift));
+        for (Py_ssize_t j = 0; j < m; j++) {
+            bucket(f, block + (size_t)j * w, &lo[j], &hi[j]);
+            const unsigned char *first = f->keys + (size_t)lo[j] * w, *last = f->keys + (size_t)hi[j] * w;
+            for (int line = 0; first < last && line < PREFETCH_LINES; first += 64, line++)
+                __builtin_prefetch(first);
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            const unsigned char *key = block + (size_t)j * w;
+            int64_t *row = &rows[start + j];
+            if (f->touched != NULL) {
+                long long h;
+                int t = touched(f, key, NULL, &h);
+                if (t < 0) goto done;
+                if (t) {
+                    *row = h >= 0 ? h : -1;
+                    continue;
+                }
+            }
+            *row = f->ends != NULL ? range_in(f, key, lo[j], hi[j]) : search(f, key, lo[j], hi[j]);
+        }
+    }
+    out = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&kb);
+    PyBuffer_Release(&ob);
+    return out;
+}
+
+static PyObject *Finder_release(Finder *f, PyObject *unused) {
+    if (f->held) {
+        f->held = 0;
+        PyBuffer_Release(&f->view);
+    }
+    if (f->fheld) {
+        f->fheld = 0;
+        PyBuffer_Release(&f->fview);
+    }
+    Py_CLEAR(f->touched);
+    Py_RETURN_NONE;
+}
+
+/* Finder(map, keys_off, index_off, ends_off, count, width, bits, error, name
+ *        [, filter, fdrop, touched]): ends_off < 0 for a table of keys. */
+static int Finder_init(Finder *f, PyObject *args, PyObject *kw) {
+    PyObject *map, *error, *name, *filter = NULL, *touched_keys = NULL;
+    Py_ssize_t keys_off, index_off, ends_off, count, width;
+    int bits, fdrop = 0;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Finder: positional arguments only");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OnnnnniOU|OiO!:Finder", &map, &keys_off, &index_off, &ends_off,
+                          &count, &width, &bits, &error, &name, &filter, &fdrop,
+                          &PyDict_Type, &touched_keys))
+        return -1;
+    if (f->held || f->fheld) {
+        PyErr_SetString(PyExc_RuntimeError, "Finder: made once");
+        return -1;
+    }
+    if (PyObject_GetBuffer(map, &f->view, PyBUF_SIMPLE) < 0) return -1;
+    f->held = 1;
+    Py_ssize_t size = f->view.len;
+    int ok = bits >= 1 && bits <= 24 && width >= 3 && count >= 0 && index_off >= 0
+        && keys_off >= 0 && index_off + (((Py_ssize_t)1 << bits) + 1) * 8 <= size
+        && count <= (size - keys_off) / width
+        && (ends_off < 0 || (ends_off <= size && count <= (size - ends_off) / width));
+    if (ok && filter != NULL) {
+        ok = touched_keys != NULL && fdrop >= 0 && fdrop <= 24;
+        if (ok) {
+            if (PyObject_GetBuffer(filter, &f->fview, PyBUF_SIMPLE) < 0) return -1;
+            f->fheld = 1;
+            f->fdrop = fdrop;
+            f->touched = Py_NewRef(touched_keys);
+        }
+    }
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "Finder: sections outside the map");
+        return -1;
+    }
+    const unsigned char *base = f->view.buf;
+    f->keys = base + keys_off;
+    f->index = base + index_off;
+    f->ends = ends_off < 0 ? NULL : base + ends_off;
+    f->count = count;
+    f->width = width;
+    f->shift = 24 - bits;
+    Py_XSETREF(f->error, Py_NewRef(error));
+    Py_XSETREF(f->name, Py_NewRef(name));
+    return 0;
+}
+
+static int Finder_traverse(Finder *f, visitproc visit, void *arg) {
+    Py_VISIT(f->touched);
+    Py_VISIT(f->error);
+    return 0;
+}
+
+static void Finder_dealloc(Finder *f) {
+    PyObject_GC_UnTrack(f);
+    Finder_release(f, NULL);
+    Py_CLEAR(f->error);
+    Py_CLEAR(f->name);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static int Finder_clear(Finder *f) {
+    Py_CLEAR(f->touched);
+    Py_CLEAR(f->error);
+    return 0;
+}
+
+static PyMethodDef Finder_methods[] = {
+    {"lookup", (PyCFunction)Finder_lookup, METH_O,
+     "lookup(key) -> row or None (a range table: the row whose range holds key)"},
+    {"lookup_many", (PyCFunction)(void (*)(void))Finder_lookup_many, METH_FASTCALL,
+     "lookup_many(keys, out): the row of each key laid end to end in keys (-1: none) into out"},
+    {"release", (PyCFunction)Finder_release, METH_NOARGS, "let go of the map: lookups then raise"},
+    {NULL},
+};
+
+static PyTypeObject FinderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "proxy.patterns.tables._finder.Finder",
+    .tp_basicsize = sizeof(Finder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A table's lookups over its map (see the module's source for why).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Finder_init,
+    .tp_dealloc = (destructor)Finder_dealloc,
+    .tp_traverse = (traverseproc)Finder_traverse,
+    .tp_clear = (inquiry)Finder_clear,
+    .tp_methods = Finder_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_finder", "A table's lookups, compiled (see _finder.c).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__finder(void) {
+    if (PyType_Ready(&FinderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Finder", (PyObject *)&FinderType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
