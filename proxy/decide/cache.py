@@ -102,6 +102,14 @@ class AnswerCache(Generic[V]):
         self.misses += len(keys) - hits
         return list(map(_view, entries))
 
+    def get_view(self, key: str, make_view: Callable[[V, int], V]) -> V | None:
+        """``get_views`` for one key (the DNS door asks one name a query), with a miss
+        answered by one dict probe: the batch form's maps cost more than the lookup."""
+        if key not in self._data:
+            self.misses += 1
+            return None
+        return self.get_views([key], make_view)[0]
+
     def _views_one_by_one(self, keys: Sequence[str], make_view: Callable[[V, int], V],
                           now: float) -> list[V | None]:
         """``get_views`` key by key, dropping the expired entries it meets."""

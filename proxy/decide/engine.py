@@ -290,7 +290,7 @@ class Engine:
         if found is not None:
             return found, []
         key = f"domain:{q.name}"
-        cached = self.cache.get_views([key], _served_from_cache)[0]  # settle's, for one key
+        cached = self.cache.get_view(key, _served_from_cache)  # settle's, for one key
         if isinstance(cached, WebAnswer):  # what a domain key holds (None: not cached)
             return cached, []
         if self.relay is None or self.authoritative:

@@ -153,10 +153,11 @@ class OverlaidTable:
         self._plans: list[_ChunkPlan] | None = None
         self._finder = None
         if FINDER is not None and self._mm is not None:
-            # compiled: the filter, the dict and the base's search in one call (as Table's)
+            # compiled: the touched keys (in a hash table of the Finder's own, in place of the
+            # filter and the dict) and the base's search in one call, as Table's
             self._finder = FINDER(self._mm, base._keys_off, base._index_off, -1, n, base.key_width,
-                                  base.index_bits, PatternError, path.name, self._fbytes,
-                                  self._fdrop, touched)
+                                  base.index_bits, PatternError, path.name, b"".join(touched),
+                                  np.fromiter(touched.values(), np.int64, len(touched)))
             self.lookup = self._finder.lookup  # type: ignore[method-assign,assignment]
 
     @classmethod

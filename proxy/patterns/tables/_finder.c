@@ -5,7 +5,7 @@
  * overlay's filter test pay that on every key; a batch (lookup_many) is some twenty numpy
  * passes with a temporary array each. Here the same search is one C call: the bucket from
  * the key's first bits, a binary search of the bucket's rows by memcmp, and for an overlaid
- * table the touched keys' bit filter first (a dict probe only when its bit is set).
+ * table its touched keys first, in a hash table of their own (below).
  *
  * The format is the one proxy/patterns/tables/__init__.py describes; read.py checked the
  * header and the sizes before a Finder is made. What read.py does not check, the bucket
@@ -21,6 +21,16 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A touched key's place in the overlay's hash table: its fingerprint (32 bits of its hash
+   that do not pick the slot) and its index among the touched keys (-1: empty). 2**k slots
+   for n keys, at most half full: a probe reads one slot, rarely two, and one 8-byte slot
+   per cache line's eighth keeps 60k touched keys in 1 MB. Python's bit filter and dict
+   (table_overlay.py) answer the same question on the plain path. */
+typedef struct {
+    uint32_t fp;
+    int32_t at;
+} Slot;
+
 #define BLOCK 32          /* keys whose memory reads overlap in lookup_many */
 #define PREFETCH_LINES 8  /* cache lines of a bucket's rows fetched ahead (16 rows of 32 bytes) */
 
@@ -33,12 +43,17 @@ typedef struct {
     const unsigned char *index;  /* 2**B + 1 little-endian uint64 */
     Py_ssize_t count, width;
     int shift;                   /* 24 - B */
-    /* an overlaid table: the touched keys' filter (bit i of byte j: slot 8j + i), the
-       slot of a key being its first 3 bytes >> fdrop, and the dict key -> handle */
-    Py_buffer fview;
-    int fheld;
-    int fdrop;
-    PyObject *touched;
+    /* an overlaid table: the keys it touches (removed from the base, or added), laid end
+       to end, their handles (-1: removed), and an open-addressing table over them */
+    Py_buffer tview, hview;
+    int theld, hheld;
+    Slot *slots;                 /* NULL: not overlaid */
+    uint64_t mask;               /* slots - 1 */
+    /* and a private copy of the base's bucket index, clamped, whose top bit marks the
+       buckets a touched key falls in: a lookup reads its bucket's entry anyway, so an
+       untouched bucket costs nothing more (a filter of its own would be one more cache
+       miss a key); 8 bytes a bucket, half a byte a row */
+    uint64_t *marks;
     PyObject *error;             /* PatternError */
     PyObject *name;              /* the table file's name, in messages */
 } Finder;
@@ -53,16 +68,31 @@ static inline uint32_t top24(const unsigned char *k) {
     return (uint32_t)k[0] << 16 | (uint32_t)k[1] << 8 | k[2];
 }
 
-/* The bucket of a key as [lo, hi) rows, clamped to the key block. */
-static inline void bucket(const Finder *f, const unsigned char *key, Py_ssize_t *lo, Py_ssize_t *hi) {
+#define MARK (1ULL << 63)
+
+/* The bucket of a key as [lo, hi) rows, clamped to the key block; 1 when an overlaid
+   table's touched keys fall in it. */
+static inline int bucket(const Finder *f, const unsigned char *key, Py_ssize_t *lo, Py_ssize_t *hi) {
     uint32_t b = top24(key) >> f->shift;
-    uint64_t a = le64(f->index + 8 * (size_t)b), z = le64(f->index + 8 * ((size_t)b + 1));
-    uint64_t n = (uint64_t)f->count;
-    if (a > n) a = n;
-    if (z > n) z = n;
-    if (z < a) z = a;
-    *lo = (Py_ssize_t)a;
-    *hi = (Py_ssize_t)z;
+    uint64_t a, z;
+    if (f->marks != NULL) {
+        a = f->marks[b];
+        z = f->marks[b + 1] & ~MARK;
+    } else {
+        uint64_t n = (uint64_t)f->count;
+        a = le64(f->index + 8 * (size_t)b);
+        z = le64(f->index + 8 * ((size_t)b + 1));
+        if (a > n) a = n;
+        if (z > n) z = n;
+    }
+    *lo = (Py_ssize_t)(a & ~MARK);
+    *hi = (Py_ssize_t)(z < (a & ~MARK) ? (a & ~MARK) : z);
+    return (int)(a >> 63);
+}
+
+static inline const void *bucket_entry(const Finder *f, const unsigned char *key) {
+    uint32_t b = top24(key) >> f->shift;
+    return f->marks != NULL ? (const void *)&f->marks[b] : (const void *)(f->index + 8 * (size_t)b);
 }
 
 /* The row of key among rows [lo, hi) (its bucket), or -1. */
@@ -89,18 +119,6 @@ static Py_ssize_t range_in(const Finder *f, const unsigned char *key, Py_ssize_t
     return memcmp(key, f->ends + (size_t)row * w, w) <= 0 ? row : -1;
 }
 
-static Py_ssize_t find_base(const Finder *f, const unsigned char *key) {
-    Py_ssize_t lo, hi;
-    bucket(f, key, &lo, &hi);
-    return search(f, key, lo, hi);
-}
-
-static Py_ssize_t find_range(const Finder *f, const unsigned char *key) {
-    Py_ssize_t lo, hi;
-    bucket(f, key, &lo, &hi);
-    return range_in(f, key, lo, hi);
-}
-
 static int closed(Finder *f) {
     if (!f->held) {
         PyErr_Format(f->error, "%U: table is closed", f->name);
@@ -117,23 +135,33 @@ static int wrong_width(Finder *f, Py_ssize_t got) {
     return 0;
 }
 
-/* An overlaid table's touched keys: 1 and *h set when key is one (h -1: removed), 0 when
-   not, -1 on an error. */
-static int touched(Finder *f, const unsigned char *key, PyObject *key_obj, long long *h) {
-    uint32_t slot = top24(key) >> f->fdrop;
-    const unsigned char *bits = f->fview.buf;
-    if ((Py_ssize_t)(slot >> 3) >= f->fview.len || !(bits[slot >> 3] >> (slot & 7) & 1)) return 0;
-    PyObject *made = NULL;
-    if (key_obj == NULL || !PyBytes_CheckExact(key_obj)) {
-        key_obj = made = PyBytes_FromStringAndSize((const char *)key, f->width);
-        if (made == NULL) return -1;
+static inline uint64_t load_be(const unsigned char *p, Py_ssize_t n) {
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* A key's hash: its first and last (up to) 8 bytes, mixed (digests are uniform already;
+   the mix keeps other keys from crowding a few slots). */
+static inline uint64_t key_hash(const unsigned char *key, Py_ssize_t w) {
+    Py_ssize_t n = w < 8 ? w : 8;
+    uint64_t a = load_be(key, n), b = load_be(key + w - n, n);
+    uint64_t x = (a ^ (b << 29 | b >> 35)) * 0x9E3779B97F4A7C15ULL;
+    return x ^ (x >> 31);
+}
+
+/* An overlaid table's touched keys: 1 and *h set when key is one (h -1: removed), else 0. */
+static inline int touched(const Finder *f, const unsigned char *key, uint64_t hash, long long *h) {
+    uint32_t fp = (uint32_t)hash;
+    size_t w = (size_t)f->width;
+    for (uint64_t i = hash >> 32 & f->mask;; i = (i + 1) & f->mask) {
+        const Slot *s = &f->slots[i];
+        if (s->at < 0) return 0;
+        if (s->fp == fp && memcmp((const unsigned char *)f->tview.buf + (size_t)s->at * w, key, w) == 0) {
+            *h = ((const int64_t *)f->hview.buf)[s->at];
+            return 1;
+        }
     }
-    PyObject *got = PyDict_GetItemWithError(f->touched, key_obj);  /* borrowed */
-    Py_XDECREF(made);
-    if (got == NULL) return PyErr_Occurred() ? -1 : 0;
-    *h = PyLong_AsLongLong(got);
-    if (*h == -1 && PyErr_Occurred()) return -1;
-    return 1;
 }
 
 static PyObject *row_or_none(Py_ssize_t row) {
@@ -159,21 +187,14 @@ static PyObject *Finder_lookup(Finder *f, PyObject *key_obj) {
         got_buffer = 1;
     }
     PyObject *out = NULL;
-    if (len < 3) {  /* the filter reads three bytes; the width check names the fault */
-        wrong_width(f, len);
+    if (wrong_width(f, len)) goto done;
+    long long h;
+    Py_ssize_t lo, hi;
+    if (bucket(f, key, &lo, &hi) && touched(f, key, key_hash(key, len), &h)) {
+        out = h >= 0 ? PyLong_FromLongLong(h) : Py_NewRef(Py_None);
         goto done;
     }
-    if (f->touched != NULL) {
-        long long h;
-        int t = touched(f, key, key_obj, &h);
-        if (t < 0) goto done;
-        if (t) {
-            out = h >= 0 ? PyLong_FromLongLong(h) : Py_NewRef(Py_None);
-            goto done;
-        }
-    }
-    if (wrong_width(f, len)) goto done;
-    out = row_or_none(f->ends != NULL ? find_range(f, key) : find_base(f, key));
+    out = row_or_none(f->ends != NULL ? range_in(f, key, lo, hi) : search(f, key, lo, hi));
 done:
     if (got_buffer) PyBuffer_Release(&kb);
     return out;
@@ -206,13 +227,20 @@ static PyObject *Finder_lookup_many(Finder *f, PyObject *const *args, Py_ssize_t
        before (numpy's passes over the whole batch were faster than that), while a block's
        misses overlap. */
     Py_ssize_t lo[BLOCK], hi[BLOCK];
+    uint64_t hash[BLOCK];
+    int marked[BLOCK];
     for (Py_ssize_t start = 0; start < n; start += BLOCK) {
         Py_ssize_t m = n - start < BLOCK ? n - start : BLOCK;
         const unsigned char *block = keys + (size_t)start * (size_t)w;
         for (Py_ssize_t j = 0; j < m; j++)
-            __builtin_prefetch(f->index + 8 * (size_t)(top24(block + (size_t)j * w) >> f->shift));
+            __builtin_prefetch(bucket_entry(f, block + (size_t)j * w));
         for (Py_ssize_t j = 0; j < m; j++) {
-            bucket(f, block + (size_t)j * w, &lo[j], &hi[j]);
+            const unsigned char *key = block + (size_t)j * w;
+            marked[j] = bucket(f, key, &lo[j], &hi[j]);
+            if (marked[j]) {
+                hash[j] = key_hash(key, w);
+                __builtin_prefetch(&f->slots[hash[j] >> 32 & f->mask]);
+            }
             const unsigned char *first = f->keys + (size_t)lo[j] * w, *last = f->keys + (size_t)hi[j] * w;
             for (int line = 0; first < last && line < PREFETCH_LINES; first += 64, line++)
                 __builtin_prefetch(first);
@@ -220,14 +248,10 @@ static PyObject *Finder_lookup_many(Finder *f, PyObject *const *args, Py_ssize_t
         for (Py_ssize_t j = 0; j < m; j++) {
             const unsigned char *key = block + (size_t)j * w;
             int64_t *row = &rows[start + j];
-            if (f->touched != NULL) {
-                long long h;
-                int t = touched(f, key, NULL, &h);
-                if (t < 0) goto done;
-                if (t) {
-                    *row = h >= 0 ? h : -1;
-                    continue;
-                }
+            long long h;
+            if (marked[j] && touched(f, key, hash[j], &h)) {
+                *row = h >= 0 ? h : -1;
+                continue;
             }
             *row = f->ends != NULL ? range_in(f, key, lo[j], hi[j]) : search(f, key, lo[j], hi[j]);
         }
@@ -244,49 +268,46 @@ static PyObject *Finder_release(Finder *f, PyObject *unused) {
         f->held = 0;
         PyBuffer_Release(&f->view);
     }
-    if (f->fheld) {
-        f->fheld = 0;
-        PyBuffer_Release(&f->fview);
+    if (f->theld) {
+        f->theld = 0;
+        PyBuffer_Release(&f->tview);
     }
-    Py_CLEAR(f->touched);
+    if (f->hheld) {
+        f->hheld = 0;
+        PyBuffer_Release(&f->hview);
+    }
+    PyMem_Free(f->slots);
+    f->slots = NULL;
+    PyMem_Free(f->marks);
+    f->marks = NULL;
     Py_RETURN_NONE;
 }
 
 /* Finder(map, keys_off, index_off, ends_off, count, width, bits, error, name
- *        [, filter, fdrop, touched]): ends_off < 0 for a table of keys. */
+ *        [, touched_keys, handles]): ends_off < 0 for a table of keys; an overlaid table
+ * passes the keys it touches laid end to end and their handles as int64s. */
 static int Finder_init(Finder *f, PyObject *args, PyObject *kw) {
-    PyObject *map, *error, *name, *filter = NULL, *touched_keys = NULL;
+    PyObject *map, *error, *name, *tkeys = NULL, *handles = NULL;
     Py_ssize_t keys_off, index_off, ends_off, count, width;
-    int bits, fdrop = 0;
+    int bits;
     if (kw != NULL && PyDict_GET_SIZE(kw)) {
         PyErr_SetString(PyExc_TypeError, "Finder: positional arguments only");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OnnnnniOU|OiO!:Finder", &map, &keys_off, &index_off, &ends_off,
-                          &count, &width, &bits, &error, &name, &filter, &fdrop,
-                          &PyDict_Type, &touched_keys))
+    if (!PyArg_ParseTuple(args, "OnnnnniOU|OO:Finder", &map, &keys_off, &index_off, &ends_off,
+                          &count, &width, &bits, &error, &name, &tkeys, &handles))
         return -1;
-    if (f->held || f->fheld) {
+    if (f->held) {
         PyErr_SetString(PyExc_RuntimeError, "Finder: made once");
         return -1;
     }
     if (PyObject_GetBuffer(map, &f->view, PyBUF_SIMPLE) < 0) return -1;
     f->held = 1;
     Py_ssize_t size = f->view.len;
-    int ok = bits >= 1 && bits <= 24 && width >= 3 && count >= 0 && index_off >= 0
-        && keys_off >= 0 && index_off + (((Py_ssize_t)1 << bits) + 1) * 8 <= size
-        && count <= (size - keys_off) / width
-        && (ends_off < 0 || (ends_off <= size && count <= (size - ends_off) / width));
-    if (ok && filter != NULL) {
-        ok = touched_keys != NULL && fdrop >= 0 && fdrop <= 24;
-        if (ok) {
-            if (PyObject_GetBuffer(filter, &f->fview, PyBUF_SIMPLE) < 0) return -1;
-            f->fheld = 1;
-            f->fdrop = fdrop;
-            f->touched = Py_NewRef(touched_keys);
-        }
-    }
-    if (!ok) {
+    if (!(bits >= 1 && bits <= 24 && width >= 3 && width <= 64 && count >= 0 && index_off >= 0
+          && keys_off >= 0 && index_off + (((Py_ssize_t)1 << bits) + 1) * 8 <= size
+          && count <= (size - keys_off) / width
+          && (ends_off < 0 || (ends_off <= size && count <= (size - ends_off) / width)))) {
         PyErr_SetString(PyExc_ValueError, "Finder: sections outside the map");
         return -1;
     }
@@ -299,11 +320,52 @@ static int Finder_init(Finder *f, PyObject *args, PyObject *kw) {
     f->shift = 24 - bits;
     Py_XSETREF(f->error, Py_NewRef(error));
     Py_XSETREF(f->name, Py_NewRef(name));
+    if (tkeys != NULL && handles != NULL) {
+        if (PyObject_GetBuffer(tkeys, &f->tview, PyBUF_C_CONTIGUOUS) < 0) return -1;
+        f->theld = 1;
+        if (PyObject_GetBuffer(handles, &f->hview, PyBUF_C_CONTIGUOUS) < 0) return -1;
+        f->hheld = 1;
+        Py_ssize_t n = f->tview.len / width;
+        if (f->tview.len % width || f->hview.len != n * 8 || n >= INT32_MAX / 2) {
+            PyErr_SetString(PyExc_ValueError, "Finder: touched keys and handles differ");
+            return -1;
+        }
+        uint64_t nslots = 8;
+        while (nslots < 2 * (uint64_t)n) nslots <<= 1;
+        f->slots = PyMem_Malloc(nslots * sizeof(Slot));
+        if (f->slots == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        f->mask = nslots - 1;
+        for (uint64_t i = 0; i < nslots; i++) f->slots[i].at = -1;
+        const unsigned char *k = f->tview.buf;
+        for (Py_ssize_t j = 0; j < n; j++) {  /* a key twice (a caller's bug): the first stays */
+            long long h;
+            uint64_t hash = key_hash(k + (size_t)j * width, width);
+            if (touched(f, k + (size_t)j * width, hash, &h)) continue;
+            uint64_t i = hash >> 32 & f->mask;
+            while (f->slots[i].at >= 0) i = (i + 1) & f->mask;
+            f->slots[i].fp = (uint32_t)hash;
+            f->slots[i].at = (int32_t)j;
+        }
+        size_t entries = ((size_t)1 << bits) + 1;
+        f->marks = PyMem_Malloc(entries * sizeof(uint64_t));
+        if (f->marks == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t i = 0; i < entries; i++) {
+            uint64_t v = le64(f->index + 8 * i);
+            f->marks[i] = v > (uint64_t)count ? (uint64_t)count : v;
+        }
+        for (Py_ssize_t j = 0; j < n; j++)
+            f->marks[top24(k + (size_t)j * width) >> f->shift] |= MARK;
+    }
     return 0;
 }
 
 static int Finder_traverse(Finder *f, visitproc visit, void *arg) {
-    Py_VISIT(f->touched);
     Py_VISIT(f->error);
     return 0;
 }
@@ -317,7 +379,6 @@ static void Finder_dealloc(Finder *f) {
 }
 
 static int Finder_clear(Finder *f) {
-    Py_CLEAR(f->touched);
     Py_CLEAR(f->error);
     return 0;
 }
