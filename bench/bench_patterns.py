@@ -9,7 +9,8 @@ and batched lookups per second, the time to make a +50k/-10k diff, to merge
 it into a new table (``apply_table_diff``) and to open the result (merge +
 swap), the same diff applied as an overlay instead (``fold_diff`` and
 ``OverlaidTable``: overlay + swap, with single and batched lookup rates on
-base + overlay as ratios of the plain table's in the same run, and the
+base + overlay as ratios of the plain table's in the same run, and of the plain table
+looked up in Python (without the compiled lookups, ``tables/_finder.c``), and the
 compaction into the full file off the request path), and the agent pattern's
 bits per entry, measured false-positive rate and diff size when
 ``proxy.patterns.agent`` is present.
@@ -25,11 +26,14 @@ false positives, <= 150 KB diffs.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxy.patterns.table_diff import apply_table_diff, make_table_diff
 from proxy.patterns.table_overlay import OverlaidTable, fold_diff
 from proxy.patterns.tables import Table, write_table
+from proxy.patterns.tables.read import FINDER
 
 SEED = 20240101
 ADDED, REMOVED = 50_000, 10_000
@@ -80,17 +85,23 @@ def lookup_rates(table: Table | OverlaidTable, singles: list[bytes], mixed: np.n
     return out
 
 
-def paired_rates(a: Table | OverlaidTable, b: Table | OverlaidTable, singles: list[bytes],
-                 mixed: np.ndarray, rounds: int = 5) -> tuple[dict[str, float], dict[str, float]]:
-    """``lookup_rates`` of ``a`` and ``b`` taken in turns, best of ``rounds`` each: a ratio of
-    the two is then fair on a machine whose load changes during the run."""
-    ra: dict[str, float] = {}
-    rb: dict[str, float] = {}
+def python_path(table: Table) -> Any:
+    """``table`` looked up by its class's own Python methods: the path without the compiled
+    lookups (``proxy/patterns/tables/_finder.c``), with no Python frame added around them."""
+    return SimpleNamespace(lookup=functools.partial(Table.lookup, table),
+                           lookup_many=table._lookup_many_plain)
+
+
+def paired_rates(tables: list[Any], singles: list[bytes], mixed: np.ndarray,
+                 rounds: int = 5) -> list[dict[str, float]]:
+    """``lookup_rates`` of each table taken in turns, best of ``rounds`` each: a ratio of
+    two is then fair on a machine whose load changes during the run."""
+    rates: list[dict[str, float]] = [{} for _ in tables]
     for _ in range(rounds):
-        for got, table in ((ra, a), (rb, b)):
+        for got, table in zip(rates, tables):
             for k, v in lookup_rates(table, singles, mixed, repeat=1).items():
                 got[k] = max(got.get(k, 0.0), v)
-    return ra, rb
+    return rates
 
 
 def _timed(fn: object) -> float:
@@ -173,10 +184,17 @@ def bench(n: int, work: Path) -> None:
     over_mixed = mixed.copy()
     over_mixed[: q // 100] = added[rng.integers(0, ADDED, q // 100)]  # 1 % overlay hits
     rng.shuffle(over_mixed)
-    plain, overlaid = paired_rates(table, over, [row.tobytes() for row in over_mixed], over_mixed)
+    compiled = FINDER is not None
+    tables = [table, over, python_path(table)] if compiled else [table, over]
+    plain, overlaid, *python = paired_rates(tables, [row.tobytes() for row in over_mixed], over_mixed)
     for label, r in overlaid.items():
         print(f"overlaid {label.removesuffix(' lookup'):<6}{r:>12,.0f}/s   plain {plain[label]:,.0f}/s: "
               f"{r / plain[label]:.2f}x  (1 % overlay hits; until compaction, then plain)")
+    for label, r in python[0].items() if python else ():
+        print(f"python {label.removesuffix(' lookup'):<8}{r:>12,.0f}/s   (the plain table without the"
+              f" compiled lookups; overlaid {overlaid[label] / r:.2f}x, plain {plain[label] / r:.2f}x)")
+    if not compiled:
+        print("(the compiled lookups are not built: every figure is the Python path's)")
     t = time.perf_counter()
     apply_table_diff(path, overlay_path, work / f"sha256-{n}-compacted.tbl")
     print(f"compaction     {time.perf_counter() - t:8.2f} s   (off the request path, "

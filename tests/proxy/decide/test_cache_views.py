@@ -1,5 +1,6 @@
-"""AnswerCache.get_views in bulk held equal to its key-by-key reading over generated histories:
-the same views, the same least-recently-used order, the same hit and miss counts."""
+"""AnswerCache.get_views in bulk, and get_view for one key, held equal to the key-by-key
+reading over generated histories: the same views, the same least-recently-used order, the
+same hit and miss counts."""
 
 from __future__ import annotations
 
@@ -53,6 +54,25 @@ def test_bulk_views_equal_key_by_key(history: list[tuple[Any, ...]], size: int) 
             got = bulk.get_views(step[1], view)
             assert got == plain._views_one_by_one(step[1], view, clocks[1].now)
         assert state(bulk) == state(plain)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps, st.integers(1, 8))
+def test_one_key_views_equal_key_by_key(history: list[tuple[Any, ...]], size: int) -> None:
+    clocks = Clock(), Clock()
+    one: AnswerCache[Any] = AnswerCache(size, clock=clocks[0])
+    plain: AnswerCache[Any] = AnswerCache(size, clock=clocks[1])
+    for n, step in enumerate(history):
+        if step[0] == "put":
+            for cache in (one, plain):
+                cache.put(step[1], f"v{n}", step[2])
+        elif step[0] == "tick":
+            for clock in clocks:
+                clock.now += step[1]
+        else:
+            for key in step[1]:
+                assert one.get_view(key, view) == plain._views_one_by_one([key], view, clocks[1].now)[0]
+        assert state(one) == state(plain)
 
 
 def test_a_view_is_made_once_per_entry_and_second() -> None:
