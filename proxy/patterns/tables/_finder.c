@@ -12,27 +12,28 @@
  * index's entries between its first and last, is clamped here to the key block, so a
  * corrupt file finds nothing instead of reading outside its map.
  *
- * tests/proxy/patterns/test_finder.py holds every method equal to the Python path
- * (Table._lookup_plain and the others), which stays the path when this module is not
- * built (RAMPART_PLAIN_LOOKUPS=1 also chooses it).
+ * tests/proxy/patterns/test_finder.py holds every method equal to the Python path (the
+ * classes' own lookup methods and _lookup_many_plain), which stays the path when this
+ * module is not built (RAMPART_PLAIN_LOOKUPS=1 also chooses it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
-/* A touched key's place in the overlay's hash table: its fingerprint (32 bits of its hash
-   that do not pick the slot) and its index among the touched keys (-1: empty). 2**k slots
-   for n keys, at most half full: a probe reads one slot, rarely two, and one 8-byte slot
-   per cache line's eighth keeps 60k touched keys in 1 MB. Python's bit filter and dict
-   (table_overlay.py) answer the same question on the plain path. */
+/* A touched key's place in an overlaid table's hash table: its fingerprint (32 bits of its
+   hash that do not pick the slot) and its index among the touched keys (-1: empty). The
+   table has 2**k slots of 8 bytes, at most half full, so a probe reads one slot, rarely
+   two (60k touched keys take 1 MB). Python's bit filter and dict (table_overlay.py) answer
+   the same question on the plain path. */
 typedef struct {
     uint32_t fp;
     int32_t at;
 } Slot;
 
 #define BLOCK 32          /* keys whose memory reads overlap in lookup_many */
-#define PREFETCH_LINES 8  /* cache lines of a bucket's rows fetched ahead (16 rows of 32 bytes) */
+#define PREFETCH_LINES 8  /* cache lines of a bucket's rows fetched ahead: 16 rows of 32 bytes,
+                             the usual bucket (tables/__init__.py) */
 
 typedef struct {
     PyObject_HEAD
