@@ -39,40 +39,21 @@ def state(cache: AnswerCache[Any]) -> tuple[list[str], int, int]:
 
 @settings(max_examples=300, deadline=None)
 @given(steps, st.integers(1, 8))
-def test_bulk_views_equal_key_by_key(history: list[tuple[Any, ...]], size: int) -> None:
-    clocks = Clock(), Clock()
-    bulk: AnswerCache[Any] = AnswerCache(size, clock=clocks[0])
-    plain: AnswerCache[Any] = AnswerCache(size, clock=clocks[1])
+def test_bulk_and_one_key_views_equal_key_by_key(history: list[tuple[Any, ...]], size: int) -> None:
+    clocks = Clock(), Clock(), Clock()
+    bulk, one, plain = (AnswerCache[Any](size, clock=clock) for clock in clocks)
     for n, step in enumerate(history):
         if step[0] == "put":
-            for cache in (bulk, plain):
+            for cache in (bulk, one, plain):
                 cache.put(step[1], f"v{n}", step[2])
         elif step[0] == "tick":
             for clock in clocks:
                 clock.now += step[1]
         else:
             got = bulk.get_views(step[1], view)
-            assert got == plain._views_one_by_one(step[1], view, clocks[1].now)
-        assert state(bulk) == state(plain)
-
-
-@settings(max_examples=300, deadline=None)
-@given(steps, st.integers(1, 8))
-def test_one_key_views_equal_key_by_key(history: list[tuple[Any, ...]], size: int) -> None:
-    clocks = Clock(), Clock()
-    one: AnswerCache[Any] = AnswerCache(size, clock=clocks[0])
-    plain: AnswerCache[Any] = AnswerCache(size, clock=clocks[1])
-    for n, step in enumerate(history):
-        if step[0] == "put":
-            for cache in (one, plain):
-                cache.put(step[1], f"v{n}", step[2])
-        elif step[0] == "tick":
-            for clock in clocks:
-                clock.now += step[1]
-        else:
-            for key in step[1]:
-                assert one.get_view(key, view) == plain._views_one_by_one([key], view, clocks[1].now)[0]
-        assert state(one) == state(plain)
+            assert [one.get_view(key, view) for key in step[1]] == got
+            assert got == plain._views_one_by_one(step[1], view, clocks[2].now)
+        assert state(bulk) == state(one) == state(plain)
 
 
 def test_a_view_is_made_once_per_entry_and_second() -> None:
