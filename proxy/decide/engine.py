@@ -236,6 +236,15 @@ class Engine:
             ttl=self.local_ttl, matched=match[1],
         )
 
+    def local_miss(self) -> WebAnswer | None:
+        """The answer to a domain or address no list, pattern or cached answer knows when
+        no cloud is asked (``begin_domain_one``'s last one); None: the relay asks."""
+        return self._untested if self.relay is None or self.authoritative else None
+
+    def pattern_answer(self, matched: str, hit: WebHit) -> WebAnswer:
+        """A pattern hit's answer (as ``domain_local_one`` gives it)."""
+        return self._web_hit_answer(matched, hit)
+
     def _web_hit_answer(self, matched: str, hit: WebHit) -> WebAnswer:
         return WebAnswer(
             hit.rating, Source.PATTERN, score=hit.score, category=hit.category,

@@ -33,6 +33,7 @@ from typing import Any
 from proxy.config import Config
 from proxy.decide.engine import Ask, Engine
 from proxy.dns import wire
+from proxy.dns.lane import make_lane
 from proxy.dns.memo import AnswerMemo, Kept
 from proxy.dns.upstream import Upstream
 from proxy.dns.wire import Query, Record
@@ -42,7 +43,8 @@ from proxy.model import Service, Source, WebAnswer
 logger = logging.getLogger(__name__)
 
 StatsHook = Callable[[str, str, str], None]  # (zone "ip"/"domain"/"none", rcode name, source)
-LogHook = Callable[[str, str, WebAnswer | None, str, float], None]  # (client, item, answer, rcode, s)
+# (client, item, answer, rcode, seconds[, matched: for the lane's answers, whose own is ""])
+LogHook = Callable[..., None]
 Reply = bytes | None | Awaitable[bytes | None]
 Outcome = tuple[int, list[Record], list[Record]]  # rcode, answer, authority
 
@@ -92,14 +94,31 @@ class Answerer:
         # what the last synchronous answer was (zone, rcode, source, item, answer): set by
         # _send and _logged while answer() runs, read by it to keep the answer in the memo
         self._sent: tuple[str, str, str, str, WebAnswer | None] | None = None
-        self.fast = True  # the fast lane (_fast) on; tests turn it off to compare
+        self.fast = True  # the fast lanes (_fast, and the compiled one) on; tests turn them off to compare
+        self.compiled = True  # the compiled lane (proxy.dns.lane) on; tests turn it off to compare
         self._soa_parts: dict[tuple[str, int], tuple[bytes, bytes]] = {}
         self._a_bodies: dict[tuple[int, bytes], bytes] = {}
+        self._lane: tuple[Any, Any, Any, Any] = (None, None, None, None)  # engine, patterns, lists, lane
 
     def answer(self, packet: bytes, client: str, transport: str) -> Reply:
-        """The response to ``packet`` (sized for ``transport``), None for none, or an awaitable;
-        a question asked before is answered from the memo (``proxy.dns.memo``)."""
+        """The response to ``packet`` (sized for ``transport``), None for none, or an awaitable:
+        from the compiled lane (``proxy.dns.lane``) when it takes the query, else from the
+        memo (``proxy.dns.memo``) for a question asked before, else ``_fast`` or ``_plain``."""
         engine = self._engine_of()
+        if self.fast and self.compiled:  # first: it answers as cheaply as the memo replays
+            lane = self._lane
+            if lane[0] is not engine or lane[1] is not engine.patterns or lane[2] is not engine.lists:
+                lane = self._lane_of(engine)
+            if lane[3] is not None:
+                started = time.perf_counter()
+                got = lane[3].answer(packet, client)
+                if got is not None:
+                    reply: Reply
+                    reply, zone, rcode, source, item, answer, matched = got
+                    engine.count_one(Service.DOMAIN, answer)
+                    self._stats(zone, rcode, source)
+                    self._log(client, item, answer, rcode, time.perf_counter() - started, matched)
+                    return reply
         kept = self.memo.get(packet, transport, client, engine)
         if kept is not None:
             return self._replay(packet, kept, client, engine)
@@ -110,6 +129,15 @@ class Answerer:
         if isinstance(reply, bytes) and self._sent is not None:
             self.memo.put(packet, transport, client, engine, reply, Kept(reply[2:], *self._sent))
         return reply
+
+    def _lane_of(self, engine: Engine) -> tuple[Any, Any, Any, Any]:
+        """The compiled lane (``proxy.dns.lane``) for this engine, its pattern and its lists,
+        made when one of them changed (None inside without the compiled module)."""
+        ttl = _ttl(engine.local_ttl, 0)
+        lane = make_lane(engine, self.zones, self.codes, upstream=self.upstream is not None,
+                         soa_parts=self._soa_parts_of, ttl=ttl)
+        self._lane = (engine, engine.patterns, engine.lists, lane)
+        return self._lane
 
     def _replay(self, packet: bytes, kept: Kept, client: str, engine: Engine) -> bytes:
         """A memo hit, counted and logged as the plain path counts and logs it."""
@@ -189,14 +217,17 @@ class Answerer:
 
     def _soa_bytes(self, version: str, ttl: int, apex: bytes) -> bytes:
         """The negative answer's SOA record (``_soa``) from parts kept per version and TTL."""
-        parts = self._soa_parts.get((version, ttl))
-        if parts is None:
-            if len(self._soa_parts) >= 64:
-                self._soa_parts.clear()
-            fixed = struct.pack("!HHIH", wire.SOA, wire.IN, ttl, 35)  # 2 + 11 + 2 + 20 octets of rdata
-            timers = struct.pack("!5I", _serial(version), *SOA_TIMERS, ttl)
-            parts = self._soa_parts[(version, ttl)] = (fixed, timers)
+        parts = self._soa_parts.get((version, ttl)) or self._soa_parts_of(version, ttl)
         return apex + parts[0] + apex + _HOSTMASTER + apex + parts[1]
+
+    def _soa_parts_of(self, version: str, ttl: int) -> tuple[bytes, bytes]:
+        """The SOA record's fixed part and its timers, for a version and TTL (kept)."""
+        if len(self._soa_parts) >= 64:
+            self._soa_parts.clear()
+        fixed = struct.pack("!HHIH", wire.SOA, wire.IN, ttl, 35)  # 2 + 11 + 2 + 20 octets of rdata
+        timers = struct.pack("!5I", _serial(version), *SOA_TIMERS, ttl)
+        parts = self._soa_parts[(version, ttl)] = (fixed, timers)
+        return parts
 
     def _ask(self, packet: bytes, engine: Engine, ask: Ask, client: str, transport: str,
              started: float) -> Reply:

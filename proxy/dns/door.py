@@ -264,7 +264,7 @@ class DnsDoor:
         self.queries[(zone, rcode, source)] += 1
 
     def log(self, client: str, item: str | DomainQuery, answer: WebAnswer | None, rcode: str,
-            seconds: float) -> None:
+            seconds: float, matched: str | None = None) -> None:
         """The Answerer's ``log`` hook: an answer about a domain or address becomes a
         query-log row like a ``/v1/domain`` answer's (service ``domain``), while
         ``query_log`` is on; answers without one (REFUSED, FORMERR, the apex) are only counted.
@@ -273,7 +273,9 @@ class DnsDoor:
         second's first answer comes): the same answer to the same client within a second is
         one row with a count and the mean latency, as the query door's identical answers
         are (``proxy.logs.entries``). A mail server asks about its regular senders again and
-        again; each such query then costs a dict lookup, not a row written."""
+        again; each such query then costs a dict lookup, not a row written. ``matched``, when
+        given, stands for the answer's own (the compiled lane's answers are made once per
+        kind of answer, with none)."""
         if answer is None:
             return
         logs = self._logs_of()
@@ -287,7 +289,9 @@ class DnsDoor:
         if not self._second_ends - 1.0 <= now < self._second_ends:  # another second (or the clock stepped)
             self.flush_log()
             self._second_ends = float(int(now) + 1)
-        key = (client, name, answer.rating, answer.source, answer.category, answer.matched)
+        if matched is None:
+            matched = answer.matched
+        key = (client, name, answer.rating, answer.source, answer.category, matched)
         groups = self._groups
         group = groups.get(key)
         if group is not None:  # the same answer to the same client in this second: counted
@@ -303,7 +307,7 @@ class DnsDoor:
         s = self._shapes.get((answer.rating, answer.source, answer.category)) or self._shape(answer)
         mask = self._mask[1] if self._mask[0] is cfg else None
         groups[key] = [now, (mask or self._mask_of(cfg))(client), 1, seconds, s,
-                       clip(name, entries.MAX_ITEM), clip(answer.matched, entries.MAX_TEXT)]
+                       clip(name, entries.MAX_ITEM), clip(matched, entries.MAX_TEXT)]
 
     def flush_log(self) -> None:
         """Hand the rows held for this second to the log writer: one per client, item and

@@ -206,6 +206,7 @@ def _opt(flags: int, rcode: int) -> bytes:
 
 
 _OPT_PLAIN, _OPT_DO = _opt(0, NOERROR), _opt(DO, NOERROR)
+OPT_ECHOES = (_OPT_PLAIN, _OPT_DO)  # what opt_echo gives: without and with the DO bit
 
 
 def name_offset(q: Query, skip: int) -> int:

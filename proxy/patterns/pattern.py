@@ -229,12 +229,19 @@ class PatternSet:
         return hit
 
     def _web_hit(self, table: AnyTable, row: int, pattern: str) -> WebHit:
-        rating = _RATING_BY_CODE.get(table.value("rating", row))
-        cat_id = table.value("category", row)
-        if rating is None or cat_id >= len(self._categories):
+        hit = self.rated_hit(table.value("rating", row), table.value("category", row),
+                             table.value("score", row), pattern)
+        if hit is None:
             raise PatternError(f"{table.path.name}: bad record at row {row}")
-        return WebHit(rating, table.value("score", row), self._categories[cat_id] or None,
-                      pattern)
+        return hit
+
+    def rated_hit(self, rating_code: int, category_id: int, score: int, pattern: str) -> WebHit | None:
+        """What a rated table's record (its rating, category and score columns) says; None
+        for a bad record (a rating code or category this pattern does not define)."""
+        rating = _RATING_BY_CODE.get(rating_code)
+        if rating is None or category_id >= len(self._categories):
+            return None
+        return WebHit(rating, score, self._categories[category_id] or None, pattern)
 
     # ------------------------------------------------------------ files
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +51,9 @@ from proxy.patterns.tables.format import (
     _word_dtype,
 )
 from proxy.patterns.tables.read import FINDER, Table
+
+if TYPE_CHECKING:
+    from proxy.patterns.tables._finder import Finder
 
 DICT_SETTLED = 128
 """A batch's filter hits up to this many are settled one by one in the dict (below it, that
@@ -151,7 +155,7 @@ class OverlaidTable:
         self._fbytes = self._filter.tobytes()  # the same, for single lookups (an int per index)
         self._fdrop = 24 - self._fbits  # a key's first 3 bytes >> this: its slot
         self._plans: list[_ChunkPlan] | None = None
-        self._finder = None
+        self._finder: Finder | None = None
         if FINDER is not None and self._mm is not None:
             # compiled: the touched keys (in a hash table of the Finder's own, in place of the
             # filter and the dict) and the base's search in one call, as Table's
@@ -251,6 +255,14 @@ class OverlaidTable:
                 return rel // width
             p = mm.find(key, p + 1, end)
         return None
+
+    def compiled_view(self, names: Sequence[str]
+                      ) -> tuple[Finder, int, list[memoryview], list[memoryview]] | None:
+        """``Table.compiled_view``: handles past the base's rows read the additions' columns."""
+        if self._finder is None:
+            return None
+        return (self._finder, self._n, [self._base_mvs[n].cast("B") for n in names],
+                [self._added_values[n].cast("B") for n in names])
 
     def value(self, name: str, row: int) -> int:
         n = self._n

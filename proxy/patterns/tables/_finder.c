@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_finder.h"
+
 /* A touched key's place in an overlaid table's hash table: its fingerprint (32 bits of its
    hash that do not pick the slot) and its index among the touched keys (-1: empty). The
    table has 2**k slots of 8 bytes, at most half full, so a probe reads one slot, rarely
@@ -384,6 +386,25 @@ static int Finder_clear(Finder *f) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ the C interface */
+
+static PyTypeObject FinderType;
+
+static int api_is_finder(PyObject *o) {
+    return Py_IS_TYPE(o, &FinderType);
+}
+
+static Py_ssize_t api_find(PyObject *o, const unsigned char *key, Py_ssize_t len) {
+    Finder *f = (Finder *)o;
+    if (!f->held || len != f->width) return -2;
+    long long h;
+    Py_ssize_t lo, hi;
+    if (bucket(f, key, &lo, &hi) && touched(f, key, key_hash(key, len), &h)) return h >= 0 ? (Py_ssize_t)h : -1;
+    return f->ends != NULL ? range_in(f, key, lo, hi) : search(f, key, lo, hi);
+}
+
+static FinderAPI api = {api_is_finder, api_find};
+
 static PyMethodDef Finder_methods[] = {
     {"lookup", (PyCFunction)Finder_lookup, METH_O,
      "lookup(key) -> row or None (a range table: the row whose range holds key)"},
@@ -419,5 +440,12 @@ PyMODINIT_FUNC PyInit__finder(void) {
         Py_DECREF(m);
         return NULL;
     }
+    PyObject *capsule = PyCapsule_New(&api, FINDER_CAPSULE, NULL);
+    if (capsule == NULL || PyModule_AddObjectRef(m, "_C_API", capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_DECREF(capsule);
     return m;
 }

@@ -17,6 +17,7 @@ import logging
 import mmap
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -307,6 +308,15 @@ class Table:
                 return rel // width
             p = mm.find(key, p + 1, end)
         return None
+
+    def compiled_view(self, names: Sequence[str]) -> tuple[Finder, int, list[memoryview], list[None]] | None:
+        """What compiled code needs to search this table and read its columns ``names``
+        (proxy/dns/_lane.c): its Finder, its row count, and each column's bytes (an
+        overlaid table adds its additions'); None without the compiled lookups. KeyError
+        for a column the table does not have."""
+        if self._finder is None:
+            return None
+        return self._finder, self.count, [self._column_mvs[n].cast("B") for n in names], [None] * len(names)
 
     def lookup_many(self, keys: KeysLike) -> npt.NDArray[np.int64]:
         """Rows of many keys (-1 where missing): the compiled search, key by key, or

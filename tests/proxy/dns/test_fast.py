@@ -55,8 +55,13 @@ class Recorder:
     def stat(self, zone: str, rcode: str, source: str) -> None:
         self.rows.append(("stat", zone, rcode, source))
 
-    def log(self, client: str, item: str, answer: Any, rcode: str, seconds: float) -> None:
-        self.rows.append(("log", client, item, answer, rcode))
+    def log(self, client: str, item: str, answer: Any, rcode: str, seconds: float,
+            matched: str | None = None) -> None:
+        """What the door's log reads of an answer (the compiled lane passes its matched
+        entry apart from the answer, which it makes once per kind of answer)."""
+        read = None if answer is None else (answer.rating, answer.source, answer.category,
+                                            answer.matched if matched is None else matched)
+        self.rows.append(("log", client, item, read, rcode))
 
 
 def answerers(app: App) -> tuple[Answerer, Recorder, Answerer, Recorder]:

@@ -28,7 +28,8 @@ class Recorder:
     def stat(self, zone: str, rcode: str, source: str) -> None:
         self.stats.append((zone, rcode, source))
 
-    def log(self, client: str, item: str, answer: Any, rcode: str, seconds: float) -> None:
+    def log(self, client: str, item: str, answer: Any, rcode: str, seconds: float,
+            matched: str | None = None) -> None:
         self.logs.append((client, item, getattr(answer, "source", None) and answer.source.value, rcode))
 
 
