@@ -5,6 +5,7 @@ query it must not answer (list entries, cached answers, a cloud to ask, bad pack
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,13 @@ from proxy.model import Rating, Source, WebAnswer
 from proxy.serve.app import App
 from tests.proxy.dns.test_fast import DN, IP, NAMES, Recorder, query
 
-pytestmark = pytest.mark.skipif(LANE is None, reason="the compiled lane (proxy.dns._lane) is not built")
+compiled = pytest.mark.skipif(LANE is None, reason="the compiled lane (proxy.dns._lane) is not built")
+
+
+def test_the_lane_is_built_where_required() -> None:
+    if LANE is None and os.environ.get("RAMPART_REQUIRE_COMPILED") != "1":
+        pytest.skip("proxy.dns._lane not built (no C compiler at install): the DNS door answers in Python")
+    assert LANE is not None, "RAMPART_REQUIRE_COMPILED=1 but the _lane module is not built"
 
 MORE = [f"{a}.{b}.51.198.{IP}" for a in (0, 7, 99, 255) for b in (0, 100)] + [
     f"x{i}.malware.example.test.{DN}" for i in range(5)] + [f"nothing{i}.example.{DN}" for i in range(5)]
@@ -56,6 +63,7 @@ def taken(a: Answerer, app: App, packet: bytes, client: str = "10.0.0.1") -> boo
     return lane.answer(packet, client) is not None
 
 
+@compiled
 def test_sha256_is_sha256() -> None:
     from proxy.dns import _lane  # type: ignore[attr-defined]
 
@@ -65,6 +73,7 @@ def test_sha256_is_sha256() -> None:
         assert _lane.sha256(data) == hashlib.sha256(data).digest(), n
 
 
+@compiled
 def test_the_lane_answers_counts_and_logs_as_the_python_lane(app: App) -> None:
     a, lane, b, python = pair(app)
     rng = random.Random(21)
@@ -85,6 +94,7 @@ def test_the_lane_answers_counts_and_logs_as_the_python_lane(app: App) -> None:
     assert took > 400  # the common shapes did go through the compiled lane
 
 
+@compiled
 def test_what_the_lists_decide_is_left_to_python(app: App) -> None:
     a, _, _, _ = pair(app)
     for name in (f"sub.blocked.example.{DN}", f"approved.example.{DN}", f"1.2.0.10.{IP}"):
@@ -92,6 +102,7 @@ def test_what_the_lists_decide_is_left_to_python(app: App) -> None:
     assert taken(a, app, dns.message.make_query(f"malware.example.test.{DN}", "A").to_wire())
 
 
+@compiled
 def test_a_miss_is_left_to_python_while_the_cache_holds_anything(app: App) -> None:
     a, _, b, _ = pair(app)
     packet = dns.message.make_query(f"cached.example.org.{DN}", "A").to_wire()
@@ -104,6 +115,7 @@ def test_a_miss_is_left_to_python_while_the_cache_holds_anything(app: App) -> No
     assert a.answer(packet, "10.0.0.1", "udp") == b.answer(packet, "10.0.0.1", "udp")
 
 
+@compiled
 def test_a_lane_follows_its_engine_s_pattern_and_lists(app: App) -> None:
     a, _, _, _ = pair(app)
     packet = dns.message.make_query(f"later.example.{DN}", "A").to_wire()
@@ -114,6 +126,7 @@ def test_a_lane_follows_its_engine_s_pattern_and_lists(app: App) -> None:
     assert got.answer[0][0].to_text() == "127.0.0.10"  # blocked by the administrator, at once
 
 
+@compiled
 def test_with_an_upstream_zone_or_a_cloud_misses_are_left_to_python(tmp_path: Path) -> None:
     for extra in ({"dns_upstream_zone": "zen.example", "dns_upstream_server": "127.0.0.1:1"},
                   {"cloud": ("https://127.0.0.1:1",)}):
@@ -131,6 +144,7 @@ def test_with_an_upstream_zone_or_a_cloud_misses_are_left_to_python(tmp_path: Pa
             app.engine.patterns.close()
 
 
+@compiled
 def test_a_closed_pattern_is_left_to_python(app: App) -> None:
     a, _, _, _ = pair(app)
     lane = a._lane_of(app.engine)[3]
@@ -153,6 +167,7 @@ def _apply(base: bytes, flips: list[tuple[int, int]]) -> bytearray:
     return out
 
 
+@compiled
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(NAMES + MORE).flatmap(
