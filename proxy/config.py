@@ -241,6 +241,10 @@ class Config:
     )
     # logs
     query_log: bool = _opt(True, "keep the query log (DATA_DIR/logs.sqlite) for search and export")
+    dns_query_log: bool = _opt(
+        True, "with query_log on, also log the DNS door's answers about domains and addresses;"
+        " off: only counted (a row per distinct name costs more than its answer)",
+    )
     log_clients: str = _opt(
         "full", "client addresses in the query log: full, truncated (IPv4 /24, IPv6 /48) or none"
     )

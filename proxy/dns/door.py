@@ -267,7 +267,8 @@ class DnsDoor:
             seconds: float, matched: str | None = None) -> None:
         """The Answerer's ``log`` hook: an answer about a domain or address becomes a
         query-log row like a ``/v1/domain`` answer's (service ``domain``), while
-        ``query_log`` is on; answers without one (REFUSED, FORMERR, the apex) are only counted.
+        ``query_log`` and ``dns_query_log`` are on; answers without one (REFUSED, FORMERR,
+        the apex) are only counted.
 
         Rows are held until their second ends (``flush_log``, by a timer, or when the next
         second's first answer comes): the same answer to the same client within a second is
@@ -282,7 +283,7 @@ class DnsDoor:
         if logs is None:
             return
         cfg = self._cfg_of()
-        if not cfg.query_log:
+        if not (cfg.query_log and cfg.dns_query_log):
             return
         name = item.name if isinstance(item, DomainQuery) else item
         now = self._wall()

@@ -480,7 +480,9 @@ async def test_answers_become_query_log_rows(tmp_path: Path) -> None:
             await udp(door, query(f"bad.example.{ZONE}"))
             current[0] = current[0].replace(log_clients="truncated")  # a setting changed live
             await tcp(door, query(f"worse.example.{ZONE}"))
-            current[0] = current[0].replace(query_log=False)
+            current[0] = current[0].replace(dns_query_log=False)  # the DNS door's rows alone off
+            await udp(door, query(f"quiet.example.{ZONE}"))
+            current[0] = current[0].replace(dns_query_log=True, query_log=False)
             await udp(door, query(f"unlogged.example.{ZONE}"))
     finally:
         logs.close()
