@@ -302,8 +302,9 @@ class Engine:
         cached = self.cache.get_view(key, _served_from_cache)  # settle's, for one key
         if isinstance(cached, WebAnswer):  # what a domain key holds (None: not cached)
             return cached, []
-        if self.relay is None or self.authoritative:
-            return self._untested, []  # _unasked(Service.DOMAIN)
+        miss = self.local_miss()  # _unasked(Service.DOMAIN)
+        if miss is not None:
+            return miss, []
         return None, [(0, key, q.name)]
 
     # ------------------------------------------------------------ web inspection
