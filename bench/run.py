@@ -292,7 +292,10 @@ def core_busy() -> dict[str, int]:
 
 
 def item_sources(base: str) -> Counter[str]:
-    """rampart_items_total{service="file",source=…} from an appliance's /metrics."""
+    """rampart_items_total{service="file",source=…} from an appliance's /metrics, and as
+    ``log_dropped`` the answers its query log dropped (``rampart_log_dropped_total``): a
+    run with the log on where the writer fell behind shows it, so its rate is not read as
+    the rate of logged answers."""
     out: Counter[str] = Counter()
     try:
         text = httpx.get(base + "/metrics", timeout=5).text
@@ -302,6 +305,8 @@ def item_sources(base: str) -> Counter[str]:
         if line.startswith('rampart_items_total{') and 'service="file"' in line:
             source = line.split('source="', 1)[1].split('"', 1)[0]
             out[source] += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("rampart_log_dropped_total{"):
+            out["log_dropped"] += int(float(line.rsplit(" ", 1)[1]))
     return out
 
 
