@@ -101,6 +101,8 @@ class SharedCache(Protocol):
 class StatsLike(Protocol):
     def count_items(self, service: Service, sources: Mapping[Any, int]) -> None: ...
 
+    def count_item(self, service: Service, source: Any) -> None: ...
+
 
 _source = operator.attrgetter("source")
 _is_none = partial(operator.is_, None)
@@ -435,5 +437,5 @@ class Engine:
         return answers
 
     def count_one(self, service: Service, answer: Answer) -> None:
-        """``count`` for one answer, with a dict for its Counter (the DNS door's per-query path)."""
-        self.stats.count_items(service, {answer.source: 1})
+        """``count`` for one answer (the DNS door's per-query path)."""
+        self.stats.count_item(service, answer.source)

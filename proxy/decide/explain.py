@@ -26,6 +26,9 @@ class _NoStats:
     def count_items(self, service: Any, sources: Any) -> None:
         pass
 
+    def count_item(self, service: Any, source: Any) -> None:
+        pass
+
 
 @dataclass(frozen=True, slots=True)
 class RuleMatch:

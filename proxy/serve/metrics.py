@@ -98,6 +98,10 @@ class Stats:
         for source, n in sources.items():
             items[_ITEM_KEYS.get((service, source)) or item_key(service, source)] += n
 
+    def count_item(self, service: Service, source: Any) -> None:
+        """``count_items`` for one item: no mapping made for it."""
+        self.items[_ITEM_KEYS.get((service, source)) or item_key(service, source)] += 1
+
     # RelayObserver
     def on_upstream(
         self, endpoint: str, service: Service, items: int, seconds: float, error: RelayError | None

@@ -79,6 +79,9 @@ class Stats:
         for s, n in sources.items():
             self.items[(service.value, s.value)] += n
 
+    def count_item(self, service, source):
+        self.count_items(service, {source: 1})
+
 
 def make(relay=None, entries=(), authoritative=False, now=None):
     clock = now or [0.0]
