@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -23,6 +22,7 @@ from proxy.dns.memo import AnswerMemo
 from proxy.model import Rating, Source, WebAnswer
 from proxy.serve.app import App
 from tests.proxy.dns.test_fast import DN, IP, NAMES, Recorder, query
+from tests.proxy.dns.test_fast import app as app  # the same App: sample pattern, two lists
 
 compiled = pytest.mark.skipif(LANE is None, reason="the compiled lane (proxy.dns._lane) is not built")
 
@@ -34,18 +34,6 @@ def test_the_lane_is_built_where_required() -> None:
 
 MORE = [f"{a}.{b}.51.198.{IP}" for a in (0, 7, 99, 255) for b in (0, 100)] + [
     f"x{i}.malware.example.test.{DN}" for i in range(5)] + [f"nothing{i}.example.{DN}" for i in range(5)]
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    app = App(Config(data_dir=tmp_path, query_port=0, query_tls_port=0))
-    app.open()
-    app.lists_store.add(ListName.BLOCKED, [(None, "blocked.example"), (None, "10.0.2.1")])
-    app.lists_store.add(ListName.APPROVED, [(None, "approved.example")])
-    app.engine.lists = app.lists_store.snapshot()
-    yield app
-    app.lists_store.close()
-    app.engine.patterns.close()
 
 
 def pair(app: App) -> tuple[Answerer, Recorder, Answerer, Recorder]:
