@@ -64,11 +64,14 @@ class Recorder:
         self.rows.append(("log", client, item, read, rcode))
 
 
-def answerers(app: App) -> tuple[Answerer, Recorder, Answerer, Recorder]:
+def answerers(app: App, off: str = "fast") -> tuple[Answerer, Recorder, Answerer, Recorder]:
+    """Two answerers without a memo, the second with lane ``off`` turned off (``fast``: both
+    fast lanes; ``compiled``: the compiled one alone, tests/proxy/dns/test_lane.py)."""
     fast, plain = Recorder(), Recorder()
     a = Answerer(lambda: app.engine, app.cfg, stats=fast.stat, log=fast.log)
     b = Answerer(lambda: app.engine, app.cfg, stats=plain.stat, log=plain.log)
-    a.memo, b.memo, b.fast = AnswerMemo(size=0), AnswerMemo(size=0), False
+    a.memo, b.memo = AnswerMemo(size=0), AnswerMemo(size=0)
+    setattr(b, off, False)
     return a, fast, b, plain
 
 

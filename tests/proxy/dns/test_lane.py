@@ -18,10 +18,9 @@ from proxy.config import Config
 from proxy.decide.lists import ListName
 from proxy.dns.answers import Answerer
 from proxy.dns.lane import LANE
-from proxy.dns.memo import AnswerMemo
 from proxy.model import Rating, Source, WebAnswer
 from proxy.serve.app import App
-from tests.proxy.dns.test_fast import DN, IP, NAMES, Recorder, query
+from tests.proxy.dns.test_fast import DN, IP, NAMES, Recorder, answerers, query
 from tests.proxy.dns.test_fast import app as app  # the same App: sample pattern, two lists
 
 compiled = pytest.mark.skipif(LANE is None, reason="the compiled lane (proxy.dns._lane) is not built")
@@ -38,11 +37,7 @@ MORE = [f"{a}.{b}.51.198.{IP}" for a in (0, 7, 99, 255) for b in (0, 100)] + [
 
 def pair(app: App) -> tuple[Answerer, Recorder, Answerer, Recorder]:
     """One answerer with the compiled lane, one with the Python fast lane only; no memo."""
-    lane, python = Recorder(), Recorder()
-    a = Answerer(lambda: app.engine, app.cfg, stats=lane.stat, log=lane.log)
-    b = Answerer(lambda: app.engine, app.cfg, stats=python.stat, log=python.log)
-    a.memo, b.memo, b.compiled = AnswerMemo(size=0), AnswerMemo(size=0), False
-    return a, lane, b, python
+    return answerers(app, off="compiled")
 
 
 def taken(a: Answerer, app: App, packet: bytes, client: str = "10.0.0.1") -> bool:
