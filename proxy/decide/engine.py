@@ -244,10 +244,7 @@ class Engine:
         return self._untested if self.relay is None or self.authoritative else None
 
     def pattern_answer(self, matched: str, hit: WebHit) -> WebAnswer:
-        """A pattern hit's answer (as ``domain_local_one`` gives it)."""
-        return self._web_hit_answer(matched, hit)
-
-    def _web_hit_answer(self, matched: str, hit: WebHit) -> WebAnswer:
+        """A pattern hit's answer (``domain_local_one``'s, and the DNS door's lane's)."""
         return WebAnswer(
             hit.rating, Source.PATTERN, score=hit.score, category=hit.category,
             ttl=self.local_ttl, matched=matched,
@@ -267,7 +264,7 @@ class Engine:
         host = self._host_hit(q.host)
         if host is not None and (found is None or host[1].rating.severity > found[1].rating.severity):
             found = host
-        return self._web_hit_answer(*found) if found is not None else None
+        return self.pattern_answer(*found) if found is not None else None
 
     def begin_web(self, qs: Sequence[WebQuery], client: str | None = None) -> tuple[list[Any], Ask]:
         answers: list[Any] = [self.web_local_one(q, client) for q in qs]
@@ -285,7 +282,7 @@ class Engine:
         found = self.patterns.lookup_ip(q.ip) if q.ip is not None else (
             self.patterns.lookup_domain(q.name)
         )
-        return self._web_hit_answer(*found) if found is not None else None
+        return self.pattern_answer(*found) if found is not None else None
 
     def begin_domains(self, qs: Sequence[DomainQuery], client: str | None = None) -> tuple[list[Any], Ask]:
         answers: list[Any] = [self.domain_local_one(q, client) for q in qs]

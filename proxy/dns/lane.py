@@ -47,7 +47,7 @@ def _rated(engine: Engine, name: str, prefix: bool) -> tuple[Any, ...] | None:
     try:
         table = engine.patterns.table(name)
         view = table.compiled_view((*RATED, "prefix") if prefix else RATED)
-    except (KeyError, AttributeError):
+    except KeyError:
         return None
     if view is None:
         return None

@@ -167,6 +167,15 @@ static inline int touched(const Finder *f, const unsigned char *key, uint64_t ha
     }
 }
 
+/* The row or handle of one key of the table's width (-1: none): an overlaid table's touched
+   keys first, when its bucket is marked, then the bucket's search. */
+static Py_ssize_t find_one(const Finder *f, const unsigned char *key) {
+    long long h;
+    Py_ssize_t lo, hi;
+    if (bucket(f, key, &lo, &hi) && touched(f, key, key_hash(key, f->width), &h)) return h >= 0 ? (Py_ssize_t)h : -1;
+    return f->ends != NULL ? range_in(f, key, lo, hi) : search(f, key, lo, hi);
+}
+
 static PyObject *row_or_none(Py_ssize_t row) {
     if (row < 0) Py_RETURN_NONE;
     return PyLong_FromSsize_t(row);
@@ -191,13 +200,7 @@ static PyObject *Finder_lookup(Finder *f, PyObject *key_obj) {
     }
     PyObject *out = NULL;
     if (wrong_width(f, len)) goto done;
-    long long h;
-    Py_ssize_t lo, hi;
-    if (bucket(f, key, &lo, &hi) && touched(f, key, key_hash(key, len), &h)) {
-        out = h >= 0 ? PyLong_FromLongLong(h) : Py_NewRef(Py_None);
-        goto done;
-    }
-    out = row_or_none(f->ends != NULL ? range_in(f, key, lo, hi) : search(f, key, lo, hi));
+    out = row_or_none(find_one(f, key));
 done:
     if (got_buffer) PyBuffer_Release(&kb);
     return out;
@@ -397,10 +400,7 @@ static int api_is_finder(PyObject *o) {
 static Py_ssize_t api_find(PyObject *o, const unsigned char *key, Py_ssize_t len) {
     Finder *f = (Finder *)o;
     if (!f->held || len != f->width) return -2;
-    long long h;
-    Py_ssize_t lo, hi;
-    if (bucket(f, key, &lo, &hi) && touched(f, key, key_hash(key, len), &h)) return h >= 0 ? (Py_ssize_t)h : -1;
-    return f->ends != NULL ? range_in(f, key, lo, hi) : search(f, key, lo, hi);
+    return find_one(f, key);
 }
 
 static FinderAPI api = {api_is_finder, api_find};
